@@ -1,0 +1,41 @@
+//! Tower middleware that makes HTTP and gRPC services stateless.
+//!
+//! Every instance of a service can serve every request, can be killed at any moment, and
+//! no user notices: state lives in the request (a signed JWT) or in a shared store
+//! (Redis), never in the instance. This crate gives you the layers for it, over one
+//! pluggable [`store::StateStore`]:
+//!
+//! | layer | job | state |
+//! |---|---|---|
+//! | `jwt::JwtAuthLayer` | verify a bearer JWT, put its claims in request extensions | none |
+//! | `revocation::RevocationLayer` | deny revoked tokens, sessions and subjects | store, 1 read |
+//! | `session::SessionLayer` | server-side session data behind an opaque id | store, lazy |
+//! | `idempotency::IdempotencyLayer` | retried writes run once, the response replayed | store |
+//!
+//! # Feature flags
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `redis` | yes | `store::RedisStore` on deadpool-redis |
+//! | `rust_crypto` | yes | JWT signatures through the RustCrypto crates (pure Rust) |
+//! | `aws_lc_rs` | no | JWT signatures through aws-lc-rs: RS256/ES256 verify 5–8× faster; needs a C toolchain |
+//! | `axum` | no | axum extractors for claims and sessions |
+//! | `conformance` | no | `store::conformance`, the store contract's test suite, for your own backend |
+//!
+//! jsonwebtoken needs exactly one crypto backend. With neither `rust_crypto` nor
+//! `aws_lc_rs` this crate does not compile; with both (as `--all-features` does),
+//! `aws_lc_rs` is used.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(any(feature = "rust_crypto", feature = "aws_lc_rs")))]
+compile_error!(
+    "tower-stateless needs a JWT crypto backend: enable the `rust_crypto` (default) or `aws_lc_rs` feature"
+);
+
+mod claims;
+#[allow(dead_code)] // used by the layers
+mod id;
+pub mod response;
+pub mod store;
+
+pub use self::claims::RegisteredClaims;

@@ -1,0 +1,152 @@
+//! What every layer answers with: the response body wrapper and the JSON error body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use serde::{Deserialize, Serialize};
+
+pin_project! {
+    /// The response body of every layer in this crate: either the inner service's body,
+    /// passed through untouched, or bytes the layer produced itself (a rejection, a
+    /// replayed response).
+    ///
+    /// It keeps the inner body's type and error, so hyper and tonic users need no boxing.
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body.
+    pub fn new(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    /// A body of the given bytes.
+    pub fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+/// The JSON body of every error response a layer produces:
+/// `{"error":"invalid_token","message":"the token has expired"}`.
+///
+/// `error` is a stable machine-readable code; `message` is for people and may change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErrorBody {
+    /// Stable error code, e.g. `invalid_token`, `store_unavailable`.
+    pub error: String,
+    /// Human-readable explanation; never carries secrets or token contents.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body with the given code and message.
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A response with this body as JSON and the given status.
+    pub fn into_response<B>(self, status: StatusCode) -> Response<ResponseBody<B>> {
+        // Serializing two strings cannot fail; fall back to an empty object regardless.
+        let json = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = Response::new(ResponseBody::full(Bytes::from(json)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// The `503 Service Unavailable` every layer answers when the store cannot be reached:
+/// JSON body with code `store_unavailable` and a `Retry-After` header.
+#[allow(dead_code)] // used by the layers
+pub(crate) fn store_unavailable<B>(retry_after: Duration) -> Response<ResponseBody<B>> {
+    let mut response = ErrorBody::new(
+        "store_unavailable",
+        "the state store is unavailable; retry later",
+    )
+    .into_response(StatusCode::SERVICE_UNAVAILABLE);
+    let secs = retry_after.as_secs().max(1);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// Maps an inner response onto [`ResponseBody`].
+#[allow(dead_code)] // used by the layers
+pub(crate) fn wrap<B>(response: Response<B>) -> Response<ResponseBody<B>> {
+    response.map(ResponseBody::new)
+}

@@ -1,0 +1,233 @@
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::{ttl_millis, StateStore, StoreError};
+
+/// An in-process [`StateStore`]: for tests, examples and single-instance development.
+///
+/// It has the same semantics as the Redis backend for every operation, TTLs included: an
+/// expired key is absent at once, and the memory it held is reclaimed by the cache's
+/// background maintenance (built on [`moka`], whose per-key locks make each operation
+/// atomic). Clones share the same data.
+///
+/// It is not shared between processes: several instances of a service each have their
+/// own, which defeats the point of this crate in production. Use `RedisStore` there.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stateless::store::{MemoryStore, StateStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_stateless::store::StoreError> {
+/// let store = MemoryStore::new();
+/// assert_eq!(store.set_if_absent("k", "v1".into(), Duration::from_secs(60)).await?, None);
+/// assert_eq!(
+///     store.set_if_absent("k", "v2".into(), Duration::from_secs(60)).await?,
+///     Some("v1".into()),
+/// );
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<String, Entry>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    data: Bytes,
+    deadline: Instant,
+}
+
+impl Entry {
+    fn new(data: Bytes, ttl: Duration) -> Self {
+        Self {
+            data,
+            deadline: Instant::now() + ttl,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.deadline > Instant::now()
+    }
+}
+
+/// Tells moka when each entry expires: at the deadline it carries.
+struct Deadline;
+
+impl Expiry<String, Entry> for Deadline {
+    fn expire_after_create(&self, _: &String, value: &Entry, _: Instant) -> Option<Duration> {
+        Some(value.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// Creates an empty store.
+    pub fn new() -> Self {
+        Self {
+            cache: Cache::builder().expire_after(Deadline).build(),
+        }
+    }
+
+    /// The number of keys held, after reclaiming the expired ones.
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Whether the store holds no live key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on the live entry of `key` (expired entries are seen as absent) under the
+    /// key's lock, applies the operation it returns, and hands back its result.
+    fn compute<T>(&self, key: &str, f: impl FnOnce(Option<&Entry>) -> (Op<Entry>, T)) -> T {
+        let mut out = None;
+        self.cache
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let live = current.as_ref().map(|e| e.value()).filter(|e| e.is_live());
+                let (op, result) = f(live);
+                out = Some(result);
+                op
+            });
+        // moka always calls the closure exactly once.
+        out.unwrap_or_else(|| unreachable!("moka did not run the compute closure"))
+    }
+
+    fn read(&self, key: &str) -> Option<Bytes> {
+        self.cache
+            .get(key)
+            .filter(Entry::is_live)
+            .map(|entry| entry.data)
+    }
+}
+
+impl StateStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.read(key))
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Ok(keys.iter().map(|key| self.read(key)).collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        ttl_millis(ttl)?;
+        self.compute(key, |_| (Op::Put(Entry::new(value, ttl)), ()));
+        Ok(())
+    }
+
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        ttl_millis(ttl)?;
+        Ok(self.compute(key, |current| match current {
+            Some(existing) => (Op::Nop, Some(existing.data.clone())),
+            None => (Op::Put(Entry::new(value, ttl)), None),
+        }))
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        ttl_millis(ttl)?;
+        Ok(self.compute(key, |current| match current {
+            Some(existing) if existing.data == expected => (Op::Put(Entry::new(new, ttl)), true),
+            _ => (Op::Nop, false),
+        }))
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.compute(key, |current| match current {
+            Some(existing) if existing.data == expected => (Op::Remove, true),
+            _ => (Op::Nop, false),
+        }))
+    }
+
+    async fn get_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        ttl_millis(ttl)?;
+        Ok(self.compute(key, |current| match current {
+            Some(existing) => {
+                let data = existing.data.clone();
+                (Op::Put(Entry::new(data.clone(), ttl)), Some(data))
+            }
+            None => (Op::Nop, None),
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.compute(key, |current| (Op::Remove, current.is_some())))
+    }
+
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
+        ttl_millis(ttl)?;
+        self.compute(key, |current| {
+            let (base, deadline) = match current {
+                Some(existing) => match parse_counter(&existing.data) {
+                    Some(n) => (n, existing.deadline),
+                    None => return (Op::Nop, Err(not_a_counter())),
+                },
+                None => (0, Instant::now() + ttl),
+            };
+            match base.checked_add(by) {
+                Some(n) => {
+                    let data = Bytes::from(n.to_string());
+                    (Op::Put(Entry { data, deadline }), Ok(n))
+                }
+                None => (Op::Nop, Err(not_a_counter())),
+            }
+        })
+    }
+}
+
+fn parse_counter(data: &[u8]) -> Option<i64> {
+    std::str::from_utf8(data).ok()?.parse().ok()
+}
+
+fn not_a_counter() -> StoreError {
+    StoreError::Unexpected("value is not an integer or increment would overflow".into())
+}
+

@@ -1,0 +1,171 @@
+//! The [`StateStore`] contract and its backends.
+//!
+//! Every layer of this crate touches shared state only through [`StateStore`]. Its
+//! operations are few, and each one is a single atomic step: on Redis, exactly one network
+//! round trip. Values are opaque bytes; every write carries a TTL, so no key lives forever.
+//!
+//! Backends:
+//!
+//! - [`MemoryStore`]: in-process, TTLs honoured, for tests and single-instance development.
+//! - `RedisStore` (feature `redis`, on by default): Redis on deadpool-redis.
+//!
+//! # Writing your own backend
+//!
+//! Implement [`StateStore`] for a cheap-to-clone handle (wrap shared state in an `Arc`).
+//! Each method must be atomic on its own; a backend must never build a conditional
+//! operation out of a read followed by a write, because two instances of the service can
+//! interleave between the two. Then prove the backend with the same conformance suite the
+//! built-in backends pass (feature `conformance`):
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn my_store_conforms() {
+//!     let store = MyStore::connect("...").await.unwrap();
+//!     tower_stateless::store::conformance::run_all(&store).await;
+//! }
+//! ```
+//!
+//! Layers use the store through static dispatch (`S: StateStore`), so there is no boxing
+//! or dynamic call per request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+mod error;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+
+pub use self::error::{BoxError, StoreError};
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+
+/// A shared key-value store with TTLs and a handful of atomic conditional operations.
+///
+/// The store is the only place a layer keeps state, so every instance of a service sees
+/// the same state. Implementations are cheap to clone handles to a shared backend.
+///
+/// # Contract
+///
+/// - Every method is **one atomic step**: no other operation on the same key can observe
+///   or interleave with a half-done call. On Redis each is exactly **one round trip**.
+/// - Every write takes a TTL. A TTL below one millisecond is rejected with
+///   [`StoreError::InvalidTtl`]; TTLs are kept to millisecond precision.
+/// - An expired key is indistinguishable from a key that was never written.
+/// - Values are opaque bytes; empty values are legal and distinct from absence.
+/// - Keys are arbitrary UTF-8. Layers namespace their keys with a prefix and put the part
+///   that groups keys read together inside a Redis Cluster hash tag (`{...}`).
+/// - Errors tell an unavailable store ([`StoreError::is_unavailable`]) apart from a
+///   corrupt or unexpected reply.
+pub trait StateStore: Clone + Send + Sync + 'static {
+    /// Reads one key. `None` if absent or expired.
+    ///
+    /// Redis: `GET`.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+
+    /// Reads many keys in one step; the result has one entry per key, in order.
+    ///
+    /// Redis: one `MGET`, never one `GET` per key. On Redis Cluster all keys must share a
+    /// hash tag.
+    fn get_many(
+        &self,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send;
+
+    /// Writes `value` under `key` with a TTL, replacing any previous value.
+    ///
+    /// Redis: `SET key value PX ttl`.
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes `value` only if `key` is absent. Returns `None` when this call wrote the
+    /// value, or `Some(existing)` (and writes nothing) when the key was already there.
+    ///
+    /// Of any number of concurrent callers on one absent key, exactly one gets `None`.
+    ///
+    /// Redis: `SET key value NX GET PX ttl` (Redis 7.0 or later).
+    fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+
+    /// Replaces the value of `key` with `new` (and a fresh TTL) only if its current value
+    /// is exactly `expected`. Returns whether it did. An absent key never matches.
+    ///
+    /// Of concurrent callers expecting the same value, exactly one succeeds.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (loaded once per server).
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes `key` only if its current value is exactly `expected`. Returns whether it
+    /// did. Used to release a lock only while still owning it.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script.
+    fn compare_and_delete(
+        &self,
+        key: &str,
+        expected: &[u8],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads `key` and, if present, resets its TTL to `ttl` in the same step (rolling
+    /// expiry). `None` if absent or expired; then nothing is written.
+    ///
+    /// Redis: `GETEX key PX ttl`.
+    fn get_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+
+    /// Deletes `key`. Returns whether it existed.
+    ///
+    /// Redis: `DEL`.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds `by` to the integer counter at `key` and returns the new value. A missing key
+    /// counts from zero and is created with the TTL `ttl`; an existing counter keeps the
+    /// TTL it has (a fixed window). A value that is not a decimal `i64` is
+    /// [`StoreError::Unexpected`].
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`INCRBY` plus `PEXPIRE` on creation).
+    fn increment(
+        &self,
+        key: &str,
+        by: i64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// Checks a TTL against the contract and returns it in whole milliseconds, rounded up.
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64, StoreError> {
+    if ttl < Duration::from_millis(1) {
+        return Err(StoreError::InvalidTtl(ttl));
+    }
+    let millis = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis)
+        .ok()
+        // Redis rejects expire times that overflow its millisecond clock; a century is
+        // more than any layer needs.
+        .filter(|ms| *ms <= 100 * 365 * 24 * 3600 * 1000)
+        .ok_or(StoreError::InvalidTtl(ttl))
+}

@@ -1,0 +1,44 @@
+//! The conformance suite of the store contract, once per backend. Test names carry the
+//! backend: `memory::ttl_expiry`, `redis::ttl_expiry`, ...
+#![cfg(feature = "conformance")]
+
+mod common;
+
+macro_rules! conformance {
+    ($backend:ident, $setup:expr, [$($property:ident),* $(,)?]) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $property() {
+                    // The guard keeps the Redis server alive until the check ends.
+                    let (store, _guard) = $setup;
+                    tower_stateless::store::conformance::$property(&store).await;
+                }
+            )*
+        }
+    };
+    ($backend:ident, $setup:expr) => {
+        conformance!($backend, $setup, [
+            get_set_roundtrip, ttl_expiry, invalid_ttl_rejected, set_if_absent_returns_existing,
+            set_if_absent_concurrent, compare_and_set_semantics, compare_and_set_concurrent,
+            compare_and_delete_semantics, get_and_refresh_extends_ttl, delete_semantics,
+            increment_semantics, increment_concurrent, get_many_with_missing_keys,
+            binary_values, empty_values, large_values, unusual_keys,
+        ]);
+    };
+}
+
+conformance!(memory, (tower_stateless::store::MemoryStore::new(), ()));
+
+#[cfg(feature = "redis")]
+conformance!(redis, {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::builder()
+        .url(server.url())
+        .prefix("conf:")
+        .build()
+        .expect("build store");
+    (store, server)
+});
