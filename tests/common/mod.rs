@@ -2,8 +2,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` process started for one test: no persistence, loopback only, killed
@@ -11,6 +14,94 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    monitor: Mutex<Option<Monitor>>,
+}
+
+/// A `MONITOR` connection that records the name of every command a client sends (not
+/// those run inside Lua scripts).
+struct Monitor {
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+    fences: Arc<Mutex<Vec<String>>>,
+    next_fence: std::sync::atomic::AtomicU64,
+    _stream: TcpStream,
+}
+
+impl Monitor {
+    fn start(port: u16) -> Self {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect MONITOR");
+        stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR reply");
+        assert!(ok.starts_with("+OK"), "MONITOR refused: {ok}");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let fences = Arc::new(Mutex::new(Vec::new()));
+        let (l, f) = (lines.clone(), fences.clone());
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                // +1700000000.123456 [0 127.0.0.1:5555] "GET" "key"
+                let Some((origin, command)) = text.split_once("] ") else {
+                    continue;
+                };
+                if origin.ends_with(" lua") {
+                    continue;
+                }
+                let name = command
+                    .split('"')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if name == "echo" && command.contains("tower-stateless-fence-") {
+                    f.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(command.to_owned());
+                } else {
+                    l.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+                }
+            }
+        });
+        Self {
+            port,
+            lines,
+            fences,
+            next_fence: std::sync::atomic::AtomicU64::new(0),
+            _stream: stream,
+        }
+    }
+
+    /// Sends a marker command and waits until MONITOR has shown it: everything sent
+    /// before it has then been recorded.
+    fn fence(&self) {
+        let n = self
+            .next_fence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("tower-stateless-fence-{n}");
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect fence");
+        let cmd = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len());
+        conn.write_all(cmd.as_bytes()).expect("send fence");
+        let mut reply = String::new();
+        BufReader::new(conn)
+            .read_line(&mut reply)
+            .expect("fence reply");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.iter().any(|f| f.contains(&format!("\"{marker}\""))) {
+                return;
+            }
+            drop(seen);
+            assert!(Instant::now() < deadline, "MONITOR never showed the fence");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 fn redis_server_on_path() -> bool {
@@ -22,11 +113,21 @@ fn redis_server_on_path() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A free loopback port that no other server of this test process has had: a stopped
+/// server keeps its port for its restart, so another test must not be handed it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on loopback");
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -43,6 +144,7 @@ impl RedisServer {
         let mut server = Self {
             port: free_port(),
             child: None,
+            monitor: Mutex::new(None),
         };
         server.spawn();
         Some(server)
@@ -62,7 +164,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -77,10 +183,31 @@ impl RedisServer {
 
     /// Kills the server (as a crash would).
     pub fn stop(&mut self) {
+        *self.monitor.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server process (SIGSTOP): connections stay open but nothing answers,
+    /// as with a stalled or partitioned Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("server not running").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// Starts the server again on the same port, empty.
@@ -93,39 +220,37 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("bad redis url")
     }
 
-    /// Clears the server's command statistics.
+    /// Starts counting the commands clients send from now on (the previous count is
+    /// dropped). Counting uses `MONITOR`, so commands that a Lua script runs inside one
+    /// `EVALSHA` are not counted: what is counted is round trips from clients.
     pub fn reset_stats(&self) {
-        let mut conn = self.client().get_connection().expect("connect for stats");
-        redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query::<()>(&mut conn)
-            .expect("CONFIG RESETSTAT");
+        let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        match monitor.as_ref() {
+            Some(m) => {
+                m.fence();
+                m.lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            None => *monitor = Some(Monitor::start(self.port)),
+        }
     }
 
-    /// Commands received since the last [`reset_stats`](Self::reset_stats), by lowercase
-    /// name, without the `INFO`/`CONFIG` of the counting itself.
+    /// Commands clients sent since the last [`reset_stats`](Self::reset_stats), by
+    /// lowercase name.
     pub fn command_stats(&self) -> HashMap<String, u64> {
-        let mut conn = self.client().get_connection().expect("connect for stats");
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .expect("INFO commandstats");
-        info.lines()
-            .filter_map(|line| {
-                let rest = line.strip_prefix("cmdstat_")?;
-                let (name, stats) = rest.split_once(':')?;
-                let calls = stats
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))?
-                    .parse()
-                    .ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat"))
-            .collect()
+        let monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let monitor = monitor
+            .as_ref()
+            .expect("call reset_stats before command_stats");
+        monitor.fence();
+        let lines = monitor.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = HashMap::new();
+        for name in lines.iter() {
+            *stats.entry(name.clone()).or_insert(0) += 1;
+        }
+        stats
     }
 
-    /// The total number of commands received since the last reset.
+    /// The total number of client commands since the last reset.
     pub fn command_count(&self) -> u64 {
         self.command_stats().values().sum()
     }
@@ -139,7 +264,10 @@ impl RedisServer {
     /// All keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut conn = self.client().get_connection().expect("connect");
-        redis::cmd("KEYS").arg(pattern).query(&mut conn).expect("KEYS")
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS")
     }
 
     /// Raw `GET` of a key.
