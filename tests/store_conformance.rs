@@ -42,3 +42,14 @@ conformance!(redis, {
         .expect("build store");
     (store, server)
 });
+
+#[cfg(feature = "redis-cluster")]
+conformance!(redis_cluster, {
+    let cluster = cluster_or_skip!();
+    let store = tower_stateless::store::RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .prefix("conf:")
+        .build()
+        .expect("build cluster store");
+    (store, cluster)
+});

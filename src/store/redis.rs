@@ -3,7 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, RedisError, Script};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::{self, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use deadpool_redis::{Config, Connection, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
 
@@ -65,8 +66,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    pool: Pool,
-    slots: Box<[Mutex<Option<MultiplexedConnection>>]>,
+    pool: Pools,
+    slots: Box<[Mutex<Option<Conn>>]>,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
@@ -99,6 +100,56 @@ pub struct RedisStoreBuilder {
 enum Source {
     Url(String),
     Pool(Pool),
+    #[cfg(feature = "redis-cluster")]
+    ClusterUrls(Vec<String>),
+    #[cfg(feature = "redis-cluster")]
+    ClusterPool(deadpool_redis::cluster::Pool),
+}
+
+/// Where connections come from: one Redis, or a Redis Cluster.
+enum Pools {
+    Single(Pool),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// A connection taken out of its pool: cheap to clone, shared by concurrent operations.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Source {
@@ -107,6 +158,10 @@ impl std::fmt::Debug for Source {
             // A URL may carry a password.
             Self::Url(_) => f.write_str("Url(<redacted>)"),
             Self::Pool(_) => f.write_str("Pool"),
+            #[cfg(feature = "redis-cluster")]
+            Self::ClusterUrls(urls) => write!(f, "ClusterUrls(<{} redacted>)", urls.len()),
+            #[cfg(feature = "redis-cluster")]
+            Self::ClusterPool(_) => f.write_str("ClusterPool"),
         }
     }
 }
@@ -122,6 +177,32 @@ impl RedisStoreBuilder {
     /// `pool_size` connections and keeps them.
     pub fn pool(mut self, pool: Pool) -> Self {
         self.source = Some(Source::Pool(pool));
+        self
+    }
+
+    /// Connects to a Redis Cluster through the given seed nodes (any reachable subset of
+    /// the cluster; the rest is discovered). Every operation stays one round trip to the
+    /// node owning the key; [`get_many`](StateStore::get_many) requires keys that hash to
+    /// one slot (the layers put the part they group by in a `{hash tag}`) and rejects
+    /// keys that span slots with [`StoreError::Unexpected`] rather than fan out.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster_urls<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.source = Some(Source::ClusterUrls(
+            urls.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// Uses connections from an existing deadpool-redis cluster pool.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster_pool(mut self, pool: deadpool_redis::cluster::Pool) -> Self {
+        self.source = Some(Source::ClusterPool(pool));
         self
     }
 
@@ -164,13 +245,30 @@ impl RedisStoreBuilder {
             return Err(invalid("key prefix must not contain '{' or '}'"));
         }
         let pool = match self.source {
-            Some(Source::Pool(pool)) => pool,
+            Some(Source::Pool(pool)) => Pools::Single(pool),
             Some(Source::Url(url)) => {
                 let mut config = Config::from_url(url);
                 config.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size));
-                config
-                    .create_pool(Some(Runtime::Tokio1))
-                    .map_err(|e| StoreError::Unexpected(e.into()))?
+                Pools::Single(
+                    config
+                        .create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| StoreError::Unexpected(e.into()))?,
+                )
+            }
+            #[cfg(feature = "redis-cluster")]
+            Some(Source::ClusterPool(pool)) => Pools::Cluster(pool),
+            #[cfg(feature = "redis-cluster")]
+            Some(Source::ClusterUrls(urls)) => {
+                if urls.is_empty() {
+                    return Err(invalid("at least one cluster node URL is required"));
+                }
+                let mut config = deadpool_redis::cluster::Config::from_urls(urls);
+                config.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size));
+                Pools::Cluster(
+                    config
+                        .create_pool(Some(Runtime::Tokio1))
+                        .map_err(|e| StoreError::Unexpected(e.into()))?,
+                )
             }
             None => return Err(invalid("a Redis URL or pool is required")),
         };
@@ -226,7 +324,7 @@ impl RedisStore {
     /// the connection so that the slot reconnects next time.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
@@ -248,23 +346,50 @@ impl RedisStore {
         result
     }
 
-    async fn connection(
-        &self,
-        slot: &Mutex<Option<MultiplexedConnection>>,
-    ) -> Result<MultiplexedConnection, StoreError> {
+    async fn connection(&self, slot: &Mutex<Option<Conn>>) -> Result<Conn, StoreError> {
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
             return Ok(conn.clone());
         }
-        let pooled = self.inner.pool.get().await.map_err(|e| match e {
+        // Taken out of the pool for good: never recycled, so never pinged.
+        let conn = match &self.inner.pool {
+            Pools::Single(pool) => Conn::Single(Connection::take(
+                pool.get().await.map_err(|e| self.pool_error(e))?,
+            )),
+            #[cfg(feature = "redis-cluster")]
+            Pools::Cluster(pool) => Conn::Cluster(deadpool_redis::cluster::Connection::take(
+                pool.get().await.map_err(|e| self.pool_error(e))?,
+            )),
+        };
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn pool_error(&self, err: PoolError) -> StoreError {
+        match err {
             PoolError::Backend(e) => classify(e),
             PoolError::Timeout(_) => StoreError::Timeout(self.inner.timeout),
             other => StoreError::Unavailable(other.into()),
-        })?;
-        // Taken out of the pool for good: never recycled, so never pinged.
-        let conn = Connection::take(pooled);
-        *guard = Some(conn.clone());
-        Ok(conn)
+        }
+    }
+
+    /// On a cluster, refuses a multi-key read over several hash slots: it would be a
+    /// round trip per node, and not atomic.
+    fn check_one_slot(&self, keys: &[String]) -> Result<(), StoreError> {
+        #[cfg(feature = "redis-cluster")]
+        if matches!(self.inner.pool, Pools::Cluster(_)) {
+            let mut slots = keys.iter().map(|k| hash_slot(k));
+            if let Some(first) = slots.next() {
+                if slots.any(|s| s != first) {
+                    return Err(StoreError::Unexpected(
+                        "get_many on Redis Cluster needs keys in one hash slot: share a {hash tag}"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let _ = keys;
+        Ok(())
     }
 }
 
@@ -291,6 +416,24 @@ fn classify(err: RedisError) -> StoreError {
     }
 }
 
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, or of the whole
+/// key when it has no non-empty `{...}`, modulo 16384.
+#[cfg(feature = "redis-cluster")]
+pub(crate) fn hash_slot(key: &str) -> u16 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    CRC16.checksum(hashed) % 16384
+}
+
 fn to_bytes(value: Option<Vec<u8>>) -> Option<Bytes> {
     value.map(Bytes::from)
 }
@@ -313,6 +456,7 @@ impl StateStore for RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.check_one_slot(&keys)?;
         let values = self
             .run(|mut conn| async move {
                 redis::cmd("MGET")
@@ -439,5 +583,21 @@ impl StateStore for RedisStore {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(all(test, feature = "redis-cluster"))]
+mod tests {
+    use super::hash_slot;
+
+    #[test]
+    fn hash_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on a real server.
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("bar"), 5061);
+        assert_eq!(hash_slot("123456789"), 12739);
+        assert_eq!(hash_slot("{}foo"), 9500);
+        assert_eq!(hash_slot("{user1000}.following"), 3443);
+        assert_eq!(hash_slot("a{user1000}b{x}"), hash_slot("user1000"));
     }
 }

@@ -293,3 +293,158 @@ macro_rules! redis_or_skip {
         }
     };
 }
+
+/// A real 3-master Redis Cluster on free ports (`redis-server --cluster-enabled yes` ×3,
+/// joined with `redis-cli --cluster create`), torn down when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+/// A scratch directory removed when dropped (cluster nodes write their config there).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// Starts the cluster, or `None` (skipping, or failing under `CI=true`) when
+    /// `redis-server`/`redis-cli` are missing.
+    pub fn start() -> Option<Self> {
+        let have_cli = Command::new("redis-cli")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !redis_server_on_path() || !have_cli {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!(
+                    "redis-server/redis-cli not on PATH, and CI=true: cluster tests must not skip"
+                );
+            }
+            eprintln!("SKIPPED: redis-server or redis-cli is not on PATH");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "tower-stateless-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let dir = TempDir(dir);
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let conf = dir.0.join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", conf.to_str().expect("utf-8 path")])
+                .args(["--cluster-node-timeout", "2000"])
+                .current_dir(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cluster node");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            nodes.push(RedisServer {
+                port,
+                child: Some(child),
+                monitor: Mutex::new(None),
+            });
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok();
+        Some(cluster)
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let mut conn = node.client().get_connection().expect("connect node");
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut conn)
+                    .expect("CLUSTER INFO");
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster never reached state ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Seed URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes, e.g. to count commands on each.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `CLUSTER KEYSLOT` of a key, as the server computes it.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let mut conn = self.nodes[0].client().get_connection().expect("connect");
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .expect("KEYSLOT")
+    }
+
+    /// Every key on every node matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
+    }
+}
+
+/// Starts a Redis Cluster for the test or returns from it (skipping) when there is none.
+#[macro_export]
+macro_rules! cluster_or_skip {
+    () => {
+        match $crate::common::RedisCluster::start() {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+}
