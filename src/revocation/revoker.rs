@@ -6,6 +6,15 @@ use super::key;
 use crate::store::{StateStore, StoreError};
 use crate::RegisteredClaims;
 
+/// The longest TTL the store contract accepts.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Why a revocation could not be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -91,13 +100,16 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_jti(&self, sub: &str, jti: &str, exp: u64) -> Result<(), RevokeError> {
-        let expires = UNIX_EPOCH + Duration::from_secs(exp) + self.leeway;
-        let Ok(ttl) = expires.duration_since(SystemTime::now()) else {
+        let expires = Duration::from_secs(exp).saturating_add(self.leeway);
+        let Some(ttl) = expires.checked_sub(since_epoch()) else {
             return Ok(());
         };
         if ttl < Duration::from_millis(1) {
             return Ok(());
         }
+        // The store refuses TTLs beyond a century; a token claiming to live longer is
+        // still revoked, for a century.
+        let ttl = ttl.min(MAX_TTL);
         let value = Bytes::from_static(b"1");
         self.store.set(&key::jti(sub, jti), value, ttl).await?;
         Ok(())
@@ -141,9 +153,7 @@ impl<S: StateStore> Revoker<S> {
     /// [`RevokeError::Store`] when the store fails, or with
     /// [`StoreError::InvalidTtl`] when the max token lifetime is zero.
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = since_epoch().as_secs();
         let ttl = self.max_token_lifetime.saturating_add(self.leeway);
         let value = Bytes::from(now.to_string());
         self.store.set(&key::subject(sub), value, ttl).await?;
