@@ -1,0 +1,162 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::key;
+use crate::store::{StateStore, StoreError};
+use crate::RegisteredClaims;
+
+/// The longest TTL the store contract accepts.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Why a revocation could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevokeError {
+    /// [`Revoker::revoke_token`] was given claims without a `jti`: such a token cannot be
+    /// revoked on its own; revoke its session or its subject instead.
+    #[error("the token has no `jti` and cannot be revoked on its own")]
+    MissingJti,
+    /// The store failed; nothing may have been written, so the revocation must be
+    /// retried (tell the caller that logout failed rather than pretend it worked).
+    #[error("could not write the revocation to the state store")]
+    Store(#[from] StoreError),
+}
+
+/// The write side of the revocation list: what logout handlers and admin tools call.
+///
+/// Every entry expires on its own, so the list never grows without bound:
+///
+/// | call | key expires after |
+/// |---|---|
+/// | [`revoke_token`](Self::revoke_token) / [`revoke_jti`](Self::revoke_jti) | the token's remaining life, `exp − now` (+ leeway) |
+/// | [`revoke_session`](Self::revoke_session) | the TTL you give (the session's remaining life) |
+/// | [`revoke_subject`](Self::revoke_subject) | the max token lifetime given to [`new`](Self::new) (+ leeway) |
+///
+/// Share the store with the [`RevocationLayer`](super::RevocationLayer) of every instance;
+/// a revocation is visible to the next request on any of them.
+#[derive(Debug, Clone)]
+pub struct Revoker<S> {
+    store: S,
+    max_token_lifetime: Duration,
+    leeway: Duration,
+}
+
+impl<S: StateStore> Revoker<S> {
+    /// A revoker writing to `store`.
+    ///
+    /// `max_token_lifetime` is the longest `exp − iat` of any token you issue: a subject
+    /// revocation is kept that long, after which every token it revoked has expired
+    /// anyway. Too short a value lets old tokens back in once the entry expires.
+    pub fn new(store: S, max_token_lifetime: Duration) -> Self {
+        Self {
+            store,
+            max_token_lifetime,
+            leeway: Duration::ZERO,
+        }
+    }
+
+    /// Extra time every entry is kept beyond the token's expiry (default none).
+    ///
+    /// Set it to the clock-skew leeway of your JWT verifier: a verifier that accepts a
+    /// token up to 60 s after `exp` would otherwise accept a revoked token for those 60 s
+    /// once its revocation entry has expired.
+    #[must_use]
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The store this revoker writes to.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Revokes one token (logout on this device), by the `sub`, `jti` and `exp` of its
+    /// claims. See [`revoke_jti`](Self::revoke_jti).
+    ///
+    /// # Errors
+    ///
+    /// [`RevokeError::MissingJti`] when the claims carry no `jti`;
+    /// [`RevokeError::Store`] when the store fails.
+    pub async fn revoke_token(&self, claims: &RegisteredClaims) -> Result<(), RevokeError> {
+        let jti = claims.jti.as_deref().ok_or(RevokeError::MissingJti)?;
+        self.revoke_jti(&claims.sub, jti, claims.exp).await
+    }
+
+    /// Revokes the token `jti` of `sub` that expires at `exp` (Unix seconds).
+    ///
+    /// The entry lives for the token's remaining life (`exp − now`, plus the
+    /// [`leeway`](Self::leeway)). A token that has already expired (beyond the leeway) is
+    /// refused by the JWT layer anyway: then nothing is written and this returns `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// [`RevokeError::Store`] when the store fails.
+    pub async fn revoke_jti(&self, sub: &str, jti: &str, exp: u64) -> Result<(), RevokeError> {
+        let expires = Duration::from_secs(exp).saturating_add(self.leeway);
+        let Some(ttl) = expires.checked_sub(since_epoch()) else {
+            return Ok(());
+        };
+        if ttl < Duration::from_millis(1) {
+            return Ok(());
+        }
+        // The store refuses TTLs beyond a century; a token claiming to live longer is
+        // still revoked, for a century.
+        let ttl = ttl.min(MAX_TTL);
+        let value = Bytes::from_static(b"1");
+        self.store.set(&key::jti(sub, jti), value, ttl).await?;
+        Ok(())
+    }
+
+    /// Revokes the session `sid` of `sub`: every token carrying that `sid` claim, issued
+    /// before or after this call, is refused for `ttl`.
+    ///
+    /// Give the session's remaining life (or the max token lifetime, if tokens of the
+    /// session may be issued until then) as `ttl`.
+    ///
+    /// # Errors
+    ///
+    /// [`RevokeError::Store`] when the store fails, or with
+    /// [`StoreError::InvalidTtl`] when `ttl` is below one millisecond.
+    pub async fn revoke_session(
+        &self,
+        sub: &str,
+        sid: &str,
+        ttl: Duration,
+    ) -> Result<(), RevokeError> {
+        let value = Bytes::from_static(b"1");
+        self.store.set(&key::sid(sub, sid), value, ttl).await?;
+        Ok(())
+    }
+
+    /// Revokes every token of `sub` issued up to now ("log out everywhere") and returns
+    /// the revocation time `t` in Unix seconds.
+    ///
+    /// A token of `sub` is refused when its `iat <= t`, or when it has no `iat` at all.
+    /// Since `iat` has whole-second precision, a token issued in the same second as the
+    /// revocation is refused too (it cannot be told apart from one issued just before);
+    /// a token issued from the next second on passes. A login right after "log out
+    /// everywhere" may therefore need to wait for the next second before its token works.
+    ///
+    /// Calling it again moves `t` to the new time. The entry is kept for the max token
+    /// lifetime (plus the leeway).
+    ///
+    /// # Errors
+    ///
+    /// [`RevokeError::Store`] when the store fails, or with
+    /// [`StoreError::InvalidTtl`] when the max token lifetime is zero.
+    pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
+        let now = since_epoch().as_secs();
+        let ttl = self.max_token_lifetime.saturating_add(self.leeway);
+        let value = Bytes::from(now.to_string());
+        self.store.set(&key::subject(sub), value, ttl).await?;
+        Ok(now)
+    }
+}

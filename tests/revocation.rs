@@ -1,0 +1,764 @@
+//! RevocationLayer and Revoker, black-box, on both backends. Test names carry the backend:
+//! `memory::revoke_jti_denies_only_that_token`, `redis::...`.
+//!
+//! Every shared test gets two store handles: it revokes through one and checks through
+//! the other, as two instances of a service sharing one store would (two separate
+//! connection pools on Redis).
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower_stateless::response::ErrorBody;
+use tower_stateless::revocation::{RevocationLayer, RevokeError, Revoker};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::RegisteredClaims;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A fresh token of `sub` with `jti`, issued now, valid for ten minutes.
+fn token(sub: &str, jti: &str) -> RegisteredClaims {
+    let now = now();
+    RegisteredClaims::new(sub, now + 600)
+        .with_jti(jti)
+        .with_iat(now)
+}
+
+struct Answer {
+    status: StatusCode,
+    www_authenticate: Option<String>,
+    retry_after: Option<String>,
+    error: Option<ErrorBody>,
+}
+
+/// Sends one request carrying `claims` (as the JWT layer would have inserted them)
+/// through `layer` in front of a handler that answers 200, and counts handler calls.
+async fn send_counted<St: StateStore>(
+    layer: &RevocationLayer<St>,
+    claims: Option<&RegisteredClaims>,
+    calls: &Arc<AtomicUsize>,
+) -> Answer {
+    let calls = calls.clone();
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(move |_request: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        }));
+    let mut request = Request::new(Full::new(Bytes::new()));
+    if let Some(claims) = claims {
+        request.extensions_mut().insert(claims.clone());
+    }
+    let response = service.oneshot(request).await.expect("infallible");
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &http::HeaderValue| v.to_str().expect("ascii header").to_owned())
+    };
+    let www_authenticate = header(header::WWW_AUTHENTICATE);
+    let retry_after = header(header::RETRY_AFTER);
+    let status = response.status();
+    let is_json = header(header::CONTENT_TYPE).as_deref() == Some("application/json");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let error = is_json.then(|| serde_json::from_slice(&body).expect("JSON error body"));
+    Answer {
+        status,
+        www_authenticate,
+        retry_after,
+        error,
+    }
+}
+
+async fn send<St: StateStore>(layer: &RevocationLayer<St>, claims: &RegisteredClaims) -> Answer {
+    send_counted(layer, Some(claims), &Arc::new(AtomicUsize::new(0))).await
+}
+
+async fn status<St: StateStore>(
+    layer: &RevocationLayer<St>,
+    claims: &RegisteredClaims,
+) -> StatusCode {
+    send(layer, claims).await.status
+}
+
+fn assert_revoked(answer: &Answer) {
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.www_authenticate.as_deref(),
+        Some(r#"Bearer error="invalid_token", error_description="token revoked""#)
+    );
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("invalid_token")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Behaviour shared by both backends.
+
+async fn revoke_jti_denies_only_that_token<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let first = token("alice", "t1");
+    let second = token("alice", "t2");
+    let bobs = token("bob", "t1");
+    assert_eq!(status(&layer, &first).await, StatusCode::OK);
+
+    revoker.revoke_token(&first).await.expect("revoke");
+
+    assert_revoked(&send(&layer, &first).await);
+    assert_eq!(status(&layer, &second).await, StatusCode::OK);
+    // A jti is scoped to its subject.
+    assert_eq!(status(&layer, &bobs).await, StatusCode::OK);
+}
+
+async fn revoked_request_never_reaches_the_handler<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let claims = token("alice", "t1");
+    Revoker::new(other, HOUR)
+        .revoke_token(&claims)
+        .await
+        .expect("revoke");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answer = send_counted(&layer, Some(&claims), &calls).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+async fn revoke_token_without_jti_is_an_error<St: StateStore>(store: St, _other: St) {
+    let claims = RegisteredClaims::new("alice", now() + 600).with_iat(now());
+    let result = Revoker::new(store, HOUR).revoke_token(&claims).await;
+    assert!(matches!(result, Err(RevokeError::MissingJti)), "{result:?}");
+}
+
+async fn revoke_expired_token_writes_nothing<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let expired = RegisteredClaims::new("alice", now() - 10).with_jti("old");
+    Revoker::new(other, HOUR)
+        .revoke_token(&expired)
+        .await
+        .expect("no-op");
+    // The layer does not look at `exp` (the JWT layer does): a 200 here shows that no
+    // entry was written.
+    assert_eq!(status(&layer, &expired).await, StatusCode::OK);
+}
+
+async fn jti_entry_expires_with_the_token<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let short = RegisteredClaims::new("alice", now() + 1).with_jti("short");
+    Revoker::new(other, HOUR)
+        .revoke_token(&short)
+        .await
+        .expect("revoke");
+    assert_eq!(status(&layer, &short).await, StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status(&layer, &short).await, StatusCode::OK);
+}
+
+async fn revoke_session_denies_every_token_of_it<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let in_session = token("alice", "t1").with_sid("s1");
+    let also_in_session = token("alice", "t2").with_sid("s1");
+    let other_session = token("alice", "t3").with_sid("s2");
+    let no_session = token("alice", "t4");
+    let bobs_s1 = token("bob", "t5").with_sid("s1");
+
+    revoker
+        .revoke_session("alice", "s1", HOUR)
+        .await
+        .expect("revoke");
+
+    assert_revoked(&send(&layer, &in_session).await);
+    assert_revoked(&send(&layer, &also_in_session).await);
+    // A session token without a jti is caught too.
+    let no_jti = RegisteredClaims::new("alice", now() + 600).with_sid("s1");
+    assert_eq!(status(&layer, &no_jti).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&layer, &other_session).await, StatusCode::OK);
+    assert_eq!(status(&layer, &no_session).await, StatusCode::OK);
+    assert_eq!(status(&layer, &bobs_s1).await, StatusCode::OK);
+}
+
+async fn revoke_session_with_zero_ttl_is_rejected<St: StateStore>(store: St, _other: St) {
+    let result = Revoker::new(store, HOUR)
+        .revoke_session("alice", "s1", Duration::ZERO)
+        .await;
+    assert!(
+        matches!(result, Err(RevokeError::Store(StoreError::InvalidTtl(_)))),
+        "{result:?}"
+    );
+}
+
+async fn revoke_subject_denies_older_tokens<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let t = revoker.revoke_subject("alice").await.expect("revoke");
+    let exp = t + 600;
+    let issued = |iat: u64, jti: &str| {
+        RegisteredClaims::new("alice", exp)
+            .with_jti(jti)
+            .with_iat(iat)
+    };
+
+    assert_revoked(&send(&layer, &issued(t - 100, "old")).await);
+    assert_revoked(&send(&layer, &issued(t - 1, "just-before")).await);
+    // Same second as the revocation: refused (iat cannot tell before from after).
+    assert_eq!(
+        status(&layer, &issued(t, "same-second")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // From the next second on: accepted.
+    assert_eq!(
+        status(&layer, &issued(t + 1, "next-second")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&layer, &issued(t + 60, "later")).await,
+        StatusCode::OK
+    );
+    // No iat: cannot prove it is newer, so refused.
+    let no_iat = RegisteredClaims::new("alice", exp).with_jti("no-iat");
+    assert_eq!(status(&layer, &no_iat).await, StatusCode::UNAUTHORIZED);
+    // Other subjects are untouched.
+    let bobs = RegisteredClaims::new("bob", exp)
+        .with_jti("b")
+        .with_iat(t - 100);
+    assert_eq!(status(&layer, &bobs).await, StatusCode::OK);
+}
+
+async fn revoke_subject_again_moves_the_cutoff<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let first = revoker.revoke_subject("alice").await.expect("revoke");
+    let fresh = RegisteredClaims::new("alice", first + 600).with_iat(first + 1);
+    assert_eq!(status(&layer, &fresh).await, StatusCode::OK);
+    // Wait until the clock has passed `fresh`'s iat, then log out everywhere again.
+    while now() <= first + 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = revoker.revoke_subject("alice").await.expect("revoke");
+    assert!(second > first + 1);
+    assert_eq!(status(&layer, &fresh).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn second_instance_sees_revocation_at_once<St: StateStore>(store: St, other: St) {
+    // Two instances, each with its own layer and store handle; the first revokes.
+    let first = RevocationLayer::new(store.clone());
+    let second = RevocationLayer::new(other);
+    let claims = token("alice", "t1").with_sid("s1");
+    assert_eq!(status(&first, &claims).await, StatusCode::OK);
+    assert_eq!(status(&second, &claims).await, StatusCode::OK);
+
+    Revoker::new(store, HOUR)
+        .revoke_token(&claims)
+        .await
+        .expect("revoke");
+
+    assert_eq!(status(&second, &claims).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&first, &claims).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn subject_with_brace_and_colon_characters<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let odd = "a}{b:c}:jti:x";
+    let t1 = token(odd, "t1").with_sid("s:{1}");
+    let t2 = token(odd, "t2");
+    // Subjects that a naive key scheme would confuse with `odd`.
+    let lookalikes = [
+        token("a", "t1"),
+        token("a}", "t1"),
+        token("a}{b:c}", "x:t1"),
+    ];
+
+    revoker.revoke_token(&t1).await.expect("revoke");
+    assert_eq!(status(&layer, &t1).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&layer, &t2).await, StatusCode::OK);
+    for claims in &lookalikes {
+        assert_eq!(status(&layer, claims).await, StatusCode::OK, "{claims:?}");
+    }
+
+    revoker
+        .revoke_session(odd, "s:{1}", HOUR)
+        .await
+        .expect("revoke");
+    let same_session = token(odd, "t3").with_sid("s:{1}");
+    assert_eq!(
+        status(&layer, &same_session).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let t = revoker.revoke_subject(odd).await.expect("revoke");
+    assert_eq!(status(&layer, &t2).await, StatusCode::UNAUTHORIZED);
+    let newer = RegisteredClaims::new(odd, t + 600)
+        .with_jti("t4")
+        .with_iat(t + 1);
+    assert_eq!(status(&layer, &newer).await, StatusCode::OK);
+    for claims in &lookalikes {
+        assert_eq!(status(&layer, claims).await, StatusCode::OK, "{claims:?}");
+    }
+}
+
+async fn empty_subject_and_ids<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let revoker = Revoker::new(other, HOUR);
+    let empty = token("", "").with_sid("");
+    assert_eq!(status(&layer, &empty).await, StatusCode::OK);
+    revoker.revoke_token(&empty).await.expect("revoke");
+    assert_eq!(status(&layer, &empty).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&layer, &token("", "t2")).await, StatusCode::OK);
+    assert_eq!(status(&layer, &token("x", "")).await, StatusCode::OK);
+}
+
+async fn token_with_absurd_exp_is_still_revoked<St: StateStore>(store: St, other: St) {
+    let layer = RevocationLayer::new(store);
+    let forever = RegisteredClaims::new("alice", u64::MAX).with_jti("forever");
+    Revoker::new(other, HOUR)
+        .leeway(Duration::MAX)
+        .revoke_token(&forever)
+        .await
+        .expect("revoke");
+    assert_eq!(status(&layer, &forever).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn missing_claims_is_a_500<St: StateStore>(store: St, _other: St) {
+    let layer = RevocationLayer::new(store);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answer = send_counted(&layer, None, &calls).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("internal_error")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler must not run");
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = tower_stateless::store::MemoryStore::new();
+                    super::$name(store.clone(), store).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = crate::redis_or_skip!();
+                    let store = super::RedisStore::from_url(server.url()).expect("store");
+                    let other = super::RedisStore::from_url(server.url()).expect("store");
+                    super::$name(store, other).await;
+                    drop(server);
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    revoke_jti_denies_only_that_token,
+    revoked_request_never_reaches_the_handler,
+    revoke_token_without_jti_is_an_error,
+    revoke_expired_token_writes_nothing,
+    jti_entry_expires_with_the_token,
+    revoke_session_denies_every_token_of_it,
+    revoke_session_with_zero_ttl_is_rejected,
+    revoke_subject_denies_older_tokens,
+    revoke_subject_again_moves_the_cutoff,
+    second_instance_sees_revocation_at_once,
+    subject_with_brace_and_colon_characters,
+    empty_subject_and_ids,
+    token_with_absurd_exp_is_still_revoked,
+    missing_claims_is_a_500,
+);
+
+// ---------------------------------------------------------------------------------------
+// Store failures on the memory backend: a wrapper whose every operation fails.
+
+#[derive(Clone, Debug)]
+struct FailingStore {
+    unavailable: bool,
+}
+
+impl FailingStore {
+    fn error(&self) -> StoreError {
+        if self.unavailable {
+            StoreError::Unavailable("connection refused".into())
+        } else {
+            StoreError::Unexpected("WRONGTYPE".into())
+        }
+    }
+}
+
+impl StateStore for FailingStore {
+    async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
+        Err(self.error())
+    }
+    async fn get_many(&self, _: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        Err(self.error())
+    }
+    async fn set(&self, _: &str, _: Bytes, _: Duration) -> Result<(), StoreError> {
+        Err(self.error())
+    }
+    async fn set_if_absent(
+        &self,
+        _: &str,
+        _: Bytes,
+        _: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        Err(self.error())
+    }
+    async fn compare_and_set(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: Bytes,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
+        Err(self.error())
+    }
+    async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, StoreError> {
+        Err(self.error())
+    }
+    async fn get_and_refresh(&self, _: &str, _: Duration) -> Result<Option<Bytes>, StoreError> {
+        Err(self.error())
+    }
+    async fn delete(&self, _: &str) -> Result<bool, StoreError> {
+        Err(self.error())
+    }
+    async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64, StoreError> {
+        Err(self.error())
+    }
+}
+
+/// A log sink for the tracing subscriber of one current-thread test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines_containing(&self, needle: &str) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8");
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn memory_store_down_fails_closed_with_503() {
+    let layer = RevocationLayer::new(FailingStore { unavailable: true })
+        .retry_after(Duration::from_secs(7));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answer = send_counted(&layer, Some(&token("alice", "t1")), &calls).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("7"));
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("store_unavailable")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn memory_store_down_fail_open_passes_and_warns_per_request() {
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let layer = RevocationLayer::new(FailingStore { unavailable: true }).fail_open();
+    for jti in ["t1", "t2", "t3"] {
+        assert_eq!(status(&layer, &token("alice", jti)).await, StatusCode::OK);
+    }
+    let warnings = logs.lines_containing("fail-open");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings.iter().all(|l| l.contains("WARN")), "{warnings:?}");
+}
+
+#[tokio::test]
+async fn memory_unexpected_store_error_is_500_even_with_fail_open() {
+    for layer in [
+        RevocationLayer::new(FailingStore { unavailable: false }),
+        RevocationLayer::new(FailingStore { unavailable: false }).fail_open(),
+    ] {
+        let answer = send(&layer, &token("alice", "t1")).await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
+
+#[tokio::test]
+async fn memory_revoker_reports_store_down() {
+    let revoker = Revoker::new(FailingStore { unavailable: true }, HOUR);
+    let result = revoker.revoke_token(&token("alice", "t1")).await;
+    assert!(
+        matches!(&result, Err(RevokeError::Store(e)) if e.is_unavailable()),
+        "{result:?}"
+    );
+    let result = revoker.revoke_subject("alice").await;
+    assert!(matches!(result, Err(RevokeError::Store(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn missing_claims_logs_the_misconfiguration() {
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let layer = RevocationLayer::new(MemoryStore::new());
+    let answer = send_counted(&layer, None, &Arc::new(AtomicUsize::new(0))).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let errors = logs.lines_containing("no RegisteredClaims");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("ERROR") && errors[0].contains("JwtAuthLayer"));
+}
+
+#[tokio::test]
+async fn memory_corrupt_subject_entry_fails_closed() {
+    let store = MemoryStore::new();
+    let layer = RevocationLayer::new(store.clone());
+    // Find the subject key the revoker writes, then overwrite it with garbage.
+    let revoker = Revoker::new(store.clone(), HOUR);
+    let t = revoker.revoke_subject("alice").await.expect("revoke");
+    let newer = RegisteredClaims::new("alice", t + 600).with_iat(t + 1);
+    assert_eq!(status(&layer, &newer).await, StatusCode::OK);
+    store
+        .set(
+            "rev:{sYWxpY2U}:sub",
+            Bytes::from_static(b"not a time"),
+            HOUR,
+        )
+        .await
+        .expect("set");
+    assert_eq!(status(&layer, &newer).await, StatusCode::UNAUTHORIZED);
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only: what the server sees.
+
+fn redis_store(server: &common::RedisServer) -> RedisStore {
+    RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_entry_ttls_match_remaining_lifetimes() {
+    let server = redis_or_skip!();
+    let store = redis_store(&server);
+    let revoker = Revoker::new(store, Duration::from_secs(7200));
+    let claims = RegisteredClaims::new("alice", now() + 600).with_jti("t1");
+    revoker.revoke_token(&claims).await.expect("revoke");
+    revoker
+        .revoke_session("alice", "s1", Duration::from_secs(900))
+        .await
+        .expect("revoke");
+    revoker.revoke_subject("alice").await.expect("revoke");
+
+    let ttl_of = |pattern: &str| {
+        let keys = server.keys(pattern);
+        assert_eq!(keys.len(), 1, "{pattern}: {keys:?}");
+        server.pttl(&keys[0])
+    };
+    // exp has whole seconds, so the remaining life is 599..=600 s at write time.
+    let jti = ttl_of("rev:*:jti:t1");
+    assert!((597_000..=600_000).contains(&jti), "jti PTTL {jti}");
+    let sid = ttl_of("rev:*:sid:s1");
+    assert!((898_000..=900_000).contains(&sid), "sid PTTL {sid}");
+    let sub = ttl_of("rev:*:sub");
+    assert!((7_198_000..=7_200_000).contains(&sub), "sub PTTL {sub}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leeway_extends_the_jti_ttl() {
+    let server = redis_or_skip!();
+    let revoker = Revoker::new(redis_store(&server), HOUR).leeway(Duration::from_secs(60));
+    let claims = RegisteredClaims::new("alice", now() + 600).with_jti("t1");
+    revoker.revoke_token(&claims).await.expect("revoke");
+    let keys = server.keys("rev:*:jti:t1");
+    let pttl = server.pttl(&keys[0]);
+    assert!((657_000..=660_000).contains(&pttl), "PTTL {pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_of_a_subject_share_one_hash_tag() {
+    let server = redis_or_skip!();
+    let revoker = Revoker::new(redis_store(&server), HOUR);
+    let sub = "a}{b:c}";
+    let claims = token(sub, "t}1").with_sid("{s}");
+    revoker.revoke_token(&claims).await.expect("revoke");
+    revoker
+        .revoke_session(sub, "{s}", HOUR)
+        .await
+        .expect("revoke");
+    revoker.revoke_subject(sub).await.expect("revoke");
+    let keys = server.keys("rev:*");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    // Redis Cluster hashes the part between the first `{` and the next `}`.
+    let tag = |key: &str| {
+        let open = key.find('{').expect("tag");
+        let len = key[open + 1..].find('}').expect("tag end");
+        key[open + 1..open + 1 + len].to_owned()
+    };
+    let tags: Vec<_> = keys.iter().map(|k| tag(k)).collect();
+    assert!(!tags[0].is_empty());
+    assert!(tags.iter().all(|t| *t == tags[0]), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_mget_per_request() {
+    let server = redis_or_skip!();
+    let store = redis_store(&server);
+    let layer = RevocationLayer::new(store.clone());
+    let revoker = Revoker::new(store, HOUR);
+    let full = token("alice", "t1").with_sid("s1");
+    let revoked = token("alice", "t2").with_sid("s1");
+    let bare = RegisteredClaims::new("alice", now() + 600);
+    revoker.revoke_token(&revoked).await.expect("revoke");
+    // Warm-up: connection setup sends its own commands once.
+    assert_eq!(status(&layer, &full).await, StatusCode::OK);
+
+    for (claims, expected) in [
+        (&full, StatusCode::OK),
+        (&revoked, StatusCode::UNAUTHORIZED),
+        (&bare, StatusCode::OK),
+    ] {
+        server.reset_stats();
+        assert_eq!(status(&layer, claims).await, expected);
+        let stats = server.command_stats();
+        assert_eq!(stats.get("mget"), Some(&1), "{stats:?}");
+        assert_eq!(server.command_count(), 1, "{stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_closed_then_recovers() {
+    let mut server = redis_or_skip!();
+    let layer = RevocationLayer::new(redis_store(&server));
+    let claims = token("alice", "t1");
+    assert_eq!(status(&layer, &claims).await, StatusCode::OK);
+
+    server.stop();
+    let answer = send(&layer, &claims).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("store_unavailable")
+    );
+
+    server.restart();
+    let mut last = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..20 {
+        last = status(&layer, &claims).await;
+        if last == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_open_passes() {
+    let mut server = redis_or_skip!();
+    let store = redis_store(&server);
+    let layer = RevocationLayer::new(store.clone()).fail_open();
+    let claims = token("alice", "t1");
+    Revoker::new(store, HOUR)
+        .revoke_token(&claims)
+        .await
+        .expect("revoke");
+    assert_eq!(status(&layer, &claims).await, StatusCode::UNAUTHORIZED);
+
+    server.stop();
+    // The documented cost of fail-open: the revoked token passes while Redis is down.
+    assert_eq!(status(&layer, &claims).await, StatusCode::OK);
+    assert_eq!(status(&layer, &token("alice", "t2")).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_revoker_reports_store_down() {
+    let mut server = redis_or_skip!();
+    let revoker = Revoker::new(redis_store(&server), HOUR);
+    server.stop();
+    let result = revoker.revoke_token(&token("alice", "t1")).await;
+    assert!(
+        matches!(&result, Err(RevokeError::Store(e)) if e.is_unavailable()),
+        "{result:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Works in an axum router (Send futures, axum's body types).
+
+#[tokio::test]
+async fn works_in_an_axum_router() {
+    use axum::routing::get;
+
+    let store = MemoryStore::new();
+    let revoker = Revoker::new(store.clone(), HOUR);
+    let claims = token("alice", "t1");
+    let inserted = claims.clone();
+    let app = axum::Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(RevocationLayer::new(store))
+        // Stands in for JwtAuthLayer.
+        .layer(axum::middleware::map_request(
+            move |mut request: axum::extract::Request| {
+                let claims = inserted.clone();
+                async move {
+                    request.extensions_mut().insert(claims);
+                    request
+                }
+            },
+        ));
+    let request = || Request::new(axum::body::Body::empty());
+    let response = app.clone().oneshot(request()).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    revoker.revoke_token(&claims).await.expect("revoke");
+    let response = app.oneshot(request()).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
