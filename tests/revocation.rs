@@ -377,7 +377,56 @@ macro_rules! both_backends {
                 }
             )*
         }
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = crate::cluster_or_skip!();
+                    let build = || {
+                        super::RedisStore::builder()
+                            .cluster_urls(cluster.urls())
+                            .build()
+                            .expect("cluster store")
+                    };
+                    super::$name(build(), build()).await;
+                    drop(cluster);
+                }
+            )*
+        }
     };
+}
+
+/// On a real cluster, every key a subject's revocations write hashes to one slot, so the
+/// check stays one `MGET` on one node.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keys_of_a_subject_share_one_slot() {
+    let cluster = cluster_or_skip!();
+    let store = RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .build()
+        .expect("cluster store");
+    let revoker = Revoker::new(store, Duration::from_secs(3600));
+    for sub in ["alice", "bob{x}:y", "carol"] {
+        let claims = token(sub, "jti-1").with_sid("sid-1");
+        revoker.revoke_token(&claims).await.expect("revoke token");
+        revoker
+            .revoke_session(sub, "sid-1", Duration::from_secs(60))
+            .await
+            .expect("revoke session");
+        revoker.revoke_subject(sub).await.expect("revoke subject");
+    }
+    let keys = cluster.keys("rev:*");
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    let mut by_tag: std::collections::HashMap<String, std::collections::HashSet<u16>> =
+        std::collections::HashMap::new();
+    for key in &keys {
+        let tag = key.split('}').next().unwrap_or_default().to_owned();
+        by_tag.entry(tag).or_default().insert(cluster.keyslot(key));
+    }
+    assert_eq!(by_tag.len(), 3, "{by_tag:?}");
+    assert!(by_tag.values().all(|slots| slots.len() == 1), "{by_tag:?}");
 }
 
 both_backends!(
