@@ -35,6 +35,7 @@ compile_error!(
 mod claims;
 #[allow(dead_code)] // used by the layers
 mod id;
+pub mod jwt;
 pub mod response;
 pub mod revocation;
 pub mod store;

@@ -1,0 +1,144 @@
+//! JWT bearer authentication: verify a token on every request with no store lookup, and
+//! mint tokens at login.
+//!
+//! [`JwtAuthLayer`] reads the token (from `Authorization: Bearer` by default, or a
+//! [`TokenSource`] cookie or header), verifies it against a [`JwtKeySet`], and puts two
+//! things into the request extensions for the inner service: the application's claims
+//! type `T`, and a [`RegisteredClaims`](crate::RegisteredClaims) (`sub`, `jti`, `iat`,
+//! `exp`, `sid`) that the revocation, session and idempotency layers read. The token is
+//! decoded once (into a JSON object) and both are derived from it. [`TokenIssuer`] mints
+//! tokens with the same keys; with the `axum` feature, [`Claims`] extracts the claims in
+//! handlers.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{header, Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use serde::Deserialize;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+//! use tower_stateless::RegisteredClaims;
+//!
+//! #[derive(Clone, Deserialize)]
+//! struct MyClaims {
+//!     sub: String,
+//!     role: String,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, b"a secret of at least 32 bytes...")?;
+//! let issuer = TokenIssuer::new(&keys, "v1")?;
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(JwtAuthLayer::<MyClaims>::new(keys).realm("example").public_path("/health"))
+//!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let claims = req.extensions().get::<MyClaims>().expect("the layer put them here");
+//!         let registered = req.extensions().get::<RegisteredClaims>().expect("and these");
+//!         let body = format!("{} is {} (token {:?})", claims.sub, claims.role, registered.jti);
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+//!     }));
+//!
+//! // At login: mint a token with the application's own claims.
+//! let token = issuer
+//!     .issue_with("alice", None, &serde_json::json!({ "role": "admin" }))?
+//!     .token;
+//! let request = Request::get("/orders")
+//!     .header(header::AUTHORIZATION, format!("Bearer {token}"))
+//!     .body(Full::new(Bytes::new()))?;
+//! let response = service.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//!
+//! // No token: 401 with a bare challenge.
+//! let request = Request::get("/orders").body(Full::new(Bytes::new()))?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(response.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="example""#);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is checked
+//!
+//! In this order, each failure answered without calling the inner service:
+//!
+//! 1. Exactly one token in the configured sources (none → `401` with a bare
+//!    `WWW-Authenticate: Bearer [realm=...]` and no error code; two ways, two
+//!    `Authorization` headers, `Bearer` without token or a token with characters outside
+//!    RFC 6750's `b64token` → `400 invalid_request`). The `Bearer` scheme is
+//!    case-insensitive (RFC 7235), so `bearer` works; another scheme such as `Basic`
+//!    counts as no token.
+//! 2. Length ≤ [`JwtAuthLayer::max_token_len`] (default 8 KiB), before any decoding.
+//! 3. Three non-empty dot-separated segments; a parseable header without `crit`, `enc` or
+//!    `zip`.
+//! 4. The key named by `kid` (a token without `kid` only when the set holds one key), and
+//!    the header's `alg` equal to that key's pinned algorithm: `none`, an algorithm of
+//!    another family, or another algorithm of the same family are all refused. `jku`,
+//!    `jwk` and `x5u` headers are ignored; keys are never fetched from a token.
+//! 5. The signature; then `exp` (required, a number), `nbf` (when present), `sub`
+//!    (required, a string), `iss`/`aud` when configured (an `aud` claim is refused when
+//!    no audience is configured), with [`JwtAuthLayer::leeway`] (default 30 s).
+//! 6. The payload is a JSON object that deserializes into both `T` and
+//!    `RegisteredClaims` (`jti` and `sid` strings, `iat` and `exp` integers).
+//!
+//! Failures of 3–6 are `401` with `error="invalid_token"` and one of a few fixed
+//! descriptions (`the token is invalid`, `... malformed`, `... has expired`, `... is not
+//! valid yet`, `... too long`), plus the JSON [`ErrorBody`](crate::response::ErrorBody).
+//! "Expired" and "not valid yet" are only said after the signature checked out.
+//!
+//! Requests matching [`JwtAuthLayer::public_path`] or [`JwtAuthLayer::public_if`] pass
+//! through uninspected, without claims.
+//!
+//! # Crypto backend
+//!
+//! jsonwebtoken needs exactly one crypto provider. The `rust_crypto` feature (default)
+//! uses the pure-Rust RustCrypto crates; `aws_lc_rs` uses aws-lc-rs, which verifies
+//! RS256/ES256 5–8× faster but needs a C toolchain. With both enabled (as
+//! `--all-features` does), jsonwebtoken would panic on first use, so
+//! [`JwtKeySet::new`] installs aws-lc-rs as its process-wide default; a provider the
+//! application installed earlier (`jsonwebtoken::crypto::CryptoProvider::install_default`)
+//! is kept.
+//!
+//! # Security
+//!
+//! - Keys are pinned to one algorithm each, so algorithm confusion (an RSA public key's
+//!   PEM used as an HMAC secret) and `alg: none` cannot work. HMAC secrets shorter than
+//!   the hash output are refused at startup.
+//! - A JWT cannot be revoked by this layer alone: keep lifetimes short
+//!   ([`TokenIssuer::ttl`], 15 minutes by default) and put `RevocationLayer` behind it for
+//!   logout.
+//! - Public paths match exactly; `/health/` or `/Health` are not `/health`. A
+//!   [`JwtAuthLayer::public_if`] predicate sees the raw URI: mind prefixes like
+//!   `/public/../admin` if your router normalises paths.
+//! - Error responses never echo the token or say which check failed beyond the fixed
+//!   descriptions; the details go to `tracing` at debug level, without token contents.
+//! - Tokens in cookies need `HttpOnly`, `Secure`, `SameSite` and CSRF protection; that is
+//!   the application's job.
+
+mod future;
+mod issuer;
+mod key;
+mod layer;
+mod reject;
+mod service;
+mod source;
+mod verify;
+
+#[cfg(feature = "axum")]
+mod extract;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use self::extract::{Claims, MissingClaims};
+pub use self::future::ResponseFuture;
+pub use self::issuer::{IssueError, IssuedToken, TokenIssuer};
+pub use self::key::{JwtKeySet, KeyError};
+pub use self::layer::JwtAuthLayer;
+pub use self::service::JwtAuth;
+pub use self::source::TokenSource;
+
+/// Re-exported so that key sets can name algorithms without a direct dependency.
+pub use jsonwebtoken::Algorithm;

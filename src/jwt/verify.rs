@@ -1,0 +1,201 @@
+//! Token verification: everything the service does per request, without the service.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Uri};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::key::JwtKeySet;
+use super::reject::{
+    self, Rejection, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED, TOKEN_NOT_YET_VALID,
+    TOKEN_TOO_LONG,
+};
+use super::source::{self, TokenSource};
+use crate::RegisteredClaims;
+
+pub(crate) type PublicPredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
+
+/// The layer's configuration, as set by the builder methods.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) sources: Vec<TokenSource>,
+    pub(crate) realm: Option<String>,
+    pub(crate) leeway_secs: u64,
+    pub(crate) max_token_len: usize,
+    pub(crate) issuers: Vec<String>,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) public_paths: Vec<String>,
+    pub(crate) public_if: Option<PublicPredicate>,
+}
+
+pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
+pub(crate) const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sources: vec![TokenSource::Bearer],
+            realm: None,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            public_paths: Vec::new(),
+            public_if: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("sources", &self.sources)
+            .field("realm", &self.realm)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("max_token_len", &self.max_token_len)
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("public_paths", &self.public_paths)
+            .field("public_if", &self.public_if.as_ref().map(|_| "<predicate>"))
+            .finish()
+    }
+}
+
+/// Keys plus configuration, with one precomputed `Validation` per key (its algorithm
+/// pinned), shared by every clone of the service.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    keys: JwtKeySet,
+    validations: Vec<Validation>,
+    config: Config,
+    quoted_realm: Option<String>,
+}
+
+impl Verifier {
+    pub(crate) fn new(keys: JwtKeySet, config: Config) -> Self {
+        let validations = keys
+            .entries()
+            .iter()
+            .map(|entry| {
+                let mut v = Validation::new(entry.alg);
+                v.leeway = config.leeway_secs;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = true;
+                let mut required = vec!["exp", "sub"];
+                if !config.issuers.is_empty() {
+                    v.set_issuer(&config.issuers);
+                    required.push("iss");
+                }
+                if !config.audiences.is_empty() {
+                    v.set_audience(&config.audiences);
+                    required.push("aud");
+                }
+                v.set_required_spec_claims(&required);
+                v
+            })
+            .collect();
+        let quoted_realm = config.realm.as_deref().map(reject::quote_realm);
+        Self {
+            keys,
+            validations,
+            config,
+            quoted_realm,
+        }
+    }
+
+    pub(crate) fn is_public(&self, method: &Method, uri: &Uri) -> bool {
+        let path = uri.path();
+        self.config.public_paths.iter().any(|p| p == path)
+            || self
+                .config
+                .public_if
+                .as_ref()
+                .is_some_and(|f| f(method, uri))
+    }
+
+    /// Finds, verifies and decodes the token of a request.
+    pub(crate) fn authenticate<T: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(RegisteredClaims, T), Rejection> {
+        let token = source::extract(&self.config.sources, headers)?.ok_or(Rejection::Missing)?;
+        let value = self.verify(&token)?;
+        let registered = RegisteredClaims::deserialize(&value).map_err(|error| {
+            tracing::debug!(%error, "jwt: registered claims do not parse");
+            Rejection::InvalidToken(TOKEN_INVALID)
+        })?;
+        let claims = T::deserialize(&value).map_err(|error| {
+            tracing::debug!(%error, "jwt: claims do not parse into the application's type");
+            Rejection::InvalidToken(TOKEN_INVALID)
+        })?;
+        Ok((registered, claims))
+    }
+
+    fn verify(&self, token: &str) -> Result<serde_json::Value, Rejection> {
+        // Size first: nothing is decoded from an oversized token.
+        if token.len() > self.config.max_token_len {
+            return Err(Rejection::InvalidToken(TOKEN_TOO_LONG));
+        }
+        // Exactly header.payload.signature, none empty (an empty signature is `alg: none`).
+        let mut parts = token.split('.');
+        let shape_ok =
+            (&mut parts).take(3).filter(|p| !p.is_empty()).count() == 3 && parts.next().is_none();
+        if !shape_ok {
+            return Err(Rejection::InvalidToken(TOKEN_MALFORMED));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            tracing::debug!(%error, "jwt: header does not parse");
+            Rejection::InvalidToken(TOKEN_MALFORMED)
+        })?;
+        // We understand no critical extension, and do not decrypt or decompress.
+        if header.crit.is_some() || header.enc.is_some() || header.zip.is_some() {
+            tracing::debug!("jwt: header has crit, enc or zip");
+            return Err(Rejection::InvalidToken(TOKEN_INVALID));
+        }
+        let Some(index) = self.keys.select(header.kid.as_deref()) else {
+            tracing::debug!("jwt: no key for the token's kid");
+            return Err(Rejection::InvalidToken(TOKEN_INVALID));
+        };
+        let (entry, validation) =
+            match (self.keys.entries().get(index), self.validations.get(index)) {
+                (Some(entry), Some(validation)) => (entry, validation),
+                _ => return Err(Rejection::InvalidToken(TOKEN_INVALID)),
+            };
+        if header.alg != entry.alg {
+            tracing::debug!(alg = ?header.alg, "jwt: alg does not match the key's pinned algorithm");
+            return Err(Rejection::InvalidToken(TOKEN_INVALID));
+        }
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &entry.decoding, validation)
+            .map_err(|error| {
+                tracing::debug!(%error, "jwt: token rejected");
+                // jsonwebtoken checks the signature before the claims, so "expired" and
+                // "not valid yet" are only ever said about a genuinely signed token.
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => Rejection::InvalidToken(TOKEN_EXPIRED),
+                    ErrorKind::ImmatureSignature => Rejection::InvalidToken(TOKEN_NOT_YET_VALID),
+                    ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                        Rejection::InvalidToken(TOKEN_MALFORMED)
+                    }
+                    _ => Rejection::InvalidToken(TOKEN_INVALID),
+                }
+            })?;
+        // A JSON array would deserialize into structs field by field: insist on an object.
+        if !data.claims.is_object() {
+            tracing::debug!("jwt: payload is not a JSON object");
+            return Err(Rejection::InvalidToken(TOKEN_MALFORMED));
+        }
+        Ok(data.claims)
+    }
+
+    pub(crate) fn reject<B>(
+        &self,
+        rejection: Rejection,
+    ) -> http::Response<crate::response::ResponseBody<B>> {
+        reject::response(self.quoted_realm.as_deref(), rejection)
+    }
+}
