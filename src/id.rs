@@ -23,6 +23,8 @@ mod tests {
         let b = random_id::<16>().unwrap();
         assert_eq!(a.len(), 22, "16 bytes are 22 base64 characters");
         assert_ne!(a, b);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 }

@@ -36,6 +36,7 @@ mod claims;
 #[allow(dead_code)] // used by the layers
 mod id;
 pub mod response;
+pub mod session;
 pub mod store;
 
 pub use self::claims::RegisteredClaims;

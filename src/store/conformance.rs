@@ -64,10 +64,23 @@ pub async fn run_all<S: StateStore>(store: &S) {
 /// A written value reads back; a key never written reads as absent; `set` overwrites.
 pub async fn get_set_roundtrip<S: StateStore>(store: &S) {
     let key = fresh_key("roundtrip");
-    assert_eq!(ok(store.get(&key).await, "get"), None, "a fresh key must be absent");
-    ok(store.set(&key, Bytes::from_static(b"one"), LONG).await, "set");
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"one")));
-    ok(store.set(&key, Bytes::from_static(b"two"), LONG).await, "set");
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        None,
+        "a fresh key must be absent"
+    );
+    ok(
+        store.set(&key, Bytes::from_static(b"one"), LONG).await,
+        "set",
+    );
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"one"))
+    );
+    ok(
+        store.set(&key, Bytes::from_static(b"two"), LONG).await,
+        "set",
+    );
     assert_eq!(
         ok(store.get(&key).await, "get"),
         Some(Bytes::from_static(b"two")),
@@ -80,26 +93,53 @@ pub async fn ttl_expiry<S: StateStore>(store: &S) {
     let ttl = Duration::from_millis(200);
     let [a, b, c, d] = ["set", "absent", "cas", "incr"].map(|w| fresh_key(&format!("ttl-{w}")));
     ok(store.set(&a, Bytes::from_static(b"x"), ttl).await, "set");
-    assert_eq!(ok(store.set_if_absent(&b, Bytes::from_static(b"x"), ttl).await, "set_if_absent"), None);
+    assert_eq!(
+        ok(
+            store.set_if_absent(&b, Bytes::from_static(b"x"), ttl).await,
+            "set_if_absent"
+        ),
+        None
+    );
     ok(store.set(&c, Bytes::from_static(b"old"), LONG).await, "set");
-    assert!(ok(store.compare_and_set(&c, b"old", Bytes::from_static(b"new"), ttl).await, "cas"));
+    assert!(ok(
+        store
+            .compare_and_set(&c, b"old", Bytes::from_static(b"new"), ttl)
+            .await,
+        "cas"
+    ));
     ok(store.increment(&d, 1, ttl).await, "increment");
 
     let keys = [a.as_str(), b.as_str(), c.as_str(), d.as_str()];
     let before = ok(store.get_many(&keys).await, "get_many");
-    assert!(before.iter().all(Option::is_some), "keys must exist before their TTL: {before:?}");
+    assert!(
+        before.iter().all(Option::is_some),
+        "keys must exist before their TTL: {before:?}"
+    );
 
     tokio::time::sleep(Duration::from_millis(450)).await;
     let after = ok(store.get_many(&keys).await, "get_many");
-    assert!(after.iter().all(Option::is_none), "keys must expire after their TTL: {after:?}");
+    assert!(
+        after.iter().all(Option::is_none),
+        "keys must expire after their TTL: {after:?}"
+    );
     assert_eq!(ok(store.get(&a).await, "get"), None);
     assert_eq!(
-        ok(store.set_if_absent(&b, Bytes::from_static(b"again"), LONG).await, "set_if_absent"),
+        ok(
+            store
+                .set_if_absent(&b, Bytes::from_static(b"again"), LONG)
+                .await,
+            "set_if_absent"
+        ),
         None,
         "an expired key must count as absent for set_if_absent"
     );
     assert!(
-        !ok(store.compare_and_set(&c, b"new", Bytes::from_static(b"x"), LONG).await, "cas"),
+        !ok(
+            store
+                .compare_and_set(&c, b"new", Bytes::from_static(b"x"), LONG)
+                .await,
+            "cas"
+        ),
         "an expired key must not match compare_and_set"
     );
     assert_eq!(
@@ -112,23 +152,53 @@ pub async fn ttl_expiry<S: StateStore>(store: &S) {
 /// A zero TTL is an error, not a key that lives forever or dies at once.
 pub async fn invalid_ttl_rejected<S: StateStore>(store: &S) {
     let key = fresh_key("bad-ttl");
-    let err = store.set(&key, Bytes::from_static(b"x"), Duration::ZERO).await;
-    assert!(matches!(err, Err(StoreError::InvalidTtl(_))), "set with zero TTL: {err:?}");
-    let err = store.set_if_absent(&key, Bytes::from_static(b"x"), Duration::from_micros(10)).await;
-    assert!(matches!(err, Err(StoreError::InvalidTtl(_))), "set_if_absent with 10 µs TTL: {err:?}");
-    assert_eq!(ok(store.get(&key).await, "get"), None, "a rejected write must write nothing");
+    let err = store
+        .set(&key, Bytes::from_static(b"x"), Duration::ZERO)
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::InvalidTtl(_))),
+        "set with zero TTL: {err:?}"
+    );
+    let err = store
+        .set_if_absent(&key, Bytes::from_static(b"x"), Duration::from_micros(10))
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::InvalidTtl(_))),
+        "set_if_absent with 10 µs TTL: {err:?}"
+    );
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        None,
+        "a rejected write must write nothing"
+    );
 }
 
 /// `set_if_absent` writes into an absent key and otherwise returns the existing value.
 pub async fn set_if_absent_returns_existing<S: StateStore>(store: &S) {
     let key = fresh_key("absent");
-    assert_eq!(ok(store.set_if_absent(&key, Bytes::from_static(b"first"), LONG).await, "sia"), None);
     assert_eq!(
-        ok(store.set_if_absent(&key, Bytes::from_static(b"second"), LONG).await, "sia"),
+        ok(
+            store
+                .set_if_absent(&key, Bytes::from_static(b"first"), LONG)
+                .await,
+            "sia"
+        ),
+        None
+    );
+    assert_eq!(
+        ok(
+            store
+                .set_if_absent(&key, Bytes::from_static(b"second"), LONG)
+                .await,
+            "sia"
+        ),
         Some(Bytes::from_static(b"first")),
         "the second caller must get the first caller's value"
     );
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"first")));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"first"))
+    );
 }
 
 /// Of 100 concurrent `set_if_absent` callers on one key exactly one wins, and every loser
@@ -153,7 +223,11 @@ pub async fn set_if_absent_concurrent<S: StateStore>(store: &S) {
             Some(existing) => seen.push(existing),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one concurrent set_if_absent must win");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent set_if_absent must win"
+    );
     assert!(
         seen.iter().all(|v| *v == winners[0]),
         "every loser must see the winner's value"
@@ -165,28 +239,67 @@ pub async fn set_if_absent_concurrent<S: StateStore>(store: &S) {
 pub async fn compare_and_set_semantics<S: StateStore>(store: &S) {
     let key = fresh_key("cas");
     assert!(
-        !ok(store.compare_and_set(&key, b"", Bytes::from_static(b"x"), LONG).await, "cas"),
+        !ok(
+            store
+                .compare_and_set(&key, b"", Bytes::from_static(b"x"), LONG)
+                .await,
+            "cas"
+        ),
         "an absent key must not match, not even an empty expected value"
     );
-    assert_eq!(ok(store.get(&key).await, "get"), None, "a failed cas must write nothing");
-    ok(store.set(&key, Bytes::from_static(b"v1"), LONG).await, "set");
-    assert!(!ok(store.compare_and_set(&key, b"v0", Bytes::from_static(b"x"), LONG).await, "cas"));
-    assert!(!ok(store.compare_and_set(&key, b"v1 ", Bytes::from_static(b"x"), LONG).await, "cas"));
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"v1")));
-    assert!(ok(store.compare_and_set(&key, b"v1", Bytes::from_static(b"v2"), LONG).await, "cas"));
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"v2")));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        None,
+        "a failed cas must write nothing"
+    );
+    ok(
+        store.set(&key, Bytes::from_static(b"v1"), LONG).await,
+        "set",
+    );
+    assert!(!ok(
+        store
+            .compare_and_set(&key, b"v0", Bytes::from_static(b"x"), LONG)
+            .await,
+        "cas"
+    ));
+    assert!(!ok(
+        store
+            .compare_and_set(&key, b"v1 ", Bytes::from_static(b"x"), LONG)
+            .await,
+        "cas"
+    ));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"v1"))
+    );
+    assert!(ok(
+        store
+            .compare_and_set(&key, b"v1", Bytes::from_static(b"v2"), LONG)
+            .await,
+        "cas"
+    ));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"v2"))
+    );
 }
 
 /// Of 100 concurrent `compare_and_set` callers expecting the same value exactly one wins.
 pub async fn compare_and_set_concurrent<S: StateStore>(store: &S) {
     let key = fresh_key("cas-race");
-    ok(store.set(&key, Bytes::from_static(b"v0"), LONG).await, "set");
+    ok(
+        store.set(&key, Bytes::from_static(b"v0"), LONG).await,
+        "set",
+    );
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|i| {
             let (store, key) = (store.clone(), key.clone());
             tokio::spawn(async move {
                 let new = Bytes::from(format!("v1-{i}"));
-                (new.clone(), store.compare_and_set(&key, b"v0", new, LONG).await)
+                (
+                    new.clone(),
+                    store.compare_and_set(&key, b"v0", new, LONG).await,
+                )
             })
         })
         .collect();
@@ -197,18 +310,37 @@ pub async fn compare_and_set_concurrent<S: StateStore>(store: &S) {
             winners.push(mine);
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one concurrent compare_and_set must win");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent compare_and_set must win"
+    );
     assert_eq!(ok(store.get(&key).await, "get").as_ref(), Some(&winners[0]));
 }
 
 /// `compare_and_delete` deletes only an exactly matching value.
 pub async fn compare_and_delete_semantics<S: StateStore>(store: &S) {
     let key = fresh_key("cad");
-    assert!(!ok(store.compare_and_delete(&key, b"owner").await, "cad"), "absent key");
-    ok(store.set(&key, Bytes::from_static(b"owner-a"), LONG).await, "set");
-    assert!(!ok(store.compare_and_delete(&key, b"owner-b").await, "cad"), "another owner");
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"owner-a")));
-    assert!(ok(store.compare_and_delete(&key, b"owner-a").await, "cad"), "the owner");
+    assert!(
+        !ok(store.compare_and_delete(&key, b"owner").await, "cad"),
+        "absent key"
+    );
+    ok(
+        store.set(&key, Bytes::from_static(b"owner-a"), LONG).await,
+        "set",
+    );
+    assert!(
+        !ok(store.compare_and_delete(&key, b"owner-b").await, "cad"),
+        "another owner"
+    );
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"owner-a"))
+    );
+    assert!(
+        ok(store.compare_and_delete(&key, b"owner-a").await, "cad"),
+        "the owner"
+    );
     assert_eq!(ok(store.get(&key).await, "get"), None);
 }
 
@@ -216,11 +348,25 @@ pub async fn compare_and_delete_semantics<S: StateStore>(store: &S) {
 pub async fn get_and_refresh_extends_ttl<S: StateStore>(store: &S) {
     let key = fresh_key("refresh");
     assert_eq!(ok(store.get_and_refresh(&key, LONG).await, "getex"), None);
-    assert_eq!(ok(store.get(&key).await, "get"), None, "refresh must not create a key");
-    ok(store.set(&key, Bytes::from_static(b"v"), Duration::from_millis(300)).await, "set");
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        None,
+        "refresh must not create a key"
+    );
+    ok(
+        store
+            .set(&key, Bytes::from_static(b"v"), Duration::from_millis(300))
+            .await,
+        "set",
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
-        ok(store.get_and_refresh(&key, Duration::from_millis(600)).await, "getex"),
+        ok(
+            store
+                .get_and_refresh(&key, Duration::from_millis(600))
+                .await,
+            "getex"
+        ),
         Some(Bytes::from_static(b"v"))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,15 +376,25 @@ pub async fn get_and_refresh_extends_ttl<S: StateStore>(store: &S) {
         "the refreshed TTL must outlive the original one"
     );
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(ok(store.get(&key).await, "get"), None, "the refreshed TTL must still expire");
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        None,
+        "the refreshed TTL must still expire"
+    );
 }
 
 /// `delete` removes a key and tells whether it existed.
 pub async fn delete_semantics<S: StateStore>(store: &S) {
     let key = fresh_key("delete");
-    assert!(!ok(store.delete(&key).await, "delete"), "deleting an absent key");
+    assert!(
+        !ok(store.delete(&key).await, "delete"),
+        "deleting an absent key"
+    );
     ok(store.set(&key, Bytes::from_static(b"v"), LONG).await, "set");
-    assert!(ok(store.delete(&key).await, "delete"), "deleting a present key");
+    assert!(
+        ok(store.delete(&key).await, "delete"),
+        "deleting a present key"
+    );
     assert_eq!(ok(store.get(&key).await, "get"), None);
 }
 
@@ -246,10 +402,19 @@ pub async fn delete_semantics<S: StateStore>(store: &S) {
 /// window) and rejects a value that is not a counter.
 pub async fn increment_semantics<S: StateStore>(store: &S) {
     let key = fresh_key("incr");
-    assert_eq!(ok(store.increment(&key, 1, Duration::from_millis(300)).await, "incr"), 1);
+    assert_eq!(
+        ok(
+            store.increment(&key, 1, Duration::from_millis(300)).await,
+            "incr"
+        ),
+        1
+    );
     assert_eq!(ok(store.increment(&key, 41, LONG).await, "incr"), 42);
     assert_eq!(ok(store.increment(&key, -2, LONG).await, "incr"), 40);
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"40")));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"40"))
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         ok(store.get(&key).await, "get"),
@@ -258,10 +423,21 @@ pub async fn increment_semantics<S: StateStore>(store: &S) {
     );
 
     let text = fresh_key("incr-text");
-    ok(store.set(&text, Bytes::from_static(b"not a number"), LONG).await, "set");
+    ok(
+        store
+            .set(&text, Bytes::from_static(b"not a number"), LONG)
+            .await,
+        "set",
+    );
     let err = store.increment(&text, 1, LONG).await;
-    assert!(matches!(err, Err(StoreError::Unexpected(_))), "increment of text: {err:?}");
-    assert_eq!(ok(store.get(&text).await, "get"), Some(Bytes::from_static(b"not a number")));
+    assert!(
+        matches!(err, Err(StoreError::Unexpected(_))),
+        "increment of text: {err:?}"
+    );
+    assert_eq!(
+        ok(store.get(&text).await, "get"),
+        Some(Bytes::from_static(b"not a number"))
+    );
 }
 
 /// 100 concurrent increments lose no update.
@@ -279,7 +455,10 @@ pub async fn increment_concurrent<S: StateStore>(store: &S) {
     }
     results.sort_unstable();
     let expected: Vec<i64> = (1..=CONCURRENCY as i64).collect();
-    assert_eq!(results, expected, "each increment must see a distinct count");
+    assert_eq!(
+        results, expected,
+        "each increment must see a distinct count"
+    );
 }
 
 /// `get_many` answers one entry per key, in order, with `None` for missing keys.
@@ -297,7 +476,10 @@ pub async fn get_many_with_missing_keys<S: StateStore>(store: &S) {
             None
         ]
     );
-    assert_eq!(ok(store.get_many(&[]).await, "get_many"), Vec::<Option<Bytes>>::new());
+    assert_eq!(
+        ok(store.get_many(&[]).await, "get_many"),
+        Vec::<Option<Bytes>>::new()
+    );
 }
 
 /// Values are opaque bytes: every byte value 0..=255 survives every operation.
@@ -305,10 +487,21 @@ pub async fn binary_values<S: StateStore>(store: &S) {
     let all: Bytes = (0..=255u8).collect::<Vec<_>>().into();
     let reversed: Bytes = (0..=255u8).rev().collect::<Vec<_>>().into();
     let key = fresh_key("binary");
-    assert_eq!(ok(store.set_if_absent(&key, all.clone(), LONG).await, "sia"), None);
+    assert_eq!(
+        ok(store.set_if_absent(&key, all.clone(), LONG).await, "sia"),
+        None
+    );
     assert_eq!(ok(store.get(&key).await, "get").as_ref(), Some(&all));
-    assert!(ok(store.compare_and_set(&key, &all, reversed.clone(), LONG).await, "cas"));
-    assert_eq!(ok(store.get_and_refresh(&key, LONG).await, "getex").as_ref(), Some(&reversed));
+    assert!(ok(
+        store
+            .compare_and_set(&key, &all, reversed.clone(), LONG)
+            .await,
+        "cas"
+    ));
+    assert_eq!(
+        ok(store.get_and_refresh(&key, LONG).await, "getex").as_ref(),
+        Some(&reversed)
+    );
     assert_eq!(
         ok(store.set_if_absent(&key, all.clone(), LONG).await, "sia").as_ref(),
         Some(&reversed)
@@ -319,21 +512,40 @@ pub async fn binary_values<S: StateStore>(store: &S) {
 /// An empty value is a value, distinct from absence.
 pub async fn empty_values<S: StateStore>(store: &S) {
     let key = fresh_key("empty");
-    assert_eq!(ok(store.set_if_absent(&key, Bytes::new(), LONG).await, "sia"), None);
+    assert_eq!(
+        ok(store.set_if_absent(&key, Bytes::new(), LONG).await, "sia"),
+        None
+    );
     assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::new()));
     assert_eq!(
-        ok(store.set_if_absent(&key, Bytes::from_static(b"x"), LONG).await, "sia"),
+        ok(
+            store
+                .set_if_absent(&key, Bytes::from_static(b"x"), LONG)
+                .await,
+            "sia"
+        ),
         Some(Bytes::new()),
         "an empty value must block set_if_absent"
     );
-    assert!(ok(store.compare_and_set(&key, b"", Bytes::from_static(b"x"), LONG).await, "cas"));
-    assert_eq!(ok(store.get(&key).await, "get"), Some(Bytes::from_static(b"x")));
+    assert!(ok(
+        store
+            .compare_and_set(&key, b"", Bytes::from_static(b"x"), LONG)
+            .await,
+        "cas"
+    ));
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"x"))
+    );
 }
 
 /// A 1 MiB value round-trips byte for byte.
 pub async fn large_values<S: StateStore>(store: &S) {
     let key = fresh_key("large");
-    let value: Bytes = (0..1024 * 1024).map(|i: u32| (i * 31 % 251) as u8).collect::<Vec<_>>().into();
+    let value: Bytes = (0..1024 * 1024)
+        .map(|i: u32| (i * 31 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
     ok(store.set(&key, value.clone(), LONG).await, "set");
     let got = ok(store.get(&key).await, "get").expect("large value missing");
     assert_eq!(got.len(), value.len());
@@ -352,7 +564,10 @@ pub async fn unusual_keys<S: StateStore>(store: &S) {
         format!("{base}: spaced key "),
     ];
     for (i, key) in keys.iter().enumerate() {
-        ok(store.set(key, Bytes::from(i.to_string()), LONG).await, "set");
+        ok(
+            store.set(key, Bytes::from(i.to_string()), LONG).await,
+            "set",
+        );
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let got = ok(store.get_many(&refs).await, "get_many");

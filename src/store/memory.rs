@@ -183,11 +183,7 @@ impl StateStore for MemoryStore {
         }))
     }
 
-    async fn get_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
         ttl_millis(ttl)?;
         Ok(self.compute(key, |current| match current {
             Some(existing) => {
@@ -230,4 +226,3 @@ fn parse_counter(data: &[u8]) -> Option<i64> {
 fn not_a_counter() -> StoreError {
     StoreError::Unexpected("value is not an integer or increment would overflow".into())
 }
-

@@ -279,7 +279,9 @@ fn classify(err: RedisError) -> StoreError {
         || matches!(
             err.kind(),
             ErrorKind::Server(
-                ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
             )
         );
     if unavailable {
@@ -397,11 +399,7 @@ impl StateStore for RedisStore {
         .map(|n| n == 1)
     }
 
-    async fn get_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
         let key = self.key(key);
         self.run(|mut conn| async move {

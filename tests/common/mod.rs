@@ -62,7 +62,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -139,7 +143,10 @@ impl RedisServer {
     /// All keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut conn = self.client().get_connection().expect("connect");
-        redis::cmd("KEYS").arg(pattern).query(&mut conn).expect("KEYS")
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS")
     }
 
     /// Raw `GET` of a key.
