@@ -65,6 +65,7 @@ mod service;
 pub use self::handle::{Session, SessionError};
 pub use self::layer::SessionLayer;
 pub use self::service::{ResponseFuture, SessionService};
+pub use cookie::SameSite;
 
 #[cfg(feature = "axum")]
 mod extract {
