@@ -375,3 +375,92 @@ mod redis {
         assert!(out.set_cookie.is_empty());
     }
 }
+
+/// A store whose every operation fails as unavailable (memory-backend outage).
+#[derive(Clone)]
+struct Down;
+
+fn down<T>() -> Result<T, tower_stateless::store::StoreError> {
+    Err(tower_stateless::store::StoreError::Unavailable(
+        "down".into(),
+    ))
+}
+
+impl StateStore for Down {
+    async fn get(
+        &self,
+        _: &str,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn get_many(
+        &self,
+        _: &[&str],
+    ) -> Result<Vec<Option<bytes::Bytes>>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn set(
+        &self,
+        _: &str,
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<(), tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn set_if_absent(
+        &self,
+        _: &str,
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn compare_and_set(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn compare_and_delete(
+        &self,
+        _: &str,
+        _: &[u8],
+    ) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn get_and_refresh(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn delete(&self, _: &str) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn increment(
+        &self,
+        _: &str,
+        _: i64,
+        _: Duration,
+    ) -> Result<i64, tower_stateless::store::StoreError> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn memory_store_down() {
+    let layer = SessionLayer::new(Down);
+    let id = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&id), "get:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.body, "error unavailable=true");
+    let out = call(&layer, None, "put:a:1").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.body.contains("store_unavailable"), "{}", out.body);
+    // Untouched session: no store access, so no failure.
+    assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
+}
