@@ -38,6 +38,7 @@ mod id;
 pub mod jwt;
 pub mod response;
 pub mod revocation;
+pub mod session;
 pub mod store;
 
 pub use self::claims::RegisteredClaims;

@@ -1,0 +1,251 @@
+//! The [`Session`] handle handlers use.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::store::{StateStore, StoreError};
+
+/// Version of the stored record format.
+pub(crate) const RECORD_VERSION: u32 = 1;
+
+/// An error from a [`Session`] method.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store could not be read.
+    #[error("session store error")]
+    Store(#[source] StoreError),
+    /// A value could not be (de)serialized.
+    #[error("session value (de)serialization failed")]
+    Serde(#[source] serde_json::Error),
+}
+
+impl SessionError {
+    /// True when the store is unreachable (answer 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SessionError::Store(e) if e.is_unavailable())
+    }
+}
+
+/// The stored record: `{"v":1,"created":<unix secs>,"data":{...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) v: u32,
+    pub(crate) created: u64,
+    pub(crate) data: BTreeMap<String, Value>,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Object-safe view of the store for loading, so that `Session` is not generic.
+pub(crate) trait Loader: Send + Sync {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Option<Bytes>, StoreError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<bool, StoreError>>;
+}
+
+pub(crate) struct StoreLoader<S>(pub(crate) S);
+
+impl<S: StateStore> Loader for StoreLoader<S> {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Option<Bytes>, StoreError>> {
+        Box::pin(self.0.get_and_refresh(key, ttl))
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<bool, StoreError>> {
+        Box::pin(self.0.delete(key))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Id from the request (already format-validated), if any.
+    pub(crate) id: Option<String>,
+    /// Whether the record was loaded (or found absent).
+    pub(crate) loaded: bool,
+    /// Raw bytes as read (for compare-and-set); `None` when absent.
+    pub(crate) original: Option<Bytes>,
+    /// Current view of the data.
+    pub(crate) record: Option<Record>,
+    /// This request's per-key changes: `Some` = inserted, `None` = removed.
+    pub(crate) delta: BTreeMap<String, Option<Value>>,
+    pub(crate) cleared: bool,
+    pub(crate) cycle: bool,
+    pub(crate) destroyed: bool,
+}
+
+impl State {
+    pub(crate) fn modified(&self) -> bool {
+        !self.delta.is_empty() || self.cleared
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) loader: Arc<dyn Loader>,
+    pub(crate) key_prefix: String,
+    pub(crate) idle: Duration,
+    pub(crate) absolute: Duration,
+    pub(crate) state: Mutex<State>,
+}
+
+/// A handle on the current request's session, found in request extensions.
+///
+/// Cheap to clone; all clones share the same state. Nothing touches the store until the
+/// first method call; the first call loads the record (one `get_and_refresh`).
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn store_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}{{{id}}}")
+}
+
+impl Session {
+    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
+        let mut st = self.shared.state.lock().await;
+        if !st.loaded {
+            if let Some(id) = st.id.clone() {
+                let key = store_key(&self.shared.key_prefix, &id);
+                let raw = self
+                    .shared
+                    .loader
+                    .load(&key, self.shared.idle)
+                    .await
+                    .map_err(SessionError::Store)?;
+                let record = raw
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<Record>(b).ok());
+                match record {
+                    Some(r)
+                        if r.v == RECORD_VERSION
+                            && now_secs().saturating_sub(r.created)
+                                < self.shared.absolute.as_secs() =>
+                    {
+                        st.original = raw;
+                        st.record = Some(r);
+                    }
+                    Some(_) => {
+                        // Past the absolute lifetime (or unknown version): destroy it.
+                        let _ = self.shared.loader.delete(&key).await;
+                        st.id = None;
+                    }
+                    None => st.id = None,
+                }
+            }
+            st.loaded = true;
+        }
+        Ok(st)
+    }
+
+    /// Reads `key`, deserialized as `T`. `Ok(None)` when absent.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let st = self.loaded().await?;
+        if st.destroyed {
+            return Ok(None);
+        }
+        let v = match st.delta.get(key) {
+            Some(change) => change.clone(),
+            None if st.cleared => None,
+            None => st.record.as_ref().and_then(|r| r.data.get(key).cloned()),
+        };
+        match v {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(SessionError::Serde),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key` (written back once, after the handler returns).
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let v = serde_json::to_value(value).map_err(SessionError::Serde)?;
+        let mut st = self.loaded().await?;
+        st.destroyed = false;
+        st.delta.insert(key.to_owned(), Some(v));
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub async fn remove(&self, key: &str) -> Result<(), SessionError> {
+        let mut st = self.loaded().await?;
+        st.delta.insert(key.to_owned(), None);
+        Ok(())
+    }
+
+    /// Removes every key (the session itself stays).
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        let mut st = self.loaded().await?;
+        st.delta.clear();
+        st.cleared = true;
+        Ok(())
+    }
+
+    /// Gives the session a new id, keeping its data; the old id is deleted. Call it at login
+    /// against session fixation.
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        let mut st = self.loaded().await?;
+        st.cycle = true;
+        Ok(())
+    }
+
+    /// Deletes the session from the store and removes the cookie.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        let mut st = self.loaded().await?;
+        st.destroyed = true;
+        st.delta.clear();
+        st.cleared = false;
+        st.cycle = false;
+        Ok(())
+    }
+}
+
+/// Applies a delta to a record's data.
+pub(crate) fn apply(
+    data: &mut BTreeMap<String, Value>,
+    cleared: bool,
+    delta: &BTreeMap<String, Option<Value>>,
+) {
+    if cleared {
+        data.clear();
+    }
+    for (k, v) in delta {
+        match v {
+            Some(v) => {
+                data.insert(k.clone(), v.clone());
+            }
+            None => {
+                data.remove(k);
+            }
+        }
+    }
+}

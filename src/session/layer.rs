@@ -1,0 +1,120 @@
+//! [`SessionLayer`] and its builder methods.
+
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::HeaderName;
+use tower_layer::Layer;
+
+use super::config::{Config, Transport};
+use super::service::SessionService;
+use crate::store::StateStore;
+
+/// Adds a lazily loaded [`Session`](super::Session) to every request's extensions.
+#[derive(Debug, Clone)]
+pub struct SessionLayer<S> {
+    pub(crate) store: S,
+    pub(crate) config: Config,
+}
+
+impl<S: StateStore> SessionLayer<S> {
+    /// A layer with the defaults: cookie `id`, path `/`, `Secure`, `HttpOnly`, `SameSite=Lax`,
+    /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix `sess:`.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            config: Config::default(),
+        }
+    }
+
+    /// Cookie name.
+    #[must_use]
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config.cookie_name = name.into();
+        self
+    }
+    /// Cookie `Path`.
+    #[must_use]
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.config.path = path.into();
+        self
+    }
+    /// Cookie `Domain`.
+    #[must_use]
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.domain = Some(domain.into());
+        self
+    }
+    /// Cookie `Secure` flag (default on).
+    #[must_use]
+    pub fn secure(mut self, on: bool) -> Self {
+        self.config.secure = on;
+        self
+    }
+    /// Cookie `HttpOnly` flag (default on).
+    #[must_use]
+    pub fn http_only(mut self, on: bool) -> Self {
+        self.config.http_only = on;
+        self
+    }
+    /// Cookie `SameSite` (default `Lax`).
+    #[must_use]
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config.same_site = same_site;
+        self
+    }
+    /// Cookie `Max-Age` (default: none, a browser-session cookie).
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.config.max_age = Some(max_age);
+        self
+    }
+    /// Carry the id in this request/response header instead of a cookie (API clients).
+    #[must_use]
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.config.transport = Transport::Header(name);
+        self
+    }
+    /// Idle timeout, refreshed on every access (rolling expiry). Minimum 1 s.
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.idle = idle.max(Duration::from_secs(1));
+        self
+    }
+    /// Absolute lifetime cap from creation, whatever the activity. Minimum 1 s.
+    #[must_use]
+    pub fn absolute_lifetime(mut self, absolute: Duration) -> Self {
+        self.config.absolute = absolute.max(Duration::from_secs(1));
+        self
+    }
+    /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+    /// Take the id from `RegisteredClaims::sid` in request extensions when present
+    /// (hybrid JWT + session). The transport is then still used for new sessions.
+    #[must_use]
+    pub fn id_from_sid_claim(mut self, on: bool) -> Self {
+        self.config.use_sid_claim = on;
+        self
+    }
+    /// Compare-and-set retries on a concurrent update (default 8).
+    #[must_use]
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.config.max_retries = retries;
+        self
+    }
+}
+
+impl<S: StateStore, I> Layer<I> for SessionLayer<S> {
+    type Service = SessionService<S, I>;
+    fn layer(&self, inner: I) -> Self::Service {
+        SessionService {
+            inner,
+            store: self.store.clone(),
+            config: std::sync::Arc::new(self.config.clone()),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Server-side sessions in the shared store, safe under concurrency across instances.
+//!
+//! [`SessionLayer`] puts a [`Session`] handle into every request's extensions. The session
+//! data lives in the [`StateStore`](crate::store::StateStore) under `sess:{<id>}` as JSON
+//! (`{"v":1,"created":<unix secs>,"data":{..}}`); the client only holds an opaque id, in a
+//! cookie (default) or a header.
+//!
+//! Round trips: a handler that never touches the session costs none; the first access
+//! loads it with one get-and-refresh-TTL (rolling idle expiry); a modified session costs one
+//! compare-and-set write after the handler returns; an unmodified one is never written.
+//! Sessions older than the absolute lifetime are destroyed when loaded.
+//!
+//! # Concurrency
+//!
+//! Each request records only its own changes (inserted/removed keys, cleared). The write is a
+//! compare-and-set against the bytes that were read; on conflict the record is re-read and only
+//! this request's changes are re-applied, with a bounded number of jittered retries (409 when
+//! they run out). Two requests changing different keys both survive; when both write the
+//! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
+//!
+//! # Errors
+//!
+//! [`Session`] methods return [`SessionError`]; [`SessionError::is_unavailable`] tells a store
+//! outage (map it to 503). When the write-back fails because the store is unavailable the layer
+//! answers `503` with `Retry-After`, never a silently lost update.
+//!
+//! # Security
+//!
+//! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length
+//! or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store lookup; an
+//! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
+//! session fixation. The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_stateless::session::{Session, SessionLayer};
+//! use tower_stateless::store::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(SessionLayer::new(MemoryStore::new()).cookie_name("sid"))
+//!     .service_fn(|req: Request<String>| async move {
+//!         let session = req.extensions().get::<Session>().cloned();
+//!         if let Some(session) = session {
+//!             let visits: u32 = session.get("visits").await.ok().flatten().unwrap_or(0);
+//!             let _ = session.insert("visits", visits + 1).await;
+//!         }
+//!         Ok::<_, Infallible>(Response::new(String::new()))
+//!     });
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert!(res.headers().contains_key("set-cookie"));
+//! # }
+//! ```
+
+mod config;
+mod handle;
+mod layer;
+mod service;
+
+pub use self::handle::{Session, SessionError};
+pub use self::layer::SessionLayer;
+pub use self::service::{ResponseFuture, SessionService};
+pub use cookie::SameSite;
+
+#[cfg(feature = "axum")]
+mod extract {
+    use axum_core::extract::FromRequestParts;
+    use axum_core::response::{IntoResponse, Response};
+    use http::request::Parts;
+    use http::StatusCode;
+
+    use super::Session;
+
+    /// Rejection when [`Session`] is extracted without [`SessionLayer`](super::SessionLayer).
+    #[derive(Debug)]
+    pub struct MissingSessionLayer;
+
+    impl IntoResponse for MissingSessionLayer {
+        fn into_response(self) -> Response {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Session extractor used without SessionLayer",
+            )
+                .into_response()
+        }
+    }
+
+    impl<St: Send + Sync> FromRequestParts<St> for Session {
+        type Rejection = MissingSessionLayer;
+        async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<Session>()
+                .cloned()
+                .ok_or(MissingSessionLayer)
+        }
+    }
+}
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use self::extract::MissingSessionLayer;

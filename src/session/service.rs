@@ -1,0 +1,321 @@
+//! [`SessionService`] and its [`ResponseFuture`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cookie::Cookie;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tokio::sync::Mutex;
+use tower_service::Service;
+
+use super::config::{valid_id, Config, Transport};
+use super::handle::{
+    apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
+};
+use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::store::{StateStore, StoreError};
+use crate::RegisteredClaims;
+
+/// The service built by [`SessionLayer`](super::SessionLayer).
+///
+/// The inner service must be `Clone` (the future takes the instance that was polled ready).
+#[derive(Debug, Clone)]
+pub struct SessionService<S, I> {
+    pub(crate) inner: I,
+    pub(crate) store: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S, I> SessionService<S, I> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Response future of [`SessionService`]: runs the inner service, then writes the session back
+/// (boxed, so it requires `Send + 'static` request, inner future and response body).
+pub struct ResponseFuture<B, E> {
+    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+}
+
+impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<ResponseBody<B>>, E>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// What the response needs after write-back.
+enum CookieAction {
+    None,
+    Set(String),
+    Remove,
+}
+
+enum WriteError {
+    Store(StoreError),
+    Conflict,
+}
+
+fn request_id<B>(req: &Request<B>, config: &Config) -> Option<String> {
+    if config.use_sid_claim {
+        if let Some(sid) = req
+            .extensions()
+            .get::<RegisteredClaims>()
+            .and_then(|c| c.sid.as_deref())
+        {
+            return valid_id(sid).then(|| sid.to_owned());
+        }
+    }
+    match &config.transport {
+        Transport::Header(name) => {
+            let v = req.headers().get(name)?.to_str().ok()?;
+            valid_id(v).then(|| v.to_owned())
+        }
+        Transport::Cookie => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
+            .find(|c| c.name() == config.cookie_name)
+            .map(|c| c.value().to_owned())
+            .filter(|v| valid_id(v)),
+    }
+}
+
+fn new_id() -> Result<String, StoreError> {
+    crate::id::random_id::<32>().map_err(|e| StoreError::Unexpected(Box::new(e)))
+}
+
+fn jitter_ms(attempt: u32) -> u64 {
+    let mut b = [0u8; 2];
+    let r = getrandom::fill(&mut b)
+        .map(|_| u16::from_le_bytes(b))
+        .unwrap_or(0) as u64;
+    let cap = (1u64 << attempt.min(6)).min(50);
+    1 + r % cap.max(1)
+}
+
+async fn write_back<S: StateStore>(
+    store: &S,
+    config: &Config,
+    st: State,
+) -> Result<CookieAction, WriteError> {
+    if !st.loaded {
+        return Ok(CookieAction::None);
+    }
+    if st.destroyed {
+        if let Some(id) = &st.id {
+            store
+                .delete(&store_key(&config.prefix, id))
+                .await
+                .map_err(WriteError::Store)?;
+            return Ok(CookieAction::Remove);
+        }
+        return Ok(CookieAction::None);
+    }
+    if !st.modified() && !st.cycle {
+        return Ok(CookieAction::None);
+    }
+    let now = now_secs();
+    let mut record = st.record.clone().unwrap_or(Record {
+        v: RECORD_VERSION,
+        created: now,
+        data: Default::default(),
+    });
+    let ttl = |r: &Record| {
+        let left = config
+            .absolute
+            .saturating_sub(Duration::from_secs(now.saturating_sub(r.created)));
+        config.idle.min(left).max(Duration::from_millis(1))
+    };
+    match (&st.id, st.cycle) {
+        (Some(id), false) => {
+            let key = store_key(&config.prefix, id);
+            let mut original = st.original.clone().unwrap_or_default();
+            for attempt in 0..=config.max_retries {
+                let mut next = record.clone();
+                apply(&mut next.data, st.cleared, &st.delta);
+                let bytes = Bytes::from(
+                    serde_json::to_vec(&next)
+                        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
+                );
+                if store
+                    .compare_and_set(&key, &original, bytes, ttl(&next))
+                    .await
+                    .map_err(WriteError::Store)?
+                {
+                    return Ok(CookieAction::None);
+                }
+                tokio::time::sleep(Duration::from_millis(jitter_ms(attempt))).await;
+                match store.get(&key).await.map_err(WriteError::Store)? {
+                    Some(raw) => match serde_json::from_slice::<Record>(&raw) {
+                        Ok(r) => {
+                            record = r;
+                            original = raw;
+                        }
+                        Err(_) => return Ok(CookieAction::None),
+                    },
+                    // Destroyed or expired meanwhile: do not resurrect it.
+                    None => {
+                        tracing::debug!("session vanished during update; changes dropped");
+                        return Ok(CookieAction::None);
+                    }
+                }
+            }
+            Err(WriteError::Conflict)
+        }
+        (old, _) => {
+            apply(&mut record.data, st.cleared, &st.delta);
+            let bytes = Bytes::from(
+                serde_json::to_vec(&record)
+                    .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
+            );
+            for _ in 0..3 {
+                let id = new_id().map_err(WriteError::Store)?;
+                let key = store_key(&config.prefix, &id);
+                if store
+                    .set_if_absent(&key, bytes.clone(), ttl(&record))
+                    .await
+                    .map_err(WriteError::Store)?
+                    .is_none()
+                {
+                    if let Some(old) = old {
+                        store
+                            .delete(&store_key(&config.prefix, old))
+                            .await
+                            .map_err(WriteError::Store)?;
+                    }
+                    return Ok(CookieAction::Set(id));
+                }
+            }
+            Err(WriteError::Conflict)
+        }
+    }
+}
+
+fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) {
+    let value = match (&config.transport, action) {
+        (_, CookieAction::None) => return,
+        (Transport::Header(name), CookieAction::Set(id)) => {
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert(name.clone(), v);
+            }
+            return;
+        }
+        (Transport::Header(_), CookieAction::Remove) => return,
+        (Transport::Cookie, action) => {
+            let removing = matches!(action, CookieAction::Remove);
+            let id = match action {
+                CookieAction::Set(id) => id,
+                _ => String::new(),
+            };
+            let mut c = Cookie::build((config.cookie_name.clone(), id))
+                .path(config.path.clone())
+                .secure(config.secure)
+                .http_only(config.http_only)
+                .same_site(config.same_site);
+            if let Some(d) = &config.domain {
+                c = c.domain(d.clone());
+            }
+            if removing {
+                c = c.max_age(cookie::time::Duration::ZERO);
+            } else if let Some(age) = config.max_age {
+                c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+            }
+            c.build().encoded().to_string()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+impl<S, I, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S, I>
+where
+    S: StateStore,
+    I: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    I::Future: Send + 'static,
+    I::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = I::Error;
+    type Future = ResponseFuture<ResBody, I::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        let config = self.config.clone();
+        let id = request_id(&req, &config);
+        let shared = Arc::new(Shared {
+            loader: Arc::new(StoreLoader(store.clone())),
+            key_prefix: config.prefix.clone(),
+            idle: config.idle,
+            absolute: config.absolute,
+            state: Mutex::new(State {
+                id,
+                ..State::default()
+            }),
+        });
+        req.extensions_mut().insert(Session {
+            shared: shared.clone(),
+        });
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let mut res = inner.call(req).await?;
+                let st = std::mem::take(&mut *shared.state.lock().await);
+                match write_back(&store, &config, st).await {
+                    Ok(action) => {
+                        apply_cookie(&mut res, &config, action);
+                        Ok(wrap(res))
+                    }
+                    Err(WriteError::Store(e)) => {
+                        tracing::warn!(error = %e, "session write-back failed");
+                        if e.is_unavailable() {
+                            Ok(store_unavailable(Duration::from_secs(1)))
+                        } else {
+                            Ok(
+                                ErrorBody::new("session_error", "the session could not be saved")
+                                    .into_response(StatusCode::INTERNAL_SERVER_ERROR),
+                            )
+                        }
+                    }
+                    Err(WriteError::Conflict) => Ok(ErrorBody::new(
+                        "session_conflict",
+                        "the session was updated concurrently too many times; retry",
+                    )
+                    .into_response(StatusCode::CONFLICT)),
+                }
+            }),
+        }
+    }
+}

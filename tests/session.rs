@@ -1,0 +1,466 @@
+//! SessionLayer black-box tests, on MemoryStore and on a real Redis.
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{header, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_stateless::session::{Session, SessionLayer};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+
+/// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
+/// `cycle`, `destroy`. Answers the JSON of `get`, or the error text.
+async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
+    let op = req
+        .headers()
+        .get("x-op")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
+    let Some(s) = req.extensions().get::<Session>().cloned() else {
+        return Ok(Response::new("no session".into()));
+    };
+    let parts: Vec<&str> = op.splitn(3, ':').collect();
+    let out = match parts.as_slice() {
+        ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
+        ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
+        ["del", k] => s.remove(k).await.map(|_| String::new()),
+        ["clear"] => s.clear().await.map(|_| String::new()),
+        ["cycle"] => s.cycle_id().await.map(|_| String::new()),
+        ["destroy"] => s.destroy().await.map(|_| String::new()),
+        _ => Ok(String::new()),
+    };
+    Ok(match out {
+        Ok(b) => Response::new(b),
+        Err(e) => {
+            let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    })
+}
+
+struct Out {
+    status: StatusCode,
+    set_cookie: Vec<String>,
+    body: String,
+}
+
+async fn call<St: StateStore>(layer: &SessionLayer<St>, cookie: Option<&str>, op: &str) -> Out {
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(handler);
+    let mut req = Request::builder().header("x-op", op);
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    let res = svc.oneshot(req.body(String::new()).unwrap()).await.unwrap();
+    let set_cookie = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let status = res.status();
+    let body =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    Out {
+        status,
+        set_cookie,
+        body,
+    }
+}
+
+fn cookie_pair(out: &Out) -> String {
+    out.set_cookie[0].split(';').next().unwrap().to_owned()
+}
+
+async fn lifecycle<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store)
+        .cookie_name("sid")
+        .idle_timeout(Duration::from_secs(1));
+    // Untouched → no cookie.
+    let out = call(&layer, None, "none").await;
+    assert!(out.set_cookie.is_empty());
+    // Read without session → none, no cookie.
+    let out = call(&layer, None, "get:a").await;
+    assert_eq!(out.body, "None");
+    assert!(out.set_cookie.is_empty());
+    // Create.
+    let out = call(&layer, None, "put:a:1").await;
+    assert_eq!(out.status, StatusCode::OK);
+    let c = cookie_pair(&out);
+    assert!(c.starts_with("sid=") && c.len() == 4 + 43, "{c}");
+    // Read.
+    let out = call(&layer, Some(&c), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert!(out.set_cookie.is_empty());
+    // Modify.
+    call(&layer, Some(&c), "put:b:2").await;
+    call(&layer, Some(&c), "del:a").await;
+    assert_eq!(call(&layer, Some(&c), "get:a").await.body, "None");
+    assert_eq!(call(&layer, Some(&c), "get:b").await.body, "Some(\"2\")");
+    // Cycle: new id, same data, old id dead.
+    let out = call(&layer, Some(&c), "cycle").await;
+    let c2 = cookie_pair(&out);
+    assert_ne!(c, c2);
+    assert_eq!(call(&layer, Some(&c2), "get:b").await.body, "Some(\"2\")");
+    assert_eq!(call(&layer, Some(&c), "get:b").await.body, "None");
+    // Clear.
+    call(&layer, Some(&c2), "clear").await;
+    assert_eq!(call(&layer, Some(&c2), "get:b").await.body, "None");
+    // Destroy → removal cookie, data gone.
+    call(&layer, Some(&c2), "put:x:1").await;
+    let out = call(&layer, Some(&c2), "destroy").await;
+    assert!(
+        out.set_cookie[0].contains("Max-Age=0"),
+        "{:?}",
+        out.set_cookie
+    );
+    assert_eq!(call(&layer, Some(&c2), "get:x").await.body, "None");
+    // Expire (idle 1 s).
+    let out = call(&layer, None, "put:e:1").await;
+    let c3 = cookie_pair(&out);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(call(&layer, Some(&c3), "get:e").await.body, "None");
+}
+
+async fn absolute_lifetime<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).absolute_lifetime(Duration::from_secs(1));
+    let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+    assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"1\")");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(call(&layer, Some(&c), "get:a").await.body, "None");
+}
+
+async fn cookie_attributes<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store.clone());
+    let sc = &call(&layer, None, "put:a:1").await.set_cookie[0];
+    for part in ["id=", "Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(sc.contains(part), "{sc}");
+    }
+    assert!(!sc.contains("Max-Age") && !sc.contains("Domain"), "{sc}");
+    let layer = SessionLayer::new(store)
+        .cookie_name("s")
+        .cookie_path("/app")
+        .cookie_domain("example.com")
+        .secure(false)
+        .http_only(false)
+        .same_site(tower_stateless::session::SameSite::Strict)
+        .max_age(Duration::from_secs(3600));
+    let sc = &call(&layer, None, "put:a:1").await.set_cookie[0];
+    for part in [
+        "s=",
+        "Path=/app",
+        "Domain=example.com",
+        "SameSite=Strict",
+        "Max-Age=3600",
+    ] {
+        assert!(sc.contains(part), "{sc}");
+    }
+    assert!(!sc.contains("Secure") && !sc.contains("HttpOnly"), "{sc}");
+}
+
+async fn bad_ids<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store);
+    let forged = format!("id={}", "A".repeat(43));
+    let huge = format!("id={}", "A".repeat(10 * 1024));
+    let bad = [
+        forged.as_str(),
+        "id=short",
+        "id=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!",
+        huge.as_str(),
+        "id=",
+        "garbage;;;=",
+    ];
+    for c in bad {
+        let out = call(&layer, Some(c), "get:a").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, "None");
+        // A write starts a fresh session with a new id.
+        let out = call(&layer, Some(c), "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_ne!(cookie_pair(&out), c);
+    }
+}
+
+async fn concurrent_cart<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).max_retries(32);
+    let c = cookie_pair(&call(&layer, None, "put:seed:0").await);
+    let mut a = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(handler);
+    let mut b = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(handler);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let req = Request::builder()
+            .header("x-op", format!("put:item{i}:{i}"))
+            .header(header::COOKIE, &c)
+            .body(String::new())
+            .unwrap();
+        let fut = if i % 2 == 0 {
+            a.ready().await.unwrap().call(req)
+        } else {
+            b.ready().await.unwrap().call(req)
+        };
+        tasks.push(tokio::spawn(fut));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    for i in 0..50 {
+        assert_eq!(
+            call(&layer, Some(&c), &format!("get:item{i}")).await.body,
+            format!("Some(\"{i}\")")
+        );
+    }
+}
+
+async fn header_transport<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).header(http::HeaderName::from_static("x-session"));
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(handler);
+    let res = svc
+        .oneshot(
+            Request::builder()
+                .header("x-op", "put:a:1")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let id = res.headers().get("x-session").unwrap().clone();
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+    let svc = ServiceBuilder::new().layer(layer).service_fn(handler);
+    let res = svc
+        .oneshot(
+            Request::builder()
+                .header("x-op", "get:a")
+                .header("x-session", id)
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Some(\"1\")");
+}
+
+mod memory {
+    use super::*;
+    #[tokio::test]
+    async fn lifecycle() {
+        super::lifecycle(MemoryStore::new()).await
+    }
+    #[tokio::test]
+    async fn absolute_lifetime() {
+        super::absolute_lifetime(MemoryStore::new()).await
+    }
+    #[tokio::test]
+    async fn cookie_attributes() {
+        super::cookie_attributes(MemoryStore::new()).await
+    }
+    #[tokio::test]
+    async fn bad_ids() {
+        super::bad_ids(MemoryStore::new()).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_cart() {
+        super::concurrent_cart(MemoryStore::new()).await
+    }
+    #[tokio::test]
+    async fn header_transport() {
+        super::header_transport(MemoryStore::new()).await
+    }
+}
+
+mod redis {
+    use super::*;
+    async fn store(server: &common::RedisServer) -> RedisStore {
+        RedisStore::from_url(server.url()).unwrap()
+    }
+    #[tokio::test]
+    async fn lifecycle() {
+        let s = redis_or_skip!();
+        super::lifecycle(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn absolute_lifetime() {
+        let s = redis_or_skip!();
+        super::absolute_lifetime(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn cookie_attributes() {
+        let s = redis_or_skip!();
+        super::cookie_attributes(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn bad_ids() {
+        let s = redis_or_skip!();
+        super::bad_ids(store(&s).await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_cart() {
+        let s = redis_or_skip!();
+        super::concurrent_cart(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn header_transport() {
+        let s = redis_or_skip!();
+        super::header_transport(store(&s).await).await
+    }
+
+    #[tokio::test]
+    async fn round_trips() {
+        let s = redis_or_skip!();
+        let layer = SessionLayer::new(store(&s).await);
+        // Warm-up: connection setup and script loading happen once.
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        call(&layer, Some(&c), "put:a:0").await;
+        s.reset_stats();
+        call(&layer, Some(&c), "none").await;
+        assert_eq!(s.command_count(), 0);
+        s.reset_stats();
+        call(&layer, Some(&c), "get:a").await;
+        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        s.reset_stats();
+        call(&layer, Some(&c), "put:a:2").await;
+        // One GETEX + one EVALSHA (the GET/SET inside the script are not round trips).
+        let stats = s.command_stats();
+        assert_eq!(stats.get("getex"), Some(&1), "{stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&1), "{stats:?}");
+        let client_sent: u64 = stats
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "get" | "set" | "del"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(client_sent, 2, "{stats:?}");
+        // Malformed and forged ids: no store command at all for malformed.
+        s.reset_stats();
+        call(&layer, Some("id=short"), "get:a").await;
+        call(&layer, Some(&format!("id={}", "x".repeat(10240))), "get:a").await;
+        assert_eq!(s.command_count(), 0, "{:?}", s.command_stats());
+        s.reset_stats();
+        call(&layer, Some(&format!("id={}", "A".repeat(43))), "get:a").await;
+        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        assert!(s.keys("sess:*").len() == 1);
+    }
+
+    #[tokio::test]
+    async fn store_down() {
+        let mut s = redis_or_skip!();
+        let layer = SessionLayer::new(
+            RedisStore::builder()
+                .url(s.url())
+                .timeout(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        );
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        s.stop();
+        // Handler read → mappable error.
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(out.body, "error unavailable=true");
+        // New session write-back → 503 from the layer.
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(out.body.contains("store_unavailable"), "{}", out.body);
+        assert!(out.set_cookie.is_empty());
+    }
+}
+
+/// A store whose every operation fails as unavailable (memory-backend outage).
+#[derive(Clone)]
+struct Down;
+
+fn down<T>() -> Result<T, tower_stateless::store::StoreError> {
+    Err(tower_stateless::store::StoreError::Unavailable(
+        "down".into(),
+    ))
+}
+
+impl StateStore for Down {
+    async fn get(
+        &self,
+        _: &str,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn get_many(
+        &self,
+        _: &[&str],
+    ) -> Result<Vec<Option<bytes::Bytes>>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn set(
+        &self,
+        _: &str,
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<(), tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn set_if_absent(
+        &self,
+        _: &str,
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn compare_and_set(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn compare_and_delete(
+        &self,
+        _: &str,
+        _: &[u8],
+    ) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn get_and_refresh(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn delete(&self, _: &str) -> Result<bool, tower_stateless::store::StoreError> {
+        down()
+    }
+    async fn increment(
+        &self,
+        _: &str,
+        _: i64,
+        _: Duration,
+    ) -> Result<i64, tower_stateless::store::StoreError> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn memory_store_down() {
+    let layer = SessionLayer::new(Down);
+    let id = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&id), "get:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.body, "error unavailable=true");
+    let out = call(&layer, None, "put:a:1").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.body.contains("store_unavailable"), "{}", out.body);
+    // Untouched session: no store access, so no failure.
+    assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
+}
