@@ -33,7 +33,6 @@ compile_error!(
 );
 
 mod claims;
-#[allow(dead_code)] // used by the layers
 mod id;
 pub mod jwt;
 pub mod response;

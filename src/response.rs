@@ -133,7 +133,6 @@ impl ErrorBody {
 
 /// The `503 Service Unavailable` every layer answers when the store cannot be reached:
 /// JSON body with code `store_unavailable` and a `Retry-After` header.
-#[allow(dead_code)] // used by the layers
 pub(crate) fn store_unavailable<B>(retry_after: Duration) -> Response<ResponseBody<B>> {
     let mut response = ErrorBody::new(
         "store_unavailable",
@@ -148,7 +147,6 @@ pub(crate) fn store_unavailable<B>(retry_after: Duration) -> Response<ResponseBo
 }
 
 /// Maps an inner response onto [`ResponseBody`].
-#[allow(dead_code)] // used by the layers
 pub(crate) fn wrap<B>(response: Response<B>) -> Response<ResponseBody<B>> {
     response.map(ResponseBody::new)
 }
