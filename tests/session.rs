@@ -188,7 +188,7 @@ async fn bad_ids<St: StateStore>(store: St) {
 }
 
 async fn concurrent_cart<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).max_retries(32);
+    let layer = SessionLayer::new(store);
     let c = cookie_pair(&call(&layer, None, "put:seed:0").await);
     let mut a = ServiceBuilder::new()
         .layer(layer.clone())

