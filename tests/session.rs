@@ -12,7 +12,8 @@ use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
-/// `cycle`, `destroy`. Answers the JSON of `get`, or the error text.
+/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200.
+/// Answers the JSON of `get`, or the error text.
 async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let op = req
         .headers()
@@ -26,6 +27,7 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let parts: Vec<&str> = op.splitn(3, ':').collect();
     let out = match parts.as_slice() {
         ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
+        ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
         ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
         ["del", k] => s.remove(k).await.map(|_| String::new()),
         ["clear"] => s.clear().await.map(|_| String::new()),
@@ -46,6 +48,7 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
 struct Out {
     status: StatusCode,
     set_cookie: Vec<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
@@ -65,11 +68,16 @@ async fn call<St: StateStore>(layer: &SessionLayer<St>, cookie: Option<&str>, op
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
     let status = res.status();
+    let retry_after = res
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
     let body =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Out {
         status,
         set_cookie,
+        retry_after,
         body,
     }
 }
@@ -368,6 +376,12 @@ mod redis {
         let out = call(&layer, Some(&c), "get:a").await;
         assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(out.body, "error unavailable=true");
+        // Handler read that swallows the error → 503 from the layer, not a silent 200.
+        let out = call(&layer, Some(&c), "peek:a").await;
+        assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(out.body.contains("store_unavailable"), "{}", out.body);
+        assert!(out.retry_after.is_some());
+        assert!(out.set_cookie.is_empty());
         // New session write-back → 503 from the layer.
         let out = call(&layer, None, "put:a:1").await;
         assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -458,6 +472,15 @@ async fn memory_store_down() {
     let out = call(&layer, Some(&id), "get:a").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(out.body, "error unavailable=true");
+    assert!(out.retry_after.is_none());
+    // A handler that swallows the load error does not get its 200 through.
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.body.contains("store_unavailable"), "{}", out.body);
+    assert_eq!(out.retry_after.as_deref(), Some("1"));
+    // No id → nothing to load, nothing failed.
+    let out = call(&layer, None, "peek:a").await;
+    assert_eq!(out.status, StatusCode::OK);
     let out = call(&layer, None, "put:a:1").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(out.body.contains("store_unavailable"), "{}", out.body);

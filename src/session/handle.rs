@@ -93,6 +93,10 @@ pub(crate) struct State {
     pub(crate) cleared: bool,
     pub(crate) cycle: bool,
     pub(crate) destroyed: bool,
+    /// A load failed during this request: the handler saw an error it may have swallowed,
+    /// so the layer must not answer as if all went well. `Some(true)` when the store was
+    /// unavailable. Sticky: a later successful load does not clear it.
+    pub(crate) load_failed: Option<bool>,
 }
 
 impl State {
@@ -136,12 +140,13 @@ impl Session {
         if !st.loaded {
             if let Some(id) = st.id.clone() {
                 let key = store_key(&self.shared.key_prefix, &id);
-                let raw = self
-                    .shared
-                    .loader
-                    .load(&key, self.shared.idle)
-                    .await
-                    .map_err(SessionError::Store)?;
+                let raw = match self.shared.loader.load(&key, self.shared.idle).await {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        st.load_failed = Some(e.is_unavailable());
+                        return Err(SessionError::Store(e));
+                    }
+                };
                 let record = raw
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<Record>(b).ok());

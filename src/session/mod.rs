@@ -25,6 +25,12 @@
 //! outage (map it to 503). When the write-back fails because the store is unavailable the layer
 //! answers `503` with `Retry-After`, never a silently lost update.
 //!
+//! When loading the session failed during the request, the layer replaces the handler's
+//! response with `503` and `Retry-After` (`500` for a store error other than an outage) and
+//! writes nothing back, even if the handler swallowed the error and answered `200`: a
+//! response built on a session that could not be read is not passed off as a success. A
+//! handler that answers 5xx itself keeps its own response.
+//!
 //! # Security
 //!
 //! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length

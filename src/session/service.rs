@@ -233,6 +233,15 @@ async fn write_back<S: StateStore>(
     }
 }
 
+/// `503` with `Retry-After` when the store is unavailable, else `500`.
+fn store_error_response<B>(unavailable: bool, message: &str) -> Response<ResponseBody<B>> {
+    if unavailable {
+        store_unavailable(Duration::from_secs(1))
+    } else {
+        ErrorBody::new("session_error", message).into_response(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
 fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) {
     let value = match (&config.transport, action) {
         (_, CookieAction::None) => return,
@@ -310,6 +319,19 @@ where
             inner: Box::pin(async move {
                 let mut res = inner.call(req).await?;
                 let st = std::mem::take(&mut *shared.state.lock().await);
+                if let Some(unavailable) = st.load_failed {
+                    // The handler saw a load error and may have swallowed it: its answer
+                    // (and any change it made afterwards) rests on a session it could not
+                    // read, so neither is kept, unless it answered 5xx itself.
+                    if res.status().is_server_error() {
+                        return Ok(wrap(res));
+                    }
+                    tracing::warn!("session load failed but the handler answered without a 5xx");
+                    return Ok(store_error_response(
+                        unavailable,
+                        "the session could not be loaded",
+                    ));
+                }
                 match write_back(&store, &config, st).await {
                     Ok(action) => {
                         apply_cookie(&mut res, &config, action);
@@ -317,14 +339,10 @@ where
                     }
                     Err(WriteError::Store(e)) => {
                         tracing::warn!(error = %e, "session write-back failed");
-                        if e.is_unavailable() {
-                            Ok(store_unavailable(Duration::from_secs(1)))
-                        } else {
-                            Ok(
-                                ErrorBody::new("session_error", "the session could not be saved")
-                                    .into_response(StatusCode::INTERNAL_SERVER_ERROR),
-                            )
-                        }
+                        Ok(store_error_response(
+                            e.is_unavailable(),
+                            "the session could not be saved",
+                        ))
                     }
                     Err(WriteError::Conflict) => Ok(ErrorBody::new(
                         "session_conflict",
