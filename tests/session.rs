@@ -172,6 +172,53 @@ async fn cookie_attributes<St: StateStore>(store: St) {
     assert!(!sc.contains("Secure") && !sc.contains("HttpOnly"), "{sc}");
 }
 
+async fn max_age_renewal<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).max_age(Duration::from_secs(3600));
+    let out = call(&layer, None, "put:a:1").await;
+    let c = cookie_pair(&out);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // A read renews the persistent cookie: same id, fresh Max-Age.
+    let out = call(&layer, Some(&c), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert_eq!(cookie_pair(&out), c);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // So does a write.
+    let out = call(&layer, Some(&c), "put:b:2").await;
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert_eq!(cookie_pair(&out), c);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // Untouched: the session is not loaded, nothing is sent.
+    assert!(call(&layer, Some(&c), "none").await.set_cookie.is_empty());
+    // Unknown id: no session to renew.
+    let unknown = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&unknown), "get:a").await;
+    assert_eq!(out.body, "None");
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    // Destroy still removes the cookie, once.
+    let out = call(&layer, Some(&c), "destroy").await;
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=0"),
+        "{:?}",
+        out.set_cookie
+    );
+    // A destroyed session is not renewed.
+    assert!(call(&layer, Some(&c), "get:a").await.set_cookie.is_empty());
+}
+
 async fn bad_ids<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store);
     let forged = format!("id={}", "A".repeat(43));
@@ -275,6 +322,10 @@ mod memory {
         super::cookie_attributes(MemoryStore::new()).await
     }
     #[tokio::test]
+    async fn max_age_renewal() {
+        super::max_age_renewal(MemoryStore::new()).await
+    }
+    #[tokio::test]
     async fn bad_ids() {
         super::bad_ids(MemoryStore::new()).await
     }
@@ -307,6 +358,11 @@ mod redis {
     async fn cookie_attributes() {
         let s = redis_or_skip!();
         super::cookie_attributes(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn max_age_renewal() {
+        let s = redis_or_skip!();
+        super::max_age_renewal(store(&s).await).await
     }
     #[tokio::test]
     async fn bad_ids() {
@@ -358,6 +414,13 @@ mod redis {
         call(&layer, Some(&format!("id={}", "A".repeat(43))), "get:a").await;
         assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
+        // Renewing a Max-Age cookie costs no extra round trip.
+        let layer = SessionLayer::new(store(&s).await).max_age(Duration::from_secs(60));
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        s.reset_stats();
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert_eq!(cookie_pair(&out), c);
+        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
     }
 
     #[tokio::test]

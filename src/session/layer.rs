@@ -64,6 +64,11 @@ impl<S: StateStore> SessionLayer<S> {
         self
     }
     /// Cookie `Max-Age` (default: none, a browser-session cookie).
+    ///
+    /// A persistent cookie rolls like the idle expiry: every request that loads an existing
+    /// session from the cookie gets the cookie again (same id, fresh `Max-Age`), at no extra
+    /// store round trip. A request that never touches the session renews neither. An id taken
+    /// from the JWT `sid` claim is not put into a cookie.
     #[must_use]
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.config.max_age = Some(max_age);

@@ -8,7 +8,9 @@
 //! Round trips: a handler that never touches the session costs none; the first access
 //! loads it with one get-and-refresh-TTL (rolling idle expiry); a modified session costs one
 //! compare-and-set write after the handler returns; an unmodified one is never written.
-//! Sessions older than the absolute lifetime are destroyed when loaded.
+//! Sessions older than the absolute lifetime are destroyed when loaded. With
+//! [`SessionLayer::max_age`] the cookie is re-sent whenever an existing session is loaded, so
+//! the browser keeps a session that is in use.
 //!
 //! # Concurrency
 //!

@@ -78,30 +78,41 @@ enum WriteError {
     Conflict,
 }
 
-fn request_id<B>(req: &Request<B>, config: &Config) -> Option<String> {
+/// The request's session id (format-checked) and whether it came from the session cookie:
+/// only a cookie the client holds is renewed (`Max-Age`), never an id from the JWT `sid`.
+fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
     if config.use_sid_claim {
         if let Some(sid) = req
             .extensions()
             .get::<RegisteredClaims>()
             .and_then(|c| c.sid.as_deref())
         {
-            return valid_id(sid).then(|| sid.to_owned());
+            return (valid_id(sid).then(|| sid.to_owned()), false);
         }
     }
     match &config.transport {
         Transport::Header(name) => {
-            let v = req.headers().get(name)?.to_str().ok()?;
-            valid_id(v).then(|| v.to_owned())
+            let id = req
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| valid_id(v))
+                .map(str::to_owned);
+            (id, false)
         }
-        Transport::Cookie => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-            .find(|c| c.name() == config.cookie_name)
-            .map(|c| c.value().to_owned())
-            .filter(|v| valid_id(v)),
+        Transport::Cookie => {
+            let id = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
+                .find(|c| c.name() == config.cookie_name)
+                .map(|c| c.value().to_owned())
+                .filter(|v| valid_id(v));
+            let from_cookie = id.is_some();
+            (id, from_cookie)
+        }
     }
 }
 
@@ -132,10 +143,13 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(micros)
 }
 
+/// Writes the request's changes back. `renew`: re-send the cookie of an existing session
+/// (a `Max-Age` cookie must roll with the idle expiry, or the browser drops a live session).
 async fn write_back<S: StateStore>(
     store: &S,
     config: &Config,
     st: State,
+    renew: bool,
 ) -> Result<CookieAction, WriteError> {
     if !st.loaded {
         return Ok(CookieAction::None);
@@ -150,8 +164,16 @@ async fn write_back<S: StateStore>(
         }
         return Ok(CookieAction::None);
     }
+    // After a load, `st.id` is `Some` only when the session exists.
+    let keep = |id: &str| {
+        if renew {
+            CookieAction::Set(id.to_owned())
+        } else {
+            CookieAction::None
+        }
+    };
     if !st.modified() && !st.cycle {
-        return Ok(CookieAction::None);
+        return Ok(st.id.as_deref().map_or(CookieAction::None, keep));
     }
     let now = now_secs();
     let mut record = st.record.clone().unwrap_or(Record {
@@ -181,7 +203,7 @@ async fn write_back<S: StateStore>(
                     .await
                     .map_err(WriteError::Store)?
                 {
-                    return Ok(CookieAction::None);
+                    return Ok(keep(id));
                 }
                 if attempt == config.max_retries {
                     break;
@@ -301,7 +323,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
         let config = self.config.clone();
-        let id = request_id(&req, &config);
+        let (id, from_cookie) = request_id(&req, &config);
+        let renew = from_cookie && config.max_age.is_some();
         let shared = Arc::new(Shared {
             loader: Arc::new(StoreLoader(store.clone())),
             key_prefix: config.prefix.clone(),
@@ -332,7 +355,7 @@ where
                         "the session could not be loaded",
                     ));
                 }
-                match write_back(&store, &config, st).await {
+                match write_back(&store, &config, st, renew).await {
                     Ok(action) => {
                         apply_cookie(&mut res, &config, action);
                         Ok(wrap(res))
