@@ -3,13 +3,18 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::RegisteredClaims;
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
 /// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200.
@@ -53,12 +58,25 @@ struct Out {
 }
 
 async fn call<St: StateStore>(layer: &SessionLayer<St>, cookie: Option<&str>, op: &str) -> Out {
+    call_with(layer, cookie, None, op).await
+}
+
+/// [`call`] with `claims` in the request extensions, as `JwtAuthLayer` puts them there.
+async fn call_with<St: StateStore>(
+    layer: &SessionLayer<St>,
+    cookie: Option<&str>,
+    claims: Option<RegisteredClaims>,
+    op: &str,
+) -> Out {
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(handler);
     let mut req = Request::builder().header("x-op", op);
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
+    }
+    if let Some(claims) = claims {
+        req = req.extension(claims);
     }
     let res = svc.oneshot(req.body(String::new()).unwrap()).await.unwrap();
     let set_cookie = res
@@ -219,6 +237,53 @@ async fn max_age_renewal<St: StateStore>(store: St) {
     assert!(call(&layer, Some(&c), "get:a").await.set_cookie.is_empty());
 }
 
+async fn sid_claim<St: StateStore>(store: St) {
+    let store = Counting::new(store);
+    let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+    let claims = |sid: &str| RegisteredClaims::new("alice", u64::MAX).with_sid(sid);
+    // A session created through the cookie transport.
+    let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+    let id = c.trim_start_matches("id=").to_owned();
+    // The sid claim alone finds it, and reads send no cookie.
+    let out = call_with(&layer, None, Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    // Writes through the claim land in that session.
+    let out = call_with(&layer, None, Some(claims(&id)), "put:b:2").await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    assert_eq!(call(&layer, Some(&c), "get:b").await.body, "Some(\"2\")");
+    // The claim wins over a cookie of another session.
+    let other = cookie_pair(&call(&layer, None, "put:a:other").await);
+    let out = call_with(&layer, Some(&other), Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    // Claims without a sid: the cookie is used.
+    let no_sid = RegisteredClaims::new("alice", u64::MAX);
+    let out = call_with(&layer, Some(&c), Some(no_sid), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    // An invalid sid is no session: no store lookup, and no fallback to the cookie.
+    let long = format!("{id}A");
+    let bad_alphabet = format!("{}!", &id[..42]);
+    for bad in ["", "short", long.as_str(), bad_alphabet.as_str()] {
+        store.reset();
+        let out = call_with(&layer, Some(&c), Some(claims(bad)), "get:a").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, "None", "sid {bad:?}");
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        assert_eq!(store.operations(), 0, "sid {bad:?}");
+    }
+    // A well-formed but unknown sid costs the one lookup that finds nothing.
+    store.reset();
+    let unknown = "A".repeat(43);
+    let out = call_with(&layer, Some(&c), Some(claims(&unknown)), "get:a").await;
+    assert_eq!(out.body, "None");
+    assert_eq!(store.operations(), 1);
+    // Off by default: the claim is ignored.
+    let off = SessionLayer::new(store.clone());
+    let out = call_with(&off, None, Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "None");
+}
+
 async fn bad_ids<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store);
     let forged = format!("id={}", "A".repeat(43));
@@ -326,6 +391,10 @@ mod memory {
         super::max_age_renewal(MemoryStore::new()).await
     }
     #[tokio::test]
+    async fn sid_claim() {
+        super::sid_claim(MemoryStore::new()).await
+    }
+    #[tokio::test]
     async fn bad_ids() {
         super::bad_ids(MemoryStore::new()).await
     }
@@ -363,6 +432,11 @@ mod redis {
     async fn max_age_renewal() {
         let s = redis_or_skip!();
         super::max_age_renewal(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn sid_claim() {
+        let s = redis_or_skip!();
+        super::sid_claim(store(&s).await).await
     }
     #[tokio::test]
     async fn bad_ids() {
@@ -450,6 +524,81 @@ mod redis {
         assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(out.body.contains("store_unavailable"), "{}", out.body);
         assert!(out.set_cookie.is_empty());
+    }
+}
+
+/// A store that counts the operations the layer makes on the store it wraps.
+#[derive(Clone)]
+struct Counting<St> {
+    inner: St,
+    ops: Arc<AtomicU64>,
+}
+
+impl<St> Counting<St> {
+    fn new(inner: St) -> Self {
+        Self {
+            inner,
+            ops: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    fn hit(&self) {
+        self.ops.fetch_add(1, Ordering::SeqCst);
+    }
+    fn operations(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+    fn reset(&self) {
+        self.ops.store(0, Ordering::SeqCst);
+    }
+}
+
+impl<St: StateStore> StateStore for Counting<St> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.hit();
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.hit();
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
+        self.hit();
+        self.inner.increment(key, by, ttl).await
     }
 }
 
