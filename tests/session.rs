@@ -699,3 +699,72 @@ async fn memory_store_down() {
     // Untouched session: no store access, so no failure.
     assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
 }
+
+#[cfg(feature = "axum")]
+mod axum_extractor {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+
+    /// Counts visits in the session; answers the count before this visit.
+    async fn visits(session: Session) -> String {
+        let n: u32 = session.get("n").await.ok().flatten().unwrap_or(0);
+        let _ = session.insert("n", n + 1).await;
+        n.to_string()
+    }
+
+    async fn get_visits(app: Router, cookie: Option<&str>) -> Out {
+        let mut req = Request::builder().uri("/");
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let set_cookie = res
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Out {
+            status,
+            set_cookie,
+            retry_after: None,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    async fn session_extractor<St: StateStore>(store: St) {
+        let app = Router::new()
+            .route("/", get(visits))
+            .layer(SessionLayer::new(store));
+        let out = get_visits(app.clone(), None).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, "0");
+        let c = cookie_pair(&out);
+        assert_eq!(get_visits(app.clone(), Some(&c)).await.body, "1");
+        assert_eq!(get_visits(app, Some(&c)).await.body, "2");
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        session_extractor(MemoryStore::new()).await
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let s = redis_or_skip!();
+        session_extractor(RedisStore::from_url(s.url()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn without_layer_is_500() {
+        let app = Router::new().route("/", get(visits));
+        let out = get_visits(app, None).await;
+        assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(out.body.contains("without SessionLayer"), "{}", out.body);
+        assert!(out.set_cookie.is_empty());
+    }
+}
