@@ -38,7 +38,7 @@
 //! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length
 //! or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store lookup; an
 //! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
-//! session fixation. The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
+//! session fixation (its docs say how it races with concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
 //!
 //! # Example
 //!
