@@ -100,6 +100,10 @@ impl<S: StateStore> SessionLayer<S> {
     }
     /// Take the id from `RegisteredClaims::sid` in request extensions when present
     /// (hybrid JWT + session). The transport is then still used for new sessions.
+    ///
+    /// A `sid` claim takes precedence over the cookie or header; a malformed `sid` means no
+    /// session (no store lookup, no fallback to the transport). Claims without `sid` fall
+    /// back to the transport.
     #[must_use]
     pub fn id_from_sid_claim(mut self, on: bool) -> Self {
         self.config.use_sid_claim = on;
