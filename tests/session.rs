@@ -602,14 +602,21 @@ impl<St: StateStore> StateStore for Counting<St> {
     }
 }
 
-/// A store whose every operation fails as unavailable (memory-backend outage).
+/// A store whose every operation fails: as unavailable (memory-backend outage), or, when
+/// `broken`, with an unexpected reply (not an outage).
 #[derive(Clone)]
-struct Down;
+struct Down {
+    broken: bool,
+}
 
-fn down<T>() -> Result<T, tower_stateless::store::StoreError> {
-    Err(tower_stateless::store::StoreError::Unavailable(
-        "down".into(),
-    ))
+impl Down {
+    fn fail<T>(&self) -> Result<T, StoreError> {
+        if self.broken {
+            Err(StoreError::Unexpected("corrupt reply".into()))
+        } else {
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
 }
 
 impl StateStore for Down {
@@ -617,13 +624,13 @@ impl StateStore for Down {
         &self,
         _: &str,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn get_many(
         &self,
         _: &[&str],
     ) -> Result<Vec<Option<bytes::Bytes>>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn set(
         &self,
@@ -631,7 +638,7 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<(), tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn set_if_absent(
         &self,
@@ -639,7 +646,7 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn compare_and_set(
         &self,
@@ -648,24 +655,24 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn compare_and_delete(
         &self,
         _: &str,
         _: &[u8],
     ) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn get_and_refresh(
         &self,
         _: &str,
         _: Duration,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn delete(&self, _: &str) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn increment(
         &self,
@@ -673,13 +680,13 @@ impl StateStore for Down {
         _: i64,
         _: Duration,
     ) -> Result<i64, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
 }
 
 #[tokio::test]
 async fn memory_store_down() {
-    let layer = SessionLayer::new(Down);
+    let layer = SessionLayer::new(Down { broken: false });
     let id = format!("id={}", "A".repeat(43));
     let out = call(&layer, Some(&id), "get:a").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -698,6 +705,21 @@ async fn memory_store_down() {
     assert!(out.body.contains("store_unavailable"), "{}", out.body);
     // Untouched session: no store access, so no failure.
     assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn memory_store_broken_load() {
+    let layer = SessionLayer::new(Down { broken: true });
+    let id = format!("id={}", "A".repeat(43));
+    // The handler's own answer to the error is kept.
+    let out = call(&layer, Some(&id), "get:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.body, "error unavailable=false");
+    // A swallowed load error that is not an outage: 500, no Retry-After.
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(out.body.contains("session_error"), "{}", out.body);
+    assert!(out.retry_after.is_none());
 }
 
 #[cfg(feature = "axum")]
