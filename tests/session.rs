@@ -3,16 +3,22 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::RegisteredClaims;
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
-/// `cycle`, `destroy`. Answers the JSON of `get`, or the error text.
+/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200.
+/// Answers the JSON of `get`, or the error text.
 async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let op = req
         .headers()
@@ -26,6 +32,7 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let parts: Vec<&str> = op.splitn(3, ':').collect();
     let out = match parts.as_slice() {
         ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
+        ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
         ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
         ["del", k] => s.remove(k).await.map(|_| String::new()),
         ["clear"] => s.clear().await.map(|_| String::new()),
@@ -46,16 +53,30 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
 struct Out {
     status: StatusCode,
     set_cookie: Vec<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
 async fn call<St: StateStore>(layer: &SessionLayer<St>, cookie: Option<&str>, op: &str) -> Out {
+    call_with(layer, cookie, None, op).await
+}
+
+/// [`call`] with `claims` in the request extensions, as `JwtAuthLayer` puts them there.
+async fn call_with<St: StateStore>(
+    layer: &SessionLayer<St>,
+    cookie: Option<&str>,
+    claims: Option<RegisteredClaims>,
+    op: &str,
+) -> Out {
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(handler);
     let mut req = Request::builder().header("x-op", op);
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
+    }
+    if let Some(claims) = claims {
+        req = req.extension(claims);
     }
     let res = svc.oneshot(req.body(String::new()).unwrap()).await.unwrap();
     let set_cookie = res
@@ -65,11 +86,16 @@ async fn call<St: StateStore>(layer: &SessionLayer<St>, cookie: Option<&str>, op
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
     let status = res.status();
+    let retry_after = res
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
     let body =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Out {
         status,
         set_cookie,
+        retry_after,
         body,
     }
 }
@@ -164,6 +190,100 @@ async fn cookie_attributes<St: StateStore>(store: St) {
     assert!(!sc.contains("Secure") && !sc.contains("HttpOnly"), "{sc}");
 }
 
+async fn max_age_renewal<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).max_age(Duration::from_secs(3600));
+    let out = call(&layer, None, "put:a:1").await;
+    let c = cookie_pair(&out);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // A read renews the persistent cookie: same id, fresh Max-Age.
+    let out = call(&layer, Some(&c), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert_eq!(cookie_pair(&out), c);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // So does a write.
+    let out = call(&layer, Some(&c), "put:b:2").await;
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert_eq!(cookie_pair(&out), c);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=3600"),
+        "{:?}",
+        out.set_cookie
+    );
+    // Untouched: the session is not loaded, nothing is sent.
+    assert!(call(&layer, Some(&c), "none").await.set_cookie.is_empty());
+    // Unknown id: no session to renew.
+    let unknown = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&unknown), "get:a").await;
+    assert_eq!(out.body, "None");
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    // Destroy still removes the cookie, once.
+    let out = call(&layer, Some(&c), "destroy").await;
+    assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+    assert!(
+        out.set_cookie[0].contains("Max-Age=0"),
+        "{:?}",
+        out.set_cookie
+    );
+    // A destroyed session is not renewed.
+    assert!(call(&layer, Some(&c), "get:a").await.set_cookie.is_empty());
+}
+
+async fn sid_claim<St: StateStore>(store: St) {
+    let store = Counting::new(store);
+    let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+    let claims = |sid: &str| RegisteredClaims::new("alice", u64::MAX).with_sid(sid);
+    // A session created through the cookie transport.
+    let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+    let id = c.trim_start_matches("id=").to_owned();
+    // The sid claim alone finds it, and reads send no cookie.
+    let out = call_with(&layer, None, Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    // Writes through the claim land in that session.
+    let out = call_with(&layer, None, Some(claims(&id)), "put:b:2").await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+    assert_eq!(call(&layer, Some(&c), "get:b").await.body, "Some(\"2\")");
+    // The claim wins over a cookie of another session.
+    let other = cookie_pair(&call(&layer, None, "put:a:other").await);
+    let out = call_with(&layer, Some(&other), Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    // Claims without a sid: the cookie is used.
+    let no_sid = RegisteredClaims::new("alice", u64::MAX);
+    let out = call_with(&layer, Some(&c), Some(no_sid), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    // An invalid sid is no session: no store lookup, and no fallback to the cookie.
+    let long = format!("{id}A");
+    let bad_alphabet = format!("{}!", &id[..42]);
+    for bad in ["", "short", long.as_str(), bad_alphabet.as_str()] {
+        store.reset();
+        let out = call_with(&layer, Some(&c), Some(claims(bad)), "get:a").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, "None", "sid {bad:?}");
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        assert_eq!(store.operations(), 0, "sid {bad:?}");
+    }
+    // A well-formed but unknown sid costs the one lookup that finds nothing.
+    store.reset();
+    let unknown = "A".repeat(43);
+    let out = call_with(&layer, Some(&c), Some(claims(&unknown)), "get:a").await;
+    assert_eq!(out.body, "None");
+    assert_eq!(store.operations(), 1);
+    // Off by default: the claim is ignored.
+    let off = SessionLayer::new(store.clone());
+    let out = call_with(&off, None, Some(claims(&id)), "get:a").await;
+    assert_eq!(out.body, "None");
+}
+
 async fn bad_ids<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store);
     let forged = format!("id={}", "A".repeat(43));
@@ -188,7 +308,7 @@ async fn bad_ids<St: StateStore>(store: St) {
 }
 
 async fn concurrent_cart<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).max_retries(32);
+    let layer = SessionLayer::new(store);
     let c = cookie_pair(&call(&layer, None, "put:seed:0").await);
     let mut a = ServiceBuilder::new()
         .layer(layer.clone())
@@ -267,6 +387,14 @@ mod memory {
         super::cookie_attributes(MemoryStore::new()).await
     }
     #[tokio::test]
+    async fn max_age_renewal() {
+        super::max_age_renewal(MemoryStore::new()).await
+    }
+    #[tokio::test]
+    async fn sid_claim() {
+        super::sid_claim(MemoryStore::new()).await
+    }
+    #[tokio::test]
     async fn bad_ids() {
         super::bad_ids(MemoryStore::new()).await
     }
@@ -299,6 +427,16 @@ mod redis {
     async fn cookie_attributes() {
         let s = redis_or_skip!();
         super::cookie_attributes(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn max_age_renewal() {
+        let s = redis_or_skip!();
+        super::max_age_renewal(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn sid_claim() {
+        let s = redis_or_skip!();
+        super::sid_claim(store(&s).await).await
     }
     #[tokio::test]
     async fn bad_ids() {
@@ -350,6 +488,13 @@ mod redis {
         call(&layer, Some(&format!("id={}", "A".repeat(43))), "get:a").await;
         assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
+        // Renewing a Max-Age cookie costs no extra round trip.
+        let layer = SessionLayer::new(store(&s).await).max_age(Duration::from_secs(60));
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        s.reset_stats();
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert_eq!(cookie_pair(&out), c);
+        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
     }
 
     #[tokio::test]
@@ -368,6 +513,12 @@ mod redis {
         let out = call(&layer, Some(&c), "get:a").await;
         assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(out.body, "error unavailable=true");
+        // Handler read that swallows the error → 503 from the layer, not a silent 200.
+        let out = call(&layer, Some(&c), "peek:a").await;
+        assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(out.body.contains("store_unavailable"), "{}", out.body);
+        assert!(out.retry_after.is_some());
+        assert!(out.set_cookie.is_empty());
         // New session write-back → 503 from the layer.
         let out = call(&layer, None, "put:a:1").await;
         assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -376,14 +527,96 @@ mod redis {
     }
 }
 
-/// A store whose every operation fails as unavailable (memory-backend outage).
+/// A store that counts the operations the layer makes on the store it wraps.
 #[derive(Clone)]
-struct Down;
+struct Counting<St> {
+    inner: St,
+    ops: Arc<AtomicU64>,
+}
 
-fn down<T>() -> Result<T, tower_stateless::store::StoreError> {
-    Err(tower_stateless::store::StoreError::Unavailable(
-        "down".into(),
-    ))
+impl<St> Counting<St> {
+    fn new(inner: St) -> Self {
+        Self {
+            inner,
+            ops: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    fn hit(&self) {
+        self.ops.fetch_add(1, Ordering::SeqCst);
+    }
+    fn operations(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+    fn reset(&self) {
+        self.ops.store(0, Ordering::SeqCst);
+    }
+}
+
+impl<St: StateStore> StateStore for Counting<St> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.hit();
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.hit();
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
+        self.hit();
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
+        self.hit();
+        self.inner.increment(key, by, ttl).await
+    }
+}
+
+/// A store whose every operation fails: as unavailable (memory-backend outage), or, when
+/// `broken`, with an unexpected reply (not an outage).
+#[derive(Clone)]
+struct Down {
+    broken: bool,
+}
+
+impl Down {
+    fn fail<T>(&self) -> Result<T, StoreError> {
+        if self.broken {
+            Err(StoreError::Unexpected("corrupt reply".into()))
+        } else {
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
 }
 
 impl StateStore for Down {
@@ -391,13 +624,13 @@ impl StateStore for Down {
         &self,
         _: &str,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn get_many(
         &self,
         _: &[&str],
     ) -> Result<Vec<Option<bytes::Bytes>>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn set(
         &self,
@@ -405,7 +638,7 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<(), tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn set_if_absent(
         &self,
@@ -413,7 +646,7 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn compare_and_set(
         &self,
@@ -422,24 +655,24 @@ impl StateStore for Down {
         _: bytes::Bytes,
         _: Duration,
     ) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn compare_and_delete(
         &self,
         _: &str,
         _: &[u8],
     ) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn get_and_refresh(
         &self,
         _: &str,
         _: Duration,
     ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn delete(&self, _: &str) -> Result<bool, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
     async fn increment(
         &self,
@@ -447,20 +680,113 @@ impl StateStore for Down {
         _: i64,
         _: Duration,
     ) -> Result<i64, tower_stateless::store::StoreError> {
-        down()
+        self.fail()
     }
 }
 
 #[tokio::test]
 async fn memory_store_down() {
-    let layer = SessionLayer::new(Down);
+    let layer = SessionLayer::new(Down { broken: false });
     let id = format!("id={}", "A".repeat(43));
     let out = call(&layer, Some(&id), "get:a").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(out.body, "error unavailable=true");
+    assert!(out.retry_after.is_none());
+    // A handler that swallows the load error does not get its 200 through.
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.body.contains("store_unavailable"), "{}", out.body);
+    assert_eq!(out.retry_after.as_deref(), Some("1"));
+    // No id → nothing to load, nothing failed.
+    let out = call(&layer, None, "peek:a").await;
+    assert_eq!(out.status, StatusCode::OK);
     let out = call(&layer, None, "put:a:1").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(out.body.contains("store_unavailable"), "{}", out.body);
     // Untouched session: no store access, so no failure.
     assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn memory_store_broken_load() {
+    let layer = SessionLayer::new(Down { broken: true });
+    let id = format!("id={}", "A".repeat(43));
+    // The handler's own answer to the error is kept.
+    let out = call(&layer, Some(&id), "get:a").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.body, "error unavailable=false");
+    // A swallowed load error that is not an outage: 500, no Retry-After.
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(out.body.contains("session_error"), "{}", out.body);
+    assert!(out.retry_after.is_none());
+}
+
+#[cfg(feature = "axum")]
+mod axum_extractor {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+
+    /// Counts visits in the session; answers the count before this visit.
+    async fn visits(session: Session) -> String {
+        let n: u32 = session.get("n").await.ok().flatten().unwrap_or(0);
+        let _ = session.insert("n", n + 1).await;
+        n.to_string()
+    }
+
+    async fn get_visits(app: Router, cookie: Option<&str>) -> Out {
+        let mut req = Request::builder().uri("/");
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let set_cookie = res
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Out {
+            status,
+            set_cookie,
+            retry_after: None,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    async fn session_extractor<St: StateStore>(store: St) {
+        let app = Router::new()
+            .route("/", get(visits))
+            .layer(SessionLayer::new(store));
+        let out = get_visits(app.clone(), None).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, "0");
+        let c = cookie_pair(&out);
+        assert_eq!(get_visits(app.clone(), Some(&c)).await.body, "1");
+        assert_eq!(get_visits(app, Some(&c)).await.body, "2");
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        session_extractor(MemoryStore::new()).await
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let s = redis_or_skip!();
+        session_extractor(RedisStore::from_url(s.url()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn without_layer_is_500() {
+        let app = Router::new().route("/", get(visits));
+        let out = get_visits(app, None).await;
+        assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(out.body.contains("without SessionLayer"), "{}", out.body);
+        assert!(out.set_cookie.is_empty());
+    }
 }

@@ -93,6 +93,10 @@ pub(crate) struct State {
     pub(crate) cleared: bool,
     pub(crate) cycle: bool,
     pub(crate) destroyed: bool,
+    /// A load failed during this request: the handler saw an error it may have swallowed,
+    /// so the layer must not answer as if all went well. `Some(true)` when the store was
+    /// unavailable. Sticky: a later successful load does not clear it.
+    pub(crate) load_failed: Option<bool>,
 }
 
 impl State {
@@ -136,12 +140,13 @@ impl Session {
         if !st.loaded {
             if let Some(id) = st.id.clone() {
                 let key = store_key(&self.shared.key_prefix, &id);
-                let raw = self
-                    .shared
-                    .loader
-                    .load(&key, self.shared.idle)
-                    .await
-                    .map_err(SessionError::Store)?;
+                let raw = match self.shared.loader.load(&key, self.shared.idle).await {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        st.load_failed = Some(e.is_unavailable());
+                        return Err(SessionError::Store(e));
+                    }
+                };
                 let record = raw
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<Record>(b).ok());
@@ -212,6 +217,26 @@ impl Session {
 
     /// Gives the session a new id, keeping its data; the old id is deleted. Call it at login
     /// against session fixation.
+    ///
+    /// After the handler returns, the layer writes the data as this request loaded it, plus
+    /// this request's changes, under a fresh id (write-if-absent), then deletes the old id.
+    ///
+    /// # Concurrency
+    ///
+    /// Unlike ordinary writes, cycling is **not merged** with concurrent requests on the old
+    /// id. A request on the old id that writes:
+    ///
+    /// - after this request loaded the session and before the old id is deleted: its
+    ///   compare-and-set succeeds on the old record, which is then deleted, so its changes are
+    ///   lost although it answered success;
+    /// - after the delete, from a session it loaded before: its compare-and-set finds the
+    ///   record gone and drops its changes (a deleted session is never resurrected);
+    /// - after the delete, from a fresh load: it finds no session and starts a new, empty one
+    ///   with its own cookie, which can replace the cycled cookie in the browser.
+    ///
+    /// Reads on the old id see the old data until the delete, no session after it. This is
+    /// acceptable at login, where one client rarely has other writes in flight on the same
+    /// session; avoid cycling while other requests of the session may be writing to it.
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut st = self.loaded().await?;
         st.cycle = true;

@@ -64,6 +64,11 @@ impl<S: StateStore> SessionLayer<S> {
         self
     }
     /// Cookie `Max-Age` (default: none, a browser-session cookie).
+    ///
+    /// A persistent cookie rolls like the idle expiry: every request that loads an existing
+    /// session from the cookie gets the cookie again (same id, fresh `Max-Age`), at no extra
+    /// store round trip. A request that never touches the session renews neither. An id taken
+    /// from the JWT `sid` claim is not put into a cookie.
     #[must_use]
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.config.max_age = Some(max_age);
@@ -95,12 +100,18 @@ impl<S: StateStore> SessionLayer<S> {
     }
     /// Take the id from `RegisteredClaims::sid` in request extensions when present
     /// (hybrid JWT + session). The transport is then still used for new sessions.
+    ///
+    /// A `sid` claim takes precedence over the cookie or header; a malformed `sid` means no
+    /// session (no store lookup, no fallback to the transport). Claims without `sid` fall
+    /// back to the transport.
     #[must_use]
     pub fn id_from_sid_claim(mut self, on: bool) -> Self {
         self.config.use_sid_claim = on;
         self
     }
-    /// Compare-and-set retries on a concurrent update (default 8).
+    /// Compare-and-set retries on a concurrent update (default 8), each after a full-jitter
+    /// exponential backoff (4 ms window doubling up to 256 ms). The default lets 50
+    /// concurrent writers on one session through; when retries run out the layer answers 409.
     #[must_use]
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.config.max_retries = retries;

