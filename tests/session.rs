@@ -602,91 +602,9 @@ impl<St: StateStore> StateStore for Counting<St> {
     }
 }
 
-/// A store whose every operation fails: as unavailable (memory-backend outage), or, when
-/// `broken`, with an unexpected reply (not an outage).
-#[derive(Clone)]
-struct Down {
-    broken: bool,
-}
-
-impl Down {
-    fn fail<T>(&self) -> Result<T, StoreError> {
-        if self.broken {
-            Err(StoreError::Unexpected("corrupt reply".into()))
-        } else {
-            Err(StoreError::Unavailable("down".into()))
-        }
-    }
-}
-
-impl StateStore for Down {
-    async fn get(
-        &self,
-        _: &str,
-    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn get_many(
-        &self,
-        _: &[&str],
-    ) -> Result<Vec<Option<bytes::Bytes>>, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn set(
-        &self,
-        _: &str,
-        _: bytes::Bytes,
-        _: Duration,
-    ) -> Result<(), tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn set_if_absent(
-        &self,
-        _: &str,
-        _: bytes::Bytes,
-        _: Duration,
-    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn compare_and_set(
-        &self,
-        _: &str,
-        _: &[u8],
-        _: bytes::Bytes,
-        _: Duration,
-    ) -> Result<bool, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn compare_and_delete(
-        &self,
-        _: &str,
-        _: &[u8],
-    ) -> Result<bool, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn get_and_refresh(
-        &self,
-        _: &str,
-        _: Duration,
-    ) -> Result<Option<bytes::Bytes>, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn delete(&self, _: &str) -> Result<bool, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-    async fn increment(
-        &self,
-        _: &str,
-        _: i64,
-        _: Duration,
-    ) -> Result<i64, tower_stateless::store::StoreError> {
-        self.fail()
-    }
-}
-
 #[tokio::test]
 async fn memory_store_down() {
-    let layer = SessionLayer::new(Down { broken: false });
+    let layer = SessionLayer::new(common::DownStore::unavailable());
     let id = format!("id={}", "A".repeat(43));
     let out = call(&layer, Some(&id), "get:a").await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -709,7 +627,7 @@ async fn memory_store_down() {
 
 #[tokio::test]
 async fn memory_store_broken_load() {
-    let layer = SessionLayer::new(Down { broken: true });
+    let layer = SessionLayer::new(common::DownStore::broken());
     let id = format!("id={}", "A".repeat(43));
     // The handler's own answer to the error is kept.
     let out = call(&layer, Some(&id), "get:a").await;
@@ -789,4 +707,37 @@ mod axum_extractor {
         assert!(out.body.contains("without SessionLayer"), "{}", out.body);
         assert!(out.set_cookie.is_empty());
     }
+}
+
+/// The same behaviour on a real 3-master Redis Cluster: a session is one key, so every
+/// operation stays one round trip on one node.
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster {
+    use super::*;
+
+    macro_rules! on_cluster {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let cluster = cluster_or_skip!();
+                    let store = RedisStore::builder()
+                        .cluster_urls(cluster.urls())
+                        .build()
+                        .expect("cluster store");
+                    super::$name(store).await;
+                    drop(cluster);
+                }
+            )*
+        };
+    }
+
+    on_cluster!(
+        lifecycle,
+        cookie_attributes,
+        sid_claim,
+        bad_ids,
+        concurrent_cart,
+        header_transport,
+    );
 }

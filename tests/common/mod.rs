@@ -449,27 +449,45 @@ macro_rules! cluster_or_skip {
     };
 }
 
-/// A store whose every operation fails as unavailable: an outage of any backend.
-#[derive(Clone, Debug)]
-pub struct DownStore;
+/// A store whose every operation fails: as unavailable (an outage of any backend), or,
+/// when built with [`DownStore::broken`], with an unexpected reply (not an outage).
+#[derive(Clone, Debug, Default)]
+pub struct DownStore {
+    broken: bool,
+}
+
+impl DownStore {
+    /// Every operation fails as unavailable.
+    pub fn unavailable() -> Self {
+        Self { broken: false }
+    }
+
+    /// Every operation fails with an unexpected reply.
+    pub fn broken() -> Self {
+        Self { broken: true }
+    }
+
+    fn fail<T>(&self) -> StoreResult<T> {
+        use tower_stateless::store::StoreError;
+        if self.broken {
+            Err(StoreError::Unexpected("corrupt reply (test)".into()))
+        } else {
+            Err(StoreError::Unavailable("store down (test)".into()))
+        }
+    }
+}
 
 type StoreResult<T> = Result<T, tower_stateless::store::StoreError>;
 
-fn down<T>() -> StoreResult<T> {
-    Err(tower_stateless::store::StoreError::Unavailable(
-        "store down (test)".into(),
-    ))
-}
-
 impl tower_stateless::store::StateStore for DownStore {
     async fn get(&self, _: &str) -> StoreResult<Option<bytes::Bytes>> {
-        down()
+        self.fail()
     }
     async fn get_many(&self, _: &[&str]) -> StoreResult<Vec<Option<bytes::Bytes>>> {
-        down()
+        self.fail()
     }
     async fn set(&self, _: &str, _: bytes::Bytes, _: Duration) -> StoreResult<()> {
-        down()
+        self.fail()
     }
     async fn set_if_absent(
         &self,
@@ -477,7 +495,7 @@ impl tower_stateless::store::StateStore for DownStore {
         _: bytes::Bytes,
         _: Duration,
     ) -> StoreResult<Option<bytes::Bytes>> {
-        down()
+        self.fail()
     }
     async fn compare_and_set(
         &self,
@@ -486,18 +504,18 @@ impl tower_stateless::store::StateStore for DownStore {
         _: bytes::Bytes,
         _: Duration,
     ) -> StoreResult<bool> {
-        down()
+        self.fail()
     }
     async fn compare_and_delete(&self, _: &str, _: &[u8]) -> StoreResult<bool> {
-        down()
+        self.fail()
     }
     async fn get_and_refresh(&self, _: &str, _: Duration) -> StoreResult<Option<bytes::Bytes>> {
-        down()
+        self.fail()
     }
     async fn delete(&self, _: &str) -> StoreResult<bool> {
-        down()
+        self.fail()
     }
     async fn increment(&self, _: &str, _: i64, _: Duration) -> StoreResult<i64> {
-        down()
+        self.fail()
     }
 }
