@@ -635,6 +635,23 @@ macro_rules! backend_tests {
                 }
             )*
         }
+
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let cluster = cluster_or_skip!();
+                    let store = RedisStore::builder()
+                        .cluster_urls(cluster.urls())
+                        .build()
+                        .expect("cluster store");
+                    super::$name(store).await;
+                    drop(cluster);
+                }
+            )*
+        }
     };
 }
 
@@ -739,7 +756,7 @@ async fn store_down_answers_503<St: StateStore>(store: St) {
 
 #[tokio::test]
 async fn memory_backend_down() {
-    store_down_answers_503(common::DownStore).await;
+    store_down_answers_503(common::DownStore::unavailable()).await;
 }
 
 #[tokio::test]
