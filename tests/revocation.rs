@@ -9,9 +9,8 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -449,100 +448,10 @@ both_backends!(
 // ---------------------------------------------------------------------------------------
 // Store failures on the memory backend: a wrapper whose every operation fails.
 
-#[derive(Clone, Debug)]
-struct FailingStore {
-    unavailable: bool,
-}
-
-impl FailingStore {
-    fn error(&self) -> StoreError {
-        if self.unavailable {
-            StoreError::Unavailable("connection refused".into())
-        } else {
-            StoreError::Unexpected("WRONGTYPE".into())
-        }
-    }
-}
-
-impl StateStore for FailingStore {
-    async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
-        Err(self.error())
-    }
-    async fn get_many(&self, _: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        Err(self.error())
-    }
-    async fn set(&self, _: &str, _: Bytes, _: Duration) -> Result<(), StoreError> {
-        Err(self.error())
-    }
-    async fn set_if_absent(
-        &self,
-        _: &str,
-        _: Bytes,
-        _: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        Err(self.error())
-    }
-    async fn compare_and_set(
-        &self,
-        _: &str,
-        _: &[u8],
-        _: Bytes,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        Err(self.error())
-    }
-    async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, StoreError> {
-        Err(self.error())
-    }
-    async fn get_and_refresh(&self, _: &str, _: Duration) -> Result<Option<Bytes>, StoreError> {
-        Err(self.error())
-    }
-    async fn delete(&self, _: &str) -> Result<bool, StoreError> {
-        Err(self.error())
-    }
-    async fn increment(&self, _: &str, _: i64, _: Duration) -> Result<i64, StoreError> {
-        Err(self.error())
-    }
-}
-
-/// A log sink for the tracing subscriber of one current-thread test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || logs.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines_containing(&self, needle: &str) -> Vec<String> {
-        let text = String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8");
-        text.lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn memory_store_down_fails_closed_with_503() {
-    let layer = RevocationLayer::new(FailingStore { unavailable: true })
-        .retry_after(Duration::from_secs(7));
+    let layer =
+        RevocationLayer::new(common::DownStore::unavailable()).retry_after(Duration::from_secs(7));
     let calls = Arc::new(AtomicUsize::new(0));
     let answer = send_counted(&layer, Some(&token("alice", "t1")), &calls).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -556,9 +465,9 @@ async fn memory_store_down_fails_closed_with_503() {
 
 #[tokio::test]
 async fn memory_store_down_fail_open_passes_and_warns_per_request() {
-    let logs = Logs::default();
+    let logs = common::Logs::default();
     let _guard = logs.install();
-    let layer = RevocationLayer::new(FailingStore { unavailable: true }).fail_open();
+    let layer = RevocationLayer::new(common::DownStore::unavailable()).fail_open();
     for jti in ["t1", "t2", "t3"] {
         assert_eq!(status(&layer, &token("alice", jti)).await, StatusCode::OK);
     }
@@ -570,8 +479,8 @@ async fn memory_store_down_fail_open_passes_and_warns_per_request() {
 #[tokio::test]
 async fn memory_unexpected_store_error_is_500_even_with_fail_open() {
     for layer in [
-        RevocationLayer::new(FailingStore { unavailable: false }),
-        RevocationLayer::new(FailingStore { unavailable: false }).fail_open(),
+        RevocationLayer::new(common::DownStore::broken()),
+        RevocationLayer::new(common::DownStore::broken()).fail_open(),
     ] {
         let answer = send(&layer, &token("alice", "t1")).await;
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -580,7 +489,7 @@ async fn memory_unexpected_store_error_is_500_even_with_fail_open() {
 
 #[tokio::test]
 async fn memory_revoker_reports_store_down() {
-    let revoker = Revoker::new(FailingStore { unavailable: true }, HOUR);
+    let revoker = Revoker::new(common::DownStore::unavailable(), HOUR);
     let result = revoker.revoke_token(&token("alice", "t1")).await;
     assert!(
         matches!(&result, Err(RevokeError::Store(e)) if e.is_unavailable()),
@@ -592,7 +501,7 @@ async fn memory_revoker_reports_store_down() {
 
 #[tokio::test]
 async fn missing_claims_logs_the_misconfiguration() {
-    let logs = Logs::default();
+    let logs = common::Logs::default();
     let _guard = logs.install();
     let layer = RevocationLayer::new(MemoryStore::new());
     let answer = send_counted(&layer, None, &Arc::new(AtomicUsize::new(0))).await;
