@@ -600,6 +600,14 @@ impl<St: StateStore> StateStore for Counting<St> {
         self.hit();
         self.inner.increment(key, by, ttl).await
     }
+    async fn gcra(
+        &self,
+        key: &str,
+        params: tower_stateless::store::Gcra,
+    ) -> Result<tower_stateless::store::GcraOutcome, StoreError> {
+        self.hit();
+        self.inner.gcra(key, params).await
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{StateStore, StoreError};
+use super::{Gcra, StateStore, StoreError};
 
 const LONG: Duration = Duration::from_secs(60);
 const CONCURRENCY: usize = 100;
@@ -55,6 +55,8 @@ pub async fn run_all<S: StateStore>(store: &S) {
     delete_semantics(store).await;
     increment_semantics(store).await;
     increment_concurrent(store).await;
+    gcra_semantics(store).await;
+    gcra_concurrent(store).await;
     get_many_with_missing_keys(store).await;
     binary_values(store).await;
     empty_values(store).await;
@@ -583,4 +585,90 @@ pub async fn unusual_keys<S: StateStore>(store: &S) {
             keys[i]
         );
     }
+}
+
+/// `gcra` allows the burst at once, counts `remaining` down, denies the next with a
+/// `retry_after` of at most one emission interval, lets one more through after that
+/// interval, and keeps keys apart.
+pub async fn gcra_semantics<S: StateStore>(store: &S) {
+    let key = fresh_key("gcra");
+    let slow = Gcra::new(Duration::from_secs(10), 3);
+    for expected in [2, 1, 0] {
+        let out = ok(store.gcra(&key, slow).await, "gcra");
+        assert!(out.allowed, "gcra: the burst of 3 must be allowed at once");
+        assert_eq!(out.remaining, expected, "gcra: remaining counts down");
+        assert_eq!(out.retry_after, Duration::ZERO);
+        assert!(out.reset_after <= Duration::from_secs(30));
+    }
+    let denied = ok(store.gcra(&key, slow).await, "gcra");
+    assert!(
+        !denied.allowed,
+        "gcra: the 4th request within the burst must be denied"
+    );
+    assert_eq!(denied.remaining, 0);
+    assert!(
+        denied.retry_after > Duration::from_secs(9)
+            && denied.retry_after <= Duration::from_secs(10),
+        "gcra: retry_after must be about one interval, got {:?}",
+        denied.retry_after
+    );
+    let other = ok(store.gcra(&format!("{key}:other"), slow).await, "gcra");
+    assert!(
+        other.allowed && other.remaining == 2,
+        "gcra: keys are independent"
+    );
+    let costly = ok(
+        store.gcra(&format!("{key}:cost"), slow.cost(4)).await,
+        "gcra",
+    );
+    assert!(
+        !costly.allowed,
+        "gcra: a cost above the burst is never allowed"
+    );
+
+    let key = fresh_key("gcra-refill");
+    let fast = Gcra::new(Duration::from_millis(300), 1);
+    assert!(ok(store.gcra(&key, fast).await, "gcra").allowed);
+    assert!(!ok(store.gcra(&key, fast).await, "gcra").allowed);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        ok(store.gcra(&key, fast).await, "gcra").allowed,
+        "gcra: one unit must come back after one interval"
+    );
+    // A value that is not rate-limit state is an error, not a silent reset.
+    let text = fresh_key("gcra-text");
+    ok(
+        store
+            .set(&text, Bytes::from_static(b"not a number"), LONG)
+            .await,
+        "set",
+    );
+    assert!(
+        matches!(
+            store.gcra(&text, slow).await,
+            Err(StoreError::Unexpected(_))
+        ),
+        "gcra on a non-number must be StoreError::Unexpected"
+    );
+}
+
+/// 100 concurrent `gcra` steps on one key with a burst of 10 and a slow refill: exactly
+/// 10 are allowed.
+pub async fn gcra_concurrent<S: StateStore>(store: &S) {
+    let key = fresh_key("gcra-race");
+    let params = Gcra::new(Duration::from_secs(60), 10);
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let store = store.clone();
+            let key = key.clone();
+            tokio::spawn(async move { store.gcra(&key, params).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        if ok(task.await.expect("task panicked"), "gcra").allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10, "gcra: exactly the burst may pass concurrently");
 }

@@ -5,7 +5,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{ttl_millis, StateStore, StoreError};
+use super::{gcra, ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
 
 /// An in-process [`StateStore`]: for tests, examples and single-instance development.
 ///
@@ -217,6 +217,33 @@ impl StateStore for MemoryStore {
             }
         })
     }
+
+    async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
+        self.compute(key, |current| {
+            let tat = match current {
+                Some(existing) => match parse_counter(&existing.data) {
+                    Some(n) => Some(u64::try_from(n).unwrap_or(0)),
+                    None => return (Op::Nop, Err(not_a_counter())),
+                },
+                None => None,
+            };
+            let now = unix_millis();
+            match gcra::step(tat, now, &params) {
+                (Some(new_tat), outcome) => {
+                    let ttl = Duration::from_millis(new_tat - now);
+                    let entry = Entry::new(Bytes::from(new_tat.to_string()), ttl);
+                    (Op::Put(entry), Ok(outcome))
+                }
+                (None, outcome) => (Op::Nop, Ok(outcome)),
+            }
+        })
+    }
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn parse_counter(data: &[u8]) -> Option<i64> {

@@ -34,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod error;
+mod gcra;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -43,6 +44,7 @@ mod redis;
 pub mod conformance;
 
 pub use self::error::{BoxError, StoreError};
+pub use self::gcra::{Gcra, GcraOutcome};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -154,6 +156,20 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         by: i64,
         ttl: Duration,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// One step of the Generic Cell Rate Algorithm on the rate-limit state at `key`: spends
+    /// `params.cost` units if the burst allows it and says how much is left. The key expires
+    /// by itself once the burst is whole again.
+    ///
+    /// The clock is the store's, so every instance of a service limits against the same
+    /// time. Of concurrent callers, no more are allowed than the burst holds.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`TIME`, `GET`, `SET PX`).
+    fn gcra(
+        &self,
+        key: &str,
+        params: Gcra,
+    ) -> impl Future<Output = Result<GcraOutcome, StoreError>> + Send;
 }
 
 /// Checks a TTL against the contract and returns it in whole milliseconds, rounded up.

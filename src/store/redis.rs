@@ -8,7 +8,7 @@ use deadpool_redis::redis::{self, Cmd, Pipeline, RedisError, RedisFuture, Script
 use deadpool_redis::{Config, Connection, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
 
-use super::{ttl_millis, StateStore, StoreError};
+use super::{ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
 
 const COMPARE_AND_SET: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -29,6 +29,29 @@ if redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return v";
+
+// The same arithmetic as `gcra::step`, on the server's clock. Lua numbers are doubles:
+// exact for millisecond timestamps.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  tat = tonumber(stored)
+  if not tat then return redis.error_reply('rate-limit state is not a number') end
+  if tat < now then tat = now end
+end
+local new_tat = tat + interval * cost
+local allow_at = new_tat - interval * burst
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', new_tat - now))
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 
 /// A [`StateStore`] on Redis (7.0 or later), through deadpool-redis.
 ///
@@ -74,6 +97,7 @@ struct Inner {
     compare_and_set: Script,
     compare_and_delete: Script,
     increment: Script,
+    gcra: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -283,6 +307,7 @@ impl RedisStoreBuilder {
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 increment: Script::new(INCREMENT),
+                gcra: Script::new(GCRA),
             }),
         })
     }
@@ -583,6 +608,30 @@ impl StateStore for RedisStore {
                 .await
         })
         .await
+    }
+
+    async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
+        let (interval, burst, cost) = params.millis();
+        let key = self.key(key);
+        let script = &self.inner.gcra;
+        let (allowed, remaining, retry_after, reset_after) = self
+            .run(|mut conn| async move {
+                script
+                    .key(&key)
+                    .arg(interval)
+                    .arg(burst)
+                    .arg(cost)
+                    .invoke_async::<(i64, i64, i64, i64)>(&mut conn)
+                    .await
+            })
+            .await?;
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Ok(GcraOutcome {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: millis(retry_after),
+            reset_after: millis(reset_after),
+        })
     }
 }
 

@@ -518,4 +518,51 @@ impl tower_stateless::store::StateStore for DownStore {
     async fn increment(&self, _: &str, _: i64, _: Duration) -> StoreResult<i64> {
         self.fail()
     }
+    async fn gcra(
+        &self,
+        _: &str,
+        _: tower_stateless::store::Gcra,
+    ) -> StoreResult<tower_stateless::store::GcraOutcome> {
+        self.fail()
+    }
+}
+
+/// A log sink for the tracing subscriber of one current-thread test.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures `WARN` and above on this thread until the guard drops.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// The captured lines containing `needle`.
+    pub fn lines_containing(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
