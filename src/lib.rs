@@ -11,6 +11,7 @@
 //! | `revocation::RevocationLayer` | deny revoked tokens, sessions and subjects | store, 1 read |
 //! | `session::SessionLayer` | server-side session data behind an opaque id | store, lazy |
 //! | `idempotency::IdempotencyLayer` | retried writes run once, the response replayed | store |
+//! | `rate_limit::RateLimitLayer` | one rate limit shared by every instance | store, 1 step |
 //!
 //! # Feature flags
 //!
@@ -36,6 +37,7 @@ mod claims;
 mod id;
 pub mod idempotency;
 pub mod jwt;
+pub mod rate_limit;
 pub mod response;
 pub mod revocation;
 pub mod session;

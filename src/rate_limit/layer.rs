@@ -1,0 +1,242 @@
+//! [`RateLimitLayer`] and [`RateLimitService`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Quota, RateLimiter};
+use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::store::StateStore;
+use crate::RegisteredClaims;
+
+type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Who a request counts against.
+#[derive(Clone)]
+enum KeySource {
+    Default { trusted_header: Option<HeaderName> },
+    Custom(KeyFn),
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Default { trusted_header } => f
+                .debug_struct("Default")
+                .field("trusted_header", trusted_header)
+                .finish(),
+            KeySource::Custom(_) => f.write_str("Custom(<fn>)"),
+        }
+    }
+}
+
+impl KeySource {
+    fn key(&self, parts: &Parts) -> Option<String> {
+        match self {
+            KeySource::Custom(f) => f(parts),
+            KeySource::Default { trusted_header } => {
+                if let Some(claims) = parts.extensions.get::<RegisteredClaims>() {
+                    return Some(format!("sub:{}", claims.sub));
+                }
+                let from_header = trusted_header.as_ref().and_then(|name| {
+                    // A proxy appends the address it saw: the last entry is the one it vouches for.
+                    let value = parts.headers.get_all(name).iter().next_back()?;
+                    let last = value.to_str().ok()?.rsplit(',').next()?.trim();
+                    (!last.is_empty()).then(|| format!("ip:{last}"))
+                });
+                from_header.or_else(|| {
+                    parts
+                        .extensions
+                        .get::<SocketAddr>()
+                        .map(|addr| format!("ip:{}", addr.ip()))
+                })
+            }
+        }
+    }
+}
+
+/// Limits requests per caller with a quota shared by every instance on one store.
+///
+/// The caller is, by default, the JWT subject ([`RegisteredClaims`] in the extensions),
+/// else the last address in the [trusted header](Self::trusted_header) your proxy sets,
+/// else a [`SocketAddr`] in the extensions (hyper users insert it; with axum, use
+/// [`key_fn`](Self::key_fn) to read `ConnectInfo`). A request with no key is not limited.
+/// See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer<S> {
+    limiter: RateLimiter<S>,
+    key: KeySource,
+    fail_closed: bool,
+}
+
+impl<S: StateStore> RateLimitLayer<S> {
+    /// A layer limiting every caller to `quota`; fails open when the store is down.
+    pub fn new(store: S, quota: Quota) -> Self {
+        Self::from_limiter(RateLimiter::new(store, quota))
+    }
+
+    /// A layer around a configured [`RateLimiter`] (prefix, policy name).
+    pub fn from_limiter(limiter: RateLimiter<S>) -> Self {
+        Self {
+            limiter,
+            key: KeySource::Default {
+                trusted_header: None,
+            },
+            fail_closed: false,
+        }
+    }
+
+    /// Takes the client address from this header when no JWT claims are present (e.g.
+    /// `X-Forwarded-For` or `X-Real-IP`), using its last entry. Only set it behind a proxy
+    /// that sets or appends it: a client can send any value.
+    #[must_use]
+    pub fn trusted_header(mut self, name: HeaderName) -> Self {
+        self.key = KeySource::Default {
+            trusted_header: Some(name),
+        };
+        self
+    }
+
+    /// Keys requests with `f` instead of the default; `None` leaves a request unlimited.
+    #[must_use]
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key = KeySource::Custom(Arc::new(f));
+        self
+    }
+
+    /// Answers `503` when the store cannot be reached, instead of letting requests
+    /// through (the default, with a warning per request: a limiter should not take the
+    /// service down with it).
+    #[must_use]
+    pub fn fail_closed(mut self) -> Self {
+        self.fail_closed = true;
+        self
+    }
+}
+
+impl<S: StateStore, I> Layer<I> for RateLimitLayer<S> {
+    type Service = RateLimitService<S, I>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        RateLimitService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service built by [`RateLimitLayer`]. The inner service must be `Clone`.
+#[derive(Debug, Clone)]
+pub struct RateLimitService<S, I> {
+    inner: I,
+    layer: RateLimitLayer<S>,
+}
+
+impl<S, I> RateLimitService<S, I> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Response future of [`RateLimitService`]: the store check, then the inner service
+/// (boxed, so it requires a `Send + 'static` request body and inner future).
+pub struct ResponseFuture<B, E> {
+    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+}
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, I, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S, I>
+where
+    S: StateStore,
+    I: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    I::Future: Send + 'static,
+    I::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = I::Error;
+    type Future = ResponseFuture<ResBody, I::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
+        let key = self.layer.key.key(&parts);
+        let req = Request::from_parts(parts, body);
+        let limiter = self.layer.limiter.clone();
+        let fail_closed = self.layer.fail_closed;
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let Some(key) = key else {
+                    return inner.call(req).await.map(wrap);
+                };
+                let decision = match limiter.check(&key).await {
+                    Ok(decision) => decision,
+                    Err(error) if fail_closed => {
+                        tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
+                        return Ok(store_unavailable(Duration::from_secs(1)));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
+                        return inner.call(req).await.map(wrap);
+                    }
+                };
+                if !decision.allowed() {
+                    let mut res = ErrorBody::new(
+                        "rate_limited",
+                        "too many requests; retry after the time in Retry-After",
+                    )
+                    .into_response(StatusCode::TOO_MANY_REQUESTS);
+                    res.headers_mut().extend(decision.headers());
+                    return Ok(res);
+                }
+                let mut res = inner.call(req).await?;
+                res.headers_mut().extend(decision.headers());
+                Ok(wrap(res))
+            }),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! One rate limit shared by every instance of a service.
+//!
+//! `tower::limit::RateLimit` and tower_governor count per process: behind a load balancer
+//! with N instances, the real limit is N times the configured one. [`RateLimitLayer`]
+//! keeps the count in the shared [`StateStore`](crate::store::StateStore) with the
+//! Generic Cell Rate Algorithm (GCRA): one atomic store step, **one round trip per
+//! request**, on the store's clock, so every instance limits against the same state and
+//! time.
+//!
+//! A [`Quota`] is `count` requests per `period`, of which `burst` (default: `count`) may
+//! come at once; spent quota comes back steadily. Every answer carries the
+//! `RateLimit-Policy` and `RateLimit` header fields of draft-ietf-httpapi-ratelimit-headers
+//! (`"default";q=100;w=60`, `"default";r=42;t=35`); over the limit, `429 Too Many Requests`
+//! with `Retry-After` and a JSON body `{"error":"rate_limited",...}`, and the handler does
+//! not run.
+//!
+//! Store down: the layer **fails open** by default (requests pass, a warning is logged
+//! per request), since a limiter should not take the service down;
+//! [`fail_closed`](RateLimitLayer::fail_closed) answers `503` instead.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_stateless::rate_limit::{Quota, RateLimitLayer};
+//! use tower_stateless::store::MemoryStore;
+//! use tower_stateless::RegisteredClaims;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(2)))
+//!     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+//! let request = || {
+//!     let mut req = Request::new(String::new());
+//!     // Normally JwtAuthLayer inserts the caller's claims.
+//!     req.extensions_mut().insert(RegisteredClaims::new("alice", u64::MAX));
+//!     req
+//! };
+//! let first = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(first.headers()["ratelimit"], "\"default\";r=1;t=30");
+//! svc.clone().oneshot(request()).await.unwrap();
+//! let third = svc.oneshot(request()).await.unwrap();
+//! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(third.headers()["retry-after"], "30");
+//! # }
+//! ```
+//!
+//! # Security
+//!
+//! Key by the authenticated subject where you can. A [trusted
+//! header](RateLimitLayer::trusted_header) is only as trustworthy as the proxy that sets
+//! it; a client reaching the service directly can send any value and pick its own bucket.
+
+mod layer;
+mod limiter;
+mod quota;
+
+pub use self::layer::{RateLimitLayer, RateLimitService, ResponseFuture};
+pub use self::limiter::{Decision, RateLimiter};
+pub use self::quota::Quota;

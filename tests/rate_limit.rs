@@ -1,0 +1,345 @@
+//! RateLimitLayer black-box tests, on MemoryStore, a real Redis and a Redis Cluster.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
+use tower_stateless::response::ResponseBody;
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::RegisteredClaims;
+
+type Svc = BoxCloneSyncService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+/// One service instance; its handler counts its runs.
+#[derive(Clone)]
+struct Instance {
+    runs: Arc<AtomicUsize>,
+    svc: Svc,
+}
+
+fn instance<St: StateStore>(layer: RateLimitLayer<St>) -> Instance {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |_: Request<String>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new("ok".to_owned())) }
+        });
+    Instance {
+        runs,
+        svc: BoxCloneSyncService::new(svc),
+    }
+}
+
+struct Out {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn send(inst: &Instance, req: Request<String>) -> Out {
+    let res = inst.svc.clone().oneshot(req).await.expect("infallible");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Out {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn as_user(sub: &str) -> Request<String> {
+    let mut req = Request::new(String::new());
+    req.extensions_mut()
+        .insert(RegisteredClaims::new(sub, u64::MAX / 2));
+    req
+}
+
+fn header(out: &Out, name: &str) -> String {
+    out.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The N+1-th request in a period is 429 with the right `Retry-After` and headers; the
+/// handler does not run for it.
+async fn n_plus_one_is_429<St: StateStore>(store: St) {
+    let a = instance(RateLimitLayer::new(store, Quota::per_minute(5)));
+    for remaining in (0..5).rev() {
+        let out = send(&a, as_user("alice")).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(header(&out, "ratelimit-policy"), "\"default\";q=5;w=60");
+        let limit = header(&out, "ratelimit");
+        assert!(
+            limit.starts_with(&format!("\"default\";r={remaining};t=")),
+            "{limit}"
+        );
+        assert!(!out.headers.contains_key("retry-after"));
+    }
+    let out = send(&a, as_user("alice")).await;
+    assert_eq!(out.status, StatusCode::TOO_MANY_REQUESTS);
+    // 5 per minute: one request comes back every 12 s.
+    let retry: u64 = header(&out, "retry-after").parse().expect("Retry-After");
+    assert!((11..=12).contains(&retry), "Retry-After {retry}");
+    assert!(header(&out, "ratelimit").starts_with("\"default\";r=0;t="));
+    assert!(out.body.contains("\"rate_limited\""), "{}", out.body);
+    assert_eq!(out.headers["content-type"], "application/json");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 5, "the 6th must not run");
+    // Another caller has a quota of its own.
+    assert_eq!(send(&a, as_user("bob")).await.status, StatusCode::OK);
+}
+
+/// Two instances on one store share one quota: 2N requests spread over both pass N.
+async fn shared_by_instances<St: StateStore>(store: St) {
+    let layer = RateLimitLayer::new(store, Quota::per_minute(10));
+    let (a, b) = (instance(layer.clone()), instance(layer));
+    let mut allowed = 0;
+    for i in 0..20 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        if send(inst, as_user("carol")).await.status == StatusCode::OK {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10);
+    assert_eq!(
+        a.runs.load(Ordering::SeqCst) + b.runs.load(Ordering::SeqCst),
+        10
+    );
+    // Concurrently too.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let inst = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { send(&inst, as_user("dave")).await.status })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.expect("task") == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10);
+}
+
+/// After the period the quota is back.
+async fn recovers_after_the_period<St: StateStore>(store: St) {
+    let quota = Quota::new(2, Duration::from_millis(600));
+    let a = instance(RateLimitLayer::new(store, quota));
+    assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
+    assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
+    let denied = send(&a, as_user("erin")).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        header(&denied, "retry-after"),
+        "1",
+        "rounded up to a second"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
+    assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&a, as_user("erin")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Keys: the JWT subject, else the trusted header's last entry, else the peer address;
+/// no key at all is not limited. A custom key function replaces all of it.
+async fn keys<St: StateStore>(store: St) {
+    let a = instance(
+        RateLimitLayer::new(store.clone(), Quota::per_minute(1))
+            .trusted_header(http::HeaderName::from_static("x-forwarded-for")),
+    );
+    let from = |xff: &str| {
+        Request::builder()
+            .header("x-forwarded-for", xff)
+            .body(String::new())
+            .expect("request")
+    };
+    assert_eq!(
+        send(&a, from("1.1.1.1, 10.0.0.1")).await.status,
+        StatusCode::OK
+    );
+    // Same last hop, other spoofed first entry: the same bucket.
+    assert_eq!(
+        send(&a, from("9.9.9.9, 10.0.0.1")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(&a, from("10.0.0.2")).await.status, StatusCode::OK);
+    // Claims win over the header.
+    let mut req = from("10.0.0.1");
+    req.extensions_mut()
+        .insert(RegisteredClaims::new("frank", u64::MAX / 2));
+    assert_eq!(send(&a, req).await.status, StatusCode::OK);
+    // The peer address, as hyper users insert it.
+    let b = instance(RateLimitLayer::new(
+        store.clone(),
+        Quota::per_minute(1).burst(1),
+    ));
+    let peer = |ip: [u8; 4]| {
+        let mut req = Request::new(String::new());
+        req.extensions_mut().insert(SocketAddr::from((ip, 4000)));
+        req
+    };
+    assert_eq!(send(&b, peer([127, 0, 0, 9])).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&b, peer([127, 0, 0, 9])).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // No key: not limited, no headers.
+    for _ in 0..3 {
+        let out = send(&b, Request::new(String::new())).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert!(!out.headers.contains_key("ratelimit"));
+    }
+    // A custom key: per path; a hostile, huge key is hashed, not stored as sent.
+    let c = instance(
+        RateLimitLayer::from_limiter(
+            RateLimiter::new(store, Quota::per_minute(1))
+                .prefix("rl:path:")
+                .policy_name("per path"),
+        )
+        .key_fn(|parts| Some(parts.uri.path().to_owned())),
+    );
+    let path = |p: &str| {
+        Request::builder()
+            .uri(p)
+            .body(String::new())
+            .expect("request")
+    };
+    let out = send(&c, path("/a")).await;
+    assert_eq!(header(&out, "ratelimit-policy"), "\"perpath\";q=1;w=60");
+    assert_eq!(
+        send(&c, path("/a")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let long = format!("/{}", "x{y}".repeat(2000));
+    assert_eq!(send(&c, path(&long)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&c, path(&long)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(MemoryStore::new()).await
+                }
+            )*
+        }
+
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = redis_or_skip!();
+                    let store = RedisStore::from_url(server.url()).expect("store");
+                    super::$name(store).await
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = cluster_or_skip!();
+                    let store = RedisStore::builder()
+                        .cluster_urls(cluster.urls())
+                        .build()
+                        .expect("cluster store");
+                    super::$name(store).await;
+                    drop(cluster);
+                }
+            )*
+        }
+    };
+}
+
+backend_tests!(
+    n_plus_one_is_429,
+    shared_by_instances,
+    recovers_after_the_period,
+    keys
+);
+
+#[tokio::test]
+async fn one_redis_command_per_request() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let a = instance(RateLimitLayer::new(store, Quota::per_minute(3)));
+    send(&a, as_user("warm")).await; // connection and the script's first load
+    server.reset_stats();
+    for _ in 0..5 {
+        send(&a, as_user("gina")).await;
+    }
+    let stats = server.command_stats();
+    assert_eq!(stats.get("evalsha"), Some(&5), "{stats:?}");
+    assert_eq!(
+        server.command_count(),
+        5,
+        "allowed and denied alike: {stats:?}"
+    );
+    let keys = server.keys("rl:*");
+    assert!(keys.contains(&"rl:{sub:gina}".to_owned()), "{keys:?}");
+    assert!(server.pttl("rl:{sub:gina}") > 0, "rate-limit state expires");
+}
+
+/// Store down: requests pass (fail open) and a warning is logged; `fail_closed` answers
+/// 503 and the handler does not run.
+async fn store_down<St: StateStore>(store: St) {
+    let logs = common::Logs::default();
+    let _guard = logs.install();
+    let open = instance(RateLimitLayer::new(store.clone(), Quota::per_minute(1)));
+    for _ in 0..3 {
+        let out = send(&open, as_user("hank")).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert!(!out.headers.contains_key("ratelimit"));
+    }
+    assert_eq!(open.runs.load(Ordering::SeqCst), 3);
+    assert_eq!(logs.lines_containing("fail open").len(), 3);
+    assert!(logs.lines_containing("fail open")[0].contains("WARN"));
+
+    let closed = instance(RateLimitLayer::new(store, Quota::per_minute(1)).fail_closed());
+    let out = send(&closed, as_user("hank")).await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(out.headers.contains_key("retry-after"));
+    assert_eq!(closed.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn memory_backend_down() {
+    store_down(common::DownStore::unavailable()).await;
+}
+
+#[tokio::test]
+async fn redis_down() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("store");
+    server.stop();
+    store_down(store).await;
+}
