@@ -5,10 +5,12 @@
 
 mod common;
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -133,6 +135,12 @@ impl Instance {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Sends SIGKILL, as a crash or `kill -9` would, and reaps the process.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
     }
 
     /// Waits (bounded) for the process to exit.
@@ -656,4 +664,177 @@ async fn redis_down_is_503_and_recovery_needs_no_restart() {
     let res = put_item(&http, &at, &bob.cookie, "pear", 1).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(cart(&http, &at, &bob.cookie).await, json!({"pear": 1}));
+}
+
+/// A client's final answer for one payment.
+struct Outcome {
+    /// 0 when the last attempt got no answer at all.
+    status: u16,
+    body: Option<Value>,
+    attempts: usize,
+}
+
+/// Pays with key `key` until the answer is final: after a connection error, a 5xx or a
+/// 409 the same request goes to the next instance, with a short pause, within a bound.
+async fn pay_until_final(
+    http: &Client,
+    bases: &[String],
+    first: usize,
+    token: &str,
+    key: &str,
+    cents: usize,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0;
+    loop {
+        let base = &bases[(first + attempts) % bases.len()];
+        attempts += 1;
+        let sent = http
+            .post(format!("{base}/payments"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&json!({"amount_cents": cents, "currency": "EUR"}))
+            .send()
+            .await;
+        let mut status = 0;
+        if let Ok(res) = sent {
+            status = res.status().as_u16();
+            let retry = res.status().is_server_error() || res.status() == StatusCode::CONFLICT;
+            if !retry {
+                // A body cut off by the kill is a connection error too.
+                if let Ok(body) = res.json::<Value>().await {
+                    return Outcome {
+                        status,
+                        body: Some(body),
+                        attempts,
+                    };
+                }
+                status = 0;
+            }
+        }
+        if Instant::now() > deadline {
+            return Outcome {
+                status,
+                body: None,
+                attempts,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_every_payment_exactly_once() {
+    const PAYMENTS: usize = 300;
+    const CLIENTS: usize = 12;
+    const USERS: [(&str, &str); 3] = [
+        ("alice", "wonderland"),
+        ("bob", "builder"),
+        ("carol", "rainbow"),
+    ];
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        // Long enough that the kill lands on requests inside the handler.
+        gateway_latency_ms: 30,
+        users: Some("alice:wonderland,bob:builder,carol:rainbow"),
+    };
+    let mut instances = [
+        Instance::start(&config),
+        Instance::start(&config),
+        Instance::start(&config),
+    ];
+    let http = client();
+    let mut tokens = Vec::new();
+    for (name, password) in USERS {
+        tokens.push(login(&http, &instances[0], name, password).await.token);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(instances.iter().map(|i| i.url("")).collect());
+    let tokens = Arc::new(tokens);
+    let next = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (http, bases, tokens) = (http.clone(), bases.clone(), tokens.clone());
+            let (next, finished) = (next.clone(), finished.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= PAYMENTS {
+                        return outcomes;
+                    }
+                    let key = format!("kill9-{i}");
+                    let outcome =
+                        pay_until_final(&http, &bases, i, &tokens[i % USERS.len()], &key, 100 + i)
+                            .await;
+                    outcomes.push((i, outcome));
+                    finished.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finished.load(Ordering::Relaxed) < PAYMENTS / 3 {
+        assert!(Instant::now() < deadline, "the clients made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    instances[1].kill_9();
+
+    let mut outcomes = Vec::new();
+    for client in clients {
+        outcomes.extend(client.await.expect("client task"));
+    }
+    assert_eq!(outcomes.len(), PAYMENTS);
+    let mut paid: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    for (i, outcome) in &outcomes {
+        assert_eq!(
+            outcome.status, 201,
+            "payment {i}: final answer {} after {} attempts",
+            outcome.status, outcome.attempts
+        );
+        let body = outcome.body.as_ref().expect("a body");
+        assert_eq!(body["amount_cents"], 100 + i);
+        let id = body["payment_id"].as_str().expect("payment_id").to_owned();
+        assert!(
+            paid.entry(i % USERS.len()).or_default().insert(id),
+            "payment {i}: an id twice"
+        );
+    }
+    assert!(
+        outcomes.iter().any(|(_, o)| o.attempts > 1),
+        "the kill was felt: some payment had to be retried"
+    );
+
+    for (user, token) in tokens.iter().enumerate() {
+        let res = http
+            .get(instances[2].url("/payments"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let listed: Vec<String> = json_of(res).await["payments"]
+            .as_array()
+            .expect("payments")
+            .iter()
+            .map(|p| p["payment_id"].as_str().expect("payment_id").to_owned())
+            .collect();
+        let unique: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            listed.len(),
+            "{}: a payment listed twice",
+            USERS[user].0
+        );
+        assert_eq!(
+            Some(&unique),
+            paid.get(&user),
+            "{}: every answered payment exists, and nothing else",
+            USERS[user].0
+        );
+    }
 }
