@@ -34,6 +34,7 @@ compile_error!(
 
 mod claims;
 mod id;
+pub mod idempotency;
 pub mod jwt;
 pub mod response;
 pub mod revocation;
@@ -41,3 +42,8 @@ pub mod session;
 pub mod store;
 
 pub use self::claims::RegisteredClaims;
+
+// The README's Rust examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -448,3 +448,56 @@ macro_rules! cluster_or_skip {
         }
     };
 }
+
+/// A store whose every operation fails as unavailable: an outage of any backend.
+#[derive(Clone, Debug)]
+pub struct DownStore;
+
+type StoreResult<T> = Result<T, tower_stateless::store::StoreError>;
+
+fn down<T>() -> StoreResult<T> {
+    Err(tower_stateless::store::StoreError::Unavailable(
+        "store down (test)".into(),
+    ))
+}
+
+impl tower_stateless::store::StateStore for DownStore {
+    async fn get(&self, _: &str) -> StoreResult<Option<bytes::Bytes>> {
+        down()
+    }
+    async fn get_many(&self, _: &[&str]) -> StoreResult<Vec<Option<bytes::Bytes>>> {
+        down()
+    }
+    async fn set(&self, _: &str, _: bytes::Bytes, _: Duration) -> StoreResult<()> {
+        down()
+    }
+    async fn set_if_absent(
+        &self,
+        _: &str,
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> StoreResult<Option<bytes::Bytes>> {
+        down()
+    }
+    async fn compare_and_set(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: bytes::Bytes,
+        _: Duration,
+    ) -> StoreResult<bool> {
+        down()
+    }
+    async fn compare_and_delete(&self, _: &str, _: &[u8]) -> StoreResult<bool> {
+        down()
+    }
+    async fn get_and_refresh(&self, _: &str, _: Duration) -> StoreResult<Option<bytes::Bytes>> {
+        down()
+    }
+    async fn delete(&self, _: &str) -> StoreResult<bool> {
+        down()
+    }
+    async fn increment(&self, _: &str, _: i64, _: Duration) -> StoreResult<i64> {
+        down()
+    }
+}

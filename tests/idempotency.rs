@@ -1,0 +1,839 @@
+//! IdempotencyLayer black-box tests, on MemoryStore and on a real Redis.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
+use tower_stateless::response::ResponseBody;
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::RegisteredClaims;
+
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
+
+/// One service instance: its handler counts its runs and obeys the request:
+/// `x-status` (default 201), `x-gate` (wait for a permit of the instance's gate first),
+/// `x-big` (answer that many deterministic bytes), `x-fail` (return a service error).
+/// The body of a normal answer is `run <n> of <instance>: <request body>`.
+#[derive(Clone)]
+struct Instance {
+    runs: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    svc: Svc,
+}
+
+fn big_body(len: usize) -> Bytes {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn instance<St: StateStore>(name: &'static str, layer: IdempotencyLayer<St>) -> Instance {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (r, g) = (runs.clone(), gate.clone());
+    let handler = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        let (runs, gate) = (r.clone(), g.clone());
+        async move {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if req.headers().contains_key("x-gate") {
+                gate.acquire().await.map_err(|e| e.to_string())?.forget();
+            }
+            if req.headers().contains_key("x-fail") {
+                return Err("handler failed".to_owned());
+            }
+            let status = req
+                .headers()
+                .get("x-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(201);
+            let big = req
+                .headers()
+                .get("x-big")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{e:?}"))?
+                .to_bytes();
+            let out = match big {
+                Some(len) => big_body(len),
+                None => Bytes::from(format!(
+                    "run {n} of {name}: {}",
+                    String::from_utf8_lossy(&body)
+                )),
+            };
+            Response::builder()
+                .status(status)
+                .header("content-type", "text/plain")
+                .header("location", format!("/things/{n}"))
+                .header("set-cookie", "tracking=1")
+                .header("x-internal", "secret")
+                .body(Full::new(out))
+                .map_err(|e| e.to_string())
+        }
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(handler);
+    Instance {
+        runs,
+        gate,
+        svc: BoxCloneService::new(svc),
+    }
+}
+
+struct Out {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Out {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+}
+
+/// A request builder: `POST /pay` with the given key and body.
+fn req(key: Option<&str>) -> http::request::Builder {
+    let mut b = Request::post("/pay");
+    if let Some(key) = key {
+        b = b.header("idempotency-key", key);
+    }
+    b
+}
+
+fn as_user(mut r: Request<Full<Bytes>>, sub: &str) -> Request<Full<Bytes>> {
+    r.extensions_mut()
+        .insert(RegisteredClaims::new(sub, u64::MAX / 2));
+    r
+}
+
+/// Calls the instance; the future owns a clone of the service, so it can be spawned.
+fn send(inst: &Instance, r: Request<Full<Bytes>>) -> impl std::future::Future<Output = Out> {
+    let svc = inst.svc.clone();
+    async move {
+        let res = svc.oneshot(r).await.expect("service error");
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Out {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+fn post(key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
+    req(key)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request")
+}
+
+fn error_code(out: &Out) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap_or_default();
+    v["error"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn first_call_then_replay<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store));
+    let first = send(&a, post(Some("k-1"), "{\"amount\":5}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.text(), "run 1 of a: {\"amount\":5}");
+    assert!(!first.replayed());
+    // The first answer keeps every header of the handler.
+    assert_eq!(first.headers["set-cookie"], "tracking=1");
+    assert_eq!(first.headers["x-internal"], "secret");
+
+    let again = send(&a, post(Some("k-1"), "{\"amount\":5}")).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert!(again.replayed());
+    assert_eq!(again.headers["content-type"], "text/plain");
+    assert_eq!(again.headers["location"], "/things/1");
+    // Not on the allow-list, or never replayed.
+    assert!(!again.headers.contains_key("set-cookie"));
+    assert!(!again.headers.contains_key("x-internal"));
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+
+    // The draft's quoted form names the same key.
+    let quoted = send(&a, post(Some("\"k-1\""), "{\"amount\":5}")).await;
+    assert!(quoted.replayed());
+    assert_eq!(quoted.body, first.body);
+
+    // Another key runs again.
+    let other = send(&a, post(Some("k-2"), "{\"amount\":5}")).await;
+    assert_eq!(other.text(), "run 2 of a: {\"amount\":5}");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2);
+}
+
+async fn concurrent_duplicates<St: StateStore>(store: St) {
+    let layer = IdempotencyLayer::new(store);
+    // Two instances on one store, as behind a load balancer.
+    let a = instance("a", layer.clone());
+    let b = instance("b", layer);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let inst = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let r = req(Some("dup"))
+                .header("x-gate", "1")
+                .body(Full::new(Bytes::from_static(b"pay 10")))
+                .expect("request");
+            send(&inst, r).await
+        }));
+    }
+    // Let every duplicate arrive while the first is held inside its handler.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.runs.load(Ordering::SeqCst) + b.runs.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no handler ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.gate.add_permits(1000);
+    b.gate.add_permits(1000);
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await.expect("task"));
+    }
+    let runs = a.runs.load(Ordering::SeqCst) + b.runs.load(Ordering::SeqCst);
+    assert_eq!(runs, 1, "the handler must run exactly once");
+    let winner = outs
+        .iter()
+        .find(|o| o.status == StatusCode::CREATED && !o.replayed())
+        .expect("one original answer");
+    let mut conflicts = 0;
+    for o in &outs {
+        match o.status {
+            StatusCode::CREATED => assert_eq!(o.body, winner.body),
+            StatusCode::CONFLICT => {
+                conflicts += 1;
+                assert_eq!(error_code(o), "idempotency_request_in_progress");
+                assert_eq!(o.headers["retry-after"], "1");
+            }
+            other => panic!("unexpected {other}: {}", o.text()),
+        }
+    }
+    assert!(
+        conflicts > 0,
+        "duplicates sent while the first ran must get 409"
+    );
+    // After completion, a retry is a replay.
+    let late = send(
+        &a,
+        req(Some("dup"))
+            .body(Full::new(Bytes::from_static(b"pay 10")))
+            .expect("request"),
+    )
+    .await;
+    assert!(late.replayed());
+    assert_eq!(late.body, winner.body);
+}
+
+async fn changed_request_is_422<St: StateStore>(store: St) {
+    let layer =
+        IdempotencyLayer::new(store).fingerprint_header(http::HeaderName::from_static("x-tenant"));
+    let a = instance("a", layer);
+    assert_eq!(
+        send(&a, post(Some("k"), "amount=5")).await.status,
+        StatusCode::CREATED
+    );
+    let changed = send(&a, post(Some("k"), "amount=500")).await;
+    assert_eq!(changed.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(&changed), "idempotency_key_reused");
+    let mut other_query = post(Some("k"), "amount=5");
+    *other_query.uri_mut() = "/pay?currency=eur".parse().expect("uri");
+    assert_eq!(
+        send(&a, other_query).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let with_header = req(Some("k"))
+        .header("x-tenant", "t2")
+        .body(Full::new(Bytes::from_static(b"amount=5")))
+        .expect("request");
+    assert_eq!(
+        send(&a, with_header).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // An unconfigured header does not matter.
+    let with_other = req(Some("k"))
+        .header("x-trace", "abc")
+        .body(Full::new(Bytes::from_static(b"amount=5")))
+        .expect("request");
+    assert!(send(&a, with_other).await.replayed());
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn missing_and_malformed_keys<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store.clone()).required(true));
+    let missing = send(&a, post(None, "x")).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&missing), "idempotency_key_required");
+    assert_eq!(missing.headers["content-type"], "application/json");
+    let long = "k".repeat(256);
+    let bad: Vec<&[u8]> = vec![
+        b"",
+        b"has space",
+        b"\"unterminated",
+        b"\"bad\\escape\"",
+        long.as_bytes(),
+        b"caf\xc3\xa9",
+    ];
+    for key in bad {
+        let r = Request::post("/pay")
+            .header(
+                "idempotency-key",
+                http::HeaderValue::from_bytes(key).expect("header"),
+            )
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request");
+        let out = send(&a, r).await;
+        assert_eq!(out.status, StatusCode::BAD_REQUEST, "{key:?}");
+        assert_eq!(error_code(&out), "invalid_idempotency_key");
+    }
+    let two = Request::post("/pay")
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .expect("request");
+    assert_eq!(send(&a, two).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        a.runs.load(Ordering::SeqCst),
+        0,
+        "no bad request reaches the handler"
+    );
+    // The layer's own 400s are not stored: the same key, well-formed, runs.
+    assert_eq!(
+        send(&a, post(Some("k"), "x")).await.status,
+        StatusCode::CREATED
+    );
+
+    // Optional key (the default): no key, no idempotency; the handler runs every time.
+    let b = instance("b", IdempotencyLayer::new(store.clone()));
+    send(&b, post(None, "x")).await;
+    send(&b, post(None, "x")).await;
+    assert_eq!(b.runs.load(Ordering::SeqCst), 2);
+
+    // A custom header name and a per-path requirement.
+    let c = instance(
+        "c",
+        IdempotencyLayer::new(store)
+            .header_name(http::HeaderName::from_static("x-idempotency-key"))
+            .required_if(|_, uri| uri.path() == "/pay"),
+    );
+    assert_eq!(
+        send(&c, post(None, "x")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let mut elsewhere = post(None, "x");
+    *elsewhere.uri_mut() = "/other".parse().expect("uri");
+    assert_eq!(send(&c, elsewhere).await.status, StatusCode::CREATED);
+    let custom = |_: ()| {
+        Request::post("/pay")
+            .header("x-idempotency-key", "ck")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    send(&c, custom(())).await;
+    assert!(send(&c, custom(())).await.replayed());
+}
+
+async fn users_are_independent<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store));
+    let alice = send(&a, as_user(post(Some("same"), "x"), "alice")).await;
+    let bob = send(&a, as_user(post(Some("same"), "x"), "bob")).await;
+    assert!(!alice.replayed() && !bob.replayed());
+    assert_ne!(alice.body, bob.body, "bob must not get alice's response");
+    // Bob's different body under alice's key is not a 422 either: no probing.
+    let bob2 = send(&a, as_user(post(Some("alice-only"), "y"), "bob")).await;
+    assert_eq!(bob2.status, StatusCode::CREATED);
+    assert!(send(&a, as_user(post(Some("same"), "x"), "alice"))
+        .await
+        .replayed());
+    assert_eq!(a.runs.load(Ordering::SeqCst), 3);
+    // Anonymous callers are another scope again.
+    assert!(!send(&a, post(Some("same"), "x")).await.replayed());
+}
+
+async fn what_is_stored<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let with_status = |key: &str, status: u16| {
+        req(Some(key))
+            .header("x-status", status.to_string())
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    // 5xx, 408, 409, 429: released, the retry runs.
+    for (i, status) in [500u16, 503, 408, 409, 429].into_iter().enumerate() {
+        let key = format!("transient-{status}");
+        assert_eq!(
+            send(&a, with_status(&key, status)).await.status.as_u16(),
+            status
+        );
+        let retry = send(&a, with_status(&key, status)).await;
+        assert!(!retry.replayed(), "{status} must not be stored");
+        assert_eq!(a.runs.load(Ordering::SeqCst), 2 * (i + 1));
+    }
+    // A deterministic 4xx is stored and replayed.
+    let before = a.runs.load(Ordering::SeqCst);
+    assert_eq!(
+        send(&a, with_status("bad", 400)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let replay = send(&a, with_status("bad", 400)).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.runs.load(Ordering::SeqCst), before + 1);
+    // A handler error releases the key and reaches the caller as the error.
+    let failing = || {
+        req(Some("fails"))
+            .header("x-fail", "1")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    let err = a.svc.clone().oneshot(failing()).await.expect_err("error");
+    assert_eq!(err, "handler failed");
+    assert!(a.svc.clone().oneshot(failing()).await.is_err());
+    assert_eq!(a.runs.load(Ordering::SeqCst), before + 3);
+
+    // Opt-in: 5xx stored too (at most once).
+    let b = instance("b", IdempotencyLayer::new(store).store_server_errors(true));
+    send(&b, with_status("five", 502)).await;
+    let again = send(&b, with_status("five", 502)).await;
+    assert!(again.replayed());
+    assert_eq!(again.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(b.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn other_methods_pass_through<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store).required(true));
+    for method in [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+    ] {
+        for _ in 0..2 {
+            let mut r = post(Some("k"), "x");
+            *r.method_mut() = method.clone();
+            let out = send(&a, r).await;
+            assert_eq!(out.status, StatusCode::CREATED);
+            assert!(!out.replayed());
+        }
+        // Even a malformed key is not looked at.
+        let r = Request::builder()
+            .method(method)
+            .uri("/pay")
+            .header("idempotency-key", "bad key")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(send(&a, r).await.status, StatusCode::CREATED);
+    }
+    assert_eq!(a.runs.load(Ordering::SeqCst), 15);
+    // PATCH is covered by default.
+    let mut patch = post(Some("p"), "x");
+    *patch.method_mut() = Method::PATCH;
+    send(&a, patch).await;
+    let mut patch = post(Some("p"), "x");
+    *patch.method_mut() = Method::PATCH;
+    assert!(send(&a, patch).await.replayed());
+}
+
+/// The first instance dies holding the key (its handler never returns): after the lease,
+/// a retry on another instance runs.
+async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
+    let layer = IdempotencyLayer::new(store).lock_ttl(Duration::from_millis(300));
+    let a = instance("a", layer.clone());
+    let b = instance("b", layer);
+    let stuck = req(Some("k"))
+        .header("x-gate", "1")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .expect("request");
+    let a2 = a.clone();
+    let _dead = tokio::spawn(async move { send(&a2, stuck).await });
+    while a.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let during = send(&b, post(Some("k"), "x")).await;
+    assert_eq!(during.status, StatusCode::CONFLICT);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let after = send(&b, post(Some("k"), "x")).await;
+    assert_eq!(after.status, StatusCode::CREATED);
+    assert_eq!(after.text(), "run 1 of b: x");
+    assert!(send(&b, post(Some("k"), "x")).await.replayed());
+    assert_eq!(b.runs.load(Ordering::SeqCst), 1);
+}
+
+/// A slow first request whose lease expired cannot overwrite the record of the request
+/// that took over the key.
+async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
+    let layer = IdempotencyLayer::new(store).lock_ttl(Duration::from_millis(200));
+    let a = instance("a", layer.clone());
+    let b = instance("b", layer);
+    let slow = req(Some("k"))
+        .header("x-gate", "1")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .expect("request");
+    let a2 = a.clone();
+    let slow = tokio::spawn(async move { send(&a2, slow).await });
+    while a.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let taken_over = send(&b, post(Some("k"), "x")).await;
+    assert_eq!(taken_over.text(), "run 1 of b: x");
+    // Now the slow one finishes; it answers its own client, but is not recorded.
+    a.gate.add_permits(1);
+    let slow = slow.await.expect("task");
+    assert_eq!(slow.text(), "run 1 of a: x");
+    let replay = send(&a, post(Some("k"), "x")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.text(), "run 1 of b: x");
+}
+
+/// The client goes away while the handler runs: the handler completes, its answer is
+/// recorded, and the client's retry gets it without a second run.
+async fn client_disconnect_then_retry<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store));
+    let gated = || {
+        req(Some("k"))
+            .header("x-gate", "1")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    // Drop the response future mid-handler, as hyper does when the connection closes.
+    let dropped = tokio::time::timeout(Duration::from_millis(100), send(&a, gated())).await;
+    assert!(
+        dropped.is_err(),
+        "the handler is held, the call cannot finish"
+    );
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+    let retry = send(&a, gated()).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::CONFLICT,
+        "still running: {}",
+        retry.text()
+    );
+    a.gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = send(&a, gated()).await;
+        if out.status != StatusCode::CONFLICT {
+            break out;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(out.status, StatusCode::CREATED);
+    assert!(out.replayed());
+    assert_eq!(out.text(), "run 1 of a: x");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn request_body_limit<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store).max_request_body(1024));
+    // Declared too large.
+    let declared = req(Some("k"))
+        .header("content-length", "4096")
+        .body(Full::new(Bytes::from(vec![b'x'; 4096])))
+        .expect("request");
+    let out = send(&a, declared).await;
+    assert_eq!(out.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&out), "payload_too_large");
+    // Too large without a Content-Length (found while buffering).
+    let streamed = post(Some("k"), &"y".repeat(1025));
+    assert_eq!(
+        send(&a, streamed).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(a.runs.load(Ordering::SeqCst), 0);
+    // At the limit it runs, and the handler gets the body unchanged.
+    let body = "z".repeat(1024);
+    let out = send(&a, post(Some("k"), &body)).await;
+    assert_eq!(out.status, StatusCode::CREATED);
+    assert_eq!(out.text(), format!("run 1 of a: {body}"));
+}
+
+async fn one_megabyte_response<St: StateStore>(store: St) {
+    let len = 1024 * 1024;
+    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let big = || {
+        req(Some("big"))
+            .header("x-big", len.to_string())
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    let expected = big_body(len);
+    let first = send(&a, big()).await;
+    assert_eq!(first.body.len(), len);
+    assert!(first.body == expected, "first body differs");
+    let replay = send(&a, big()).await;
+    assert!(replay.replayed());
+    assert!(replay.body == expected, "replayed body differs");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+
+    // Above the response limit: streamed whole to the client, not stored.
+    let b = instance(
+        "b",
+        IdempotencyLayer::new(store).max_response_body(64 * 1024),
+    );
+    let big2 = || {
+        req(Some("big-2"))
+            .header("x-big", len.to_string())
+            .body(Full::new(Bytes::from_static(b"x")))
+            .expect("request")
+    };
+    let first = send(&b, big2()).await;
+    assert!(first.body == expected, "streamed body differs");
+    let retry = send(&b, big2()).await;
+    assert!(!retry.replayed());
+    assert!(retry.body == expected);
+    assert_eq!(b.runs.load(Ordering::SeqCst), 2);
+}
+
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(MemoryStore::new()).await
+                }
+            )*
+        }
+
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let server = redis_or_skip!();
+                    let store = RedisStore::from_url(server.url()).expect("store");
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
+
+backend_tests!(
+    first_call_then_replay,
+    concurrent_duplicates,
+    changed_request_is_422,
+    missing_and_malformed_keys,
+    users_are_independent,
+    what_is_stored,
+    other_methods_pass_through,
+    lease_expiry_then_retry_runs,
+    late_owner_cannot_overwrite,
+    client_disconnect_then_retry,
+    request_body_limit,
+    one_megabyte_response,
+);
+
+#[tokio::test]
+async fn redis_round_trips_per_path() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let a = instance("a", IdempotencyLayer::new(store));
+    // Warm-up: connections, and each script's first load on this server (once per
+    // server: `SCRIPT LOAD`, then `EVALSHA` from then on).
+    send(&a, post(Some("warm"), "x")).await;
+    let release = req(Some("warm-release"))
+        .header("x-status", "503")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send(&a, release).await;
+
+    server.reset_stats();
+    send(&a, post(Some("k"), "x")).await;
+    let stats = server.command_stats();
+    assert_eq!(stats.get("set"), Some(&1), "claim: {stats:?}");
+    assert_eq!(stats.get("evalsha"), Some(&1), "completion: {stats:?}");
+    assert_eq!(server.command_count(), 2, "{stats:?}");
+
+    server.reset_stats();
+    assert!(send(&a, post(Some("k"), "x")).await.replayed());
+    assert_eq!(server.command_count(), 1, "{:?}", server.command_stats());
+
+    server.reset_stats();
+    assert_eq!(
+        send(&a, post(Some("k"), "changed")).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(server.command_count(), 1);
+
+    // No key, another method, a malformed key: no store command at all.
+    server.reset_stats();
+    send(&a, post(None, "x")).await;
+    let mut get = post(Some("k"), "x");
+    *get.method_mut() = Method::GET;
+    send(&a, get).await;
+    send(
+        &a,
+        Request::post("/pay")
+            .header("idempotency-key", "bad key")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(server.command_count(), 0, "{:?}", server.command_stats());
+
+    // A released claim: claim + compare-and-delete.
+    server.reset_stats();
+    let r = req(Some("k5"))
+        .header("x-status", "503")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send(&a, r).await;
+    assert_eq!(server.command_count(), 2, "{:?}", server.command_stats());
+    // Every stored key lives under the prefix, hashed, with a TTL.
+    let keys = server.keys("idem:*");
+    assert_eq!(
+        keys.len(),
+        2,
+        "warm and k; released claims leave nothing: {keys:?}"
+    );
+    for key in keys {
+        assert!(key.len() == "idem:{}".len() + 64, "{key}");
+        assert!(server.pttl(&key) > 0);
+    }
+}
+
+async fn store_down_answers_503<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store));
+    let out = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&out), "store_unavailable");
+    assert!(out.headers.contains_key("retry-after"));
+    assert_eq!(
+        a.runs.load(Ordering::SeqCst),
+        0,
+        "never run without a claim"
+    );
+    // Without a key the store is not needed.
+    assert_eq!(send(&a, post(None, "x")).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn memory_backend_down() {
+    store_down_answers_503(common::DownStore).await;
+}
+
+#[tokio::test]
+async fn redis_down_and_back() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("store");
+    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    send(&a, post(Some("before"), "x")).await;
+    server.stop();
+    store_down_answers_503(store).await;
+    server.restart();
+    // Each pooled connection notices the restart on its next use, so a few 503s may
+    // still come after Redis is back; never a second run, never a lost record.
+    let until_not_503 = |key: &'static str| {
+        let a = a.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let out = send(&a, post(Some(key), "x")).await;
+                if out.status != StatusCode::SERVICE_UNAVAILABLE {
+                    return out;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let runs = a.runs.load(Ordering::SeqCst);
+    let first = until_not_503("after").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let replay = until_not_503("after").await;
+    assert!(replay.replayed(), "{} {}", replay.status, replay.text());
+    assert_eq!(replay.body, first.body);
+    assert_eq!(a.runs.load(Ordering::SeqCst), runs + 1);
+}
+
+/// A body of one data frame and then trailers, as a gRPC response has.
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(http_body::Frame::data(data)),
+            None => self.trailers.take().map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
+/// gRPC puts its status in trailers: they are stored and replayed.
+#[tokio::test]
+async fn trailers_are_replayed() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let res = Response::builder()
+                .header("content-type", "application/grpc")
+                .body(WithTrailers {
+                    data: Some(Bytes::from_static(b"\0\0\0\0\x02hi")),
+                    trailers: Some(trailers),
+                })
+                .expect("response");
+            async move { Ok::<_, std::convert::Infallible>(res) }
+        });
+    for replayed in [false, true] {
+        let res = svc
+            .clone()
+            .oneshot(post(Some("g"), "x"))
+            .await
+            .expect("call");
+        assert_eq!(res.headers().contains_key("idempotent-replayed"), replayed);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        let collected = res.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
