@@ -395,6 +395,26 @@ async fn route_table(at: &Instance) {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let bobs = json_of(get(&http, at, "/orders", &bob).await).await;
     assert_eq!(bobs["orders"], json!([]));
+    let keyed = || {
+        http.post(at.url("/orders"))
+            .bearer_auth(&bob.token)
+            .header("idempotency-key", "order-once")
+            .json(&json!({"sku": "plum", "qty": 3}))
+            .send()
+    };
+    let first = keyed().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let again = keyed().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        json_of(again).await,
+        first,
+        "an order with a key is placed once"
+    );
+    let bobs = json_of(get(&http, at, "/orders", &bob).await).await;
+    assert_eq!(bobs["orders"], json!([first]));
 
     // Payments.
     let payment = json!({"amount_cents": 1250, "currency": "EUR"});
@@ -402,6 +422,7 @@ async fn route_table(at: &Instance) {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST, "no Idempotency-Key");
     let res = pay(&http, at, &alice, "table-pay-1", 1250).await;
     assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(!res.headers().contains_key("idempotent-replayed"));
     let paid = json_of(res).await;
     let payment_id = paid["payment_id"].as_str().expect("payment_id").to_owned();
     assert_eq!(paid["amount_cents"], 1250);
@@ -412,16 +433,26 @@ async fn route_table(at: &Instance) {
         StatusCode::CREATED,
         "a retry answers as the first time"
     );
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
     assert_eq!(json_of(res).await, paid, "and charges nothing new");
-    for invalid in [
+    let res = pay(&http, at, &alice, "table-pay-1", 9999).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the same key for another payment"
+    );
+    for (n, invalid) in [
         json!({"amount_cents": 0, "currency": "EUR"}),
         json!({"amount_cents": 100, "currency": "euro"}),
         json!({"amount_cents": 100}),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let res = http
             .post(at.url("/payments"))
             .bearer_auth(&alice.token)
-            .header("idempotency-key", format!("invalid-{invalid}"))
+            .header("idempotency-key", format!("invalid-{n}"))
             .json(&invalid)
             .send()
             .await
@@ -598,6 +629,43 @@ async fn sigterm_lets_in_flight_requests_finish() {
         at.log_count("status=201"),
         IN_FLIGHT,
         "each request logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_while_the_first_runs_is_409() {
+    let at = Instance::start(&Config {
+        gateway_latency_ms: 1500,
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let first = {
+        let request = http
+            .post(at.url("/payments"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "slow-1")
+            .json(&json!({"amount_cents": 700, "currency": "EUR"}));
+        tokio::spawn(async move { request.send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while at.log_count("calling the payment gateway") < 1 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let res = pay(&http, &at, &alice, "slow-1", 700).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.headers().contains_key("retry-after"));
+    let first = first.await.unwrap().expect("the first answer");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let res = pay(&http, &at, &alice, "slow-1", 700).await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(res).await, first);
+    assert_eq!(
+        at.log_count("calling the payment gateway"),
+        1,
+        "the gateway was called once"
     );
 }
 
