@@ -28,8 +28,10 @@
 //! message Identity { string sub = 1; string jti = 2; uint64 exp = 3; }
 //! ```
 //!
-//! A missing, invalid or revoked token is refused by the layers before the service runs,
-//! with HTTP 401, which gRPC clients read as `UNAUTHENTICATED`.
+//! A missing, invalid or revoked token is refused by the layers before the service runs.
+//! The layers answer in HTTP terms (`401` with a JSON body, `503` when the store is down),
+//! which a gRPC client cannot read, so a small `map_response` turns those answers into
+//! gRPC statuses (`UNAUTHENTICATED`, `UNAVAILABLE`, ...) in a trailers-only response.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +39,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{header, StatusCode};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
@@ -160,6 +163,27 @@ impl<S: StateStore> tower::Service<http::Request<tonic::body::Body>> for Account
     }
 }
 
+/// An HTTP rejection from the layers as the gRPC status a client understands; the
+/// service's own answers (HTTP 200, status in the trailers) pass through.
+fn grpc_status<B: Default>(response: http::Response<B>) -> http::Response<B> {
+    let code = match response.status() {
+        StatusCode::OK => return response,
+        StatusCode::BAD_REQUEST => Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    // RFC 6750 puts the reason in `WWW-Authenticate`; keep it for the client.
+    let message = response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| response.status().canonical_reason().unwrap_or("refused"))
+        .to_owned();
+    Status::new(code, message).into_http()
+}
+
 async fn serve<S: StateStore>(
     store: S,
     keys: JwtKeySet,
@@ -170,7 +194,9 @@ async fn serve<S: StateStore>(
     };
     println!("listening on 127.0.0.1:{port}");
     tonic::transport::Server::builder()
-        // Outermost first: verify the token, then check it was not revoked.
+        // Outermost first: HTTP rejections as gRPC statuses, verify the token, then check
+        // that it was not revoked.
+        .layer(tower::util::MapResponseLayer::new(grpc_status))
         .layer(JwtAuthLayer::<serde_json::Value>::new(keys))
         .layer(RevocationLayer::new(store))
         .add_service(account)
