@@ -115,8 +115,12 @@ struct Credentials {
 async fn login<S: StateStore>(
     State(app): State<Shared<S>>,
     Extension(session): Extension<Session>,
-    Json(creds): Json<Credentials>,
+    json: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
+    let creds = match json {
+        Ok(Json(creds)) => creds,
+        Err(e) => return rejected(&e),
+    };
     if app.users.get(&creds.username) != Some(&creds.password) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -180,8 +184,12 @@ struct Quantity {
 async fn put_item(
     Extension(session): Extension<Session>,
     Path(sku): Path<String>,
-    Json(q): Json<Quantity>,
+    json: Result<Json<Quantity>, JsonRejection>,
 ) -> Response {
+    let q = match json {
+        Ok(Json(q)) => q,
+        Err(e) => return rejected(&e),
+    };
     let Ok(current) = session.get::<BTreeMap<String, u32>>("cart").await else {
         return unavailable();
     };
@@ -550,10 +558,10 @@ async fn logout_all<S: StateStore>(
     }
 }
 
-async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> StatusCode {
+async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> Response {
     match app.store.get("ready-probe").await {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(_) => unavailable(),
     }
 }
 
@@ -595,7 +603,7 @@ fn router<S: StateStore>(
         .route_layer(RevocationLayer::new(store.clone()))
         .route_layer(JwtAuthLayer::<serde_json::Value>::new(keys).leeway(LEEWAY));
     Ok(Router::new()
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready::<S>))
         .route("/login", post(login::<S>))
         .route("/cart", get(cart))

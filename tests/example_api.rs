@@ -279,6 +279,7 @@ async fn route_table(at: &Instance) {
         "{}",
         res.status()
     );
+    assert!(json_of(res).await["error"].is_string(), "errors are JSON");
     let alice = login(&http, at, "alice", "wonderland").await;
     let bob = login(&http, at, "bob", "builder").await;
 
@@ -690,6 +691,7 @@ async fn redis_down_is_503_and_recovery_needs_no_restart() {
     assert_eq!(res.status(), StatusCode::OK, "alive, though not ready");
     let res = http.get(at.url("/ready")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
     let writes = [
         post(&http, &at, "/orders", &alice, &order).await,
         pay(&http, &at, &alice, "while-down", 100).await,
