@@ -1,5 +1,6 @@
-//! A stateless API with tower-stateless: login, profile, a session cart and logout,
-//! runnable as several identical instances sharing one Redis.
+//! A stateless API with tower-stateless: login, profile, a session cart, orders,
+//! payments and logout, runnable as several identical instances sharing one Redis. The
+//! instance keeps nothing in memory: kill any of them and another one serves the user.
 //!
 //! Run with:
 //!
@@ -11,37 +12,59 @@
 //!
 //! Environment: `PORT` (3000), `REDIS_URL` (unset: in-memory store), `JWT_SECRET` (HS256,
 //! at least 32 bytes; unset: a random per-process secret, so instances cannot share
-//! tokens), `DEMO_USERS` (`alice:wonderland,bob:builder`).
+//! tokens), `DEMO_USERS` (`alice:wonderland,bob:builder`), `GATEWAY_LATENCY_MS` (0: the
+//! simulated payment-gateway latency inside the payment handler), `RUST_LOG` (`info`: one
+//! line per request).
 //!
-//! Routes: `POST /login`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /logout`,
-//! `POST /logout-all`, `GET /health`, `GET /ready`. (Orders and payments with the
-//! idempotency layer come with the idempotency issue.)
+//! Routes: `POST /login`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
+//! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
+//! `POST /logout-all`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
+//! optional) and `POST /payments` (required) go through `IdempotencyLayer`: a retry with
+//! the same key gets the first answer again, with `Idempotent-Replayed: true`.
+//!
+//! SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (at most
+//! 10 s), exit 0.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tower_stateless::idempotency::IdempotencyLayer;
 use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
 use tower_stateless::revocation::{RevocationLayer, Revoker};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
 
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 const LEEWAY: Duration = Duration::from_secs(30);
+/// How long orders and payments live in the store (every store write has a TTL).
+const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Attempts at appending to a per-user index before giving up with a 503.
+const INDEX_ATTEMPTS: u32 = 64;
+/// The idempotency lease, on top of twice the gateway latency.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 struct App<S> {
     issuer: TokenIssuer,
     revoker: Revoker<S>,
     store: S,
     users: HashMap<String, String>,
+    gateway_latency: Duration,
 }
 
 type Shared<S> = Arc<App<S>>;
@@ -57,8 +80,30 @@ fn unavailable() -> Response {
         "the state store is unavailable; retry later",
     );
     res.headers_mut()
-        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        .insert("retry-after", HeaderValue::from_static("1"));
     res
+}
+
+fn store_failed(e: &StoreError) -> Response {
+    if e.is_unavailable() {
+        return unavailable();
+    }
+    tracing::error!(error = %e, "unexpected state store reply");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// A body axum could not take as JSON, as a JSON error: 400 malformed, 415 not JSON, 422
+/// wrong shape.
+fn rejected(e: &JsonRejection) -> Response {
+    error(e.status(), "invalid_body", &e.body_text())
+}
+
+fn invalid(message: &str) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
 }
 
 #[derive(Deserialize)]
@@ -70,8 +115,12 @@ struct Credentials {
 async fn login<S: StateStore>(
     State(app): State<Shared<S>>,
     Extension(session): Extension<Session>,
-    Json(creds): Json<Credentials>,
+    json: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
+    let creds = match json {
+        Ok(Json(creds)) => creds,
+        Err(e) => return rejected(&e),
+    };
     if app.users.get(&creds.username) != Some(&creds.password) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -111,6 +160,11 @@ fn rand_u128() -> u128 {
     u128::from_le_bytes(bytes)
 }
 
+fn rand_u64() -> u64 {
+    // Truncation intended: any 64 of the 128 random bits.
+    rand_u128() as u64
+}
+
 async fn me(Extension(claims): Extension<RegisteredClaims>) -> Json<serde_json::Value> {
     Json(json!({"sub": claims.sub, "jti": claims.jti, "sid": claims.sid, "exp": claims.exp}))
 }
@@ -130,8 +184,12 @@ struct Quantity {
 async fn put_item(
     Extension(session): Extension<Session>,
     Path(sku): Path<String>,
-    Json(q): Json<Quantity>,
+    json: Result<Json<Quantity>, JsonRejection>,
 ) -> Response {
+    let q = match json {
+        Ok(Json(q)) => q,
+        Err(e) => return rejected(&e),
+    };
     let Ok(current) = session.get::<BTreeMap<String, u32>>("cart").await else {
         return unavailable();
     };
@@ -145,6 +203,329 @@ async fn put_item(
         Ok(()) => Json(json!({"items": items})).into_response(),
         Err(_) => unavailable(),
     }
+}
+
+// Orders and payments live only in the store: one key per record and, per user, an index
+// (a JSON list of ids) appended to by compare-and-set. Both carry the user in a hash tag,
+// so listing is one `GET` of the index plus one `MGET` of the records, also on a cluster.
+
+/// What can go wrong while storing or reading records.
+enum RecordError {
+    Store(StoreError),
+    /// A stored value that is not what this example writes.
+    Corrupt(serde_json::Error),
+    /// Too many concurrent appends to one index; the client may retry.
+    Contended,
+}
+
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl IntoResponse for RecordError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Store(e) => store_failed(&e),
+            Self::Corrupt(e) => {
+                tracing::error!(error = %e, "corrupt record in the store");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+            Self::Contended => unavailable(),
+        }
+    }
+}
+
+fn record_key(collection: &str, sub: &str, id: &str) -> String {
+    format!("{collection}:{{{sub}}}:{id}")
+}
+
+fn index_key(collection: &str, sub: &str) -> String {
+    format!("{collection}:{{{sub}}}:index")
+}
+
+/// Stores `record` under `id` unless a record with that id exists, then makes sure `id` is
+/// in the caller's index. Returns the stored record: on a retry, the first one.
+///
+/// Safe to run again with the same id after any failure or crash part way through, which
+/// is what makes an id derived from the idempotency key exactly-once: a retry that runs
+/// the handler again (the first attempt died after storing, before the idempotency layer
+/// recorded the response) finds the record instead of making a second one.
+async fn create<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+    id: &str,
+    record: &Value,
+) -> Result<Value, RecordError> {
+    let bytes = Bytes::from(serde_json::to_vec(record).map_err(RecordError::Corrupt)?);
+    let stored = match store
+        .set_if_absent(&record_key(collection, sub, id), bytes, RECORD_TTL)
+        .await?
+    {
+        None => record.clone(),
+        Some(existing) => serde_json::from_slice(&existing).map_err(RecordError::Corrupt)?,
+    };
+    append_to_index(store, &index_key(collection, sub), id).await?;
+    Ok(stored)
+}
+
+async fn append_to_index<S: StateStore>(
+    store: &S,
+    index: &str,
+    id: &str,
+) -> Result<(), RecordError> {
+    for attempt in 0..INDEX_ATTEMPTS {
+        let current = store.get(index).await?;
+        let mut ids: Vec<String> = match &current {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(RecordError::Corrupt)?,
+            None => Vec::new(),
+        };
+        if ids.iter().any(|known| known == id) {
+            return Ok(());
+        }
+        ids.push(id.to_owned());
+        let new = Bytes::from(serde_json::to_vec(&ids).map_err(RecordError::Corrupt)?);
+        let written = match &current {
+            Some(old) => store.compare_and_set(index, old, new, RECORD_TTL).await?,
+            None => store.set_if_absent(index, new, RECORD_TTL).await?.is_none(),
+        };
+        if written {
+            return Ok(());
+        }
+        // Another request appended first: back off a little, with jitter, and retry.
+        let ceiling = 1u64 << attempt.min(5);
+        tokio::time::sleep(Duration::from_millis(1 + rand_u64() % ceiling)).await;
+    }
+    Err(RecordError::Contended)
+}
+
+/// The caller's records, oldest first.
+async fn list<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+) -> Result<Vec<Value>, RecordError> {
+    let Some(index) = store.get(&index_key(collection, sub)).await? else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<String> = serde_json::from_slice(&index).map_err(RecordError::Corrupt)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| record_key(collection, sub, id))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    store
+        .get_many(&keys)
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(RecordError::Corrupt))
+        .collect()
+}
+
+async fn fetch<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+    id: &str,
+) -> Result<Option<Value>, RecordError> {
+    match store.get(&record_key(collection, sub, id)).await? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(RecordError::Corrupt),
+        None => Ok(None),
+    }
+}
+
+/// A new record id: derived from the caller and the idempotency key when there is one (so
+/// a retry finds the record it made before), random otherwise.
+///
+/// `IdempotencyLayer` already runs a request once and replays its answer; this covers the
+/// one gap no layer can: an instance killed after the handler stored the record but before
+/// the layer recorded the response. The retry then runs the handler again, once the lease
+/// has expired, and must not pay twice.
+fn record_id(prefix: &str, sub: &str, idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::new()
+                .chain_update(sub.as_bytes())
+                .chain_update([0])
+                .chain_update(key.as_bytes())
+                .finalize();
+            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{prefix}_{hex}")
+        }
+        None => format!("{prefix}_{:024x}", rand_u128() >> 32),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn created(location: String, record: Value) -> Response {
+    let mut res = (StatusCode::CREATED, Json(record)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert("location", value);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+struct NewOrder {
+    sku: String,
+    qty: i64,
+}
+
+fn valid_sku(sku: &str) -> bool {
+    (1..=64).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn create_order<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+    headers: HeaderMap,
+    json: Result<Json<NewOrder>, JsonRejection>,
+) -> Response {
+    let order = match json {
+        Ok(Json(order)) => order,
+        Err(e) => return rejected(&e),
+    };
+    if !valid_sku(&order.sku) {
+        return invalid("sku must be 1 to 64 letters, digits, '-' or '_'");
+    }
+    if !(1..=1000).contains(&order.qty) {
+        return invalid("qty must be between 1 and 1000");
+    }
+    let id = record_id("ord", &claims.sub, idempotency_key(&headers));
+    let record = json!({
+        "order_id": id,
+        "sku": order.sku,
+        "qty": order.qty,
+        "status": "placed",
+        "created_at": now_secs(),
+    });
+    match create(&app.store, "orders", &claims.sub, &id, &record).await {
+        Ok(stored) => created(format!("/orders/{id}"), stored),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_orders<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+) -> Response {
+    match list(&app.store, "orders", &claims.sub).await {
+        Ok(orders) => Json(json!({ "orders": orders })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_order<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+    Path(id): Path<String>,
+) -> Response {
+    // Records are keyed by their owner, so another user's id is simply not found.
+    match fetch(&app.store, "orders", &claims.sub, &id).await {
+        Ok(Some(order)) => Json(order).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such order"),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewPayment {
+    amount_cents: i64,
+    currency: String,
+}
+
+async fn create_payment<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+    headers: HeaderMap,
+    json: Result<Json<NewPayment>, JsonRejection>,
+) -> Response {
+    // `IdempotencyLayer::required` answers 400 before this; the key is needed here too.
+    let Some(key) = idempotency_key(&headers) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "payments need an Idempotency-Key header",
+        );
+    };
+    let payment = match json {
+        Ok(Json(payment)) => payment,
+        Err(e) => return rejected(&e),
+    };
+    if !(1..=100_000_000).contains(&payment.amount_cents) {
+        return invalid("amount_cents must be between 1 and 100000000");
+    }
+    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return invalid("currency must be a three-letter ISO 4217 code, like EUR");
+    }
+    let id = record_id("pay", &claims.sub, Some(key));
+    // A payment stored by an earlier attempt with this key is not charged again.
+    match fetch(&app.store, "payments", &claims.sub, &id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::debug!(payment_id = %id, "calling the payment gateway");
+            tokio::time::sleep(app.gateway_latency).await;
+        }
+        Err(e) => return e.into_response(),
+    }
+    let record = json!({
+        "payment_id": id,
+        "amount_cents": payment.amount_cents,
+        "currency": payment.currency,
+        "status": "captured",
+        "created_at": now_secs(),
+    });
+    match create(&app.store, "payments", &claims.sub, &id, &record).await {
+        Ok(stored) => created(format!("/payments/{id}"), stored),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_payments<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+) -> Response {
+    match list(&app.store, "payments", &claims.sub).await {
+        Ok(payments) => Json(json!({ "payments": payments })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// One log line per request, at `info`.
+async fn trace(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let res = next.run(req).await;
+    tracing::info!(%method, %path, status = res.status().as_u16(), elapsed = ?start.elapsed(), "request");
+    res
 }
 
 async fn logout<S: StateStore>(
@@ -177,10 +558,10 @@ async fn logout_all<S: StateStore>(
     }
 }
 
-async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> StatusCode {
+async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> Response {
     match app.store.get("ready-probe").await {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(_) => unavailable(),
     }
 }
 
@@ -188,6 +569,7 @@ fn router<S: StateStore>(
     store: S,
     keys: JwtKeySet,
     users: HashMap<String, String>,
+    gateway_latency: Duration,
 ) -> Result<Router, String> {
     let issuer = TokenIssuer::new(&keys, "main")
         .map_err(|e| format!("token issuer: {e}"))?
@@ -197,15 +579,31 @@ fn router<S: StateStore>(
         revoker: Revoker::new(store.clone(), TOKEN_TTL).leeway(LEEWAY),
         store: store.clone(),
         users,
+        gateway_latency,
     });
+    // The lease must outlast the slowest handler; a retry after a crash waits it out.
+    let idempotency = IdempotencyLayer::new(store.clone()).lock_ttl(LOCK_TTL + gateway_latency * 2);
+    let orders = Router::new()
+        .route("/orders", post(create_order::<S>).get(list_orders::<S>))
+        .route("/orders/{id}", get(get_order::<S>))
+        .route_layer(idempotency.clone());
+    let payments = Router::new()
+        .route(
+            "/payments",
+            post(create_payment::<S>).get(list_payments::<S>),
+        )
+        .route_layer(idempotency.required(true));
+    // Idempotency sits inside the auth layers: its records are scoped to the caller.
     let bearer = Router::new()
         .route("/me", get(me))
         .route("/logout", post(logout::<S>))
         .route("/logout-all", post(logout_all::<S>))
+        .merge(orders)
+        .merge(payments)
         .route_layer(RevocationLayer::new(store.clone()))
         .route_layer(JwtAuthLayer::<serde_json::Value>::new(keys).leeway(LEEWAY));
     Ok(Router::new()
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready::<S>))
         .route("/login", post(login::<S>))
         .route("/cart", get(cart))
@@ -213,6 +611,7 @@ fn router<S: StateStore>(
         .merge(bearer)
         // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
         .layer(SessionLayer::new(store).secure(false))
+        .layer(middleware::from_fn(trace))
         .with_state(app))
 }
 
@@ -232,12 +631,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
-/// Port, Redis URL, JWT secret and demo users, from the environment.
+/// Port, Redis URL, JWT secret, demo users and gateway latency, from the environment.
 struct Config {
     port: u16,
     redis_url: Option<String>,
     secret: Vec<u8>,
     users: HashMap<String, String>,
+    gateway_latency: Duration,
 }
 
 fn config() -> Result<Config, String> {
@@ -249,7 +649,7 @@ fn config() -> Result<Config, String> {
     let secret = match var("JWT_SECRET") {
         Some(s) => s.into_bytes(),
         None => {
-            tracing::warn!("JWT_SECRET is not set: using a random per-process secret; other instances will NOT accept this instance's tokens");
+            tracing::warn!("!!! JWT_SECRET is not set: using a RANDOM per-process secret. Tokens die with this process and other instances will NOT accept them. Set the same JWT_SECRET (32+ bytes) on every instance. !!!");
             let mut bytes = vec![0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
             bytes
@@ -266,11 +666,16 @@ fn config() -> Result<Config, String> {
             .ok_or_else(|| format!("DEMO_USERS entries are user:password, got {pair:?}"))?;
         users.insert(u.to_owned(), p.to_owned());
     }
+    let gateway_latency = var("GATEWAY_LATENCY_MS").map_or(Ok(0), |ms| {
+        ms.parse()
+            .map_err(|_| format!("GATEWAY_LATENCY_MS must be milliseconds, got {ms:?}"))
+    })?;
     Ok(Config {
         port,
         redis_url: var("REDIS_URL"),
         secret,
         users,
+        gateway_latency: Duration::from_millis(gateway_latency),
     })
 }
 
@@ -294,27 +699,54 @@ async fn run() -> Result<(), String> {
         redis_url,
         secret,
         users,
+        gateway_latency,
     } = config()?;
     let keys = JwtKeySet::new()
         .with_hmac("main", Algorithm::HS256, &secret)
         .map_err(|e| format!("JWT_SECRET: {e}"))?;
     let app = match redis_url {
         Some(url) => {
-            tracing::info!("store: Redis");
+            tracing::info!("store: Redis at {}", without_password(&url));
             let store = RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-            router(store, keys, users)?
+            router(store, keys, users, gateway_latency)?
         }
         None => {
             tracing::info!("store: in memory (set REDIS_URL to share state between instances)");
-            router(MemoryStore::new(), keys, users)?
+            router(MemoryStore::new(), keys, users, gateway_latency)?
         }
     };
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|e| format!("bind port {port}: {e}"))?;
     tracing::info!("listening on {port}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server: {e}"))
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    // Graceful shutdown waits for every connection; a stuck one must not keep the
+    // process alive past the grace period.
+    let grace = async {
+        if stop.wait_for(|stopping| *stopping).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server.into_future() => served.map_err(|e| format!("server: {e}"))?,
+        () = grace => tracing::warn!(
+            "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The URL with any password replaced, for the log.
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        _ => url.to_owned(),
+    }
 }

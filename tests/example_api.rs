@@ -1,85 +1,274 @@
-//! Black-box test of `examples/stateless_api.rs` over real TCP: the example binary is
-//! started on a free port and driven with an HTTP client.
+//! Black-box tests of `examples/stateless_api.rs` over real TCP: the example binary runs as
+//! a child process on a free loopback port (one instance or several, on the in-memory
+//! store or on one Redis) and is driven with an HTTP client.
 #![cfg(feature = "axum")]
 
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 
-fn example_binary() -> PathBuf {
-    // target/<profile>/deps/example_api-<hash> → target/<profile>/examples/stateless_api
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("profile dir");
-    let bin = dir.join("examples").join("stateless_api");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
+const SECRET: &str = "test-secret-shared-by-all-instances-0123456789";
+
+/// The example binary, built once per test run so that a stale build is never tested
+/// (`cargo test --test example_api` alone does not rebuild examples).
+fn example_binary() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/example_api-<hash> → target/<profile>/examples/stateless_api
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(|p| p.parent()).expect("profile dir");
+        let mut build = Command::new(env!("CARGO"));
+        build
             .args(["build", "--example", "stateless_api", "--all-features"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "building the example failed");
-    }
-    bin
+        profile_dir.join("examples").join("stateless_api")
+    })
 }
 
-struct Instance(Child, u16);
+/// How to start one instance.
+#[derive(Default)]
+struct Config<'a> {
+    redis_url: Option<&'a str>,
+    gateway_latency_ms: u64,
+    users: Option<&'a str>,
+}
+
+/// A running instance of the example; killed (and reaped) when dropped, so no test leaves
+/// a server behind. Its output is kept and printed if the test fails.
+struct Instance {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("--- output of the instance on port {}:", self.port);
+            for line in log.iter() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
-fn start() -> Instance {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(example_binary())
-        .env("PORT", port.to_string())
-        .env(
-            "JWT_SECRET",
-            "test-secret-shared-by-all-instances-0123456789",
-        )
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start example");
-    let instance = Instance(child, port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "example did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    instance
+fn collect_lines(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
 }
 
-#[tokio::test]
-async fn login_profile_cart_logout_on_memory() {
-    let at = start();
-    let url = |p: &str| format!("http://127.0.0.1:{}{p}", at.1);
-    let http = reqwest::Client::new();
+impl Instance {
+    fn start(config: &Config<'_>) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = Command::new(example_binary());
+        command
+            .env("PORT", port.to_string())
+            .env("JWT_SECRET", SECRET)
+            .env("GATEWAY_LATENCY_MS", config.gateway_latency_ms.to_string())
+            .env("RUST_LOG", "info,stateless_api=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("REDIS_URL")
+            .env_remove("DEMO_USERS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = config.redis_url {
+            command.env("REDIS_URL", url);
+        }
+        if let Some(users) = config.users {
+            command.env("DEMO_USERS", users);
+        }
+        let mut child = command.spawn().expect("start the example");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        collect_lines(child.stdout.take().expect("piped stdout"), log.clone());
+        collect_lines(child.stderr.take().expect("piped stderr"), log.clone());
+        let mut instance = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = instance.child.try_wait() {
+                panic!("the example exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "the example did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        instance
+    }
 
-    assert_eq!(
-        http.get(url("/health")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http.get(url("/ready")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How many output lines contain `needle`.
+    fn log_count(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Sends SIGKILL, as a crash or `kill -9` would, and reaps the process.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the example did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("HTTP client")
+}
+
+async fn json_of(res: Response) -> Value {
+    res.json().await.expect("a JSON body")
+}
+
+/// A logged-in user: bearer token and session cookie.
+struct User {
+    token: String,
+    cookie: String,
+}
+
+async fn login(http: &Client, at: &Instance, username: &str, password: &str) -> User {
+    let res = http
+        .post(at.url("/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .expect("ASCII cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let body = json_of(res).await;
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0));
+    let token = body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    User { token, cookie }
+}
+
+async fn get(http: &Client, at: &Instance, path: &str, user: &User) -> Response {
+    http.get(at.url(path))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("GET")
+}
+
+async fn post(http: &Client, at: &Instance, path: &str, user: &User, body: &Value) -> Response {
+    http.post(at.url(path))
+        .bearer_auth(&user.token)
+        .json(body)
+        .send()
+        .await
+        .expect("POST")
+}
+
+async fn pay(http: &Client, at: &Instance, user: &User, key: &str, cents: u64) -> Response {
+    http.post(at.url("/payments"))
+        .bearer_auth(&user.token)
+        .header("idempotency-key", key)
+        .json(&json!({"amount_cents": cents, "currency": "EUR"}))
+        .send()
+        .await
+        .expect("POST /payments")
+}
+
+async fn cart(http: &Client, at: &Instance, cookie: &str) -> Value {
+    let res = http
+        .get(at.url("/cart"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET /cart");
+    assert_eq!(res.status(), StatusCode::OK);
+    json_of(res).await["items"].clone()
+}
+
+async fn put_item(http: &Client, at: &Instance, cookie: &str, sku: &str, qty: u32) -> Response {
+    http.put(at.url(&format!("/cart/items/{sku}")))
+        .header("cookie", cookie)
+        .json(&json!({"qty": qty}))
+        .send()
+        .await
+        .expect("PUT /cart/items")
+}
+
+/// Every route of the table, against one instance.
+async fn route_table(at: &Instance) {
+    let http = client();
+
+    // Probes.
+    let res = http.get(at.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = http.get(at.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Login.
     let bad = json!({"username": "alice", "password": "nope"});
-    let res = http.post(url("/login")).json(&bad).send().await.unwrap();
+    let res = http.post(at.url("/login")).json(&bad).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let unknown = json!({"username": "mallory", "password": "wonderland"});
+    let res = http
+        .post(at.url("/login"))
+        .json(&unknown)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let res = http
-        .post(url("/login"))
+        .post(at.url("/login"))
         .header("content-type", "application/json")
         .body("{broken")
         .send()
@@ -90,85 +279,632 @@ async fn login_profile_cart_logout_on_memory() {
         "{}",
         res.status()
     );
+    assert!(json_of(res).await["error"].is_string(), "errors are JSON");
+    let alice = login(&http, at, "alice", "wonderland").await;
+    let bob = login(&http, at, "bob", "builder").await;
 
-    let good = json!({"username": "alice", "password": "wonderland"});
-    let res = http.post(url("/login")).json(&good).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["token_type"], "Bearer");
-    let token = body["access_token"].as_str().unwrap().to_owned();
-
-    let res = http.get(url("/me")).send().await.unwrap();
+    // Profile.
+    let res = http.get(at.url("/me")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(res.headers()["www-authenticate"]
         .to_str()
         .unwrap()
         .starts_with("Bearer"));
-    let me: Value = http
-        .get(url("/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(get(&http, at, "/me", &alice).await).await;
     assert_eq!(me["sub"], "alice");
 
-    let put = |sku: &str, qty: u32| {
-        http.put(url(&format!("/cart/items/{sku}")))
-            .header("cookie", &cookie)
-            .json(&json!({"qty": qty}))
-            .send()
-    };
-    put("apple", 3).await.unwrap();
-    put("pear", 1).await.unwrap();
-    let cart: Value = put("apple", 0).await.unwrap().json().await.unwrap();
-    assert_eq!(cart["items"], json!({"pear": 1}), "qty 0 removes");
-    let cart: Value = http
-        .get(url("/cart"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(cart["items"], json!({"pear": 1}));
-    let empty: Value = http
-        .get(url("/cart"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(empty["items"], json!({}), "no cookie, no cart");
+    // Cart, by session cookie.
+    assert_eq!(
+        put_item(&http, at, &alice.cookie, "apple", 3)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    put_item(&http, at, &alice.cookie, "pear", 1).await;
+    let res = put_item(&http, at, &alice.cookie, "apple", 0).await;
+    assert_eq!(
+        json_of(res).await["items"],
+        json!({"pear": 1}),
+        "qty 0 removes"
+    );
+    assert_eq!(cart(&http, at, &alice.cookie).await, json!({"pear": 1}));
+    assert_eq!(
+        cart(&http, at, &bob.cookie).await,
+        json!({}),
+        "carts are per session"
+    );
+    let res = http.get(at.url("/cart")).send().await.unwrap();
+    assert_eq!(json_of(res).await["items"], json!({}), "no cookie, no cart");
 
+    // Orders.
+    let order = json!({"sku": "apple", "qty": 2});
     let res = http
-        .post(url("/logout"))
-        .bearer_auth(&token)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = http
-        .get(url("/me"))
-        .bearer_auth(&token)
+        .post(at.url("/orders"))
+        .json(&order)
         .send()
         .await
         .unwrap();
     assert_eq!(
         res.status(),
         StatusCode::UNAUTHORIZED,
-        "a logged-out token is refused"
+        "orders need a token"
     );
+    let res = post(&http, at, "/orders", &alice, &order).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let placed = json_of(res).await;
+    let order_id = placed["order_id"].as_str().expect("order_id").to_owned();
+    assert_eq!(location, format!("/orders/{order_id}"));
+    assert_eq!(
+        (placed["sku"].clone(), placed["qty"].clone()),
+        (json!("apple"), json!(2))
+    );
+    for (invalid, status) in [
+        (json!({"sku": "apple", "qty": 0}), 422),
+        (json!({"sku": "apple", "qty": -1}), 422),
+        (json!({"sku": "", "qty": 1}), 422),
+        (json!({"sku": "no spaces", "qty": 1}), 422),
+        (json!({"sku": "apple", "qty": "two"}), 422),
+        (json!({"sku": "apple"}), 422),
+    ] {
+        let res = post(&http, at, "/orders", &alice, &invalid).await;
+        assert_eq!(res.status().as_u16(), status, "{invalid}");
+        assert!(json_of(res).await["error"].is_string(), "a JSON error");
+    }
+    let res = http
+        .post(at.url("/orders"))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/json")
+        .body("{\"sku\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let second = post(
+        &http,
+        at,
+        "/orders",
+        &alice,
+        &json!({"sku": "pear", "qty": 1}),
+    )
+    .await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    let second_id = json_of(second).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second_id, order_id, "each order gets its own id");
+
+    let list = json_of(get(&http, at, "/orders", &alice).await).await;
+    let ids: Vec<&str> = list["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [order_id.as_str(), second_id.as_str()],
+        "the caller's orders, once each"
+    );
+    let res = get(&http, at, &format!("/orders/{order_id}"), &alice).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await, placed);
+    let res = get(&http, at, &format!("/orders/{order_id}"), &bob).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "another user's order");
+    let res = get(&http, at, "/orders/ord_000000000000000000000000", &alice).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let bobs = json_of(get(&http, at, "/orders", &bob).await).await;
+    assert_eq!(bobs["orders"], json!([]));
+    let keyed = || {
+        http.post(at.url("/orders"))
+            .bearer_auth(&bob.token)
+            .header("idempotency-key", "order-once")
+            .json(&json!({"sku": "plum", "qty": 3}))
+            .send()
+    };
+    let first = keyed().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let again = keyed().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        json_of(again).await,
+        first,
+        "an order with a key is placed once"
+    );
+    let bobs = json_of(get(&http, at, "/orders", &bob).await).await;
+    assert_eq!(bobs["orders"], json!([first]));
+
+    // Payments.
+    let payment = json!({"amount_cents": 1250, "currency": "EUR"});
+    let res = post(&http, at, "/payments", &alice, &payment).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "no Idempotency-Key");
+    let res = pay(&http, at, &alice, "table-pay-1", 1250).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(!res.headers().contains_key("idempotent-replayed"));
+    let paid = json_of(res).await;
+    let payment_id = paid["payment_id"].as_str().expect("payment_id").to_owned();
+    assert_eq!(paid["amount_cents"], 1250);
+    assert_eq!(paid["currency"], "EUR");
+    let res = pay(&http, at, &alice, "table-pay-1", 1250).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "a retry answers as the first time"
+    );
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(res).await, paid, "and charges nothing new");
+    let res = pay(&http, at, &alice, "table-pay-1", 9999).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the same key for another payment"
+    );
+    for (n, invalid) in [
+        json!({"amount_cents": 0, "currency": "EUR"}),
+        json!({"amount_cents": 100, "currency": "euro"}),
+        json!({"amount_cents": 100}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let res = http
+            .post(at.url("/payments"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", format!("invalid-{n}"))
+            .json(&invalid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{invalid}");
+    }
+    let res = pay(&http, at, &bob, "table-pay-1", 99).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "keys are per user");
+    let bobs_payment = json_of(res).await;
+    assert_ne!(bobs_payment["payment_id"], paid["payment_id"]);
+    let list = json_of(get(&http, at, "/payments", &alice).await).await;
+    assert_eq!(
+        list["payments"],
+        json!([paid]),
+        "the caller's payments, once each"
+    );
+    let list = json_of(get(&http, at, "/payments", &bob).await).await;
+    assert_eq!(list["payments"], json!([bobs_payment]));
+    let res = http.get(at.url("/payments")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(!payment_id.is_empty());
+
+    // Logout: this token and its session.
+    let res = http
+        .post(at.url("/logout"))
+        .bearer_auth(&alice.token)
+        .header("cookie", &alice.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = get(&http, at, "/me", &alice).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "a logged-out token");
+    assert_eq!(
+        cart(&http, at, &alice.cookie).await,
+        json!({}),
+        "session gone"
+    );
+    let res = get(&http, at, "/me", &bob).await;
+    assert_eq!(res.status(), StatusCode::OK, "other users stay logged in");
+
+    // Logout everywhere: every token of the caller.
+    let bob_again = login(&http, at, "bob", "builder").await;
+    let res = post(&http, at, "/logout-all", &bob, &json!({})).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    for token in [&bob, &bob_again] {
+        let res = get(&http, at, "/me", token).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "every token of bob");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_table_on_memory() {
+    let at = Instance::start(&Config::default());
+    route_table(&at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_table_on_redis() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    });
+    route_table(&at).await;
+    assert!(
+        !redis.keys("payments:*").is_empty() && !redis.keys("orders:*").is_empty(),
+        "orders and payments live in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_redis() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two, three) = (
+        Instance::start(&config),
+        Instance::start(&config),
+        Instance::start(&config),
+    );
+    let http = client();
+
+    let alice = login(&http, &one, "alice", "wonderland").await;
+    for at in [&two, &three] {
+        let me = get(&http, at, "/me", &alice).await;
+        assert_eq!(me.status(), StatusCode::OK);
+        assert_eq!(json_of(me).await["sub"], "alice");
+    }
+    put_item(&http, &two, &alice.cookie, "apple", 2).await;
+    assert_eq!(
+        cart(&http, &three, &alice.cookie).await,
+        json!({"apple": 2})
+    );
+    let res = post(
+        &http,
+        &two,
+        "/orders",
+        &alice,
+        &json!({"sku": "apple", "qty": 2}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let order_id = json_of(res).await["order_id"].as_str().unwrap().to_owned();
+    let res = get(&http, &three, &format!("/orders/{order_id}"), &alice).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "an order placed on two, read on three"
+    );
+    let res = pay(&http, &three, &alice, "shared-1", 500).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let payments = json_of(get(&http, &one, "/payments", &alice).await).await;
+    assert_eq!(payments["payments"].as_array().map(Vec::len), Some(1));
+
+    let res = http
+        .post(three.url("/logout"))
+        .bearer_auth(&alice.token)
+        .header("cookie", &alice.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = get(&http, &one, "/me", &alice).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "logged out on three, refused on one"
+    );
+    assert_eq!(cart(&http, &one, &alice.cookie).await, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    const IN_FLIGHT: usize = 6;
+    let mut at = Instance::start(&Config {
+        gateway_latency_ms: 1500,
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let url = at.url("/payments");
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let request = http
+                .post(&url)
+                .bearer_auth(&alice.token)
+                .header("idempotency-key", format!("in-flight-{i}"))
+                .json(&json!({"amount_cents": 100 + i, "currency": "EUR"}));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    // Every request is inside the payment handler before the signal.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while at.log_count("calling the payment gateway") < IN_FLIGHT {
+        assert!(Instant::now() < deadline, "the requests never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    at.terminate();
+    for request in requests {
+        let res = request
+            .await
+            .unwrap()
+            .expect("an answer, not a dropped connection");
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let status = at.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        at.log_count("status=201"),
+        IN_FLIGHT,
+        "each request logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_while_the_first_runs_is_409() {
+    let at = Instance::start(&Config {
+        gateway_latency_ms: 1500,
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let first = {
+        let request = http
+            .post(at.url("/payments"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "slow-1")
+            .json(&json!({"amount_cents": 700, "currency": "EUR"}));
+        tokio::spawn(async move { request.send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while at.log_count("calling the payment gateway") < 1 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let res = pay(&http, &at, &alice, "slow-1", 700).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.headers().contains_key("retry-after"));
+    let first = first.await.unwrap().expect("the first answer");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let res = pay(&http, &at, &alice, "slow-1", 700).await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(res).await, first);
+    assert_eq!(
+        at.log_count("calling the payment gateway"),
+        1,
+        "the gateway was called once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_503_and_recovery_needs_no_restart() {
+    let mut redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let order = json!({"sku": "apple", "qty": 1});
+    assert_eq!(
+        post(&http, &at, "/orders", &alice, &order).await.status(),
+        StatusCode::CREATED
+    );
+
+    redis.stop();
+    let res = http.get(at.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "alive, though not ready");
+    let res = http.get(at.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let writes = [
+        post(&http, &at, "/orders", &alice, &order).await,
+        pay(&http, &at, &alice, "while-down", 100).await,
+        put_item(&http, &at, &alice.cookie, "pear", 1).await,
+        http.post(at.url("/login"))
+            .json(&json!({"username": "bob", "password": "builder"}))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for res in writes {
+        assert_eq!(
+            res.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            res.url()
+        );
+        assert!(res.headers().contains_key("retry-after"), "{}", res.url());
+    }
+
+    // The same port, an empty Redis: the instance reconnects by itself.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = http.get(at.url("/ready")).send().await.unwrap();
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = post(&http, &at, "/orders", &alice, &order).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "the token still works");
+    let order_id = json_of(res).await["order_id"].clone();
+    let list = json_of(get(&http, &at, "/orders", &alice).await).await;
+    assert_eq!(list["orders"][0]["order_id"], order_id);
+    let res = pay(&http, &at, &alice, "after-recovery", 100).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let bob = login(&http, &at, "bob", "builder").await;
+    let res = put_item(&http, &at, &bob.cookie, "pear", 1).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(cart(&http, &at, &bob.cookie).await, json!({"pear": 1}));
+}
+
+/// A client's final answer for one payment.
+struct Outcome {
+    /// 0 when the last attempt got no answer at all.
+    status: u16,
+    body: Option<Value>,
+    attempts: usize,
+}
+
+/// Pays with key `key` until the answer is final: after a connection error, a 5xx or a
+/// 409 the same request goes to the next instance, with a short pause, within a bound.
+async fn pay_until_final(
+    http: &Client,
+    bases: &[String],
+    first: usize,
+    token: &str,
+    key: &str,
+    cents: usize,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0;
+    loop {
+        let base = &bases[(first + attempts) % bases.len()];
+        attempts += 1;
+        let sent = http
+            .post(format!("{base}/payments"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&json!({"amount_cents": cents, "currency": "EUR"}))
+            .send()
+            .await;
+        let mut status = 0;
+        if let Ok(res) = sent {
+            status = res.status().as_u16();
+            let retry = res.status().is_server_error() || res.status() == StatusCode::CONFLICT;
+            if !retry {
+                // A body cut off by the kill is a connection error too.
+                if let Ok(body) = res.json::<Value>().await {
+                    return Outcome {
+                        status,
+                        body: Some(body),
+                        attempts,
+                    };
+                }
+                status = 0;
+            }
+        }
+        if Instant::now() > deadline {
+            return Outcome {
+                status,
+                body: None,
+                attempts,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_every_payment_exactly_once() {
+    const PAYMENTS: usize = 300;
+    const CLIENTS: usize = 12;
+    const USERS: [(&str, &str); 3] = [
+        ("alice", "wonderland"),
+        ("bob", "builder"),
+        ("carol", "rainbow"),
+    ];
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        // Long enough that the kill lands on requests inside the handler.
+        gateway_latency_ms: 30,
+        users: Some("alice:wonderland,bob:builder,carol:rainbow"),
+    };
+    let mut instances = [
+        Instance::start(&config),
+        Instance::start(&config),
+        Instance::start(&config),
+    ];
+    let http = client();
+    let mut tokens = Vec::new();
+    for (name, password) in USERS {
+        tokens.push(login(&http, &instances[0], name, password).await.token);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(instances.iter().map(|i| i.url("")).collect());
+    let tokens = Arc::new(tokens);
+    let next = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (http, bases, tokens) = (http.clone(), bases.clone(), tokens.clone());
+            let (next, finished) = (next.clone(), finished.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= PAYMENTS {
+                        return outcomes;
+                    }
+                    let key = format!("kill9-{i}");
+                    let outcome =
+                        pay_until_final(&http, &bases, i, &tokens[i % USERS.len()], &key, 100 + i)
+                            .await;
+                    outcomes.push((i, outcome));
+                    finished.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finished.load(Ordering::Relaxed) < PAYMENTS / 3 {
+        assert!(Instant::now() < deadline, "the clients made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    instances[1].kill_9();
+
+    let mut outcomes = Vec::new();
+    for client in clients {
+        outcomes.extend(client.await.expect("client task"));
+    }
+    assert_eq!(outcomes.len(), PAYMENTS);
+    let mut paid: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    for (i, outcome) in &outcomes {
+        assert_eq!(
+            outcome.status, 201,
+            "payment {i}: final answer {} after {} attempts",
+            outcome.status, outcome.attempts
+        );
+        let body = outcome.body.as_ref().expect("a body");
+        assert_eq!(body["amount_cents"], 100 + i);
+        let id = body["payment_id"].as_str().expect("payment_id").to_owned();
+        assert!(
+            paid.entry(i % USERS.len()).or_default().insert(id),
+            "payment {i}: an id twice"
+        );
+    }
+    assert!(
+        outcomes.iter().any(|(_, o)| o.attempts > 1),
+        "the kill was felt: some payment had to be retried"
+    );
+
+    for (user, token) in tokens.iter().enumerate() {
+        let res = http
+            .get(instances[2].url("/payments"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let listed: Vec<String> = json_of(res).await["payments"]
+            .as_array()
+            .expect("payments")
+            .iter()
+            .map(|p| p["payment_id"].as_str().expect("payment_id").to_owned())
+            .collect();
+        let unique: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            listed.len(),
+            "{}: a payment listed twice",
+            USERS[user].0
+        );
+        assert_eq!(
+            Some(&unique),
+            paid.get(&user),
+            "{}: every answered payment exists, and nothing else",
+            USERS[user].0
+        );
+    }
 }
