@@ -10,7 +10,10 @@
 //!     PORT=3001 cargo run --example stateless_api --features axum    # shared state
 //! ```
 //!
-//! Environment: `PORT` (3000), `REDIS_URL` (unset: in-memory store), `JWT_SECRET` (HS256,
+//! Environment: `PORT` (3000), `REDIS_URL` (unset: in-memory store), `REDIS_CLUSTER_URLS`
+//! (comma-separated seed nodes of a Redis Cluster; needs `--features axum,redis-cluster`),
+//! `RATE_LIMIT_PER_MINUTE` (600: authenticated requests per user), `LOGIN_LIMIT_PER_MINUTE`
+//! (10: `POST /login` attempts per username), `JWT_SECRET` (HS256,
 //! at least 32 bytes; unset: a random per-process secret, so instances cannot share
 //! tokens), `DEMO_USERS` (`alice:wonderland,bob:builder`), `GATEWAY_LATENCY_MS` (0: the
 //! simulated payment-gateway latency inside the payment handler), `RUST_LOG` (`info`: one
@@ -43,6 +46,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
 use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::revocation::{RevocationLayer, Revoker};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
@@ -65,6 +69,8 @@ struct App<S> {
     store: S,
     users: HashMap<String, String>,
     gateway_latency: Duration,
+    /// Login attempts per username, shared by every instance (against brute force).
+    login_limiter: RateLimiter<S>,
 }
 
 type Shared<S> = Arc<App<S>>;
@@ -121,6 +127,21 @@ async fn login<S: StateStore>(
         Ok(Json(creds)) => creds,
         Err(e) => return rejected(&e),
     };
+    // Counted before the password is checked: guesses spend the quota too.
+    match app.login_limiter.check(&creds.username).await {
+        Ok(decision) if !decision.allowed() => {
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many login attempts for this user; retry after the time in Retry-After",
+            );
+            res.headers_mut().extend(decision.headers());
+            return res;
+        }
+        Ok(_) => {}
+        // Fail open, as the layer does: a limiter must not lock every user out.
+        Err(e) => tracing::warn!(error = %e, "login rate limit unavailable; attempt let through"),
+    }
     if app.users.get(&creds.username) != Some(&creds.password) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -565,11 +586,21 @@ async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> Response {
     }
 }
 
+/// Per-minute rate limits.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Every authenticated request, per user.
+    per_user: u32,
+    /// `POST /login`, per username.
+    login: u32,
+}
+
 fn router<S: StateStore>(
     store: S,
     keys: JwtKeySet,
     users: HashMap<String, String>,
     gateway_latency: Duration,
+    limits: Limits,
 ) -> Result<Router, String> {
     let issuer = TokenIssuer::new(&keys, "main")
         .map_err(|e| format!("token issuer: {e}"))?
@@ -580,7 +611,13 @@ fn router<S: StateStore>(
         store: store.clone(),
         users,
         gateway_latency,
+        login_limiter: RateLimiter::new(store.clone(), Quota::per_minute(limits.login))
+            .prefix("rl:login:")
+            .policy_name("login"),
     });
+    let per_user = RateLimitLayer::from_limiter(
+        RateLimiter::new(store.clone(), Quota::per_minute(limits.per_user)).prefix("rl:user:"),
+    );
     // The lease must outlast the slowest handler; a retry after a crash waits it out.
     let idempotency = IdempotencyLayer::new(store.clone()).lock_ttl(LOCK_TTL + gateway_latency * 2);
     let orders = Router::new()
@@ -600,6 +637,7 @@ fn router<S: StateStore>(
         .route("/logout-all", post(logout_all::<S>))
         .merge(orders)
         .merge(payments)
+        .route_layer(per_user)
         .route_layer(RevocationLayer::new(store.clone()))
         .route_layer(JwtAuthLayer::<serde_json::Value>::new(keys).leeway(LEEWAY));
     Ok(Router::new()
@@ -631,10 +669,12 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
-/// Port, Redis URL, JWT secret, demo users and gateway latency, from the environment.
+/// Port, store, JWT secret, demo users, gateway latency and limits, from the environment.
 struct Config {
     port: u16,
     redis_url: Option<String>,
+    cluster_urls: Option<Vec<String>>,
+    limits: Limits,
     secret: Vec<u8>,
     users: HashMap<String, String>,
     gateway_latency: Duration,
@@ -670,8 +710,26 @@ fn config() -> Result<Config, String> {
         ms.parse()
             .map_err(|_| format!("GATEWAY_LATENCY_MS must be milliseconds, got {ms:?}"))
     })?;
+    let per_minute = |name: &str, default: u32| {
+        var(name).map_or(Ok(default), |n| match n.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{name} must be a positive number, got {n:?}")),
+        })
+    };
+    let limits = Limits {
+        per_user: per_minute("RATE_LIMIT_PER_MINUTE", 600)?,
+        login: per_minute("LOGIN_LIMIT_PER_MINUTE", 10)?,
+    };
+    let cluster_urls = var("REDIS_CLUSTER_URLS").map(|urls| {
+        urls.split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    });
     Ok(Config {
         port,
+        limits,
+        cluster_urls,
         redis_url: var("REDIS_URL"),
         secret,
         users,
@@ -697,6 +755,8 @@ async fn run() -> Result<(), String> {
     let Config {
         port,
         redis_url,
+        cluster_urls,
+        limits,
         secret,
         users,
         gateway_latency,
@@ -704,15 +764,19 @@ async fn run() -> Result<(), String> {
     let keys = JwtKeySet::new()
         .with_hmac("main", Algorithm::HS256, &secret)
         .map_err(|e| format!("JWT_SECRET: {e}"))?;
-    let app = match redis_url {
-        Some(url) => {
+    let app = match (cluster_urls, redis_url) {
+        (Some(urls), _) => {
+            let store = cluster_store(urls)?;
+            router(store, keys, users, gateway_latency, limits)?
+        }
+        (None, Some(url)) => {
             tracing::info!("store: Redis at {}", without_password(&url));
             let store = RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-            router(store, keys, users, gateway_latency)?
+            router(store, keys, users, gateway_latency, limits)?
         }
-        None => {
+        (None, None) => {
             tracing::info!("store: in memory (set REDIS_URL to share state between instances)");
-            router(MemoryStore::new(), keys, users, gateway_latency)?
+            router(MemoryStore::new(), keys, users, gateway_latency, limits)?
         }
     };
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
@@ -741,6 +805,24 @@ async fn run() -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A store on a Redis Cluster, from its seed node URLs.
+#[cfg(feature = "redis-cluster")]
+fn cluster_store(urls: Vec<String>) -> Result<RedisStore, String> {
+    let shown: Vec<String> = urls.iter().map(|u| without_password(u)).collect();
+    tracing::info!("store: Redis Cluster via {}", shown.join(", "));
+    RedisStore::builder()
+        .cluster_urls(urls)
+        .build()
+        .map_err(|e| format!("REDIS_CLUSTER_URLS: {e}"))
+}
+
+#[cfg(not(feature = "redis-cluster"))]
+fn cluster_store(_: Vec<String>) -> Result<RedisStore, String> {
+    Err("REDIS_CLUSTER_URLS needs the redis-cluster feature: \
+         cargo run --example stateless_api --features axum,redis-cluster"
+        .to_owned())
 }
 
 /// The URL with any password replaced, for the log.

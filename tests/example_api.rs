@@ -46,6 +46,8 @@ struct Config<'a> {
     redis_url: Option<&'a str>,
     gateway_latency_ms: u64,
     users: Option<&'a str>,
+    /// `RATE_LIMIT_PER_MINUTE` and `LOGIN_LIMIT_PER_MINUTE`, when not the defaults.
+    limits: Option<(u32, u32)>,
 }
 
 /// A running instance of the example; killed (and reaped) when dropped, so no test leaves
@@ -101,6 +103,14 @@ impl Instance {
         }
         if let Some(users) = config.users {
             command.env("DEMO_USERS", users);
+        }
+        command
+            .env_remove("RATE_LIMIT_PER_MINUTE")
+            .env_remove("LOGIN_LIMIT_PER_MINUTE");
+        if let Some((per_user, login)) = config.limits {
+            command
+                .env("RATE_LIMIT_PER_MINUTE", per_user.to_string())
+                .env("LOGIN_LIMIT_PER_MINUTE", login.to_string());
         }
         let mut child = command.spawn().expect("start the example");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -809,6 +819,8 @@ async fn kill_9_under_load_every_payment_exactly_once() {
         // Long enough that the kill lands on requests inside the handler.
         gateway_latency_ms: 30,
         users: Some("alice:wonderland,bob:builder,carol:rainbow"),
+        // About 100 payments per user plus retries: keep the per-user limit out of the way.
+        limits: Some((10_000, 10)),
     };
     let mut instances = [
         Instance::start(&config),
@@ -906,5 +918,76 @@ async fn kill_9_under_load_every_payment_exactly_once() {
             "{}: every answered payment exists, and nothing else",
             USERS[user].0
         );
+    }
+}
+
+/// Two instances on one Redis share the limits: login attempts per username (wrong
+/// passwords count) and authenticated requests per user; over them, 429 with
+/// `Retry-After` and the `RateLimit` headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_instances() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        limits: Some((4, 3)),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    let attempt = |at: &Instance, password: &str| {
+        http.post(at.url("/login"))
+            .json(&json!({"username": "alice", "password": password}))
+            .send()
+    };
+    assert_eq!(
+        attempt(&one, "guess").await.expect("login").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let alice = login(&http, &two, "alice", "wonderland").await;
+    assert_eq!(
+        attempt(&one, "guess2").await.expect("login").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let limited = attempt(&two, "wonderland").await.expect("login");
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert!(limited.headers()["ratelimit-policy"]
+        .to_str()
+        .expect("ASCII")
+        .starts_with("\"login\";q=3;w=60"));
+    assert_eq!(json_of(limited).await["error"], "rate_limited");
+    // Another username is not affected.
+    login(&http, &one, "bob", "builder").await;
+
+    // 4 authenticated requests per minute for alice, whichever instance serves them.
+    for (i, at) in [&one, &two, &one, &two].into_iter().enumerate() {
+        let res = get(&http, at, "/me", &alice).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let remaining = format!("r={};", 3 - i);
+        assert!(
+            res.headers()["ratelimit"]
+                .to_str()
+                .expect("ASCII")
+                .contains(&remaining),
+            "{:?}",
+            res.headers()["ratelimit"]
+        );
+    }
+    let res = get(&http, &one, "/me", &alice).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (14..=15).contains(&retry),
+        "4 per minute: one back every 15 s, got {retry}"
+    );
+    // Unauthenticated routes are not limited per user.
+    for _ in 0..6 {
+        let res = http.get(one.url("/health")).send().await.expect("health");
+        assert_eq!(res.status(), StatusCode::OK);
     }
 }
