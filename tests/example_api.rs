@@ -48,6 +48,8 @@ struct Config<'a> {
     users: Option<&'a str>,
     /// `RATE_LIMIT_PER_MINUTE` and `LOGIN_LIMIT_PER_MINUTE`, when not the defaults.
     limits: Option<(u32, u32)>,
+    /// `REDIS_CLUSTER_URLS`, comma-separated.
+    cluster_urls: Option<&'a str>,
 }
 
 /// A running instance of the example; killed (and reaped) when dropped, so no test leaves
@@ -103,6 +105,10 @@ impl Instance {
         }
         if let Some(users) = config.users {
             command.env("DEMO_USERS", users);
+        }
+        command.env_remove("REDIS_CLUSTER_URLS");
+        if let Some(urls) = config.cluster_urls {
+            command.env("REDIS_CLUSTER_URLS", urls);
         }
         command
             .env_remove("RATE_LIMIT_PER_MINUTE")
@@ -821,6 +827,7 @@ async fn kill_9_under_load_every_payment_exactly_once() {
         users: Some("alice:wonderland,bob:builder,carol:rainbow"),
         // About 100 payments per user plus retries: keep the per-user limit out of the way.
         limits: Some((10_000, 10)),
+        ..Config::default()
     };
     let mut instances = [
         Instance::start(&config),
@@ -990,4 +997,52 @@ async fn rate_limits_are_shared_by_instances() {
         let res = http.get(one.url("/health")).send().await.expect("health");
         assert_eq!(res.status(), StatusCode::OK);
     }
+}
+
+/// The example on a real 3-master Redis Cluster: two instances share logins, sessions,
+/// payments with their idempotency records, and revocation.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_redis_cluster() {
+    let cluster = cluster_or_skip!();
+    let urls = cluster.urls().join(",");
+    let config = Config {
+        cluster_urls: Some(&urls),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    assert!(
+        one.log_count("Redis Cluster") > 0,
+        "the example must say it uses the cluster"
+    );
+    let http = client();
+    let alice = login(&http, &one, "alice", "wonderland").await;
+    assert_eq!(
+        put_item(&http, &two, &alice.cookie, "apple", 2)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(cart(&http, &one, &alice.cookie).await, json!({"apple": 2}));
+    let first = pay(&http, &one, &alice, "cluster-1", 700).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let replay = pay(&http, &two, &alice, "cluster-1", 700).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(replay).await, first);
+    let listed = json_of(get(&http, &two, "/payments", &alice).await).await;
+    assert_eq!(
+        listed.to_string().matches("payment_id").count(),
+        1,
+        "{listed}"
+    );
+    let logout = post(&http, &two, "/logout", &alice, &json!({})).await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&http, &one, "/me", &alice).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Every key the example wrote lives on the cluster, spread over its masters.
+    let keys: usize = cluster.nodes().iter().map(|n| n.keys("*").len()).sum();
+    assert!(keys >= 5, "{keys} keys");
 }
