@@ -29,9 +29,9 @@
 //! ```
 //!
 //! A missing, invalid or revoked token is refused by the layers before the service runs.
-//! The layers answer in HTTP terms (`401` with a JSON body, `503` when the store is down),
-//! which a gRPC client cannot read, so a small `map_response` turns those answers into
-//! gRPC statuses (`UNAUTHENTICATED`, `UNAVAILABLE`, ...) in a trailers-only response.
+//! The layers see that the request is gRPC (`content-type: application/grpc`) and answer
+//! with a gRPC status (`UNAUTHENTICATED`, `UNAVAILABLE`, ...) in a trailers-only response,
+//! which a gRPC client reads like any other status.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,7 +39,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, StatusCode};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
@@ -163,27 +162,6 @@ impl<S: StateStore> tower::Service<http::Request<tonic::body::Body>> for Account
     }
 }
 
-/// An HTTP rejection from the layers as the gRPC status a client understands; the
-/// service's own answers (HTTP 200, status in the trailers) pass through.
-fn grpc_status<B: Default>(response: http::Response<B>) -> http::Response<B> {
-    let code = match response.status() {
-        StatusCode::OK => return response,
-        StatusCode::BAD_REQUEST => Code::InvalidArgument,
-        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        StatusCode::FORBIDDEN => Code::PermissionDenied,
-        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
-        _ => Code::Internal,
-    };
-    // RFC 6750 puts the reason in `WWW-Authenticate`; keep it for the client.
-    let message = response
-        .headers()
-        .get(header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| response.status().canonical_reason().unwrap_or("refused"))
-        .to_owned();
-    Status::new(code, message).into_http()
-}
-
 async fn serve<S: StateStore>(
     store: S,
     keys: JwtKeySet,
@@ -194,9 +172,7 @@ async fn serve<S: StateStore>(
     };
     println!("listening on 127.0.0.1:{port}");
     tonic::transport::Server::builder()
-        // Outermost first: HTTP rejections as gRPC statuses, verify the token, then check
-        // that it was not revoked.
-        .layer(tower::util::MapResponseLayer::new(grpc_status))
+        // Outermost first: verify the token, then check that it was not revoked.
         .layer(JwtAuthLayer::<serde_json::Value>::new(keys))
         .layer(RevocationLayer::new(store))
         .add_service(account)

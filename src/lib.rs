@@ -13,6 +13,11 @@
 //! | `idempotency::IdempotencyLayer` | retried writes run once, the response replayed | store |
 //! | `rate_limit::RateLimitLayer` | one rate limit shared by every instance | store, 1 step |
 //!
+//! The layers are generic over request and response bodies and work in axum, hyper and
+//! tonic. A request the layers refuse gets an HTTP status with a JSON
+//! [`ErrorBody`](response::ErrorBody), or, when it is gRPC (`content-type:
+//! application/grpc`), a gRPC status in a trailers-only response.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |

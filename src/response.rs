@@ -72,6 +72,14 @@ impl<B> ResponseBody<B> {
     pub fn empty() -> Self {
         Self::full(Bytes::new())
     }
+
+    /// The bytes of a body this crate produced itself.
+    fn produced(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full { data, .. } => data.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl<B> Default for ResponseBody<B> {
@@ -188,4 +196,121 @@ pub(crate) fn store_unavailable<B>(retry_after: Duration) -> Response<ResponseBo
 /// Maps an inner response onto [`ResponseBody`].
 pub(crate) fn wrap<B>(response: Response<B>) -> Response<ResponseBody<B>> {
     response.map(ResponseBody::new)
+}
+
+/// Whether a request speaks gRPC (`content-type: application/grpc`, `application/grpc+proto`,
+/// ...): its client reads `grpc-status`, not an HTTP status and a JSON body.
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// The gRPC status code closest to a layer's HTTP rejection.
+fn grpc_code(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 => 5,        // NOT_FOUND
+        409 => 10,       // ABORTED
+        413 | 429 => 8,  // RESOURCE_EXHAUSTED
+        422 => 9,        // FAILED_PRECONDITION
+        503 => 14,       // UNAVAILABLE
+        500..=599 => 13, // INTERNAL
+        _ => 2,          // UNKNOWN
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol asks.
+fn grpc_message(message: &str) -> String {
+    use std::fmt::Write as _;
+    message.bytes().fold(String::new(), |mut out, b| {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        out
+    })
+}
+
+/// A layer's own rejection, as the request's protocol wants it: unchanged for HTTP, or for
+/// a gRPC request a trailers-only gRPC response (`200`, `grpc-status`, `grpc-message`)
+/// that keeps `WWW-Authenticate`, `Retry-After` and rate-limit headers.
+pub(crate) fn for_protocol<B>(
+    grpc: bool,
+    response: Response<ResponseBody<B>>,
+) -> Response<ResponseBody<B>> {
+    if !grpc || response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let message = body
+        .produced()
+        .and_then(|data| serde_json::from_slice::<ErrorBody>(data).ok())
+        .map(|e| e.message)
+        .unwrap_or_default();
+    let code = grpc_code(parts.status);
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(value) = HeaderValue::from_str(&grpc_message(&message)) {
+        parts.headers.insert("grpc-message", value);
+    }
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_recognised() {
+        let with = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("application/grpc;charset=utf-8"));
+        assert!(!with("application/grpc-web-text"));
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn rejections_become_grpc_statuses() {
+        let mut res = ErrorBody::new("invalid_token", "token expired: 100% sure\n")
+            .into_response::<String>(StatusCode::UNAUTHORIZED);
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let unchanged = for_protocol(false, res);
+        assert_eq!(unchanged.status(), StatusCode::UNAUTHORIZED);
+        let grpc = for_protocol(true, unchanged);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "16");
+        assert_eq!(
+            grpc.headers()["grpc-message"],
+            "token expired: 100%25 sure%0A"
+        );
+        assert_eq!(grpc.headers()["content-type"], "application/grpc");
+        assert_eq!(grpc.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert!(grpc.body().produced().is_none());
+        let busy = store_unavailable::<String>(Duration::from_secs(3));
+        let busy = for_protocol(true, busy);
+        assert_eq!(busy.headers()["grpc-status"], "14");
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "3");
+    }
 }

@@ -15,7 +15,7 @@ use super::future::ResponseFuture;
 use super::key;
 use super::layer::Config;
 use super::record::{Completed, Record};
-use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
 use crate::store::{BoxError, StateStore, StoreError};
 use crate::RegisteredClaims;
 
@@ -122,6 +122,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = &self.config;
+        let own = |response| ResponseFuture::ready(for_protocol(is_grpc(req.headers()), response));
 
         if !config.methods.contains(req.method()) {
             return ResponseFuture::passthrough(inner.call(req.map(RequestBody::inner)));
@@ -129,7 +130,7 @@ where
         let key = match key::parse(req.headers(), &config.header) {
             Ok(Some(key)) => key,
             Ok(None) if config.required(req.method(), req.uri()) => {
-                return ResponseFuture::ready(reject(
+                return own(reject(
                     StatusCode::BAD_REQUEST,
                     "idempotency_key_required",
                     &format!("this request needs a `{}` header", config.header),
@@ -139,7 +140,7 @@ where
                 return ResponseFuture::passthrough(inner.call(req.map(RequestBody::inner)));
             }
             Err(bad) => {
-                return ResponseFuture::ready(reject(
+                return own(reject(
                     StatusCode::BAD_REQUEST,
                     "invalid_idempotency_key",
                     bad.0,
@@ -152,7 +153,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > config.max_request_body as u64) {
-            return ResponseFuture::ready(too_large());
+            return own(too_large());
         }
         let task = run(inner, self.store.clone(), self.config.clone(), key, req);
         ResponseFuture::spawned(tokio::spawn(task))
@@ -290,11 +291,13 @@ where
     ResBody: Body<Data = Bytes>,
 {
     let (parts, body) = req.into_parts();
+    let grpc = is_grpc(&parts.headers);
+    let own = |response| Ok(for_protocol(grpc, response));
     let body = match Limited::new(body, config.max_request_body).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
+        Err(error) if error.is::<LengthLimitError>() => return own(too_large()),
         Err(_) => {
-            return Ok(reject(
+            return own(reject(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 "the request body could not be read",
@@ -321,7 +324,7 @@ where
         Ok(owner) => owner,
         Err(error) => {
             tracing::error!(%error, "no randomness for an idempotency lock token");
-            return Ok(reject(
+            return own(reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "the request could not be processed",
@@ -334,9 +337,9 @@ where
         .set_if_absent(&store_key, token.clone(), config.lock_ttl)
         .await
     {
-        Err(error) => return Ok(store_failed(&error)),
+        Err(error) => return own(store_failed(&error)),
         Ok(Some(existing)) => {
-            return Ok(match Record::decode(&existing) {
+            let answer = match Record::decode(&existing) {
                 Err(error) => {
                     tracing::error!(%error, key = %store_key, "corrupt idempotency record");
                     reject(
@@ -360,8 +363,10 @@ where
                         .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
                     res
                 }
-                Ok(Record::Completed(done)) => replay(done),
-            });
+                // The stored response, as the handler gave it: never converted.
+                Ok(Record::Completed(done)) => return Ok(replay(done)),
+            };
+            return own(answer);
         }
         Ok(None) => {}
     }
@@ -420,7 +425,7 @@ where
         }
         Buffered::Failed => {
             claim.release().await;
-            Ok(reject(
+            own(reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "response_body_failed",
                 "the response body failed while it was being produced",

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::verify::Verifier;
-use crate::response::ResponseBody;
+use crate::response::{for_protocol, is_grpc, ResponseBody};
 
 /// The service made by [`JwtAuthLayer`](super::JwtAuthLayer): verifies the token, then
 /// calls the inner service with the claims in the request extensions, or answers the
@@ -92,7 +92,10 @@ where
                 extensions.insert(claims);
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Err(rejection) => ResponseFuture::reject(self.verifier.reject(rejection)),
+            Err(rejection) => ResponseFuture::reject(for_protocol(
+                is_grpc(request.headers()),
+                self.verifier.reject(rejection),
+            )),
         }
     }
 }

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Quota, RateLimiter};
-use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
 use crate::store::StateStore;
 use crate::RegisteredClaims;
 
@@ -205,6 +205,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let key = self.layer.key.key(&parts);
+        let grpc = is_grpc(&parts.headers);
         let req = Request::from_parts(parts, body);
         let limiter = self.layer.limiter.clone();
         let fail_closed = self.layer.fail_closed;
@@ -217,7 +218,10 @@ where
                     Ok(decision) => decision,
                     Err(error) if fail_closed => {
                         tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
-                        return Ok(store_unavailable(Duration::from_secs(1)));
+                        return Ok(for_protocol(
+                            grpc,
+                            store_unavailable(Duration::from_secs(1)),
+                        ));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
@@ -231,7 +235,7 @@ where
                     )
                     .into_response(StatusCode::TOO_MANY_REQUESTS);
                     res.headers_mut().extend(decision.headers());
-                    return Ok(res);
+                    return Ok(for_protocol(grpc, res));
                 }
                 let mut res = inner.call(req).await?;
                 res.headers_mut().extend(decision.headers());

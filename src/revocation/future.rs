@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::check::{Lookup, Verdict};
-use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
 
 pin_project! {
     /// The response future of [`RevocationService`](super::RevocationService): first the
@@ -26,6 +26,7 @@ pin_project! {
         state: State<S::Future>,
         pending: Option<(S, Request<ReqBody>)>,
         retry_after: Duration,
+        grpc: bool,
     }
 }
 
@@ -50,6 +51,7 @@ where
     ) -> Self {
         Self {
             state: State::Check { lookup },
+            grpc: is_grpc(request.headers()),
             pending: Some((inner, request)),
             retry_after,
         }
@@ -108,7 +110,7 @@ where
             // A rejection: drop the request and the inner service now.
             this.pending.take();
             this.state.set(State::Done);
-            return Poll::Ready(Ok(response));
+            return Poll::Ready(Ok(for_protocol(*this.grpc, response)));
         }
     }
 }

@@ -16,7 +16,7 @@ use super::config::{valid_id, Config, Transport};
 use super::handle::{
     apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
 };
-use crate::response::{store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
 use crate::store::{StateStore, StoreError};
 use crate::RegisteredClaims;
 
@@ -324,6 +324,7 @@ where
         let store = self.store.clone();
         let config = self.config.clone();
         let (id, from_cookie) = request_id(&req, &config);
+        let grpc = is_grpc(req.headers());
         let renew = from_cookie && config.max_age.is_some();
         let shared = Arc::new(Shared {
             loader: Arc::new(StoreLoader(store.clone())),
@@ -350,9 +351,9 @@ where
                         return Ok(wrap(res));
                     }
                     tracing::warn!("session load failed but the handler answered without a 5xx");
-                    return Ok(store_error_response(
-                        unavailable,
-                        "the session could not be loaded",
+                    return Ok(for_protocol(
+                        grpc,
+                        store_error_response(unavailable, "the session could not be loaded"),
                     ));
                 }
                 match write_back(&store, &config, st, renew).await {
@@ -362,16 +363,22 @@ where
                     }
                     Err(WriteError::Store(e)) => {
                         tracing::warn!(error = %e, "session write-back failed");
-                        Ok(store_error_response(
-                            e.is_unavailable(),
-                            "the session could not be saved",
+                        Ok(for_protocol(
+                            grpc,
+                            store_error_response(
+                                e.is_unavailable(),
+                                "the session could not be saved",
+                            ),
                         ))
                     }
-                    Err(WriteError::Conflict) => Ok(ErrorBody::new(
-                        "session_conflict",
-                        "the session was updated concurrently too many times; retry",
-                    )
-                    .into_response(StatusCode::CONFLICT)),
+                    Err(WriteError::Conflict) => Ok(for_protocol(
+                        grpc,
+                        ErrorBody::new(
+                            "session_conflict",
+                            "the session was updated concurrently too many times; retry",
+                        )
+                        .into_response(StatusCode::CONFLICT),
+                    )),
                 }
             }),
         }
