@@ -612,49 +612,6 @@ async fn one_megabyte_response<St: StateStore>(store: St) {
     assert_eq!(b.runs.load(Ordering::SeqCst), 2);
 }
 
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(MemoryStore::new()).await
-                }
-            )*
-        }
-
-        mod redis {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let server = redis_or_skip!();
-                    let store = RedisStore::from_url(server.url()).expect("store");
-                    super::$name(store).await
-                }
-            )*
-        }
-
-        #[cfg(feature = "redis-cluster")]
-        mod redis_cluster {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let cluster = cluster_or_skip!();
-                    let store = RedisStore::builder()
-                        .cluster_urls(cluster.urls())
-                        .build()
-                        .expect("cluster store");
-                    super::$name(store).await;
-                    drop(cluster);
-                }
-            )*
-        }
-    };
-}
-
 backend_tests!(
     first_call_then_replay,
     concurrent_duplicates,

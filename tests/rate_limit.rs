@@ -14,7 +14,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::response::ResponseBody;
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::store::{RedisStore, StateStore};
 use tower_stateless::RegisteredClaims;
 
 type Svc = BoxCloneSyncService<Request<String>, Response<ResponseBody<String>>, Infallible>;
@@ -231,49 +231,6 @@ async fn keys<St: StateStore>(store: St) {
         send(&c, path(&long)).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-}
-
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(MemoryStore::new()).await
-                }
-            )*
-        }
-
-        mod redis {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = redis_or_skip!();
-                    let store = RedisStore::from_url(server.url()).expect("store");
-                    super::$name(store).await
-                }
-            )*
-        }
-
-        #[cfg(feature = "redis-cluster")]
-        mod redis_cluster {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let cluster = cluster_or_skip!();
-                    let store = RedisStore::builder()
-                        .cluster_urls(cluster.urls())
-                        .build()
-                        .expect("cluster store");
-                    super::$name(store).await;
-                    drop(cluster);
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(

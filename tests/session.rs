@@ -717,35 +717,13 @@ mod axum_extractor {
     }
 }
 
-/// The same behaviour on a real 3-master Redis Cluster: a session is one key, so every
-/// operation stays one round trip on one node.
-#[cfg(feature = "redis-cluster")]
-mod redis_cluster {
-    use super::*;
-
-    macro_rules! on_cluster {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let cluster = cluster_or_skip!();
-                    let store = RedisStore::builder()
-                        .cluster_urls(cluster.urls())
-                        .build()
-                        .expect("cluster store");
-                    super::$name(store).await;
-                    drop(cluster);
-                }
-            )*
-        };
-    }
-
-    on_cluster!(
-        lifecycle,
-        cookie_attributes,
-        sid_claim,
-        bad_ids,
-        concurrent_cart,
-        header_transport,
-    );
-}
+// The same behaviour on a real 3-master Redis Cluster: a session is one key, so every
+// operation stays one round trip on one node.
+cluster_tests!(
+    lifecycle,
+    cookie_attributes,
+    sid_claim,
+    bad_ids,
+    concurrent_cart,
+    header_transport,
+);

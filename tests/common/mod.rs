@@ -566,3 +566,57 @@ impl Write for Logs {
         Ok(())
     }
 }
+
+/// Runs generic tests `async fn name<St: StateStore>(store: St)` on a real 3-master Redis
+/// Cluster, as `redis_cluster::name` (feature `redis-cluster`).
+#[macro_export]
+macro_rules! cluster_tests {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let cluster = $crate::cluster_or_skip!();
+                    let store = tower_stateless::store::RedisStore::builder()
+                        .cluster_urls(cluster.urls())
+                        .build()
+                        .expect("cluster store");
+                    super::$name(store).await;
+                    drop(cluster);
+                }
+            )*
+        }
+    };
+}
+
+/// Runs generic tests `async fn name<St: StateStore>(store: St)` once per backend:
+/// `memory::name`, `redis::name` (a real server of its own) and `redis_cluster::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(tower_stateless::store::MemoryStore::new()).await
+                }
+            )*
+        }
+
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let server = $crate::redis_or_skip!();
+                    let store = tower_stateless::store::RedisStore::from_url(server.url())
+                        .expect("store");
+                    super::$name(store).await;
+                    drop(server);
+                }
+            )*
+        }
+
+        $crate::cluster_tests!($($name),*);
+    };
+}
