@@ -811,3 +811,24 @@ async fn trailers_are_replayed() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// Outside a Tokio runtime the layer cannot run a request in its own task: it answers 500
+/// instead of panicking, and the handler does not run.
+#[test]
+fn without_a_tokio_runtime_is_a_500_not_a_panic() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tower::Service;
+
+    let a = instance("a", IdempotencyLayer::new(MemoryStore::new()));
+    let mut svc = a.svc.clone();
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut future = std::pin::pin!(svc.call(post(Some("k"), "x")));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(res)) => assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR),
+        Poll::Ready(Err(e)) => panic!("service error {e}"),
+        Poll::Pending => panic!("must answer at once"),
+    }
+    assert_eq!(a.runs.load(Ordering::SeqCst), 0);
+}

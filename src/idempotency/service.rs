@@ -155,8 +155,17 @@ where
         if declared.is_some_and(|len| len > config.max_request_body as u64) {
             return own(too_large());
         }
+        // The request runs in a task of its own (see the module docs on disconnects).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("IdempotencyLayer needs a Tokio runtime to run requests in");
+            return own(reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be processed",
+            ));
+        };
         let task = run(inner, self.store.clone(), self.config.clone(), key, req);
-        ResponseFuture::spawned(tokio::spawn(task))
+        ResponseFuture::spawned(runtime.spawn(task))
     }
 }
 
