@@ -145,8 +145,10 @@ impl<S: StateStore> Revoker<S> {
     /// a token issued from the next second on passes. A login right after "log out
     /// everywhere" may therefore need to wait for the next second before its token works.
     ///
-    /// Calling it again moves `t` to the new time. The entry is kept for the max token
-    /// lifetime (plus the leeway).
+    /// Calling it again moves `t` to the new time, never back: when another instance
+    /// (with a clock ahead of this one) already wrote a later `t`, that one stays and is
+    /// returned. The entry is kept for the max token lifetime (plus the leeway). One store
+    /// round trip for a first revocation, two or three when there is one already.
     ///
     /// # Errors
     ///
@@ -155,8 +157,77 @@ impl<S: StateStore> Revoker<S> {
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
         let now = since_epoch().as_secs();
         let ttl = self.max_token_lifetime.saturating_add(self.leeway);
+        let key = key::subject(sub);
         let value = Bytes::from(now.to_string());
-        self.store.set(&key::subject(sub), value, ttl).await?;
-        Ok(now)
+        // The cutoff only moves forward: an instance whose clock lags must not shorten a
+        // "log out everywhere" another instance wrote. One round trip when there is none.
+        let mut seen = self.store.set_if_absent(&key, value.clone(), ttl).await?;
+        for _ in 0..CUTOFF_ATTEMPTS {
+            let Some(current) = seen else {
+                return Ok(now);
+            };
+            let later = std::str::from_utf8(&current)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .filter(|t| *t >= now);
+            if let Some(later) = later {
+                return Ok(later);
+            }
+            if self
+                .store
+                .compare_and_set(&key, &current, value.clone(), ttl)
+                .await?
+            {
+                return Ok(now);
+            }
+            seen = self.store.set_if_absent(&key, value.clone(), ttl).await?;
+        }
+        Err(RevokeError::Store(StoreError::Unexpected(
+            "the subject's revocation kept changing under concurrent writers".into(),
+        )))
+    }
+}
+
+/// Compare-and-set attempts to move a subject's cutoff forward against concurrent writers.
+const CUTOFF_ATTEMPTS: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn the_subject_cutoff_never_moves_backwards() {
+        let store = MemoryStore::new();
+        let revoker = Revoker::new(store.clone(), Duration::from_secs(3600));
+        // Another instance, its clock 100 s ahead, already revoked alice.
+        let ahead = since_epoch().as_secs() + 100;
+        let key = key::subject("alice");
+        store
+            .set(
+                &key,
+                Bytes::from(ahead.to_string()),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoker.revoke_subject("alice").await.unwrap(), ahead);
+        assert_eq!(
+            store.get(&key).await.unwrap(),
+            Some(Bytes::from(ahead.to_string()))
+        );
+        // An older cutoff, or garbage, is moved forward to now.
+        for old in ["5", "not a time"] {
+            store
+                .set(&key, Bytes::from(old), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let t = revoker.revoke_subject("alice").await.unwrap();
+            assert!(t >= since_epoch().as_secs() - 1);
+            assert_eq!(
+                store.get(&key).await.unwrap(),
+                Some(Bytes::from(t.to_string()))
+            );
+        }
     }
 }
