@@ -12,6 +12,12 @@
 //! | `session::SessionLayer` | server-side session data behind an opaque id | store, lazy |
 //! | `idempotency::IdempotencyLayer` | retried writes run once, the response replayed | store |
 //!
+//! And for login and refresh endpoints:
+//!
+//! | module | job | state |
+//! |---|---|---|
+//! | `refresh::RefreshTokens` | short-lived access tokens, rotated refresh tokens, reuse detection | store |
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
@@ -36,6 +42,7 @@ mod claims;
 mod id;
 pub mod idempotency;
 pub mod jwt;
+pub mod refresh;
 pub mod response;
 pub mod revocation;
 pub mod session;
