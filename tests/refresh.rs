@@ -620,6 +620,35 @@ async fn redis_cluster_stores_only_hashes_and_keeps_a_subject_in_one_slot() {
     );
 }
 
+/// Login is one write; a rotation two reads, one write and one compare-and-set, whatever
+/// the family's age: the history of consumed tokens is never scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trips() {
+    let server = redis_or_skip!();
+    let manager = tokens(RedisStore::from_url(server.url()).expect("store"));
+    // Warm-up: connections, and the compare-and-set script's first load on this server.
+    let warm = manager.issue("warm").await.expect("issue");
+    rotate(&manager, &warm).await;
+
+    server.reset_stats();
+    let login = manager.issue("alice").await.expect("issue");
+    let stats = server.command_stats();
+    assert_eq!(stats.get("set"), Some(&1), "{stats:?}");
+    assert_eq!(server.command_count(), 1, "{stats:?}");
+
+    let mut current = login;
+    for _ in 0..3 {
+        server.reset_stats();
+        current = rotate(&manager, &current).await;
+        let stats = server.command_stats();
+        assert_eq!(stats.get("get"), Some(&1), "the token: {stats:?}");
+        assert_eq!(stats.get("mget"), Some(&1), "its markers: {stats:?}");
+        assert_eq!(stats.get("set"), Some(&1), "the successor: {stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&1), "the consume: {stats:?}");
+        assert_eq!(server.command_count(), 4, "{stats:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Store failures.
 
