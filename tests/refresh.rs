@@ -387,6 +387,27 @@ async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store:
     );
 }
 
+async fn grace_window_ends<St: StateStore>(store: St, other: St) {
+    let grace = Duration::from_millis(300);
+    let t0 = tokens(store)
+        .grace_period(grace)
+        .issue("alice")
+        .await
+        .expect("issue");
+    let refresher = tokens(other).grace_period(grace);
+    let t1 = rotate(&refresher, &t0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the window, the superseded token is reuse, even though t1 was never used.
+    assert_invalid_grant(
+        refresher.rotate(&t0.refresh_token.token).await,
+        Some(InvalidGrant::Reused),
+    );
+    assert_invalid_grant(
+        refresher.rotate(&t1.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+}
+
 async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
     let t0 = tokens(store).issue("alice").await.expect("issue");
     let refresher = tokens(other);
@@ -455,6 +476,7 @@ every_backend!(
     logout_everywhere_ends_every_family,
     malformed_unknown_and_forged_tokens_are_invalid_grant,
     grace_window_tolerates_the_superseded_token_once,
+    grace_window_ends,
     no_grace_by_default,
 );
 
