@@ -317,6 +317,10 @@ impl<S: StateStore> RefreshTokens<S> {
     /// ([`revoke_subject_families`](Self::revoke_subject_families)) and revokes every
     /// access token issued to it up to now ([`Revoker::revoke_subject`]).
     ///
+    /// The access-token cutoff has whole seconds: an access token issued in the same second
+    /// (by a login right after this call) is refused by the `RevocationLayer` too, until
+    /// the client refreshes it in a later second.
+    ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails.
