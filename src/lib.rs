@@ -18,6 +18,12 @@
 //! [`ErrorBody`](response::ErrorBody), or, when it is gRPC (`content-type:
 //! application/grpc`), a gRPC status in a trailers-only response.
 //!
+//! And for login and refresh endpoints:
+//!
+//! | module | job | state |
+//! |---|---|---|
+//! | `refresh::RefreshTokens` | short-lived access tokens, rotated refresh tokens, reuse detection | store |
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
@@ -43,6 +49,7 @@ mod id;
 pub mod idempotency;
 pub mod jwt;
 pub mod rate_limit;
+pub mod refresh;
 pub mod response;
 pub mod revocation;
 pub mod session;

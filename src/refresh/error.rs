@@ -1,0 +1,134 @@
+use http::StatusCode;
+
+use crate::jwt::IssueError;
+use crate::revocation::RevokeError;
+use crate::store::StoreError;
+
+/// Why a refresh token was refused. Tell the client only `invalid_grant`; the reason is
+/// for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidGrant {
+    /// Not shaped like a refresh token of this crate.
+    Malformed,
+    /// Well-formed, but no such token is stored: forged, from another deployment, or
+    /// its record has expired.
+    Unknown,
+    /// The token's own TTL or its family's absolute lifetime has passed.
+    Expired,
+    /// The family was ended: by reuse detection, logout of its session, or "log out
+    /// everywhere" of its subject.
+    Revoked,
+    /// The token had already been exchanged: reuse detected, and the family and its
+    /// session were revoked just now.
+    Reused,
+}
+
+impl std::fmt::Display for InvalidGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "malformed refresh token",
+            Self::Unknown => "unknown refresh token",
+            Self::Expired => "refresh token expired",
+            Self::Revoked => "refresh token family revoked",
+            Self::Reused => "refresh token reused; family and session revoked",
+        })
+    }
+}
+
+/// Why issuing, rotating or revoking refresh tokens failed.
+///
+/// Map it to the token endpoint's answer with [`status`](Self::status) and
+/// [`error_code`](Self::error_code): `400 invalid_grant`, `503 temporarily_unavailable`
+/// (send `Retry-After`), or `500 server_error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The refresh token is not (or no longer) valid: OAuth `invalid_grant`.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(InvalidGrant),
+    /// The store failed. When [`is_unavailable`](Self::is_unavailable), the request may be
+    /// retried later; no token was issued.
+    #[error("refresh token store failed")]
+    Store(#[source] StoreError),
+    /// Writing the session or subject revocation failed (other than a store failure).
+    #[error("could not revoke the session or subject")]
+    Revoke(#[source] RevokeError),
+    /// The access token could not be minted.
+    #[error("could not mint the access token")]
+    Issue(#[source] IssueError),
+    /// The operating system had no randomness for the token.
+    #[error("no randomness available for the refresh token")]
+    Random(#[source] getrandom::Error),
+    /// A stored record does not decode: corruption, or a record written by something else.
+    #[error("corrupt refresh token record in the store")]
+    Corrupt(#[source] serde_json::Error),
+}
+
+impl RefreshError {
+    /// `true` for [`RefreshError::InvalidGrant`].
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::InvalidGrant(_))
+    }
+
+    /// The reason of an `invalid_grant`, if it is one.
+    pub fn invalid_grant(&self) -> Option<InvalidGrant> {
+        match self {
+            Self::InvalidGrant(reason) => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// `true` when the store could not be reached in time: answer `503` with
+    /// `Retry-After`. No token was issued.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// The OAuth 2.0 error code for the response body: `invalid_grant`,
+    /// `temporarily_unavailable` or `server_error`.
+    pub fn error_code(&self) -> &'static str {
+        if self.is_invalid_grant() {
+            "invalid_grant"
+        } else if self.is_unavailable() {
+            "temporarily_unavailable"
+        } else {
+            "server_error"
+        }
+    }
+
+    /// The HTTP status for the response: `400`, `503` or `500`.
+    pub fn status(&self) -> StatusCode {
+        if self.is_invalid_grant() {
+            StatusCode::BAD_REQUEST
+        } else if self.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<InvalidGrant> for RefreshError {
+    fn from(reason: InvalidGrant) -> Self {
+        Self::InvalidGrant(reason)
+    }
+}
+
+impl From<StoreError> for RefreshError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<RevokeError> for RefreshError {
+    fn from(error: RevokeError) -> Self {
+        match error {
+            RevokeError::Store(error) => Self::Store(error),
+            other => Self::Revoke(other),
+        }
+    }
+}

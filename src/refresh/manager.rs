@@ -1,0 +1,500 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::error::{InvalidGrant, RefreshError};
+use super::key;
+use super::record::Record;
+use super::token::{self, RefreshToken, TokenPair};
+use crate::id::random_id;
+use crate::jwt::TokenIssuer;
+use crate::revocation::Revoker;
+use crate::store::StateStore;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Unix milliseconds; 0 for a clock before 1970 (every token then reads as expired).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A store TTL until `deadline` (Unix ms), at least one millisecond.
+fn ttl_until(deadline: u64, now: u64) -> Duration {
+    Duration::from_millis(deadline.saturating_sub(now).max(1))
+}
+
+/// Issues, rotates and revokes refresh tokens over a [`StateStore`], and mints the access
+/// tokens that go with them. See the [module docs](super) for the protocol and an example.
+///
+/// Cheap to clone; share one per application (every instance builds its own over the
+/// same store).
+#[derive(Debug, Clone)]
+pub struct RefreshTokens<S> {
+    store: S,
+    issuer: TokenIssuer,
+    revoker: Option<Revoker<S>>,
+    refresh_ttl: Duration,
+    family_lifetime: Duration,
+    access_ttl: Duration,
+    grace: Duration,
+    leeway: Duration,
+}
+
+/// A token about to be handed out: what the client gets, and what the store gets.
+struct Prepared {
+    pair: TokenPair,
+    key: String,
+    hash: String,
+    record: Record,
+    bytes: Bytes,
+}
+
+impl<S: StateStore> RefreshTokens<S> {
+    /// A manager keeping refresh tokens in `store` and minting access tokens with
+    /// `issuer`, with the defaults: refresh tokens live 14 days, a family at most 30 days,
+    /// access tokens 15 minutes (this replaces the issuer's own TTL), no grace window.
+    ///
+    /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
+    /// [`Revoker`] over the same `store` with the access-token TTL as max token lifetime;
+    /// give your own with [`revoker`](Self::revoker) if your tokens live longer.
+    pub fn new(store: S, issuer: TokenIssuer) -> Self {
+        let access_ttl = Duration::from_secs(15 * 60);
+        Self {
+            store,
+            issuer: issuer.ttl(access_ttl),
+            revoker: None,
+            refresh_ttl: 14 * DAY,
+            family_lifetime: 30 * DAY,
+            access_ttl,
+            grace: Duration::ZERO,
+            leeway: Duration::ZERO,
+        }
+    }
+
+    /// How long one refresh token lives unused (default 14 days; at least 1 ms). Each
+    /// rotation hands out a token with a fresh TTL, never beyond the family lifetime.
+    #[must_use]
+    pub fn refresh_ttl(mut self, ttl: Duration) -> Self {
+        self.refresh_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The absolute lifetime of a family, counted from the login (default 30 days; at
+    /// least 1 ms). After it, rotation fails however recently the token was rotated, and
+    /// the user must log in again.
+    #[must_use]
+    pub fn family_lifetime(mut self, lifetime: Duration) -> Self {
+        self.family_lifetime = lifetime.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long access tokens live (default 15 minutes; at least one second).
+    #[must_use]
+    pub fn access_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl.max(Duration::from_secs(1));
+        self.issuer = self.issuer.ttl(self.access_ttl);
+        self
+    }
+
+    /// How long after a token was exchanged the same token is still accepted once more
+    /// (default zero: never).
+    ///
+    /// A client that sent its refresh request but lost the response holds a token that
+    /// is already consumed; with grace zero its retry counts as reuse and ends the
+    /// family. Within the grace window, the retry is answered with a new pair instead, and
+    /// the token that replaced the presented one (which the client never received) is
+    /// consumed in its place, so a family never has more than one usable token. This
+    /// works once per token, and only while its replacement is unused: if the
+    /// replacement was already exchanged, presenting the old token is reuse.
+    ///
+    /// # Security
+    ///
+    /// Within the window, a thief replaying a just-rotated token gets a pair too; the
+    /// legitimate client's next refresh then counts as reuse (outside the window) and ends
+    /// the family, so the theft is still caught, later. Keep it to seconds.
+    #[must_use]
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Extra time session revocations are kept beyond the access-token TTL (default
+    /// none): set it to the clock-skew leeway of your JWT verifier.
+    #[must_use]
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The [`Revoker`] used to revoke sessions (on reuse and [`logout`](Self::logout))
+    /// and subjects ([`logout_everywhere`](Self::logout_everywhere)). It must write to
+    /// the store your `RevocationLayer` reads.
+    #[must_use]
+    pub fn revoker(mut self, revoker: Revoker<S>) -> Self {
+        self.revoker = Some(revoker);
+        self
+    }
+
+    /// The store refresh tokens are kept in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn session_revocation_ttl(&self) -> Duration {
+        self.access_ttl.saturating_add(self.leeway)
+    }
+
+    fn revoking(&self) -> Revoker<S> {
+        match &self.revoker {
+            Some(revoker) => revoker.clone(),
+            None => Revoker::new(self.store.clone(), self.session_revocation_ttl()),
+        }
+    }
+
+    /// Login: starts a new token family for `sub` in a new session (a random 128-bit
+    /// `sid`, returned in the pair) and returns its first pair.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Store`] when the store fails (then no token is handed out),
+    /// [`RefreshError::Issue`] or [`RefreshError::Random`] when minting fails.
+    pub async fn issue(&self, sub: &str) -> Result<TokenPair, RefreshError> {
+        let sid = random_id::<16>().map_err(RefreshError::Random)?;
+        self.issue_for_session(sub, &sid).await
+    }
+
+    /// Login into an existing session: starts a new token family for `sub` bound to
+    /// `sid` (e.g. the id of a server-side session) and returns its first pair.
+    ///
+    /// Use a fresh `sid` per login: once a session is logged out
+    /// ([`logout`](Self::logout)) or revoked by reuse detection, new families with the
+    /// same `sid` are refused (for the family lifetime) and their access tokens are
+    /// refused by the `RevocationLayer` (for the access-token TTL).
+    ///
+    /// # Errors
+    ///
+    /// As [`issue`](Self::issue).
+    pub async fn issue_for_session(&self, sub: &str, sid: &str) -> Result<TokenPair, RefreshError> {
+        let now = now_ms();
+        let family = random_id::<16>().map_err(RefreshError::Random)?;
+        let fexp = now.saturating_add(millis(self.family_lifetime));
+        let record = Record {
+            sub: sub.to_owned(),
+            sid: sid.to_owned(),
+            fam: family,
+            gen: 0,
+            created: now,
+            fexp,
+            exp: fexp,
+            consumed: None,
+        };
+        let prepared = self.prepare(&record, 0, now)?;
+        self.store
+            .set(
+                &prepared.key,
+                prepared.bytes,
+                ttl_until(prepared.record.exp, now),
+            )
+            .await?;
+        Ok(prepared.pair)
+    }
+
+    /// Refresh: exchanges `refresh_token` for a new pair of the same family.
+    ///
+    /// The presented token is consumed by one compare-and-set on its record: of any
+    /// number of concurrent exchanges of one token, at most one gets a pair. Presenting a
+    /// consumed token (outside the [grace window](Self::grace_period)) is reuse: the
+    /// family is revoked, the session's access tokens are revoked through the
+    /// [`Revoker`], and the answer is `invalid_grant` ([`InvalidGrant::Reused`]). A
+    /// concurrent duplicate that loses the race counts as reuse too.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::InvalidGrant`] for a malformed, unknown, expired, revoked or
+    /// reused token; [`RefreshError::Store`] when the store fails (no token was issued;
+    /// if the store failed after the token was consumed, the client's retry counts as
+    /// reuse unless a grace window covers it); [`RefreshError::Corrupt`] for a record
+    /// that does not decode.
+    pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, RefreshError> {
+        let (tag, hash) = token::parse(refresh_token).ok_or(InvalidGrant::Malformed)?;
+        let key = key::token(tag, &hash);
+        // A lost compare-and-set means a concurrent exchange consumed the token: the
+        // second pass sees it consumed. The bound only guards against a broken store.
+        for _ in 0..2 {
+            let Some(bytes) = self.store.get(&key).await? else {
+                return Err(InvalidGrant::Unknown.into());
+            };
+            let record = Record::decode(&bytes).map_err(RefreshError::Corrupt)?;
+            if key::subject_tag(&record.sub) != tag {
+                return Err(InvalidGrant::Unknown.into());
+            }
+            self.check_family(tag, &record).await?;
+            let now = now_ms();
+            if now >= record.exp || now >= record.fexp {
+                return Err(InvalidGrant::Expired.into());
+            }
+            match &record.consumed {
+                None => {
+                    if let Some(pair) = self.advance(&key, &bytes, &record, now).await? {
+                        return Ok(pair);
+                    }
+                }
+                Some(consumed) => {
+                    let (at, next) = (consumed.at, consumed.next.clone());
+                    return self.superseded(tag, &record, at, &next, now).await;
+                }
+            }
+        }
+        tracing::error!("refresh: a token's record changed under two rotations in a row");
+        Err(InvalidGrant::Revoked.into())
+    }
+
+    /// Ends every refresh family of session `sid` of `sub`: their tokens are refused
+    /// from now on (kept for the family lifetime). Access tokens already issued are not
+    /// touched; [`logout`](Self::logout) does both.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Store`] when the store fails: the logout did not happen.
+    pub async fn revoke_session_families(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
+        let tag = key::subject_tag(sub);
+        self.store
+            .set(
+                &key::session(&tag, sid),
+                Bytes::from_static(b"1"),
+                self.family_lifetime,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every refresh family of `sub` started up to now ("log out everywhere") and
+    /// returns the cutoff in Unix milliseconds: families created at or before it are
+    /// refused at their next rotation. Kept for the family lifetime.
+    ///
+    /// A login on an instance whose clock is behind the revoking instance's may start a
+    /// family that looks older than the cutoff: keep clocks in sync (NTP).
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Store`] when the store fails.
+    pub async fn revoke_subject_families(&self, sub: &str) -> Result<u64, RefreshError> {
+        let tag = key::subject_tag(sub);
+        let now = now_ms();
+        self.store
+            .set(
+                &key::subject(&tag),
+                Bytes::from(now.to_string()),
+                self.family_lifetime,
+            )
+            .await?;
+        Ok(now)
+    }
+
+    /// Logout of one session: ends its refresh families
+    /// ([`revoke_session_families`](Self::revoke_session_families)) and revokes its access
+    /// tokens ([`Revoker::revoke_session`], for the access-token TTL plus leeway).
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
+    pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
+        self.revoke_session_families(sub, sid).await?;
+        self.revoking()
+            .revoke_session(sub, sid, self.session_revocation_ttl())
+            .await?;
+        Ok(())
+    }
+
+    /// "Log out everywhere": ends every refresh family of `sub`
+    /// ([`revoke_subject_families`](Self::revoke_subject_families)) and revokes every
+    /// access token issued to it up to now ([`Revoker::revoke_subject`]).
+    ///
+    /// The access-token cutoff has whole seconds: an access token issued in the same second
+    /// (by a login right after this call) is refused by the `RevocationLayer` too, until
+    /// the client refreshes it in a later second.
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Store`] when the store fails.
+    pub async fn logout_everywhere(&self, sub: &str) -> Result<(), RefreshError> {
+        self.revoke_subject_families(sub).await?;
+        self.revoking().revoke_subject(sub).await?;
+        Ok(())
+    }
+
+    /// Refuses the token when its family, session or subject was ended: one `get_many`
+    /// of keys under one hash tag.
+    async fn check_family(&self, tag: &str, record: &Record) -> Result<(), RefreshError> {
+        let family = key::family(tag, &record.fam);
+        let session = key::session(tag, &record.sid);
+        let subject = key::subject(tag);
+        let values = self.store.get_many(&[&family, &session, &subject]).await?;
+        let [family, session, subject] = values.as_slice() else {
+            tracing::error!("refresh: the store answered get_many with the wrong number of values");
+            return Err(InvalidGrant::Revoked.into());
+        };
+        if family.is_some() || session.is_some() {
+            return Err(InvalidGrant::Revoked.into());
+        }
+        if let Some(cutoff) = subject {
+            let cutoff = std::str::from_utf8(cutoff)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            match cutoff {
+                Some(cutoff) if record.created > cutoff => {}
+                // A corrupt cutoff still means someone logged the subject out.
+                _ => return Err(InvalidGrant::Revoked.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next token of `record`'s family (generation `gen`) and an access token for it,
+    /// minted before anything is written, so that a failure here consumes nothing.
+    fn prepare(&self, record: &Record, gen: u64, now: u64) -> Result<Prepared, RefreshError> {
+        let tag = key::subject_tag(&record.sub);
+        let (token, hash) = token::generate(&tag).map_err(RefreshError::Random)?;
+        let exp = now
+            .saturating_add(millis(self.refresh_ttl))
+            .min(record.fexp);
+        let next = Record {
+            gen,
+            exp,
+            consumed: None,
+            ..record.clone()
+        };
+        let access = self
+            .issuer
+            .issue_with(&record.sub, Some(&record.sid), &())
+            .map_err(RefreshError::Issue)?;
+        let expires_in = access
+            .claims
+            .exp
+            .saturating_sub(access.claims.iat.unwrap_or(access.claims.exp));
+        let bytes = next.encode().map_err(RefreshError::Corrupt)?;
+        Ok(Prepared {
+            pair: TokenPair {
+                access_token: access,
+                refresh_token: RefreshToken {
+                    token,
+                    sub: record.sub.clone(),
+                    sid: record.sid.clone(),
+                    family: record.fam.clone(),
+                    expires_at: exp / 1000,
+                    family_expires_at: record.fexp / 1000,
+                },
+                expires_in,
+            },
+            key: key::token(&tag, &hash),
+            hash,
+            record: next,
+            bytes,
+        })
+    }
+
+    /// Consumes the active token at `key` (whose record reads `bytes`) and hands out its
+    /// successor. `None` when a concurrent exchange consumed it first.
+    async fn advance(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        record: &Record,
+        now: u64,
+    ) -> Result<Option<TokenPair>, RefreshError> {
+        let next = self.prepare(record, record.gen.saturating_add(1), now)?;
+        // The successor is stored before the old token is consumed, so a consumed token
+        // always points at a stored successor (the grace window relies on it). If the
+        // consume fails, the successor is an orphan nobody holds.
+        self.store
+            .set(
+                &next.key,
+                next.bytes.clone(),
+                ttl_until(next.record.exp, now),
+            )
+            .await?;
+        let consumed = record
+            .consumed_by(now, &next.hash)
+            .encode()
+            .map_err(RefreshError::Corrupt)?;
+        let won = self
+            .store
+            .compare_and_set(key, bytes, consumed, ttl_until(record.exp, now))
+            .await?;
+        if won {
+            return Ok(Some(next.pair));
+        }
+        if let Err(error) = self.store.compare_and_delete(&next.key, &next.bytes).await {
+            tracing::debug!(
+                error = &error as &dyn std::error::Error,
+                "refresh: could not delete an unused successor token; it expires on its own"
+            );
+        }
+        Ok(None)
+    }
+
+    /// A consumed token was presented: within the grace window, consume its unused
+    /// successor instead and hand out a new pair; otherwise, reuse.
+    async fn superseded(
+        &self,
+        tag: &str,
+        record: &Record,
+        consumed_at: u64,
+        next: &str,
+        now: u64,
+    ) -> Result<TokenPair, RefreshError> {
+        let within_grace =
+            !self.grace.is_zero() && now < consumed_at.saturating_add(millis(self.grace));
+        if within_grace {
+            let next_key = key::token(tag, next);
+            if let Some(bytes) = self.store.get(&next_key).await? {
+                let successor = Record::decode(&bytes).map_err(RefreshError::Corrupt)?;
+                if successor.consumed.is_none()
+                    && successor.fam == record.fam
+                    && now < successor.exp
+                {
+                    if let Some(pair) = self.advance(&next_key, &bytes, &successor, now).await? {
+                        tracing::info!(
+                            family = %record.fam,
+                            "refresh: superseded token accepted within the grace window"
+                        );
+                        return Ok(pair);
+                    }
+                }
+            }
+        }
+        self.reuse_detected(tag, record, now).await
+    }
+
+    /// Revokes the family and the session's access tokens, and answers `invalid_grant`.
+    async fn reuse_detected(
+        &self,
+        tag: &str,
+        record: &Record,
+        now: u64,
+    ) -> Result<TokenPair, RefreshError> {
+        tracing::warn!(
+            family = %record.fam,
+            generation = record.gen,
+            "refresh: a consumed refresh token was presented again; revoking its family and session"
+        );
+        self.store
+            .set(
+                &key::family(tag, &record.fam),
+                Bytes::from_static(b"reused"),
+                ttl_until(record.fexp, now),
+            )
+            .await?;
+        self.revoking()
+            .revoke_session(&record.sub, &record.sid, self.session_revocation_ttl())
+            .await?;
+        Err(InvalidGrant::Reused.into())
+    }
+}

@@ -1,0 +1,756 @@
+//! RefreshTokens, black-box, on MemoryStore, a real Redis and (feature `redis-cluster`) a
+//! real Redis Cluster. Test names carry the backend: `memory::rotate_chain_of_ten`,
+//! `redis::...`.
+//!
+//! Every shared test gets two store handles, as two instances of a service sharing one
+//! store would have (two connection pools on Redis): tokens are issued through one and
+//! exchanged or checked through the other.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
+use tower_stateless::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
+use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::RegisteredClaims;
+
+fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+    let keys = JwtKeySet::new()
+        .with_hmac("v1", Algorithm::HS256, &[7; 32])
+        .expect("hmac key");
+    RefreshTokens::new(store, TokenIssuer::new(&keys, "v1").expect("issuer"))
+}
+
+/// What the `RevocationLayer` answers for a request carrying `claims` (as the JWT layer
+/// would have put them in the extensions).
+async fn access_status<St: StateStore>(store: &St, claims: &RegisteredClaims) -> StatusCode {
+    let service = ServiceBuilder::new()
+        .layer(RevocationLayer::new(store.clone()))
+        .service_fn(|_request: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+    let mut request = Request::new(String::new());
+    request.extensions_mut().insert(claims.clone());
+    service.oneshot(request).await.expect("infallible").status()
+}
+
+#[track_caller]
+fn assert_invalid_grant<T: std::fmt::Debug>(
+    result: Result<T, RefreshError>,
+    reason: Option<InvalidGrant>,
+) {
+    match result {
+        Err(error) => {
+            assert!(error.is_invalid_grant(), "{error:?}");
+            assert_eq!(error.error_code(), "invalid_grant");
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+            if let Some(reason) = reason {
+                assert_eq!(error.invalid_grant(), Some(reason));
+            }
+        }
+        Ok(value) => panic!("expected invalid_grant, got {value:?}"),
+    }
+}
+
+async fn rotate<St: StateStore>(tokens: &RefreshTokens<St>, pair: &TokenPair) -> TokenPair {
+    tokens
+        .rotate(&pair.refresh_token.token)
+        .await
+        .expect("rotate")
+}
+
+// ---------------------------------------------------------------------------------------
+// Behaviour shared by every backend.
+
+async fn rotate_chain_of_ten<St: StateStore>(store: St, other: St) {
+    let login = tokens(store).issue("alice").await.expect("issue");
+    let refresher = tokens(other.clone());
+    assert_eq!(
+        login.expires_in,
+        15 * 60,
+        "access tokens default to 15 minutes"
+    );
+    let claims = &login.access_token.claims;
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(
+        claims.sid.as_deref(),
+        Some(login.refresh_token.sid.as_str())
+    );
+
+    let mut seen = HashSet::from([login.refresh_token.token.clone()]);
+    let mut current = login.clone();
+    for _ in 0..10 {
+        let next = rotate(&refresher, &current).await;
+        assert!(
+            seen.insert(next.refresh_token.token.clone()),
+            "a token came back"
+        );
+        assert_eq!(next.refresh_token.family, login.refresh_token.family);
+        assert_eq!(next.refresh_token.sid, login.refresh_token.sid);
+        assert_eq!(next.refresh_token.sub, "alice");
+        assert_eq!(next.access_token.claims.sub, "alice");
+        assert_eq!(
+            next.access_token.claims.sid.as_deref(),
+            Some(login.refresh_token.sid.as_str())
+        );
+        assert_ne!(
+            next.access_token.claims.jti,
+            current.access_token.claims.jti
+        );
+        assert!(next.refresh_token.expires_at <= next.refresh_token.family_expires_at);
+        assert_eq!(
+            next.refresh_token.family_expires_at,
+            login.refresh_token.family_expires_at
+        );
+        assert_eq!(
+            access_status(&other, &next.access_token.claims).await,
+            StatusCode::OK
+        );
+        current = next;
+    }
+    // The last token of the chain is still good, and nothing was revoked on the way.
+    let last = rotate(&refresher, &current).await;
+    assert_eq!(
+        access_status(&other, &last.access_token.claims).await,
+        StatusCode::OK
+    );
+}
+
+async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, other: St) {
+    let issuer = tokens(store.clone());
+    let refresher = tokens(other.clone());
+    let first = issuer.issue("alice").await.expect("issue");
+    let second = rotate(&refresher, &first).await;
+    let newest = rotate(&refresher, &second).await;
+    // Another login of the same user, in another session.
+    let elsewhere = issuer.issue("alice").await.expect("issue");
+    assert_eq!(
+        access_status(&store, &newest.access_token.claims).await,
+        StatusCode::OK
+    );
+
+    // The thief (or the victim) presents the consumed first token.
+    assert_invalid_grant(
+        refresher.rotate(&first.refresh_token.token).await,
+        Some(InvalidGrant::Reused),
+    );
+
+    // The whole family is dead: the newest refresh token too.
+    assert_invalid_grant(
+        issuer.rotate(&newest.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+    assert_invalid_grant(
+        issuer.rotate(&second.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+    // The session's access tokens, old and new, are refused by the RevocationLayer.
+    for pair in [&first, &second, &newest] {
+        assert_eq!(
+            access_status(&store, &pair.access_token.claims).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The other session is untouched.
+    let elsewhere = rotate(&refresher, &elsewhere).await;
+    assert_eq!(
+        access_status(&store, &elsewhere.access_token.claims).await,
+        StatusCode::OK
+    );
+}
+
+async fn fifty_concurrent_exchanges_one_succeeds<St: StateStore>(store: St, other: St) {
+    let login = tokens(store.clone()).issue("alice").await.expect("issue");
+    let managers = [tokens(store), tokens(other)];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let manager = managers[i % 2].clone();
+        let token = login.refresh_token.token.clone();
+        tasks.push(tokio::spawn(async move { manager.rotate(&token).await }));
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(pair) => won.push(pair),
+            Err(error) => assert!(error.is_invalid_grant(), "{error:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one exchange gets a pair");
+    // The losers were duplicates of a consumed token: reuse, so the family is over.
+    assert_invalid_grant(
+        managers[0].rotate(&won[0].refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+}
+
+async fn expired_refresh_token_is_rejected<St: StateStore>(store: St, other: St) {
+    let issuer = tokens(store).refresh_ttl(Duration::from_millis(1000));
+    let refresher = tokens(other).refresh_ttl(Duration::from_millis(1000));
+    let fresh = issuer.issue("alice").await.expect("issue");
+    let stale = issuer.issue("alice").await.expect("issue");
+    assert!(refresher.rotate(&fresh.refresh_token.token).await.is_ok());
+
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let result = refresher.rotate(&stale.refresh_token.token).await;
+    assert!(
+        matches!(
+            result.as_ref().map_err(RefreshError::invalid_grant),
+            Err(Some(InvalidGrant::Expired | InvalidGrant::Unknown))
+        ),
+        "{result:?}"
+    );
+}
+
+async fn family_lifetime_is_absolute<St: StateStore>(store: St, other: St) {
+    let lifetime = Duration::from_millis(1500);
+    let issuer = tokens(store).family_lifetime(lifetime);
+    let refresher = tokens(other).family_lifetime(lifetime);
+    let login = issuer.issue("alice").await.expect("issue");
+    // The token's TTL (14 days) is capped by the family's.
+    assert_eq!(
+        login.refresh_token.expires_at,
+        login.refresh_token.family_expires_at
+    );
+    let mut current = rotate(&refresher, &login).await;
+    assert_eq!(
+        current.refresh_token.family_expires_at, login.refresh_token.family_expires_at,
+        "rotation does not extend the family"
+    );
+    // Keep rotating: a token used every 200 ms never idles out, yet the family ends.
+    let mut ended = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match refresher.rotate(&current.refresh_token.token).await {
+            Ok(next) => current = next,
+            Err(error) => {
+                assert!(error.is_invalid_grant(), "{error:?}");
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "the family outlived its absolute lifetime");
+}
+
+async fn logout_ends_the_family<St: StateStore>(store: St, other: St) {
+    let issuer = tokens(store.clone());
+    let refresher = tokens(other.clone());
+    let phone = issuer.issue("alice").await.expect("issue");
+    let phone = rotate(&refresher, &phone).await;
+    let laptop = issuer.issue("alice").await.expect("issue");
+
+    let claims = &phone.access_token.claims;
+    let sid = claims.sid.as_deref().expect("sid claim");
+    issuer.logout(&claims.sub, sid).await.expect("logout");
+
+    assert_invalid_grant(
+        refresher.rotate(&phone.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+    assert_eq!(
+        access_status(&other, &phone.access_token.claims).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The other session lives on.
+    let laptop = rotate(&refresher, &laptop).await;
+    assert_eq!(
+        access_status(&other, &laptop.access_token.claims).await,
+        StatusCode::OK
+    );
+}
+
+async fn revoke_session_families_alone<St: StateStore>(store: St, other: St) {
+    let issuer = tokens(store);
+    let refresher = tokens(other);
+    let pair = issuer
+        .issue_for_session("alice", "session-{1}:x")
+        .await
+        .expect("issue");
+    assert_eq!(
+        pair.access_token.claims.sid.as_deref(),
+        Some("session-{1}:x")
+    );
+    let same_sid_other_user = issuer
+        .issue_for_session("bob", "session-{1}:x")
+        .await
+        .expect("issue");
+    issuer
+        .revoke_session_families("alice", "session-{1}:x")
+        .await
+        .expect("revoke");
+    assert_invalid_grant(
+        refresher.rotate(&pair.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+    rotate(&refresher, &same_sid_other_user).await;
+}
+
+async fn logout_everywhere_ends_every_family<St: StateStore>(store: St, other: St) {
+    let issuer = tokens(store.clone());
+    let refresher = tokens(other.clone());
+    let phone = issuer.issue("alice").await.expect("issue");
+    let laptop = issuer.issue("alice").await.expect("issue");
+    let laptop = rotate(&refresher, &laptop).await;
+    let bob = issuer.issue("bob").await.expect("issue");
+
+    issuer.logout_everywhere("alice").await.expect("logout all");
+
+    for pair in [&phone, &laptop] {
+        assert_invalid_grant(
+            refresher.rotate(&pair.refresh_token.token).await,
+            Some(InvalidGrant::Revoked),
+        );
+        assert_eq!(
+            access_status(&other, &pair.access_token.claims).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    rotate(&refresher, &bob).await;
+    // A login after the cutoff starts a family that works.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = issuer.issue("alice").await.expect("issue");
+    rotate(&refresher, &again).await;
+}
+
+async fn malformed_unknown_and_forged_tokens_are_invalid_grant<St: StateStore>(
+    store: St,
+    other: St,
+) {
+    let issuer = tokens(store);
+    let refresher = tokens(other);
+    let alice = issuer.issue("alice").await.expect("issue");
+    let bob = issuer.issue("bob").await.expect("issue");
+    let token = alice.refresh_token.token.clone();
+    let (tag, secret) = token.split_once('.').expect("tag.secret");
+    let (bob_tag, _) = bob.refresh_token.token.split_once('.').expect("tag.secret");
+
+    for malformed in [
+        String::new(),
+        "not a token".to_owned(),
+        format!("{token}="),
+        token.replace('.', ""),
+        format!("{tag}.{secret}.{secret}"),
+        format!("{tag}.{}", &secret[1..]),
+        "\u{0}".repeat(66),
+    ] {
+        assert_invalid_grant(
+            refresher.rotate(&malformed).await,
+            Some(InvalidGrant::Malformed),
+        );
+    }
+    // Flip one character of the secret: well-formed, never issued.
+    let mut flipped: Vec<char> = secret.chars().collect();
+    flipped[5] = if flipped[5] == 'A' { 'B' } else { 'A' };
+    let flipped: String = flipped.into_iter().collect();
+    for forged in [
+        format!("{tag}.{flipped}"),
+        // Alice's secret under Bob's tag.
+        format!("{bob_tag}.{secret}"),
+        format!("{tag}.{}", "A".repeat(43)),
+    ] {
+        assert_invalid_grant(refresher.rotate(&forged).await, Some(InvalidGrant::Unknown));
+    }
+    // None of that hurt the real tokens.
+    rotate(&refresher, &alice).await;
+    rotate(&refresher, &bob).await;
+}
+
+async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store: St, other: St) {
+    let grace = Duration::from_secs(30);
+    let issuer = tokens(store).grace_period(grace);
+    let refresher = tokens(other).grace_period(grace);
+    let t0 = issuer.issue("alice").await.expect("issue");
+    // The client sends t0, the response (t1) is lost.
+    let _lost = rotate(&refresher, &t0).await;
+    // It retries with t0 within the window and gets a new pair of the same family.
+    let t2 = rotate(&refresher, &t0).await;
+    assert_eq!(t2.refresh_token.family, t0.refresh_token.family);
+    let t3 = rotate(&refresher, &t2).await;
+    // t0's replacement has been exchanged since: t0 is no longer the immediately
+    // superseded token, so it is reuse, and the family ends.
+    assert_invalid_grant(
+        refresher.rotate(&t0.refresh_token.token).await,
+        Some(InvalidGrant::Reused),
+    );
+    assert_invalid_grant(
+        refresher.rotate(&t3.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+}
+
+async fn grace_window_ends<St: StateStore>(store: St, other: St) {
+    let grace = Duration::from_millis(300);
+    let t0 = tokens(store)
+        .grace_period(grace)
+        .issue("alice")
+        .await
+        .expect("issue");
+    let refresher = tokens(other).grace_period(grace);
+    let t1 = rotate(&refresher, &t0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the window, the superseded token is reuse, even though t1 was never used.
+    assert_invalid_grant(
+        refresher.rotate(&t0.refresh_token.token).await,
+        Some(InvalidGrant::Reused),
+    );
+    assert_invalid_grant(
+        refresher.rotate(&t1.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+}
+
+async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
+    let t0 = tokens(store).issue("alice").await.expect("issue");
+    let refresher = tokens(other);
+    let t1 = rotate(&refresher, &t0).await;
+    assert_invalid_grant(
+        refresher.rotate(&t0.refresh_token.token).await,
+        Some(InvalidGrant::Reused),
+    );
+    assert_invalid_grant(
+        refresher.rotate(&t1.refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+}
+
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = super::MemoryStore::new();
+                    super::$name(store.clone(), store).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = crate::redis_or_skip!();
+                    let store = super::RedisStore::from_url(server.url()).expect("store");
+                    let other = super::RedisStore::from_url(server.url()).expect("store");
+                    super::$name(store, other).await;
+                    drop(server);
+                }
+            )*
+        }
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = crate::cluster_or_skip!();
+                    let build = || {
+                        super::RedisStore::builder()
+                            .cluster_urls(cluster.urls())
+                            .build()
+                            .expect("cluster store")
+                    };
+                    super::$name(build(), build()).await;
+                    drop(cluster);
+                }
+            )*
+        }
+    };
+}
+
+every_backend!(
+    rotate_chain_of_ten,
+    reuse_revokes_the_family_and_the_session,
+    fifty_concurrent_exchanges_one_succeeds,
+    expired_refresh_token_is_rejected,
+    family_lifetime_is_absolute,
+    logout_ends_the_family,
+    revoke_session_families_alone,
+    logout_everywhere_ends_every_family,
+    malformed_unknown_and_forged_tokens_are_invalid_grant,
+    grace_window_tolerates_the_superseded_token_once,
+    grace_window_ends,
+    no_grace_by_default,
+);
+
+// ---------------------------------------------------------------------------------------
+// The raw token never reaches the store.
+
+/// Issues, rotates (with reuse and logout) and returns every raw refresh token handed out.
+async fn exercise<St: StateStore>(store: St) -> Vec<String> {
+    let manager = tokens(store);
+    let mut raw = Vec::new();
+    let login = manager.issue("alice").await.expect("issue");
+    let next = rotate(&manager, &login).await;
+    let last = rotate(&manager, &next).await;
+    let _ = manager.rotate(&login.refresh_token.token).await;
+    let other = manager.issue("alice").await.expect("issue");
+    manager
+        .logout("alice", &other.refresh_token.sid)
+        .await
+        .expect("logout");
+    for pair in [&login, &next, &last, &other] {
+        raw.push(pair.refresh_token.token.clone());
+    }
+    raw
+}
+
+/// Fails if a raw token, or its secret part, appears in a stored key or value.
+#[track_caller]
+fn assert_no_raw_token(raw: &[String], stored: &[(String, Vec<u8>)]) {
+    assert!(!stored.is_empty(), "nothing was stored");
+    for token in raw {
+        let (_, secret) = token.split_once('.').expect("tag.secret");
+        for (key, value) in stored {
+            let value = String::from_utf8_lossy(value);
+            for needle in [token.as_str(), secret] {
+                assert!(!key.contains(needle), "raw token in key {key}");
+                assert!(!value.contains(needle), "raw token in the value of {key}");
+            }
+        }
+    }
+}
+
+/// Keys and the values written under them.
+type Writes = Vec<(String, Vec<u8>)>;
+
+/// A MemoryStore that records every key and value written to it.
+#[derive(Clone, Debug, Default)]
+struct Recording {
+    inner: MemoryStore,
+    writes: Arc<Mutex<Writes>>,
+}
+
+impl Recording {
+    fn record(&self, key: &str, value: &[u8]) {
+        self.writes
+            .lock()
+            .expect("lock")
+            .push((key.to_owned(), value.to_vec()));
+    }
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
+impl StateStore for Recording {
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> StoreResult<Vec<Option<Bytes>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        self.record(key, &value);
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> StoreResult<Option<Bytes>> {
+        self.record(key, &value);
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        self.record(key, &new);
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> StoreResult<bool> {
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> StoreResult<Option<Bytes>> {
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> StoreResult<i64> {
+        self.record(key, by.to_string().as_bytes());
+        self.inner.increment(key, by, ttl).await
+    }
+    async fn gcra(
+        &self,
+        key: &str,
+        params: tower_stateless::store::Gcra,
+    ) -> StoreResult<tower_stateless::store::GcraOutcome> {
+        self.record(key, b"");
+        self.inner.gcra(key, params).await
+    }
+}
+
+#[tokio::test]
+async fn memory_stores_only_hashes() {
+    let store = Recording::default();
+    let raw = exercise(store.clone()).await;
+    let writes = store.writes.lock().expect("lock").clone();
+    assert!(
+        writes.iter().any(|(key, _)| key.contains(":tok:")),
+        "{writes:?}"
+    );
+    assert_no_raw_token(&raw, &writes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stores_only_hashes() {
+    let server = redis_or_skip!();
+    let raw = exercise(RedisStore::from_url(server.url()).expect("store")).await;
+    let stored: Vec<(String, Vec<u8>)> = server
+        .keys("*")
+        .into_iter()
+        .filter_map(|key| server.raw_get(&key).map(|value| (key, value)))
+        .collect();
+    assert!(
+        stored.iter().any(|(key, _)| key.starts_with("rt:")),
+        "{stored:?}"
+    );
+    assert_no_raw_token(&raw, &stored);
+}
+
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_stores_only_hashes_and_keeps_a_subject_in_one_slot() {
+    let cluster = cluster_or_skip!();
+    let store = RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .build()
+        .expect("cluster store");
+    let raw = exercise(store).await;
+    let mut stored = Vec::new();
+    for node in cluster.nodes() {
+        for key in node.keys("*") {
+            if let Some(value) = node.raw_get(&key) {
+                stored.push((key, value));
+            }
+        }
+    }
+    assert_no_raw_token(&raw, &stored);
+    let slots: HashSet<u16> = stored
+        .iter()
+        .filter(|(key, _)| key.starts_with("rt:"))
+        .map(|(key, _)| cluster.keyslot(key))
+        .collect();
+    assert_eq!(
+        slots.len(),
+        1,
+        "alice's refresh keys span slots: {stored:?}"
+    );
+}
+
+/// Login is one write; a rotation two reads, one write and one compare-and-set, whatever
+/// the family's age: the history of consumed tokens is never scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trips() {
+    let server = redis_or_skip!();
+    let manager = tokens(RedisStore::from_url(server.url()).expect("store"));
+    // Warm-up: connections, and the compare-and-set script's first load on this server.
+    let warm = manager.issue("warm").await.expect("issue");
+    rotate(&manager, &warm).await;
+
+    server.reset_stats();
+    let login = manager.issue("alice").await.expect("issue");
+    let stats = server.command_stats();
+    assert_eq!(stats.get("set"), Some(&1), "{stats:?}");
+    assert_eq!(server.command_count(), 1, "{stats:?}");
+
+    let mut current = login;
+    for _ in 0..3 {
+        server.reset_stats();
+        current = rotate(&manager, &current).await;
+        let stats = server.command_stats();
+        assert_eq!(stats.get("get"), Some(&1), "the token: {stats:?}");
+        assert_eq!(stats.get("mget"), Some(&1), "its markers: {stats:?}");
+        assert_eq!(stats.get("set"), Some(&1), "the successor: {stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&1), "the consume: {stats:?}");
+        assert_eq!(server.command_count(), 4, "{stats:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Store failures.
+
+#[tokio::test]
+async fn store_down_is_unavailable_and_issues_nothing() {
+    let down = tokens(common::DownStore::unavailable());
+    let result = down.issue("alice").await;
+    let error = result.expect_err("no token without the store");
+    assert!(error.is_unavailable(), "{error:?}");
+    assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error.error_code(), "temporarily_unavailable");
+    assert!(std::error::Error::source(&error).is_some(), "source kept");
+
+    // A real token, presented while the store is down.
+    let real = tokens(MemoryStore::new())
+        .issue("alice")
+        .await
+        .expect("issue");
+    let error = down
+        .rotate(&real.refresh_token.token)
+        .await
+        .expect_err("no token without the store");
+    assert!(error.is_unavailable(), "{error:?}");
+
+    let error = down.logout("alice", "s1").await.expect_err("logout");
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = down
+        .logout_everywhere("alice")
+        .await
+        .expect_err("logout all");
+    assert!(error.is_unavailable(), "{error:?}");
+    // Malformed tokens are refused before the store is asked.
+    assert_invalid_grant(down.rotate("junk").await, Some(InvalidGrant::Malformed));
+}
+
+#[tokio::test]
+async fn broken_store_is_a_server_error() {
+    let broken = tokens(common::DownStore::broken());
+    let error = broken.issue("alice").await.expect_err("broken store");
+    assert!(!error.is_unavailable(), "{error:?}");
+    assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error.error_code(), "server_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_unavailable() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let manager = tokens(store);
+    let login = manager.issue("alice").await.expect("issue");
+    server.stop();
+    let error = manager
+        .rotate(&login.refresh_token.token)
+        .await
+        .expect_err("store down");
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = manager.issue("alice").await.expect_err("store down");
+    assert!(error.is_unavailable(), "{error:?}");
+}
+
+#[tokio::test]
+async fn token_response_has_the_oauth_shape() {
+    let pair = tokens(MemoryStore::new())
+        .issue("alice")
+        .await
+        .expect("issue");
+    let json = serde_json::to_value(pair.to_response()).expect("json");
+    assert_eq!(json["token_type"], "Bearer");
+    assert_eq!(json["expires_in"], 900);
+    assert_eq!(json["access_token"], pair.access_token.token.as_str());
+    assert_eq!(json["refresh_token"], pair.refresh_token.token.as_str());
+    let debug = format!("{pair:?} {:?}", pair.to_response());
+    assert!(!debug.contains(&pair.refresh_token.token), "{debug}");
+    assert!(!debug.contains(&pair.access_token.token), "{debug}");
+}
