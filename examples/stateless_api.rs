@@ -19,7 +19,7 @@
 //! simulated payment-gateway latency inside the payment handler), `RUST_LOG` (`info`: one
 //! line per request).
 //!
-//! Routes: `POST /login`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
+//! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
 //! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
 //! `POST /logout-all`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
 //! optional) and `POST /payments` (required) go through `IdempotencyLayer`: a retry with
@@ -47,12 +47,14 @@ use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
 use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
+use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::{RevocationLayer, Revoker};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
 
-const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Access tokens are short-lived; clients renew them with their refresh token.
+const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 const LEEWAY: Duration = Duration::from_secs(30);
 /// How long orders and payments live in the store (every store write has a TTL).
 const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -64,7 +66,8 @@ const LOCK_TTL: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 struct App<S> {
-    issuer: TokenIssuer,
+    /// Access tokens with rotated refresh tokens, both tied to the session id.
+    tokens: RefreshTokens<S>,
     revoker: Revoker<S>,
     store: S,
     users: HashMap<String, String>,
@@ -157,21 +160,51 @@ async fn login<S: StateStore>(
     if session.insert("sid", &sid).await.is_err() {
         return unavailable();
     }
-    match app.issuer.issue_with(&creds.username, Some(&sid), &()) {
-        Ok(issued) => Json(json!({
-            "access_token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": TOKEN_TTL.as_secs(),
-        }))
-        .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "issuing a token failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
+    match app.tokens.issue_for_session(&creds.username, &sid).await {
+        Ok(pair) => Json(pair.to_response()).into_response(),
+        Err(e) => refresh_failed(&e),
+    }
+}
+
+/// A refresh-token error as the OAuth 2.0 answer: `400 invalid_grant`, `503`, or `500`.
+fn refresh_failed(e: &RefreshError) -> Response {
+    if e.is_unavailable() {
+        return unavailable();
+    }
+    if e.is_invalid_grant() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token is invalid, expired, revoked or already used",
+        );
+    }
+    tracing::error!(error = %e, "issuing tokens failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// `POST /token/refresh`: a new access token and a new refresh token of the same family;
+/// the one presented is used up. Presenting a used one again ends the family and its
+/// session (a stolen token was replayed, RFC 9700).
+async fn refresh<S: StateStore>(
+    State(app): State<Shared<S>>,
+    json: Result<Json<RefreshRequest>, JsonRejection>,
+) -> Response {
+    let request = match json {
+        Ok(Json(request)) => request,
+        Err(e) => return rejected(&e),
+    };
+    match app.tokens.rotate(&request.refresh_token).await {
+        Ok(pair) => Json(pair.to_response()).into_response(),
+        Err(e) => refresh_failed(&e),
     }
 }
 
@@ -555,12 +588,9 @@ async fn logout<S: StateStore>(
     Extension(session): Extension<Session>,
 ) -> Response {
     let token = app.revoker.revoke_token(&claims).await;
+    // The session's refresh tokens and every access token of the session.
     let sid = match &claims.sid {
-        Some(sid) => {
-            app.revoker
-                .revoke_session(&claims.sub, sid, TOKEN_TTL + LEEWAY)
-                .await
-        }
+        Some(sid) => app.tokens.logout(&claims.sub, sid).await.map_err(drop),
         None => Ok(()),
     };
     if token.is_err() || sid.is_err() || session.destroy().await.is_err() {
@@ -573,9 +603,10 @@ async fn logout_all<S: StateStore>(
     State(app): State<Shared<S>>,
     Extension(claims): Extension<RegisteredClaims>,
 ) -> Response {
-    match app.revoker.revoke_subject(&claims.sub).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(_) => unavailable(),
+    // Every refresh family of the user, and every access token issued until now.
+    match app.tokens.logout_everywhere(&claims.sub).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refresh_failed(&e),
     }
 }
 
@@ -605,9 +636,14 @@ fn router<S: StateStore>(
     let issuer = TokenIssuer::new(&keys, "main")
         .map_err(|e| format!("token issuer: {e}"))?
         .ttl(TOKEN_TTL);
+    let revoker = Revoker::new(store.clone(), TOKEN_TTL).leeway(LEEWAY);
+    let tokens = RefreshTokens::new(store.clone(), issuer)
+        .access_ttl(TOKEN_TTL)
+        .leeway(LEEWAY)
+        .revoker(revoker.clone());
     let app = Arc::new(App {
-        issuer,
-        revoker: Revoker::new(store.clone(), TOKEN_TTL).leeway(LEEWAY),
+        tokens,
+        revoker,
         store: store.clone(),
         users,
         gateway_latency,
@@ -644,6 +680,7 @@ fn router<S: StateStore>(
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready::<S>))
         .route("/login", post(login::<S>))
+        .route("/token/refresh", post(refresh::<S>))
         .route("/cart", get(cart))
         .route("/cart/items/{sku}", put(put_item))
         .merge(bearer)

@@ -1046,3 +1046,123 @@ async fn two_instances_on_a_redis_cluster() {
     let keys: usize = cluster.nodes().iter().map(|n| n.keys("*").len()).sum();
     assert!(keys >= 5, "{keys} keys");
 }
+
+/// `POST /token/refresh` over two instances on one Redis: a rotation chain, reuse of an
+/// old refresh token ends the family and the session's access tokens, logout ends it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_rotate_and_reuse_ends_the_family() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    let refresh = |at: &Instance, token: &str| {
+        http.post(at.url("/token/refresh"))
+            .json(&json!({ "refresh_token": token }))
+            .send()
+    };
+    let res = http
+        .post(one.url("/login"))
+        .json(&json!({"username": "alice", "password": "wonderland"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), StatusCode::OK);
+    let answer = json_of(res).await;
+    assert_eq!(answer["expires_in"], 900, "access tokens live 15 minutes");
+    let first = answer["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_owned();
+
+    // Rotate twice, alternating instances: every answer is a new pair that works.
+    let mut current = first.clone();
+    let mut access = String::new();
+    for at in [&two, &one] {
+        let res = refresh(at, &current).await.expect("refresh");
+        assert_eq!(res.status(), StatusCode::OK);
+        let pair = json_of(res).await;
+        assert_eq!(pair["token_type"], "Bearer");
+        assert_eq!(pair["expires_in"], 900);
+        let next = pair["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned();
+        assert_ne!(next, current);
+        current = next;
+        access = pair["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned();
+        let me = http
+            .get(at.url("/me"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .expect("me");
+        assert_eq!(me.status(), StatusCode::OK);
+    }
+
+    // The first refresh token again: reuse. The family ends: the newest refresh token and
+    // the session's access token are refused too.
+    let reused = refresh(&two, &first).await.expect("refresh");
+    assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(reused).await["error"], "invalid_grant");
+    let newest = refresh(&one, &current).await.expect("refresh");
+    assert_eq!(newest.status(), StatusCode::BAD_REQUEST);
+    let me = http
+        .get(two.url("/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // Garbage is invalid_grant, a malformed body a 4xx, never a 5xx.
+    let garbage = refresh(&one, "not-a-token").await.expect("refresh");
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    let malformed = http
+        .post(one.url("/token/refresh"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("refresh");
+    assert!(malformed.status().is_client_error());
+
+    // Logout ends the family of the session.
+    let res = http
+        .post(two.url("/login"))
+        .json(&json!({"username": "bob", "password": "builder"}))
+        .send()
+        .await
+        .expect("login");
+    let bob_refresh = json_of(res).await["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_owned();
+    let bob2 = {
+        let res = refresh(&one, &bob_refresh).await.expect("refresh");
+        assert_eq!(res.status(), StatusCode::OK);
+        json_of(res).await
+    };
+    let bob2_access = bob2["access_token"].as_str().expect("access").to_owned();
+    let bob2_refresh = bob2["refresh_token"].as_str().expect("refresh").to_owned();
+    let out = http
+        .post(two.url("/logout"))
+        .bearer_auth(&bob2_access)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        refresh(&one, &bob2_refresh)
+            .await
+            .expect("refresh")
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+}
