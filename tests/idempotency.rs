@@ -612,6 +612,44 @@ async fn one_megabyte_response<St: StateStore>(store: St) {
     assert_eq!(b.runs.load(Ordering::SeqCst), 2);
 }
 
+/// A redirect after a completed write is its result: stored and replayed, with
+/// `Location`; so are `Content-Encoding` and `Vary`, which say how to read the body.
+async fn redirects_and_encodings_are_replayed<St: StateStore>(store: St) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store))
+        .service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+            let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+            let status = if req.uri().path() == "/redirect" {
+                303
+            } else {
+                201
+            };
+            let res = Response::builder()
+                .status(status)
+                .header("location", format!("/orders/{n}"))
+                .header("content-encoding", "gzip")
+                .header("vary", "accept-encoding")
+                .body(Full::new(Bytes::from_static(b"\x1f\x8b compressed")))
+                .expect("response");
+            async move { Ok::<_, std::convert::Infallible>(res) }
+        });
+    for path in ["/redirect", "/created"] {
+        for replayed in [false, true] {
+            let mut r = post(Some("k"), "x");
+            *r.uri_mut() = path.parse().expect("uri");
+            let res = svc.clone().oneshot(r).await.expect("call");
+            assert_eq!(res.headers().contains_key("idempotent-replayed"), replayed);
+            assert_eq!(res.headers()["content-encoding"], "gzip");
+            assert_eq!(res.headers()["vary"], "accept-encoding");
+            let location = res.headers()["location"].clone();
+            assert!(location == "/orders/1" || location == "/orders/2");
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
 backend_tests!(
     first_call_then_replay,
     concurrent_duplicates,
@@ -625,6 +663,7 @@ backend_tests!(
     client_disconnect_then_retry,
     request_body_limit,
     one_megabyte_response,
+    redirects_and_encodings_are_replayed,
 );
 
 #[tokio::test]
@@ -831,4 +870,61 @@ fn without_a_tokio_runtime_is_a_500_not_a_panic() {
         Poll::Pending => panic!("must answer at once"),
     }
     assert_eq!(a.runs.load(Ordering::SeqCst), 0);
+}
+
+/// A gRPC handler's status decides like an HTTP status: a trailers-only `UNAVAILABLE`
+/// (HTTP 200!) or an `INTERNAL` in the trailers releases the key; an `INVALID_ARGUMENT`
+/// is stored and its replay carries the status.
+#[tokio::test]
+async fn grpc_statuses_decide_what_is_stored() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let mut res = Response::builder().header("content-type", "application/grpc");
+            let mut trailers = None;
+            match req.uri().path() {
+                "/trailers-only-unavailable" => res = res.header("grpc-status", "14"),
+                "/trailers-only-invalid" => {
+                    res = res
+                        .header("grpc-status", "3")
+                        .header("grpc-message", "bad amount")
+                }
+                _ => {
+                    let mut t = HeaderMap::new();
+                    t.insert("grpc-status", http::HeaderValue::from_static("13"));
+                    trailers = Some(t);
+                }
+            }
+            let body = WithTrailers {
+                data: trailers.as_ref().map(|_| Bytes::from_static(b"\0\0\0\0\0")),
+                trailers,
+            };
+            let res = res.body(body).expect("response");
+            async move { Ok::<_, std::convert::Infallible>(res) }
+        });
+    let call = |path: &str| {
+        let mut r = post(Some("g"), "x");
+        *r.uri_mut() = path.parse().expect("uri");
+        svc.clone().oneshot(r)
+    };
+    for path in ["/trailers-only-unavailable", "/internal-in-trailers"] {
+        let first = call(path).await.expect("call");
+        assert!(!first.headers().contains_key("idempotent-replayed"));
+        let _ = first.into_body().collect().await.expect("body");
+        let retry = call(path).await.expect("call");
+        assert!(
+            !retry.headers().contains_key("idempotent-replayed"),
+            "{path} must not be stored"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    call("/trailers-only-invalid").await.expect("call");
+    let replay = call("/trailers-only-invalid").await.expect("call");
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.headers()["grpc-status"], "3");
+    assert_eq!(replay.headers()["grpc-message"], "bad amount");
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
 }

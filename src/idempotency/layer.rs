@@ -50,6 +50,16 @@ const NEVER_REPLAYED: &[&str] = &[
     "content-length",
 ];
 
+/// Response headers that are part of the result itself: how to read the body, and a gRPC
+/// answer's status when it came as a trailers-only response.
+const ALWAYS_REPLAYED: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+];
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) header: HeaderName,
@@ -67,7 +77,8 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn replays(&self, name: &HeaderName) -> bool {
-        self.replay_headers.contains(name) && !NEVER_REPLAYED.contains(&name.as_str())
+        (self.replay_headers.contains(name) || ALWAYS_REPLAYED.contains(&name.as_str()))
+            && !NEVER_REPLAYED.contains(&name.as_str())
     }
 
     pub(crate) fn required(&self, method: &Method, uri: &Uri) -> bool {
@@ -94,7 +105,8 @@ impl<S: StateStore> IdempotencyLayer<S> {
     /// A layer with the defaults: header `Idempotency-Key`, methods `POST` and `PATCH`, key
     /// optional, lock (lease) TTL 30 s, retention 24 h, key prefix `idem:`, request and
     /// response bodies up to 1 MiB and 4 MiB, 5xx not stored, replayed headers
-    /// `Content-Type`, `Location`, `ETag` and `Link`.
+    /// `Content-Type`, `Content-Encoding`, `Location`, `ETag`, `Link` and `Vary` (and a
+    /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`).
     pub fn new(store: S) -> Self {
         Self {
             store,
@@ -108,9 +120,11 @@ impl<S: StateStore> IdempotencyLayer<S> {
                 fingerprint_headers: Vec::new(),
                 replay_headers: vec![
                     http::header::CONTENT_TYPE,
+                    http::header::CONTENT_ENCODING,
                     http::header::LOCATION,
                     http::header::ETAG,
                     http::header::LINK,
+                    http::header::VARY,
                 ],
                 max_request_body: 1024 * 1024,
                 max_response_body: 4 * 1024 * 1024,
@@ -191,8 +205,8 @@ impl<S: StateStore> IdempotencyLayer<S> {
         self.with(|c| c.fingerprint_headers.push(name))
     }
 
-    /// Adds a response header to the replay allow-list (`Content-Type`, `Location`,
-    /// `ETag`, `Link` by default). `Set-Cookie`, `Date`, `Retry-After` and rate-limit
+    /// Adds a response header to the replay allow-list (`Content-Type`,
+    /// `Content-Encoding`, `Location`, `ETag`, `Link`, `Vary` by default). `Set-Cookie`, `Date`, `Retry-After` and rate-limit
     /// headers are never replayed.
     #[must_use]
     pub fn replay_header(self, name: HeaderName) -> Self {

@@ -26,11 +26,16 @@
 //!
 //! # What is stored
 //!
-//! `2xx` and `4xx` responses of the handler, except `408`, `409` and `429`. Those, `5xx`,
-//! handler errors and panics **release** the key (delete, only while still its owner), so
-//! the client may retry; [`store_server_errors`](IdempotencyLayer::store_server_errors)
-//! stores `5xx` too. The layer's own `400`/`409`/`413`/`422`/`503` answers are never
-//! stored. Replays carry only `Content-Type`, `Location`, `ETag`, `Link` and headers you
+//! `2xx`, `3xx` (a redirect after a completed write is its result) and `4xx` responses of
+//! the handler, except `408`, `409` and `429`. Those, `5xx`, handler errors and panics
+//! **release** the key (delete, only while still its owner), so the client may retry;
+//! [`store_server_errors`](IdempotencyLayer::store_server_errors) stores `5xx` too. For
+//! gRPC, the `grpc-status` decides in the same way: `OK` and deterministic refusals
+//! (`INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`, `PERMISSION_DENIED`,
+//! `FAILED_PRECONDITION`, `OUT_OF_RANGE`, `UNIMPLEMENTED`, `UNAUTHENTICATED`) are stored,
+//! the rest release the key. The layer's own `400`/`409`/`413`/`422`/`503` answers are
+//! never stored. Replays carry only `Content-Type`, `Content-Encoding`, `Location`,
+//! `ETag`, `Link`, `Vary`, a gRPC status, and headers you
 //! [add](IdempotencyLayer::replay_header); never `Set-Cookie`, `Date`, `Retry-After` or
 //! rate-limit headers. Trailers (gRPC status) are stored and replayed. A response body
 //! above [`max_response_body`](IdempotencyLayer::max_response_body) is streamed to the
@@ -41,15 +46,20 @@
 //! - **Client disconnects mid-handler:** the request runs in a Tokio task of its own, so the
 //!   handler runs to completion and its response is recorded; the client's retry gets `409`
 //!   while it runs and the stored response after. (So the layer needs a Tokio runtime.)
+//!   The task keeps the request's tracing span. Layers outside this one (a timeout, a
+//!   concurrency limit) stop waiting when the client goes away, but the handler goes on:
+//!   bound long handlers inside it.
 //! - **Instance killed mid-request:** its lease expires after `lock_ttl`, and a retry on
 //!   another instance runs.
 //! - **Lease expired while the handler still runs:** another request may take the key and
 //!   run; the late first request then cannot overwrite its record (its claim token no
 //!   longer matches), it answers its own client and logs a warning. Set `lock_ttl` above
 //!   your slowest handler.
-//! - **Store down:** `503` with `Retry-After`; the handler never runs without a claim. If
-//!   the store fails only when recording, the client still gets the handler's response,
-//!   and the key frees itself after `lock_ttl`.
+//! - **Store down:** `503` with `Retry-After`; the handler never runs without a claim (a
+//!   claim that timed out, and may have been written, is deleted again at once). If the
+//!   store fails only when recording, the write is retried briefly on a dropped
+//!   connection; failing that, the client still gets the handler's response, and the key
+//!   frees itself after `lock_ttl`.
 //!
 //! # Example
 //!

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::RequestBody;
 use super::future::ResponseFuture;
@@ -87,12 +88,39 @@ fn store_failed<B>(error: &StoreError) -> Response<ResponseBody<B>> {
 /// Whether the handler's response is the final answer for its key.
 fn storable(status: StatusCode, config: &Config) -> bool {
     match status.as_u16() {
-        200..=299 => true,
+        // A redirect after a completed write (POST-redirect-GET) is its result too.
+        200..=399 => true,
         // Transient answers: the client is expected to retry, so the key is released.
         408 | 409 | 429 => false,
         400..=499 => true,
         500..=599 => config.store_server_errors,
         _ => false,
+    }
+}
+
+/// The gRPC status of a response: in the headers of a trailers-only answer, or in the
+/// trailers.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a gRPC status is the final answer for its key, as `storable` for HTTP: success
+/// and the deterministic refusals are; transient failures release the key.
+fn grpc_storable(code: u32, config: &Config) -> bool {
+    match code {
+        // OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+        // FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED.
+        0 | 3 | 5 | 6 | 7 | 9 | 11 | 12 | 16 => true,
+        // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED are worth a retry.
+        1 | 4 | 8 | 10 => false,
+        // UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS: server errors.
+        _ => config.store_server_errors,
     }
 }
 
@@ -165,7 +193,8 @@ where
             ));
         };
         let task = run(inner, self.store.clone(), self.config.clone(), key, req);
-        ResponseFuture::spawned(runtime.spawn(task))
+        // The task keeps the request's span, so its logs stay in the request's trace.
+        ResponseFuture::spawned(runtime.spawn(task.instrument(tracing::Span::current())))
     }
 }
 
@@ -216,7 +245,9 @@ where
     let mut delay = Duration::from_millis(25);
     for _ in 0..4 {
         match op().await {
-            Err(error) if error.is_unavailable() => {
+            // A dropped connection fails fast and the next attempt takes another; a
+            // timeout already cost a whole timeout, and the client is waiting.
+            Err(error @ StoreError::Unavailable(_)) => {
                 tracing::debug!(%error, "retrying an idempotency record write");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -346,7 +377,17 @@ where
         .set_if_absent(&store_key, token.clone(), config.lock_ttl)
         .await
     {
-        Err(error) => return own(store_failed(&error)),
+        Err(error) => {
+            if matches!(error, StoreError::Timeout(_)) {
+                // The claim may have been written after all: free it now rather than
+                // answer the client's retries with 409 for a whole lock TTL.
+                let (store, key, token) = (store.clone(), store_key.clone(), token.clone());
+                tokio::spawn(async move {
+                    let _ = store.compare_and_delete(&key, &token).await;
+                });
+            }
+            return own(store_failed(&error));
+        }
         Ok(Some(existing)) => {
             let answer = match Record::decode(&existing) {
                 Err(error) => {
@@ -394,7 +435,11 @@ where
             return Err(error);
         }
     };
-    if !storable(response.status(), &config) {
+    let final_answer = match grpc_status(response.headers()) {
+        Some(code) => grpc_storable(code, &config),
+        None => storable(response.status(), &config),
+    };
+    if !final_answer {
         claim.release().await;
         return Ok(wrap(response));
     }
@@ -402,6 +447,17 @@ where
     let (parts, body) = response.into_parts();
     match buffer(body, config.max_response_body).await {
         Buffered::Complete(data, trailers) => {
+            let grpc_failed = trailers
+                .as_ref()
+                .and_then(grpc_status)
+                .is_some_and(|code| !grpc_storable(code, &config));
+            if grpc_failed {
+                claim.release().await;
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::full_with_trailers(data, trailers),
+                ));
+            }
             let headers = parts
                 .headers
                 .iter()
