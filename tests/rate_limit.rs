@@ -14,7 +14,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::response::ResponseBody;
-use tower_stateless::store::{RedisStore, StateStore};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 use tower_stateless::RegisteredClaims;
 
 type Svc = BoxCloneSyncService<Request<String>, Response<ResponseBody<String>>, Infallible>;
@@ -299,4 +299,73 @@ async fn redis_down() {
         .expect("store");
     server.stop();
     store_down(store).await;
+}
+
+/// IPv6 clients count per /64 (a client holds a whole /64); IPv4-mapped addresses count
+/// as their IPv4 address.
+#[tokio::test]
+async fn ipv6_clients_count_per_64() {
+    let a = instance(
+        RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1))
+            .trusted_header(http::HeaderName::from_static("x-real-ip")),
+    );
+    let from = |ip: &str| {
+        Request::builder()
+            .header("x-real-ip", ip)
+            .body(String::new())
+            .expect("request")
+    };
+    assert_eq!(
+        send(&a, from("2001:db8:1:2::1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, from("2001:db8:1:2:ffff::9")).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "same /64, same bucket"
+    );
+    assert_eq!(
+        send(&a, from("2001:db8:1:3::1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, from("::ffff:192.0.2.7")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, from("192.0.2.7")).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an IPv4-mapped address is its IPv4 address"
+    );
+}
+
+/// Two stacked limiters (global and per route): the client sees both policies.
+#[tokio::test]
+async fn stacked_limiters_keep_both_headers() {
+    let store = MemoryStore::new();
+    let svc = ServiceBuilder::new()
+        .layer(RateLimitLayer::from_limiter(
+            RateLimiter::new(store.clone(), Quota::per_minute(100))
+                .prefix("rl:global:")
+                .policy_name("global"),
+        ))
+        .layer(RateLimitLayer::from_limiter(
+            RateLimiter::new(store, Quota::per_minute(2))
+                .prefix("rl:route:")
+                .policy_name("route"),
+        ))
+        .service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+    let res = svc.oneshot(as_user("ivy")).await.expect("infallible");
+    let policies: Vec<_> = res
+        .headers()
+        .get_all("ratelimit-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(policies.len(), 2, "{policies:?}");
+    assert!(policies.iter().any(|p| p.starts_with("\"route\";q=2")));
+    assert!(policies.iter().any(|p| p.starts_with("\"global\";q=100")));
+    assert_eq!(res.headers().get_all("ratelimit").iter().count(), 2);
 }

@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -51,14 +51,48 @@ impl KeySource {
                     // A proxy appends the address it saw: the last entry is the one it vouches for.
                     let value = parts.headers.get_all(name).iter().next_back()?;
                     let last = value.to_str().ok()?.rsplit(',').next()?.trim();
-                    (!last.is_empty()).then(|| format!("ip:{last}"))
+                    match last.parse::<IpAddr>() {
+                        Ok(ip) => Some(client_key(ip)),
+                        Err(_) => (!last.is_empty()).then(|| format!("ip:{last}")),
+                    }
                 });
                 from_header.or_else(|| {
                     parts
                         .extensions
                         .get::<SocketAddr>()
-                        .map(|addr| format!("ip:{}", addr.ip()))
+                        .map(|addr| client_key(addr.ip()))
                 })
+            }
+        }
+    }
+}
+
+/// The bucket of a client address. An IPv6 client usually holds a whole /64 and could take
+/// a fresh address per request, so IPv6 addresses count per /64.
+fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Adds the rate-limit headers of one limiter without replacing another's: with a global
+/// and a per-route limiter the client sees both policies.
+fn add_headers(target: &mut HeaderMap, headers: HeaderMap) {
+    let mut name = None;
+    for (next, value) in headers {
+        name = next.or(name);
+        if let Some(name) = &name {
+            if name == http::header::RETRY_AFTER {
+                target.insert(name.clone(), value);
+            } else {
+                target.append(name.clone(), value);
             }
         }
     }
@@ -69,7 +103,8 @@ impl KeySource {
 /// The caller is, by default, the JWT subject ([`RegisteredClaims`] in the extensions),
 /// else the last address in the [trusted header](Self::trusted_header) your proxy sets,
 /// else a [`SocketAddr`] in the extensions (hyper users insert it; with axum, use
-/// [`key_fn`](Self::key_fn) to read `ConnectInfo`). A request with no key is not limited.
+/// [`key_fn`](Self::key_fn) to read `ConnectInfo`). IPv6 addresses count per /64. A
+/// request with no key is not limited.
 /// See the [module docs](super).
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer<S> {
@@ -107,6 +142,17 @@ impl<S: StateStore> RateLimitLayer<S> {
     }
 
     /// Keys requests with `f` instead of the default; `None` leaves a request unlimited.
+    ///
+    /// With axum, the peer address is in `ConnectInfo` (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`):
+    ///
+    /// ```ignore
+    /// use axum::extract::ConnectInfo;
+    /// let layer = RateLimitLayer::new(store, Quota::per_minute(60)).key_fn(|parts| {
+    ///     let ConnectInfo(addr) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+    ///     Some(format!("ip:{}", addr.ip()))
+    /// });
+    /// ```
     #[must_use]
     pub fn key_fn<F>(mut self, f: F) -> Self
     where
@@ -234,11 +280,11 @@ where
                         "too many requests; retry after the time in Retry-After",
                     )
                     .into_response(StatusCode::TOO_MANY_REQUESTS);
-                    res.headers_mut().extend(decision.headers());
+                    add_headers(res.headers_mut(), decision.headers());
                     return Ok(for_protocol(grpc, res));
                 }
                 let mut res = inner.call(req).await?;
-                res.headers_mut().extend(decision.headers());
+                add_headers(res.headers_mut(), decision.headers());
                 Ok(wrap(res))
             }),
         }

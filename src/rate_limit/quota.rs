@@ -15,12 +15,16 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// `count` requests per `period`. Both are raised to a minimum of 1 (request, ms).
+    /// `count` requests per `period`. Both are raised to a minimum of 1 (request, ms), and
+    /// the count is capped at one request per millisecond of the period (the store keeps
+    /// time in milliseconds), so that the `RateLimit-Policy` header tells the truth.
     pub fn new(count: u32, period: Duration) -> Self {
-        let count = count.max(1);
+        let period = period.max(Duration::from_millis(1));
+        let per_ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+        let count = count.clamp(1, per_ms);
         Self {
             count,
-            period: period.max(Duration::from_millis(1)),
+            period,
             burst: count,
         }
     }
@@ -59,5 +63,20 @@ impl Quota {
 
     pub(crate) fn gcra(&self) -> Gcra {
         Gcra::new(self.period / self.count, self.burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_finer_than_a_millisecond_are_capped() {
+        assert_eq!(Quota::per_second(2000).count(), 1000);
+        assert_eq!(Quota::per_second(10).count(), 10);
+        assert_eq!(Quota::new(0, Duration::ZERO).count(), 1);
+        let g = Quota::per_minute(600).burst(20).gcra();
+        assert_eq!(g.emission_interval, Duration::from_millis(100));
+        assert_eq!(g.burst, 20);
     }
 }
