@@ -255,6 +255,11 @@ async fn idempotency_paths() {
     let (out, stats) = counted(&f.server, &svc, post(&f.bearer, "k1")).await;
     assert_eq!(out.status, StatusCode::OK);
     assert!(out.replayed);
+    assert_eq!(
+        stats.get("set"),
+        Some(&1),
+        "the claim finds the record: {stats:?}"
+    );
     assert_eq!(total(&stats), 1, "replay: {stats:?}");
 }
 
