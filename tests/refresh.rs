@@ -422,50 +422,7 @@ async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
     );
 }
 
-macro_rules! every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store = super::MemoryStore::new();
-                    super::$name(store.clone(), store).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = crate::redis_or_skip!();
-                    let store = super::RedisStore::from_url(server.url()).expect("store");
-                    let other = super::RedisStore::from_url(server.url()).expect("store");
-                    super::$name(store, other).await;
-                    drop(server);
-                }
-            )*
-        }
-        #[cfg(feature = "redis-cluster")]
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let cluster = crate::cluster_or_skip!();
-                    let build = || {
-                        super::RedisStore::builder()
-                            .cluster_urls(cluster.urls())
-                            .build()
-                            .expect("cluster store")
-                    };
-                    super::$name(build(), build()).await;
-                    drop(cluster);
-                }
-            )*
-        }
-    };
-}
-
-every_backend!(
+backend_pair_tests!(
     rotate_chain_of_ten,
     reuse_revokes_the_family_and_the_session,
     fifty_concurrent_exchanges_one_succeeds,

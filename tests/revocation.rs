@@ -353,49 +353,6 @@ async fn missing_claims_is_a_500<St: StateStore>(store: St, _other: St) {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler must not run");
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let store = tower_stateless::store::MemoryStore::new();
-                    super::$name(store.clone(), store).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let server = crate::redis_or_skip!();
-                    let store = super::RedisStore::from_url(server.url()).expect("store");
-                    let other = super::RedisStore::from_url(server.url()).expect("store");
-                    super::$name(store, other).await;
-                    drop(server);
-                }
-            )*
-        }
-        #[cfg(feature = "redis-cluster")]
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let cluster = crate::cluster_or_skip!();
-                    let build = || {
-                        super::RedisStore::builder()
-                            .cluster_urls(cluster.urls())
-                            .build()
-                            .expect("cluster store")
-                    };
-                    super::$name(build(), build()).await;
-                    drop(cluster);
-                }
-            )*
-        }
-    };
-}
-
 /// On a real cluster, every key a subject's revocations write hashes to one slot, so the
 /// check stays one `MGET` on one node.
 #[cfg(feature = "redis-cluster")]
@@ -428,7 +385,7 @@ async fn redis_cluster_keys_of_a_subject_share_one_slot() {
     assert!(by_tag.values().all(|slots| slots.len() == 1), "{by_tag:?}");
 }
 
-both_backends!(
+backend_pair_tests!(
     revoke_jti_denies_only_that_token,
     revoked_request_never_reaches_the_handler,
     revoke_token_without_jti_is_an_error,

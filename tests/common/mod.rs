@@ -620,3 +620,50 @@ macro_rules! backend_tests {
         $crate::cluster_tests!($($name),*);
     };
 }
+
+/// Runs generic tests `async fn name<St: StateStore>(store: St, other: St)` once per
+/// backend, with two handles on one shared store (as two instances of a service have).
+#[macro_export]
+macro_rules! backend_pair_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = tower_stateless::store::MemoryStore::new();
+                    super::$name(store.clone(), store).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = $crate::redis_or_skip!();
+                    let open = || {
+                        tower_stateless::store::RedisStore::from_url(server.url()).expect("store")
+                    };
+                    super::$name(open(), open()).await;
+                    drop(server);
+                }
+            )*
+        }
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = $crate::cluster_or_skip!();
+                    let build = || {
+                        tower_stateless::store::RedisStore::builder()
+                            .cluster_urls(cluster.urls())
+                            .build()
+                            .expect("cluster store")
+                    };
+                    super::$name(build(), build()).await;
+                    drop(cluster);
+                }
+            )*
+        }
+    };
+}
