@@ -100,7 +100,7 @@ pub(crate) fn store_key(
     feed(&mut hasher, method.as_str().as_bytes());
     feed(&mut hasher, path.as_bytes());
     feed(&mut hasher, key.as_bytes());
-    format!("{prefix}{{{}}}", hex(&hasher.finalize()))
+    format!("{prefix}{{{}}}", crate::id::hex(&hasher.finalize()))
 }
 
 /// SHA-256 of what makes two requests "the same": method, path and query, the configured
@@ -125,14 +125,6 @@ pub(crate) fn fingerprint(
     }
     feed(&mut hasher, body);
     hasher.finalize().into()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ impl Record {
             Record::InProgress { owner, fingerprint } => (
                 Meta {
                     state: 'p',
-                    fp: super::key::hex(fingerprint),
+                    fp: crate::id::hex(fingerprint),
                     owner: Some(owner.clone()),
                     status: None,
                     headers: Vec::new(),
@@ -90,7 +90,7 @@ impl Record {
             Record::Completed(c) => (
                 Meta {
                     state: 'c',
-                    fp: super::key::hex(&c.fingerprint),
+                    fp: crate::id::hex(&c.fingerprint),
                     owner: None,
                     status: Some(c.status.as_u16()),
                     headers: pairs(&c.headers),

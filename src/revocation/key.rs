@@ -42,12 +42,7 @@ pub(super) fn subject(sub: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The hash tag Redis Cluster would use: between the first `{` and the next `}`.
-    fn hash_tag(key: &str) -> Option<&str> {
-        let open = key.find('{')?;
-        let len = key[open + 1..].find('}')?;
-        Some(&key[open + 1..open + 1 + len]).filter(|t| !t.is_empty())
-    }
+    use crate::store::hash_tag;
 
     #[test]
     fn keys_of_one_subject_share_a_hash_tag() {

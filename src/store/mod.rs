@@ -172,6 +172,15 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<GcraOutcome, StoreError>> + Send;
 }
 
+/// The Redis Cluster hash tag of a key: what stands between its first `{` and the next
+/// `}`, when that is not empty. Keys with the same tag share a hash slot.
+#[cfg(any(test, feature = "redis-cluster"))]
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    Some(&key[open + 1..open + 1 + len]).filter(|t| !t.is_empty())
+}
+
 /// Checks a TTL against the contract and returns it in whole milliseconds, rounded up.
 pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64, StoreError> {
     if ttl < Duration::from_millis(1) {

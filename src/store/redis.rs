@@ -446,17 +446,8 @@ fn classify(err: RedisError) -> StoreError {
 #[cfg(feature = "redis-cluster")]
 pub(crate) fn hash_slot(key: &str) -> u16 {
     const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
-    let bytes = key.as_bytes();
-    let hashed = bytes
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(bytes);
-    CRC16.checksum(hashed) % 16384
+    let hashed = super::hash_tag(key).unwrap_or(key);
+    CRC16.checksum(hashed.as_bytes()) % 16384
 }
 
 fn to_bytes(value: Option<Vec<u8>>) -> Option<Bytes> {
