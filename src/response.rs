@@ -1,5 +1,6 @@
 //! What every layer answers with: the response body wrapper and the JSON error body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -139,6 +140,40 @@ where
                 hint
             }
         }
+    }
+}
+
+/// The response future of a layer that awaits the store around its inner service
+/// (`SessionLayer`, `RateLimitLayer`). It is boxed, so it requires a `Send + 'static`
+/// request, inner future and response body.
+pub struct BoxResponseFuture<B, E> {
+    inner: Pin<Box<dyn Future<Output = LayerResult<B, E>> + Send + 'static>>,
+}
+
+type LayerResult<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+impl<B, E> BoxResponseFuture<B, E> {
+    pub(crate) fn new<F>(future: F) -> Self
+    where
+        F: Future<Output = LayerResult<B, E>> + Send + 'static,
+    {
+        Self {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl<B, E> std::fmt::Debug for BoxResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B, E> Future for BoxResponseFuture<B, E> {
+    type Output = LayerResult<B, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }
 

@@ -1,9 +1,7 @@
 //! [`RateLimitLayer`] and [`RateLimitService`].
 
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,7 +12,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Quota, RateLimiter};
-use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{
+    for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
+};
 use crate::store::StateStore;
 use crate::RegisteredClaims;
 
@@ -178,7 +178,7 @@ impl<S: StateStore, I> Layer<I> for RateLimitLayer<S> {
     fn layer(&self, inner: I) -> Self::Service {
         RateLimitService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -187,7 +187,8 @@ impl<S: StateStore, I> Layer<I> for RateLimitLayer<S> {
 #[derive(Debug, Clone)]
 pub struct RateLimitService<S, I> {
     inner: I,
-    layer: RateLimitLayer<S>,
+    // Shared, so that a request copies one pointer rather than the configuration.
+    layer: Arc<RateLimitLayer<S>>,
 }
 
 impl<S, I> RateLimitService<S, I> {
@@ -207,27 +208,8 @@ impl<S, I> RateLimitService<S, I> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Response future of [`RateLimitService`]: the store check, then the inner service
-/// (boxed, so it requires a `Send + 'static` request body and inner future).
-pub struct ResponseFuture<B, E> {
-    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
-}
-
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
+/// Response future of [`RateLimitService`]: the store check, then the inner service.
+pub type ResponseFuture<B, E> = BoxResponseFuture<B, E>;
 
 impl<S, I, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S, I>
 where
@@ -253,40 +235,37 @@ where
         let key = self.layer.key.key(&parts);
         let grpc = is_grpc(&parts.headers);
         let req = Request::from_parts(parts, body);
-        let limiter = self.layer.limiter.clone();
-        let fail_closed = self.layer.fail_closed;
-        ResponseFuture {
-            inner: Box::pin(async move {
-                let Some(key) = key else {
-                    return inner.call(req).await.map(wrap);
-                };
-                let decision = match limiter.check(&key).await {
-                    Ok(decision) => decision,
-                    Err(error) if fail_closed => {
-                        tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
-                        return Ok(for_protocol(
-                            grpc,
-                            store_unavailable(Duration::from_secs(1)),
-                        ));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
-                        return inner.call(req).await.map(wrap);
-                    }
-                };
-                if !decision.allowed() {
-                    let mut res = ErrorBody::new(
-                        "rate_limited",
-                        "too many requests; retry after the time in Retry-After",
-                    )
-                    .into_response(StatusCode::TOO_MANY_REQUESTS);
-                    add_headers(res.headers_mut(), decision.headers());
-                    return Ok(for_protocol(grpc, res));
+        let layer = self.layer.clone();
+        BoxResponseFuture::new(async move {
+            let Some(key) = key else {
+                return inner.call(req).await.map(wrap);
+            };
+            let decision = match layer.limiter.check(&key).await {
+                Ok(decision) => decision,
+                Err(error) if layer.fail_closed => {
+                    tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
+                    return Ok(for_protocol(
+                        grpc,
+                        store_unavailable(Duration::from_secs(1)),
+                    ));
                 }
-                let mut res = inner.call(req).await?;
+                Err(error) => {
+                    tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
+                    return inner.call(req).await.map(wrap);
+                }
+            };
+            if !decision.allowed() {
+                let mut res = ErrorBody::new(
+                    "rate_limited",
+                    "too many requests; retry after the time in Retry-After",
+                )
+                .into_response(StatusCode::TOO_MANY_REQUESTS);
                 add_headers(res.headers_mut(), decision.headers());
-                Ok(wrap(res))
-            }),
-        }
+                return Ok(for_protocol(grpc, res));
+            }
+            let mut res = inner.call(req).await?;
+            add_headers(res.headers_mut(), decision.headers());
+            Ok(wrap(res))
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! [`RateLimiter`]: the limit itself, usable from the layer or from a handler.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -38,7 +39,7 @@ pub struct RateLimiter<S> {
     store: S,
     quota: Quota,
     prefix: String,
-    policy: String,
+    policy: Arc<str>,
 }
 
 impl<S: StateStore> RateLimiter<S> {
@@ -49,7 +50,7 @@ impl<S: StateStore> RateLimiter<S> {
             store,
             quota,
             prefix: "rl:".to_owned(),
-            policy: "default".to_owned(),
+            policy: Arc::from("default"),
         }
     }
 
@@ -69,11 +70,7 @@ impl<S: StateStore> RateLimiter<S> {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || "_-.:*".contains(*c))
             .collect();
-        self.policy = if name.is_empty() {
-            "default".to_owned()
-        } else {
-            name
-        };
+        self.policy = Arc::from(if name.is_empty() { "default" } else { &name });
         self
     }
 
@@ -99,9 +96,8 @@ impl<S: StateStore> RateLimiter<S> {
         if key.len() <= MAX_PLAIN_KEY && !key.contains(['{', '}']) {
             format!("{}{{{key}}}", self.prefix)
         } else {
-            let digest = Sha256::digest(key.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{}{{h:{hex}}}", self.prefix)
+            let digest = crate::id::hex(&Sha256::digest(key.as_bytes()));
+            format!("{}{{h:{digest}}}", self.prefix)
         }
     }
 }
@@ -111,7 +107,7 @@ impl<S: StateStore> RateLimiter<S> {
 pub struct Decision {
     outcome: GcraOutcome,
     quota: Quota,
-    policy: String,
+    policy: Arc<str>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {

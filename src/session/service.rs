@@ -1,7 +1,5 @@
 //! [`SessionService`] and its [`ResponseFuture`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,7 +14,9 @@ use super::config::{valid_id, Config, Transport};
 use super::handle::{
     apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
 };
-use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
+use crate::response::{
+    for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
+};
 use crate::store::{StateStore, StoreError};
 use crate::RegisteredClaims;
 
@@ -45,26 +45,9 @@ impl<S, I> SessionService<S, I> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Response future of [`SessionService`]: runs the inner service, then writes the session back
-/// (boxed, so it requires `Send + 'static` request, inner future and response body).
-pub struct ResponseFuture<B, E> {
-    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
-}
-
-impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Response<ResponseBody<B>>, E>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
+/// Response future of [`SessionService`]: runs the inner service, then writes the session
+/// back.
+pub type ResponseFuture<B, E> = BoxResponseFuture<B, E>;
 
 /// What the response needs after write-back.
 enum CookieAction {
@@ -339,48 +322,43 @@ where
         req.extensions_mut().insert(Session {
             shared: shared.clone(),
         });
-        ResponseFuture {
-            inner: Box::pin(async move {
-                let mut res = inner.call(req).await?;
-                let st = std::mem::take(&mut *shared.state.lock().await);
-                if let Some(unavailable) = st.load_failed {
-                    // The handler saw a load error and may have swallowed it: its answer
-                    // (and any change it made afterwards) rests on a session it could not
-                    // read, so neither is kept, unless it answered 5xx itself.
-                    if res.status().is_server_error() {
-                        return Ok(wrap(res));
-                    }
-                    tracing::warn!("session load failed but the handler answered without a 5xx");
-                    return Ok(for_protocol(
-                        grpc,
-                        store_error_response(unavailable, "the session could not be loaded"),
-                    ));
+        BoxResponseFuture::new(async move {
+            let mut res = inner.call(req).await?;
+            let st = std::mem::take(&mut *shared.state.lock().await);
+            if let Some(unavailable) = st.load_failed {
+                // The handler saw a load error and may have swallowed it: its answer
+                // (and any change it made afterwards) rests on a session it could not
+                // read, so neither is kept, unless it answered 5xx itself.
+                if res.status().is_server_error() {
+                    return Ok(wrap(res));
                 }
-                match write_back(&store, &config, st, renew).await {
-                    Ok(action) => {
-                        apply_cookie(&mut res, &config, action);
-                        Ok(wrap(res))
-                    }
-                    Err(WriteError::Store(e)) => {
-                        tracing::warn!(error = %e, "session write-back failed");
-                        Ok(for_protocol(
-                            grpc,
-                            store_error_response(
-                                e.is_unavailable(),
-                                "the session could not be saved",
-                            ),
-                        ))
-                    }
-                    Err(WriteError::Conflict) => Ok(for_protocol(
-                        grpc,
-                        ErrorBody::new(
-                            "session_conflict",
-                            "the session was updated concurrently too many times; retry",
-                        )
-                        .into_response(StatusCode::CONFLICT),
-                    )),
+                tracing::warn!("session load failed but the handler answered without a 5xx");
+                return Ok(for_protocol(
+                    grpc,
+                    store_error_response(unavailable, "the session could not be loaded"),
+                ));
+            }
+            match write_back(&store, &config, st, renew).await {
+                Ok(action) => {
+                    apply_cookie(&mut res, &config, action);
+                    Ok(wrap(res))
                 }
-            }),
-        }
+                Err(WriteError::Store(e)) => {
+                    tracing::warn!(error = %e, "session write-back failed");
+                    Ok(for_protocol(
+                        grpc,
+                        store_error_response(e.is_unavailable(), "the session could not be saved"),
+                    ))
+                }
+                Err(WriteError::Conflict) => Ok(for_protocol(
+                    grpc,
+                    ErrorBody::new(
+                        "session_conflict",
+                        "the session was updated concurrently too many times; retry",
+                    )
+                    .into_response(StatusCode::CONFLICT),
+                )),
+            }
+        })
     }
 }
