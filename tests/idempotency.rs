@@ -928,3 +928,62 @@ async fn grpc_statuses_decide_what_is_stored() {
     assert_eq!(replay.headers()["grpc-message"], "bad amount");
     assert_eq!(runs.load(Ordering::SeqCst), 5);
 }
+
+/// A request body that fails while the layer buffers it: `400`, nothing claimed, the
+/// handler never runs.
+#[tokio::test]
+async fn failing_request_body_is_400() {
+    struct Broken;
+    impl http_body::Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("connection reset"))))
+        }
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let store = MemoryStore::new();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store))
+        .service_fn(move |_: Request<RequestBody<Broken>>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new()))) }
+        });
+    let req = Request::post("/pay")
+        .header("idempotency-key", "k")
+        .body(Broken)
+        .expect("request");
+    let res = svc.clone().oneshot(req).await.expect("call");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("invalid_body"));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// A record in the store that the layer cannot read (corrupt, or written by something
+/// else): `500`, no panic, and the handler does not run a second time.
+#[tokio::test]
+async fn corrupt_record_is_500() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    send(&a, post(Some("k"), "x")).await;
+    let keys = server.keys("idem:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    store
+        .set(
+            &keys[0],
+            Bytes::from_static(b"TSI1garbage"),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("overwrite");
+    let out = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&out), "idempotency_store_error");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+}
