@@ -45,6 +45,7 @@ compile_error!(
 );
 
 mod claims;
+mod config;
 mod id;
 pub mod idempotency;
 pub mod jwt;
@@ -56,6 +57,7 @@ pub mod session;
 pub mod store;
 
 pub use self::claims::RegisteredClaims;
+pub use self::config::ConfigError;
 
 // The README's Rust examples compile as doctests.
 #[cfg(doctest)]
