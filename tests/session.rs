@@ -14,13 +14,16 @@ use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::{ConfigError, RegisteredClaims};
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
-/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200.
-/// Answers the JSON of `get`, or the error text.
+/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200;
+/// several ops separated by `,` run in order in one request. Answers the outputs of the
+/// ops joined by `,` (the JSON of `get`, empty for writes), or the error text. An
+/// `x-cache-control` or `x-vary` request header is copied into the response as the
+/// handler's own `Cache-Control` or `Vary`.
 async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
-    let op = req
+    let ops = req
         .headers()
         .get("x-op")
         .and_then(|v| v.to_str().ok())
@@ -29,25 +32,38 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let Some(s) = req.extensions().get::<Session>().cloned() else {
         return Ok(Response::new("no session".into()));
     };
-    let parts: Vec<&str> = op.splitn(3, ':').collect();
-    let out = match parts.as_slice() {
-        ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
-        ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
-        ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
-        ["del", k] => s.remove(k).await.map(|_| String::new()),
-        ["clear"] => s.clear().await.map(|_| String::new()),
-        ["cycle"] => s.cycle_id().await.map(|_| String::new()),
-        ["destroy"] => s.destroy().await.map(|_| String::new()),
-        _ => Ok(String::new()),
-    };
-    Ok(match out {
-        Ok(b) => Response::new(b),
-        Err(e) => {
-            let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r
+    let mut outputs = Vec::new();
+    for op in ops.split(',') {
+        let parts: Vec<&str> = op.splitn(3, ':').collect();
+        let out = match parts.as_slice() {
+            ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
+            ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
+            ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
+            ["del", k] => s.remove(k).await.map(|_| String::new()),
+            ["clear"] => s.clear().await.map(|_| String::new()),
+            ["cycle"] => s.cycle_id().await.map(|_| String::new()),
+            ["destroy"] => s.destroy().await.map(|_| String::new()),
+            _ => Ok(String::new()),
+        };
+        match out {
+            Ok(b) => outputs.push(b),
+            Err(e) => {
+                let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(r);
+            }
         }
-    })
+    }
+    let mut res = Response::new(outputs.join(","));
+    for (from, to) in [
+        ("x-cache-control", header::CACHE_CONTROL),
+        ("x-vary", header::VARY),
+    ] {
+        if let Some(v) = req.headers().get(from) {
+            res.headers_mut().insert(to, v.clone());
+        }
+    }
+    Ok(res)
 }
 
 struct Out {
@@ -68,10 +84,24 @@ async fn call_with<St: StateStore>(
     claims: Option<RegisteredClaims>,
     op: &str,
 ) -> Out {
+    send(layer, cookie, claims, &[], op).await
+}
+
+/// [`call_with`] with extra request headers.
+async fn send<St: StateStore>(
+    layer: &SessionLayer<St>,
+    cookie: Option<&str>,
+    claims: Option<RegisteredClaims>,
+    headers: &[(&str, &str)],
+    op: &str,
+) -> Out {
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(handler);
     let mut req = Request::builder().header("x-op", op);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
     }
@@ -107,7 +137,9 @@ fn cookie_pair(out: &Out) -> String {
 async fn lifecycle<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store)
         .cookie_name("sid")
-        .idle_timeout(Duration::from_secs(1));
+        .unwrap()
+        .idle_timeout(Duration::from_secs(1))
+        .unwrap();
     // Untouched → no cookie.
     let out = call(&layer, None, "none").await;
     assert!(out.set_cookie.is_empty());
@@ -155,7 +187,9 @@ async fn lifecycle<St: StateStore>(store: St) {
 }
 
 async fn absolute_lifetime<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).absolute_lifetime(Duration::from_secs(1));
+    let layer = SessionLayer::new(store)
+        .absolute_lifetime(Duration::from_secs(1))
+        .unwrap();
     let c = cookie_pair(&call(&layer, None, "put:a:1").await);
     assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"1\")");
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -171,12 +205,16 @@ async fn cookie_attributes<St: StateStore>(store: St) {
     assert!(!sc.contains("Max-Age") && !sc.contains("Domain"), "{sc}");
     let layer = SessionLayer::new(store)
         .cookie_name("s")
+        .unwrap()
         .cookie_path("/app")
+        .unwrap()
         .cookie_domain("example.com")
+        .unwrap()
         .secure(false)
         .http_only(false)
         .same_site(tower_stateless::session::SameSite::Strict)
-        .max_age(Duration::from_secs(3600));
+        .max_age(Duration::from_secs(3600))
+        .unwrap();
     let sc = &call(&layer, None, "put:a:1").await.set_cookie[0];
     for part in [
         "s=",
@@ -191,7 +229,9 @@ async fn cookie_attributes<St: StateStore>(store: St) {
 }
 
 async fn max_age_renewal<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).max_age(Duration::from_secs(3600));
+    let layer = SessionLayer::new(store)
+        .max_age(Duration::from_secs(3600))
+        .unwrap();
     let out = call(&layer, None, "put:a:1").await;
     let c = cookie_pair(&out);
     assert!(
@@ -489,7 +529,9 @@ mod redis {
         assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
         // Renewing a Max-Age cookie costs no extra round trip.
-        let layer = SessionLayer::new(store(&s).await).max_age(Duration::from_secs(60));
+        let layer = SessionLayer::new(store(&s).await)
+            .max_age(Duration::from_secs(60))
+            .unwrap();
         let c = cookie_pair(&call(&layer, None, "put:a:1").await);
         s.reset_stats();
         let out = call(&layer, Some(&c), "get:a").await;
@@ -727,3 +769,107 @@ cluster_tests!(
     concurrent_cart,
     header_transport,
 );
+
+/// Regressions of the hardening issue.
+mod hardening {
+    use super::*;
+
+    /// The extremes the builder accepts work on every request: `Max-Age` of `i64::MAX`
+    /// seconds, the longest TTL the store holds as idle timeout, an unbounded absolute
+    /// lifetime, and one second for each.
+    async fn longest_and_shortest_accepted_settings_work<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone())
+            .max_age(Duration::from_secs(i64::MAX as u64))
+            .unwrap()
+            .idle_timeout(Duration::from_secs(100 * 365 * 24 * 3600))
+            .unwrap()
+            .absolute_lifetime(Duration::MAX)
+            .unwrap();
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+        assert!(
+            out.set_cookie[0].contains(&format!("Max-Age={}", i64::MAX)),
+            "{:?}",
+            out.set_cookie
+        );
+        let c = cookie_pair(&out);
+        let out = call(&layer, Some(&c), "put:b:2,get:a").await;
+        assert_eq!(
+            (out.status, out.body.as_str()),
+            (StatusCode::OK, ",Some(\"1\")")
+        );
+        let second = Duration::from_secs(1);
+        let layer = SessionLayer::new(store)
+            .max_age(second)
+            .unwrap()
+            .idle_timeout(second)
+            .unwrap()
+            .absolute_lifetime(second)
+            .unwrap();
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+        assert!(
+            out.set_cookie[0].contains("Max-Age=1"),
+            "{:?}",
+            out.set_cookie
+        );
+    }
+
+    backend_tests!(longest_and_shortest_accepted_settings_work);
+
+    #[track_caller]
+    fn refused(built: Result<SessionLayer<MemoryStore>, ConfigError>, setting: &str) {
+        match built {
+            Err(e) => {
+                assert_eq!(e.setting(), setting, "{e}");
+                assert!(e.to_string().contains(setting), "{e}");
+            }
+            Ok(_) => panic!("`{setting}` was accepted"),
+        }
+    }
+
+    /// Settings that could not work are refused when the layer is built, naming the
+    /// setting, instead of failing (or misbehaving on) every request.
+    #[tokio::test]
+    async fn settings_that_cannot_work_are_refused() {
+        let layer = || SessionLayer::new(MemoryStore::new());
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        // Max-Age: whole seconds in an i64.
+        for bad in [
+            Duration::ZERO,
+            ms(999),
+            secs(i64::MAX as u64 + 1),
+            Duration::MAX,
+        ] {
+            refused(layer().max_age(bad), "max_age");
+        }
+        // Idle timeout: a TTL of every write; past the store's range every request failed.
+        for bad in [
+            Duration::ZERO,
+            ms(500),
+            secs(101 * 365 * 24 * 3600),
+            secs(i64::MAX as u64),
+            Duration::MAX,
+        ] {
+            refused(layer().idle_timeout(bad), "idle_timeout");
+        }
+        for bad in [Duration::ZERO, ms(999)] {
+            refused(layer().absolute_lifetime(bad), "absolute_lifetime");
+        }
+        for bad in ["", "a b", "a;b", "sid=x", "a,b", "sé", "a\tb", "(a)"] {
+            refused(layer().cookie_name(bad), "cookie_name");
+        }
+        for bad in ["", "/a; Domain=evil.example", "/a\r\nSet-Cookie: x=y", "/é"] {
+            refused(layer().cookie_path(bad), "cookie_path");
+        }
+        for bad in [
+            "",
+            "example.com; Secure",
+            "exa\0mple.com",
+            "ex\u{e4}mple.com",
+        ] {
+            refused(layer().cookie_domain(bad), "cookie_domain");
+        }
+    }
+}

@@ -40,6 +40,14 @@
 //! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
 //! session fixation (its docs say how it races with concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
 //!
+//! # Configuration errors
+//!
+//! Settings that could not work are refused by the builder with a
+//! [`ConfigError`](crate::ConfigError) naming the setting, never at request time: a
+//! lifetime or `Max-Age` under one second, a `Max-Age` beyond `i64` seconds, an idle timeout
+//! the store cannot hold as a TTL, a cookie name, path or domain that cannot travel in a
+//! `Set-Cookie` header.
+//!
 //! # Example
 //!
 //! ```
@@ -50,9 +58,9 @@
 //! use tower_stateless::store::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let svc = ServiceBuilder::new()
-//!     .layer(SessionLayer::new(MemoryStore::new()).cookie_name("sid"))
+//!     .layer(SessionLayer::new(MemoryStore::new()).cookie_name("sid")?)
 //!     .service_fn(|req: Request<String>| async move {
 //!         let session = req.extensions().get::<Session>().cloned();
 //!         if let Some(session) = session {
@@ -61,8 +69,9 @@
 //!         }
 //!         Ok::<_, Infallible>(Response::new(String::new()))
 //!     });
-//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! let res = svc.oneshot(Request::new(String::new())).await?;
 //! assert!(res.headers().contains_key("set-cookie"));
+//! # Ok(())
 //! # }
 //! ```
 

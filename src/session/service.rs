@@ -273,8 +273,8 @@ fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction)
             }
             if removing {
                 c = c.max_age(cookie::time::Duration::ZERO);
-            } else if let Some(age) = config.max_age {
-                c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+            } else if let Some(age) = config.max_age_secs {
+                c = c.max_age(cookie::time::Duration::seconds(age));
             }
             c.build().encoded().to_string()
         }
@@ -308,7 +308,7 @@ where
         let config = self.config.clone();
         let (id, from_cookie) = request_id(&req, &config);
         let grpc = is_grpc(req.headers());
-        let renew = from_cookie && config.max_age.is_some();
+        let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
             loader: Arc::new(StoreLoader(store.clone())),
             key_prefix: config.prefix.clone(),
