@@ -53,17 +53,6 @@ impl Default for Config {
     }
 }
 
-/// Length of a session id: 32 random bytes, URL-safe base64 without padding.
-pub(crate) const ID_LEN: usize = 43;
-
-/// Strict format check, before any store lookup.
-pub(crate) fn valid_id(id: &str) -> bool {
-    id.len() == ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The shortest idle timeout, absolute lifetime and cookie `Max-Age`: the session's age and
 /// the cookie's `Max-Age` count whole seconds, so anything shorter would end every session
 /// at once.

@@ -35,10 +35,15 @@
 //!
 //! # Security
 //!
-//! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length
-//! or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store lookup; an
-//! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
-//! session fixation (its docs say how it races with concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
+//! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars), from the one generator
+//! the crate uses for session ids (the `sid` of
+//! [`RefreshTokens::issue`](crate::refresh::RefreshTokens::issue) is one too). An id of any
+//! other length or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store
+//! lookup; an unknown or expired id from a cookie or header is treated as no session, and a
+//! write then starts a session under a new id (never under the id the client sent). Call
+//! [`Session::cycle_id`] at login against session fixation (its docs say how it races with
+//! concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by
+//! default.
 //!
 //! # Configuration errors
 //!

@@ -10,10 +10,11 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use tower_service::Service;
 
-use super::config::{valid_id, Config, Transport};
+use super::config::{Config, Transport};
 use super::handle::{
     apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
 };
+use crate::id::{is_session_id, session_id};
 use crate::response::{
     for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
 };
@@ -70,7 +71,7 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
             .get::<RegisteredClaims>()
             .and_then(|c| c.sid.as_deref())
         {
-            return (valid_id(sid).then(|| sid.to_owned()), false);
+            return (is_session_id(sid).then(|| sid.to_owned()), false);
         }
     }
     match &config.transport {
@@ -79,7 +80,7 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .filter(|v| valid_id(v))
+                .filter(|v| is_session_id(v))
                 .map(str::to_owned);
             (id, false)
         }
@@ -92,7 +93,7 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
                 .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
                 .find(|c| c.name() == config.cookie_name)
                 .map(|c| c.value().to_owned())
-                .filter(|v| valid_id(v));
+                .filter(|v| is_session_id(v));
             let from_cookie = id.is_some();
             (id, from_cookie)
         }
@@ -100,7 +101,7 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
 }
 
 fn new_id() -> Result<String, StoreError> {
-    crate::id::random_id::<32>().map_err(|e| StoreError::Unexpected(Box::new(e)))
+    session_id().map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
 /// First backoff ceiling after a compare-and-set conflict; it doubles per attempt.
