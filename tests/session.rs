@@ -770,9 +770,254 @@ cluster_tests!(
     header_transport,
 );
 
-/// Regressions of the hardening issue.
+/// Regressions of the hardening issue: several session calls in one request, a login
+/// `sid` as the session id, and settings that cannot work.
 mod hardening {
     use super::*;
+    use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+    use tower_stateless::refresh::RefreshTokens;
+
+    fn id_of(cookie: &str) -> &str {
+        cookie.split_once('=').unwrap().1
+    }
+
+    /// The stored record of session `id`, read straight from the store.
+    async fn stored<St: StateStore>(store: &St, id: &str) -> Option<Bytes> {
+        store.get(&format!("sess:{{{id}}}")).await.unwrap()
+    }
+
+    fn removes_cookie(out: &Out) -> bool {
+        out.set_cookie.len() == 1 && out.set_cookie[0].contains("Max-Age=0")
+    }
+
+    /// Logout with a flash message: `destroy()` then `insert()` in one request. The old
+    /// session and its data are gone for good; the flash lives in a new session of its own.
+    async fn destroy_then_insert_starts_a_new_session<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:user:alice,put:cart:3").await);
+        let out = call(&layer, Some(&c), "destroy,get:user,put:flash:bye,get:flash").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, ",None,,Some(\"bye\")");
+        assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+        assert!(
+            !out.set_cookie[0].contains("Max-Age=0"),
+            "{:?}",
+            out.set_cookie
+        );
+        let c2 = cookie_pair(&out);
+        assert_ne!(c2, c);
+        assert!(stored(&store, id_of(&c)).await.is_none());
+        // The new session holds only what was written after destroy.
+        let out = call(&layer, Some(&c2), "get:flash,get:user,get:cart").await;
+        assert_eq!(out.body, "Some(\"bye\"),None,None");
+        // The old id stays dead: reads find nothing, a write starts another session.
+        let out = call(&layer, Some(&c), "get:user,get:flash").await;
+        assert_eq!(out.body, "None,None");
+        let c3 = cookie_pair(&call(&layer, Some(&c), "put:x:1").await);
+        assert!(c3 != c && c3 != c2, "{c3}");
+        assert!(stored(&store, id_of(&c)).await.is_none());
+    }
+
+    /// `destroy()` followed by calls that leave nothing to keep: the old session is
+    /// deleted, its cookie removed, and no new (empty) session is written.
+    async fn destroy_then_nothing_to_keep_creates_no_session<St: StateStore>(store: St) {
+        let counting = Counting::new(store.clone());
+        let layer = SessionLayer::new(counting.clone());
+        for ops in [
+            "destroy",
+            "destroy,clear",
+            "destroy,del:user",
+            "destroy,cycle",
+            "destroy,destroy",
+            "put:x:1,destroy",
+            "cycle,destroy",
+            "destroy,put:f:1,destroy",
+        ] {
+            let c = cookie_pair(&call(&layer, None, "put:user:alice").await);
+            counting.reset();
+            let out = call(&layer, Some(&c), ops).await;
+            assert_eq!(out.status, StatusCode::OK, "{ops}");
+            assert!(removes_cookie(&out), "{ops}: {:?}", out.set_cookie);
+            // One load and one delete: nothing else was written.
+            assert_eq!(counting.operations(), 2, "{ops}");
+            assert!(stored(&store, id_of(&c)).await.is_none(), "{ops}");
+        }
+        // Without a session, calls that keep no key neither touch the store nor set a cookie.
+        for ops in [
+            "clear",
+            "del:a",
+            "cycle",
+            "destroy",
+            "put:a:1,del:a",
+            "put:a:1,destroy",
+        ] {
+            counting.reset();
+            let out = call(&layer, None, ops).await;
+            assert_eq!(out.status, StatusCode::OK, "{ops}");
+            assert!(out.set_cookie.is_empty(), "{ops}: {:?}", out.set_cookie);
+            assert_eq!(counting.operations(), 0, "{ops}");
+        }
+    }
+
+    /// `cycle_id()` followed by writes: the new id holds the data with this request's
+    /// changes, the old id is gone; `cycle_id()` then `destroy()` leaves neither.
+    async fn cycle_then_writes_move_to_the_new_id<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
+        let out = call(&layer, Some(&c), "cycle,put:c:3,del:a,get:a,get:b").await;
+        assert_eq!(out.body, ",,,None,Some(\"2\")");
+        let c2 = cookie_pair(&out);
+        assert_ne!(c2, c);
+        assert!(stored(&store, id_of(&c)).await.is_none());
+        let out = call(&layer, Some(&c2), "get:a,get:b,get:c").await;
+        assert_eq!(out.body, "None,Some(\"2\"),Some(\"3\")");
+        // Cycle then clear: a new id with only what was written after the clear.
+        let c3 = cookie_pair(&call(&layer, Some(&c2), "cycle,clear,put:d:4").await);
+        assert_ne!(c3, c2);
+        assert!(stored(&store, id_of(&c2)).await.is_none());
+        let out = call(&layer, Some(&c3), "get:b,get:c,get:d").await;
+        assert_eq!(out.body, "None,None,Some(\"4\")");
+        // Cycle, destroy, insert: the old session is gone, the new one holds the flash only.
+        let out = call(&layer, Some(&c3), "cycle,destroy,put:f:1").await;
+        let c4 = cookie_pair(&out);
+        assert_ne!(c4, c3);
+        assert!(stored(&store, id_of(&c3)).await.is_none());
+        let out = call(&layer, Some(&c4), "get:d,get:f").await;
+        assert_eq!(out.body, "None,Some(\"1\")");
+    }
+
+    /// `clear()` then `insert()`: same id, no cookie, only the new key.
+    async fn clear_then_insert_keeps_the_id<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
+        let out = call(&layer, Some(&c), "clear,put:c:3,get:a").await;
+        assert_eq!(out.body, ",,None");
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        let out = call(&layer, Some(&c), "get:a,get:b,get:c").await;
+        assert_eq!(out.body, "None,None,Some(\"3\")");
+        // A cleared session stays, empty, under its id.
+        call(&layer, Some(&c), "clear").await;
+        assert!(stored(&store, id_of(&c)).await.is_some());
+    }
+
+    /// With the id in a `sid` claim: the first write creates the session under the `sid`,
+    /// `destroy()` ends it for good, and a write after it goes to a new cookie session.
+    async fn sid_session_created_and_destroyed<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let sid = "S".repeat(43);
+        let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let out = call_with(&layer, None, claims(), "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        assert!(stored(&store, &sid).await.is_some());
+        assert_eq!(
+            call_with(&layer, None, claims(), "get:a").await.body,
+            "Some(\"1\")"
+        );
+        let out = call_with(&layer, None, claims(), "destroy,put:flash:bye").await;
+        assert!(stored(&store, &sid).await.is_none());
+        let c = cookie_pair(&out);
+        assert_ne!(id_of(&c), sid);
+        assert_eq!(
+            call(&layer, Some(&c), "get:flash,get:a").await.body,
+            "Some(\"bye\"),None"
+        );
+        assert_eq!(
+            call_with(&layer, None, claims(), "get:a").await.body,
+            "None"
+        );
+    }
+
+    /// Concurrent first writes of one `sid` that has no session yet, from two instances:
+    /// one creates the session, the others merge into it, and every key survives.
+    async fn sid_first_writes_concurrently_all_land<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let sid = "C".repeat(43);
+        let mut a = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(handler);
+        let mut b = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(handler);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let req = Request::builder()
+                .header("x-op", format!("put:k{i}:{i}"))
+                .extension(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid))
+                .body(String::new())
+                .unwrap();
+            let svc = if i % 2 == 0 { &mut a } else { &mut b };
+            tasks.push(tokio::spawn(svc.ready().await.unwrap().call(req)));
+        }
+        for t in tasks {
+            let res = t.await.unwrap().unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(res.headers().get(header::SET_COOKIE).is_none());
+        }
+        let claims = Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let ops: Vec<String> = (0..20).map(|i| format!("get:k{i}")).collect();
+        let out = call_with(&layer, None, claims, &ops.join(",")).await;
+        let want: Vec<String> = (0..20).map(|i| format!("Some(\"{i}\")")).collect();
+        assert_eq!(out.body, want.join(","));
+    }
+
+    /// A login through `RefreshTokens::issue`, then requests through `JwtAuthLayer` and
+    /// `SessionLayer::id_from_sid_claim`: the minted `sid` keys the session, so a write is
+    /// seen by a later request, also with the access token of the next rotation.
+    async fn refresh_login_sid_keys_a_session<St: StateStore>(store: St) {
+        let keys = JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, &[7; 32])
+            .unwrap();
+        let tokens = RefreshTokens::new(store.clone(), TokenIssuer::new(&keys, "v1").unwrap());
+        let login = tokens.issue("alice").await.unwrap();
+        let sid = login.refresh_token.sid.clone();
+        assert_eq!(login.access_token.claims.sid.as_deref(), Some(sid.as_str()));
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let request = |token: &str, op: &str| {
+            let svc = ServiceBuilder::new()
+                .layer(JwtAuthLayer::<serde_json::Value>::new(keys.clone()))
+                .layer(layer.clone())
+                .service_fn(handler);
+            let req = Request::builder()
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-op", op)
+                .body(String::new())
+                .unwrap();
+            async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let status = res.status();
+                let cookies = res.headers().get_all(header::SET_COOKIE).iter().count();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (status, cookies, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let token = login.access_token.token.clone();
+        assert_eq!(
+            request(&token, "get:cart").await,
+            (StatusCode::OK, 0, "None".to_owned())
+        );
+        assert_eq!(
+            request(&token, "put:cart:3").await,
+            (StatusCode::OK, 0, String::new())
+        );
+        assert!(
+            stored(&store, &sid).await.is_some(),
+            "no session under the sid"
+        );
+        assert_eq!(
+            request(&token, "get:cart").await,
+            (StatusCode::OK, 0, "Some(\"3\")".to_owned())
+        );
+        assert_eq!(
+            request(&token, "put:size:9").await,
+            (StatusCode::OK, 0, String::new())
+        );
+        let next = tokens.rotate(&login.refresh_token.token).await.unwrap();
+        assert_eq!(
+            request(&next.access_token.token, "get:cart,get:size").await,
+            (StatusCode::OK, 0, "Some(\"3\"),Some(\"9\")".to_owned())
+        );
+    }
 
     /// The extremes the builder accepts work on every request: `Max-Age` of `i64::MAX`
     /// seconds, the longest TTL the store holds as idle timeout, an unbounded absolute
@@ -815,7 +1060,16 @@ mod hardening {
         );
     }
 
-    backend_tests!(longest_and_shortest_accepted_settings_work);
+    backend_tests!(
+        destroy_then_insert_starts_a_new_session,
+        destroy_then_nothing_to_keep_creates_no_session,
+        cycle_then_writes_move_to_the_new_id,
+        clear_then_insert_keeps_the_id,
+        sid_session_created_and_destroyed,
+        sid_first_writes_concurrently_all_land,
+        refresh_login_sid_keys_a_session,
+        longest_and_shortest_accepted_settings_work,
+    );
 
     #[track_caller]
     fn refused(built: Result<SessionLayer<MemoryStore>, ConfigError>, setting: &str) {

@@ -142,6 +142,14 @@ impl<S: StateStore> SessionLayer<S> {
     /// A `sid` claim takes precedence over the cookie or header; a malformed `sid` means no
     /// session (no store lookup, no fallback to the transport). Claims without `sid` fall
     /// back to the transport.
+    ///
+    /// When no session exists under a well-formed `sid`, the first write creates it under
+    /// that `sid` (it comes from a token the server signed, so adopting it is no session
+    /// fixation), and later requests with the same `sid` find it: the `sid` of
+    /// [`RefreshTokens::issue`](crate::refresh::RefreshTokens::issue) keys a session of this
+    /// layer. That id stays in the token; no cookie or header carries it. After
+    /// [`Session::destroy`](super::Session::destroy) the `sid` session is gone, and a write
+    /// in the same request starts a session under a fresh random id in the transport.
     #[must_use]
     pub fn id_from_sid_claim(mut self, on: bool) -> Self {
         self.config.use_sid_claim = on;

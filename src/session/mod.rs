@@ -21,6 +21,16 @@
 //! when they run out). Two requests changing different keys both survive; when both write the
 //! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
 //!
+//! # Destroy, cycle, clear
+//!
+//! [`Session::destroy`] ends the session for good: its id is deleted when the handler
+//! returns, whatever the handler does afterwards. A write after `destroy` in the same
+//! request (a flash message after logout) starts a new session with a new id and a new
+//! cookie, holding only what was written after `destroy`. [`Session::cycle_id`] moves the
+//! data, with this request's changes, to a new id and deletes the old one.
+//! [`Session::clear`] empties the session and keeps its id. No request creates an empty
+//! session: a new session is only written when it holds a key.
+//!
 //! # Errors
 //!
 //! [`Session`] methods return [`SessionError`]; [`SessionError::is_unavailable`] tells a store

@@ -62,28 +62,42 @@ enum WriteError {
     Conflict,
 }
 
-/// The request's session id (format-checked) and whether it came from the session cookie:
-/// only a cookie the client holds is renewed (`Max-Age`), never an id from the JWT `sid`.
-fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
+/// Where the request's session id came from.
+#[derive(Debug, Default)]
+struct RequestId {
+    /// The id, format-checked.
+    id: Option<String>,
+    /// From the session cookie: only a cookie the client holds is renewed (`Max-Age`).
+    from_cookie: bool,
+    /// From the JWT `sid` claim: a new session is created under it, and it is never put
+    /// into a cookie or header.
+    from_claim: bool,
+}
+
+fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
     if config.use_sid_claim {
         if let Some(sid) = req
             .extensions()
             .get::<RegisteredClaims>()
             .and_then(|c| c.sid.as_deref())
         {
-            return (is_session_id(sid).then(|| sid.to_owned()), false);
+            return RequestId {
+                id: is_session_id(sid).then(|| sid.to_owned()),
+                from_cookie: false,
+                from_claim: true,
+            };
         }
     }
     match &config.transport {
-        Transport::Header(name) => {
-            let id = req
+        Transport::Header(name) => RequestId {
+            id: req
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| is_session_id(v))
-                .map(str::to_owned);
-            (id, false)
-        }
+                .map(str::to_owned),
+            ..RequestId::default()
+        },
         Transport::Cookie => {
             let id = req
                 .headers()
@@ -94,8 +108,11 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
                 .find(|c| c.name() == config.cookie_name)
                 .map(|c| c.value().to_owned())
                 .filter(|v| is_session_id(v));
-            let from_cookie = id.is_some();
-            (id, from_cookie)
+            RequestId {
+                from_cookie: id.is_some(),
+                id,
+                from_claim: false,
+            }
         }
     }
 }
@@ -127,6 +144,114 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(micros)
 }
 
+fn encode(record: &Record) -> Result<Bytes, WriteError> {
+    serde_json::to_vec(record)
+        .map(Bytes::from)
+        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))
+}
+
+/// The TTL of `record` written at `now`: the idle timeout, capped by what is left of the
+/// absolute lifetime.
+fn ttl(config: &Config, record: &Record, now: u64) -> Duration {
+    let left = config
+        .absolute
+        .saturating_sub(Duration::from_secs(now.saturating_sub(record.created)));
+    config.idle.min(left).max(Duration::from_millis(1))
+}
+
+/// Writes this request's changes onto the record under `key`, merged with concurrent
+/// writers: a compare-and-set against `original`, or a set-if-absent when `original` is
+/// `None` (a session created under the request's `sid`). On a conflict the record is
+/// re-read and only this request's changes are applied again.
+///
+/// `Ok(false)` when the changes were dropped: the session was destroyed or expired
+/// meanwhile (it is never resurrected), or the stored record is unreadable.
+async fn merge<S: StateStore>(
+    store: &S,
+    config: &Config,
+    key: &str,
+    mut original: Option<Bytes>,
+    mut base: Record,
+    st: &State,
+    now: u64,
+) -> Result<bool, WriteError> {
+    for attempt in 0..=config.max_retries {
+        let mut next = base.clone();
+        apply(&mut next.data, st.cleared, &st.delta);
+        let bytes = encode(&next)?;
+        let ttl = ttl(config, &next, now);
+        match &original {
+            Some(expected) => {
+                if store
+                    .compare_and_set(key, expected, bytes, ttl)
+                    .await
+                    .map_err(WriteError::Store)?
+                {
+                    return Ok(true);
+                }
+            }
+            None => match store
+                .set_if_absent(key, bytes, ttl)
+                .await
+                .map_err(WriteError::Store)?
+            {
+                None => return Ok(true),
+                // Created concurrently by another request: merge into it at once.
+                Some(existing) => match serde_json::from_slice::<Record>(&existing) {
+                    Ok(r) => {
+                        base = r;
+                        original = Some(existing);
+                        continue;
+                    }
+                    Err(_) => return Ok(false),
+                },
+            },
+        }
+        if attempt == config.max_retries {
+            break;
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        match store.get(key).await.map_err(WriteError::Store)? {
+            Some(raw) => match serde_json::from_slice::<Record>(&raw) {
+                Ok(r) => {
+                    base = r;
+                    original = Some(raw);
+                }
+                Err(_) => return Ok(false),
+            },
+            // Destroyed or expired meanwhile: do not resurrect it.
+            None => {
+                tracing::debug!("session vanished during update; changes dropped");
+                return Ok(false);
+            }
+        }
+    }
+    Err(WriteError::Conflict)
+}
+
+/// Writes `bytes` as a new session under a fresh random id and returns the id.
+async fn create<S: StateStore>(
+    store: &S,
+    config: &Config,
+    bytes: Bytes,
+    ttl: Duration,
+) -> Result<String, WriteError> {
+    // 256 random bits do not collide; the retries only guard a broken generator.
+    for _ in 0..3 {
+        let id = new_id().map_err(WriteError::Store)?;
+        let key = store_key(&config.prefix, &id);
+        if store
+            .set_if_absent(&key, bytes.clone(), ttl)
+            .await
+            .map_err(WriteError::Store)?
+            .is_none()
+        {
+            return Ok(id);
+        }
+    }
+    Err(WriteError::Conflict)
+}
+
 /// Writes the request's changes back. `renew`: re-send the cookie of an existing session
 /// (a `Max-Age` cookie must roll with the idle expiry, or the browser drops a live session).
 async fn write_back<S: StateStore>(
@@ -138,103 +263,70 @@ async fn write_back<S: StateStore>(
     if !st.loaded {
         return Ok(CookieAction::None);
     }
-    if st.destroyed {
-        if let Some(id) = &st.id {
-            store
-                .delete(&store_key(&config.prefix, id))
-                .await
-                .map_err(WriteError::Store)?;
-            return Ok(CookieAction::Remove);
-        }
-        return Ok(CookieAction::None);
-    }
-    // After a load, `st.id` is `Some` only when the session exists.
-    let keep = |id: &str| {
-        if renew {
-            CookieAction::Set(id.to_owned())
-        } else {
-            CookieAction::None
-        }
-    };
-    if !st.modified() && !st.cycle {
-        return Ok(st.id.as_deref().map_or(CookieAction::None, keep));
+    // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
+    let mut action = CookieAction::None;
+    if let Some(old) = &st.destroyed {
+        store
+            .delete(&store_key(&config.prefix, old))
+            .await
+            .map_err(WriteError::Store)?;
+        action = CookieAction::Remove;
     }
     let now = now_secs();
-    let mut record = st.record.clone().unwrap_or(Record {
+    let fresh = || Record {
         v: RECORD_VERSION,
         created: now,
         data: Default::default(),
-    });
-    let ttl = |r: &Record| {
-        let left = config
-            .absolute
-            .saturating_sub(Duration::from_secs(now.saturating_sub(r.created)));
-        config.idle.min(left).max(Duration::from_millis(1))
     };
-    match (&st.id, st.cycle) {
+    // After a load, `st.id` is `Some` only when the session exists.
+    match (st.id.as_deref(), st.cycle) {
         (Some(id), false) => {
+            if !st.modified() {
+                return Ok(if renew {
+                    CookieAction::Set(id.to_owned())
+                } else {
+                    CookieAction::None
+                });
+            }
             let key = store_key(&config.prefix, id);
-            let mut original = st.original.clone().unwrap_or_default();
-            for attempt in 0..=config.max_retries {
-                let mut next = record.clone();
-                apply(&mut next.data, st.cleared, &st.delta);
-                let bytes = Bytes::from(
-                    serde_json::to_vec(&next)
-                        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
-                );
-                if store
-                    .compare_and_set(&key, &original, bytes, ttl(&next))
-                    .await
-                    .map_err(WriteError::Store)?
-                {
-                    return Ok(keep(id));
-                }
-                if attempt == config.max_retries {
-                    break;
-                }
-                tokio::time::sleep(backoff(attempt)).await;
-                match store.get(&key).await.map_err(WriteError::Store)? {
-                    Some(raw) => match serde_json::from_slice::<Record>(&raw) {
-                        Ok(r) => {
-                            record = r;
-                            original = raw;
-                        }
-                        Err(_) => return Ok(CookieAction::None),
-                    },
-                    // Destroyed or expired meanwhile: do not resurrect it.
-                    None => {
-                        tracing::debug!("session vanished during update; changes dropped");
-                        return Ok(CookieAction::None);
-                    }
-                }
-            }
-            Err(WriteError::Conflict)
+            let base = st.record.clone().unwrap_or_else(fresh);
+            let stored = merge(store, config, &key, st.original.clone(), base, &st, now).await?;
+            Ok(if stored && renew {
+                CookieAction::Set(id.to_owned())
+            } else {
+                CookieAction::None
+            })
         }
-        (old, _) => {
+        (Some(old), true) => {
+            let mut record = st.record.clone().unwrap_or_else(fresh);
             apply(&mut record.data, st.cleared, &st.delta);
-            let bytes = Bytes::from(
-                serde_json::to_vec(&record)
-                    .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
-            );
-            for _ in 0..3 {
-                let id = new_id().map_err(WriteError::Store)?;
-                let key = store_key(&config.prefix, &id);
-                if store
-                    .set_if_absent(&key, bytes.clone(), ttl(&record))
-                    .await
-                    .map_err(WriteError::Store)?
-                    .is_none()
-                {
-                    if let Some(old) = old {
-                        store
-                            .delete(&store_key(&config.prefix, old))
-                            .await
-                            .map_err(WriteError::Store)?;
-                    }
-                    return Ok(CookieAction::Set(id));
+            let id = create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+            store
+                .delete(&store_key(&config.prefix, old))
+                .await
+                .map_err(WriteError::Store)?;
+            Ok(CookieAction::Set(id))
+        }
+        (None, _) => {
+            let mut record = fresh();
+            apply(&mut record.data, st.cleared, &st.delta);
+            // Nothing to keep (no write, only removals, a destroy): no empty session.
+            if record.data.is_empty() {
+                return Ok(action);
+            }
+            match &st.sid {
+                // The id travels in the token, not in a cookie or header.
+                Some(sid) => {
+                    let key = store_key(&config.prefix, sid);
+                    merge(store, config, &key, None, fresh(), &st, now).await?;
+                    Ok(action)
+                }
+                None => {
+                    let id =
+                        create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+                    Ok(CookieAction::Set(id))
                 }
             }
-            Err(WriteError::Conflict)
         }
     }
 }
@@ -307,7 +399,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
         let config = self.config.clone();
-        let (id, from_cookie) = request_id(&req, &config);
+        let RequestId {
+            id,
+            from_cookie,
+            from_claim,
+        } = request_id(&req, &config);
         let grpc = is_grpc(req.headers());
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
@@ -316,6 +412,7 @@ where
             idle: config.idle,
             absolute: config.absolute,
             state: Mutex::new(State {
+                sid: id.clone().filter(|_| from_claim),
                 id,
                 ..State::default()
             }),
