@@ -70,6 +70,7 @@ struct Out {
     status: StatusCode,
     set_cookie: Vec<String>,
     retry_after: Option<String>,
+    headers: http::HeaderMap,
     body: String,
 }
 
@@ -120,12 +121,14 @@ async fn send<St: StateStore>(
         .headers()
         .get(header::RETRY_AFTER)
         .map(|v| v.to_str().unwrap().to_owned());
+    let headers = res.headers().clone();
     let body =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Out {
         status,
         set_cookie,
         retry_after,
+        headers,
         body,
     }
 }
@@ -722,6 +725,7 @@ mod axum_extractor {
             status,
             set_cookie,
             retry_after: None,
+            headers: http::HeaderMap::new(),
             body: String::from_utf8(body.to_vec()).unwrap(),
         }
     }
@@ -771,7 +775,7 @@ cluster_tests!(
 );
 
 /// Regressions of the hardening issue: several session calls in one request, a login
-/// `sid` as the session id, and settings that cannot work.
+/// `sid` as the session id, shared caches, and settings that cannot work.
 mod hardening {
     use super::*;
     use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
@@ -1019,6 +1023,91 @@ mod hardening {
         );
     }
 
+    fn cache_control(out: &Out) -> Option<&str> {
+        out.headers
+            .get(header::CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap())
+    }
+
+    fn vary(out: &Out) -> Vec<String> {
+        out.headers
+            .get_all(header::VARY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .collect()
+    }
+
+    /// A response that sets a session cookie (new, renewed, removed) or the id header is
+    /// `Cache-Control: private`, unless the handler chose its own `Cache-Control`; a
+    /// response after the session was touched varies on the cookie.
+    async fn session_cookie_responses_stay_out_of_shared_caches<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone())
+            .max_age(Duration::from_secs(3600))
+            .unwrap();
+        // New session.
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(cache_control(&out), Some("private"));
+        assert_eq!(vary(&out), ["cookie"]);
+        let c = cookie_pair(&out);
+        // Renewed cookie on a read.
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert_eq!(out.set_cookie.len(), 1);
+        assert_eq!(cache_control(&out), Some("private"));
+        // The handler's own choice stands, even with a cookie.
+        let own = [("x-cache-control", "public, max-age=60")];
+        let out = send(&layer, Some(&c), None, &own, "put:b:2").await;
+        assert_eq!(out.set_cookie.len(), 1);
+        assert_eq!(cache_control(&out), Some("public, max-age=60"));
+        let own = [("x-cache-control", "no-store")];
+        let out = send(&layer, None, None, &own, "put:b:2").await;
+        assert_eq!(cache_control(&out), Some("no-store"));
+        // Cookie removal.
+        let out = call(&layer, Some(&c), "destroy").await;
+        assert!(removes_cookie(&out));
+        assert_eq!(cache_control(&out), Some("private"));
+
+        // Without Max-Age, a read sends no cookie: no Cache-Control, but Vary.
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert!(out.set_cookie.is_empty());
+        assert_eq!(cache_control(&out), None);
+        assert_eq!(vary(&out), ["cookie"]);
+        // A read that finds no session depends on the cookie too.
+        let out = call(&layer, None, "get:a").await;
+        assert_eq!(
+            (cache_control(&out), vary(&out)),
+            (None, vec!["cookie".to_owned()])
+        );
+        // Untouched: nothing added.
+        let out = call(&layer, Some(&c), "none").await;
+        assert_eq!(
+            (cache_control(&out), vary(&out)),
+            (None, Vec::<String>::new())
+        );
+        // The handler's Vary is kept and extended once; `*` already covers everything.
+        let out = send(
+            &layer,
+            Some(&c),
+            None,
+            &[("x-vary", "Accept-Encoding")],
+            "get:a",
+        )
+        .await;
+        assert_eq!(vary(&out), ["accept-encoding", "cookie"]);
+        let out = send(&layer, Some(&c), None, &[("x-vary", "Cookie")], "get:a").await;
+        assert_eq!(vary(&out), ["cookie"]);
+        let out = send(&layer, Some(&c), None, &[("x-vary", "*")], "get:a").await;
+        assert_eq!(vary(&out), ["*"]);
+
+        // Header transport: the id header makes the response private; Vary names it.
+        let layer = SessionLayer::new(store).header(http::HeaderName::from_static("x-session"));
+        let out = call(&layer, None, "put:a:1").await;
+        assert!(out.headers.contains_key("x-session"));
+        assert_eq!(cache_control(&out), Some("private"));
+        assert_eq!(vary(&out), ["x-session"]);
+    }
+
     /// The extremes the builder accepts work on every request: `Max-Age` of `i64::MAX`
     /// seconds, the longest TTL the store holds as idle timeout, an unbounded absolute
     /// lifetime, and one second for each.
@@ -1068,6 +1157,7 @@ mod hardening {
         sid_session_created_and_destroyed,
         sid_first_writes_concurrently_all_land,
         refresh_login_sid_keys_a_session,
+        session_cookie_responses_stay_out_of_shared_caches,
         longest_and_shortest_accepted_settings_work,
     );
 

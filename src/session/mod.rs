@@ -55,6 +55,22 @@
 //! concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by
 //! default.
 //!
+//! # Caching
+//!
+//! A response that carries a session id (a new or renewed cookie, a removal cookie, the id
+//! header) gets `Cache-Control: private` unless the handler set its own `Cache-Control`, so
+//! that no shared cache (proxy, CDN) stores the id and hands it to other users. `private`
+//! rather than `no-store`: shared caches are the risk; the user's own browser may keep its
+//! own page, and never replays a `Set-Cookie` from its cache. A handler that sets
+//! `Cache-Control` itself decides alone (e.g. `no-store` for sensitive pages).
+//!
+//! A response built after the handler touched the session gets `Vary: Cookie` (or the id
+//! header's name), also when the request had no session: it depends on the session, so a
+//! shared cache that may store it keeps it apart per session. Untouched sessions add nothing.
+//! With [`id_from_sid_claim`](SessionLayer::id_from_sid_claim), a session found through the
+//! `sid` claim adds no `Vary` (the response depends on the `Authorization` header, which
+//! shared caches already treat as private).
+//!
 //! # Configuration errors
 //!
 //! Settings that could not work are refused by the builder with a
@@ -86,6 +102,8 @@
 //!     });
 //! let res = svc.oneshot(Request::new(String::new())).await?;
 //! assert!(res.headers().contains_key("set-cookie"));
+//! // Shared caches must not store a response that carries a session id.
+//! assert_eq!(res.headers()["cache-control"], "private");
 //! # Ok(())
 //! # }
 //! ```

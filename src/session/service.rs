@@ -340,16 +340,21 @@ fn store_error_response<B>(unavailable: bool, message: &str) -> Response<Respons
     }
 }
 
-fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) {
+/// Puts the session id (or its removal) into the response. Returns whether anything was
+/// sent.
+fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) -> bool {
     let value = match (&config.transport, action) {
-        (_, CookieAction::None) => return,
+        (_, CookieAction::None) => return false,
         (Transport::Header(name), CookieAction::Set(id)) => {
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                res.headers_mut().insert(name.clone(), v);
-            }
-            return;
+            return match HeaderValue::from_str(&id) {
+                Ok(v) => {
+                    res.headers_mut().insert(name.clone(), v);
+                    true
+                }
+                Err(_) => false,
+            };
         }
-        (Transport::Header(_), CookieAction::Remove) => return,
+        (Transport::Header(_), CookieAction::Remove) => return false,
         (Transport::Cookie, action) => {
             let removing = matches!(action, CookieAction::Remove);
             let id = match action {
@@ -372,8 +377,48 @@ fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction)
             c.build().encoded().to_string()
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        res.headers_mut().append(header::SET_COOKIE, v);
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            res.headers_mut().append(header::SET_COOKIE, v);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A response that carries a session id must not be stored by a shared cache (a proxy or
+/// CDN would hand the id to everyone): `Cache-Control: private`, unless the handler chose
+/// its own `Cache-Control`.
+///
+/// `private` rather than `no-store`: shared caches must not store it (RFC 9111 §5.2.2.7),
+/// which is the whole risk; the user's own browser may still cache the page, which holds
+/// only that user's data, and a browser never replays `Set-Cookie` from its cache.
+fn keep_out_of_shared_caches<B>(res: &mut Response<B>) {
+    if !res.headers().contains_key(header::CACHE_CONTROL) {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// A response built after the handler looked at the session depends on the request's
+/// session cookie (or header), also when there was none: `Vary` names it, so a shared cache
+/// that stores the response (the handler allowed it) never serves it to another session.
+fn vary_on_transport<B>(res: &mut Response<B>, config: &Config) {
+    let name = match &config.transport {
+        Transport::Cookie => header::COOKIE,
+        Transport::Header(name) => name.clone(),
+    };
+    let covered = res
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|v| v == "*" || v.eq_ignore_ascii_case(name.as_str()));
+    if !covered {
+        res.headers_mut()
+            .append(header::VARY, HeaderValue::from(name));
     }
 }
 
@@ -436,9 +481,15 @@ where
                     store_error_response(unavailable, "the session could not be loaded"),
                 ));
             }
+            let looked_at = st.loaded;
             match write_back(&store, &config, st, renew).await {
                 Ok(action) => {
-                    apply_cookie(&mut res, &config, action);
+                    if apply_cookie(&mut res, &config, action) {
+                        keep_out_of_shared_caches(&mut res);
+                    }
+                    if looked_at && !from_claim {
+                        vary_on_transport(&mut res, &config);
+                    }
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
