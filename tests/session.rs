@@ -932,6 +932,25 @@ mod hardening {
         );
     }
 
+    /// A `sid` whose stored record is unreadable (corrupt) is no session: a read finds
+    /// nothing, and a write replaces the record instead of being dropped.
+    async fn sid_with_corrupt_record_is_replaced_by_a_write<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let sid = "K".repeat(43);
+        let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let key = format!("sess:{{{sid}}}");
+        for garbage in [&b"not json"[..], br#"{"v":99,"created":0,"data":{"x":1}}"#] {
+            store
+                .set(&key, Bytes::from_static(garbage), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let out = call_with(&layer, None, claims(), "get:a,put:a:1").await;
+            assert_eq!((out.status, out.body.as_str()), (StatusCode::OK, "None,"));
+            let out = call_with(&layer, None, claims(), "get:a,get:x").await;
+            assert_eq!(out.body, "Some(\"1\"),None");
+        }
+    }
+
     /// Concurrent first writes of one `sid` that has no session yet, from two instances:
     /// one creates the session, the others merge into it, and every key survives.
     async fn sid_first_writes_concurrently_all_land<St: StateStore>(store: St) {
@@ -1156,6 +1175,7 @@ mod hardening {
         clear_then_insert_keeps_the_id,
         sid_session_created_and_destroyed,
         sid_first_writes_concurrently_all_land,
+        sid_with_corrupt_record_is_replaced_by_a_write,
         refresh_login_sid_keys_a_session,
         session_cookie_responses_stay_out_of_shared_caches,
         longest_and_shortest_accepted_settings_work,

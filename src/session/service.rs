@@ -165,7 +165,7 @@ fn ttl(config: &Config, record: &Record, now: u64) -> Duration {
 /// re-read and only this request's changes are applied again.
 ///
 /// `Ok(false)` when the changes were dropped: the session was destroyed or expired
-/// meanwhile (it is never resurrected), or the stored record is unreadable.
+/// meanwhile (it is never resurrected), or its record became unreadable.
 async fn merge<S: StateStore>(
     store: &S,
     config: &Config,
@@ -196,15 +196,21 @@ async fn merge<S: StateStore>(
                 .map_err(WriteError::Store)?
             {
                 None => return Ok(true),
-                // Created concurrently by another request: merge into it at once.
-                Some(existing) => match serde_json::from_slice::<Record>(&existing) {
-                    Ok(r) => {
-                        base = r;
-                        original = Some(existing);
-                        continue;
-                    }
-                    Err(_) => return Ok(false),
-                },
+                // Created concurrently by another request: merge into it at once. A record
+                // this layer cannot read is no session to it (a load ignores it), so it is
+                // replaced rather than leaving the `sid` unusable.
+                Some(existing) => {
+                    base = serde_json::from_slice::<Record>(&existing)
+                        .ok()
+                        .filter(|r| r.v == RECORD_VERSION)
+                        .unwrap_or_else(|| Record {
+                            v: RECORD_VERSION,
+                            created: now,
+                            data: Default::default(),
+                        });
+                    original = Some(existing);
+                    continue;
+                }
             },
         }
         if attempt == config.max_retries {
