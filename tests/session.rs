@@ -907,12 +907,15 @@ mod hardening {
     /// With the id in a `sid` claim: the first write creates the session under the `sid`,
     /// `destroy()` ends it for good, and a write after it goes to a new cookie session.
     async fn sid_session_created_and_destroyed<St: StateStore>(store: St) {
-        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let counting = Counting::new(store.clone());
+        let layer = SessionLayer::new(counting.clone()).id_from_sid_claim(true);
         let sid = "S".repeat(43);
         let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
         let out = call_with(&layer, None, claims(), "put:a:1").await;
         assert_eq!(out.status, StatusCode::OK);
         assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        // Creating it costs what a modified session costs: one read and one write.
+        assert_eq!(counting.operations(), 2);
         assert!(stored(&store, &sid).await.is_some());
         assert_eq!(
             call_with(&layer, None, claims(), "get:a").await.body,
