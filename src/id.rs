@@ -1,5 +1,6 @@
 //! Identifiers: random ones (session ids, token ids, lock owner tokens) and digests as
-//! lowercase hex.
+//! lowercase hex. Session ids have one generator and one format check, shared by every
+//! part of the crate that mints or reads them.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -12,6 +13,28 @@ pub(crate) fn random_id<const N: usize>() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes)?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Random bytes in a session id: 256 bits, so ids cannot be guessed.
+const SESSION_ID_BYTES: usize = 32;
+
+/// Length of a session id: [`SESSION_ID_BYTES`] as unpadded URL-safe base64.
+pub(crate) const SESSION_ID_LEN: usize = (SESSION_ID_BYTES * 4).div_ceil(3);
+
+/// A new session id: the one generator of ids that key a session, whoever mints them (the
+/// session layer for a new session, `RefreshTokens::issue` for the `sid` of a login), so
+/// that every id the crate mints passes [`is_session_id`].
+pub(crate) fn session_id() -> Result<String, getrandom::Error> {
+    random_id::<SESSION_ID_BYTES>()
+}
+
+/// Whether `id` has the form of an id from [`session_id`]; checked before any store
+/// lookup, so a forged, truncated or oversized id costs nothing.
+pub(crate) fn is_session_id(id: &str) -> bool {
+    id.len() == SESSION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// `bytes` as lowercase hex.
@@ -44,5 +67,31 @@ mod tests {
         assert!(a
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn minted_session_ids_are_valid_session_ids() {
+        for _ in 0..64 {
+            let id = session_id().unwrap();
+            assert_eq!(id.len(), 43);
+            assert!(is_session_id(&id), "{id}");
+        }
+    }
+
+    #[test]
+    fn session_id_check_refuses_other_forms() {
+        let ok = "A".repeat(43);
+        assert!(is_session_id(&ok));
+        for bad in [
+            String::new(),
+            "A".repeat(42),
+            "A".repeat(44),
+            "A".repeat(22),
+            format!("{}!", "A".repeat(42)),
+            format!("{}=", "A".repeat(42)),
+            format!("{}é", "A".repeat(41)),
+        ] {
+            assert!(!is_session_id(&bad), "{bad:?}");
+        }
     }
 }

@@ -14,13 +14,16 @@ use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::{ConfigError, RegisteredClaims};
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
-/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200.
-/// Answers the JSON of `get`, or the error text.
+/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200;
+/// several ops separated by `,` run in order in one request. Answers the outputs of the
+/// ops joined by `,` (the JSON of `get`, empty for writes), or the error text. An
+/// `x-cache-control` or `x-vary` request header is copied into the response as the
+/// handler's own `Cache-Control` or `Vary`.
 async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
-    let op = req
+    let ops = req
         .headers()
         .get("x-op")
         .and_then(|v| v.to_str().ok())
@@ -29,31 +32,45 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
     let Some(s) = req.extensions().get::<Session>().cloned() else {
         return Ok(Response::new("no session".into()));
     };
-    let parts: Vec<&str> = op.splitn(3, ':').collect();
-    let out = match parts.as_slice() {
-        ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
-        ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
-        ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
-        ["del", k] => s.remove(k).await.map(|_| String::new()),
-        ["clear"] => s.clear().await.map(|_| String::new()),
-        ["cycle"] => s.cycle_id().await.map(|_| String::new()),
-        ["destroy"] => s.destroy().await.map(|_| String::new()),
-        _ => Ok(String::new()),
-    };
-    Ok(match out {
-        Ok(b) => Response::new(b),
-        Err(e) => {
-            let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r
+    let mut outputs = Vec::new();
+    for op in ops.split(',') {
+        let parts: Vec<&str> = op.splitn(3, ':').collect();
+        let out = match parts.as_slice() {
+            ["get", k] => s.get::<String>(k).await.map(|v| format!("{v:?}")),
+            ["peek", k] => Ok(s.get::<String>(k).await.ok().flatten().unwrap_or_default()),
+            ["put", k, v] => s.insert(k, v.to_string()).await.map(|_| String::new()),
+            ["del", k] => s.remove(k).await.map(|_| String::new()),
+            ["clear"] => s.clear().await.map(|_| String::new()),
+            ["cycle"] => s.cycle_id().await.map(|_| String::new()),
+            ["destroy"] => s.destroy().await.map(|_| String::new()),
+            _ => Ok(String::new()),
+        };
+        match out {
+            Ok(b) => outputs.push(b),
+            Err(e) => {
+                let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(r);
+            }
         }
-    })
+    }
+    let mut res = Response::new(outputs.join(","));
+    for (from, to) in [
+        ("x-cache-control", header::CACHE_CONTROL),
+        ("x-vary", header::VARY),
+    ] {
+        if let Some(v) = req.headers().get(from) {
+            res.headers_mut().insert(to, v.clone());
+        }
+    }
+    Ok(res)
 }
 
 struct Out {
     status: StatusCode,
     set_cookie: Vec<String>,
     retry_after: Option<String>,
+    headers: http::HeaderMap,
     body: String,
 }
 
@@ -68,10 +85,24 @@ async fn call_with<St: StateStore>(
     claims: Option<RegisteredClaims>,
     op: &str,
 ) -> Out {
+    send(layer, cookie, claims, &[], op).await
+}
+
+/// [`call_with`] with extra request headers.
+async fn send<St: StateStore>(
+    layer: &SessionLayer<St>,
+    cookie: Option<&str>,
+    claims: Option<RegisteredClaims>,
+    headers: &[(&str, &str)],
+    op: &str,
+) -> Out {
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(handler);
     let mut req = Request::builder().header("x-op", op);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c);
     }
@@ -90,12 +121,14 @@ async fn call_with<St: StateStore>(
         .headers()
         .get(header::RETRY_AFTER)
         .map(|v| v.to_str().unwrap().to_owned());
+    let headers = res.headers().clone();
     let body =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Out {
         status,
         set_cookie,
         retry_after,
+        headers,
         body,
     }
 }
@@ -107,7 +140,9 @@ fn cookie_pair(out: &Out) -> String {
 async fn lifecycle<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store)
         .cookie_name("sid")
-        .idle_timeout(Duration::from_secs(1));
+        .unwrap()
+        .idle_timeout(Duration::from_secs(1))
+        .unwrap();
     // Untouched → no cookie.
     let out = call(&layer, None, "none").await;
     assert!(out.set_cookie.is_empty());
@@ -155,7 +190,9 @@ async fn lifecycle<St: StateStore>(store: St) {
 }
 
 async fn absolute_lifetime<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).absolute_lifetime(Duration::from_secs(1));
+    let layer = SessionLayer::new(store)
+        .absolute_lifetime(Duration::from_secs(1))
+        .unwrap();
     let c = cookie_pair(&call(&layer, None, "put:a:1").await);
     assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"1\")");
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -171,12 +208,16 @@ async fn cookie_attributes<St: StateStore>(store: St) {
     assert!(!sc.contains("Max-Age") && !sc.contains("Domain"), "{sc}");
     let layer = SessionLayer::new(store)
         .cookie_name("s")
+        .unwrap()
         .cookie_path("/app")
+        .unwrap()
         .cookie_domain("example.com")
+        .unwrap()
         .secure(false)
         .http_only(false)
         .same_site(tower_stateless::session::SameSite::Strict)
-        .max_age(Duration::from_secs(3600));
+        .max_age(Duration::from_secs(3600))
+        .unwrap();
     let sc = &call(&layer, None, "put:a:1").await.set_cookie[0];
     for part in [
         "s=",
@@ -191,7 +232,9 @@ async fn cookie_attributes<St: StateStore>(store: St) {
 }
 
 async fn max_age_renewal<St: StateStore>(store: St) {
-    let layer = SessionLayer::new(store).max_age(Duration::from_secs(3600));
+    let layer = SessionLayer::new(store)
+        .max_age(Duration::from_secs(3600))
+        .unwrap();
     let out = call(&layer, None, "put:a:1").await;
     let c = cookie_pair(&out);
     assert!(
@@ -489,7 +532,9 @@ mod redis {
         assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
         // Renewing a Max-Age cookie costs no extra round trip.
-        let layer = SessionLayer::new(store(&s).await).max_age(Duration::from_secs(60));
+        let layer = SessionLayer::new(store(&s).await)
+            .max_age(Duration::from_secs(60))
+            .unwrap();
         let c = cookie_pair(&call(&layer, None, "put:a:1").await);
         s.reset_stats();
         let out = call(&layer, Some(&c), "get:a").await;
@@ -680,6 +725,7 @@ mod axum_extractor {
             status,
             set_cookie,
             retry_after: None,
+            headers: http::HeaderMap::new(),
             body: String::from_utf8(body.to_vec()).unwrap(),
         }
     }
@@ -727,3 +773,470 @@ cluster_tests!(
     concurrent_cart,
     header_transport,
 );
+
+/// Regressions of the hardening issue: several session calls in one request, a login
+/// `sid` as the session id, shared caches, and settings that cannot work.
+mod hardening {
+    use super::*;
+    use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+    use tower_stateless::refresh::RefreshTokens;
+
+    fn id_of(cookie: &str) -> &str {
+        cookie.split_once('=').unwrap().1
+    }
+
+    /// The stored record of session `id`, read straight from the store.
+    async fn stored<St: StateStore>(store: &St, id: &str) -> Option<Bytes> {
+        store.get(&format!("sess:{{{id}}}")).await.unwrap()
+    }
+
+    fn removes_cookie(out: &Out) -> bool {
+        out.set_cookie.len() == 1 && out.set_cookie[0].contains("Max-Age=0")
+    }
+
+    /// Logout with a flash message: `destroy()` then `insert()` in one request. The old
+    /// session and its data are gone for good; the flash lives in a new session of its own.
+    async fn destroy_then_insert_starts_a_new_session<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:user:alice,put:cart:3").await);
+        let out = call(&layer, Some(&c), "destroy,get:user,put:flash:bye,get:flash").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.body, ",None,,Some(\"bye\")");
+        assert_eq!(out.set_cookie.len(), 1, "{:?}", out.set_cookie);
+        assert!(
+            !out.set_cookie[0].contains("Max-Age=0"),
+            "{:?}",
+            out.set_cookie
+        );
+        let c2 = cookie_pair(&out);
+        assert_ne!(c2, c);
+        assert!(stored(&store, id_of(&c)).await.is_none());
+        // The new session holds only what was written after destroy.
+        let out = call(&layer, Some(&c2), "get:flash,get:user,get:cart").await;
+        assert_eq!(out.body, "Some(\"bye\"),None,None");
+        // The old id stays dead: reads find nothing, a write starts another session.
+        let out = call(&layer, Some(&c), "get:user,get:flash").await;
+        assert_eq!(out.body, "None,None");
+        let c3 = cookie_pair(&call(&layer, Some(&c), "put:x:1").await);
+        assert!(c3 != c && c3 != c2, "{c3}");
+        assert!(stored(&store, id_of(&c)).await.is_none());
+    }
+
+    /// `destroy()` followed by calls that leave nothing to keep: the old session is
+    /// deleted, its cookie removed, and no new (empty) session is written.
+    async fn destroy_then_nothing_to_keep_creates_no_session<St: StateStore>(store: St) {
+        let counting = Counting::new(store.clone());
+        let layer = SessionLayer::new(counting.clone());
+        for ops in [
+            "destroy",
+            "destroy,clear",
+            "destroy,del:user",
+            "destroy,cycle",
+            "destroy,destroy",
+            "put:x:1,destroy",
+            "cycle,destroy",
+            "destroy,put:f:1,destroy",
+        ] {
+            let c = cookie_pair(&call(&layer, None, "put:user:alice").await);
+            counting.reset();
+            let out = call(&layer, Some(&c), ops).await;
+            assert_eq!(out.status, StatusCode::OK, "{ops}");
+            assert!(removes_cookie(&out), "{ops}: {:?}", out.set_cookie);
+            // One load and one delete: nothing else was written.
+            assert_eq!(counting.operations(), 2, "{ops}");
+            assert!(stored(&store, id_of(&c)).await.is_none(), "{ops}");
+        }
+        // Without a session, calls that keep no key neither touch the store nor set a cookie.
+        for ops in [
+            "clear",
+            "del:a",
+            "cycle",
+            "destroy",
+            "put:a:1,del:a",
+            "put:a:1,destroy",
+        ] {
+            counting.reset();
+            let out = call(&layer, None, ops).await;
+            assert_eq!(out.status, StatusCode::OK, "{ops}");
+            assert!(out.set_cookie.is_empty(), "{ops}: {:?}", out.set_cookie);
+            assert_eq!(counting.operations(), 0, "{ops}");
+        }
+    }
+
+    /// `cycle_id()` followed by writes: the new id holds the data with this request's
+    /// changes, the old id is gone; `cycle_id()` then `destroy()` leaves neither.
+    async fn cycle_then_writes_move_to_the_new_id<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
+        let out = call(&layer, Some(&c), "cycle,put:c:3,del:a,get:a,get:b").await;
+        assert_eq!(out.body, ",,,None,Some(\"2\")");
+        let c2 = cookie_pair(&out);
+        assert_ne!(c2, c);
+        assert!(stored(&store, id_of(&c)).await.is_none());
+        let out = call(&layer, Some(&c2), "get:a,get:b,get:c").await;
+        assert_eq!(out.body, "None,Some(\"2\"),Some(\"3\")");
+        // Cycle then clear: a new id with only what was written after the clear.
+        let c3 = cookie_pair(&call(&layer, Some(&c2), "cycle,clear,put:d:4").await);
+        assert_ne!(c3, c2);
+        assert!(stored(&store, id_of(&c2)).await.is_none());
+        let out = call(&layer, Some(&c3), "get:b,get:c,get:d").await;
+        assert_eq!(out.body, "None,None,Some(\"4\")");
+        // Cycle, destroy, insert: the old session is gone, the new one holds the flash only.
+        let out = call(&layer, Some(&c3), "cycle,destroy,put:f:1").await;
+        let c4 = cookie_pair(&out);
+        assert_ne!(c4, c3);
+        assert!(stored(&store, id_of(&c3)).await.is_none());
+        let out = call(&layer, Some(&c4), "get:d,get:f").await;
+        assert_eq!(out.body, "None,Some(\"1\")");
+    }
+
+    /// `clear()` then `insert()`: same id, no cookie, only the new key.
+    async fn clear_then_insert_keeps_the_id<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
+        let out = call(&layer, Some(&c), "clear,put:c:3,get:a").await;
+        assert_eq!(out.body, ",,None");
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        let out = call(&layer, Some(&c), "get:a,get:b,get:c").await;
+        assert_eq!(out.body, "None,None,Some(\"3\")");
+        // A cleared session stays, empty, under its id.
+        call(&layer, Some(&c), "clear").await;
+        assert!(stored(&store, id_of(&c)).await.is_some());
+    }
+
+    /// With the id in a `sid` claim: the first write creates the session under the `sid`,
+    /// `destroy()` ends it for good, and a write after it goes to a new cookie session.
+    async fn sid_session_created_and_destroyed<St: StateStore>(store: St) {
+        let counting = Counting::new(store.clone());
+        let layer = SessionLayer::new(counting.clone()).id_from_sid_claim(true);
+        let sid = "S".repeat(43);
+        let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let out = call_with(&layer, None, claims(), "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+        // Creating it costs what a modified session costs: one read and one write.
+        assert_eq!(counting.operations(), 2);
+        assert!(stored(&store, &sid).await.is_some());
+        assert_eq!(
+            call_with(&layer, None, claims(), "get:a").await.body,
+            "Some(\"1\")"
+        );
+        let out = call_with(&layer, None, claims(), "destroy,put:flash:bye").await;
+        assert!(stored(&store, &sid).await.is_none());
+        let c = cookie_pair(&out);
+        assert_ne!(id_of(&c), sid);
+        assert_eq!(
+            call(&layer, Some(&c), "get:flash,get:a").await.body,
+            "Some(\"bye\"),None"
+        );
+        assert_eq!(
+            call_with(&layer, None, claims(), "get:a").await.body,
+            "None"
+        );
+    }
+
+    /// A `sid` whose stored record is unreadable (corrupt) is no session: a read finds
+    /// nothing, and a write replaces the record instead of being dropped.
+    async fn sid_with_corrupt_record_is_replaced_by_a_write<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let sid = "K".repeat(43);
+        let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let key = format!("sess:{{{sid}}}");
+        for garbage in [&b"not json"[..], br#"{"v":99,"created":0,"data":{"x":1}}"#] {
+            store
+                .set(&key, Bytes::from_static(garbage), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let out = call_with(&layer, None, claims(), "get:a,put:a:1").await;
+            assert_eq!((out.status, out.body.as_str()), (StatusCode::OK, "None,"));
+            let out = call_with(&layer, None, claims(), "get:a,get:x").await;
+            assert_eq!(out.body, "Some(\"1\"),None");
+        }
+    }
+
+    /// Concurrent first writes of one `sid` that has no session yet, from two instances:
+    /// one creates the session, the others merge into it, and every key survives.
+    async fn sid_first_writes_concurrently_all_land<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let sid = "C".repeat(43);
+        let mut a = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(handler);
+        let mut b = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service_fn(handler);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let req = Request::builder()
+                .header("x-op", format!("put:k{i}:{i}"))
+                .extension(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid))
+                .body(String::new())
+                .unwrap();
+            let svc = if i % 2 == 0 { &mut a } else { &mut b };
+            tasks.push(tokio::spawn(svc.ready().await.unwrap().call(req)));
+        }
+        for t in tasks {
+            let res = t.await.unwrap().unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(res.headers().get(header::SET_COOKIE).is_none());
+        }
+        let claims = Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+        let ops: Vec<String> = (0..20).map(|i| format!("get:k{i}")).collect();
+        let out = call_with(&layer, None, claims, &ops.join(",")).await;
+        let want: Vec<String> = (0..20).map(|i| format!("Some(\"{i}\")")).collect();
+        assert_eq!(out.body, want.join(","));
+    }
+
+    /// A login through `RefreshTokens::issue`, then requests through `JwtAuthLayer` and
+    /// `SessionLayer::id_from_sid_claim`: the minted `sid` keys the session, so a write is
+    /// seen by a later request, also with the access token of the next rotation.
+    async fn refresh_login_sid_keys_a_session<St: StateStore>(store: St) {
+        let keys = JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, &[7; 32])
+            .unwrap();
+        let tokens = RefreshTokens::new(store.clone(), TokenIssuer::new(&keys, "v1").unwrap());
+        let login = tokens.issue("alice").await.unwrap();
+        let sid = login.refresh_token.sid.clone();
+        assert_eq!(login.access_token.claims.sid.as_deref(), Some(sid.as_str()));
+        let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+        let request = |token: &str, op: &str| {
+            let svc = ServiceBuilder::new()
+                .layer(JwtAuthLayer::<serde_json::Value>::new(keys.clone()))
+                .layer(layer.clone())
+                .service_fn(handler);
+            let req = Request::builder()
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-op", op)
+                .body(String::new())
+                .unwrap();
+            async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let status = res.status();
+                let cookies = res.headers().get_all(header::SET_COOKIE).iter().count();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (status, cookies, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let token = login.access_token.token.clone();
+        assert_eq!(
+            request(&token, "get:cart").await,
+            (StatusCode::OK, 0, "None".to_owned())
+        );
+        assert_eq!(
+            request(&token, "put:cart:3").await,
+            (StatusCode::OK, 0, String::new())
+        );
+        assert!(
+            stored(&store, &sid).await.is_some(),
+            "no session under the sid"
+        );
+        assert_eq!(
+            request(&token, "get:cart").await,
+            (StatusCode::OK, 0, "Some(\"3\")".to_owned())
+        );
+        assert_eq!(
+            request(&token, "put:size:9").await,
+            (StatusCode::OK, 0, String::new())
+        );
+        let next = tokens.rotate(&login.refresh_token.token).await.unwrap();
+        assert_eq!(
+            request(&next.access_token.token, "get:cart,get:size").await,
+            (StatusCode::OK, 0, "Some(\"3\"),Some(\"9\")".to_owned())
+        );
+    }
+
+    fn cache_control(out: &Out) -> Option<&str> {
+        out.headers
+            .get(header::CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap())
+    }
+
+    fn vary(out: &Out) -> Vec<String> {
+        out.headers
+            .get_all(header::VARY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .collect()
+    }
+
+    /// A response that sets a session cookie (new, renewed, removed) or the id header is
+    /// `Cache-Control: private`, unless the handler chose its own `Cache-Control`; a
+    /// response after the session was touched varies on the cookie.
+    async fn session_cookie_responses_stay_out_of_shared_caches<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone())
+            .max_age(Duration::from_secs(3600))
+            .unwrap();
+        // New session.
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(cache_control(&out), Some("private"));
+        assert_eq!(vary(&out), ["cookie"]);
+        let c = cookie_pair(&out);
+        // Renewed cookie on a read.
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert_eq!(out.set_cookie.len(), 1);
+        assert_eq!(cache_control(&out), Some("private"));
+        // The handler's own choice stands, even with a cookie.
+        let own = [("x-cache-control", "public, max-age=60")];
+        let out = send(&layer, Some(&c), None, &own, "put:b:2").await;
+        assert_eq!(out.set_cookie.len(), 1);
+        assert_eq!(cache_control(&out), Some("public, max-age=60"));
+        let own = [("x-cache-control", "no-store")];
+        let out = send(&layer, None, None, &own, "put:b:2").await;
+        assert_eq!(cache_control(&out), Some("no-store"));
+        // Cookie removal.
+        let out = call(&layer, Some(&c), "destroy").await;
+        assert!(removes_cookie(&out));
+        assert_eq!(cache_control(&out), Some("private"));
+
+        // Without Max-Age, a read sends no cookie: no Cache-Control, but Vary.
+        let layer = SessionLayer::new(store.clone());
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        let out = call(&layer, Some(&c), "get:a").await;
+        assert!(out.set_cookie.is_empty());
+        assert_eq!(cache_control(&out), None);
+        assert_eq!(vary(&out), ["cookie"]);
+        // A read that finds no session depends on the cookie too.
+        let out = call(&layer, None, "get:a").await;
+        assert_eq!(
+            (cache_control(&out), vary(&out)),
+            (None, vec!["cookie".to_owned()])
+        );
+        // Untouched: nothing added.
+        let out = call(&layer, Some(&c), "none").await;
+        assert_eq!(
+            (cache_control(&out), vary(&out)),
+            (None, Vec::<String>::new())
+        );
+        // The handler's Vary is kept and extended once; `*` already covers everything.
+        let out = send(
+            &layer,
+            Some(&c),
+            None,
+            &[("x-vary", "Accept-Encoding")],
+            "get:a",
+        )
+        .await;
+        assert_eq!(vary(&out), ["accept-encoding", "cookie"]);
+        let out = send(&layer, Some(&c), None, &[("x-vary", "Cookie")], "get:a").await;
+        assert_eq!(vary(&out), ["cookie"]);
+        let out = send(&layer, Some(&c), None, &[("x-vary", "*")], "get:a").await;
+        assert_eq!(vary(&out), ["*"]);
+
+        // Header transport: the id header makes the response private; Vary names it.
+        let layer = SessionLayer::new(store).header(http::HeaderName::from_static("x-session"));
+        let out = call(&layer, None, "put:a:1").await;
+        assert!(out.headers.contains_key("x-session"));
+        assert_eq!(cache_control(&out), Some("private"));
+        assert_eq!(vary(&out), ["x-session"]);
+    }
+
+    /// The extremes the builder accepts work on every request: `Max-Age` of `i64::MAX`
+    /// seconds, the longest TTL the store holds as idle timeout, an unbounded absolute
+    /// lifetime, and one second for each.
+    async fn longest_and_shortest_accepted_settings_work<St: StateStore>(store: St) {
+        let layer = SessionLayer::new(store.clone())
+            .max_age(Duration::from_secs(i64::MAX as u64))
+            .unwrap()
+            .idle_timeout(Duration::from_secs(100 * 365 * 24 * 3600))
+            .unwrap()
+            .absolute_lifetime(Duration::MAX)
+            .unwrap();
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+        assert!(
+            out.set_cookie[0].contains(&format!("Max-Age={}", i64::MAX)),
+            "{:?}",
+            out.set_cookie
+        );
+        let c = cookie_pair(&out);
+        let out = call(&layer, Some(&c), "put:b:2,get:a").await;
+        assert_eq!(
+            (out.status, out.body.as_str()),
+            (StatusCode::OK, ",Some(\"1\")")
+        );
+        let second = Duration::from_secs(1);
+        let layer = SessionLayer::new(store)
+            .max_age(second)
+            .unwrap()
+            .idle_timeout(second)
+            .unwrap()
+            .absolute_lifetime(second)
+            .unwrap();
+        let out = call(&layer, None, "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+        assert!(
+            out.set_cookie[0].contains("Max-Age=1"),
+            "{:?}",
+            out.set_cookie
+        );
+    }
+
+    backend_tests!(
+        destroy_then_insert_starts_a_new_session,
+        destroy_then_nothing_to_keep_creates_no_session,
+        cycle_then_writes_move_to_the_new_id,
+        clear_then_insert_keeps_the_id,
+        sid_session_created_and_destroyed,
+        sid_first_writes_concurrently_all_land,
+        sid_with_corrupt_record_is_replaced_by_a_write,
+        refresh_login_sid_keys_a_session,
+        session_cookie_responses_stay_out_of_shared_caches,
+        longest_and_shortest_accepted_settings_work,
+    );
+
+    #[track_caller]
+    fn refused(built: Result<SessionLayer<MemoryStore>, ConfigError>, setting: &str) {
+        match built {
+            Err(e) => {
+                assert_eq!(e.setting(), setting, "{e}");
+                assert!(e.to_string().contains(setting), "{e}");
+            }
+            Ok(_) => panic!("`{setting}` was accepted"),
+        }
+    }
+
+    /// Settings that could not work are refused when the layer is built, naming the
+    /// setting, instead of failing (or misbehaving on) every request.
+    #[tokio::test]
+    async fn settings_that_cannot_work_are_refused() {
+        let layer = || SessionLayer::new(MemoryStore::new());
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        // Max-Age: whole seconds in an i64.
+        for bad in [
+            Duration::ZERO,
+            ms(999),
+            secs(i64::MAX as u64 + 1),
+            Duration::MAX,
+        ] {
+            refused(layer().max_age(bad), "max_age");
+        }
+        // Idle timeout: a TTL of every write; past the store's range every request failed.
+        for bad in [
+            Duration::ZERO,
+            ms(500),
+            secs(101 * 365 * 24 * 3600),
+            secs(i64::MAX as u64),
+            Duration::MAX,
+        ] {
+            refused(layer().idle_timeout(bad), "idle_timeout");
+        }
+        for bad in [Duration::ZERO, ms(999)] {
+            refused(layer().absolute_lifetime(bad), "absolute_lifetime");
+        }
+        for bad in ["", "a b", "a;b", "sid=x", "a,b", "sé", "a\tb", "(a)"] {
+            refused(layer().cookie_name(bad), "cookie_name");
+        }
+        for bad in ["", "/a; Domain=evil.example", "/a\r\nSet-Cookie: x=y", "/é"] {
+            refused(layer().cookie_path(bad), "cookie_path");
+        }
+        for bad in [
+            "",
+            "example.com; Secure",
+            "exa\0mple.com",
+            "ex\u{e4}mple.com",
+        ] {
+            refused(layer().cookie_domain(bad), "cookie_domain");
+        }
+    }
+}

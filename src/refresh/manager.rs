@@ -158,15 +158,16 @@ impl<S: StateStore> RefreshTokens<S> {
         }
     }
 
-    /// Login: starts a new token family for `sub` in a new session (a random 128-bit
-    /// `sid`, returned in the pair) and returns its first pair.
+    /// Login: starts a new token family for `sub` in a new session (a random 256-bit
+    /// `sid`, returned in the pair, that keys a session of `SessionLayer::id_from_sid_claim`)
+    /// and returns its first pair.
     ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails (then no token is handed out),
     /// [`RefreshError::Issue`] or [`RefreshError::Random`] when minting fails.
     pub async fn issue(&self, sub: &str) -> Result<TokenPair, RefreshError> {
-        let sid = random_id::<16>().map_err(RefreshError::Random)?;
+        let sid = crate::id::session_id().map_err(RefreshError::Random)?;
         self.issue_for_session(sub, &sid).await
     }
 

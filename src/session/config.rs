@@ -5,6 +5,8 @@ use std::time::Duration;
 use cookie::SameSite;
 use http::HeaderName;
 
+use crate::ConfigError;
+
 /// Where the session id travels.
 #[derive(Debug, Clone)]
 pub(crate) enum Transport {
@@ -22,7 +24,8 @@ pub(crate) struct Config {
     pub(crate) secure: bool,
     pub(crate) http_only: bool,
     pub(crate) same_site: SameSite,
-    pub(crate) max_age: Option<Duration>,
+    /// Cookie `Max-Age` in seconds, validated to fit the attribute.
+    pub(crate) max_age_secs: Option<i64>,
     pub(crate) idle: Duration,
     pub(crate) absolute: Duration,
     pub(crate) prefix: String,
@@ -40,7 +43,7 @@ impl Default for Config {
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
-            max_age: None,
+            max_age_secs: None,
             idle: Duration::from_secs(24 * 3600),
             absolute: Duration::from_secs(30 * 24 * 3600),
             prefix: "sess:".to_owned(),
@@ -50,13 +53,114 @@ impl Default for Config {
     }
 }
 
-/// Length of a session id: 32 random bytes, URL-safe base64 without padding.
-pub(crate) const ID_LEN: usize = 43;
+/// The shortest idle timeout, absolute lifetime and cookie `Max-Age`: the session's age and
+/// the cookie's `Max-Age` count whole seconds, so anything shorter would end every session
+/// at once.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
 
-/// Strict format check, before any store lookup.
-pub(crate) fn valid_id(id: &str) -> bool {
-    id.len() == ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+fn at_least_a_second(setting: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value < MIN_LIFETIME {
+        return Err(ConfigError::new(
+            setting,
+            format!("{value:?} is shorter than one second; no session could live that long"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cookie `Max-Age`, in the whole seconds of the attribute.
+pub(crate) fn max_age_secs(max_age: Duration) -> Result<i64, ConfigError> {
+    at_least_a_second("max_age", max_age)?;
+    i64::try_from(max_age.as_secs()).map_err(|_| {
+        ConfigError::new(
+            "max_age",
+            format!("{max_age:?} is beyond the cookie `Max-Age` range (i64 seconds)"),
+        )
+    })
+}
+
+/// The idle timeout is the TTL of every session write and refresh: the store must hold it.
+pub(crate) fn check_idle_timeout(idle: Duration) -> Result<Duration, ConfigError> {
+    at_least_a_second("idle_timeout", idle)?;
+    crate::store::ttl_millis(idle).map_err(|_| {
+        ConfigError::new(
+            "idle_timeout",
+            format!("{idle:?} is beyond the longest TTL the store accepts"),
+        )
+    })?;
+    Ok(idle)
+}
+
+/// The absolute lifetime only caps TTLs (never a TTL of its own), so any length from one
+/// second up works.
+pub(crate) fn check_absolute_lifetime(absolute: Duration) -> Result<Duration, ConfigError> {
+    at_least_a_second("absolute_lifetime", absolute)?;
+    Ok(absolute)
+}
+
+/// A cookie name is an RFC 6265 token: visible ASCII except separators. Any other name is
+/// percent-encoded on the way out and never matches on the way back in, so every request
+/// would start a new session.
+pub(crate) fn check_cookie_name(name: &str) -> Result<(), ConfigError> {
+    const SEPARATORS: &[u8] = b"()<>@,;:\\\"/[]?={} \t";
+    if name.is_empty() {
+        return Err(ConfigError::new("cookie_name", "the name is empty"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !SEPARATORS.contains(&b))
+    {
+        return Err(ConfigError::new(
+            "cookie_name",
+            format!("{name:?} is not a cookie token (visible ASCII without separators)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A cookie attribute value (`Path`, `Domain`): visible ASCII or space, without `;`, which
+/// would end the attribute and start another.
+pub(crate) fn check_cookie_attribute(
+    setting: &'static str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(setting, "the value is empty"));
+    }
+    if !value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b';')
+    {
+        return Err(ConfigError::new(
+            setting,
+            format!("{value:?} has a `;`, a control or a non-ASCII character"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_names() {
+        for ok in ["id", "sid", "__Host-id", "a.b_c-d!#$%&'*+^`|~"] {
+            assert!(check_cookie_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a;b", "a=b", "a,b", "é", "a\tb", "a\"b", "{a}"] {
+            let err = check_cookie_name(bad).unwrap_err();
+            assert_eq!(err.setting(), "cookie_name", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        assert!(check_cookie_attribute("cookie_path", "/app/v1").is_ok());
+        assert!(check_cookie_attribute("cookie_domain", "example.com").is_ok());
+        for bad in ["", "/a;Secure", "/a\r\nX: y", "/é"] {
+            let err = check_cookie_attribute("cookie_path", bad).unwrap_err();
+            assert_eq!(err.setting(), "cookie_path", "{bad:?}");
+        }
+    }
 }

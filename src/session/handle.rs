@@ -80,8 +80,14 @@ impl<S: StateStore> Loader for StoreLoader<S> {
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    /// Id from the request (already format-validated), if any.
+    /// Id of the session this request works on: the request's id (already format-checked)
+    /// until the load; after it, `Some` only while the session exists and is not destroyed.
     pub(crate) id: Option<String>,
+    /// Id to create a new session under instead of a random one: the request's `sid`
+    /// claim. It comes from a token the server signed, so adopting it is not session
+    /// fixation; a `sid` the crate mints then keys a session of the crate. Cleared by
+    /// [`Session::destroy`]: the destroyed id never comes back.
+    pub(crate) sid: Option<String>,
     /// Whether the record was loaded (or found absent).
     pub(crate) loaded: bool,
     /// Raw bytes as read (for compare-and-set); `None` when absent.
@@ -92,7 +98,9 @@ pub(crate) struct State {
     pub(crate) delta: BTreeMap<String, Option<Value>>,
     pub(crate) cleared: bool,
     pub(crate) cycle: bool,
-    pub(crate) destroyed: bool,
+    /// Id of the session this request destroyed: deleted when the handler returns, before
+    /// any new session of this request is written.
+    pub(crate) destroyed: Option<String>,
     /// A load failed during this request: the handler saw an error it may have swallowed,
     /// so the layer must not answer as if all went well. `Some(true)` when the store was
     /// unavailable. Sticky: a later successful load does not clear it.
@@ -175,9 +183,6 @@ impl Session {
     /// Reads `key`, deserialized as `T`. `Ok(None)` when absent.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let st = self.loaded().await?;
-        if st.destroyed {
-            return Ok(None);
-        }
         let v = match st.delta.get(key) {
             Some(change) => change.clone(),
             None if st.cleared => None,
@@ -192,10 +197,14 @@ impl Session {
     }
 
     /// Stores `value` under `key` (written back once, after the handler returns).
+    ///
+    /// Without a session, the write creates one: under a fresh random id sent in the
+    /// cookie (or header), or, with
+    /// [`id_from_sid_claim`](super::SessionLayer::id_from_sid_claim), under the request's
+    /// `sid` claim.
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let v = serde_json::to_value(value).map_err(SessionError::Serde)?;
         let mut st = self.loaded().await?;
-        st.destroyed = false;
         st.delta.insert(key.to_owned(), Some(v));
         Ok(())
     }
@@ -207,7 +216,8 @@ impl Session {
         Ok(())
     }
 
-    /// Removes every key (the session itself stays).
+    /// Removes every key (the session itself stays). Without a session this does nothing:
+    /// no empty session is created.
     pub async fn clear(&self) -> Result<(), SessionError> {
         let mut st = self.loaded().await?;
         st.delta.clear();
@@ -237,6 +247,10 @@ impl Session {
     /// Reads on the old id see the old data until the delete, no session after it. This is
     /// acceptable at login, where one client rarely has other writes in flight on the same
     /// session; avoid cycling while other requests of the session may be writing to it.
+    ///
+    /// Without a session there is nothing to cycle: a later [`insert`](Self::insert)
+    /// creates the session under a fresh id anyway. After [`destroy`](Self::destroy) in
+    /// the same request it does nothing either; the destroyed id stays deleted.
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut st = self.loaded().await?;
         st.cycle = true;
@@ -244,9 +258,20 @@ impl Session {
     }
 
     /// Deletes the session from the store and removes the cookie.
+    ///
+    /// The old id is gone for good: it is deleted when the handler returns, whatever the
+    /// handler does after this call. Changes made before the call are dropped. A later
+    /// [`insert`](Self::insert) in the same request (a flash message after logout) starts
+    /// a **new** session, with a new random id (a new cookie) that holds only the keys
+    /// written after `destroy`.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let mut st = self.loaded().await?;
-        st.destroyed = true;
+        if let Some(id) = st.id.take() {
+            st.destroyed = Some(id);
+        }
+        st.sid = None;
+        st.original = None;
+        st.record = None;
         st.delta.clear();
         st.cleared = false;
         st.cycle = false;

@@ -6,9 +6,13 @@ use cookie::SameSite;
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::config::{Config, Transport};
+use super::config::{
+    check_absolute_lifetime, check_cookie_attribute, check_cookie_name, check_idle_timeout,
+    max_age_secs, Config, Transport,
+};
 use super::service::SessionService;
 use crate::store::StateStore;
+use crate::ConfigError;
 
 /// Adds a lazily loaded [`Session`](super::Session) to every request's extensions.
 #[derive(Debug, Clone)]
@@ -28,22 +32,41 @@ impl<S: StateStore> SessionLayer<S> {
     }
 
     /// Cookie name.
-    #[must_use]
-    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
-        self.config.cookie_name = name.into();
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `cookie_name` when the name is empty or not an RFC 6265
+    /// token (visible ASCII without separators such as space, `;`, `=`, `,`): such a
+    /// cookie would never come back as sent, and every request would start a new session.
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Result<Self, ConfigError> {
+        let name = name.into();
+        check_cookie_name(&name)?;
+        self.config.cookie_name = name;
+        Ok(self)
     }
     /// Cookie `Path`.
-    #[must_use]
-    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
-        self.config.path = path.into();
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `cookie_path` when it is empty or has a `;`, a control or
+    /// a non-ASCII character.
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        check_cookie_attribute("cookie_path", &path)?;
+        self.config.path = path;
+        Ok(self)
     }
     /// Cookie `Domain`.
-    #[must_use]
-    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
-        self.config.domain = Some(domain.into());
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `cookie_domain` when it is empty or has a `;`, a control or
+    /// a non-ASCII character.
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Result<Self, ConfigError> {
+        let domain = domain.into();
+        check_cookie_attribute("cookie_domain", &domain)?;
+        self.config.domain = Some(domain);
+        Ok(self)
     }
     /// Cookie `Secure` flag (default on).
     #[must_use]
@@ -63,16 +86,21 @@ impl<S: StateStore> SessionLayer<S> {
         self.config.same_site = same_site;
         self
     }
-    /// Cookie `Max-Age` (default: none, a browser-session cookie).
+    /// Cookie `Max-Age` (default: none, a browser-session cookie), in whole seconds
+    /// (rounded down).
     ///
     /// A persistent cookie rolls like the idle expiry: every request that loads an existing
     /// session from the cookie gets the cookie again (same id, fresh `Max-Age`), at no extra
     /// store round trip. A request that never touches the session renews neither. An id taken
     /// from the JWT `sid` claim is not put into a cookie.
-    #[must_use]
-    pub fn max_age(mut self, max_age: Duration) -> Self {
-        self.config.max_age = Some(max_age);
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_age` when it is shorter than one second (the cookie
+    /// would be dropped at once) or longer than `i64::MAX` seconds (the `Max-Age` range).
+    pub fn max_age(mut self, max_age: Duration) -> Result<Self, ConfigError> {
+        self.config.max_age_secs = Some(max_age_secs(max_age)?);
+        Ok(self)
     }
     /// Carry the id in this request/response header instead of a cookie (API clients).
     #[must_use]
@@ -80,17 +108,27 @@ impl<S: StateStore> SessionLayer<S> {
         self.config.transport = Transport::Header(name);
         self
     }
-    /// Idle timeout, refreshed on every access (rolling expiry). Minimum 1 s.
-    #[must_use]
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.config.idle = idle.max(Duration::from_secs(1));
-        self
+    /// Idle timeout, refreshed on every access (rolling expiry): the TTL of the session in
+    /// the store (default 24 h).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `idle_timeout` when it is shorter than one second or longer
+    /// than the store accepts as a TTL (see [`StateStore`]).
+    pub fn idle_timeout(mut self, idle: Duration) -> Result<Self, ConfigError> {
+        self.config.idle = check_idle_timeout(idle)?;
+        Ok(self)
     }
-    /// Absolute lifetime cap from creation, whatever the activity. Minimum 1 s.
-    #[must_use]
-    pub fn absolute_lifetime(mut self, absolute: Duration) -> Self {
-        self.config.absolute = absolute.max(Duration::from_secs(1));
-        self
+    /// Absolute lifetime cap from creation, whatever the activity (default 30 days). It
+    /// only shortens TTLs, so any length from one second up is accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `absolute_lifetime` when it is shorter than one second (the
+    /// age of a session counts whole seconds).
+    pub fn absolute_lifetime(mut self, absolute: Duration) -> Result<Self, ConfigError> {
+        self.config.absolute = check_absolute_lifetime(absolute)?;
+        Ok(self)
     }
     /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`.
     #[must_use]
@@ -104,6 +142,14 @@ impl<S: StateStore> SessionLayer<S> {
     /// A `sid` claim takes precedence over the cookie or header; a malformed `sid` means no
     /// session (no store lookup, no fallback to the transport). Claims without `sid` fall
     /// back to the transport.
+    ///
+    /// When no session exists under a well-formed `sid`, the first write creates it under
+    /// that `sid` (it comes from a token the server signed, so adopting it is no session
+    /// fixation), and later requests with the same `sid` find it: the `sid` of
+    /// [`RefreshTokens::issue`](crate::refresh::RefreshTokens::issue) keys a session of this
+    /// layer. That id stays in the token; no cookie or header carries it. After
+    /// [`Session::destroy`](super::Session::destroy) the `sid` session is gone, and a write
+    /// in the same request starts a session under a fresh random id in the transport.
     #[must_use]
     pub fn id_from_sid_claim(mut self, on: bool) -> Self {
         self.config.use_sid_claim = on;

@@ -21,6 +21,16 @@
 //! when they run out). Two requests changing different keys both survive; when both write the
 //! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
 //!
+//! # Destroy, cycle, clear
+//!
+//! [`Session::destroy`] ends the session for good: its id is deleted when the handler
+//! returns, whatever the handler does afterwards. A write after `destroy` in the same
+//! request (a flash message after logout) starts a new session with a new id and a new
+//! cookie, holding only what was written after `destroy`. [`Session::cycle_id`] moves the
+//! data, with this request's changes, to a new id and deletes the old one.
+//! [`Session::clear`] empties the session and keeps its id. No request creates an empty
+//! session: a new session is only written when it holds a key.
+//!
 //! # Errors
 //!
 //! [`Session`] methods return [`SessionError`]; [`SessionError::is_unavailable`] tells a store
@@ -35,10 +45,39 @@
 //!
 //! # Security
 //!
-//! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars). An id of any other length
-//! or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store lookup; an
-//! unknown or expired id is treated as no session. Call [`Session::cycle_id`] at login against
-//! session fixation (its docs say how it races with concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by default.
+//! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars), from the one generator
+//! the crate uses for session ids (the `sid` of
+//! [`RefreshTokens::issue`](crate::refresh::RefreshTokens::issue) is one too). An id of any
+//! other length or alphabet (forged, truncated, a 10 KB cookie) is ignored without a store
+//! lookup; an unknown or expired id from a cookie or header is treated as no session, and a
+//! write then starts a session under a new id (never under the id the client sent). Call
+//! [`Session::cycle_id`] at login against session fixation (its docs say how it races with
+//! concurrent writes on the old id). The cookie is `Secure`, `HttpOnly`, `SameSite=Lax` by
+//! default.
+//!
+//! # Caching
+//!
+//! A response that carries a session id (a new or renewed cookie, a removal cookie, the id
+//! header) gets `Cache-Control: private` unless the handler set its own `Cache-Control`, so
+//! that no shared cache (proxy, CDN) stores the id and hands it to other users. `private`
+//! rather than `no-store`: shared caches are the risk; the user's own browser may keep its
+//! own page, and never replays a `Set-Cookie` from its cache. A handler that sets
+//! `Cache-Control` itself decides alone (e.g. `no-store` for sensitive pages).
+//!
+//! A response built after the handler touched the session gets `Vary: Cookie` (or the id
+//! header's name), also when the request had no session: it depends on the session, so a
+//! shared cache that may store it keeps it apart per session. Untouched sessions add nothing.
+//! With [`id_from_sid_claim`](SessionLayer::id_from_sid_claim), a session found through the
+//! `sid` claim adds no `Vary` (the response depends on the `Authorization` header, which
+//! shared caches already treat as private).
+//!
+//! # Configuration errors
+//!
+//! Settings that could not work are refused by the builder with a
+//! [`ConfigError`](crate::ConfigError) naming the setting, never at request time: a
+//! lifetime or `Max-Age` under one second, a `Max-Age` beyond `i64` seconds, an idle timeout
+//! the store cannot hold as a TTL, a cookie name, path or domain that cannot travel in a
+//! `Set-Cookie` header.
 //!
 //! # Example
 //!
@@ -50,9 +89,9 @@
 //! use tower_stateless::store::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let svc = ServiceBuilder::new()
-//!     .layer(SessionLayer::new(MemoryStore::new()).cookie_name("sid"))
+//!     .layer(SessionLayer::new(MemoryStore::new()).cookie_name("sid")?)
 //!     .service_fn(|req: Request<String>| async move {
 //!         let session = req.extensions().get::<Session>().cloned();
 //!         if let Some(session) = session {
@@ -61,8 +100,11 @@
 //!         }
 //!         Ok::<_, Infallible>(Response::new(String::new()))
 //!     });
-//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! let res = svc.oneshot(Request::new(String::new())).await?;
 //! assert!(res.headers().contains_key("set-cookie"));
+//! // Shared caches must not store a response that carries a session id.
+//! assert_eq!(res.headers()["cache-control"], "private");
+//! # Ok(())
 //! # }
 //! ```
 

@@ -10,10 +10,11 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use tower_service::Service;
 
-use super::config::{valid_id, Config, Transport};
+use super::config::{Config, Transport};
 use super::handle::{
     apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
 };
+use crate::id::{is_session_id, session_id};
 use crate::response::{
     for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
 };
@@ -61,28 +62,42 @@ enum WriteError {
     Conflict,
 }
 
-/// The request's session id (format-checked) and whether it came from the session cookie:
-/// only a cookie the client holds is renewed (`Max-Age`), never an id from the JWT `sid`.
-fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
+/// Where the request's session id came from.
+#[derive(Debug, Default)]
+struct RequestId {
+    /// The id, format-checked.
+    id: Option<String>,
+    /// From the session cookie: only a cookie the client holds is renewed (`Max-Age`).
+    from_cookie: bool,
+    /// From the JWT `sid` claim: a new session is created under it, and it is never put
+    /// into a cookie or header.
+    from_claim: bool,
+}
+
+fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
     if config.use_sid_claim {
         if let Some(sid) = req
             .extensions()
             .get::<RegisteredClaims>()
             .and_then(|c| c.sid.as_deref())
         {
-            return (valid_id(sid).then(|| sid.to_owned()), false);
+            return RequestId {
+                id: is_session_id(sid).then(|| sid.to_owned()),
+                from_cookie: false,
+                from_claim: true,
+            };
         }
     }
     match &config.transport {
-        Transport::Header(name) => {
-            let id = req
+        Transport::Header(name) => RequestId {
+            id: req
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .filter(|v| valid_id(v))
-                .map(str::to_owned);
-            (id, false)
-        }
+                .filter(|v| is_session_id(v))
+                .map(str::to_owned),
+            ..RequestId::default()
+        },
         Transport::Cookie => {
             let id = req
                 .headers()
@@ -92,15 +107,18 @@ fn request_id<B>(req: &Request<B>, config: &Config) -> (Option<String>, bool) {
                 .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
                 .find(|c| c.name() == config.cookie_name)
                 .map(|c| c.value().to_owned())
-                .filter(|v| valid_id(v));
-            let from_cookie = id.is_some();
-            (id, from_cookie)
+                .filter(|v| is_session_id(v));
+            RequestId {
+                from_cookie: id.is_some(),
+                id,
+                from_claim: false,
+            }
         }
     }
 }
 
 fn new_id() -> Result<String, StoreError> {
-    crate::id::random_id::<32>().map_err(|e| StoreError::Unexpected(Box::new(e)))
+    session_id().map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
 /// First backoff ceiling after a compare-and-set conflict; it doubles per attempt.
@@ -126,6 +144,120 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(micros)
 }
 
+fn encode(record: &Record) -> Result<Bytes, WriteError> {
+    serde_json::to_vec(record)
+        .map(Bytes::from)
+        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))
+}
+
+/// The TTL of `record` written at `now`: the idle timeout, capped by what is left of the
+/// absolute lifetime.
+fn ttl(config: &Config, record: &Record, now: u64) -> Duration {
+    let left = config
+        .absolute
+        .saturating_sub(Duration::from_secs(now.saturating_sub(record.created)));
+    config.idle.min(left).max(Duration::from_millis(1))
+}
+
+/// Writes this request's changes onto the record under `key`, merged with concurrent
+/// writers: a compare-and-set against `original`, or a set-if-absent when `original` is
+/// `None` (a session created under the request's `sid`). On a conflict the record is
+/// re-read and only this request's changes are applied again.
+///
+/// `Ok(false)` when the changes were dropped: the session was destroyed or expired
+/// meanwhile (it is never resurrected), or its record became unreadable.
+async fn merge<S: StateStore>(
+    store: &S,
+    config: &Config,
+    key: &str,
+    mut original: Option<Bytes>,
+    mut base: Record,
+    st: &State,
+    now: u64,
+) -> Result<bool, WriteError> {
+    for attempt in 0..=config.max_retries {
+        let mut next = base.clone();
+        apply(&mut next.data, st.cleared, &st.delta);
+        let bytes = encode(&next)?;
+        let ttl = ttl(config, &next, now);
+        match &original {
+            Some(expected) => {
+                if store
+                    .compare_and_set(key, expected, bytes, ttl)
+                    .await
+                    .map_err(WriteError::Store)?
+                {
+                    return Ok(true);
+                }
+            }
+            None => match store
+                .set_if_absent(key, bytes, ttl)
+                .await
+                .map_err(WriteError::Store)?
+            {
+                None => return Ok(true),
+                // Created concurrently by another request: merge into it at once. A record
+                // this layer cannot read is no session to it (a load ignores it), so it is
+                // replaced rather than leaving the `sid` unusable.
+                Some(existing) => {
+                    base = serde_json::from_slice::<Record>(&existing)
+                        .ok()
+                        .filter(|r| r.v == RECORD_VERSION)
+                        .unwrap_or_else(|| Record {
+                            v: RECORD_VERSION,
+                            created: now,
+                            data: Default::default(),
+                        });
+                    original = Some(existing);
+                    continue;
+                }
+            },
+        }
+        if attempt == config.max_retries {
+            break;
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        match store.get(key).await.map_err(WriteError::Store)? {
+            Some(raw) => match serde_json::from_slice::<Record>(&raw) {
+                Ok(r) => {
+                    base = r;
+                    original = Some(raw);
+                }
+                Err(_) => return Ok(false),
+            },
+            // Destroyed or expired meanwhile: do not resurrect it.
+            None => {
+                tracing::debug!("session vanished during update; changes dropped");
+                return Ok(false);
+            }
+        }
+    }
+    Err(WriteError::Conflict)
+}
+
+/// Writes `bytes` as a new session under a fresh random id and returns the id.
+async fn create<S: StateStore>(
+    store: &S,
+    config: &Config,
+    bytes: Bytes,
+    ttl: Duration,
+) -> Result<String, WriteError> {
+    // 256 random bits do not collide; the retries only guard a broken generator.
+    for _ in 0..3 {
+        let id = new_id().map_err(WriteError::Store)?;
+        let key = store_key(&config.prefix, &id);
+        if store
+            .set_if_absent(&key, bytes.clone(), ttl)
+            .await
+            .map_err(WriteError::Store)?
+            .is_none()
+        {
+            return Ok(id);
+        }
+    }
+    Err(WriteError::Conflict)
+}
+
 /// Writes the request's changes back. `renew`: re-send the cookie of an existing session
 /// (a `Max-Age` cookie must roll with the idle expiry, or the browser drops a live session).
 async fn write_back<S: StateStore>(
@@ -137,103 +269,70 @@ async fn write_back<S: StateStore>(
     if !st.loaded {
         return Ok(CookieAction::None);
     }
-    if st.destroyed {
-        if let Some(id) = &st.id {
-            store
-                .delete(&store_key(&config.prefix, id))
-                .await
-                .map_err(WriteError::Store)?;
-            return Ok(CookieAction::Remove);
-        }
-        return Ok(CookieAction::None);
-    }
-    // After a load, `st.id` is `Some` only when the session exists.
-    let keep = |id: &str| {
-        if renew {
-            CookieAction::Set(id.to_owned())
-        } else {
-            CookieAction::None
-        }
-    };
-    if !st.modified() && !st.cycle {
-        return Ok(st.id.as_deref().map_or(CookieAction::None, keep));
+    // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
+    let mut action = CookieAction::None;
+    if let Some(old) = &st.destroyed {
+        store
+            .delete(&store_key(&config.prefix, old))
+            .await
+            .map_err(WriteError::Store)?;
+        action = CookieAction::Remove;
     }
     let now = now_secs();
-    let mut record = st.record.clone().unwrap_or(Record {
+    let fresh = || Record {
         v: RECORD_VERSION,
         created: now,
         data: Default::default(),
-    });
-    let ttl = |r: &Record| {
-        let left = config
-            .absolute
-            .saturating_sub(Duration::from_secs(now.saturating_sub(r.created)));
-        config.idle.min(left).max(Duration::from_millis(1))
     };
-    match (&st.id, st.cycle) {
+    // After a load, `st.id` is `Some` only when the session exists.
+    match (st.id.as_deref(), st.cycle) {
         (Some(id), false) => {
+            if !st.modified() {
+                return Ok(if renew {
+                    CookieAction::Set(id.to_owned())
+                } else {
+                    CookieAction::None
+                });
+            }
             let key = store_key(&config.prefix, id);
-            let mut original = st.original.clone().unwrap_or_default();
-            for attempt in 0..=config.max_retries {
-                let mut next = record.clone();
-                apply(&mut next.data, st.cleared, &st.delta);
-                let bytes = Bytes::from(
-                    serde_json::to_vec(&next)
-                        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
-                );
-                if store
-                    .compare_and_set(&key, &original, bytes, ttl(&next))
-                    .await
-                    .map_err(WriteError::Store)?
-                {
-                    return Ok(keep(id));
-                }
-                if attempt == config.max_retries {
-                    break;
-                }
-                tokio::time::sleep(backoff(attempt)).await;
-                match store.get(&key).await.map_err(WriteError::Store)? {
-                    Some(raw) => match serde_json::from_slice::<Record>(&raw) {
-                        Ok(r) => {
-                            record = r;
-                            original = raw;
-                        }
-                        Err(_) => return Ok(CookieAction::None),
-                    },
-                    // Destroyed or expired meanwhile: do not resurrect it.
-                    None => {
-                        tracing::debug!("session vanished during update; changes dropped");
-                        return Ok(CookieAction::None);
-                    }
-                }
-            }
-            Err(WriteError::Conflict)
+            let base = st.record.clone().unwrap_or_else(fresh);
+            let stored = merge(store, config, &key, st.original.clone(), base, &st, now).await?;
+            Ok(if stored && renew {
+                CookieAction::Set(id.to_owned())
+            } else {
+                CookieAction::None
+            })
         }
-        (old, _) => {
+        (Some(old), true) => {
+            let mut record = st.record.clone().unwrap_or_else(fresh);
             apply(&mut record.data, st.cleared, &st.delta);
-            let bytes = Bytes::from(
-                serde_json::to_vec(&record)
-                    .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))?,
-            );
-            for _ in 0..3 {
-                let id = new_id().map_err(WriteError::Store)?;
-                let key = store_key(&config.prefix, &id);
-                if store
-                    .set_if_absent(&key, bytes.clone(), ttl(&record))
-                    .await
-                    .map_err(WriteError::Store)?
-                    .is_none()
-                {
-                    if let Some(old) = old {
-                        store
-                            .delete(&store_key(&config.prefix, old))
-                            .await
-                            .map_err(WriteError::Store)?;
-                    }
-                    return Ok(CookieAction::Set(id));
+            let id = create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+            store
+                .delete(&store_key(&config.prefix, old))
+                .await
+                .map_err(WriteError::Store)?;
+            Ok(CookieAction::Set(id))
+        }
+        (None, _) => {
+            let mut record = fresh();
+            apply(&mut record.data, st.cleared, &st.delta);
+            // Nothing to keep (no write, only removals, a destroy): no empty session.
+            if record.data.is_empty() {
+                return Ok(action);
+            }
+            match &st.sid {
+                // The id travels in the token, not in a cookie or header.
+                Some(sid) => {
+                    let key = store_key(&config.prefix, sid);
+                    merge(store, config, &key, None, fresh(), &st, now).await?;
+                    Ok(action)
+                }
+                None => {
+                    let id =
+                        create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+                    Ok(CookieAction::Set(id))
                 }
             }
-            Err(WriteError::Conflict)
         }
     }
 }
@@ -247,16 +346,21 @@ fn store_error_response<B>(unavailable: bool, message: &str) -> Response<Respons
     }
 }
 
-fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) {
+/// Puts the session id (or its removal) into the response. Returns whether anything was
+/// sent.
+fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) -> bool {
     let value = match (&config.transport, action) {
-        (_, CookieAction::None) => return,
+        (_, CookieAction::None) => return false,
         (Transport::Header(name), CookieAction::Set(id)) => {
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                res.headers_mut().insert(name.clone(), v);
-            }
-            return;
+            return match HeaderValue::from_str(&id) {
+                Ok(v) => {
+                    res.headers_mut().insert(name.clone(), v);
+                    true
+                }
+                Err(_) => false,
+            };
         }
-        (Transport::Header(_), CookieAction::Remove) => return,
+        (Transport::Header(_), CookieAction::Remove) => return false,
         (Transport::Cookie, action) => {
             let removing = matches!(action, CookieAction::Remove);
             let id = match action {
@@ -273,14 +377,54 @@ fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction)
             }
             if removing {
                 c = c.max_age(cookie::time::Duration::ZERO);
-            } else if let Some(age) = config.max_age {
-                c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+            } else if let Some(age) = config.max_age_secs {
+                c = c.max_age(cookie::time::Duration::seconds(age));
             }
             c.build().encoded().to_string()
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        res.headers_mut().append(header::SET_COOKIE, v);
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            res.headers_mut().append(header::SET_COOKIE, v);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A response that carries a session id must not be stored by a shared cache (a proxy or
+/// CDN would hand the id to everyone): `Cache-Control: private`, unless the handler chose
+/// its own `Cache-Control`.
+///
+/// `private` rather than `no-store`: shared caches must not store it (RFC 9111 §5.2.2.7),
+/// which is the whole risk; the user's own browser may still cache the page, which holds
+/// only that user's data, and a browser never replays `Set-Cookie` from its cache.
+fn keep_out_of_shared_caches<B>(res: &mut Response<B>) {
+    if !res.headers().contains_key(header::CACHE_CONTROL) {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// A response built after the handler looked at the session depends on the request's
+/// session cookie (or header), also when there was none: `Vary` names it, so a shared cache
+/// that stores the response (the handler allowed it) never serves it to another session.
+fn vary_on_transport<B>(res: &mut Response<B>, config: &Config) {
+    let name = match &config.transport {
+        Transport::Cookie => header::COOKIE,
+        Transport::Header(name) => name.clone(),
+    };
+    let covered = res
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|v| v == "*" || v.eq_ignore_ascii_case(name.as_str()));
+    if !covered {
+        res.headers_mut()
+            .append(header::VARY, HeaderValue::from(name));
     }
 }
 
@@ -306,15 +450,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
         let config = self.config.clone();
-        let (id, from_cookie) = request_id(&req, &config);
+        let RequestId {
+            id,
+            from_cookie,
+            from_claim,
+        } = request_id(&req, &config);
         let grpc = is_grpc(req.headers());
-        let renew = from_cookie && config.max_age.is_some();
+        let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
             loader: Arc::new(StoreLoader(store.clone())),
             key_prefix: config.prefix.clone(),
             idle: config.idle,
             absolute: config.absolute,
             state: Mutex::new(State {
+                sid: id.clone().filter(|_| from_claim),
                 id,
                 ..State::default()
             }),
@@ -338,9 +487,15 @@ where
                     store_error_response(unavailable, "the session could not be loaded"),
                 ));
             }
+            let looked_at = st.loaded;
             match write_back(&store, &config, st, renew).await {
                 Ok(action) => {
-                    apply_cookie(&mut res, &config, action);
+                    if apply_cookie(&mut res, &config, action) {
+                        keep_out_of_shared_caches(&mut res);
+                    }
+                    if looked_at && !from_claim {
+                        vary_on_transport(&mut res, &config);
+                    }
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
