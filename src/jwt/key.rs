@@ -31,6 +31,12 @@ pub enum KeyError {
         /// The minimum length in bytes.
         min: usize,
     },
+    /// An RSA key with a modulus shorter than 2048 bits (RFC 7518 §3.3).
+    #[error("an RSA key must have at least 2048 bits, this one has {bits}")]
+    WeakRsaKey {
+        /// The modulus length in bits.
+        bits: usize,
+    },
     /// An empty key id.
     #[error("a key id must not be empty")]
     EmptyKid,
@@ -644,6 +650,12 @@ fn jwk_entries(
         // Two keys without `kid` could never be told apart.
         return Err(KeyError::EmptyKid);
     }
+    if let AlgorithmParameters::RSA(params) = &jwk.algorithm {
+        let bits = rsa_modulus_bits(&params.n);
+        if bits < 2048 {
+            return Err(KeyError::WeakRsaKey { bits });
+        }
+    }
     let decoding = DecodingKey::from_jwk(jwk).map_err(KeyError::InvalidKey)?;
     let mut out = Vec::with_capacity(algs.len());
     for &alg in algs {
@@ -662,6 +674,18 @@ fn jwk_entries(
         });
     }
     Ok(out)
+}
+
+/// The bit length of a base64url RSA modulus (0 when it does not decode).
+fn rsa_modulus_bits(n: &str) -> usize {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')) else {
+        return 0;
+    };
+    let mut significant = bytes.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(top) => (significant.count() + 1) * 8 - top.leading_zeros() as usize,
+        None => 0,
+    }
 }
 
 fn usable_for_signatures(jwk: &Jwk) -> bool {
@@ -782,6 +806,14 @@ mod tests {
             "no kid is ambiguous with two keys"
         );
         assert_eq!(kid_of(&two, Some("b")), Some(Some("b".to_owned())));
+    }
+
+    #[test]
+    fn rsa_modulus_length() {
+        assert_eq!(rsa_modulus_bits("AA"), 0);
+        assert_eq!(rsa_modulus_bits("AQAB"), 17);
+        assert_eq!(rsa_modulus_bits(&URL_SAFE_NO_PAD.encode([0, 0x80, 0])), 16);
+        assert_eq!(rsa_modulus_bits("!"), 0);
     }
 
     #[test]
