@@ -70,12 +70,39 @@ struct Requirement<T> {
 /// `PERMISSION_DENIED`.
 ///
 /// ```
+/// use std::convert::Infallible;
+/// use http::{header, Request, Response, StatusCode};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
 /// use tower_stateless::jwt::RequireScopeLayer;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // In an application: ServiceBuilder::new().layer(jwt_layer).layer(this).
 /// // Keycloak: the scope `orders:write` and the realm role `clerk`.
-/// let layer = RequireScopeLayer::new(["orders:write"])?
-///     .claim_contains("/realm_access/roles", "clerk");
-/// # Ok::<(), tower_stateless::ConfigError>(())
+/// let service = ServiceBuilder::new()
+///     .layer(
+///         RequireScopeLayer::new(["orders:write"])?
+///             .claim_contains("/realm_access/roles", "clerk"),
+///     )
+///     .service(service_fn(|_req: Request<String>| async {
+///         Ok::<_, Infallible>(Response::new(String::new()))
+///     }));
+///
+/// // The claims JwtAuthLayer would have put into the extensions.
+/// let mut request = Request::new(String::new());
+/// request.extensions_mut().insert(serde_json::json!({
+///     "sub": "alice",
+///     "scope": "orders:read",
+///     "realm_access": { "roles": ["clerk"] },
+/// }));
+/// let response = service.oneshot(request).await?;
+/// assert_eq!(response.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(
+///     response.headers()[header::WWW_AUTHENTICATE],
+///     r#"Bearer error="insufficient_scope", scope="orders:write""#
+/// );
+/// # Ok(())
+/// # }
 /// ```
 #[must_use]
 pub struct RequireScopeLayer<T = serde_json::Value> {
