@@ -147,6 +147,7 @@ impl Provider {
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks_document))
+            .route("/moved", get(|| async { redirect("/jwks") }))
             .route("/loop-a", get(|| async { redirect("/loop-b") }))
             .route("/loop-b", get(|| async { redirect("/loop-a") }))
             .with_state(Arc::clone(&provider));
@@ -520,6 +521,23 @@ async fn garbage_and_huge_bodies_fail_the_first_fetch() {
 #[tokio::test]
 async fn a_redirect_loop_is_an_error_not_a_hang() {
     let provider = Provider::start(one_key_jwks()).await;
+    // One redirect is followed, unless redirects are turned off.
+    let moved = format!("{}/moved", provider.base);
+    let remote = RemoteJwks::jwks_url(&moved)
+        .allow_http(true)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(remote.key_set().len(), 1);
+    let err = RemoteJwks::jwks_url(&moved)
+        .allow_http(true)
+        .max_redirects(0)
+        .startup_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OidcError::Startup { .. }), "{err:?}");
+
     let err = RemoteJwks::jwks_url(format!("{}/loop-a", provider.base))
         .allow_http(true)
         .startup_timeout(Duration::from_millis(500))

@@ -327,6 +327,7 @@ impl RemoteJwks {
 /// (or the value itself, `JwtKeySet::from(remote)`) to anything that takes a
 /// [`JwtKeySet`]. The task stops once this value, and every key set and layer made from
 /// it, are dropped.
+#[derive(Clone)]
 pub struct RemoteKeys {
     keys: JwtKeySet,
     refresher: Arc<Refresher>,
@@ -503,7 +504,8 @@ impl RefreshHook for Refresher {
         if last != NEVER && now.saturating_sub(last) < min {
             return;
         }
-        // One winner per interval, however many requests race here.
+        // One winner per interval, however many requests race here; only the winner
+        // touches the `Notify` (whose waker list has a short internal lock).
         if self
             .last_trigger_ms
             .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
