@@ -808,6 +808,96 @@ mod tests {
         assert_eq!(kid_of(&two, Some("b")), Some(Some("b".to_owned())));
     }
 
+    fn token_header(kid: Option<&str>, alg: Algorithm) -> Header {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        header
+    }
+
+    /// A token whose payload is `claims` (the signature is not checked by `resolve`).
+    fn unsigned(claims: serde_json::Value) -> String {
+        format!("e30.{}.AA", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    #[test]
+    fn bound_issuers_are_picked_by_iss_before_any_key() {
+        let theirs = JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, &[2; 32])
+            .unwrap();
+        let keys = JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, &[1; 32])
+            .unwrap()
+            .with_issuer("https://idp.test", ["api"], theirs.clone())
+            .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.bound_issuers()[0].audiences, ["api"]);
+        let header = token_header(Some("k"), Algorithm::HS256);
+        let slot = |claims| keys.resolve(&unsigned(claims), &header).map(|r| r.slot);
+        assert_eq!(
+            slot(serde_json::json!({"iss": "https://idp.test"})),
+            Some(1)
+        );
+        assert_eq!(
+            slot(serde_json::json!({"iss": "https://other.test"})),
+            Some(0)
+        );
+        assert_eq!(slot(serde_json::json!({})), Some(0));
+        assert_eq!(slot(serde_json::json!({"iss": 7})), Some(0));
+        // Not base64 or not JSON: the own keys, which the signature check then decides.
+        assert_eq!(keys.resolve("e30.!!!.AA", &header).map(|r| r.slot), Some(0));
+
+        for bad in [
+            keys.clone()
+                .with_issuer("https://idp.test", ["x"], theirs.clone()),
+            keys.clone().with_issuer("", ["x"], theirs.clone()),
+            JwtKeySet::new().with_issuer("https://a.test", ["x"], keys.clone()),
+        ] {
+            assert!(matches!(bad, Err(KeyError::InvalidIssuer(_))));
+        }
+    }
+
+    #[test]
+    fn remote_rules_never_take_hmac_and_pin_alg_less_rsa_to_configured_algorithms() {
+        let rsa =
+            EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa1-private.pem"))
+                .unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap()).unwrap();
+        jwk["kid"] = "r".into();
+        jwk.as_object_mut().unwrap().remove("alg");
+        let oct = serde_json::json!({"kty":"oct","kid":"o","alg":"HS256","k":URL_SAFE_NO_PAD.encode([7; 32])});
+        let doc = serde_json::json!({"keys": [jwk, oct]}).to_string();
+        let remote = JwksRules {
+            algorithms: Some(&[Algorithm::RS256, Algorithm::PS384, Algorithm::ES256]),
+            allow_hmac: false,
+            strict: false,
+        };
+        let entries = parse_jwks(&doc, &remote).unwrap();
+        let pinned: Vec<_> = entries.iter().map(|e| (e.kid.as_deref(), e.alg)).collect();
+        assert_eq!(
+            pinned,
+            [(Some("r"), Algorithm::RS256), (Some("r"), Algorithm::PS384)]
+        );
+        // One key under one kid: a token without kid may use it, for either algorithm.
+        let table: Vec<_> = entries.into_iter().map(Arc::new).collect();
+        assert!(select(&table, None, Algorithm::PS384).is_some());
+        assert!(select(&table, None, Algorithm::RS512).is_none());
+
+        // A static document keeps the oct key (its alg is explicit), and the RSA key is RS256.
+        let entries = parse_jwks(&doc, &JwksRules::STATIC).unwrap();
+        let pinned: Vec<_> = entries.iter().map(|e| (e.kid.as_deref(), e.alg)).collect();
+        assert_eq!(
+            pinned,
+            [(Some("r"), Algorithm::RS256), (Some("o"), Algorithm::HS256)]
+        );
+        // An oct key without alg is never guessed to be HS256.
+        let doc = serde_json::json!({"keys": [{"kty":"oct","kid":"o","k":URL_SAFE_NO_PAD.encode([7; 32])}]});
+        assert!(matches!(
+            JwtKeySet::from_jwks_json(&doc.to_string()),
+            Err(KeyError::EmptyJwks)
+        ));
+    }
+
     #[test]
     fn rsa_modulus_length() {
         assert_eq!(rsa_modulus_bits("AA"), 0);
