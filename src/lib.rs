@@ -32,6 +32,7 @@
 //! | `rust_crypto` | yes | JWT signatures through the RustCrypto crates (pure Rust) |
 //! | `aws_lc_rs` | no | JWT signatures through aws-lc-rs: RS256/ES256 verify 5–8× faster; needs a C toolchain |
 //! | `axum` | no | axum extractors for claims and sessions |
+//! | `oidc` | no | `oidc::RemoteJwks`: keys of an identity provider by OpenID discovery or JWKS URL, refreshed in the background (reqwest with rustls) |
 //! | `conformance` | no | `store::conformance`, the store contract's test suite, for your own backend |
 //!
 //! jsonwebtoken needs exactly one crypto backend. With neither `rust_crypto` nor
@@ -49,6 +50,9 @@ mod config;
 mod id;
 pub mod idempotency;
 pub mod jwt;
+#[cfg(feature = "oidc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "oidc")))]
+pub mod oidc;
 pub mod rate_limit;
 pub mod refresh;
 pub mod response;

@@ -2,9 +2,13 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
 
 /// Why a key could not be added to a [`JwtKeySet`] or used by a
 /// [`TokenIssuer`](super::TokenIssuer).
@@ -27,6 +31,12 @@ pub enum KeyError {
         /// The minimum length in bytes.
         min: usize,
     },
+    /// An RSA key with a modulus shorter than 2048 bits (RFC 7518 §3.3).
+    #[error("an RSA key must have at least 2048 bits, this one has {bits}")]
+    WeakRsaKey {
+        /// The modulus length in bits.
+        bits: usize,
+    },
     /// An empty key id.
     #[error("a key id must not be empty")]
     EmptyKid,
@@ -36,6 +46,15 @@ pub enum KeyError {
     /// The key material could not be parsed or does not work with its algorithm.
     #[error("invalid key material")]
     InvalidKey(#[source] jsonwebtoken::errors::Error),
+    /// A key was added to a key set whose keys come from a remote source (they would be
+    /// replaced by the next refresh): add it to another set and bind the remote keys with
+    /// [`JwtKeySet::with_issuer`].
+    #[error("keys cannot be added to a remote key set")]
+    RemoteKeySet,
+    /// An issuer that cannot be bound with [`JwtKeySet::with_issuer`]: empty, bound
+    /// twice, or its key set has bound issuers of its own.
+    #[error("issuer {0:?} is empty, bound twice or its keys have issuers of their own")]
+    InvalidIssuer(String),
     /// A private key whose derived public key does not verify its own signature.
     #[error("the key failed its sign-and-verify self-test")]
     SelfTestFailed,
@@ -73,6 +92,91 @@ impl fmt::Debug for KeyEntry {
     }
 }
 
+/// What a remote key source wants to hear from the request path. Implementations must
+/// return at once: no lock held for long, no I/O (they wake a background task).
+pub(crate) trait RefreshHook: Send + Sync + fmt::Debug {
+    /// A token named a `kid` the table does not hold.
+    fn unknown_kid(&self);
+    /// The table is gone (every key set holding it was dropped).
+    fn closed(&self);
+}
+
+/// A snapshot of keys that readers load without a lock, and that a remote source replaces
+/// as a whole.
+pub(crate) struct KeyTable {
+    current: ArcSwap<Vec<Arc<KeyEntry>>>,
+    refresh: Option<Arc<dyn RefreshHook>>,
+}
+
+impl KeyTable {
+    fn fixed(entries: Vec<Arc<KeyEntry>>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(entries),
+            refresh: None,
+        }
+    }
+
+    /// An empty table that `hook` fills (with [`KeyTable::publish`]) and is told about
+    /// unknown key ids.
+    #[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+    pub(crate) fn remote(hook: Arc<dyn RefreshHook>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Vec::new()),
+            refresh: Some(hook),
+        }
+    }
+
+    /// Replaces the keys; requests already verifying keep the snapshot they loaded.
+    #[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+    pub(crate) fn publish(&self, entries: Vec<KeyEntry>) {
+        self.current
+            .store(Arc::new(entries.into_iter().map(Arc::new).collect()));
+    }
+
+    /// The number of keys now in the table.
+    #[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.current.load().len()
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<KeyEntry>>> {
+        self.current.load_full()
+    }
+}
+
+impl Drop for KeyTable {
+    fn drop(&mut self) {
+        if let Some(hook) = &self.refresh {
+            hook.closed();
+        }
+    }
+}
+
+impl fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyTable")
+            .field("keys", &*self.current.load())
+            .field("remote", &self.refresh)
+            .finish()
+    }
+}
+
+/// Keys trusted only for tokens whose `iss` is `issuer`.
+#[derive(Clone, Debug)]
+pub(crate) struct BoundIssuer {
+    pub(crate) issuer: String,
+    pub(crate) audiences: Vec<String>,
+    table: Arc<KeyTable>,
+}
+
+/// The key a token is checked against, and which validation rules apply to it: slot `0`
+/// is the layer's own issuer and audience, slot `i + 1` the `i`-th bound issuer's.
+#[derive(Debug)]
+pub(crate) struct ResolvedKey {
+    pub(crate) entry: Arc<KeyEntry>,
+    pub(crate) slot: usize,
+}
+
 /// The keys a [`JwtAuthLayer`](super::JwtAuthLayer) accepts and a
 /// [`TokenIssuer`](super::TokenIssuer) signs with.
 ///
@@ -95,10 +199,40 @@ impl fmt::Debug for KeyEntry {
 /// # Ok::<(), tower_stateless::jwt::KeyError>(())
 /// ```
 ///
+/// # Keys that change, and several issuers
+///
+/// A key set is a handle on a shared table that verifiers read without a lock. With the
+/// `oidc` feature, [`RemoteJwks`](crate::oidc::RemoteJwks) makes a key set whose table
+/// is refreshed in the background from an identity provider's JWKS; clones of it (and
+/// the layers built from it) see every refresh.
+///
+/// [`JwtKeySet::with_issuer`] binds another key set to one issuer: a token whose
+/// (unverified) `iss` names that issuer is checked only against those keys and that
+/// issuer's audiences, before any other key is tried; every other token is checked only
+/// against this set's own keys, under the layer's issuer and audience. So a token of one
+/// issuer never verifies with another issuer's keys.
+///
 /// Debug output names key ids and algorithms only; key material prints as `[redacted]`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct JwtKeySet {
-    entries: Vec<KeyEntry>,
+    own: Arc<KeyTable>,
+    issuers: Vec<BoundIssuer>,
+}
+
+impl Default for JwtKeySet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for JwtKeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKeySet")
+            .field("keys", &*self.own.current.load())
+            .field("remote", &self.own.refresh.is_some())
+            .field("issuers", &self.issuers)
+            .finish()
+    }
 }
 
 /// With both crypto features on, jsonwebtoken cannot pick a backend by itself and would
@@ -141,7 +275,18 @@ impl JwtKeySet {
     pub fn new() -> Self {
         install_crypto_provider();
         Self {
-            entries: Vec::new(),
+            own: Arc::new(KeyTable::fixed(Vec::new())),
+            issuers: Vec::new(),
+        }
+    }
+
+    /// A key set over a table a remote source fills.
+    #[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+    pub(crate) fn from_table(table: Arc<KeyTable>) -> Self {
+        install_crypto_provider();
+        Self {
+            own: table,
+            issuers: Vec::new(),
         }
     }
 
@@ -236,116 +381,310 @@ impl JwtKeySet {
     /// Adds every usable signature key of a JWKS document (`{"keys":[...]}`).
     ///
     /// Each key is pinned to its `alg` member; without one, RSA keys get `RS256`, EC keys
-    /// the algorithm of their curve (`ES256` for P-256, `ES384` for P-384), OKP Ed25519
-    /// keys `EdDSA` and `oct` keys `HS256`. Keys marked for encryption (`"use":"enc"`, or
-    /// `key_ops` without `verify`) and keys this crate cannot use (unknown `kty`, curve or
-    /// `alg`, P-521, an `alg` that does not fit the key) are skipped with a warning; a
-    /// key that claims a usable algorithm but has broken material is an error, and so is
-    /// a document that leaves no key at all.
+    /// the algorithm of their curve (`ES256` for P-256, `ES384` for P-384) and OKP Ed25519
+    /// keys `EdDSA`. An HMAC (`oct`) key needs an explicit `HS*` `alg`: its algorithm is
+    /// never guessed. Keys marked for encryption (`"use":"enc"`, or `key_ops` without
+    /// `verify`) and keys this crate cannot use (unknown `kty`, curve or `alg`, P-521, an
+    /// `alg` that does not fit the key, an RSA key given only as an `x5c` certificate)
+    /// are skipped with a warning; `x5c` next to `n`/`e` is ignored (the key is `n`/`e`).
+    /// A key that claims a usable algorithm but has broken material is an error, and so
+    /// is a document that leaves no key at all.
     pub fn with_jwks_json(mut self, json: &str) -> Result<Self, KeyError> {
-        #[derive(serde::Deserialize)]
-        struct Document {
-            keys: Vec<serde_json::Value>,
-        }
-        let document: Document = serde_json::from_str(json).map_err(KeyError::InvalidJwks)?;
-        let mut added = 0usize;
-        for value in document.keys {
-            let jwk: Jwk = match serde_json::from_value(value) {
-                Ok(jwk) => jwk,
-                Err(error) => {
-                    tracing::warn!(%error, "skipping a JWK that does not parse");
-                    continue;
-                }
-            };
-            let kid = jwk.common.key_id.clone();
-            if !usable_for_signatures(&jwk) {
-                tracing::debug!(?kid, "skipping a JWK not meant for signatures");
-                continue;
-            }
-            let Some(alg) = jwk_algorithm(&jwk) else {
-                tracing::warn!(
-                    ?kid,
-                    "skipping a JWK with an unsupported key type, curve or alg"
-                );
-                continue;
-            };
-            let decoding = DecodingKey::from_jwk(&jwk).map_err(KeyError::InvalidKey)?;
-            if alg.family() == AlgorithmFamily::Hmac {
-                let min = min_hmac_len(alg);
-                if decoding.try_get_as_bytes().map_or(0, <[u8]>::len) < min {
-                    return Err(KeyError::WeakSecret { alg, min });
-                }
-            }
-            probe_decoding(&decoding, alg)?;
-            self = self.push(KeyEntry {
-                kid,
-                alg,
-                decoding,
-                encoding: None,
-            })?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(KeyError::EmptyJwks);
+        for entry in parse_jwks(json, &JwksRules::STATIC)? {
+            self = self.push(entry)?;
         }
         Ok(self)
     }
 
-    /// The number of keys in the set.
+    /// Trusts tokens whose `iss` claim is `issuer`, verified only with `keys` (e.g. an
+    /// identity provider's [`RemoteJwks`](crate::oidc::RemoteJwks) keys), and requiring
+    /// their `aud` to name one of `audiences` (none: a token carrying `aud` is refused, as
+    /// for the layer's own tokens).
+    ///
+    /// The token's `iss`, read from its unverified payload only to pick the keys, selects
+    /// the issuer before any key is tried; a token of another issuer is never checked
+    /// against `keys`, and a token of `issuer` never against this set's own keys. The
+    /// layer's leeway applies; its issuer and audience apply to the set's own keys only.
+    ///
+    /// Refused: an empty or already bound issuer, and a `keys` that has bound issuers of
+    /// its own.
+    pub fn with_issuer<A>(
+        mut self,
+        issuer: impl Into<String>,
+        audiences: A,
+        keys: JwtKeySet,
+    ) -> Result<Self, KeyError>
+    where
+        A: IntoIterator,
+        A::Item: Into<String>,
+    {
+        let issuer = issuer.into();
+        if issuer.is_empty() {
+            return Err(KeyError::InvalidIssuer(issuer));
+        }
+        if !keys.issuers.is_empty() || self.issuers.iter().any(|b| b.issuer == issuer) {
+            return Err(KeyError::InvalidIssuer(issuer));
+        }
+        self.issuers.push(BoundIssuer {
+            issuer,
+            audiences: audiences.into_iter().map(Into::into).collect(),
+            table: keys.own,
+        });
+        Ok(self)
+    }
+
+    /// The number of keys in the set now, those bound to issuers included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.own.current.load().len()
+            + self
+                .issuers
+                .iter()
+                .map(|b| b.table.current.load().len())
+                .sum::<usize>()
     }
 
-    /// Whether the set holds no key.
+    /// Whether the set holds no key now.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The ids of the keys, in the order they were added (`None` for a JWKS key without
-    /// `kid`).
-    pub fn kids(&self) -> impl Iterator<Item = Option<&str>> {
-        self.entries.iter().map(|e| e.kid.as_deref())
+    /// The ids of the keys now in the set, in the order they were added (`None` for a
+    /// JWKS key without `kid`), then those of bound issuers. A JWKS key without `alg`
+    /// that a remote source accepts for several algorithms is listed once per algorithm.
+    pub fn kids(&self) -> impl Iterator<Item = Option<String>> {
+        let tables = std::iter::once(self.own.snapshot())
+            .chain(self.issuers.iter().map(|b| b.table.snapshot()))
+            .collect::<Vec<_>>();
+        tables
+            .into_iter()
+            .flat_map(|t| t.iter().map(|e| e.kid.clone()).collect::<Vec<_>>())
     }
 
-    fn push(mut self, entry: KeyEntry) -> Result<Self, KeyError> {
+    fn push(self, entry: KeyEntry) -> Result<Self, KeyError> {
+        if self.own.refresh.is_some() {
+            return Err(KeyError::RemoteKeySet);
+        }
         if let Some(kid) = &entry.kid {
             if kid.is_empty() {
                 return Err(KeyError::EmptyKid);
             }
-            if self.entries.iter().any(|e| e.kid.as_ref() == Some(kid)) {
+        }
+        let current = self.own.snapshot();
+        if let Some(kid) = &entry.kid {
+            if current.iter().any(|e| e.kid.as_ref() == Some(kid)) {
                 return Err(KeyError::DuplicateKid(kid.clone()));
             }
         }
-        self.entries.push(entry);
-        Ok(self)
+        let mut entries = Vec::clone(&current);
+        entries.push(Arc::new(entry));
+        Ok(Self {
+            own: Arc::new(KeyTable::fixed(entries)),
+            issuers: self.issuers,
+        })
     }
 
-    pub(crate) fn entries(&self) -> &[KeyEntry] {
-        &self.entries
+    /// The table of the set's own keys (a remote source's, for a remote set).
+    #[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+    pub(crate) fn own_table(&self) -> &KeyTable {
+        &self.own
     }
 
-    /// The index of the key a token with this `kid` header is checked against.
-    pub(crate) fn select(&self, kid: Option<&str>) -> Option<usize> {
-        match kid {
-            Some(kid) => self
-                .entries
-                .iter()
-                .position(|e| e.kid.as_deref() == Some(kid)),
-            None if self.entries.len() == 1 => Some(0),
-            None => None,
+    /// The issuers bound with [`JwtKeySet::with_issuer`], in slot order (slot `i + 1`).
+    pub(crate) fn bound_issuers(&self) -> &[BoundIssuer] {
+        &self.issuers
+    }
+
+    /// The key a token with this header is checked against: the bound issuer its `iss`
+    /// names, or else the set's own keys; within those, the key named by `kid` (a token
+    /// without `kid` only when they are exactly one key) pinned to the header's `alg`.
+    ///
+    /// Never blocks: an unknown `kid` in a remote table only wakes its refresher.
+    pub(crate) fn resolve(&self, token: &str, header: &Header) -> Option<ResolvedKey> {
+        let (slot, table) = match self.issuer_slot(token) {
+            Some(i) => (i + 1, &self.issuers.get(i)?.table),
+            None => (0, &self.own),
+        };
+        let entries = table.snapshot();
+        let kid = header.kid.as_deref();
+        let found = select(&entries, kid, header.alg);
+        if found.is_none() {
+            if let (Some(kid), Some(hook)) = (kid, &table.refresh) {
+                if !entries.iter().any(|e| e.kid.as_deref() == Some(kid)) {
+                    hook.unknown_kid();
+                }
+            }
         }
+        found.map(|entry| ResolvedKey { entry, slot })
     }
 
-    pub(crate) fn signing_key(&self, kid: &str) -> Result<&KeyEntry, KeyError> {
-        let entry = self
-            .entries
+    /// The index of the bound issuer the token's unverified `iss` names.
+    fn issuer_slot(&self, token: &str) -> Option<usize> {
+        if self.issuers.is_empty() {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Issuer {
+            iss: Option<String>,
+        }
+        let payload = token.split('.').nth(1)?;
+        let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let iss = serde_json::from_slice::<Issuer>(&bytes).ok()?.iss?;
+        self.issuers.iter().position(|b| b.issuer == iss)
+    }
+
+    pub(crate) fn signing_key(&self, kid: &str) -> Result<KeyEntry, KeyError> {
+        let entries = self.own.snapshot();
+        let entry = entries
             .iter()
             .find(|e| e.kid.as_deref() == Some(kid))
             .ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))?;
         if entry.encoding.is_none() {
             return Err(KeyError::NotSigningKey(kid.to_owned()));
         }
-        Ok(entry)
+        Ok(KeyEntry::clone(entry))
+    }
+}
+
+/// The entry for `kid` pinned to `alg`. Without `kid`, only when the entries are one key
+/// (a JWK without `alg` may be pinned to several algorithms under one `kid`).
+fn select(entries: &[Arc<KeyEntry>], kid: Option<&str>, alg: Algorithm) -> Option<Arc<KeyEntry>> {
+    let found = match kid {
+        Some(kid) => entries
+            .iter()
+            .find(|e| e.kid.as_deref() == Some(kid) && e.alg == alg),
+        None => {
+            let first = entries.first()?;
+            let one_key = entries.iter().all(|e| e.kid == first.kid)
+                && (first.kid.is_some() || entries.len() == 1);
+            if !one_key {
+                return None;
+            }
+            entries.iter().find(|e| e.alg == alg)
+        }
+    };
+    found.cloned()
+}
+
+/// How a JWKS document is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JwksRules<'a> {
+    /// `None`: any algorithm a key declares, RSA keys without `alg` pinned to `RS256`.
+    /// `Some`: only these; an RSA key without `alg` is pinned to each RSA algorithm here.
+    pub(crate) algorithms: Option<&'a [Algorithm]>,
+    /// Whether `oct` (HMAC) keys are accepted; never from a remote document, where a
+    /// published secret would let anyone sign.
+    pub(crate) allow_hmac: bool,
+    /// Whether a broken key or a duplicate `kid` fails the document (a static document,
+    /// fixed at deploy time) or is skipped with a warning (a provider's, where one odd
+    /// key must not hide the good ones).
+    pub(crate) strict: bool,
+}
+
+impl JwksRules<'_> {
+    const STATIC: JwksRules<'static> = JwksRules {
+        algorithms: None,
+        allow_hmac: true,
+        strict: true,
+    };
+}
+
+/// The usable signature keys of a JWKS document.
+pub(crate) fn parse_jwks(json: &str, rules: &JwksRules<'_>) -> Result<Vec<KeyEntry>, KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    install_crypto_provider();
+    let document: Document = serde_json::from_str(json).map_err(KeyError::InvalidJwks)?;
+    let mut entries: Vec<KeyEntry> = Vec::new();
+    for value in document.keys {
+        let jwk: Jwk = match serde_json::from_value(value) {
+            Ok(jwk) => jwk,
+            Err(error) => {
+                tracing::warn!(%error, "skipping a JWK that does not parse");
+                continue;
+            }
+        };
+        let kid = jwk.common.key_id.clone();
+        if !usable_for_signatures(&jwk) {
+            tracing::debug!(?kid, "skipping a JWK not meant for signatures");
+            continue;
+        }
+        let algs = jwk_algorithms(&jwk, rules);
+        if algs.is_empty() {
+            tracing::warn!(
+                ?kid,
+                "skipping a JWK with an unsupported or not allowed key type, curve or alg"
+            );
+            continue;
+        }
+        match jwk_entries(&jwk, &algs, &entries, rules) {
+            Ok(new) => entries.extend(new),
+            Err(error) if rules.strict => return Err(error),
+            Err(error) => {
+                tracing::warn!(?kid, %error, "skipping a JWK that cannot be used");
+            }
+        }
+    }
+    if entries.is_empty() {
+        return Err(KeyError::EmptyJwks);
+    }
+    Ok(entries)
+}
+
+fn jwk_entries(
+    jwk: &Jwk,
+    algs: &[Algorithm],
+    existing: &[KeyEntry],
+    rules: &JwksRules<'_>,
+) -> Result<Vec<KeyEntry>, KeyError> {
+    let kid = jwk.common.key_id.clone();
+    if let Some(kid) = &kid {
+        if kid.is_empty() {
+            return Err(KeyError::EmptyKid);
+        }
+        if existing.iter().any(|e| e.kid.as_ref() == Some(kid)) {
+            return Err(KeyError::DuplicateKid(kid.clone()));
+        }
+    } else if !rules.strict && existing.iter().any(|e| e.kid.is_none()) {
+        // Two keys without `kid` could never be told apart.
+        return Err(KeyError::EmptyKid);
+    }
+    if let AlgorithmParameters::RSA(params) = &jwk.algorithm {
+        let bits = rsa_modulus_bits(&params.n);
+        if bits < 2048 {
+            return Err(KeyError::WeakRsaKey { bits });
+        }
+    }
+    let decoding = DecodingKey::from_jwk(jwk).map_err(KeyError::InvalidKey)?;
+    let mut out = Vec::with_capacity(algs.len());
+    for &alg in algs {
+        if alg.family() == AlgorithmFamily::Hmac {
+            let min = min_hmac_len(alg);
+            if decoding.try_get_as_bytes().map_or(0, <[u8]>::len) < min {
+                return Err(KeyError::WeakSecret { alg, min });
+            }
+        }
+        probe_decoding(&decoding, alg)?;
+        out.push(KeyEntry {
+            kid: kid.clone(),
+            alg,
+            decoding: decoding.clone(),
+            encoding: None,
+        });
+    }
+    Ok(out)
+}
+
+/// The bit length of a base64url RSA modulus (0 when it does not decode).
+fn rsa_modulus_bits(n: &str) -> usize {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')) else {
+        return 0;
+    };
+    let mut significant = bytes.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(top) => (significant.count() + 1) * 8 - top.leading_zeros() as usize,
+        None => 0,
     }
 }
 
@@ -359,31 +698,45 @@ fn usable_for_signatures(jwk: &Jwk) -> bool {
     }
 }
 
-/// The one algorithm a JWK is pinned to, or `None` when this crate cannot use it.
-fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+/// The algorithms a JWK is pinned to (usually one), or none when it cannot be used.
+fn jwk_algorithms(jwk: &Jwk, rules: &JwksRules<'_>) -> Vec<Algorithm> {
     let declared = match jwk.common.key_algorithm {
-        Some(alg) => Some(Algorithm::from_str(&alg.to_string()).ok()?),
+        Some(alg) => match Algorithm::from_str(&alg.to_string()) {
+            Ok(alg) => Some(alg),
+            Err(_) => return Vec::new(),
+        },
         None => None,
     };
     let (family, default) = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, Algorithm::RS256),
+        AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, Some(Algorithm::RS256)),
         AlgorithmParameters::EllipticCurve(params) => match params.curve {
-            EllipticCurve::P256 => (AlgorithmFamily::Ec, Algorithm::ES256),
-            EllipticCurve::P384 => (AlgorithmFamily::Ec, Algorithm::ES384),
-            _ => return None,
+            EllipticCurve::P256 => (AlgorithmFamily::Ec, Some(Algorithm::ES256)),
+            EllipticCurve::P384 => (AlgorithmFamily::Ec, Some(Algorithm::ES384)),
+            _ => return Vec::new(),
         },
         AlgorithmParameters::OctetKeyPair(params) => match params.curve {
-            EllipticCurve::Ed25519 => (AlgorithmFamily::Ed, Algorithm::EdDSA),
-            _ => return None,
+            EllipticCurve::Ed25519 => (AlgorithmFamily::Ed, Some(Algorithm::EdDSA)),
+            _ => return Vec::new(),
         },
-        AlgorithmParameters::OctetKey(_) => (AlgorithmFamily::Hmac, Algorithm::HS256),
-        _ => return None,
+        // Never guess HMAC: an `oct` key needs its `alg`.
+        AlgorithmParameters::OctetKey(_) if rules.allow_hmac => (AlgorithmFamily::Hmac, None),
+        _ => return Vec::new(),
     };
+    let allowed = |alg: &Algorithm| rules.algorithms.is_none_or(|list| list.contains(alg));
     match declared {
-        None => Some(default),
         // For EC keys the curve fixes the algorithm: ES384 on a P-256 key is a mismatch.
-        Some(alg) if family == AlgorithmFamily::Ec => (alg == default).then_some(alg),
-        Some(alg) => (alg.family() == family).then_some(alg),
+        Some(alg) if family == AlgorithmFamily::Ec && Some(alg) != default => Vec::new(),
+        Some(alg) if alg.family() != family => Vec::new(),
+        Some(alg) => [alg].into_iter().filter(allowed).collect(),
+        None => match (family, rules.algorithms) {
+            // An RSA key without `alg`: each configured RSA algorithm, RS256 otherwise.
+            (AlgorithmFamily::Rsa, Some(list)) => list
+                .iter()
+                .copied()
+                .filter(|a| a.family() == AlgorithmFamily::Rsa)
+                .collect(),
+            _ => default.into_iter().filter(allowed).collect(),
+        },
     }
 }
 
@@ -429,19 +782,128 @@ mod tests {
 
     #[test]
     fn selection_by_kid() {
+        // The payload `{}` names no issuer.
+        let kid_of = |keys: &JwtKeySet, kid: Option<&str>| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            keys.resolve("e30.e30.AA", &header)
+                .map(|r| r.entry.kid.clone())
+        };
         let one = JwtKeySet::new()
             .with_hmac("a", Algorithm::HS256, &[1; 32])
             .unwrap();
         assert_eq!(
-            one.select(None),
-            Some(0),
+            kid_of(&one, None),
+            Some(Some("a".to_owned())),
             "a lone key accepts tokens without kid"
         );
-        assert_eq!(one.select(Some("a")), Some(0));
-        assert_eq!(one.select(Some("b")), None);
+        assert_eq!(kid_of(&one, Some("a")), Some(Some("a".to_owned())));
+        assert_eq!(kid_of(&one, Some("b")), None);
         let two = one.with_hmac("b", Algorithm::HS256, &[2; 32]).unwrap();
-        assert_eq!(two.select(None), None, "no kid is ambiguous with two keys");
-        assert_eq!(two.select(Some("b")), Some(1));
+        assert_eq!(
+            kid_of(&two, None),
+            None,
+            "no kid is ambiguous with two keys"
+        );
+        assert_eq!(kid_of(&two, Some("b")), Some(Some("b".to_owned())));
+    }
+
+    fn token_header(kid: Option<&str>, alg: Algorithm) -> Header {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        header
+    }
+
+    /// A token whose payload is `claims` (the signature is not checked by `resolve`).
+    fn unsigned(claims: serde_json::Value) -> String {
+        format!("e30.{}.AA", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    #[test]
+    fn bound_issuers_are_picked_by_iss_before_any_key() {
+        let theirs = JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, &[2; 32])
+            .unwrap();
+        let keys = JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, &[1; 32])
+            .unwrap()
+            .with_issuer("https://idp.test", ["api"], theirs.clone())
+            .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.bound_issuers()[0].audiences, ["api"]);
+        let header = token_header(Some("k"), Algorithm::HS256);
+        let slot = |claims| keys.resolve(&unsigned(claims), &header).map(|r| r.slot);
+        assert_eq!(
+            slot(serde_json::json!({"iss": "https://idp.test"})),
+            Some(1)
+        );
+        assert_eq!(
+            slot(serde_json::json!({"iss": "https://other.test"})),
+            Some(0)
+        );
+        assert_eq!(slot(serde_json::json!({})), Some(0));
+        assert_eq!(slot(serde_json::json!({"iss": 7})), Some(0));
+        // Not base64 or not JSON: the own keys, which the signature check then decides.
+        assert_eq!(keys.resolve("e30.!!!.AA", &header).map(|r| r.slot), Some(0));
+
+        for bad in [
+            keys.clone()
+                .with_issuer("https://idp.test", ["x"], theirs.clone()),
+            keys.clone().with_issuer("", ["x"], theirs.clone()),
+            JwtKeySet::new().with_issuer("https://a.test", ["x"], keys.clone()),
+        ] {
+            assert!(matches!(bad, Err(KeyError::InvalidIssuer(_))));
+        }
+    }
+
+    #[test]
+    fn remote_rules_never_take_hmac_and_pin_alg_less_rsa_to_configured_algorithms() {
+        let rsa =
+            EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa1-private.pem"))
+                .unwrap();
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap()).unwrap();
+        jwk["kid"] = "r".into();
+        jwk.as_object_mut().unwrap().remove("alg");
+        let oct = serde_json::json!({"kty":"oct","kid":"o","alg":"HS256","k":URL_SAFE_NO_PAD.encode([7; 32])});
+        let doc = serde_json::json!({"keys": [jwk, oct]}).to_string();
+        let remote = JwksRules {
+            algorithms: Some(&[Algorithm::RS256, Algorithm::PS384, Algorithm::ES256]),
+            allow_hmac: false,
+            strict: false,
+        };
+        let entries = parse_jwks(&doc, &remote).unwrap();
+        let pinned: Vec<_> = entries.iter().map(|e| (e.kid.as_deref(), e.alg)).collect();
+        assert_eq!(
+            pinned,
+            [(Some("r"), Algorithm::RS256), (Some("r"), Algorithm::PS384)]
+        );
+        // One key under one kid: a token without kid may use it, for either algorithm.
+        let table: Vec<_> = entries.into_iter().map(Arc::new).collect();
+        assert!(select(&table, None, Algorithm::PS384).is_some());
+        assert!(select(&table, None, Algorithm::RS512).is_none());
+
+        // A static document keeps the oct key (its alg is explicit), and the RSA key is RS256.
+        let entries = parse_jwks(&doc, &JwksRules::STATIC).unwrap();
+        let pinned: Vec<_> = entries.iter().map(|e| (e.kid.as_deref(), e.alg)).collect();
+        assert_eq!(
+            pinned,
+            [(Some("r"), Algorithm::RS256), (Some("o"), Algorithm::HS256)]
+        );
+        // An oct key without alg is never guessed to be HS256.
+        let doc = serde_json::json!({"keys": [{"kty":"oct","kid":"o","k":URL_SAFE_NO_PAD.encode([7; 32])}]});
+        assert!(matches!(
+            JwtKeySet::from_jwks_json(&doc.to_string()),
+            Err(KeyError::EmptyJwks)
+        ));
+    }
+
+    #[test]
+    fn rsa_modulus_length() {
+        assert_eq!(rsa_modulus_bits("AA"), 0);
+        assert_eq!(rsa_modulus_bits("AQAB"), 17);
+        assert_eq!(rsa_modulus_bits(&URL_SAFE_NO_PAD.encode([0, 0x80, 0])), 16);
+        assert_eq!(rsa_modulus_bits("!"), 0);
     }
 
     #[test]

@@ -120,9 +120,10 @@
 
 mod future;
 mod issuer;
-mod key;
+pub(crate) mod key;
 mod layer;
 mod reject;
+mod scope;
 mod service;
 mod source;
 mod verify;
@@ -137,6 +138,7 @@ pub use self::future::ResponseFuture;
 pub use self::issuer::{IssueError, IssuedToken, TokenIssuer};
 pub use self::key::{JwtKeySet, KeyError};
 pub use self::layer::JwtAuthLayer;
+pub use self::scope::{RequireScope, RequireScopeLayer, ScopeClaims};
 pub use self::service::JwtAuth;
 pub use self::source::TokenSource;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, Uri};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::Validation;
+use jsonwebtoken::{Algorithm, Validation};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -70,34 +70,69 @@ impl fmt::Debug for Config {
 #[derive(Debug)]
 pub(crate) struct Verifier {
     keys: JwtKeySet,
-    validations: Vec<Validation>,
+    validations: Vec<Vec<(Algorithm, Validation)>>,
     config: Config,
     quoted_realm: Option<String>,
 }
 
+/// Every algorithm a key can be pinned to.
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
+
+/// One `Validation` per algorithm, for tokens of these issuers and audiences.
+fn validations_for(
+    leeway_secs: u64,
+    issuers: &[String],
+    audiences: &[String],
+) -> Vec<(Algorithm, Validation)> {
+    ALGORITHMS
+        .iter()
+        .map(|&alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = leeway_secs;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.validate_aud = true;
+            let mut required = vec!["exp", "sub"];
+            if !issuers.is_empty() {
+                v.set_issuer(issuers);
+                required.push("iss");
+            }
+            if !audiences.is_empty() {
+                v.set_audience(audiences);
+                required.push("aud");
+            }
+            v.set_required_spec_claims(&required);
+            (alg, v)
+        })
+        .collect()
+}
+
 impl Verifier {
     pub(crate) fn new(keys: JwtKeySet, config: Config) -> Self {
-        let validations = keys
-            .entries()
-            .iter()
-            .map(|entry| {
-                let mut v = Validation::new(entry.alg);
-                v.leeway = config.leeway_secs;
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                v.validate_aud = true;
-                let mut required = vec!["exp", "sub"];
-                if !config.issuers.is_empty() {
-                    v.set_issuer(&config.issuers);
-                    required.push("iss");
-                }
-                if !config.audiences.is_empty() {
-                    v.set_audience(&config.audiences);
-                    required.push("aud");
-                }
-                v.set_required_spec_claims(&required);
-                v
-            })
+        // Keys may change at run time (a remote key source), so the validations are per
+        // slot (own keys, then each bound issuer) and algorithm, not per key.
+        let own = validations_for(config.leeway_secs, &config.issuers, &config.audiences);
+        let validations = std::iter::once(own)
+            .chain(keys.bound_issuers().iter().map(|bound| {
+                validations_for(
+                    config.leeway_secs,
+                    std::slice::from_ref(&bound.issuer),
+                    &bound.audiences,
+                )
+            }))
             .collect();
         let quoted_realm = config.realm.as_deref().map(reject::quote_realm);
         Self {
@@ -157,15 +192,19 @@ impl Verifier {
             tracing::debug!("jwt: header has crit, enc or zip");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         }
-        let Some(index) = self.keys.select(header.kid.as_deref()) else {
-            tracing::debug!("jwt: no key for the token's kid");
+        let Some(key) = self.keys.resolve(token, &header) else {
+            tracing::debug!("jwt: no key for the token's issuer, kid and alg");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         };
-        let (entry, validation) =
-            match (self.keys.entries().get(index), self.validations.get(index)) {
-                (Some(entry), Some(validation)) => (entry, validation),
-                _ => return Err(Rejection::InvalidToken(TOKEN_INVALID)),
-            };
+        let entry = &key.entry;
+        let validation = self
+            .validations
+            .get(key.slot)
+            .and_then(|v| v.iter().find(|(alg, _)| *alg == entry.alg))
+            .map(|(_, v)| v);
+        let Some(validation) = validation else {
+            return Err(Rejection::InvalidToken(TOKEN_INVALID));
+        };
         if header.alg != entry.alg {
             tracing::debug!(alg = ?header.alg, "jwt: alg does not match the key's pinned algorithm");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
