@@ -4,60 +4,44 @@
 # examples/load.rs against one instance and then against all three, and stops every
 # process it started on exit.
 #
+# The example limits every user to RATE_LIMIT_PER_MINUTE requests (at most one per
+# millisecond, however high it is set): one user would turn the run into 429s. So the
+# instances get 32 demo users and the highest limit, and the generator spreads its
+# requests over the 32 users' tokens; any answer that is not 2xx fails the run.
+#
 # Run with: benches/load.sh [--requests N] [--seconds S] [--concurrency C]
 # (options go to examples/load.rs; defaults: 20000 requests, 20 s, 32 concurrent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+need cargo "install Rust (rustup)"
+need redis-server "apt-get install redis-server (Debian, Ubuntu) or your system's package"
 
 cargo build --release --all-features --example stateless_api --example load
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
+users=$(for i in $(seq 32); do printf 'load%s:pw%s,' "$i" "$i"; done)
+users=${users%,}
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_for() { # port
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listening on $1" >&2
-    return 1
-}
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-pids+=($!)
-wait_for "$redis_port"
+start_redis
 
 urls=()
-for _ in 1 2 3; do
+tries=0
+while [ ${#urls[@]} -lt 3 ]; do
+    tries=$((tries + 1))
+    if [ $tries -gt 10 ]; then echo "could not start three instances" >&2; exit 1; fi
     port=$(free_port)
     REDIS_URL="redis://127.0.0.1:$redis_port" \
         JWT_SECRET="load-test-secret-load-test-secret-0123" \
+        DEMO_USERS="$users" RATE_LIMIT_PER_MINUTE=60000 \
         PORT="$port" RUST_LOG=warn \
         target/release/examples/stateless_api >/dev/null &
     pids+=($!)
-    wait_for "$port"
-    urls+=("http://127.0.0.1:$port")
+    # Another process may take the port first (the instance then exits): try another.
+    if wait_for "$port" $!; then urls+=("http://127.0.0.1:$port"); fi
 done
 
 echo "== 1 instance"
-target/release/examples/load "$@" "${urls[0]}"
+target/release/examples/load --users "$users" "$@" "${urls[0]}"
 echo "== 3 instances"
-target/release/examples/load "$@" "${urls[@]}"
+target/release/examples/load --users "$users" "$@" "${urls[@]}"

@@ -1,9 +1,9 @@
-//! A small load generator for the `stateless_api` example: logs in once as a demo user,
-//! then sends `GET /me` with the bearer token (JWT verify + one revocation check on the
-//! shared store) round-robin over one or more instances, and reports requests/s and
-//! p50/p99 latency.
+//! Load tools for benchmarks on loopback: a load generator for the `stateless_api`
+//! example, and the app that `benches/compare.sh` drives with wrk to compare the layers.
 //!
-//! Run with:
+//! **Generator** (used by `benches/load.sh`): logs in once per user, then sends
+//! `GET /me` with the bearer tokens (JWT verify + one revocation check on the shared store)
+//! round-robin over one or more instances, and reports requests/s and p50/p99 latency.
 //!
 //! ```sh
 //! # one Redis, three instances sharing it (same JWT_SECRET, so a token works on all)
@@ -15,67 +15,153 @@
 //! ```
 //!
 //! The run stops after `--requests` requests or `--seconds` seconds, whichever comes first.
+//! `--users alice:wonderland,bob:builder` (the default) logs in as each of these users and
+//! spreads the requests over their tokens: the example limits every user to
+//! `RATE_LIMIT_PER_MINUTE`, so a load run needs many users (and a high limit) to measure
+//! the layers rather than `429`s; any answer that is not `2xx` counts as failed.
 //! Only loopback targets are accepted: this is a benchmark tool, not a load-testing service.
+//!
+//! **Bench app** (`load serve`, used by `benches/compare.sh`): one axum server with one
+//! route per stack under test, each built in [`stacks`]:
+//!
+//! | route | stack |
+//! |---|---|
+//! | `GET /bare` | nothing (bare axum) |
+//! | `GET /decode` | a hand-written `jsonwebtoken::decode` middleware (the floor for JWT) |
+//! | `GET /jwt` | `JwtAuthLayer` |
+//! | `GET /jwt-revocation` | `JwtAuthLayer` + `RevocationLayer` |
+//! | `GET /jwt-revocation-session` | the same + `SessionLayer`, handler reads the session |
+//! | `GET /session-read`, `GET /session-write` | `SessionLayer` alone, read or write one key |
+//! | `POST /idempotent` | `IdempotencyLayer` alone, first call (a new key every request) |
+//! | `GET /peer-read`, `GET /peer-write` | tower-sessions (the peer), read or write one key |
+//!
+//! ```sh
+//! cargo run --release --example load -- serve --redis redis://127.0.0.1:6379 --out /tmp/bench
+//! ```
+//!
+//! It listens on `--port` (0, the default: a free port), makes `--sessions` sessions (64)
+//! of each kind, writes what a client needs into the `--out` directory (`token`: a bearer
+//! token with a session id; `ours.cookies` and `peer.cookies`: one `name=value` per line;
+//! `port`, written last) and serves until killed. Without `--redis` it uses the in-memory
+//! stores.
 
+use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
+use tower::ServiceExt;
+use tower_stateless::idempotency::IdempotencyLayer;
+use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::session::{Session, SessionLayer};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        args.remove(0);
+        let options = exit_on_usage_error(ServeOptions::parse(args));
+        return serve(options).await;
+    }
+    let options = exit_on_usage_error(Options::parse(args));
+    generate(options).await
+}
+
+fn exit_on_usage_error<T>(parsed: Result<T, String>) -> T {
+    parsed.unwrap_or_else(|message| {
+        eprintln!("{message}");
+        std::process::exit(2);
+    })
+}
+
+// ---- the load generator for the example -----------------------------------------------
 
 struct Options {
     requests: u64,
     duration: Duration,
     concurrency: usize,
+    /// `(username, password)` pairs to log in as.
+    users: Vec<(String, String)>,
     urls: Vec<String>,
 }
 
-const USAGE: &str =
-    "usage: load [--requests N] [--seconds S] [--concurrency C] http://127.0.0.1:PORT...";
+const USAGE: &str = "usage: load [--requests N] [--seconds S] [--concurrency C] \
+     [--users user:password,...] http://127.0.0.1:PORT...\n       \
+     load serve [--port P] [--redis URL] [--sessions N] --out DIR";
 
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        requests: 20_000,
-        duration: Duration::from_secs(20),
-        concurrency: 32,
-        urls: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--requests" => {
-                options.requests = value("--requests")?.parse().map_err(|e| format!("{e}"))?
+/// `user:password,user:password` (the example's `DEMO_USERS` format).
+fn parse_users(list: &str) -> Result<Vec<(String, String)>, String> {
+    list.split(',')
+        .map(|pair| {
+            pair.trim()
+                .split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                .ok_or_else(|| format!("--users entries are user:password, got {pair:?}"))
+        })
+        .collect()
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = value.ok_or(format!("{name} needs a value"))?;
+    value.parse().map_err(|e| format!("{name} {value:?}: {e}"))
+}
+
+impl Options {
+    fn parse(args: Vec<String>) -> Result<Self, String> {
+        let mut options = Self {
+            requests: 20_000,
+            duration: Duration::from_secs(20),
+            concurrency: 32,
+            users: parse_users("alice:wonderland")?,
+            urls: Vec::new(),
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--requests" => options.requests = parse_number(&arg, args.next())?,
+                "--seconds" => {
+                    options.duration = Duration::from_secs(parse_number(&arg, args.next())?)
+                }
+                "--concurrency" => options.concurrency = parse_number(&arg, args.next())?,
+                "--users" => {
+                    options.users = parse_users(&args.next().ok_or("--users needs a value")?)?
+                }
+                url if url.starts_with("--") => return Err(format!("{url}?\n{USAGE}")),
+                url => options.urls.push(url.trim_end_matches('/').to_owned()),
             }
-            "--seconds" => {
-                let secs: u64 = value("--seconds")?.parse().map_err(|e| format!("{e}"))?;
-                options.duration = Duration::from_secs(secs);
-            }
-            "--concurrency" => {
-                options.concurrency = value("--concurrency")?
-                    .parse()
-                    .map_err(|e| format!("{e}"))?
-            }
-            url => options.urls.push(url.trim_end_matches('/').to_owned()),
         }
-    }
-    if options.urls.is_empty() || options.concurrency == 0 || options.requests == 0 {
-        return Err(USAGE.to_owned());
-    }
-    for url in &options.urls {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
-        let host = parsed.host_str().unwrap_or_default();
-        let loopback = host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if parsed.scheme() != "http" || !loopback {
-            return Err(format!("{url}: only http:// loopback targets are accepted"));
+        if options.urls.is_empty() || options.concurrency == 0 || options.requests == 0 {
+            return Err(USAGE.to_owned());
         }
+        for url in &options.urls {
+            let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+            let host = parsed.host_str().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if parsed.scheme() != "http" || !loopback {
+                return Err(format!("{url}: only http:// loopback targets are accepted"));
+            }
+        }
+        Ok(options)
     }
-    Ok(options)
 }
 
 #[derive(Deserialize)]
@@ -96,35 +182,31 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            std::process::exit(2);
-        }
-    };
+async fn generate(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(Duration::from_secs(10))
         .build()?;
 
-    let login: Login = client
-        .post(format!("{}/login", options.urls[0]))
-        .json(&serde_json::json!({"username": "alice", "password": "wonderland"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let bearer = Arc::new(format!("Bearer {}", login.access_token));
+    let mut bearers = Vec::new();
+    for (username, password) in &options.users {
+        let login: Login = client
+            .post(format!("{}/login", options.urls[0]))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        bearers.push(format!("Bearer {}", login.access_token));
+    }
+    let bearers = Arc::new(bearers);
     let urls: Arc<Vec<String>> = Arc::new(options.urls.iter().map(|u| format!("{u}/me")).collect());
-    // Every instance must accept the token before the clock starts (same JWT_SECRET).
+    // Every instance must accept the tokens before the clock starts (same JWT_SECRET).
     for url in urls.iter() {
         client
             .get(url)
-            .header("authorization", bearer.as_str())
+            .header("authorization", bearers[0].as_str())
             .send()
             .await?
             .error_for_status()?;
@@ -135,55 +217,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..options.concurrency {
-        let (client, bearer, urls, issued) =
-            (client.clone(), bearer.clone(), urls.clone(), issued.clone());
+        let (client, bearers, urls, issued) = (
+            client.clone(),
+            bearers.clone(),
+            urls.clone(),
+            issued.clone(),
+        );
         let limit = options.requests;
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut errors = 0u64;
+            let mut failed: Vec<String> = Vec::new();
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= limit || Instant::now() >= deadline {
-                    return (latencies, errors);
+                    return (latencies, failed);
                 }
                 let url = &urls[n as usize % urls.len()];
+                let bearer = &bearers[(n as usize / urls.len()) % bearers.len()];
                 let sent = Instant::now();
-                let ok = match client
+                let outcome = match client
                     .get(url)
                     .header("authorization", bearer.as_str())
                     .send()
                     .await
                 {
-                    Ok(res) => res.status().is_success() && res.bytes().await.is_ok(),
-                    Err(_) => false,
+                    Ok(res) if res.status().is_success() => match res.bytes().await {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(format!("body: {e}")),
+                    },
+                    Ok(res) => Err(format!("status {}", res.status().as_u16())),
+                    Err(e) => Err(format!("request: {e}")),
                 };
-                if ok {
-                    latencies.push(sent.elapsed());
-                } else {
-                    errors += 1;
+                match outcome {
+                    Ok(()) => latencies.push(sent.elapsed()),
+                    Err(reason) => failed.push(reason),
                 }
             }
         }));
     }
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut failed = Vec::new();
     for worker in workers {
-        let (l, e) = worker.await?;
+        let (l, f) = worker.await?;
         latencies.extend(l);
-        errors += e;
+        failed.extend(f);
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
 
     println!(
-        "instances: {}  concurrency: {}  GET /me",
+        "instances: {}  users: {}  concurrency: {}  GET /me",
         options.urls.len(),
+        options.users.len(),
         options.concurrency
     );
     println!(
         "requests: {} ok, {} failed in {:.2} s",
         latencies.len(),
-        errors,
+        failed.len(),
         elapsed.as_secs_f64()
     );
     println!(
@@ -196,8 +287,241 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(quantile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default())
     );
-    if errors > 0 {
+    if !failed.is_empty() {
+        // Which failures, so that a run drowned in 429s says so.
+        let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
+        for reason in &failed {
+            *reasons.entry(reason.as_str()).or_default() += 1;
+        }
+        for (reason, count) in reasons {
+            println!("failed: {count} x {reason}");
+        }
         std::process::exit(1);
     }
+    Ok(())
+}
+
+// ---- the bench app ------------------------------------------------------------------
+
+/// The HS256 secret of the bench app's tokens.
+const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
+
+struct ServeOptions {
+    port: u16,
+    redis: Option<String>,
+    sessions: usize,
+    out: PathBuf,
+}
+
+impl ServeOptions {
+    fn parse(args: Vec<String>) -> Result<Self, String> {
+        let (mut port, mut redis, mut sessions, mut out) = (0, None, 64, None);
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--port" => port = parse_number(&arg, args.next())?,
+                "--redis" => redis = Some(args.next().ok_or("--redis needs a URL")?),
+                "--sessions" => sessions = parse_number(&arg, args.next())?,
+                "--out" => out = Some(PathBuf::from(args.next().ok_or("--out needs a path")?)),
+                other => return Err(format!("{other}?\n{USAGE}")),
+            }
+        }
+        let out = out.ok_or(format!("serve needs --out DIR\n{USAGE}"))?;
+        if sessions == 0 {
+            return Err("--sessions must be at least 1".to_owned());
+        }
+        Ok(Self {
+            port,
+            redis,
+            sessions,
+            out,
+        })
+    }
+}
+
+/// Every stack under test, one route each, over `store` (ours) and `peer`
+/// (tower-sessions' store of the same kind).
+///
+/// This is the one place that builds the layers: adapt it when a layer's constructor
+/// changes.
+fn stacks<S, P>(store: S, peer: P, keys: JwtKeySet) -> Router
+where
+    S: StateStore + Clone,
+    P: tower_sessions::SessionStore + Clone,
+{
+    let jwt = JwtAuthLayer::<serde_json::Value>::new(keys);
+    let revocation = RevocationLayer::new(store.clone());
+    let session = SessionLayer::new(store.clone()).secure(false);
+    let idempotency = IdempotencyLayer::new(store);
+    let tower_sessions = tower_sessions::SessionManagerLayer::new(peer)
+        .with_name("tid")
+        .with_secure(false);
+    let decode = middleware::from_fn_with_state(
+        Arc::new((
+            DecodingKey::from_secret(SECRET),
+            Validation::new(Algorithm::HS256),
+        )),
+        decode_floor,
+    );
+
+    Router::new()
+        .route("/bare", get(ok))
+        .route("/decode", get(ok).route_layer(decode))
+        .route("/jwt", get(ok).route_layer(jwt.clone()))
+        .route(
+            "/jwt-revocation",
+            get(ok)
+                .route_layer(revocation.clone())
+                .route_layer(jwt.clone()),
+        )
+        .route(
+            "/jwt-revocation-session",
+            get(read)
+                .route_layer(session.clone())
+                .route_layer(revocation)
+                .route_layer(jwt),
+        )
+        .route("/session-read", get(read).route_layer(session.clone()))
+        .route("/session-write", get(write).route_layer(session))
+        .route("/idempotent", post(ok).route_layer(idempotency))
+        .route(
+            "/peer-read",
+            get(peer_read).route_layer(tower_sessions.clone()),
+        )
+        .route("/peer-write", get(peer_write).route_layer(tower_sessions))
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+/// What a hand-written JWT middleware does at least: one `jsonwebtoken::decode` of the
+/// bearer token, the claims into the extensions.
+async fn decode_floor(
+    State(key): State<Arc<(DecodingKey, Validation)>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    match jsonwebtoken::decode::<serde_json::Value>(token, &key.0, &key.1) {
+        Ok(data) => {
+            req.extensions_mut().insert(data.claims);
+            next.run(req).await
+        }
+        Err(_) => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+async fn read(Extension(session): Extension<Session>) -> Response {
+    match session.get::<u64>("n").await {
+        Ok(Some(_)) => "ok".into_response(),
+        // The sessions were written at start: a missing one is a failed row, not a fast one.
+        Ok(None) => (StatusCode::NOT_FOUND, "no session").into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn write(Extension(session): Extension<Session>) -> Response {
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    match session.insert("n", n).await {
+        Ok(()) => "ok".into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn peer_read(Extension(session): Extension<tower_sessions::Session>) -> Response {
+    match session.get::<u64>("n").await {
+        Ok(Some(_)) => "ok".into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no session").into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn peer_write(Extension(session): Extension<tower_sessions::Session>) -> Response {
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    match session.insert("n", n).await {
+        Ok(()) => "ok".into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// `count` new sessions made through `path` (a write route): their cookies as
+/// `name=value`.
+async fn new_sessions(app: &Router, path: &str, count: usize) -> Result<Vec<String>, String> {
+    let mut cookies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .map_err(|e| e.to_string())?;
+        let res = app
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e: Infallible| e.to_string())?;
+        if !res.status().is_success() {
+            return Err(format!("{path}: {}", res.status()));
+        }
+        let cookie = res
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .ok_or(format!("{path} set no cookie"))?;
+        cookies.push(cookie.to_owned());
+    }
+    Ok(cookies)
+}
+
+async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+    let keys = JwtKeySet::new().with_hmac("bench", Algorithm::HS256, SECRET)?;
+    let token = TokenIssuer::new(&keys, "bench")?
+        .ttl(Duration::from_secs(24 * 3600))
+        .issue_with("bench", Some("bench-session"), &())?
+        .token;
+    let app = match &options.redis {
+        Some(url) => {
+            use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+            let store = RedisStore::from_url(url.as_str())?;
+            let pool = Pool::new(Config::from_url(url)?, None, None, None, 4)?;
+            let _connection = pool.connect();
+            pool.wait_for_connect().await?;
+            stacks(
+                store,
+                tower_sessions_redis_store::RedisStore::new(pool),
+                keys,
+            )
+        }
+        None => stacks(
+            MemoryStore::new(),
+            tower_sessions::MemoryStore::default(),
+            keys,
+        ),
+    };
+    let ours = new_sessions(&app, "/session-write", options.sessions).await?;
+    let peer = new_sessions(&app, "/peer-write", options.sessions).await?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await?;
+    let port = listener.local_addr()?.port();
+    std::fs::create_dir_all(&options.out)?;
+    std::fs::write(options.out.join("token"), &token)?;
+    std::fs::write(options.out.join("ours.cookies"), ours.join("\n") + "\n")?;
+    std::fs::write(options.out.join("peer.cookies"), peer.join("\n") + "\n")?;
+    // Last: its presence tells the script that everything else is written.
+    std::fs::write(options.out.join("port"), port.to_string())?;
+    eprintln!(
+        "serving on 127.0.0.1:{port} ({}), client files in {}",
+        options.redis.as_deref().unwrap_or("in memory"),
+        options.out.display()
+    );
+    axum::serve(listener, app).await?;
     Ok(())
 }

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The layers side by side under the same load, in one run: starts a redis-server and the
+# bench app of examples/load.rs (`load serve`: one axum server, one route per stack, see
+# the table in its docs), drives each route with wrk, one after the other, with the same
+# connections, duration and request shape, and prints requests/s, p50, p99 and the
+# ratios to bare axum.
+#
+# Rows: bare axum; a hand-written jsonwebtoken::decode middleware; JwtAuthLayer;
+# + RevocationLayer; + SessionLayer read; SessionLayer read and write alone;
+# IdempotencyLayer first call; tower-sessions (tower-sessions-redis-store) read and write.
+# No row has a rate limit, and any answer that is not 2xx/3xx (a 429, a 503) or a socket
+# error marks its row and fails the run: the figures are then not the layers' cost.
+#
+# Run with: benches/compare.sh [--seconds S] [--warmup S] [--connections C] [--threads T]
+#                              [--memory]
+# Defaults: 10 s per row after a 2 s warm-up, 32 connections, 1 wrk thread (wrk -t1 -c32),
+# on Redis (--memory: the in-memory stores instead, no Redis needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+seconds=10 warmup=2 connections=32 threads=1 memory=0
+while [ $# -gt 0 ]; do
+    case $1 in
+    --seconds) seconds=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --memory) memory=1; shift ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
+    esac
+done
+
+need cargo "install Rust (rustup)"
+need wrk "apt-get install wrk (Debian, Ubuntu), brew install wrk (macOS)"
+[ "$memory" = 1 ] || need redis-server "apt-get install redis-server (Debian, Ubuntu), or run with --memory"
+
+cargo build --release --all-features --example load
+
+out=$(mktemp -d)
+trap 'cleanup; rm -rf "$out"' EXIT
+
+serve_args=(serve --out "$out")
+if [ "$memory" = 1 ]; then
+    store="in memory"
+else
+    start_redis
+    store="Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1:$redis_port"
+    serve_args+=(--redis "redis://127.0.0.1:$redis_port")
+fi
+target/release/examples/load "${serve_args[@]}" 2>"$out/serve.log" &
+pids+=($!)
+for _ in $(seq 600); do [ -s "$out/port" ] && break; sleep 0.05; done
+if [ ! -s "$out/port" ]; then
+    echo "the bench app did not start:" >&2
+    cat "$out/serve.log" >&2
+    exit 1
+fi
+base="http://127.0.0.1:$(cat "$out/port")"
+# Every GET carries the bearer token and both session cookies (ours `id`, tower-sessions'
+# `tid`), so that the rows differ only in the stack.
+paste -d';' "$out/ours.cookies" "$out/peer.cookies" | sed 's/;/; /' >"$out/cookies"
+BENCH_BEARER=$(cat "$out/token")
+export BENCH_BEARER BENCH_COOKIES="$out/cookies" BENCH_RUN="run$$-$RANDOM"
+
+rows=(
+    "bare axum|/bare"
+    "jsonwebtoken::decode middleware|/decode"
+    "JwtAuthLayer|/jwt"
+    "JWT + revocation|/jwt-revocation"
+    "JWT + revocation + session read|/jwt-revocation-session"
+    "session read|/session-read"
+    "session write|/session-write"
+    "idempotency first call (POST)|/idempotent"
+    "tower-sessions read|/peer-read"
+    "tower-sessions write|/peer-write"
+)
+
+echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row"
+declare -A rps p50 p99
+failed=0
+printf '%-34s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
+for row in "${rows[@]}"; do
+    name=${row%%|*} path=${row#*|}
+    post=0
+    [ "$path" = /idempotent ] && post=1
+    BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${warmup}s" -s benches/compare.lua \
+        "$base$path" >/dev/null
+    result=$(BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${seconds}s" \
+        -s benches/compare.lua "$base$path" | grep '^RESULT ')
+    read -r _ requests duration lat50 lat99 bad_status socket_errors <<<"$result"
+    rps[$path]=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+    p50[$path]=$lat50 p99[$path]=$lat99
+    note=""
+    if [ "$bad_status" -gt 0 ] || [ "$socket_errors" -gt 0 ]; then
+        note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
+        failed=1
+    fi
+    printf '%-34s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$path]}" \
+        "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
+        "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
+        "$(awk -v a="${rps[$path]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
+done
+
+ratio() { awk -v a="${rps[$1]}" -v b="${rps[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "Throughput ratios (same run):"
+echo "  JwtAuthLayer ÷ jsonwebtoken::decode middleware   $(ratio /jwt /decode)"
+echo "  JWT + revocation ÷ JwtAuthLayer                   $(ratio /jwt-revocation /jwt)"
+echo "  JWT + revocation + session read ÷ bare axum       $(ratio /jwt-revocation-session /bare)"
+echo "  session read ÷ tower-sessions read                $(ratio /session-read /peer-read)"
+echo "  session write ÷ tower-sessions write              $(ratio /session-write /peer-write)"
+if [ "$failed" = 1 ]; then
+    echo "some rows had failed requests (marked !): their figures are not the layers' cost" >&2
+    exit 1
+fi
