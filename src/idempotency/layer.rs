@@ -5,10 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, Uri};
+use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
+use super::scope::Scope;
 use super::service::IdempotencyService;
 use crate::store::StateStore;
+use crate::ConfigError;
+
+/// The largest body limit accepted: a stored response must fit in one store value, and
+/// Redis holds at most 512 MiB in one string.
+const MAX_BODY_LIMIT: usize = 512 * 1024 * 1024;
+
+/// The shortest lease accepted: it is renewed every third of itself, in whole milliseconds.
+const MIN_LOCK_TTL: Duration = Duration::from_millis(3);
 
 type Predicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 
@@ -73,6 +83,10 @@ pub(crate) struct Config {
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) store_server_errors: bool,
+    pub(crate) scope: Scope,
+    pub(crate) max_in_flight: usize,
+    /// Shared by every service this layer (and its clones) builds.
+    pub(crate) in_flight: Arc<Semaphore>,
 }
 
 impl Config {
@@ -90,11 +104,37 @@ impl Config {
     }
 }
 
+/// Keyed requests one layer holds at once by default (see
+/// [`IdempotencyLayer::max_in_flight`]).
+const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
+/// A TTL the store can hold (1 ms to a century), or the error naming `setting`.
+fn store_ttl(setting: &'static str, ttl: Duration, min: Duration) -> Result<(), ConfigError> {
+    if ttl < min || crate::store::ttl_millis(ttl).is_err() {
+        return Err(ConfigError::new(
+            setting,
+            format!("{ttl:?} is outside the range the store holds ({min:?} to 100 years)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A body limit of 1 byte to 512 MiB, or the error naming `setting`.
+fn body_limit(setting: &'static str, bytes: usize) -> Result<(), ConfigError> {
+    if bytes == 0 || bytes > MAX_BODY_LIMIT {
+        return Err(ConfigError::new(
+            setting,
+            format!("{bytes} bytes; it must be between 1 byte and 512 MiB"),
+        ));
+    }
+    Ok(())
+}
+
 /// Makes `POST` and `PATCH` requests safe to retry: a request with an `Idempotency-Key`
 /// runs once, and its retries get the stored response. See the [module docs](super).
 ///
-/// Put it inside `JwtAuthLayer` (or anything that inserts
-/// [`RegisteredClaims`](crate::RegisteredClaims)) so that records are kept per caller.
+/// Records are kept per caller: put it inside `JwtAuthLayer` (or anything that inserts
+/// [`RegisteredClaims`](crate::RegisteredClaims)), or choose another [`Scope`].
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<S> {
     store: S,
@@ -106,7 +146,8 @@ impl<S: StateStore> IdempotencyLayer<S> {
     /// optional, lock (lease) TTL 30 s, retention 24 h, key prefix `idem:`, request and
     /// response bodies up to 1 MiB and 4 MiB, 5xx not stored, replayed headers
     /// `Content-Type`, `Content-Encoding`, `Location`, `ETag`, `Link` and `Vary` (and a
-    /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`).
+    /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`), records
+    /// scoped per user ([`Scope::subject`]), at most 128 keyed requests in flight.
     pub fn new(store: S) -> Self {
         Self {
             store,
@@ -129,6 +170,9 @@ impl<S: StateStore> IdempotencyLayer<S> {
                 max_request_body: 1024 * 1024,
                 max_response_body: 4 * 1024 * 1024,
                 store_server_errors: false,
+                scope: Scope::subject(),
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
             }),
         }
     }
@@ -183,19 +227,31 @@ impl<S: StateStore> IdempotencyLayer<S> {
         self.with(|c| c.prefix = prefix)
     }
 
-    /// How long a running request holds its key (default 30 s): a lease. If the instance
-    /// dies, a retry runs once the lease has expired. Set it above your slowest handler: a
-    /// handler still running when its lease expires can be run a second time by a retry
-    /// (its own result is then not recorded). At least 1 ms.
-    #[must_use]
-    pub fn lock_ttl(self, ttl: Duration) -> Self {
-        self.with(|c| c.lock_ttl = ttl.max(Duration::from_millis(1)))
+    /// How long a running request holds its key without renewing it (default 30 s): a
+    /// lease. While the handler runs, the layer renews the lease every third of it, so a
+    /// live request keeps its key however long it runs; if the instance dies, renewals
+    /// stop and a retry runs once the lease has expired. A shorter lease frees the key of a
+    /// dead instance sooner, at one store command per renewal for handlers slower than a
+    /// third of it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `lock_ttl` below 3 ms or beyond what the store holds (100
+    /// years).
+    pub fn lock_ttl(self, ttl: Duration) -> Result<Self, ConfigError> {
+        store_ttl("lock_ttl", ttl, MIN_LOCK_TTL)?;
+        Ok(self.with(|c| c.lock_ttl = ttl))
     }
 
-    /// How long a completed response is kept for replay (default 24 h). At least 1 ms.
-    #[must_use]
-    pub fn retention(self, ttl: Duration) -> Self {
-        self.with(|c| c.retention = ttl.max(Duration::from_millis(1)))
+    /// How long a completed response is kept for replay (default 24 h).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `retention` below 1 ms or beyond what the store holds (100
+    /// years).
+    pub fn retention(self, ttl: Duration) -> Result<Self, ConfigError> {
+        store_ttl("retention", ttl, Duration::from_millis(1))?;
+        Ok(self.with(|c| c.retention = ttl))
     }
 
     /// Adds a request header to the fingerprint (method, path, query and body always are):
@@ -215,17 +271,65 @@ impl<S: StateStore> IdempotencyLayer<S> {
 
     /// Largest request body accepted, in bytes (default 1 MiB); a larger one is `413`
     /// before the handler runs. The body is buffered once to fingerprint it.
-    #[must_use]
-    pub fn max_request_body(self, bytes: usize) -> Self {
-        self.with(|c| c.max_request_body = bytes)
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_request_body` for 0 or more than 512 MiB.
+    pub fn max_request_body(self, bytes: usize) -> Result<Self, ConfigError> {
+        body_limit("max_request_body", bytes)?;
+        Ok(self.with(|c| c.max_request_body = bytes))
     }
 
     /// Largest response body stored, in bytes (default 4 MiB). A larger response is
     /// streamed to the client unchanged but not stored: the key is released, and a retry
     /// runs the handler again.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_response_body` for 0 or more than 512 MiB (the largest
+    /// value Redis holds).
+    pub fn max_response_body(self, bytes: usize) -> Result<Self, ConfigError> {
+        body_limit("max_response_body", bytes)?;
+        Ok(self.with(|c| c.max_response_body = bytes))
+    }
+
+    /// How many requests with a key the services of this layer (and of its clones) hold
+    /// at once (default 128). Each buffers its request body and, to record it, its
+    /// response body, so memory stays below about `max_in_flight` × (`max_request_body` +
+    /// `max_response_body`) (640 MiB with the defaults, when every body is as large as
+    /// allowed). A keyed request beyond the bound is answered `503` with `Retry-After` and
+    /// the error code `idempotency_overloaded`, without claiming its key: the client's
+    /// retry runs normally. Requests without a key are not counted.
+    ///
+    /// The bound also holds a request whose client went away mid-handler (it runs to its
+    /// end in a task of its own), which no outer concurrency limit sees.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_in_flight` for 0 or more than Tokio's semaphore holds.
+    pub fn max_in_flight(self, requests: usize) -> Result<Self, ConfigError> {
+        if requests == 0 || requests > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                format!(
+                    "{requests}; it must be between 1 and {}",
+                    Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
+        Ok(self.with(|c| {
+            c.max_in_flight = requests;
+            c.in_flight = Arc::new(Semaphore::new(requests));
+        }))
+    }
+
+    /// Whose records a request can reach (default [`Scope::subject`], per authenticated
+    /// user). Without an auth layer in front, choose [`Scope::from_fn`] (per session,
+    /// tenant, API client) or, for anonymous endpoints with unguessable keys,
+    /// [`Scope::shared`]. See [`Scope`].
     #[must_use]
-    pub fn max_response_body(self, bytes: usize) -> Self {
-        self.with(|c| c.max_response_body = bytes)
+    pub fn scope(self, scope: Scope) -> Self {
+        self.with(|c| c.scope = scope)
     }
 
     /// Stores `5xx` responses too and replays them (Stripe's at-most-once behaviour).
