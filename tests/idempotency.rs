@@ -659,6 +659,29 @@ async fn over_max_in_flight_is_503<St: StateStore>(store: St) {
     assert_eq!(a.runs.load(Ordering::SeqCst), 4);
 }
 
+/// A request whose client went away goes on in a task of its own, and still counts
+/// against `max_in_flight` until it is recorded.
+async fn disconnected_requests_count_in_flight<St: StateStore>(store: St) {
+    let a = instance("a", shared(store).max_in_flight(1).expect("max_in_flight"));
+    let call = tokio::spawn(send(&a, gated("k1")));
+    wait_for_runs(&a, 1).await;
+    call.abort();
+    assert!(call.await.is_err_and(|e| e.is_cancelled()));
+    let over = send(&a, post(Some("k2"), "x")).await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&over), "idempotency_overloaded");
+    a.gate.add_permits(1);
+    // Once the detached request is recorded, its place is free again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !send(&a, post(Some("k1"), "x")).await.replayed() {
+        assert!(tokio::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = send(&a, post(Some("k2"), "x")).await;
+    assert_eq!(next.status, StatusCode::CREATED);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2);
+}
+
 /// By default records are kept per user: a keyed request without a user is refused, not
 /// put in a namespace every anonymous caller shares. Sharing is a choice.
 async fn anonymous_keys_need_a_scope<St: StateStore>(store: St) {
@@ -822,6 +845,7 @@ backend_tests!(
     lapsed_lease_is_still_recorded,
     client_disconnect_then_retry,
     over_max_in_flight_is_503,
+    disconnected_requests_count_in_flight,
     anonymous_keys_need_a_scope,
     custom_scope_keeps_callers_apart,
     request_body_limit,
