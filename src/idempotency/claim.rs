@@ -143,6 +143,15 @@ impl<S: StateStore> Claim<S> {
             Ok(None) => tracing::debug!("idempotency lease had lapsed, nobody took over; recorded"),
             // A retried write whose first attempt had landed.
             Ok(Some(existing)) if existing == record => {}
+            // This request's own re-claim, sent by the renewal just before the handler
+            // finished, landed in between: finish over it.
+            Ok(Some(existing)) if existing == token => {
+                if let Err(error) =
+                    persist(|| store.compare_and_set(key, token, record.clone(), retention)).await
+                {
+                    tracing::error!(%error, "could not record an idempotent response; a retry may run the handler again after the lock TTL");
+                }
+            }
             Ok(Some(_)) => tracing::warn!(
                 "idempotency lease lapsed and another request took over the key; this response is not recorded"
             ),
