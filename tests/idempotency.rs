@@ -1434,3 +1434,22 @@ fn bad_settings_are_refused_when_built() {
         .and_then(|l| l.max_in_flight(1))
         .expect("accepted");
 }
+
+/// A claim that never left (no connection to Redis) is known not to have been applied:
+/// nothing to undo. One whose reply was lost is not known (see the proxy test above).
+#[tokio::test]
+async fn redis_refused_connection_has_not_applied() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    server.stop();
+    let error = store
+        .set_if_absent(
+            "idem:{k}",
+            Bytes::from_static(b"claim"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("redis is down");
+    assert!(error.is_unavailable(), "{error}");
+    assert!(!error.may_have_applied(), "{error:?}");
+}
