@@ -129,6 +129,7 @@
 
 mod body;
 mod claim;
+mod config;
 mod future;
 mod key;
 mod layer;

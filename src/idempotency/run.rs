@@ -11,8 +11,8 @@ use tower_service::Service;
 
 use super::body::RequestBody;
 use super::claim::{Claim, Claimed};
+use super::config::Config;
 use super::key;
-use super::layer::Config;
 use super::record::{Completed, Record, RecordWriter};
 use super::scope::Caller;
 use super::service::{reject, store_failed, too_large};

@@ -12,9 +12,9 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::body::RequestBody;
+use super::config::Config;
 use super::future::ResponseFuture;
 use super::key;
-use super::layer::Config;
 use super::run::{run, Keyed};
 use crate::response::{for_protocol, is_grpc, store_unavailable, ErrorBody, ResponseBody};
 use crate::store::{BoxError, StateStore, StoreError};
