@@ -682,6 +682,30 @@ async fn disconnected_requests_count_in_flight<St: StateStore>(store: St) {
     assert_eq!(a.runs.load(Ordering::SeqCst), 2);
 }
 
+/// A keyed request runs inline, on the caller's task: no hand-off to a task of its own
+/// unless the caller drops the response future (see `client_disconnect_then_retry`).
+async fn keyed_request_runs_on_the_callers_task<St: StateStore>(store: St) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = ServiceBuilder::new().layer(shared(store)).service_fn(
+        move |_: Request<RequestBody<Full<Bytes>>>| {
+            let s = s.clone();
+            async move {
+                s.lock().expect("lock").push(tokio::task::try_id());
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        },
+    );
+    let caller = tokio::spawn(async move {
+        let res = svc.oneshot(post(Some("k"), "x")).await.expect("call");
+        (tokio::task::try_id(), res.status())
+    });
+    let (caller_id, status) = caller.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert!(caller_id.is_some());
+    assert_eq!(*seen.lock().expect("lock"), vec![caller_id]);
+}
+
 /// By default records are kept per user: a keyed request without a user is refused, not
 /// put in a namespace every anonymous caller shares. Sharing is a choice.
 async fn anonymous_keys_need_a_scope<St: StateStore>(store: St) {
@@ -846,6 +870,7 @@ backend_tests!(
     client_disconnect_then_retry,
     over_max_in_flight_is_503,
     disconnected_requests_count_in_flight,
+    keyed_request_runs_on_the_callers_task,
     anonymous_keys_need_a_scope,
     custom_scope_keeps_callers_apart,
     request_body_limit,
