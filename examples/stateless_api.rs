@@ -654,8 +654,10 @@ fn router<S: StateStore>(
     let per_user = RateLimitLayer::from_limiter(
         RateLimiter::new(store.clone(), Quota::per_minute(limits.per_user)).prefix("rl:user:"),
     );
-    // The lease must outlast the slowest handler; a retry after a crash waits it out.
-    let idempotency = IdempotencyLayer::new(store.clone()).lock_ttl(LOCK_TTL + gateway_latency * 2);
+    // The lease is renewed while a handler runs; after a crash, a retry waits it out.
+    let idempotency = IdempotencyLayer::new(store.clone())
+        .lock_ttl(LOCK_TTL + gateway_latency * 2)
+        .map_err(|e| format!("idempotency: {e}"))?;
     let orders = Router::new()
         .route("/orders", post(create_order::<S>).get(list_orders::<S>))
         .route("/orders/{id}", get(get_order::<S>))

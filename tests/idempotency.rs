@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
+use tower_stateless::idempotency::{IdempotencyLayer, RequestBody, Scope};
 use tower_stateless::response::ResponseBody;
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::store::{Gcra, GcraOutcome, MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::{ConfigError, RegisteredClaims};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
 
@@ -113,6 +113,12 @@ impl Out {
     }
 }
 
+/// A layer whose records every caller shares (the tests' anonymous clients send
+/// distinct keys); the per-caller scopes have tests of their own.
+fn shared<St: StateStore>(store: St) -> IdempotencyLayer<St> {
+    IdempotencyLayer::new(store).scope(Scope::shared())
+}
+
 /// A request builder: `POST /pay` with the given key and body.
 fn req(key: Option<&str>) -> http::request::Builder {
     let mut b = Request::post("/pay");
@@ -155,7 +161,7 @@ fn error_code(out: &Out) -> String {
 }
 
 async fn first_call_then_replay<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store));
+    let a = instance("a", shared(store));
     let first = send(&a, post(Some("k-1"), "{\"amount\":5}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.text(), "run 1 of a: {\"amount\":5}");
@@ -187,7 +193,8 @@ async fn first_call_then_replay<St: StateStore>(store: St) {
 }
 
 async fn concurrent_duplicates<St: StateStore>(store: St) {
-    let layer = IdempotencyLayer::new(store);
+    // All 200 at once: above the default bound on keyed requests in flight.
+    let layer = shared(store).max_in_flight(400).expect("max_in_flight");
     // Two instances on one store, as behind a load balancer.
     let a = instance("a", layer.clone());
     let b = instance("b", layer);
@@ -250,8 +257,7 @@ async fn concurrent_duplicates<St: StateStore>(store: St) {
 }
 
 async fn changed_request_is_422<St: StateStore>(store: St) {
-    let layer =
-        IdempotencyLayer::new(store).fingerprint_header(http::HeaderName::from_static("x-tenant"));
+    let layer = shared(store).fingerprint_header(http::HeaderName::from_static("x-tenant"));
     let a = instance("a", layer);
     assert_eq!(
         send(&a, post(Some("k"), "amount=5")).await.status,
@@ -284,7 +290,7 @@ async fn changed_request_is_422<St: StateStore>(store: St) {
 }
 
 async fn missing_and_malformed_keys<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store.clone()).required(true));
+    let a = instance("a", shared(store.clone()).required(true));
     let missing = send(&a, post(None, "x")).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&missing), "idempotency_key_required");
@@ -328,7 +334,7 @@ async fn missing_and_malformed_keys<St: StateStore>(store: St) {
     );
 
     // Optional key (the default): no key, no idempotency; the handler runs every time.
-    let b = instance("b", IdempotencyLayer::new(store.clone()));
+    let b = instance("b", shared(store.clone()));
     send(&b, post(None, "x")).await;
     send(&b, post(None, "x")).await;
     assert_eq!(b.runs.load(Ordering::SeqCst), 2);
@@ -336,7 +342,7 @@ async fn missing_and_malformed_keys<St: StateStore>(store: St) {
     // A custom header name and a per-path requirement.
     let c = instance(
         "c",
-        IdempotencyLayer::new(store)
+        shared(store)
             .header_name(http::HeaderName::from_static("x-idempotency-key"))
             .required_if(|_, uri| uri.path() == "/pay"),
     );
@@ -370,12 +376,15 @@ async fn users_are_independent<St: StateStore>(store: St) {
         .await
         .replayed());
     assert_eq!(a.runs.load(Ordering::SeqCst), 3);
-    // Anonymous callers are another scope again.
-    assert!(!send(&a, post(Some("same"), "x")).await.replayed());
+    // An anonymous caller has no record to reach: refused, never run, nothing shared.
+    let anonymous = send(&a, post(Some("same"), "x")).await;
+    assert_eq!(anonymous.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&anonymous), "idempotency_scope_missing");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 3);
 }
 
 async fn what_is_stored<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let a = instance("a", shared(store.clone()));
     let with_status = |key: &str, status: u16| {
         req(Some(key))
             .header("x-status", status.to_string())
@@ -416,7 +425,7 @@ async fn what_is_stored<St: StateStore>(store: St) {
     assert_eq!(a.runs.load(Ordering::SeqCst), before + 3);
 
     // Opt-in: 5xx stored too (at most once).
-    let b = instance("b", IdempotencyLayer::new(store).store_server_errors(true));
+    let b = instance("b", shared(store).store_server_errors(true));
     send(&b, with_status("five", 502)).await;
     let again = send(&b, with_status("five", 502)).await;
     assert!(again.replayed());
@@ -425,7 +434,7 @@ async fn what_is_stored<St: StateStore>(store: St) {
 }
 
 async fn other_methods_pass_through<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store).required(true));
+    let a = instance("a", shared(store).required(true));
     for method in [
         Method::GET,
         Method::HEAD,
@@ -459,24 +468,69 @@ async fn other_methods_pass_through<St: StateStore>(store: St) {
     assert!(send(&a, patch).await.replayed());
 }
 
-/// The first instance dies holding the key (its handler never returns): after the lease,
-/// a retry on another instance runs.
-async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
-    let layer = IdempotencyLayer::new(store).lock_ttl(Duration::from_millis(300));
-    let a = instance("a", layer.clone());
-    let b = instance("b", layer);
-    let stuck = req(Some("k"))
+/// A keyed `POST /pay` whose handler waits for a permit of its instance's gate.
+fn gated(key: &str) -> Request<Full<Bytes>> {
+    req(Some(key))
         .header("x-gate", "1")
         .body(Full::new(Bytes::from_static(b"x")))
-        .expect("request");
-    let a2 = a.clone();
-    let _dead = tokio::spawn(async move { send(&a2, stuck).await });
-    while a.runs.load(Ordering::SeqCst) == 0 {
+        .expect("request")
+}
+
+/// Waits until the instance's handler has started `n` times.
+async fn wait_for_runs(inst: &Instance, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while inst.runs.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the handler never ran"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A handler three leases long keeps its key: retries during it get `409`, the retry
+/// after it the replay, and it runs once.
+async fn slow_handler_keeps_its_key<St: StateStore>(store: St) {
+    let lock = Duration::from_millis(600);
+    let layer = shared(store).lock_ttl(lock).expect("lock_ttl");
+    let a = instance("a", layer.clone());
+    let b = instance("b", layer);
+    let first = tokio::spawn(send(&a, gated("k")));
+    wait_for_runs(&a, 1).await;
+    let during = send(&b, post(Some("k"), "x")).await;
+    assert_eq!(during.status, StatusCode::CONFLICT, "{}", during.text());
+    // A lease that nobody renewed would have run out three times over by now.
+    tokio::time::sleep(lock * 3).await;
+    let later = send(&b, post(Some("k"), "x")).await;
+    assert_eq!(later.status, StatusCode::CONFLICT, "{}", later.text());
+    a.gate.add_permits(1);
+    let first = first.await.expect("task");
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.text(), "run 1 of a: x");
+    let after = send(&b, post(Some("k"), "x")).await;
+    assert!(after.replayed(), "{} {}", after.status, after.text());
+    assert_eq!(after.body, first.body);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(b.runs.load(Ordering::SeqCst), 0);
+}
+
+/// The first instance dies holding the key (it loses the store; its handler never
+/// returns): its renewals stop, and after the lease a retry on another instance runs.
+async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
+    let lock = Duration::from_millis(300);
+    let faulty = Faulty::new(store.clone());
+    let a = instance(
+        "a",
+        shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
+    );
+    let b = instance("b", shared(store).lock_ttl(lock).expect("lock_ttl"));
+    let _dead = tokio::spawn(send(&a, gated("k")));
+    wait_for_runs(&a, 1).await;
     let during = send(&b, post(Some("k"), "x")).await;
     assert_eq!(during.status, StatusCode::CONFLICT);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    faulty.faults.down.store(true, Ordering::SeqCst);
+    // Its last renewal was before this point: the lease ends within one `lock`.
+    tokio::time::sleep(lock * 2).await;
     let after = send(&b, post(Some("k"), "x")).await;
     assert_eq!(after.status, StatusCode::CREATED);
     assert_eq!(after.text(), "run 1 of b: x");
@@ -484,25 +538,25 @@ async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
     assert_eq!(b.runs.load(Ordering::SeqCst), 1);
 }
 
-/// A slow first request whose lease expired cannot overwrite the record of the request
-/// that took over the key.
+/// A first request cut off from the store long enough to lose its lease cannot
+/// overwrite the record of the request that took over the key.
 async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
-    let layer = IdempotencyLayer::new(store).lock_ttl(Duration::from_millis(200));
-    let a = instance("a", layer.clone());
-    let b = instance("b", layer);
-    let slow = req(Some("k"))
-        .header("x-gate", "1")
-        .body(Full::new(Bytes::from_static(b"x")))
-        .expect("request");
-    let a2 = a.clone();
-    let slow = tokio::spawn(async move { send(&a2, slow).await });
-    while a.runs.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    let lock = Duration::from_millis(300);
+    let faulty = Faulty::new(store.clone());
+    let a = instance(
+        "a",
+        shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
+    );
+    let b = instance("b", shared(store).lock_ttl(lock).expect("lock_ttl"));
+    let slow = tokio::spawn(send(&a, gated("k")));
+    wait_for_runs(&a, 1).await;
+    faulty.faults.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(lock * 2).await;
     let taken_over = send(&b, post(Some("k"), "x")).await;
     assert_eq!(taken_over.text(), "run 1 of b: x");
-    // Now the slow one finishes; it answers its own client, but is not recorded.
+    // Now the slow one is back and finishes; it answers its own client, but is not
+    // recorded.
+    faulty.faults.down.store(false, Ordering::SeqCst);
     a.gate.add_permits(1);
     let slow = slow.await.expect("task");
     assert_eq!(slow.text(), "run 1 of a: x");
@@ -511,24 +565,46 @@ async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
     assert_eq!(replay.text(), "run 1 of b: x");
 }
 
+/// A request whose lease lapsed (its renewals were lost) while nobody took its key over
+/// is still recorded when its handler finishes: it ran once, and that is the result.
+async fn lapsed_lease_is_still_recorded<St: StateStore>(store: St) {
+    let lock = Duration::from_millis(300);
+    let faulty = Faulty::new(store.clone());
+    let a = instance(
+        "a",
+        shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
+    );
+    let b = instance("b", shared(store).lock_ttl(lock).expect("lock_ttl"));
+    let first = tokio::spawn(send(&a, gated("k")));
+    wait_for_runs(&a, 1).await;
+    faulty.faults.drop_renewals.store(true, Ordering::SeqCst);
+    tokio::time::sleep(lock * 2).await;
+    a.gate.add_permits(1);
+    let first = first.await.expect("task");
+    assert_eq!(first.text(), "run 1 of a: x");
+    let retry = send(&b, post(Some("k"), "x")).await;
+    assert!(retry.replayed(), "{} {}", retry.status, retry.text());
+    assert_eq!(retry.text(), "run 1 of a: x");
+    assert_eq!(b.runs.load(Ordering::SeqCst), 0);
+}
+
 /// The client goes away while the handler runs: the handler completes, its answer is
 /// recorded, and the client's retry gets it without a second run.
 async fn client_disconnect_then_retry<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store));
-    let gated = || {
-        req(Some("k"))
-            .header("x-gate", "1")
-            .body(Full::new(Bytes::from_static(b"x")))
-            .expect("request")
-    };
+    let a = instance("a", shared(store));
     // Drop the response future mid-handler, as hyper does when the connection closes.
-    let dropped = tokio::time::timeout(Duration::from_millis(100), send(&a, gated())).await;
-    assert!(
-        dropped.is_err(),
-        "the handler is held, the call cannot finish"
-    );
-    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
-    let retry = send(&a, gated()).await;
+    let call = tokio::spawn(send(&a, gated("k")));
+    wait_for_runs(&a, 1).await;
+    call.abort();
+    match call.await {
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => panic!("the call failed: {e}"),
+        Ok(out) => panic!(
+            "the call cannot finish while its handler is held: {}",
+            out.status
+        ),
+    }
+    let retry = send(&a, post(Some("k"), "x")).await;
     assert_eq!(
         retry.status,
         StatusCode::CONFLICT,
@@ -536,9 +612,10 @@ async fn client_disconnect_then_retry<St: StateStore>(store: St) {
         retry.text()
     );
     a.gate.add_permits(1);
+    // The detached request records its answer in the background: poll for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let out = loop {
-        let out = send(&a, gated()).await;
+        let out = send(&a, post(Some("k"), "x")).await;
         if out.status != StatusCode::CONFLICT {
             break out;
         }
@@ -551,8 +628,134 @@ async fn client_disconnect_then_retry<St: StateStore>(store: St) {
     assert_eq!(a.runs.load(Ordering::SeqCst), 1);
 }
 
+/// Beyond `max_in_flight` keyed requests, a keyed request is `503` with `Retry-After`,
+/// without claiming its key; requests within the bound and requests without a key are
+/// unaffected.
+async fn over_max_in_flight_is_503<St: StateStore>(store: St) {
+    let a = instance("a", shared(store).max_in_flight(2).expect("max_in_flight"));
+    let k1 = tokio::spawn(send(&a, gated("k1")));
+    let k2 = tokio::spawn(send(&a, gated("k2")));
+    wait_for_runs(&a, 2).await;
+    let over = send(&a, post(Some("k3"), "x")).await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&over), "idempotency_overloaded");
+    assert_eq!(over.headers["retry-after"], "1");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2, "not run");
+    // Without a key: not counted.
+    let unkeyed = send(&a, post(None, "x")).await;
+    assert_eq!(unkeyed.status, StatusCode::CREATED);
+    a.gate.add_permits(2);
+    for (call, key) in [(k1, "k1"), (k2, "k2")] {
+        let first = call.await.expect("task");
+        assert_eq!(first.status, StatusCode::CREATED);
+        let replay = send(&a, post(Some(key), "x")).await;
+        assert!(replay.replayed());
+        assert_eq!(replay.body, first.body);
+    }
+    // The refused key was never claimed: its retry runs now.
+    let retry = send(&a, post(Some("k3"), "x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(!retry.replayed());
+    assert_eq!(a.runs.load(Ordering::SeqCst), 4);
+}
+
+/// A request whose client went away goes on in a task of its own, and still counts
+/// against `max_in_flight` until it is recorded.
+async fn disconnected_requests_count_in_flight<St: StateStore>(store: St) {
+    let a = instance("a", shared(store).max_in_flight(1).expect("max_in_flight"));
+    let call = tokio::spawn(send(&a, gated("k1")));
+    wait_for_runs(&a, 1).await;
+    call.abort();
+    assert!(call.await.is_err_and(|e| e.is_cancelled()));
+    let over = send(&a, post(Some("k2"), "x")).await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&over), "idempotency_overloaded");
+    a.gate.add_permits(1);
+    // Once the detached request is recorded, its place is free again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !send(&a, post(Some("k1"), "x")).await.replayed() {
+        assert!(tokio::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = send(&a, post(Some("k2"), "x")).await;
+    assert_eq!(next.status, StatusCode::CREATED);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2);
+}
+
+/// A keyed request runs inline, on the caller's task: no hand-off to a task of its own
+/// unless the caller drops the response future (see `client_disconnect_then_retry`).
+async fn keyed_request_runs_on_the_callers_task<St: StateStore>(store: St) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = ServiceBuilder::new().layer(shared(store)).service_fn(
+        move |_: Request<RequestBody<Full<Bytes>>>| {
+            let s = s.clone();
+            async move {
+                s.lock().expect("lock").push(tokio::task::try_id());
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        },
+    );
+    let caller = tokio::spawn(async move {
+        let res = svc.oneshot(post(Some("k"), "x")).await.expect("call");
+        (tokio::task::try_id(), res.status())
+    });
+    let (caller_id, status) = caller.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert!(caller_id.is_some());
+    assert_eq!(*seen.lock().expect("lock"), vec![caller_id]);
+}
+
+/// By default records are kept per user: a keyed request without a user is refused, not
+/// put in a namespace every anonymous caller shares. Sharing is a choice.
+async fn anonymous_keys_need_a_scope<St: StateStore>(store: St) {
+    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let out = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&out), "idempotency_scope_missing");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 0);
+    // Without a key no scope is needed.
+    assert_eq!(send(&a, post(None, "x")).await.status, StatusCode::CREATED);
+    // Shared, when chosen: two anonymous callers reach one record.
+    let b = instance("b", IdempotencyLayer::new(store).scope(Scope::shared()));
+    send(&b, post(Some("k"), "x")).await;
+    assert!(send(&b, post(Some("k"), "x")).await.replayed());
+}
+
+/// A scope from the request (here a tenant header that an earlier layer verified): one
+/// record per tenant, and a request without one is refused.
+async fn custom_scope_keeps_callers_apart<St: StateStore>(store: St) {
+    let scope = Scope::from_fn(|req| {
+        let tenant = req.headers.get("x-tenant")?.to_str().ok()?;
+        Some(tenant.to_owned())
+    });
+    let a = instance("a", IdempotencyLayer::new(store).scope(scope));
+    let as_tenant = |tenant: &'static str| {
+        let mut r = post(Some("same"), "x");
+        r.headers_mut()
+            .insert("x-tenant", http::HeaderValue::from_static(tenant));
+        r
+    };
+    let t1 = send(&a, as_tenant("t1")).await;
+    let t2 = send(&a, as_tenant("t2")).await;
+    assert!(!t1.replayed() && !t2.replayed());
+    assert_ne!(t1.body, t2.body, "t2 must not get t1's response");
+    let again = send(&a, as_tenant("t1")).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, t1.body);
+    let none = send(&a, post(Some("same"), "x")).await;
+    assert_eq!(none.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&none), "idempotency_scope_missing");
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2);
+}
+
 async fn request_body_limit<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store).max_request_body(1024));
+    let a = instance(
+        "a",
+        shared(store)
+            .max_request_body(1024)
+            .expect("max_request_body"),
+    );
     // Declared too large.
     let declared = req(Some("k"))
         .header("content-length", "4096")
@@ -577,7 +780,7 @@ async fn request_body_limit<St: StateStore>(store: St) {
 
 async fn one_megabyte_response<St: StateStore>(store: St) {
     let len = 1024 * 1024;
-    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let a = instance("a", shared(store.clone()));
     let big = || {
         req(Some("big"))
             .header("x-big", len.to_string())
@@ -596,7 +799,9 @@ async fn one_megabyte_response<St: StateStore>(store: St) {
     // Above the response limit: streamed whole to the client, not stored.
     let b = instance(
         "b",
-        IdempotencyLayer::new(store).max_response_body(64 * 1024),
+        shared(store)
+            .max_response_body(64 * 1024)
+            .expect("max_response_body"),
     );
     let big2 = || {
         req(Some("big-2"))
@@ -617,9 +822,8 @@ async fn one_megabyte_response<St: StateStore>(store: St) {
 async fn redirects_and_encodings_are_replayed<St: StateStore>(store: St) {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
-    let svc = ServiceBuilder::new()
-        .layer(IdempotencyLayer::new(store))
-        .service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+    let svc = ServiceBuilder::new().layer(shared(store)).service_fn(
+        move |req: Request<RequestBody<Full<Bytes>>>| {
             let n = r.fetch_add(1, Ordering::SeqCst) + 1;
             let status = if req.uri().path() == "/redirect" {
                 303
@@ -634,7 +838,8 @@ async fn redirects_and_encodings_are_replayed<St: StateStore>(store: St) {
                 .body(Full::new(Bytes::from_static(b"\x1f\x8b compressed")))
                 .expect("response");
             async move { Ok::<_, std::convert::Infallible>(res) }
-        });
+        },
+    );
     for path in ["/redirect", "/created"] {
         for replayed in [false, true] {
             let mut r = post(Some("k"), "x");
@@ -660,7 +865,14 @@ backend_tests!(
     other_methods_pass_through,
     lease_expiry_then_retry_runs,
     late_owner_cannot_overwrite,
+    slow_handler_keeps_its_key,
+    lapsed_lease_is_still_recorded,
     client_disconnect_then_retry,
+    over_max_in_flight_is_503,
+    disconnected_requests_count_in_flight,
+    keyed_request_runs_on_the_callers_task,
+    anonymous_keys_need_a_scope,
+    custom_scope_keeps_callers_apart,
     request_body_limit,
     one_megabyte_response,
     redirects_and_encodings_are_replayed,
@@ -670,7 +882,7 @@ backend_tests!(
 async fn redis_round_trips_per_path() {
     let server = redis_or_skip!();
     let store = RedisStore::from_url(server.url()).expect("store");
-    let a = instance("a", IdempotencyLayer::new(store));
+    let a = instance("a", shared(store));
     // Warm-up: connections, and each script's first load on this server (once per
     // server: `SCRIPT LOAD`, then `EVALSHA` from then on).
     send(&a, post(Some("warm"), "x")).await;
@@ -736,7 +948,7 @@ async fn redis_round_trips_per_path() {
 }
 
 async fn store_down_answers_503<St: StateStore>(store: St) {
-    let a = instance("a", IdempotencyLayer::new(store));
+    let a = instance("a", shared(store));
     let out = send(&a, post(Some("k"), "x")).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(&out), "store_unavailable");
@@ -763,7 +975,7 @@ async fn redis_down_and_back() {
         .timeout(Duration::from_millis(300))
         .build()
         .expect("store");
-    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let a = instance("a", shared(store.clone()));
     send(&a, post(Some("before"), "x")).await;
     server.stop();
     store_down_answers_503(store).await;
@@ -821,7 +1033,7 @@ async fn trailers_are_replayed() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let svc = ServiceBuilder::new()
-        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .layer(shared(MemoryStore::new()))
         .service_fn(move |_: Request<RequestBody<Full<Bytes>>>| {
             r.fetch_add(1, Ordering::SeqCst);
             let mut trailers = HeaderMap::new();
@@ -859,7 +1071,7 @@ fn without_a_tokio_runtime_is_a_500_not_a_panic() {
     use std::task::{Context, Poll, Waker};
     use tower::Service;
 
-    let a = instance("a", IdempotencyLayer::new(MemoryStore::new()));
+    let a = instance("a", shared(MemoryStore::new()));
     let mut svc = a.svc.clone();
     let mut cx = Context::from_waker(Waker::noop());
     assert!(svc.poll_ready(&mut cx).is_ready());
@@ -880,7 +1092,7 @@ async fn grpc_statuses_decide_what_is_stored() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let svc = ServiceBuilder::new()
-        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .layer(shared(MemoryStore::new()))
         .service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
             r.fetch_add(1, Ordering::SeqCst);
             let mut res = Response::builder().header("content-type", "application/grpc");
@@ -947,12 +1159,12 @@ async fn failing_request_body_is_400() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let store = MemoryStore::new();
-    let svc = ServiceBuilder::new()
-        .layer(IdempotencyLayer::new(store))
-        .service_fn(move |_: Request<RequestBody<Broken>>| {
+    let svc = ServiceBuilder::new().layer(shared(store)).service_fn(
+        move |_: Request<RequestBody<Broken>>| {
             r.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new()))) }
-        });
+        },
+    );
     let req = Request::post("/pay")
         .header("idempotency-key", "k")
         .body(Broken)
@@ -970,7 +1182,7 @@ async fn failing_request_body_is_400() {
 async fn corrupt_record_is_500() {
     let server = redis_or_skip!();
     let store = RedisStore::from_url(server.url()).expect("store");
-    let a = instance("a", IdempotencyLayer::new(store.clone()));
+    let a = instance("a", shared(store.clone()));
     send(&a, post(Some("k"), "x")).await;
     let keys = server.keys("idem:*");
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -986,4 +1198,283 @@ async fn corrupt_record_is_500() {
     assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error_code(&out), "idempotency_store_error");
     assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+}
+
+/// What can go wrong with a [`Faulty`] store, switched on and off by the test.
+#[derive(Default)]
+struct Faults {
+    /// Every operation fails as unavailable: the instance is cut off from the store.
+    down: AtomicBool,
+    /// Lease renewals (a compare-and-set of a value with itself) fail as unavailable.
+    drop_renewals: AtomicBool,
+    /// The next set-if-absent is applied, but its reply is lost with the connection.
+    lose_claim_reply: AtomicBool,
+}
+
+/// A real store behind faults that a test switches on: an instance's view of the store.
+#[derive(Clone)]
+struct Faulty<St> {
+    inner: St,
+    faults: Arc<Faults>,
+}
+
+impl<St> Faulty<St> {
+    fn new(inner: St) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.faults.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("cut off (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+impl<St: StateStore> StateStore for Faulty<St> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.check()?;
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.check()?;
+        let out = self.inner.set_if_absent(key, value, ttl).await?;
+        if self.faults.lose_claim_reply.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection dropped (test)".into()));
+        }
+        Ok(out)
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        if self.faults.drop_renewals.load(Ordering::SeqCst) && expected == &new[..] {
+            return Err(StoreError::Unavailable("renewal lost (test)".into()));
+        }
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
+        self.check()?;
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
+        self.check()?;
+        self.inner.increment(key, by, ttl).await
+    }
+    async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
+        self.check()?;
+        self.inner.gcra(key, params).await
+    }
+}
+
+/// The claim was written but its reply lost: the layer answers `503` and deletes the
+/// claim again before answering, so the client's retry runs instead of getting `409` for
+/// a whole lease.
+async fn lost_claim_reply_is_undone(a: &Instance, lose_next_reply: impl FnOnce()) {
+    let before = a.runs.load(Ordering::SeqCst);
+    lose_next_reply();
+    let out = send(a, post(Some("k"), "x")).await;
+    assert_eq!(
+        out.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        out.text()
+    );
+    assert_eq!(
+        a.runs.load(Ordering::SeqCst),
+        before,
+        "never run without a claim"
+    );
+    let retry = send(a, post(Some("k"), "x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert!(!retry.replayed());
+    assert!(send(a, post(Some("k"), "x")).await.replayed());
+    assert_eq!(a.runs.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn memory_claim_reply_lost_then_retry_runs() {
+    let faulty = Faulty::new(MemoryStore::new());
+    let a = instance("a", shared(faulty.clone()));
+    lost_claim_reply_is_undone(&a, || {
+        faulty.faults.lose_claim_reply.store(true, Ordering::SeqCst)
+    })
+    .await;
+}
+
+/// A TCP proxy in front of a real Redis that, when armed, forwards a command but closes
+/// the client's connection instead of passing on the reply: a reply lost to a dropped
+/// connection, after the server ran the command.
+struct ReplyDropper {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplyDropper {
+    async fn start(upstream_port: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                let armed = arm.clone();
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (server_read, mut server_write) = server.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async move {
+                        let mut server_read = server_read;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_read.read(&mut buf).await?;
+                            if n == 0 || armed.swap(false, Ordering::SeqCst) {
+                                // Both halves drop with this task: the client sees its
+                                // connection close with the reply unread.
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            client_write.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Self { port, armed, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops the next reply the server sends, with its connection.
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ReplyDropper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn redis_claim_reply_lost_then_retry_runs() {
+    let server = redis_or_skip!();
+    let proxy = ReplyDropper::start(server.port()).await;
+    // One connection, opened by the warm-up, so the armed drop hits the claim's reply.
+    let store = RedisStore::builder()
+        .url(proxy.url())
+        .pool_size(1)
+        .build()
+        .expect("store");
+    let a = instance("a", shared(store));
+    assert_eq!(
+        send(&a, post(Some("warm"), "x")).await.status,
+        StatusCode::CREATED
+    );
+    lost_claim_reply_is_undone(&a, || proxy.arm()).await;
+    assert_eq!(server.keys("idem:*").len(), 2, "warm and k");
+}
+
+/// Settings that cannot work are refused when the layer is built, with the setting's name.
+#[test]
+fn bad_settings_are_refused_when_built() {
+    let layer = || IdempotencyLayer::new(MemoryStore::new());
+    let refused = |result: Result<IdempotencyLayer<MemoryStore>, ConfigError>| {
+        result.expect_err("must be refused").setting()
+    };
+    let century = Duration::from_secs(101 * 365 * 24 * 3600);
+    assert_eq!(refused(layer().lock_ttl(Duration::ZERO)), "lock_ttl");
+    assert_eq!(
+        refused(layer().lock_ttl(Duration::from_millis(2))),
+        "lock_ttl"
+    );
+    assert_eq!(refused(layer().lock_ttl(century)), "lock_ttl");
+    assert_eq!(refused(layer().lock_ttl(Duration::MAX)), "lock_ttl");
+    assert_eq!(refused(layer().retention(Duration::ZERO)), "retention");
+    assert_eq!(
+        refused(layer().retention(Duration::from_micros(999))),
+        "retention"
+    );
+    assert_eq!(refused(layer().retention(Duration::MAX)), "retention");
+    assert_eq!(refused(layer().max_request_body(0)), "max_request_body");
+    assert_eq!(
+        refused(layer().max_request_body(usize::MAX)),
+        "max_request_body"
+    );
+    assert_eq!(refused(layer().max_response_body(0)), "max_response_body");
+    assert_eq!(
+        refused(layer().max_response_body(512 * 1024 * 1024 + 1)),
+        "max_response_body"
+    );
+    assert_eq!(refused(layer().max_in_flight(0)), "max_in_flight");
+    assert_eq!(refused(layer().max_in_flight(usize::MAX)), "max_in_flight");
+    // The bounds themselves are accepted.
+    layer()
+        .lock_ttl(Duration::from_millis(3))
+        .and_then(|l| l.retention(Duration::from_millis(1)))
+        .and_then(|l| l.max_request_body(1))
+        .and_then(|l| l.max_response_body(512 * 1024 * 1024))
+        .and_then(|l| l.max_in_flight(1))
+        .expect("accepted");
+}
+
+/// A claim that never left (no connection to Redis) is known not to have been applied:
+/// nothing to undo. One whose reply was lost is not known (see the proxy test above).
+#[tokio::test]
+async fn redis_refused_connection_has_not_applied() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    server.stop();
+    let error = store
+        .set_if_absent(
+            "idem:{k}",
+            Bytes::from_static(b"claim"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("redis is down");
+    assert!(error.is_unavailable(), "{error}");
+    assert!(!error.may_have_applied(), "{error:?}");
 }

@@ -2,17 +2,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
-use tokio::task::JoinHandle;
 
-use crate::response::{store_unavailable, wrap, ResponseBody};
+use crate::response::{wrap, ResponseBody};
 
 pin_project! {
     /// Response future of [`IdempotencyService`](super::IdempotencyService).
+    ///
+    /// A request with a key runs inline, in this future. If the future is dropped before
+    /// it finishes (the client went away, an outer timeout fired), the rest of the request
+    /// moves to a Tokio task of its own: the handler is not cancelled between its side
+    /// effects and the record, and its answer is recorded for the client's retry.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,
@@ -24,11 +27,51 @@ pin_project! {
     enum Kind<F, B, E> {
         // The layer does not apply: the inner future, untouched.
         Passthrough { #[pin] future: F },
-        // The layer answered by itself (400, 413).
+        // The layer answered by itself (400, 413, 503).
         Ready { response: Option<Response<ResponseBody<B>>> },
-        // A request holding a key, running in its own task so that a client going away
-        // cannot cancel it between the handler and the record.
-        Spawned { handle: JoinHandle<Result<Response<ResponseBody<B>>, E>> },
+        // A request holding a key.
+        Running { running: Detach<Result<Response<ResponseBody<B>>, E>> },
+    }
+}
+
+/// A boxed future that goes on in a task of its own when dropped before it finished.
+struct Detach<T> {
+    future: Option<Pin<Box<dyn Detachable<T>>>>,
+}
+
+/// A future that can be spawned from behind a trait object: the bounds a task needs are
+/// checked where the future is boxed, not where it is dropped.
+trait Detachable<T>: Send {
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T>;
+    fn spawn_on(self: Pin<Box<Self>>, runtime: &tokio::runtime::Handle);
+}
+
+impl<Fut> Detachable<Fut::Output> for Fut
+where
+    Fut: Future + Send + 'static,
+{
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        self.poll(cx)
+    }
+
+    fn spawn_on(self: Pin<Box<Self>>, runtime: &tokio::runtime::Handle) {
+        // Nobody waits for the answer any more; it is recorded for the client's retry.
+        runtime.spawn(async move {
+            let _ = self.await;
+        });
+    }
+}
+
+impl<T> Drop for Detach<T> {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        // Without a runtime (it is shutting down) the request is dropped, and its claim
+        // frees itself when its lease ends.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            future.spawn_on(&runtime);
+        }
     }
 }
 
@@ -37,7 +80,7 @@ impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
         let kind = match &self.kind {
             Kind::Passthrough { .. } => "Passthrough",
             Kind::Ready { .. } => "Ready",
-            Kind::Spawned { .. } => "Spawned",
+            Kind::Running { .. } => "Running",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -60,9 +103,18 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn spawned(handle: JoinHandle<Result<Response<ResponseBody<B>>, E>>) -> Self {
+    /// A keyed request's life (claim, handler, record), moved to a task of its own if
+    /// this future is dropped before it finishes.
+    pub(crate) fn running<Fut>(future: Fut) -> Self
+    where
+        Fut: Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static,
+    {
         Self {
-            kind: Kind::Spawned { handle },
+            kind: Kind::Running {
+                running: Detach {
+                    future: Some(Box::pin(future)),
+                },
+            },
         }
     }
 }
@@ -80,13 +132,14 @@ where
                 Some(response) => Poll::Ready(Ok(response)),
                 None => panic!("ResponseFuture polled after completion"),
             },
-            KindProj::Spawned { handle } => match ready!(Pin::new(handle).poll(cx)) {
-                Ok(result) => Poll::Ready(result),
-                // The handler panicked: panic here too, as it would without the layer.
-                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                // The runtime is shutting down.
-                Err(_) => Poll::Ready(Ok(store_unavailable(Duration::from_secs(1)))),
-            },
+            KindProj::Running { running } => {
+                let Some(future) = running.future.as_mut() else {
+                    panic!("ResponseFuture polled after completion");
+                };
+                let out = std::task::ready!(future.as_mut().poll_run(cx));
+                running.future = None;
+                Poll::Ready(out)
+            }
         }
     }
 }

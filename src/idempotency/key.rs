@@ -3,7 +3,7 @@
 use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 
-use crate::RegisteredClaims;
+use super::scope::Caller;
 
 /// The longest key accepted, in characters (the draft leaves the limit to the server;
 /// Stripe allows 255).
@@ -79,23 +79,29 @@ fn feed(hasher: &mut Sha256, part: &[u8]) {
     hasher.update(part);
 }
 
-/// The store key of a request: the caller (`sub` when claims are present), the method, the
+/// The store key of a request: the caller (see [`Scope`](super::Scope)), the method, the
 /// path and the client's key, hashed, so that one caller can never reach another's record
 /// and no client text reaches the store's key space.
 pub(crate) fn store_key(
     prefix: &str,
-    claims: Option<&RegisteredClaims>,
+    caller: &Caller,
     method: &Method,
     path: &str,
     key: &str,
 ) -> String {
     let mut hasher = Sha256::new();
-    match claims {
-        Some(claims) => {
+    // A tag per kind of caller, so that a subject and a custom scope never collide. The
+    // subject and shared encodings are those of earlier versions: their records stay valid.
+    match caller {
+        Caller::Shared => hasher.update([0]),
+        Caller::Subject(sub) => {
             hasher.update([1]);
-            feed(&mut hasher, claims.sub.as_bytes());
+            feed(&mut hasher, sub.as_bytes());
         }
-        None => hasher.update([0]),
+        Caller::Custom(scope) => {
+            hasher.update([2]);
+            feed(&mut hasher, scope.as_bytes());
+        }
     }
     feed(&mut hasher, method.as_str().as_bytes());
     feed(&mut hasher, path.as_bytes());
@@ -187,16 +193,24 @@ mod tests {
 
     #[test]
     fn store_keys_are_scoped_by_caller_method_and_path() {
-        let alice = RegisteredClaims::new("alice", 0);
-        let bob = RegisteredClaims::new("bob", 0);
-        let k = |c, m: &Method, p| store_key("idem:", c, m, p, "k1");
-        let base = k(Some(&alice), &Method::POST, "/pay");
+        let alice = Caller::Subject("alice".into());
+        let bob = Caller::Subject("bob".into());
+        let k = |c: &Caller, m: &Method, p| store_key("idem:", c, m, p, "k1");
+        let base = k(&alice, &Method::POST, "/pay");
         assert!(base.starts_with("idem:{") && base.ends_with('}'));
-        assert_ne!(base, k(Some(&bob), &Method::POST, "/pay"));
-        assert_ne!(base, k(None, &Method::POST, "/pay"));
-        assert_ne!(base, k(Some(&alice), &Method::PATCH, "/pay"));
-        assert_ne!(base, k(Some(&alice), &Method::POST, "/pay2"));
-        assert_eq!(base, k(Some(&alice), &Method::POST, "/pay"));
+        assert_ne!(base, k(&bob, &Method::POST, "/pay"));
+        assert_ne!(base, k(&Caller::Shared, &Method::POST, "/pay"));
+        assert_ne!(
+            base,
+            k(&Caller::Custom("alice".into()), &Method::POST, "/pay")
+        );
+        assert_ne!(
+            k(&Caller::Custom("t1".into()), &Method::POST, "/pay"),
+            k(&Caller::Custom("t2".into()), &Method::POST, "/pay")
+        );
+        assert_ne!(base, k(&alice, &Method::PATCH, "/pay"));
+        assert_ne!(base, k(&alice, &Method::POST, "/pay2"));
+        assert_eq!(base, k(&alice, &Method::POST, "/pay"));
     }
 
     #[test]

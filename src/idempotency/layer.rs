@@ -1,100 +1,23 @@
-//! [`IdempotencyLayer`] and its configuration.
+//! [`IdempotencyLayer`] and its builder.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, Uri};
+use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
+use super::config::{body_limit, store_ttl, Config, Required, MIN_LOCK_TTL};
+use super::scope::Scope;
 use super::service::IdempotencyService;
 use crate::store::StateStore;
-
-type Predicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
-
-/// Whether a request must carry a key.
-#[derive(Clone)]
-pub(crate) enum Required {
-    Never,
-    Always,
-    If(Predicate),
-}
-
-impl fmt::Debug for Required {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Required::Never => f.write_str("Never"),
-            Required::Always => f.write_str("Always"),
-            Required::If(_) => f.write_str("If(<fn>)"),
-        }
-    }
-}
-
-/// Response headers that are never replayed, whatever is configured: they belong to the
-/// original exchange, not to the result.
-const NEVER_REPLAYED: &[&str] = &[
-    "set-cookie",
-    "date",
-    "age",
-    "retry-after",
-    "ratelimit",
-    "ratelimit-policy",
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "connection",
-    "transfer-encoding",
-    "content-length",
-];
-
-/// Response headers that are part of the result itself: how to read the body, and a gRPC
-/// answer's status when it came as a trailers-only response.
-const ALWAYS_REPLAYED: &[&str] = &[
-    "content-type",
-    "content-encoding",
-    "grpc-status",
-    "grpc-message",
-    "grpc-status-details-bin",
-];
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) header: HeaderName,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) required: Required,
-    pub(crate) prefix: String,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) retention: Duration,
-    pub(crate) fingerprint_headers: Vec<HeaderName>,
-    pub(crate) replay_headers: Vec<HeaderName>,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) store_server_errors: bool,
-}
-
-impl Config {
-    pub(crate) fn replays(&self, name: &HeaderName) -> bool {
-        (self.replay_headers.contains(name) || ALWAYS_REPLAYED.contains(&name.as_str()))
-            && !NEVER_REPLAYED.contains(&name.as_str())
-    }
-
-    pub(crate) fn required(&self, method: &Method, uri: &Uri) -> bool {
-        match &self.required {
-            Required::Never => false,
-            Required::Always => true,
-            Required::If(f) => f(method, uri),
-        }
-    }
-}
+use crate::ConfigError;
 
 /// Makes `POST` and `PATCH` requests safe to retry: a request with an `Idempotency-Key`
 /// runs once, and its retries get the stored response. See the [module docs](super).
 ///
-/// Put it inside `JwtAuthLayer` (or anything that inserts
-/// [`RegisteredClaims`](crate::RegisteredClaims)) so that records are kept per caller.
+/// Records are kept per caller: put it inside `JwtAuthLayer` (or anything that inserts
+/// [`RegisteredClaims`](crate::RegisteredClaims)), or choose another [`Scope`].
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<S> {
     store: S,
@@ -106,30 +29,12 @@ impl<S: StateStore> IdempotencyLayer<S> {
     /// optional, lock (lease) TTL 30 s, retention 24 h, key prefix `idem:`, request and
     /// response bodies up to 1 MiB and 4 MiB, 5xx not stored, replayed headers
     /// `Content-Type`, `Content-Encoding`, `Location`, `ETag`, `Link` and `Vary` (and a
-    /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`).
+    /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`), records
+    /// scoped per user ([`Scope::subject`]), at most 128 keyed requests in flight.
     pub fn new(store: S) -> Self {
         Self {
             store,
-            config: Arc::new(Config {
-                header: HeaderName::from_static("idempotency-key"),
-                methods: vec![Method::POST, Method::PATCH],
-                required: Required::Never,
-                prefix: "idem:".to_owned(),
-                lock_ttl: Duration::from_secs(30),
-                retention: Duration::from_secs(24 * 3600),
-                fingerprint_headers: Vec::new(),
-                replay_headers: vec![
-                    http::header::CONTENT_TYPE,
-                    http::header::CONTENT_ENCODING,
-                    http::header::LOCATION,
-                    http::header::ETAG,
-                    http::header::LINK,
-                    http::header::VARY,
-                ],
-                max_request_body: 1024 * 1024,
-                max_response_body: 4 * 1024 * 1024,
-                store_server_errors: false,
-            }),
+            config: Arc::new(Config::default()),
         }
     }
 
@@ -183,19 +88,31 @@ impl<S: StateStore> IdempotencyLayer<S> {
         self.with(|c| c.prefix = prefix)
     }
 
-    /// How long a running request holds its key (default 30 s): a lease. If the instance
-    /// dies, a retry runs once the lease has expired. Set it above your slowest handler: a
-    /// handler still running when its lease expires can be run a second time by a retry
-    /// (its own result is then not recorded). At least 1 ms.
-    #[must_use]
-    pub fn lock_ttl(self, ttl: Duration) -> Self {
-        self.with(|c| c.lock_ttl = ttl.max(Duration::from_millis(1)))
+    /// How long a running request holds its key without renewing it (default 30 s): a
+    /// lease. While the handler runs, the layer renews the lease every third of it, so a
+    /// live request keeps its key however long it runs; if the instance dies, renewals
+    /// stop and a retry runs once the lease has expired. A shorter lease frees the key of a
+    /// dead instance sooner, at one store command per renewal for handlers slower than a
+    /// third of it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `lock_ttl` below 3 ms or beyond what the store holds (100
+    /// years).
+    pub fn lock_ttl(self, ttl: Duration) -> Result<Self, ConfigError> {
+        store_ttl("lock_ttl", ttl, MIN_LOCK_TTL)?;
+        Ok(self.with(|c| c.lock_ttl = ttl))
     }
 
-    /// How long a completed response is kept for replay (default 24 h). At least 1 ms.
-    #[must_use]
-    pub fn retention(self, ttl: Duration) -> Self {
-        self.with(|c| c.retention = ttl.max(Duration::from_millis(1)))
+    /// How long a completed response is kept for replay (default 24 h).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `retention` below 1 ms or beyond what the store holds (100
+    /// years).
+    pub fn retention(self, ttl: Duration) -> Result<Self, ConfigError> {
+        store_ttl("retention", ttl, Duration::from_millis(1))?;
+        Ok(self.with(|c| c.retention = ttl))
     }
 
     /// Adds a request header to the fingerprint (method, path, query and body always are):
@@ -215,17 +132,65 @@ impl<S: StateStore> IdempotencyLayer<S> {
 
     /// Largest request body accepted, in bytes (default 1 MiB); a larger one is `413`
     /// before the handler runs. The body is buffered once to fingerprint it.
-    #[must_use]
-    pub fn max_request_body(self, bytes: usize) -> Self {
-        self.with(|c| c.max_request_body = bytes)
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_request_body` for 0 or more than 512 MiB.
+    pub fn max_request_body(self, bytes: usize) -> Result<Self, ConfigError> {
+        body_limit("max_request_body", bytes)?;
+        Ok(self.with(|c| c.max_request_body = bytes))
     }
 
     /// Largest response body stored, in bytes (default 4 MiB). A larger response is
     /// streamed to the client unchanged but not stored: the key is released, and a retry
     /// runs the handler again.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_response_body` for 0 or more than 512 MiB (the largest
+    /// value Redis holds).
+    pub fn max_response_body(self, bytes: usize) -> Result<Self, ConfigError> {
+        body_limit("max_response_body", bytes)?;
+        Ok(self.with(|c| c.max_response_body = bytes))
+    }
+
+    /// How many requests with a key the services of this layer (and of its clones) hold
+    /// at once (default 128). Each buffers its request body and, to record it, its
+    /// response body, so memory stays below about `max_in_flight` × (`max_request_body` +
+    /// `max_response_body`) (640 MiB with the defaults, when every body is as large as
+    /// allowed). A keyed request beyond the bound is answered `503` with `Retry-After` and
+    /// the error code `idempotency_overloaded`, without claiming its key: the client's
+    /// retry runs normally. Requests without a key are not counted.
+    ///
+    /// The bound also holds a request whose client went away mid-handler (it runs to its
+    /// end in a task of its own), which no outer concurrency limit sees.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_in_flight` for 0 or more than Tokio's semaphore holds.
+    pub fn max_in_flight(self, requests: usize) -> Result<Self, ConfigError> {
+        if requests == 0 || requests > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                format!(
+                    "{requests}; it must be between 1 and {}",
+                    Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
+        Ok(self.with(|c| {
+            c.max_in_flight = requests;
+            c.in_flight = Arc::new(Semaphore::new(requests));
+        }))
+    }
+
+    /// Whose records a request can reach (default [`Scope::subject`], per authenticated
+    /// user). Without an auth layer in front, choose [`Scope::from_fn`] (per session,
+    /// tenant, API client) or, for anonymous endpoints with unguessable keys,
+    /// [`Scope::shared`]. See [`Scope`].
     #[must_use]
-    pub fn max_response_body(self, bytes: usize) -> Self {
-        self.with(|c| c.max_response_body = bytes)
+    pub fn scope(self, scope: Scope) -> Self {
+        self.with(|c| c.scope = scope)
     }
 
     /// Stores `5xx` responses too and replays them (Stripe's at-most-once behaviour).

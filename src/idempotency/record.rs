@@ -1,13 +1,20 @@
 //! What the layer keeps in the store under one idempotency key.
 //!
-//! Layout: `TSI1`, a 4-byte big-endian length, that many bytes of JSON metadata, then the
-//! response body as raw bytes (no base64 inflation of large bodies).
+//! Two layouts, both with the response body as raw bytes (no base64 inflation):
+//!
+//! - `TSI1`, a 4-byte big-endian length, that many bytes of JSON metadata, the body. Claims
+//!   are written so (instances of earlier versions read them during a rolling upgrade),
+//!   and completed records of earlier versions are read back.
+//! - `TSI2`, the body, the JSON metadata, its 4-byte big-endian length. Completed records
+//!   are written so: the response is buffered straight into the record
+//!   ([`RecordWriter`]), and the client's body is a slice of it, never a copy.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"TSI1";
+const MAGIC_BODY_FIRST: &[u8; 4] = b"TSI2";
 
 /// The state of one idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +80,72 @@ fn map(pairs: Vec<(String, String)>) -> Result<HeaderMap, CorruptRecord> {
     Ok(map)
 }
 
+fn completed_meta(
+    fingerprint: &[u8; 32],
+    status: StatusCode,
+    headers: &HeaderMap,
+    trailers: Option<&HeaderMap>,
+) -> Meta {
+    Meta {
+        state: 'c',
+        fp: crate::id::hex(fingerprint),
+        owner: None,
+        status: Some(status.as_u16()),
+        headers: pairs(headers),
+        trailers: trailers.map(pairs),
+    }
+}
+
+/// Builds a completed record (`TSI2`) while the response body is being buffered: the body
+/// is copied once, from its frames into the record.
+#[derive(Debug)]
+pub(crate) struct RecordWriter {
+    buf: BytesMut,
+}
+
+impl RecordWriter {
+    /// A writer with room for `body_hint` bytes of body (and its metadata).
+    pub(crate) fn new(body_hint: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(MAGIC_BODY_FIRST.len() + body_hint + 256);
+        buf.put_slice(MAGIC_BODY_FIRST);
+        Self { buf }
+    }
+
+    pub(crate) fn push_body(&mut self, chunk: &[u8]) {
+        self.buf.put_slice(chunk);
+    }
+
+    /// How many body bytes were pushed.
+    pub(crate) fn body_len(&self) -> usize {
+        self.buf.len() - MAGIC_BODY_FIRST.len()
+    }
+
+    /// The body pushed so far, when the record will not be written after all.
+    pub(crate) fn into_body(self) -> Bytes {
+        self.buf.freeze().split_off(MAGIC_BODY_FIRST.len())
+    }
+
+    /// The finished record, and the body as a slice of it.
+    pub(crate) fn finish(
+        mut self,
+        fingerprint: &[u8; 32],
+        status: StatusCode,
+        headers: &HeaderMap,
+        trailers: Option<&HeaderMap>,
+    ) -> (Bytes, Bytes) {
+        let body_end = self.buf.len();
+        let meta = completed_meta(fingerprint, status, headers, trailers);
+        // Strings, numbers and lists of strings always serialize.
+        let meta = serde_json::to_vec(&meta).unwrap_or_default();
+        self.buf.reserve(meta.len() + 4);
+        self.buf.put_slice(&meta);
+        self.buf.put_u32(meta.len() as u32);
+        let record = self.buf.freeze();
+        let body = record.slice(MAGIC_BODY_FIRST.len()..body_end);
+        (record, body)
+    }
+}
+
 impl Record {
     pub(crate) fn encode(&self) -> Bytes {
         let (meta, body) = match self {
@@ -87,17 +160,13 @@ impl Record {
                 },
                 &Bytes::new(),
             ),
-            Record::Completed(c) => (
-                Meta {
-                    state: 'c',
-                    fp: crate::id::hex(&c.fingerprint),
-                    owner: None,
-                    status: Some(c.status.as_u16()),
-                    headers: pairs(&c.headers),
-                    trailers: c.trailers.as_ref().map(pairs),
-                },
-                &c.body,
-            ),
+            Record::Completed(c) => {
+                let mut writer = RecordWriter::new(c.body.len());
+                writer.push_body(&c.body);
+                return writer
+                    .finish(&c.fingerprint, c.status, &c.headers, c.trailers.as_ref())
+                    .0;
+            }
         };
         // Strings, numbers and lists of strings always serialize.
         let meta = serde_json::to_vec(&meta).unwrap_or_default();
@@ -110,18 +179,31 @@ impl Record {
     }
 
     pub(crate) fn decode(raw: &Bytes) -> Result<Self, CorruptRecord> {
-        let rest = raw
-            .strip_prefix(MAGIC)
-            .ok_or(CorruptRecord("unknown format"))?;
-        let (len, rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or(CorruptRecord("truncated"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(CorruptRecord("truncated"));
-        }
-        let meta: Meta =
-            serde_json::from_slice(&rest[..len]).map_err(|_| CorruptRecord("bad metadata"))?;
+        let (meta, body) = if let Some(rest) = raw.strip_prefix(MAGIC) {
+            let (len, rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or(CorruptRecord("truncated"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if rest.len() < len {
+                return Err(CorruptRecord("truncated"));
+            }
+            let body_start = raw.len() - (rest.len() - len);
+            (&rest[..len], raw.slice(body_start..))
+        } else if let Some(rest) = raw.strip_prefix(MAGIC_BODY_FIRST) {
+            let (rest, len) = rest
+                .split_last_chunk::<4>()
+                .ok_or(CorruptRecord("truncated"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let body_len = rest
+                .len()
+                .checked_sub(len)
+                .ok_or(CorruptRecord("truncated"))?;
+            let start = MAGIC_BODY_FIRST.len();
+            (&rest[body_len..], raw.slice(start..start + body_len))
+        } else {
+            return Err(CorruptRecord("unknown format"));
+        };
+        let meta: Meta = serde_json::from_slice(meta).map_err(|_| CorruptRecord("bad metadata"))?;
         let fingerprint = unhex(&meta.fp).ok_or(CorruptRecord("bad fingerprint"))?;
         match meta.state {
             'p' => Ok(Record::InProgress {
@@ -138,7 +220,7 @@ impl Record {
                     status,
                     headers: map(meta.headers)?,
                     trailers: meta.trailers.map(map).transpose()?,
-                    body: raw.slice(raw.len() - (rest.len() - len)..),
+                    body,
                 })))
             }
             _ => Err(CorruptRecord("unknown state")),
@@ -194,6 +276,41 @@ mod tests {
         assert_eq!(decoded.fingerprint(), &[9; 32]);
     }
 
+    /// Completed records written by earlier versions (`TSI1`) are still replayed.
+    #[test]
+    fn body_after_metadata_records_are_read() {
+        let meta = br#"{"state":"c","fp":"0909090909090909090909090909090909090909090909090909090909090909","status":201,"headers":[["content-type","text/plain"]]}"#;
+        let mut raw = b"TSI1".to_vec();
+        raw.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        raw.extend_from_slice(meta);
+        raw.extend_from_slice(b"old body");
+        let Record::Completed(done) = Record::decode(&Bytes::from(raw)).unwrap() else {
+            panic!("not completed");
+        };
+        assert_eq!(done.status, StatusCode::CREATED);
+        assert_eq!(done.fingerprint, [9; 32]);
+        assert_eq!(done.headers["content-type"], "text/plain");
+        assert_eq!(done.body, Bytes::from_static(b"old body"));
+    }
+
+    /// The body handed to the client is the record's own bytes, not a copy.
+    #[test]
+    fn writer_body_is_a_slice_of_the_record() {
+        let mut writer = RecordWriter::new(4);
+        writer.push_body(b"ab");
+        writer.push_body(b"cd");
+        assert_eq!(writer.body_len(), 4);
+        let (record, body) = writer.finish(&[1; 32], StatusCode::OK, &HeaderMap::new(), None);
+        assert_eq!(body, Bytes::from_static(b"abcd"));
+        let inside = record.as_ptr_range();
+        assert!(inside.contains(&body.as_ptr()));
+        let Record::Completed(done) = Record::decode(&record).unwrap() else {
+            panic!("not completed");
+        };
+        assert_eq!(done.body, body);
+        assert_eq!(done.status, StatusCode::OK);
+    }
+
     #[test]
     fn garbage_is_refused_not_panicking() {
         for raw in [
@@ -203,6 +320,11 @@ mod tests {
             b"TSI1\x00\x00\x00\x02{}",
             b"XXXX\x00\x00\x00\x02{}",
             b"TSI1\x00\x00\x00\x0c{\"state\":\"p\"}",
+            b"TSI2",
+            b"TSI2\x00\x00\x00",
+            b"TSI2{}\x00\x00\x00\x03",
+            b"TSI2body{}\x00\x00\xff\xff",
+            b"TSI2{\"state\":\"c\"}\x00\x00\x00\x0d",
         ] {
             assert!(Record::decode(&Bytes::copy_from_slice(raw)).is_err());
         }

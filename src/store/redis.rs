@@ -355,7 +355,8 @@ impl RedisStore {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let slot = &self.inner.slots[slot];
         let attempt = async {
-            let conn = self.connection(slot).await?;
+            // Without a connection nothing was sent: the operation cannot have applied.
+            let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
             op(conn).await.map_err(classify)
         };
         let result = match tokio::time::timeout(self.inner.timeout, attempt).await {
