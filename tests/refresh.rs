@@ -17,29 +17,44 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
-use tower_stateless::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
-use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
+use tower_stateless::refresh::{
+    InvalidGrant, RefreshError, RefreshTokens, RefreshTokensBuilder, TokenPair,
+};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
-use tower_stateless::RegisteredClaims;
 
-fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+fn policy() -> TokenPolicy {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, &[7; 32])
         .expect("hmac key");
-    RefreshTokens::new(store, TokenIssuer::new(&keys, "v1").expect("issuer"))
+    TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .build()
+        .expect("policy")
 }
 
-/// What the `RevocationLayer` answers for a request carrying `claims` (as the JWT layer
-/// would have put them in the extensions).
-async fn access_status<St: StateStore>(store: &St, claims: &RegisteredClaims) -> StatusCode {
+fn builder<St: StateStore>(store: St) -> RefreshTokensBuilder<St> {
+    RefreshTokens::builder(store, &policy())
+}
+
+fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+    builder(store).build().expect("refresh tokens")
+}
+
+/// What the JWT layer with its revocation check over `store` answers for `token`.
+async fn access_status<St: StateStore>(store: &St, token: &IssuedToken) -> StatusCode {
     let service = ServiceBuilder::new()
-        .layer(RevocationLayer::new(store.clone()))
+        .layer(policy().auth_layer().revocation(store.clone()))
         .service_fn(|_request: Request<String>| async {
             Ok::<_, Infallible>(Response::new(String::from("ok")))
         });
-    let mut request = Request::new(String::new());
-    request.extensions_mut().insert(claims.clone());
+    let request = Request::get("/")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.token),
+        )
+        .body(String::new())
+        .expect("request");
     service.oneshot(request).await.expect("infallible").status()
 }
 
@@ -112,7 +127,7 @@ async fn rotate_chain_of_ten<St: StateStore>(store: St, other: St) {
             login.refresh_token.family_expires_at
         );
         assert_eq!(
-            access_status(&other, &next.access_token.claims).await,
+            access_status(&other, &next.access_token).await,
             StatusCode::OK
         );
         current = next;
@@ -120,7 +135,7 @@ async fn rotate_chain_of_ten<St: StateStore>(store: St, other: St) {
     // The last token of the chain is still good, and nothing was revoked on the way.
     let last = rotate(&refresher, &current).await;
     assert_eq!(
-        access_status(&other, &last.access_token.claims).await,
+        access_status(&other, &last.access_token).await,
         StatusCode::OK
     );
 }
@@ -134,7 +149,7 @@ async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, oth
     // Another login of the same user, in another session.
     let elsewhere = issuer.issue("alice").await.expect("issue");
     assert_eq!(
-        access_status(&store, &newest.access_token.claims).await,
+        access_status(&store, &newest.access_token).await,
         StatusCode::OK
     );
 
@@ -156,14 +171,14 @@ async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, oth
     // The session's access tokens, old and new, are refused by the RevocationLayer.
     for pair in [&first, &second, &newest] {
         assert_eq!(
-            access_status(&store, &pair.access_token.claims).await,
+            access_status(&store, &pair.access_token).await,
             StatusCode::UNAUTHORIZED
         );
     }
     // The other session is untouched.
     let elsewhere = rotate(&refresher, &elsewhere).await;
     assert_eq!(
-        access_status(&store, &elsewhere.access_token.claims).await,
+        access_status(&store, &elsewhere.access_token).await,
         StatusCode::OK
     );
 }
@@ -193,8 +208,14 @@ async fn fifty_concurrent_exchanges_one_succeeds<St: StateStore>(store: St, othe
 }
 
 async fn expired_refresh_token_is_rejected<St: StateStore>(store: St, other: St) {
-    let issuer = tokens(store).refresh_ttl(Duration::from_millis(1000));
-    let refresher = tokens(other).refresh_ttl(Duration::from_millis(1000));
+    let issuer = builder(store)
+        .refresh_ttl(Duration::from_millis(1000))
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .refresh_ttl(Duration::from_millis(1000))
+        .build()
+        .expect("refresh tokens");
     let fresh = issuer.issue("alice").await.expect("issue");
     let stale = issuer.issue("alice").await.expect("issue");
     assert!(refresher.rotate(&fresh.refresh_token.token).await.is_ok());
@@ -212,8 +233,14 @@ async fn expired_refresh_token_is_rejected<St: StateStore>(store: St, other: St)
 
 async fn family_lifetime_is_absolute<St: StateStore>(store: St, other: St) {
     let lifetime = Duration::from_millis(1500);
-    let issuer = tokens(store).family_lifetime(lifetime);
-    let refresher = tokens(other).family_lifetime(lifetime);
+    let issuer = builder(store)
+        .family_lifetime(lifetime)
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .family_lifetime(lifetime)
+        .build()
+        .expect("refresh tokens");
     let login = issuer.issue("alice").await.expect("issue");
     // The token's TTL (14 days) is capped by the family's.
     assert_eq!(
@@ -257,13 +284,13 @@ async fn logout_ends_the_family<St: StateStore>(store: St, other: St) {
         Some(InvalidGrant::Revoked),
     );
     assert_eq!(
-        access_status(&other, &phone.access_token.claims).await,
+        access_status(&other, &phone.access_token).await,
         StatusCode::UNAUTHORIZED
     );
     // The other session lives on.
     let laptop = rotate(&refresher, &laptop).await;
     assert_eq!(
-        access_status(&other, &laptop.access_token.claims).await,
+        access_status(&other, &laptop.access_token).await,
         StatusCode::OK
     );
 }
@@ -310,7 +337,7 @@ async fn logout_everywhere_ends_every_family<St: StateStore>(store: St, other: S
             Some(InvalidGrant::Revoked),
         );
         assert_eq!(
-            access_status(&other, &pair.access_token.claims).await,
+            access_status(&other, &pair.access_token).await,
             StatusCode::UNAUTHORIZED
         );
     }
@@ -366,8 +393,14 @@ async fn malformed_unknown_and_forged_tokens_are_invalid_grant<St: StateStore>(
 
 async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store: St, other: St) {
     let grace = Duration::from_secs(30);
-    let issuer = tokens(store).grace_period(grace);
-    let refresher = tokens(other).grace_period(grace);
+    let issuer = builder(store)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
     let t0 = issuer.issue("alice").await.expect("issue");
     // The client sends t0, the response (t1) is lost.
     let _lost = rotate(&refresher, &t0).await;
@@ -389,12 +422,17 @@ async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store:
 
 async fn grace_window_ends<St: StateStore>(store: St, other: St) {
     let grace = Duration::from_millis(300);
-    let t0 = tokens(store)
+    let t0 = builder(store)
         .grace_period(grace)
+        .build()
+        .expect("refresh tokens")
         .issue("alice")
         .await
         .expect("issue");
-    let refresher = tokens(other).grace_period(grace);
+    let refresher = builder(other)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
     let t1 = rotate(&refresher, &t0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Past the window, the superseded token is reuse, even though t1 was never used.
@@ -710,4 +748,38 @@ async fn token_response_has_the_oauth_shape() {
     let debug = format!("{pair:?} {:?}", pair.to_response());
     assert!(!debug.contains(&pair.refresh_token.token), "{debug}");
     assert!(!debug.contains(&pair.access_token.token), "{debug}");
+}
+
+/// Settings that cannot work are refused when the manager is built, naming the setting.
+#[test]
+fn builder_refuses_settings_that_cannot_work() {
+    let century = Duration::from_secs(101 * 365 * 24 * 3600);
+    let verify_only = TokenPolicy::builder(
+        JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, &[7; 32])
+            .expect("key"),
+    )
+    .build()
+    .expect("policy");
+    let store = MemoryStore::new;
+    let cases = [
+        (builder(store()).refresh_ttl(Duration::ZERO), "refresh_ttl"),
+        (builder(store()).refresh_ttl(Duration::MAX), "refresh_ttl"),
+        (builder(store()).refresh_ttl(century), "refresh_ttl"),
+        (
+            builder(store()).family_lifetime(Duration::ZERO),
+            "family_lifetime",
+        ),
+        (
+            builder(store()).family_lifetime(Duration::MAX),
+            "family_lifetime",
+        ),
+        (builder(store()).grace_period(Duration::MAX), "grace_period"),
+        (RefreshTokens::builder(store(), &verify_only), "signing_key"),
+    ];
+    for (builder, setting) in cases {
+        let debug = format!("{builder:?}");
+        let error = builder.build().expect_err(&debug);
+        assert_eq!(error.setting(), setting, "{debug}: {error}");
+    }
 }

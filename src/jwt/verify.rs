@@ -9,7 +9,7 @@ use jsonwebtoken::Validation;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::key::JwtKeySet;
+use super::policy::TokenPolicy;
 use super::reject::{
     self, Rejection, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED, TOKEN_NOT_YET_VALID,
     TOKEN_TOO_LONG,
@@ -24,15 +24,11 @@ pub(crate) type PublicPredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Syn
 pub(crate) struct Config {
     pub(crate) sources: Vec<TokenSource>,
     pub(crate) realm: Option<String>,
-    pub(crate) leeway_secs: u64,
     pub(crate) max_token_len: usize,
-    pub(crate) issuers: Vec<String>,
-    pub(crate) audiences: Vec<String>,
     pub(crate) public_paths: Vec<String>,
     pub(crate) public_if: Option<PublicPredicate>,
 }
 
-pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
 pub(crate) const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl Default for Config {
@@ -40,10 +36,7 @@ impl Default for Config {
         Self {
             sources: vec![TokenSource::Bearer],
             realm: None,
-            leeway_secs: DEFAULT_LEEWAY_SECS,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
-            issuers: Vec::new(),
-            audiences: Vec::new(),
             public_paths: Vec::new(),
             public_if: None,
         }
@@ -55,44 +48,43 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("sources", &self.sources)
             .field("realm", &self.realm)
-            .field("leeway_secs", &self.leeway_secs)
             .field("max_token_len", &self.max_token_len)
-            .field("issuers", &self.issuers)
-            .field("audiences", &self.audiences)
             .field("public_paths", &self.public_paths)
             .field("public_if", &self.public_if.as_ref().map(|_| "<predicate>"))
             .finish()
     }
 }
 
-/// Keys plus configuration, with one precomputed `Validation` per key (its algorithm
-/// pinned), shared by every clone of the service.
+/// The policy plus the layer's configuration, with one precomputed `Validation` per key
+/// (its algorithm pinned), shared by every clone of the service.
 #[derive(Debug)]
 pub(crate) struct Verifier {
-    keys: JwtKeySet,
+    policy: TokenPolicy,
     validations: Vec<Validation>,
     config: Config,
     quoted_realm: Option<String>,
 }
 
 impl Verifier {
-    pub(crate) fn new(keys: JwtKeySet, config: Config) -> Self {
-        let validations = keys
+    pub(crate) fn new(policy: TokenPolicy, config: Config) -> Self {
+        let validations = policy
+            .keys()
             .entries()
             .iter()
             .map(|entry| {
                 let mut v = Validation::new(entry.alg);
-                v.leeway = config.leeway_secs;
+                // Bounded by the policy builder, so `now - leeway` cannot underflow.
+                v.leeway = policy.leeway_secs();
                 v.validate_exp = true;
                 v.validate_nbf = true;
                 v.validate_aud = true;
                 let mut required = vec!["exp", "sub"];
-                if !config.issuers.is_empty() {
-                    v.set_issuer(&config.issuers);
+                if let Some(issuer) = policy.issuer() {
+                    v.set_issuer(&[issuer]);
                     required.push("iss");
                 }
-                if !config.audiences.is_empty() {
-                    v.set_audience(&config.audiences);
+                if let Some(audience) = policy.audience() {
+                    v.set_audience(&[audience]);
                     required.push("aud");
                 }
                 v.set_required_spec_claims(&required);
@@ -101,7 +93,7 @@ impl Verifier {
             .collect();
         let quoted_realm = config.realm.as_deref().map(reject::quote_realm);
         Self {
-            keys,
+            policy,
             validations,
             config,
             quoted_realm,
@@ -157,15 +149,15 @@ impl Verifier {
             tracing::debug!("jwt: header has crit, enc or zip");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         }
-        let Some(index) = self.keys.select(header.kid.as_deref()) else {
+        let keys = self.policy.keys();
+        let Some(index) = keys.select(header.kid.as_deref()) else {
             tracing::debug!("jwt: no key for the token's kid");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         };
-        let (entry, validation) =
-            match (self.keys.entries().get(index), self.validations.get(index)) {
-                (Some(entry), Some(validation)) => (entry, validation),
-                _ => return Err(Rejection::InvalidToken(TOKEN_INVALID)),
-            };
+        let (entry, validation) = match (keys.entries().get(index), self.validations.get(index)) {
+            (Some(entry), Some(validation)) => (entry, validation),
+            _ => return Err(Rejection::InvalidToken(TOKEN_INVALID)),
+        };
         if header.alg != entry.alg {
             tracing::debug!(alg = ?header.alg, "jwt: alg does not match the key's pinned algorithm");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -7,9 +8,13 @@ use super::key;
 use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
-use crate::jwt::TokenIssuer;
+use crate::jwt::{TokenIssuer, TokenPolicy};
 use crate::revocation::Revoker;
 use crate::store::StateStore;
+use crate::ConfigError;
+
+/// The longest TTL the store contract accepts.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -33,18 +38,20 @@ fn ttl_until(deadline: u64, now: u64) -> Duration {
 /// Issues, rotates and revokes refresh tokens over a [`StateStore`], and mints the access
 /// tokens that go with them. See the [module docs](super) for the protocol and an example.
 ///
+/// Built with [`RefreshTokens::builder`] from the [`TokenPolicy`] the JWT layer verifies
+/// under: the access tokens it mints, and the session revocations it writes, follow that
+/// policy's access TTL and leeway, so they cannot disagree with the layer.
+///
 /// Cheap to clone; share one per application (every instance builds its own over the
-/// same store).
+/// same store, with the same policy).
 #[derive(Debug, Clone)]
 pub struct RefreshTokens<S> {
     store: S,
     issuer: TokenIssuer,
-    revoker: Option<Revoker<S>>,
+    revoker: Revoker<S>,
     refresh_ttl: Duration,
     family_lifetime: Duration,
-    access_ttl: Duration,
     grace: Duration,
-    leeway: Duration,
 }
 
 /// A token about to be handed out: what the client gets, and what the store gets.
@@ -56,50 +63,42 @@ struct Prepared {
     bytes: Bytes,
 }
 
-impl<S: StateStore> RefreshTokens<S> {
-    /// A manager keeping refresh tokens in `store` and minting access tokens with
-    /// `issuer`, with the defaults: refresh tokens live 14 days, a family at most 30 days,
-    /// access tokens 15 minutes (this replaces the issuer's own TTL), no grace window.
-    ///
-    /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
-    /// [`Revoker`] over the same `store` with the access-token TTL as max token lifetime;
-    /// give your own with [`revoker`](Self::revoker) if your tokens live longer.
-    pub fn new(store: S, issuer: TokenIssuer) -> Self {
-        let access_ttl = Duration::from_secs(15 * 60);
-        Self {
-            store,
-            issuer: issuer.ttl(access_ttl),
-            revoker: None,
-            refresh_ttl: 14 * DAY,
-            family_lifetime: 30 * DAY,
-            access_ttl,
-            grace: Duration::ZERO,
-            leeway: Duration::ZERO,
-        }
-    }
+/// Builds [`RefreshTokens`]: [`RefreshTokens::builder`].
+#[must_use]
+pub struct RefreshTokensBuilder<S> {
+    store: S,
+    policy: TokenPolicy,
+    refresh_ttl: Duration,
+    family_lifetime: Duration,
+    grace: Duration,
+}
 
-    /// How long one refresh token lives unused (default 14 days; at least 1 ms). Each
-    /// rotation hands out a token with a fresh TTL, never beyond the family lifetime.
-    #[must_use]
+impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokensBuilder")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("family_lifetime", &self.family_lifetime)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+impl<S: StateStore> RefreshTokensBuilder<S> {
+    /// How long one refresh token lives unused (default 14 days; at least 1 ms, at most
+    /// 100 years). Each rotation hands out a token with a fresh TTL, never beyond the
+    /// family lifetime.
     pub fn refresh_ttl(mut self, ttl: Duration) -> Self {
-        self.refresh_ttl = ttl.max(Duration::from_millis(1));
+        self.refresh_ttl = ttl;
         self
     }
 
     /// The absolute lifetime of a family, counted from the login (default 30 days; at
-    /// least 1 ms). After it, rotation fails however recently the token was rotated, and
-    /// the user must log in again.
-    #[must_use]
+    /// least 1 ms, at most 100 years). After it, rotation fails however recently the token
+    /// was rotated, and the user must log in again.
     pub fn family_lifetime(mut self, lifetime: Duration) -> Self {
-        self.family_lifetime = lifetime.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How long access tokens live (default 15 minutes; at least one second).
-    #[must_use]
-    pub fn access_ttl(mut self, ttl: Duration) -> Self {
-        self.access_ttl = ttl.max(Duration::from_secs(1));
-        self.issuer = self.issuer.ttl(self.access_ttl);
+        self.family_lifetime = lifetime;
         self
     }
 
@@ -119,27 +118,63 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Within the window, a thief replaying a just-rotated token gets a pair too; the
     /// legitimate client's next refresh then counts as reuse (outside the window) and ends
     /// the family, so the theft is still caught, later. Keep it to seconds.
-    #[must_use]
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
-    /// Extra time session revocations are kept beyond the access-token TTL (default
-    /// none): set it to the clock-skew leeway of your JWT verifier.
-    #[must_use]
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
-        self
+    /// The manager, or the first setting that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `signing_key` (the policy cannot mint access tokens), `refresh_ttl`,
+    /// `family_lifetime` or `grace_period` (below 1 ms where required, or beyond the
+    /// store's 100 years).
+    pub fn build(self) -> Result<RefreshTokens<S>, ConfigError> {
+        let issuer = self.policy.token_issuer()?;
+        for (setting, value) in [
+            ("refresh_ttl", self.refresh_ttl),
+            ("family_lifetime", self.family_lifetime),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(ConfigError::new(setting, "at least one millisecond"));
+            }
+            if value > MAX_TTL {
+                return Err(ConfigError::new(
+                    setting,
+                    "at most 100 years, the longest TTL a store keeps",
+                ));
+            }
+        }
+        if self.grace > MAX_TTL {
+            return Err(ConfigError::new("grace_period", "at most 100 years"));
+        }
+        Ok(RefreshTokens {
+            revoker: Revoker::new(self.store.clone(), &self.policy),
+            store: self.store,
+            issuer,
+            refresh_ttl: self.refresh_ttl,
+            family_lifetime: self.family_lifetime,
+            grace: self.grace,
+        })
     }
+}
 
-    /// The [`Revoker`] used to revoke sessions (on reuse and [`logout`](Self::logout))
-    /// and subjects ([`logout_everywhere`](Self::logout_everywhere)). It must write to
-    /// the store your `RevocationLayer` reads.
-    #[must_use]
-    pub fn revoker(mut self, revoker: Revoker<S>) -> Self {
-        self.revoker = Some(revoker);
-        self
+impl<S: StateStore> RefreshTokens<S> {
+    /// A builder keeping refresh tokens in `store` and minting access tokens under
+    /// `policy` (its signing key, access TTL, issuer and audience), with the defaults:
+    /// refresh tokens live 14 days, a family at most 30 days, no grace window.
+    ///
+    /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
+    /// [`Revoker`] over the same `store` and `policy`.
+    pub fn builder(store: S, policy: &TokenPolicy) -> RefreshTokensBuilder<S> {
+        RefreshTokensBuilder {
+            store,
+            policy: policy.clone(),
+            refresh_ttl: 14 * DAY,
+            family_lifetime: 30 * DAY,
+            grace: Duration::ZERO,
+        }
     }
 
     /// The store refresh tokens are kept in.
@@ -147,15 +182,10 @@ impl<S: StateStore> RefreshTokens<S> {
         &self.store
     }
 
-    fn session_revocation_ttl(&self) -> Duration {
-        self.access_ttl.saturating_add(self.leeway)
-    }
-
-    fn revoking(&self) -> Revoker<S> {
-        match &self.revoker {
-            Some(revoker) => revoker.clone(),
-            None => Revoker::new(self.store.clone(), self.session_revocation_ttl()),
-        }
+    /// The [`Revoker`] used to revoke sessions (on reuse and [`logout`](Self::logout))
+    /// and subjects ([`logout_everywhere`](Self::logout_everywhere)).
+    pub fn revoker(&self) -> &Revoker<S> {
+        &self.revoker
     }
 
     /// Login: starts a new token family for `sub` in a new session (a random 128-bit
@@ -176,7 +206,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Use a fresh `sid` per login: once a session is logged out
     /// ([`logout`](Self::logout)) or revoked by reuse detection, new families with the
     /// same `sid` are refused (for the family lifetime) and their access tokens are
-    /// refused by the `RevocationLayer` (for the access-token TTL).
+    /// refused by the JWT layer's revocation check (for the access-token TTL).
     ///
     /// # Errors
     ///
@@ -210,7 +240,7 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// The presented token is consumed by one compare-and-set on its record: of any
     /// number of concurrent exchanges of one token, at most one gets a pair. Presenting a
-    /// consumed token (outside the [grace window](Self::grace_period)) is reuse: the
+    /// consumed token (outside the [grace window](RefreshTokensBuilder::grace_period)) is reuse: the
     /// family is revoked, the session's access tokens are revoked through the
     /// [`Revoker`], and the answer is `invalid_grant` ([`InvalidGrant::Reused`]). A
     /// concurrent duplicate that loses the race counts as reuse too.
@@ -300,15 +330,16 @@ impl<S: StateStore> RefreshTokens<S> {
 
     /// Logout of one session: ends its refresh families
     /// ([`revoke_session_families`](Self::revoke_session_families)) and revokes its access
-    /// tokens ([`Revoker::revoke_session`], for the access-token TTL plus leeway).
+    /// tokens ([`Revoker::revoke_session`], until the policy's access TTL plus leeway has
+    /// passed).
     ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
     pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
         self.revoke_session_families(sub, sid).await?;
-        self.revoking()
-            .revoke_session(sub, sid, self.session_revocation_ttl())
+        self.revoker
+            .revoke_session(sub, sid, Duration::ZERO)
             .await?;
         Ok(())
     }
@@ -318,7 +349,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// access token issued to it up to now ([`Revoker::revoke_subject`]).
     ///
     /// The access-token cutoff has whole seconds: an access token issued in the same second
-    /// (by a login right after this call) is refused by the `RevocationLayer` too, until
+    /// (by a login right after this call) is refused by the revocation check too, until
     /// the client refreshes it in a later second.
     ///
     /// # Errors
@@ -326,7 +357,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// [`RefreshError::Store`] when the store fails.
     pub async fn logout_everywhere(&self, sub: &str) -> Result<(), RefreshError> {
         self.revoke_subject_families(sub).await?;
-        self.revoking().revoke_subject(sub).await?;
+        self.revoker.revoke_subject(sub).await?;
         Ok(())
     }
 
@@ -492,8 +523,8 @@ impl<S: StateStore> RefreshTokens<S> {
                 ttl_until(record.fexp, now),
             )
             .await?;
-        self.revoking()
-            .revoke_session(&record.sub, &record.sid, self.session_revocation_ttl())
+        self.revoker
+            .revoke_session(&record.sub, &record.sid, Duration::ZERO)
             .await?;
         Err(InvalidGrant::Reused.into())
     }

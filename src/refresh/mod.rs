@@ -2,8 +2,9 @@
 //! use, and reuse detection (OAuth 2.0 Security BCP, RFC 9700 §4.14.2).
 //!
 //! [`RefreshTokens`] keeps refresh tokens in a [`StateStore`](crate::store::StateStore)
-//! and mints the access tokens (JWTs) that go with them through a
-//! [`TokenIssuer`](crate::jwt::TokenIssuer).
+//! and mints the access tokens (JWTs) that go with them under the
+//! [`TokenPolicy`](crate::jwt::TokenPolicy) the JWT layer verifies with: the access TTL,
+//! leeway, issuer and audience come from there, and nowhere else.
 //!
 //! - **Login** ([`issue`](RefreshTokens::issue)): starts a token *family* bound to a
 //!   subject and a session id (`sid`) and returns a [`TokenPair`]: an access token (15
@@ -16,9 +17,9 @@
 //!   of one token, at most one gets a pair.
 //! - **Reuse detection**: presenting a consumed token means two parties hold it. The
 //!   family is revoked (every later rotation fails), the session is revoked through the
-//!   [`Revoker`](crate::revocation::Revoker) (so its access tokens are refused by the
-//!   [`RevocationLayer`](crate::revocation::RevocationLayer)), and the answer is
-//!   `invalid_grant`. An optional [grace window](RefreshTokens::grace_period) (default
+//!   [`Revoker`](crate::revocation::Revoker) (so its access tokens are refused by the JWT
+//!   layer's [revocation check](crate::jwt::JwtAuthLayer::revocation)), and the answer is
+//!   `invalid_grant`. An optional [grace window](RefreshTokensBuilder::grace_period) (default
 //!   zero) tolerates the just-superseded token once, for clients that lost a response.
 //! - **Logout** ([`logout`](RefreshTokens::logout)) ends the session's families and
 //!   revokes its access tokens; **log out everywhere**
@@ -49,17 +50,21 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 //! use tower_stateless::refresh::{InvalidGrant, RefreshTokens};
 //! use tower_stateless::store::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
-//! let store = MemoryStore::new();
-//! let tokens = RefreshTokens::new(store, TokenIssuer::new(&keys, "v1")?)
+//! let policy = TokenPolicy::builder(keys)
+//!     .signing_key("v1")
 //!     .access_ttl(Duration::from_secs(15 * 60))
-//!     .refresh_ttl(Duration::from_secs(14 * 24 * 3600));
+//!     .build()?;
+//! let store = MemoryStore::new();
+//! let tokens = RefreshTokens::builder(store, &policy)
+//!     .refresh_ttl(Duration::from_secs(14 * 24 * 3600))
+//!     .build()?;
 //!
 //! // Login handler: credentials checked, start a session.
 //! let login = tokens.issue("alice").await?;
@@ -102,8 +107,8 @@
 //! - If the store fails after the token was consumed (a lost reply), the client gets an
 //!   error and its retry counts as reuse, unless the grace window covers it.
 //! - Reuse, logout and "log out everywhere" revoke access tokens through the `Revoker`:
-//!   put a [`RevocationLayer`](crate::revocation::RevocationLayer) after the JWT layer, or
-//!   the access tokens stay valid until they expire (15 minutes by default).
+//!   add [`revocation`](crate::jwt::JwtAuthLayer::revocation) to the JWT layer, or the
+//!   access tokens stay valid until they expire (15 minutes by default).
 //! - Subject cutoffs compare times of different instances: keep clocks in sync.
 //! - A rotation racing a revocation may still hand out one pair; the next rotation fails.
 //!
@@ -123,5 +128,5 @@ mod record;
 mod token;
 
 pub use self::error::{InvalidGrant, RefreshError};
-pub use self::manager::RefreshTokens;
+pub use self::manager::{RefreshTokens, RefreshTokensBuilder};
 pub use self::token::{RefreshToken, TokenPair, TokenResponse};
