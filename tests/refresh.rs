@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -460,7 +461,188 @@ async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
     );
 }
 
+/// A store that delegates to a real backend, records the keys written, and can be told to
+/// fail the n-th `set` from now as unavailable: the store failing between two steps.
+#[derive(Clone)]
+struct Flaky<St> {
+    inner: St,
+    sets: Arc<AtomicUsize>,
+    fail_at: Arc<AtomicUsize>,
+    written: Arc<Mutex<Vec<String>>>,
+}
+
+impl<St: StateStore> Flaky<St> {
+    fn new(inner: St) -> Self {
+        Self {
+            inner,
+            sets: Arc::new(AtomicUsize::new(0)),
+            fail_at: Arc::new(AtomicUsize::new(0)),
+            written: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The `n`-th `set` from now fails (n ≥ 1), once.
+    fn fail_set(&self, n: usize) {
+        self.fail_at
+            .store(self.sets.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+    }
+
+    fn written(&self) -> Vec<String> {
+        self.written.lock().expect("lock").clone()
+    }
+
+    fn record(&self, key: &str) {
+        self.written.lock().expect("lock").push(key.to_owned());
+    }
+}
+
+type Res<T> = Result<T, StoreError>;
+
+impl<St: StateStore> StateStore for Flaky<St> {
+    async fn get(&self, key: &str) -> Res<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Bytes>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Res<()> {
+        let n = self.sets.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.fail_at.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure (test)".into()));
+        }
+        self.record(key);
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Res<Option<Bytes>> {
+        self.record(key);
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Res<bool> {
+        self.record(key);
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Res<bool> {
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<Bytes>> {
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Res<bool> {
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Res<i64> {
+        self.inner.increment(key, by, ttl).await
+    }
+    async fn gcra(
+        &self,
+        key: &str,
+        params: tower_stateless::store::Gcra,
+    ) -> Res<tower_stateless::store::GcraOutcome> {
+        self.inner.gcra(key, params).await
+    }
+}
+
+/// Reuse detection revokes the session's access tokens and the family; when the store
+/// fails between (or before) the two writes, the next presentation completes both. The
+/// family marker was once written first, so after a failed session revocation every later
+/// attempt stopped early and the session's access tokens stayed valid.
+async fn reuse_detection_completes_after_a_store_failure<St: StateStore>(store: St, other: St) {
+    for failing_write in [1, 2] {
+        let flaky = Flaky::new(other.clone());
+        let issuer = tokens(store.clone());
+        let refresher = tokens(flaky.clone());
+        let first = issuer.issue("alice").await.expect("issue");
+        let second = rotate(&refresher, &first).await;
+        assert_eq!(
+            access_status(&store, &second.access_token).await,
+            StatusCode::OK
+        );
+
+        flaky.fail_set(failing_write);
+        let error = refresher
+            .rotate(&first.refresh_token.token)
+            .await
+            .expect_err("the store failed");
+        assert!(error.is_unavailable(), "{failing_write}: {error:?}");
+
+        // The client (or the thief) tries again: reuse is detected to completion.
+        assert_invalid_grant(
+            refresher.rotate(&first.refresh_token.token).await,
+            Some(InvalidGrant::Reused),
+        );
+        for pair in [&first, &second] {
+            assert_eq!(
+                access_status(&store, &pair.access_token).await,
+                StatusCode::UNAUTHORIZED,
+                "write {failing_write} failed: the session's access tokens must be revoked"
+            );
+        }
+        assert_invalid_grant(
+            issuer.rotate(&second.refresh_token.token).await,
+            Some(InvalidGrant::Revoked),
+        );
+    }
+}
+
+/// "Log out everywhere" of the refresh families only moves the cutoff forward, like
+/// `Revoker::revoke_subject`: a later cutoff another instance wrote stays.
+async fn subject_families_cutoff_only_moves_forward<St: StateStore>(store: St, other: St) {
+    let flaky = Flaky::new(store.clone());
+    let first = tokens(flaky.clone())
+        .revoke_subject_families("alice")
+        .await
+        .expect("revoke");
+    let key = flaky
+        .written()
+        .into_iter()
+        .find(|k| k.starts_with("rt:") && k.ends_with(":sub"))
+        .expect("the cutoff key");
+    // Another instance, its clock 100 s ahead, already moved the cutoff.
+    let ahead = first + 100_000;
+    store
+        .set(
+            &key,
+            Bytes::from(ahead.to_string()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("set");
+    let again = tokens(other)
+        .revoke_subject_families("alice")
+        .await
+        .expect("revoke");
+    assert_eq!(again, ahead);
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Some(Bytes::from(ahead.to_string()))
+    );
+    // An older cutoff, or garbage, is moved forward.
+    for old in ["5", "not a time"] {
+        store
+            .set(&key, Bytes::from(old), Duration::from_secs(60))
+            .await
+            .expect("set");
+        let t = tokens(store.clone())
+            .revoke_subject_families("alice")
+            .await
+            .expect("revoke");
+        assert!(t >= first, "{old}: {t} < {first}");
+        assert_eq!(
+            store.get(&key).await.expect("get"),
+            Some(Bytes::from(t.to_string()))
+        );
+    }
+}
+
 backend_pair_tests!(
+    reuse_detection_completes_after_a_store_failure,
+    subject_families_cutoff_only_moves_forward,
     rotate_chain_of_ten,
     reuse_revokes_the_family_and_the_session,
     fifty_concurrent_exchanges_one_succeeds,

@@ -9,6 +9,7 @@ use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
 use crate::jwt::{TokenIssuer, TokenPolicy};
+use crate::revocation::raise_cutoff;
 use crate::revocation::Revoker;
 use crate::store::StateStore;
 use crate::ConfigError;
@@ -309,23 +310,25 @@ impl<S: StateStore> RefreshTokens<S> {
     /// returns the cutoff in Unix milliseconds: families created at or before it are
     /// refused at their next rotation. Kept for the family lifetime.
     ///
-    /// A login on an instance whose clock is behind the revoking instance's may start a
-    /// family that looks older than the cutoff: keep clocks in sync (NTP).
+    /// The cutoff only moves forward, as [`Revoker::revoke_subject`]'s does: when another
+    /// instance (with a clock ahead of this one) already wrote a later cutoff, that one
+    /// stays and is returned. A login on an instance whose clock is behind the revoking
+    /// instance's may start a family that looks older than the cutoff: keep clocks in
+    /// sync (NTP).
     ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails.
     pub async fn revoke_subject_families(&self, sub: &str) -> Result<u64, RefreshError> {
         let tag = key::subject_tag(sub);
-        let now = now_ms();
-        self.store
-            .set(
-                &key::subject(&tag),
-                Bytes::from(now.to_string()),
-                self.family_lifetime,
-            )
-            .await?;
-        Ok(now)
+        let cutoff = raise_cutoff(
+            &self.store,
+            &key::subject(&tag),
+            now_ms(),
+            self.family_lifetime,
+        )
+        .await?;
+        Ok(cutoff)
     }
 
     /// Logout of one session: ends its refresh families
@@ -504,7 +507,13 @@ impl<S: StateStore> RefreshTokens<S> {
         self.reuse_detected(tag, record, now).await
     }
 
-    /// Revokes the family and the session's access tokens, and answers `invalid_grant`.
+    /// Revokes the session's access tokens and then the family, and answers
+    /// `invalid_grant`.
+    ///
+    /// The order matters: the family marker makes every later presentation stop early
+    /// (`Revoked`), so it is written last. When the store fails in between, the error goes
+    /// to the client and the next presentation of the token runs both steps again, until
+    /// both are done.
     async fn reuse_detected(
         &self,
         tag: &str,
@@ -516,15 +525,15 @@ impl<S: StateStore> RefreshTokens<S> {
             generation = record.gen,
             "refresh: a consumed refresh token was presented again; revoking its family and session"
         );
+        self.revoker
+            .revoke_session(&record.sub, &record.sid, Duration::ZERO)
+            .await?;
         self.store
             .set(
                 &key::family(tag, &record.fam),
                 Bytes::from_static(b"reused"),
                 ttl_until(record.fexp, now),
             )
-            .await?;
-        self.revoker
-            .revoke_session(&record.sub, &record.sid, Duration::ZERO)
             .await?;
         Err(InvalidGrant::Reused.into())
     }

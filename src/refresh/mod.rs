@@ -16,10 +16,12 @@
 //!   to consumed) and a new pair of the same family is returned. Of concurrent exchanges
 //!   of one token, at most one gets a pair.
 //! - **Reuse detection**: presenting a consumed token means two parties hold it. The
-//!   family is revoked (every later rotation fails), the session is revoked through the
-//!   [`Revoker`](crate::revocation::Revoker) (so its access tokens are refused by the JWT
-//!   layer's [revocation check](crate::jwt::JwtAuthLayer::revocation)), and the answer is
-//!   `invalid_grant`. An optional [grace window](RefreshTokensBuilder::grace_period) (default
+//!   session is revoked through the [`Revoker`](crate::revocation::Revoker) (so its
+//!   access tokens are refused by the JWT layer's
+//!   [revocation check](crate::jwt::JwtAuthLayer::revocation)), then the family (every
+//!   later rotation fails), and the answer is `invalid_grant`. If the store fails between
+//!   the two, the next presentation of the token runs both again: the session revocation
+//!   is never skipped. An optional [grace window](RefreshTokensBuilder::grace_period) (default
 //!   zero) tolerates the just-superseded token once, for clients that lost a response.
 //! - **Logout** ([`logout`](RefreshTokens::logout)) ends the session's families and
 //!   revokes its access tokens; **log out everywhere**

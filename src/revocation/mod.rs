@@ -113,4 +113,5 @@ mod key;
 mod revoker;
 
 pub use self::check::RevocationCheck;
+pub(crate) use self::revoker::raise_cutoff;
 pub use self::revoker::{RevokeError, Revoker};
