@@ -640,11 +640,13 @@ fn token_policy(keys: JwtKeySet) -> Result<TokenPolicy, String> {
 fn router<S: StateStore>(
     store: S,
     policy: TokenPolicy,
+    refresh_secret: &[u8],
     users: HashMap<String, String>,
     gateway_latency: Duration,
     limits: Limits,
 ) -> Result<Router, String> {
     let tokens = RefreshTokens::builder(store.clone(), &policy)
+        .secret(refresh_secret)
         .build()
         .map_err(|e| format!("refresh tokens: {e}"))?;
     let app = Arc::new(App {
@@ -808,19 +810,46 @@ async fn run() -> Result<(), String> {
         .with_hmac("main", Algorithm::HS256, &secret)
         .map_err(|e| format!("JWT_SECRET: {e}"))?;
     let policy = token_policy(keys)?;
+    // The refresh tokens' own secret, derived from JWT_SECRET so that the demo needs one
+    // variable; a production service would keep a separate secret.
+    let refresh_secret = Sha256::new()
+        .chain_update(b"stateless_api refresh-token secret\0")
+        .chain_update(&secret)
+        .finalize();
     let app = match (cluster_urls, redis_url) {
         (Some(urls), _) => {
             let store = cluster_store(urls)?;
-            router(store, policy, users, gateway_latency, limits)?
+            router(
+                store,
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
         (None, Some(url)) => {
             tracing::info!("store: Redis at {}", without_password(&url));
             let store = RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-            router(store, policy, users, gateway_latency, limits)?
+            router(
+                store,
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
         (None, None) => {
             tracing::info!("store: in memory (set REDIS_URL to share state between instances)");
-            router(MemoryStore::new(), policy, users, gateway_latency, limits)?
+            router(
+                MemoryStore::new(),
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
     };
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))

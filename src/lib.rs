@@ -52,7 +52,9 @@
 //!     .leeway(Duration::from_secs(30))
 //!     .build()?;
 //! let store = MemoryStore::new();
-//! let tokens = RefreshTokens::builder(store.clone(), &policy).build()?;
+//! let tokens = RefreshTokens::builder(store.clone(), &policy)
+//!     .secret(b"another server secret, 32+ bytes")
+//!     .build()?;
 //! let revoker = Revoker::new(store.clone(), &policy);
 //!
 //! let service = ServiceBuilder::new()

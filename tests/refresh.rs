@@ -24,6 +24,9 @@ use tower_stateless::refresh::{
 };
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 
+/// The server secret of the refresh tokens in these tests.
+const SECRET: &[u8] = b"refresh-tests-server-secret-32-bytes!";
+
 fn policy() -> TokenPolicy {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, &[7; 32])
@@ -35,7 +38,7 @@ fn policy() -> TokenPolicy {
 }
 
 fn builder<St: StateStore>(store: St) -> RefreshTokensBuilder<St> {
-    RefreshTokens::builder(store, &policy())
+    RefreshTokens::builder(store, &policy()).secret(SECRET)
 }
 
 fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
@@ -640,9 +643,62 @@ async fn subject_families_cutoff_only_moves_forward<St: StateStore>(store: St, o
     }
 }
 
+/// The unkeyed tag of `alice` that refresh tokens once started with, in every deployment.
+const ALICE_UNKEYED_TAG: &str = "9rgN2EVDfqdr32TH3LxHTQ";
+
+/// A refresh token reveals nothing about its subject: its visible part is not a hash of
+/// the subject anyone can compute, and two tokens of one user share no visible part.
+async fn refresh_token_reveals_nothing_about_its_subject<St: StateStore>(store: St, other: St) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"tower-stateless/refresh/sub\0alice")
+        .finalize();
+    let unkeyed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]);
+    assert_eq!(unkeyed, ALICE_UNKEYED_TAG);
+
+    let flaky = Flaky::new(store);
+    let manager = tokens(flaky.clone());
+    let a = manager.issue("alice").await.expect("issue");
+    let b = manager.issue("alice").await.expect("issue");
+    let c = rotate(&tokens(other), &a).await;
+    let raw: Vec<&str> = [&a, &b, &c]
+        .iter()
+        .map(|pair| pair.refresh_token.token.as_str())
+        .collect();
+    for token in &raw {
+        assert!(!token.starts_with(ALICE_UNKEYED_TAG), "{token}");
+        assert!(!token.contains("alice"), "{token}");
+    }
+    // No visible part in common: the 22-character prefixes all differ (and so does the
+    // rest, which is random).
+    for (i, x) in raw.iter().enumerate() {
+        for y in &raw[i + 1..] {
+            assert_ne!(x[..22], y[..22], "two tokens of one user share a prefix");
+        }
+    }
+    // The store's keys do not carry the unkeyed tag either.
+    let written = flaky.written();
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|k| !k.contains(ALICE_UNKEYED_TAG)),
+        "{written:?}"
+    );
+    // Under another secret, the same user's keys live under another tag.
+    let other_secret = RefreshTokens::builder(MemoryStore::new(), &policy())
+        .secret(b"a different secret of 32 bytes or more")
+        .build()
+        .expect("refresh tokens");
+    assert_invalid_grant(
+        other_secret.rotate(&b.refresh_token.token).await,
+        Some(InvalidGrant::Unknown),
+    );
+}
+
 backend_pair_tests!(
     reuse_detection_completes_after_a_store_failure,
     subject_families_cutoff_only_moves_forward,
+    refresh_token_reveals_nothing_about_its_subject,
     rotate_chain_of_ten,
     reuse_revokes_the_family_and_the_session,
     fifty_concurrent_exchanges_one_succeeds,
@@ -945,6 +1001,9 @@ fn builder_refuses_settings_that_cannot_work() {
     .expect("policy");
     let store = MemoryStore::new;
     let cases = [
+        (RefreshTokens::builder(store(), &policy()), "secret"),
+        (builder(store()).secret([1u8; 31]), "secret"),
+        (builder(store()).secret(b""), "secret"),
         (builder(store()).refresh_ttl(Duration::ZERO), "refresh_ttl"),
         (builder(store()).refresh_ttl(Duration::MAX), "refresh_ttl"),
         (builder(store()).refresh_ttl(century), "refresh_ttl"),
@@ -957,10 +1016,14 @@ fn builder_refuses_settings_that_cannot_work() {
             "family_lifetime",
         ),
         (builder(store()).grace_period(Duration::MAX), "grace_period"),
-        (RefreshTokens::builder(store(), &verify_only), "signing_key"),
+        (
+            RefreshTokens::builder(store(), &verify_only).secret(SECRET),
+            "signing_key",
+        ),
     ];
     for (builder, setting) in cases {
         let debug = format!("{builder:?}");
+        assert!(!debug.contains("refresh-tests-server-secret"), "{debug}");
         let error = builder.build().expect_err(&debug);
         assert_eq!(error.setting(), setting, "{debug}: {error}");
     }

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::error::{InvalidGrant, RefreshError};
-use super::key;
+use super::key::{self, TagKey, MIN_SECRET_LEN};
 use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
@@ -44,12 +44,13 @@ fn ttl_until(deadline: u64, now: u64) -> Duration {
 /// policy's access TTL and leeway, so they cannot disagree with the layer.
 ///
 /// Cheap to clone; share one per application (every instance builds its own over the
-/// same store, with the same policy).
+/// same store, with the same policy and secret).
 #[derive(Debug, Clone)]
 pub struct RefreshTokens<S> {
     store: S,
     issuer: TokenIssuer,
     revoker: Revoker<S>,
+    tags: TagKey,
     refresh_ttl: Duration,
     family_lifetime: Duration,
     grace: Duration,
@@ -69,6 +70,7 @@ struct Prepared {
 pub struct RefreshTokensBuilder<S> {
     store: S,
     policy: TokenPolicy,
+    secret: Option<Vec<u8>>,
     refresh_ttl: Duration,
     family_lifetime: Duration,
     grace: Duration,
@@ -79,6 +81,7 @@ impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
         f.debug_struct("RefreshTokensBuilder")
             .field("store", &self.store)
             .field("policy", &self.policy)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
             .field("refresh_ttl", &self.refresh_ttl)
             .field("family_lifetime", &self.family_lifetime)
             .field("grace", &self.grace)
@@ -87,6 +90,16 @@ impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
 }
 
 impl<S: StateStore> RefreshTokensBuilder<S> {
+    /// The server secret (at least 32 bytes; required) that keys the subject tag of the
+    /// store keys and masks it in every token, so that a refresh token reveals nothing
+    /// about its subject or its other tokens. Every instance needs the same secret;
+    /// changing it makes the refresh tokens handed out so far unknown (their users log in
+    /// again). Use a secret of its own, not the JWT signing key.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
     /// How long one refresh token lives unused (default 14 days; at least 1 ms, at most
     /// 100 years). Each rotation hands out a token with a fresh TTL, never beyond the
     /// family lifetime.
@@ -128,10 +141,20 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `signing_key` (the policy cannot mint access tokens), `refresh_ttl`,
+    /// A [`ConfigError`] naming `secret` (missing or shorter than 32 bytes),
+    /// `signing_key` (the policy cannot mint access tokens), `refresh_ttl`,
     /// `family_lifetime` or `grace_period` (below 1 ms where required, or beyond the
     /// store's 100 years).
     pub fn build(self) -> Result<RefreshTokens<S>, ConfigError> {
+        let secret = self.secret.as_deref().ok_or_else(|| {
+            ConfigError::new(
+                "secret",
+                "required: the server secret that keys refresh tokens (32 bytes or more)",
+            )
+        })?;
+        let tags = TagKey::new(secret).ok_or_else(|| {
+            ConfigError::new("secret", format!("at least {MIN_SECRET_LEN} bytes"))
+        })?;
         let issuer = self.policy.token_issuer()?;
         for (setting, value) in [
             ("refresh_ttl", self.refresh_ttl),
@@ -154,6 +177,7 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
             revoker: Revoker::new(self.store.clone(), &self.policy),
             store: self.store,
             issuer,
+            tags,
             refresh_ttl: self.refresh_ttl,
             family_lifetime: self.family_lifetime,
             grace: self.grace,
@@ -164,7 +188,8 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
 impl<S: StateStore> RefreshTokens<S> {
     /// A builder keeping refresh tokens in `store` and minting access tokens under
     /// `policy` (its signing key, access TTL, issuer and audience), with the defaults:
-    /// refresh tokens live 14 days, a family at most 30 days, no grace window.
+    /// refresh tokens live 14 days, a family at most 30 days, no grace window. The
+    /// [`secret`](RefreshTokensBuilder::secret) is required.
     ///
     /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
     /// [`Revoker`] over the same `store` and `policy`.
@@ -172,6 +197,7 @@ impl<S: StateStore> RefreshTokens<S> {
         RefreshTokensBuilder {
             store,
             policy: policy.clone(),
+            secret: None,
             refresh_ttl: 14 * DAY,
             family_lifetime: 30 * DAY,
             grace: Duration::ZERO,
@@ -254,7 +280,8 @@ impl<S: StateStore> RefreshTokens<S> {
     /// reuse unless a grace window covers it); [`RefreshError::Corrupt`] for a record
     /// that does not decode.
     pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, RefreshError> {
-        let (tag, hash) = token::parse(refresh_token).ok_or(InvalidGrant::Malformed)?;
+        let (tag, hash) = token::parse(&self.tags, refresh_token).ok_or(InvalidGrant::Malformed)?;
+        let tag = tag.as_str();
         let key = key::token(tag, &hash);
         // A lost compare-and-set means a concurrent exchange consumed the token: the
         // second pass sees it consumed. The bound only guards against a broken store.
@@ -263,7 +290,7 @@ impl<S: StateStore> RefreshTokens<S> {
                 return Err(InvalidGrant::Unknown.into());
             };
             let record = Record::decode(&bytes).map_err(RefreshError::Corrupt)?;
-            if key::subject_tag(&record.sub) != tag {
+            if self.tags.subject_tag(&record.sub) != tag {
                 return Err(InvalidGrant::Unknown.into());
             }
             self.check_family(tag, &record).await?;
@@ -295,7 +322,7 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// [`RefreshError::Store`] when the store fails: the logout did not happen.
     pub async fn revoke_session_families(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
-        let tag = key::subject_tag(sub);
+        let tag = self.tags.subject_tag(sub);
         self.store
             .set(
                 &key::session(&tag, sid),
@@ -320,7 +347,7 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// [`RefreshError::Store`] when the store fails.
     pub async fn revoke_subject_families(&self, sub: &str) -> Result<u64, RefreshError> {
-        let tag = key::subject_tag(sub);
+        let tag = self.tags.subject_tag(sub);
         let cutoff = raise_cutoff(
             &self.store,
             &key::subject(&tag),
@@ -394,8 +421,9 @@ impl<S: StateStore> RefreshTokens<S> {
     /// The next token of `record`'s family (generation `gen`) and an access token for it,
     /// minted before anything is written, so that a failure here consumes nothing.
     fn prepare(&self, record: &Record, gen: u64, now: u64) -> Result<Prepared, RefreshError> {
-        let tag = key::subject_tag(&record.sub);
-        let (token, hash) = token::generate(&tag).map_err(RefreshError::Random)?;
+        let tag = self.tags.subject_tag(&record.sub);
+        let (token, hash) =
+            token::generate(&self.tags, &record.sub).map_err(RefreshError::Random)?;
         let exp = now
             .saturating_add(millis(self.refresh_ttl))
             .min(record.fexp);

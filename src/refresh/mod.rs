@@ -65,6 +65,7 @@
 //!     .build()?;
 //! let store = MemoryStore::new();
 //! let tokens = RefreshTokens::builder(store, &policy)
+//!     .secret(b"another server secret, 32+ bytes")
 //!     .refresh_ttl(Duration::from_secs(14 * 24 * 3600))
 //!     .build()?;
 //!
@@ -100,9 +101,11 @@
 //!
 //! - Only the SHA-256 of a refresh token is stored (the token has 256 random bits, so an
 //!   unsalted hash cannot be reversed); a leak of the store does not leak usable tokens.
-//! - The token starts with a 128-bit digest of the subject (to find the subject's keys,
-//!   all under one Redis Cluster hash tag). It does not reveal the subject, but someone
-//!   holding the token can confirm a guess of it.
+//! - The token starts with the subject's store tag (a 128-bit HMAC of the subject under
+//!   the [server secret](RefreshTokensBuilder::secret), to find the subject's keys, all
+//!   under one Redis Cluster hash tag), masked with a pad derived from the token's own
+//!   random part. Without the secret, a token reveals nothing about its subject (a guess
+//!   cannot be confirmed by hashing it) and two tokens of one user share no visible part.
 //! - A concurrent duplicate refresh (two tabs, a retrying proxy) counts as reuse and ends
 //!   the family; the grace window only helps sequential retries. Let one request at a time
 //!   refresh on the client.
@@ -116,7 +119,7 @@
 //!
 //! # Keys and round trips
 //!
-//! Under `rt:{T}`, `T` being a digest of the subject: `rt:{T}:tok:<sha256>` (one record per
+//! Under `rt:{T}`, `T` being a keyed digest of the subject: `rt:{T}:tok:<sha256>` (one record per
 //! token, kept until the token would have expired, also once consumed, for reuse
 //! detection), `rt:{T}:fam:<family>` (revoked family), `rt:{T}:sid:<sid>` (logged-out
 //! session), `rt:{T}:sub` (subject cutoff). A login is one write; a rotation is two reads
