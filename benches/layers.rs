@@ -4,9 +4,9 @@
 //!
 //! - `jwt/<alg>`: the bare service, a bare `jsonwebtoken::decode` of the same token (the
 //!   floor for `JwtAuthLayer`), and `JwtAuthLayer` over the bare service;
-//! - `layers/<store>`: the bare service, each layer alone (revocation check; session
+//! - `layers/<store>`: the bare service, each layer alone (JWT + revocation check; session
 //!   untouched / read / modified; idempotency first call / replay), the full stack
-//!   (JwtAuth → Revocation → Session → Idempotency), and tower-sessions with its own
+//!   (JwtAuth with revocation → Session → Idempotency), and tower-sessions with its own
 //!   store of the same kind on the session read and modify paths;
 //! - `redis/PING`: one loopback round trip, the floor for every Redis row.
 //!
@@ -32,8 +32,7 @@ use serde::Deserialize;
 use tokio::runtime::Runtime;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
-use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 use tower_stateless::RegisteredClaims;
@@ -166,7 +165,11 @@ fn jwt(c: &mut Criterion, rt: &Runtime) {
                 (signing, verifying, decoding)
             }
         };
-        let token = TokenIssuer::new(&signing, "k")
+        let token = TokenPolicy::builder(signing)
+            .signing_key("k")
+            .build()
+            .expect("policy")
+            .token_issuer()
             .expect("issuer")
             .issue("alice")
             .expect("token")
@@ -188,7 +191,13 @@ fn jwt(c: &mut Criterion, rt: &Runtime) {
             })
         });
         let svc = ServiceBuilder::new()
-            .layer(JwtAuthLayer::<Claims>::new(verifying))
+            .layer(
+                TokenPolicy::builder(verifying)
+                    .build()
+                    .expect("policy")
+                    .auth_layer()
+                    .claims::<Claims>(),
+            )
             .service(service_fn(handler::<Full<Bytes>>));
         bench(&mut group, rt, "JwtAuthLayer", svc, || get(&bearer));
         group.finish();
@@ -256,7 +265,12 @@ where
     let keys = JwtKeySet::new()
         .with_hmac("k", Algorithm::HS256, SECRET)
         .expect("key");
-    let issued = TokenIssuer::new(&keys, "k")
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("k")
+        .build()
+        .expect("policy");
+    let issued = policy
+        .token_issuer()
         .expect("issuer")
         .issue_with("alice", Some("s1"), &())
         .expect("token");
@@ -285,10 +299,16 @@ where
     let mut group = c.benchmark_group(format!("layers/{name}"));
     bench(&mut group, rt, "bare service", bare, || caller.get("none"));
 
+    // The revocation check is part of the JWT layer: this row is JWT (HS256) + the check.
     let revocation = ServiceBuilder::new()
-        .layer(RevocationLayer::new(store.clone()))
+        .layer(
+            policy
+                .auth_layer()
+                .claims::<Claims>()
+                .revocation(store.clone()),
+        )
         .service(service_fn(handler::<Full<Bytes>>));
-    bench(&mut group, rt, "revocation check", revocation, || {
+    bench(&mut group, rt, "jwt + revocation check", revocation, || {
         caller.get("none")
     });
 
@@ -322,8 +342,12 @@ where
     });
 
     let stack = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<Claims>::new(keys))
-        .layer(RevocationLayer::new(store.clone()))
+        .layer(
+            policy
+                .auth_layer()
+                .claims::<Claims>()
+                .revocation(store.clone()),
+        )
         .layer(SessionLayer::new(store.clone()))
         .layer(IdempotencyLayer::new(store))
         .service(service_fn(handler::<RequestBody<Full<Bytes>>>));

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 use tower_stateless::RegisteredClaims;
 
@@ -65,9 +65,9 @@ async fn pay(req: Request<RequestBody<Incoming>>) -> Result<Response<Full<Bytes>
     Ok(res)
 }
 
-async fn serve<S: StateStore>(store: S, keys: JwtKeySet, port: u16) -> Result<(), BoxError> {
+async fn serve<S: StateStore>(store: S, policy: TokenPolicy, port: u16) -> Result<(), BoxError> {
     let service = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<serde_json::Value>::new(keys))
+        .layer(policy.auth_layer())
         // Inside the auth layer: keys are scoped to the caller.
         .layer(IdempotencyLayer::new(store).required(true))
         .service_fn(pay);
@@ -94,10 +94,11 @@ async fn main() -> Result<(), BoxError> {
     let secret =
         var("JWT_SECRET").unwrap_or_else(|| "hyper-minimal-demo-secret-not-for-production".into());
     let keys = JwtKeySet::new().with_hmac("main", Algorithm::HS256, secret.as_bytes())?;
-    let token = TokenIssuer::new(&keys, "main")?.issue("alice")?.token;
+    let policy = TokenPolicy::builder(keys).signing_key("main").build()?;
+    let token = policy.token_issuer()?.issue("alice")?.token;
     println!("TOKEN={token}");
     match var("REDIS_URL") {
-        Some(url) => serve(RedisStore::from_url(url)?, keys, port).await,
-        None => serve(MemoryStore::new(), keys, port).await,
+        Some(url) => serve(RedisStore::from_url(url)?, policy, port).await,
+        None => serve(MemoryStore::new(), policy, port).await,
     }
 }

@@ -61,8 +61,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use tower::ServiceExt;
 use tower_stateless::idempotency::IdempotencyLayer;
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
-use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 
@@ -344,13 +343,13 @@ impl ServeOptions {
 ///
 /// This is the one place that builds the layers: adapt it when a layer's constructor
 /// changes.
-fn stacks<S, P>(store: S, peer: P, keys: JwtKeySet) -> Router
+fn stacks<S, P>(store: S, peer: P, policy: &TokenPolicy) -> Router
 where
     S: StateStore + Clone,
     P: tower_sessions::SessionStore + Clone,
 {
-    let jwt = JwtAuthLayer::<serde_json::Value>::new(keys);
-    let revocation = RevocationLayer::new(store.clone());
+    let jwt = policy.auth_layer();
+    let jwt_revocation = policy.auth_layer().revocation(store.clone());
     let session = SessionLayer::new(store.clone()).secure(false);
     let idempotency = IdempotencyLayer::new(store);
     let tower_sessions = tower_sessions::SessionManagerLayer::new(peer)
@@ -370,16 +369,13 @@ where
         .route("/jwt", get(ok).route_layer(jwt.clone()))
         .route(
             "/jwt-revocation",
-            get(ok)
-                .route_layer(revocation.clone())
-                .route_layer(jwt.clone()),
+            get(ok).route_layer(jwt_revocation.clone()),
         )
         .route(
             "/jwt-revocation-session",
             get(read)
                 .route_layer(session.clone())
-                .route_layer(revocation)
-                .route_layer(jwt),
+                .route_layer(jwt_revocation),
         )
         .route("/session-read", get(read).route_layer(session.clone()))
         .route("/session-write", get(write).route_layer(session))
@@ -483,8 +479,12 @@ async fn new_sessions(app: &Router, path: &str, count: usize) -> Result<Vec<Stri
 
 async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
     let keys = JwtKeySet::new().with_hmac("bench", Algorithm::HS256, SECRET)?;
-    let token = TokenIssuer::new(&keys, "bench")?
-        .ttl(Duration::from_secs(24 * 3600))
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("bench")
+        .access_ttl(Duration::from_secs(24 * 3600))
+        .build()?;
+    let token = policy
+        .token_issuer()?
         .issue_with("bench", Some("bench-session"), &())?
         .token;
     let app = match &options.redis {
@@ -497,13 +497,13 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
             stacks(
                 store,
                 tower_sessions_redis_store::RedisStore::new(pool),
-                keys,
+                &policy,
             )
         }
         None => stacks(
             MemoryStore::new(),
             tower_sessions::MemoryStore::default(),
-            keys,
+            &policy,
         ),
     };
     let ours = new_sessions(&app, "/session-write", options.sessions).await?;

@@ -45,10 +45,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
-use tower_stateless::revocation::{RevocationLayer, Revoker};
+use tower_stateless::revocation::Revoker;
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
@@ -626,24 +626,32 @@ struct Limits {
     login: u32,
 }
 
+/// Every token setting in one place: the JWT layer, the issuer behind `RefreshTokens` and
+/// the revoker all follow it.
+fn token_policy(keys: JwtKeySet) -> Result<TokenPolicy, String> {
+    TokenPolicy::builder(keys)
+        .signing_key("main")
+        .access_ttl(TOKEN_TTL)
+        .leeway(LEEWAY)
+        .build()
+        .map_err(|e| format!("token policy: {e}"))
+}
+
 fn router<S: StateStore>(
     store: S,
-    keys: JwtKeySet,
+    policy: TokenPolicy,
+    refresh_secret: &[u8],
     users: HashMap<String, String>,
     gateway_latency: Duration,
     limits: Limits,
 ) -> Result<Router, String> {
-    let issuer = TokenIssuer::new(&keys, "main")
-        .map_err(|e| format!("token issuer: {e}"))?
-        .ttl(TOKEN_TTL);
-    let revoker = Revoker::new(store.clone(), TOKEN_TTL).leeway(LEEWAY);
-    let tokens = RefreshTokens::new(store.clone(), issuer)
-        .access_ttl(TOKEN_TTL)
-        .leeway(LEEWAY)
-        .revoker(revoker.clone());
+    let tokens = RefreshTokens::builder(store.clone(), &policy)
+        .secret(refresh_secret)
+        .build()
+        .map_err(|e| format!("refresh tokens: {e}"))?;
     let app = Arc::new(App {
         tokens,
-        revoker,
+        revoker: Revoker::new(store.clone(), &policy),
         store: store.clone(),
         users,
         gateway_latency,
@@ -676,8 +684,8 @@ fn router<S: StateStore>(
         .merge(orders)
         .merge(payments)
         .route_layer(per_user)
-        .route_layer(RevocationLayer::new(store.clone()))
-        .route_layer(JwtAuthLayer::<serde_json::Value>::new(keys).leeway(LEEWAY));
+        // Verifies the token, then checks the revocation list, in one layer.
+        .route_layer(policy.auth_layer().revocation(store.clone()));
     Ok(Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready::<S>))
@@ -803,19 +811,47 @@ async fn run() -> Result<(), String> {
     let keys = JwtKeySet::new()
         .with_hmac("main", Algorithm::HS256, &secret)
         .map_err(|e| format!("JWT_SECRET: {e}"))?;
+    let policy = token_policy(keys)?;
+    // The refresh tokens' own secret, derived from JWT_SECRET so that the demo needs one
+    // variable; a production service would keep a separate secret.
+    let refresh_secret = Sha256::new()
+        .chain_update(b"stateless_api refresh-token secret\0")
+        .chain_update(&secret)
+        .finalize();
     let app = match (cluster_urls, redis_url) {
         (Some(urls), _) => {
             let store = cluster_store(urls)?;
-            router(store, keys, users, gateway_latency, limits)?
+            router(
+                store,
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
         (None, Some(url)) => {
             tracing::info!("store: Redis at {}", without_password(&url));
             let store = RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-            router(store, keys, users, gateway_latency, limits)?
+            router(
+                store,
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
         (None, None) => {
             tracing::info!("store: in memory (set REDIS_URL to share state between instances)");
-            router(MemoryStore::new(), keys, users, gateway_latency, limits)?
+            router(
+                MemoryStore::new(),
+                policy,
+                &refresh_secret,
+                users,
+                gateway_latency,
+                limits,
+            )?
         }
     };
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))

@@ -1,4 +1,4 @@
-//! A gRPC service (tonic) behind `JwtAuthLayer` and `RevocationLayer`: every call needs a
+//! A gRPC service (tonic) behind `JwtAuthLayer` with its revocation check: every call needs a
 //! valid bearer token in the `authorization` metadata, and `Logout` revokes it for every
 //! instance that shares the store.
 //!
@@ -42,8 +42,8 @@ use std::time::Duration;
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
-use tower_stateless::revocation::{RevocationLayer, Revoker};
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+use tower_stateless::revocation::Revoker;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
 use tower_stateless::RegisteredClaims;
 
@@ -164,17 +164,16 @@ impl<S: StateStore> tower::Service<http::Request<tonic::body::Body>> for Account
 
 async fn serve<S: StateStore>(
     store: S,
-    keys: JwtKeySet,
+    policy: TokenPolicy,
     port: u16,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let account = Account {
-        revoker: Revoker::new(store.clone(), TOKEN_TTL),
+        revoker: Revoker::new(store.clone(), &policy),
     };
     println!("listening on 127.0.0.1:{port}");
     tonic::transport::Server::builder()
-        // Outermost first: verify the token, then check that it was not revoked.
-        .layer(JwtAuthLayer::<serde_json::Value>::new(keys))
-        .layer(RevocationLayer::new(store))
+        // Verify the token, then check in the same layer that it was not revoked.
+        .layer(policy.auth_layer().revocation(store))
         .add_service(account)
         .serve(([127, 0, 0, 1], port).into())
         .await?;
@@ -188,13 +187,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secret =
         var("JWT_SECRET").unwrap_or_else(|| "tonic-auth-demo-secret-not-for-production".to_owned());
     let keys = JwtKeySet::new().with_hmac("main", Algorithm::HS256, secret.as_bytes())?;
-    let token = TokenIssuer::new(&keys, "main")?
-        .ttl(TOKEN_TTL)
-        .issue("alice")?
-        .token;
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("main")
+        .access_ttl(TOKEN_TTL)
+        .build()?;
+    let token = policy.token_issuer()?.issue("alice")?.token;
     println!("TOKEN={token}");
     match var("REDIS_URL") {
-        Some(url) => serve(RedisStore::from_url(url)?, keys, port).await,
-        None => serve(MemoryStore::new(), keys, port).await,
+        Some(url) => serve(RedisStore::from_url(url)?, policy, port).await,
+        None => serve(MemoryStore::new(), policy, port).await,
     }
 }

@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 /// The registered claims of a verified token that the other layers need.
 ///
 /// `JwtAuthLayer` inserts one into the request extensions of every request it lets
-/// through; `RevocationLayer` (revoked `jti`, `sid` or `sub`), `IdempotencyLayer` (records
-/// scoped per caller) and `SessionLayer` (session id from `sid`) read it from there. Any
-/// other authentication middleware can insert one too, and the layers will work behind it.
+/// through (after its revocation check, when it has one, looked up the `jti`, `sid` and
+/// `sub`); `IdempotencyLayer` (records scoped per caller) and `SessionLayer` (session id
+/// from `sid`) read it from there. Any other authentication middleware can insert one
+/// too, and those layers will work behind it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RegisteredClaims {

@@ -8,7 +8,7 @@
 //! | layer | job | state |
 //! |---|---|---|
 //! | `jwt::JwtAuthLayer` | verify a bearer JWT, put its claims in request extensions | none |
-//! | `revocation::RevocationLayer` | deny revoked tokens, sessions and subjects | store, 1 read |
+//! | `jwt::JwtAuthLayer::revocation` | and deny revoked tokens, sessions and subjects | store, 1 read |
 //! | `session::SessionLayer` | server-side session data behind an opaque id | store, lazy |
 //! | `idempotency::IdempotencyLayer` | retried writes run once, the response replayed | store |
 //! | `rate_limit::RateLimitLayer` | one rate limit shared by every instance | store, 1 step |
@@ -23,6 +23,59 @@
 //! | module | job | state |
 //! |---|---|---|
 //! | `refresh::RefreshTokens` | short-lived access tokens, rotated refresh tokens, reuse detection | store |
+//!
+//! # One token policy
+//!
+//! Everything about tokens comes from one [`jwt::TokenPolicy`] (keys, signing key,
+//! access-token TTL, leeway, issuer, audience): the JWT layer, the token issuer, the
+//! [`revocation::Revoker`] and [`refresh::RefreshTokens`] are derived from it, so no TTL or
+//! leeway is written twice, and a revoked token stays refused for as long as the JWT layer
+//! would accept it.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use http::{header, Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+//! use tower_stateless::refresh::RefreshTokens;
+//! use tower_stateless::revocation::Revoker;
+//! use tower_stateless::store::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
+//! let policy = TokenPolicy::builder(keys)
+//!     .signing_key("v1")
+//!     .access_ttl(Duration::from_secs(15 * 60))
+//!     .leeway(Duration::from_secs(30))
+//!     .build()?;
+//! let store = MemoryStore::new();
+//! let tokens = RefreshTokens::builder(store.clone(), &policy)
+//!     .secret(b"another server secret, 32+ bytes")
+//!     .build()?;
+//! let revoker = Revoker::new(store.clone(), &policy);
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(policy.auth_layer().revocation(store))
+//!     .service_fn(|_request: Request<String>| async {
+//!         Ok::<_, Infallible>(Response::new(String::from("hello")))
+//!     });
+//!
+//! let login = tokens.issue("alice").await?;
+//! let request = || {
+//!     Request::get("/orders")
+//!         .header(header::AUTHORIZATION, format!("Bearer {}", login.access_token.token))
+//!         .body(String::new())
+//! };
+//! assert_eq!(service.clone().oneshot(request()?).await?.status(), StatusCode::OK);
+//!
+//! revoker.revoke_token(&login.access_token.claims).await?;
+//! assert_eq!(service.oneshot(request()?).await?.status(), StatusCode::UNAUTHORIZED);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Feature flags
 //!

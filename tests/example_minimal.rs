@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
-use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 
 const SECRET: &str = "test-secret-for-the-minimal-examples-0123456789";
 
@@ -96,7 +96,11 @@ fn token_for(sub: &str, secret: &str) -> String {
     let keys = JwtKeySet::new()
         .with_hmac("main", Algorithm::HS256, secret.as_bytes())
         .expect("HMAC key");
-    TokenIssuer::new(&keys, "main")
+    TokenPolicy::builder(keys)
+        .signing_key("main")
+        .build()
+        .expect("policy")
+        .token_issuer()
         .expect("issuer")
         .issue(sub)
         .expect("token")

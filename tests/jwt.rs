@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tower::util::BoxCloneService;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_stateless::jwt::{
-    Algorithm, IssueError, JwtAuthLayer, JwtKeySet, KeyError, TokenIssuer, TokenSource,
+    Algorithm, IssueError, JwtAuthLayer, JwtKeySet, KeyError, TokenIssuer, TokenPolicy, TokenSource,
 };
 use tower_stateless::response::ResponseBody;
 use tower_stateless::RegisteredClaims;
@@ -112,6 +112,34 @@ fn table_keys() -> JwtKeySet {
         .unwrap()
 }
 
+/// A verify-only policy over `keys`, with the defaults.
+fn policy(keys: JwtKeySet) -> TokenPolicy {
+    TokenPolicy::builder(keys).build().unwrap()
+}
+
+/// The layer of a verify-only policy over `keys`.
+fn jwt_layer(keys: JwtKeySet) -> JwtAuthLayer {
+    policy(keys).auth_layer()
+}
+
+/// The layer of a policy over `keys` requiring the table's issuer and audience.
+fn layer_iss_aud(keys: JwtKeySet) -> JwtAuthLayer {
+    TokenPolicy::builder(keys)
+        .issuer(ISS)
+        .audience(AUD)
+        .build()
+        .unwrap()
+        .auth_layer()
+}
+
+/// An issuer signing with `kid` of `keys`, under the default policy.
+fn signer(keys: &JwtKeySet, kid: &str) -> Result<TokenIssuer, tower_stateless::ConfigError> {
+    TokenPolicy::builder(keys.clone())
+        .signing_key(kid)
+        .build()?
+        .token_issuer()
+}
+
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
 /// The inner service answers 200 with the subject it finds in the extensions, and counts
@@ -137,11 +165,7 @@ where
 }
 
 fn table_service() -> (Svc, Arc<AtomicUsize>) {
-    service_with(
-        JwtAuthLayer::<Value>::new(table_keys())
-            .issuer(ISS)
-            .audience(AUD),
-    )
+    service_with(layer_iss_aud(table_keys()))
 }
 
 struct Answer {
@@ -841,7 +865,7 @@ async fn missing_token_gets_a_bare_challenge() {
 
 #[tokio::test]
 async fn realm_is_in_every_challenge() {
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(table_keys()).realm("shop \"eu\""));
+    let (svc, _) = service_with(jwt_layer(table_keys()).realm("shop \"eu\""));
     let answer = get_with(&svc, vec![]).await;
     assert_eq!(answer.challenge(), r#"Bearer realm="shop \"eu\"""#);
 
@@ -866,7 +890,7 @@ async fn realm_is_in_every_challenge() {
 
 #[tokio::test]
 async fn descriptions_are_short_and_fixed() {
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(table_keys()));
+    let (svc, _) = service_with(jwt_layer(table_keys()));
     let header = json!({"alg":"HS256","kid":"hs"});
     let cases = [
         (
@@ -915,7 +939,7 @@ async fn leeway_applies_to_exp_and_nbf() {
         json!({"sub":"a","exp":now() + 600,"nbf":now() + 10}),
     );
 
-    let (default_leeway, _) = service_with(JwtAuthLayer::<Value>::new(table_keys()));
+    let (default_leeway, _) = service_with(jwt_layer(table_keys()));
     assert_eq!(
         get_with(&default_leeway, bearer(&just_expired))
             .await
@@ -929,8 +953,13 @@ async fn leeway_applies_to_exp_and_nbf() {
         StatusCode::OK
     );
 
-    let (no_leeway, _) =
-        service_with(JwtAuthLayer::<Value>::new(table_keys()).leeway(Duration::ZERO));
+    let (no_leeway, _) = service_with(
+        TokenPolicy::builder(table_keys())
+            .leeway(Duration::ZERO)
+            .build()
+            .unwrap()
+            .auth_layer(),
+    );
     assert_eq!(
         get_with(&no_leeway, bearer(&just_expired)).await.status,
         StatusCode::UNAUTHORIZED
@@ -947,14 +976,12 @@ async fn max_token_len_is_configurable() {
         json!({"alg":"HS256","kid":"hs"}),
         json!({"sub":"a","exp":now() + 600}),
     );
-    let (exact, _) =
-        service_with(JwtAuthLayer::<Value>::new(table_keys()).max_token_len(token.len()));
+    let (exact, _) = service_with(jwt_layer(table_keys()).max_token_len(token.len()));
     assert_eq!(
         get_with(&exact, bearer(&token)).await.status,
         StatusCode::OK
     );
-    let (short, _) =
-        service_with(JwtAuthLayer::<Value>::new(table_keys()).max_token_len(token.len() - 1));
+    let (short, _) = service_with(jwt_layer(table_keys()).max_token_len(token.len() - 1));
     let answer = get_with(&short, bearer(&token)).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert!(answer.challenge().contains("the token is too long"));
@@ -962,7 +989,7 @@ async fn max_token_len_is_configurable() {
 
 #[tokio::test]
 async fn scheme_is_case_insensitive_and_spaces_are_tolerated() {
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(table_keys()));
+    let (svc, _) = service_with(jwt_layer(table_keys()));
     let token = hs(
         json!({"alg":"HS256","kid":"hs"}),
         json!({"sub":"bob","exp":now() + 600}),
@@ -993,10 +1020,14 @@ async fn both_claim_types_reach_the_inner_service() {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, SECRET)
         .unwrap();
-    let issuer = TokenIssuer::new(&keys, "v1")
-        .unwrap()
+    let issuer = TokenPolicy::builder(keys.clone())
+        .signing_key("v1")
         .issuer(ISS)
-        .audience(AUD);
+        .audience(AUD)
+        .build()
+        .unwrap()
+        .token_issuer()
+        .unwrap();
     let issued = issuer
         .issue_with(
             "carol",
@@ -1008,11 +1039,7 @@ async fn both_claim_types_reach_the_inner_service() {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let seen_inner = Arc::clone(&seen);
     let svc = ServiceBuilder::new()
-        .layer(
-            JwtAuthLayer::<AppClaims>::new(keys)
-                .issuer(ISS)
-                .audience(AUD),
-        )
+        .layer(layer_iss_aud(keys).claims::<AppClaims>())
         .service(service_fn(move |req: Request<Full<Bytes>>| {
             let app = req.extensions().get::<AppClaims>().cloned();
             let registered = req.extensions().get::<RegisteredClaims>().cloned();
@@ -1050,12 +1077,8 @@ async fn claims_that_do_not_fit_the_app_type_are_rejected() {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, SECRET)
         .unwrap();
-    let token = TokenIssuer::new(&keys, "v1")
-        .unwrap()
-        .issue("dave")
-        .unwrap()
-        .token;
-    let (svc, calls) = service_with(JwtAuthLayer::<AppClaims>::new(keys));
+    let token = signer(&keys, "v1").unwrap().issue("dave").unwrap().token;
+    let (svc, calls) = service_with(jwt_layer(keys).claims::<AppClaims>());
     let answer = get_with(&svc, bearer(&token)).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "no `role` claim");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -1063,7 +1086,7 @@ async fn claims_that_do_not_fit_the_app_type_are_rejected() {
 
 #[tokio::test]
 async fn public_paths_pass_without_a_token() {
-    let layer = JwtAuthLayer::<Value>::new(table_keys())
+    let layer = jwt_layer(table_keys())
         .public_path("/health")
         .public_path("/login")
         .public_if(|method, _uri| method == Method::OPTIONS);
@@ -1097,7 +1120,7 @@ async fn cookie_and_header_sources() {
         json!({"sub":"erin","exp":now() + 600}),
     );
     let x_token = HeaderName::from_static("x-access-token");
-    let layer = JwtAuthLayer::<Value>::new(table_keys()).token_sources([
+    let layer = jwt_layer(table_keys()).token_sources([
         TokenSource::Bearer,
         TokenSource::cookie("at"),
         TokenSource::header(x_token.clone()),
@@ -1173,9 +1196,8 @@ async fn cookie_and_header_sources() {
     }
 
     // With only a cookie source, Authorization is not looked at.
-    let (cookie_only, _) = service_with(
-        JwtAuthLayer::<Value>::new(table_keys()).token_source(TokenSource::cookie("at")),
-    );
+    let (cookie_only, _) =
+        service_with(jwt_layer(table_keys()).token_source(TokenSource::cookie("at")));
     let answer = get_with(&cookie_only, bearer(&token)).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert_eq!(answer.challenge(), "Bearer");
@@ -1189,7 +1211,7 @@ async fn roundtrip(alg: Algorithm, private: &str, public: &str) {
     let verifying = JwtKeySet::new()
         .with_public_pem("k1", alg, &fixture(public))
         .unwrap();
-    let token = TokenIssuer::new(&signing, "k1")
+    let token = signer(&signing, "k1")
         .unwrap()
         .issue("frank")
         .unwrap()
@@ -1197,12 +1219,12 @@ async fn roundtrip(alg: Algorithm, private: &str, public: &str) {
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!((header.alg, header.kid.as_deref()), (alg, Some("k1")));
 
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(verifying));
+    let (svc, _) = service_with(jwt_layer(verifying));
     let answer = get_with(&svc, bearer(&token)).await;
     assert_eq!(answer.status, StatusCode::OK, "{alg:?}: {:?}", answer.body);
     assert_eq!(answer.body, "sub=frank");
     // The signing set verifies its own tokens too.
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(signing));
+    let (svc, _) = service_with(jwt_layer(signing));
     assert_eq!(
         get_with(&svc, bearer(&token)).await.status,
         StatusCode::OK,
@@ -1248,12 +1270,8 @@ async fn happy_path_hmac() {
         (Algorithm::HS512, 64),
     ] {
         let keys = JwtKeySet::new().with_hmac("h", alg, &vec![9; len]).unwrap();
-        let token = TokenIssuer::new(&keys, "h")
-            .unwrap()
-            .issue("gina")
-            .unwrap()
-            .token;
-        let (svc, _) = service_with(JwtAuthLayer::<Value>::new(keys));
+        let token = signer(&keys, "h").unwrap().issue("gina").unwrap().token;
+        let (svc, _) = service_with(jwt_layer(keys));
         let answer = get_with(&svc, bearer(&token)).await;
         assert_eq!(answer.status, StatusCode::OK, "{alg:?}");
         assert_eq!(answer.body, "sub=gina");
@@ -1269,7 +1287,7 @@ async fn a_lone_key_accepts_tokens_without_kid() {
         json!({"alg":"HS256"}),
         json!({"sub":"hana","exp":now() + 600}),
     );
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(keys));
+    let (svc, _) = service_with(jwt_layer(keys));
     assert_eq!(get_with(&svc, bearer(&token)).await.status, StatusCode::OK);
 }
 
@@ -1278,7 +1296,7 @@ async fn kid_rotation_accepts_old_and_new_keys() {
     let old = JwtKeySet::new()
         .with_private_pem("2024-01", Algorithm::RS256, &fixture("rsa1-private.pem"))
         .unwrap();
-    let old_token = TokenIssuer::new(&old, "2024-01")
+    let old_token = signer(&old, "2024-01")
         .unwrap()
         .issue("ivan")
         .unwrap()
@@ -1290,16 +1308,15 @@ async fn kid_rotation_accepts_old_and_new_keys() {
         .unwrap()
         .with_private_pem("2024-06", Algorithm::RS256, &fixture("rsa2-private.pem"))
         .unwrap();
-    let new_token = TokenIssuer::new(&overlap, "2024-06")
+    let new_token = signer(&overlap, "2024-06")
         .unwrap()
         .issue("ivan")
         .unwrap()
         .token;
-    assert!(matches!(
-        TokenIssuer::new(&overlap, "2024-01"),
-        Err(KeyError::NotSigningKey(_))
-    ));
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(overlap));
+    let refused = signer(&overlap, "2024-01").unwrap_err();
+    assert_eq!(refused.setting(), "signing_key");
+    assert!(refused.reason().contains("cannot sign"), "{refused}");
+    let (svc, _) = service_with(jwt_layer(overlap));
     assert_eq!(
         get_with(&svc, bearer(&old_token)).await.status,
         StatusCode::OK
@@ -1313,7 +1330,7 @@ async fn kid_rotation_accepts_old_and_new_keys() {
     let after = JwtKeySet::new()
         .with_public_pem("2024-06", Algorithm::RS256, &fixture("rsa2-public.pem"))
         .unwrap();
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(after));
+    let (svc, _) = service_with(jwt_layer(after));
     assert_eq!(
         get_with(&svc, bearer(&old_token)).await.status,
         StatusCode::UNAUTHORIZED
@@ -1367,7 +1384,7 @@ async fn static_jwks_documents_load() {
         [Some("rsa"), Some("ec"), Some("ed")].map(|k| k.map(String::from)),
         "encryption and P-521 keys are skipped"
     );
-    let (svc, _) = service_with(JwtAuthLayer::<Value>::new(keys));
+    let (svc, _) = service_with(jwt_layer(keys));
 
     let claims = json!({"sub":"judy","exp":now() + 600}).to_string();
     for (alg, key, kid) in [
@@ -1485,7 +1502,7 @@ fn issuer_refuses_bad_custom_claims() {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, SECRET)
         .unwrap();
-    let issuer = TokenIssuer::new(&keys, "v1").unwrap();
+    let issuer = signer(&keys, "v1").unwrap();
     for reserved in ["sub", "exp", "iat", "jti", "sid", "iss", "aud"] {
         let err = issuer
             .issue_with("a", None, &json!({ reserved: "x" }))
@@ -1503,10 +1520,9 @@ fn issuer_refuses_bad_custom_claims() {
         issuer.issue_with("a", None, "text"),
         Err(IssueError::ClaimsNotAnObject)
     ));
-    assert!(matches!(
-        TokenIssuer::new(&keys, "v2"),
-        Err(KeyError::UnknownKid(_))
-    ));
+    let unknown = signer(&keys, "v2").unwrap_err();
+    assert_eq!(unknown.setting(), "signing_key");
+    assert!(unknown.reason().contains("no key"), "{unknown}");
     // Two tokens never share a jti.
     let a = issuer.issue("a").unwrap();
     let b = issuer.issue("a").unwrap();
@@ -1523,23 +1539,26 @@ async fn issuer_ttl_iss_and_aud_are_checked_by_the_layer() {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, SECRET)
         .unwrap();
-    let good = TokenIssuer::new(&keys, "v1")
-        .unwrap()
+    let policy = TokenPolicy::builder(keys.clone())
+        .signing_key("v1")
         .issuer(ISS)
         .audience(AUD)
-        .ttl(Duration::from_secs(60));
+        .access_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let good = policy.token_issuer().unwrap();
     let issued = good.issue("kim").unwrap();
     assert_eq!(issued.claims.exp - issued.claims.iat.unwrap(), 60);
-    let foreign = TokenIssuer::new(&keys, "v1")
-        .unwrap()
+    let foreign = TokenPolicy::builder(keys.clone())
+        .signing_key("v1")
         .issuer("https://other.test")
-        .audience(AUD);
+        .audience(AUD)
+        .build()
+        .unwrap()
+        .token_issuer()
+        .unwrap();
 
-    let (svc, _) = service_with(
-        JwtAuthLayer::<Value>::new(keys.clone())
-            .issuer(ISS)
-            .audience(AUD),
-    );
+    let (svc, _) = service_with(layer_iss_aud(keys.clone()));
     assert_eq!(
         get_with(&svc, bearer(&issued.token)).await.status,
         StatusCode::OK
@@ -1548,7 +1567,7 @@ async fn issuer_ttl_iss_and_aud_are_checked_by_the_layer() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
 
     // A layer with no audience configured refuses tokens that carry one (RFC 7519 §4.1.3).
-    let (no_aud, _) = service_with(JwtAuthLayer::<Value>::new(keys));
+    let (no_aud, _) = service_with(jwt_layer(keys));
     assert_eq!(
         get_with(&no_aud, bearer(&issued.token)).await.status,
         StatusCode::UNAUTHORIZED
@@ -1562,12 +1581,8 @@ async fn works_behind_a_real_hyper_server() {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, SECRET)
         .unwrap();
-    let token = TokenIssuer::new(&keys, "v1")
-        .unwrap()
-        .issue("leo")
-        .unwrap()
-        .token;
-    let layer = JwtAuthLayer::<Value>::new(keys);
+    let token = signer(&keys, "v1").unwrap().issue("leo").unwrap().token;
+    let layer = jwt_layer(keys);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1700,12 +1715,12 @@ mod axum_extractors {
         let keys = JwtKeySet::new()
             .with_hmac("v1", Algorithm::HS256, SECRET)
             .unwrap();
-        let issuer = TokenIssuer::new(&keys, "v1").unwrap();
+        let issuer = signer(&keys, "v1").unwrap();
         let token = issuer
             .issue_with("mia", None, &json!({"role":"editor"}))
             .unwrap()
             .token;
-        let router = routes().layer(JwtAuthLayer::<AppClaims>::new(keys).public_path("/maybe"));
+        let router = routes().layer(jwt_layer(keys).claims::<AppClaims>().public_path("/maybe"));
 
         let (status, _, body) = call(router.clone(), "/me", Some(&token)).await;
         assert_eq!((status, body.as_ref()), (StatusCode::OK, b"mia".as_ref()));
@@ -1729,14 +1744,139 @@ mod axum_extractors {
         let keys = JwtKeySet::new()
             .with_hmac("v1", Algorithm::HS256, SECRET)
             .unwrap();
-        let token = TokenIssuer::new(&keys, "v1")
-            .unwrap()
-            .issue("noa")
-            .unwrap()
-            .token;
+        let token = signer(&keys, "v1").unwrap().issue("noa").unwrap().token;
         // The layer decodes `Value`; the handler asks for `AppClaims`.
-        let router = routes().layer(JwtAuthLayer::<Value>::new(keys));
+        let router = routes().layer(jwt_layer(keys));
         let (status, _, _) = call(router, "/app", Some(&token)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+}
+
+/// Settings that would overflow, underflow or make no sense are refused when the policy is
+/// built, with a `ConfigError` naming the setting, never as a panic or a 500 per request.
+#[test]
+fn policy_refuses_settings_that_cannot_work() {
+    let keys = || {
+        JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, SECRET)
+            .unwrap()
+    };
+    let verify_only = JwtKeySet::new()
+        .with_public_pem("rs", Algorithm::RS256, &fixture("rsa1-public.pem"))
+        .unwrap();
+    let beyond_i64 = Duration::from_secs(i64::MAX as u64 + 1);
+    let cases = [
+        // jsonwebtoken computes `now - leeway` in u64: a leeway past the clock underflows.
+        (
+            TokenPolicy::builder(keys()).leeway(Duration::from_secs(now() + 1)),
+            "leeway",
+        ),
+        (TokenPolicy::builder(keys()).leeway(Duration::MAX), "leeway"),
+        (TokenPolicy::builder(keys()).leeway(beyond_i64), "leeway"),
+        (
+            TokenPolicy::builder(keys()).leeway(Duration::from_secs(3601)),
+            "leeway",
+        ),
+        (
+            TokenPolicy::builder(keys()).access_ttl(Duration::ZERO),
+            "access_ttl",
+        ),
+        (
+            TokenPolicy::builder(keys()).access_ttl(Duration::from_millis(999)),
+            "access_ttl",
+        ),
+        (
+            TokenPolicy::builder(keys()).access_ttl(beyond_i64),
+            "access_ttl",
+        ),
+        (
+            TokenPolicy::builder(keys()).access_ttl(Duration::MAX),
+            "access_ttl",
+        ),
+        (
+            TokenPolicy::builder(keys()).access_ttl(Duration::from_secs(101 * 365 * 24 * 3600)),
+            "access_ttl",
+        ),
+        (
+            TokenPolicy::builder(keys()).signing_key("nope"),
+            "signing_key",
+        ),
+        (
+            TokenPolicy::builder(verify_only.clone()).signing_key("rs"),
+            "signing_key",
+        ),
+        (TokenPolicy::builder(JwtKeySet::new()), "keys"),
+    ];
+    for (builder, setting) in cases {
+        let debug = format!("{builder:?}");
+        let error = builder.build().expect_err(&debug);
+        assert_eq!(error.setting(), setting, "{debug}: {error}");
+        assert!(error.to_string().contains(setting), "{error}");
+    }
+    let verify_only = TokenPolicy::builder(verify_only).build().unwrap();
+    assert_eq!(
+        verify_only.token_issuer().unwrap_err().setting(),
+        "signing_key"
+    );
+}
+
+/// The largest accepted settings work per request: no overflow on the request path.
+#[tokio::test]
+async fn policy_limits_work_per_request() {
+    let keys = JwtKeySet::new()
+        .with_hmac("v1", Algorithm::HS256, SECRET)
+        .unwrap();
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .leeway(Duration::from_secs(3600))
+        .access_ttl(Duration::from_secs(99 * 365 * 24 * 3600))
+        .build()
+        .unwrap();
+    let token = policy.token_issuer().unwrap().issue("max").unwrap().token;
+    let (svc, _) = service_with(policy.auth_layer());
+    let answer = get_with(&svc, bearer(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let expired = hs(
+        json!({"alg":"HS256","kid":"v1"}),
+        json!({"sub":"a","exp":now() - 3602}),
+    );
+    assert_eq!(
+        get_with(&svc, bearer(&expired)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// The default claims type needs no turbofish: `serde_json::Value` claims are inserted.
+#[tokio::test]
+async fn default_claims_type_is_json_value() {
+    let keys = JwtKeySet::new()
+        .with_hmac("v1", Algorithm::HS256, SECRET)
+        .unwrap();
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .build()
+        .unwrap();
+    let debug = format!("{policy:?} {:?}", policy.auth_layer());
+    assert!(
+        !debug.contains("table-secret"),
+        "Debug redacts keys: {debug}"
+    );
+    let token = policy.token_issuer().unwrap().issue("val").unwrap().token;
+    let svc = ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(&policy))
+        .service(service_fn(|req: Request<Full<Bytes>>| async move {
+            let sub = req
+                .extensions()
+                .get::<Value>()
+                .and_then(|claims| claims["sub"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(sub))))
+        }));
+    let request = Request::get("/")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "val");
 }

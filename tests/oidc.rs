@@ -30,7 +30,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, RequireScopeLayer};
+use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, RequireScopeLayer, TokenPolicy};
 use tower_stateless::oidc::{OidcError, RemoteJwks, RemoteKeys};
 use tower_stateless::response::ResponseBody;
 
@@ -255,14 +255,14 @@ type Svc =
 
 /// The one place a layer is made from keys, issuer and audience.
 fn auth_layer(keys: JwtKeySet, issuer: Option<&str>, audience: Option<&str>) -> JwtAuthLayer {
-    let mut layer = JwtAuthLayer::<Value>::new(keys);
+    let mut policy = TokenPolicy::builder(keys);
     if let Some(issuer) = issuer {
-        layer = layer.issuer(issuer);
+        policy = policy.issuer(issuer);
     }
     if let Some(audience) = audience {
-        layer = layer.audience(audience);
+        policy = policy.audience(audience);
     }
-    layer
+    policy.build().expect("a valid policy").auth_layer()
 }
 
 fn ok_service() -> impl tower::Service<

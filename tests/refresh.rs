@@ -11,35 +11,54 @@ mod common;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
-use tower_stateless::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
-use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
+use tower_stateless::refresh::{
+    InvalidGrant, RefreshError, RefreshTokens, RefreshTokensBuilder, TokenPair,
+};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
-use tower_stateless::RegisteredClaims;
 
-fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+/// The server secret of the refresh tokens in these tests.
+const SECRET: &[u8] = b"refresh-tests-server-secret-32-bytes!";
+
+fn policy() -> TokenPolicy {
     let keys = JwtKeySet::new()
         .with_hmac("v1", Algorithm::HS256, &[7; 32])
         .expect("hmac key");
-    RefreshTokens::new(store, TokenIssuer::new(&keys, "v1").expect("issuer"))
+    TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .build()
+        .expect("policy")
 }
 
-/// What the `RevocationLayer` answers for a request carrying `claims` (as the JWT layer
-/// would have put them in the extensions).
-async fn access_status<St: StateStore>(store: &St, claims: &RegisteredClaims) -> StatusCode {
+fn builder<St: StateStore>(store: St) -> RefreshTokensBuilder<St> {
+    RefreshTokens::builder(store, &policy()).secret(SECRET)
+}
+
+fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+    builder(store).build().expect("refresh tokens")
+}
+
+/// What the JWT layer with its revocation check over `store` answers for `token`.
+async fn access_status<St: StateStore>(store: &St, token: &IssuedToken) -> StatusCode {
     let service = ServiceBuilder::new()
-        .layer(RevocationLayer::new(store.clone()))
+        .layer(policy().auth_layer().revocation(store.clone()))
         .service_fn(|_request: Request<String>| async {
             Ok::<_, Infallible>(Response::new(String::from("ok")))
         });
-    let mut request = Request::new(String::new());
-    request.extensions_mut().insert(claims.clone());
+    let request = Request::get("/")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.token),
+        )
+        .body(String::new())
+        .expect("request");
     service.oneshot(request).await.expect("infallible").status()
 }
 
@@ -112,7 +131,7 @@ async fn rotate_chain_of_ten<St: StateStore>(store: St, other: St) {
             login.refresh_token.family_expires_at
         );
         assert_eq!(
-            access_status(&other, &next.access_token.claims).await,
+            access_status(&other, &next.access_token).await,
             StatusCode::OK
         );
         current = next;
@@ -120,7 +139,7 @@ async fn rotate_chain_of_ten<St: StateStore>(store: St, other: St) {
     // The last token of the chain is still good, and nothing was revoked on the way.
     let last = rotate(&refresher, &current).await;
     assert_eq!(
-        access_status(&other, &last.access_token.claims).await,
+        access_status(&other, &last.access_token).await,
         StatusCode::OK
     );
 }
@@ -134,7 +153,7 @@ async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, oth
     // Another login of the same user, in another session.
     let elsewhere = issuer.issue("alice").await.expect("issue");
     assert_eq!(
-        access_status(&store, &newest.access_token.claims).await,
+        access_status(&store, &newest.access_token).await,
         StatusCode::OK
     );
 
@@ -156,14 +175,14 @@ async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, oth
     // The session's access tokens, old and new, are refused by the RevocationLayer.
     for pair in [&first, &second, &newest] {
         assert_eq!(
-            access_status(&store, &pair.access_token.claims).await,
+            access_status(&store, &pair.access_token).await,
             StatusCode::UNAUTHORIZED
         );
     }
     // The other session is untouched.
     let elsewhere = rotate(&refresher, &elsewhere).await;
     assert_eq!(
-        access_status(&store, &elsewhere.access_token.claims).await,
+        access_status(&store, &elsewhere.access_token).await,
         StatusCode::OK
     );
 }
@@ -193,8 +212,14 @@ async fn fifty_concurrent_exchanges_one_succeeds<St: StateStore>(store: St, othe
 }
 
 async fn expired_refresh_token_is_rejected<St: StateStore>(store: St, other: St) {
-    let issuer = tokens(store).refresh_ttl(Duration::from_millis(1000));
-    let refresher = tokens(other).refresh_ttl(Duration::from_millis(1000));
+    let issuer = builder(store)
+        .refresh_ttl(Duration::from_millis(1000))
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .refresh_ttl(Duration::from_millis(1000))
+        .build()
+        .expect("refresh tokens");
     let fresh = issuer.issue("alice").await.expect("issue");
     let stale = issuer.issue("alice").await.expect("issue");
     assert!(refresher.rotate(&fresh.refresh_token.token).await.is_ok());
@@ -212,8 +237,14 @@ async fn expired_refresh_token_is_rejected<St: StateStore>(store: St, other: St)
 
 async fn family_lifetime_is_absolute<St: StateStore>(store: St, other: St) {
     let lifetime = Duration::from_millis(1500);
-    let issuer = tokens(store).family_lifetime(lifetime);
-    let refresher = tokens(other).family_lifetime(lifetime);
+    let issuer = builder(store)
+        .family_lifetime(lifetime)
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .family_lifetime(lifetime)
+        .build()
+        .expect("refresh tokens");
     let login = issuer.issue("alice").await.expect("issue");
     // The token's TTL (14 days) is capped by the family's.
     assert_eq!(
@@ -257,13 +288,13 @@ async fn logout_ends_the_family<St: StateStore>(store: St, other: St) {
         Some(InvalidGrant::Revoked),
     );
     assert_eq!(
-        access_status(&other, &phone.access_token.claims).await,
+        access_status(&other, &phone.access_token).await,
         StatusCode::UNAUTHORIZED
     );
     // The other session lives on.
     let laptop = rotate(&refresher, &laptop).await;
     assert_eq!(
-        access_status(&other, &laptop.access_token.claims).await,
+        access_status(&other, &laptop.access_token).await,
         StatusCode::OK
     );
 }
@@ -310,7 +341,7 @@ async fn logout_everywhere_ends_every_family<St: StateStore>(store: St, other: S
             Some(InvalidGrant::Revoked),
         );
         assert_eq!(
-            access_status(&other, &pair.access_token.claims).await,
+            access_status(&other, &pair.access_token).await,
             StatusCode::UNAUTHORIZED
         );
     }
@@ -366,8 +397,14 @@ async fn malformed_unknown_and_forged_tokens_are_invalid_grant<St: StateStore>(
 
 async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store: St, other: St) {
     let grace = Duration::from_secs(30);
-    let issuer = tokens(store).grace_period(grace);
-    let refresher = tokens(other).grace_period(grace);
+    let issuer = builder(store)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
+    let refresher = builder(other)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
     let t0 = issuer.issue("alice").await.expect("issue");
     // The client sends t0, the response (t1) is lost.
     let _lost = rotate(&refresher, &t0).await;
@@ -389,12 +426,17 @@ async fn grace_window_tolerates_the_superseded_token_once<St: StateStore>(store:
 
 async fn grace_window_ends<St: StateStore>(store: St, other: St) {
     let grace = Duration::from_millis(300);
-    let t0 = tokens(store)
+    let t0 = builder(store)
         .grace_period(grace)
+        .build()
+        .expect("refresh tokens")
         .issue("alice")
         .await
         .expect("issue");
-    let refresher = tokens(other).grace_period(grace);
+    let refresher = builder(other)
+        .grace_period(grace)
+        .build()
+        .expect("refresh tokens");
     let t1 = rotate(&refresher, &t0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Past the window, the superseded token is reuse, even though t1 was never used.
@@ -422,7 +464,241 @@ async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
     );
 }
 
+/// A store that delegates to a real backend, records the keys written, and can be told to
+/// fail the n-th `set` from now as unavailable: the store failing between two steps.
+#[derive(Clone)]
+struct Flaky<St> {
+    inner: St,
+    sets: Arc<AtomicUsize>,
+    fail_at: Arc<AtomicUsize>,
+    written: Arc<Mutex<Vec<String>>>,
+}
+
+impl<St: StateStore> Flaky<St> {
+    fn new(inner: St) -> Self {
+        Self {
+            inner,
+            sets: Arc::new(AtomicUsize::new(0)),
+            fail_at: Arc::new(AtomicUsize::new(0)),
+            written: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The `n`-th `set` from now fails (n ≥ 1), once.
+    fn fail_set(&self, n: usize) {
+        self.fail_at
+            .store(self.sets.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+    }
+
+    fn written(&self) -> Vec<String> {
+        self.written.lock().expect("lock").clone()
+    }
+
+    fn record(&self, key: &str) {
+        self.written.lock().expect("lock").push(key.to_owned());
+    }
+}
+
+type Res<T> = Result<T, StoreError>;
+
+impl<St: StateStore> StateStore for Flaky<St> {
+    async fn get(&self, key: &str) -> Res<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Bytes>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Res<()> {
+        let n = self.sets.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.fail_at.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure (test)".into()));
+        }
+        self.record(key);
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Res<Option<Bytes>> {
+        self.record(key);
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Res<bool> {
+        self.record(key);
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Res<bool> {
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<Bytes>> {
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Res<bool> {
+        self.inner.delete(key).await
+    }
+    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Res<i64> {
+        self.inner.increment(key, by, ttl).await
+    }
+    async fn gcra(
+        &self,
+        key: &str,
+        params: tower_stateless::store::Gcra,
+    ) -> Res<tower_stateless::store::GcraOutcome> {
+        self.inner.gcra(key, params).await
+    }
+}
+
+/// Reuse detection revokes the session's access tokens and the family; when the store
+/// fails between (or before) the two writes, the next presentation completes both. The
+/// family marker was once written first, so after a failed session revocation every later
+/// attempt stopped early and the session's access tokens stayed valid.
+async fn reuse_detection_completes_after_a_store_failure<St: StateStore>(store: St, other: St) {
+    for failing_write in [1, 2] {
+        let flaky = Flaky::new(other.clone());
+        let issuer = tokens(store.clone());
+        let refresher = tokens(flaky.clone());
+        let first = issuer.issue("alice").await.expect("issue");
+        let second = rotate(&refresher, &first).await;
+        assert_eq!(
+            access_status(&store, &second.access_token).await,
+            StatusCode::OK
+        );
+
+        flaky.fail_set(failing_write);
+        let error = refresher
+            .rotate(&first.refresh_token.token)
+            .await
+            .expect_err("the store failed");
+        assert!(error.is_unavailable(), "{failing_write}: {error:?}");
+
+        // The client (or the thief) tries again: reuse is detected to completion.
+        assert_invalid_grant(
+            refresher.rotate(&first.refresh_token.token).await,
+            Some(InvalidGrant::Reused),
+        );
+        for pair in [&first, &second] {
+            assert_eq!(
+                access_status(&store, &pair.access_token).await,
+                StatusCode::UNAUTHORIZED,
+                "write {failing_write} failed: the session's access tokens must be revoked"
+            );
+        }
+        assert_invalid_grant(
+            issuer.rotate(&second.refresh_token.token).await,
+            Some(InvalidGrant::Revoked),
+        );
+    }
+}
+
+/// "Log out everywhere" of the refresh families only moves the cutoff forward, like
+/// `Revoker::revoke_subject`: a later cutoff another instance wrote stays.
+async fn subject_families_cutoff_only_moves_forward<St: StateStore>(store: St, other: St) {
+    let flaky = Flaky::new(store.clone());
+    let first = tokens(flaky.clone())
+        .revoke_subject_families("alice")
+        .await
+        .expect("revoke");
+    let key = flaky
+        .written()
+        .into_iter()
+        .find(|k| k.starts_with("rt:") && k.ends_with(":sub"))
+        .expect("the cutoff key");
+    // Another instance, its clock 100 s ahead, already moved the cutoff.
+    let ahead = first + 100_000;
+    store
+        .set(
+            &key,
+            Bytes::from(ahead.to_string()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("set");
+    let again = tokens(other)
+        .revoke_subject_families("alice")
+        .await
+        .expect("revoke");
+    assert_eq!(again, ahead);
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Some(Bytes::from(ahead.to_string()))
+    );
+    // An older cutoff, or garbage, is moved forward.
+    for old in ["5", "not a time"] {
+        store
+            .set(&key, Bytes::from(old), Duration::from_secs(60))
+            .await
+            .expect("set");
+        let t = tokens(store.clone())
+            .revoke_subject_families("alice")
+            .await
+            .expect("revoke");
+        assert!(t >= first, "{old}: {t} < {first}");
+        assert_eq!(
+            store.get(&key).await.expect("get"),
+            Some(Bytes::from(t.to_string()))
+        );
+    }
+}
+
+/// The unkeyed tag of `alice` that refresh tokens once started with, in every deployment.
+const ALICE_UNKEYED_TAG: &str = "9rgN2EVDfqdr32TH3LxHTQ";
+
+/// A refresh token reveals nothing about its subject: its visible part is not a hash of
+/// the subject anyone can compute, and two tokens of one user share no visible part.
+async fn refresh_token_reveals_nothing_about_its_subject<St: StateStore>(store: St, other: St) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"tower-stateless/refresh/sub\0alice")
+        .finalize();
+    let unkeyed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]);
+    assert_eq!(unkeyed, ALICE_UNKEYED_TAG);
+
+    let flaky = Flaky::new(store);
+    let manager = tokens(flaky.clone());
+    let a = manager.issue("alice").await.expect("issue");
+    let b = manager.issue("alice").await.expect("issue");
+    let c = rotate(&tokens(other), &a).await;
+    let raw: Vec<&str> = [&a, &b, &c]
+        .iter()
+        .map(|pair| pair.refresh_token.token.as_str())
+        .collect();
+    for token in &raw {
+        assert!(!token.starts_with(ALICE_UNKEYED_TAG), "{token}");
+        assert!(!token.contains("alice"), "{token}");
+    }
+    // No visible part in common: the 22-character prefixes all differ (and so does the
+    // rest, which is random).
+    for (i, x) in raw.iter().enumerate() {
+        for y in &raw[i + 1..] {
+            assert_ne!(x[..22], y[..22], "two tokens of one user share a prefix");
+        }
+    }
+    // The store's keys do not carry the unkeyed tag either.
+    let written = flaky.written();
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|k| !k.contains(ALICE_UNKEYED_TAG)),
+        "{written:?}"
+    );
+    // Under another secret, the same user's keys live under another tag.
+    let other_secret = RefreshTokens::builder(MemoryStore::new(), &policy())
+        .secret(b"a different secret of 32 bytes or more")
+        .build()
+        .expect("refresh tokens");
+    assert_invalid_grant(
+        other_secret.rotate(&b.refresh_token.token).await,
+        Some(InvalidGrant::Unknown),
+    );
+}
+
 backend_pair_tests!(
+    reuse_detection_completes_after_a_store_failure,
+    subject_families_cutoff_only_moves_forward,
+    refresh_token_reveals_nothing_about_its_subject,
     rotate_chain_of_ten,
     reuse_revokes_the_family_and_the_session,
     fifty_concurrent_exchanges_one_succeeds,
@@ -710,4 +986,45 @@ async fn token_response_has_the_oauth_shape() {
     let debug = format!("{pair:?} {:?}", pair.to_response());
     assert!(!debug.contains(&pair.refresh_token.token), "{debug}");
     assert!(!debug.contains(&pair.access_token.token), "{debug}");
+}
+
+/// Settings that cannot work are refused when the manager is built, naming the setting.
+#[test]
+fn builder_refuses_settings_that_cannot_work() {
+    let century = Duration::from_secs(101 * 365 * 24 * 3600);
+    let verify_only = TokenPolicy::builder(
+        JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, &[7; 32])
+            .expect("key"),
+    )
+    .build()
+    .expect("policy");
+    let store = MemoryStore::new;
+    let cases = [
+        (RefreshTokens::builder(store(), &policy()), "secret"),
+        (builder(store()).secret([1u8; 31]), "secret"),
+        (builder(store()).secret(b""), "secret"),
+        (builder(store()).refresh_ttl(Duration::ZERO), "refresh_ttl"),
+        (builder(store()).refresh_ttl(Duration::MAX), "refresh_ttl"),
+        (builder(store()).refresh_ttl(century), "refresh_ttl"),
+        (
+            builder(store()).family_lifetime(Duration::ZERO),
+            "family_lifetime",
+        ),
+        (
+            builder(store()).family_lifetime(Duration::MAX),
+            "family_lifetime",
+        ),
+        (builder(store()).grace_period(Duration::MAX), "grace_period"),
+        (
+            RefreshTokens::builder(store(), &verify_only).secret(SECRET),
+            "signing_key",
+        ),
+    ];
+    for (builder, setting) in cases {
+        let debug = format!("{builder:?}");
+        assert!(!debug.contains("refresh-tests-server-secret"), "{debug}");
+        let error = builder.build().expect_err(&debug);
+        assert_eq!(error.setting(), setting, "{debug}: {error}");
+    }
 }

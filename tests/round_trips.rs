@@ -27,8 +27,7 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
-use tower_stateless::revocation::RevocationLayer;
+use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::RedisStore;
 
@@ -106,7 +105,8 @@ struct Fixture {
 fn fixture() -> Option<Fixture> {
     let server = RedisServer::start()?;
     let store = RedisStore::from_url(server.url()).expect("store");
-    let token = TokenIssuer::new(&keys(), "hs")
+    let token = policy()
+        .token_issuer()
         .expect("issuer")
         .issue_with("alice", Some("s1"), &())
         .expect("token")
@@ -122,6 +122,14 @@ fn keys() -> JwtKeySet {
     JwtKeySet::new()
         .with_hmac("hs", Algorithm::HS256, SECRET)
         .expect("keys")
+}
+
+/// The token policy of these tests: the keys above, signing with `hs`.
+fn policy() -> TokenPolicy {
+    TokenPolicy::builder(keys())
+        .signing_key("hs")
+        .build()
+        .expect("policy")
 }
 
 /// A `GET`; an empty `bearer` sends no `Authorization`.
@@ -169,7 +177,7 @@ fn total(stats: &HashMap<String, u64>) -> u64 {
 async fn jwt_verify_costs_no_round_trip() {
     let Some(f) = fixture() else { return };
     let svc = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<Claims>::new(keys()))
+        .layer(policy().auth_layer().claims::<Claims>())
         .service(service_fn(handler::<Full<Bytes>>));
     send(&svc, get(&f.bearer, None, "none")).await;
     let (out, stats) = counted(&f.server, &svc, get(&f.bearer, None, "none")).await;
@@ -181,8 +189,12 @@ async fn jwt_verify_costs_no_round_trip() {
 async fn revocation_check_is_one_mget() {
     let Some(f) = fixture() else { return };
     let svc = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<Claims>::new(keys()))
-        .layer(RevocationLayer::new(f.store.clone()))
+        .layer(
+            policy()
+                .auth_layer()
+                .claims::<Claims>()
+                .revocation(f.store.clone()),
+        )
         .service(service_fn(handler::<Full<Bytes>>));
     send(&svc, get(&f.bearer, None, "none")).await;
     let (out, stats) = counted(&f.server, &svc, get(&f.bearer, None, "none")).await;
@@ -234,7 +246,7 @@ async fn session_paths() {
 async fn idempotency_paths() {
     let Some(f) = fixture() else { return };
     let svc = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<Claims>::new(keys()))
+        .layer(policy().auth_layer().claims::<Claims>())
         .layer(IdempotencyLayer::new(f.store.clone()))
         .service(service_fn(handler::<RequestBody<Full<Bytes>>>));
     // Warm-up: a first call and its replay.
@@ -270,8 +282,12 @@ async fn idempotency_paths() {
 async fn full_stack_is_the_sum_of_its_layers() {
     let Some(f) = fixture() else { return };
     let svc = ServiceBuilder::new()
-        .layer(JwtAuthLayer::<Claims>::new(keys()))
-        .layer(RevocationLayer::new(f.store.clone()))
+        .layer(
+            policy()
+                .auth_layer()
+                .claims::<Claims>()
+                .revocation(f.store.clone()),
+        )
         .layer(SessionLayer::new(f.store.clone()))
         .layer(IdempotencyLayer::new(f.store.clone()))
         .service(service_fn(handler::<RequestBody<Full<Bytes>>>));

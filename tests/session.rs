@@ -778,7 +778,7 @@ cluster_tests!(
 /// `sid` as the session id, shared caches, and settings that cannot work.
 mod hardening {
     use super::*;
-    use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+    use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
     use tower_stateless::refresh::RefreshTokens;
 
     fn id_of(cookie: &str) -> &str {
@@ -994,14 +994,21 @@ mod hardening {
         let keys = JwtKeySet::new()
             .with_hmac("v1", Algorithm::HS256, &[7; 32])
             .unwrap();
-        let tokens = RefreshTokens::new(store.clone(), TokenIssuer::new(&keys, "v1").unwrap());
+        let policy = TokenPolicy::builder(keys)
+            .signing_key("v1")
+            .build()
+            .unwrap();
+        let tokens = RefreshTokens::builder(store.clone(), &policy)
+            .secret([9u8; 32])
+            .build()
+            .unwrap();
         let login = tokens.issue("alice").await.unwrap();
         let sid = login.refresh_token.sid.clone();
         assert_eq!(login.access_token.claims.sid.as_deref(), Some(sid.as_str()));
         let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
         let request = |token: &str, op: &str| {
             let svc = ServiceBuilder::new()
-                .layer(JwtAuthLayer::<serde_json::Value>::new(keys.clone()))
+                .layer(policy.auth_layer())
                 .layer(layer.clone())
                 .service_fn(handler);
             let req = Request::builder()

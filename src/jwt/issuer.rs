@@ -1,13 +1,13 @@
 //! Minting tokens at login, with the same keys the layer verifies with.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Header;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::key::{JwtKeySet, KeyError};
+use super::policy::TokenPolicy;
 use crate::id::random_id;
 use crate::RegisteredClaims;
 
@@ -33,6 +33,10 @@ pub enum IssueError {
     /// Signing failed.
     #[error("signing the token failed")]
     Sign(#[source] jsonwebtoken::errors::Error),
+    /// The policy has no signing key (not reachable through
+    /// [`TokenPolicy::token_issuer`], which refuses such a policy).
+    #[error("the token policy has no signing key")]
+    NoSigningKey,
 }
 
 /// A freshly minted token and the registered claims it carries (e.g. to answer
@@ -57,19 +61,26 @@ impl fmt::Debug for IssuedToken {
     }
 }
 
-/// Mints tokens for login endpoints with a signing key of a [`JwtKeySet`].
+/// Mints tokens for login endpoints under a [`TokenPolicy`]: made by
+/// [`TokenPolicy::token_issuer`].
 ///
-/// Every token gets `sub`, `iat`, `exp` (now + TTL, default 15 minutes), a random `jti`
-/// (128 bits from the OS CSPRNG), the key's `kid` in its header, and, when configured,
-/// `iss` and `aud`; optionally a `sid` and the application's own claims.
+/// Every token gets `sub`, `iat`, `exp` (now + the policy's access TTL), a random `jti`
+/// (128 bits from the OS CSPRNG), the signing key's `kid` in its header, and the policy's
+/// `iss` and `aud` when it has them; optionally a `sid` and the application's own claims.
+/// The TTL, issuer and audience come from the policy only, so the tokens minted here are
+/// exactly the ones its [`JwtAuthLayer`](super::JwtAuthLayer) accepts and its
+/// [`Revoker`](crate::revocation::Revoker) covers.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
+/// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 ///
 /// let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
-/// let issuer = TokenIssuer::new(&keys, "v1")?.ttl(Duration::from_secs(600));
-/// let issued = issuer.issue("user-42")?;
+/// let policy = TokenPolicy::builder(keys)
+///     .signing_key("v1")
+///     .access_ttl(Duration::from_secs(600))
+///     .build()?;
+/// let issued = policy.token_issuer()?.issue("user-42")?;
 /// assert_eq!(issued.claims.sub, "user-42");
 /// assert!(issued.claims.jti.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -77,23 +88,13 @@ impl fmt::Debug for IssuedToken {
 #[derive(Clone)]
 #[must_use]
 pub struct TokenIssuer {
-    kid: String,
-    alg: Algorithm,
-    key: EncodingKey,
-    ttl: Duration,
-    issuer: Option<String>,
-    audience: Option<String>,
+    policy: TokenPolicy,
 }
 
 impl fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenIssuer")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .field("key", &"[redacted]")
-            .field("ttl", &self.ttl)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -102,40 +103,14 @@ impl fmt::Debug for TokenIssuer {
 const RESERVED: [&str; 7] = ["sub", "iat", "exp", "jti", "sid", "iss", "aud"];
 
 impl TokenIssuer {
-    /// An issuer signing with the key `kid` of `keys`, which must be able to sign (an
-    /// HMAC secret or a private key, not a verify-only public key).
-    pub fn new(keys: &JwtKeySet, kid: &str) -> Result<Self, KeyError> {
-        let entry = keys.signing_key(kid)?;
-        let key = entry
-            .encoding
-            .clone()
-            .ok_or_else(|| KeyError::NotSigningKey(kid.to_owned()))?;
-        Ok(Self {
-            kid: kid.to_owned(),
-            alg: entry.alg,
-            key,
-            ttl: Duration::from_secs(15 * 60),
-            issuer: None,
-            audience: None,
-        })
+    /// Only made by [`TokenPolicy::token_issuer`], which checked the signing key.
+    pub(crate) fn new(policy: TokenPolicy) -> Self {
+        Self { policy }
     }
 
-    /// How long tokens live (default 15 minutes; at least one second).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_secs(1));
-        self
-    }
-
-    /// Sets `iss` on every token.
-    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.issuer = Some(issuer.into());
-        self
-    }
-
-    /// Sets `aud` on every token.
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.audience = Some(audience.into());
-        self
+    /// The policy the tokens are minted under.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
     }
 
     /// A token for `sub` with no session id and no custom claims.
@@ -160,13 +135,17 @@ impl TokenIssuer {
         if let Some(reserved) = RESERVED.iter().find(|k| payload.contains_key(**k)) {
             return Err(IssueError::ReservedClaim((*reserved).to_owned()));
         }
+        let Some(signing) = self.policy.signing() else {
+            return Err(IssueError::NoSigningKey);
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| IssueError::Clock)?
             .as_secs();
         let jti = random_id::<16>().map_err(IssueError::Random)?;
         let mut claims =
-            RegisteredClaims::new(sub, now.saturating_add(self.ttl.as_secs())).with_iat(now);
+            RegisteredClaims::new(sub, now.saturating_add(self.policy.access_ttl().as_secs()))
+                .with_iat(now);
         claims = claims.with_jti(jti);
         if let Some(sid) = sid {
             claims = claims.with_sid(sid);
@@ -176,15 +155,16 @@ impl TokenIssuer {
         {
             payload.extend(registered);
         }
-        if let Some(issuer) = &self.issuer {
-            payload.insert("iss".to_owned(), Value::String(issuer.clone()));
+        if let Some(issuer) = self.policy.issuer() {
+            payload.insert("iss".to_owned(), Value::String(issuer.to_owned()));
         }
-        if let Some(audience) = &self.audience {
-            payload.insert("aud".to_owned(), Value::String(audience.clone()));
+        if let Some(audience) = self.policy.audience() {
+            payload.insert("aud".to_owned(), Value::String(audience.to_owned()));
         }
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &payload, &self.key).map_err(IssueError::Sign)?;
+        let mut header = Header::new(signing.alg);
+        header.kid = Some(signing.kid.clone());
+        let token =
+            jsonwebtoken::encode(&header, &payload, &signing.key).map_err(IssueError::Sign)?;
         Ok(IssuedToken { token, claims })
     }
 }

@@ -1,93 +1,122 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use http::{Method, Uri};
 use tower_layer::Layer;
 
-use super::key::JwtKeySet;
+use super::policy::TokenPolicy;
 use super::service::JwtAuth;
 use super::source::TokenSource;
 use super::verify::{Config, Verifier};
+use crate::revocation::RevocationCheck;
 
 /// Verifies a JWT on every request and puts its claims into the request extensions.
 ///
-/// `T` is the application's claims type (any `DeserializeOwned + Clone + Send + Sync +
-/// 'static`, e.g. its own struct or `serde_json::Value`); the service inserts the decoded
-/// `T` **and** a [`RegisteredClaims`](crate::RegisteredClaims) for the other layers.
-/// Requests without a valid token never reach the inner service. See the
+/// Made from a [`TokenPolicy`] ([`TokenPolicy::auth_layer`] or [`JwtAuthLayer::new`]),
+/// which fixes the keys, the leeway, the issuer and the audience. `T` is the
+/// application's claims type, `serde_json::Value` unless [`claims`](Self::claims) picks
+/// another (any `DeserializeOwned + Clone + Send + Sync + 'static`); the service inserts
+/// the decoded `T` **and** a [`RegisteredClaims`](crate::RegisteredClaims) for the other
+/// layers. Requests without a valid token never reach the inner service. See the
 /// [module docs](super) for the checks and the responses.
+///
+/// `R` is the revocation check: `()` for none, or a
+/// [`RevocationCheck`](crate::revocation::RevocationCheck) added with
+/// [`revocation`](Self::revocation), run in the same service right after verification.
 #[must_use]
-pub struct JwtAuthLayer<T = serde_json::Value> {
-    keys: JwtKeySet,
+pub struct JwtAuthLayer<T = serde_json::Value, R = ()> {
+    policy: TokenPolicy,
     config: Config,
+    revocation: R,
     /// Built on first `layer` call and shared by every service it makes.
     verifier: OnceLock<Arc<Verifier>>,
     _claims: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for JwtAuthLayer<T> {
+impl<T, R: Clone> Clone for JwtAuthLayer<T, R> {
     fn clone(&self) -> Self {
         Self {
-            keys: self.keys.clone(),
+            policy: self.policy.clone(),
             config: self.config.clone(),
+            revocation: self.revocation.clone(),
             verifier: self.verifier.clone(),
             _claims: PhantomData,
         }
     }
 }
 
-impl<T> fmt::Debug for JwtAuthLayer<T> {
+impl<T, R: fmt::Debug> fmt::Debug for JwtAuthLayer<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthLayer")
-            .field("keys", &self.keys)
+            .field("policy", &self.policy)
             .field("config", &self.config)
+            .field("revocation", &self.revocation)
             .field("claims", &std::any::type_name::<T>())
             .finish()
     }
 }
 
+impl JwtAuthLayer {
+    /// A layer accepting the tokens `policy` describes, read from `Authorization: Bearer`,
+    /// with an 8 KiB size limit, inserting `serde_json::Value` claims. The same as
+    /// [`policy.auth_layer()`](TokenPolicy::auth_layer).
+    pub fn new(policy: &TokenPolicy) -> Self {
+        Self {
+            policy: policy.clone(),
+            config: Config::default(),
+            revocation: (),
+            verifier: OnceLock::new(),
+            _claims: PhantomData,
+        }
+    }
+}
+
 impl<T> JwtAuthLayer<T> {
+    /// Checks every verified token against the revocation list in `store` (or a
+    /// [`RevocationCheck`] with its own failure settings), in one store round trip, before
+    /// the inner service is called.
+    ///
+    /// The check is part of this layer's service, so it always sees verified claims: the
+    /// wrong order (revocation before verification) cannot be built. The inner service
+    /// must then be `Clone`. The answers are in the [`revocation`](crate::revocation)
+    /// module docs.
+    pub fn revocation<St>(
+        self,
+        check: impl Into<RevocationCheck<St>>,
+    ) -> JwtAuthLayer<T, RevocationCheck<St>> {
+        JwtAuthLayer {
+            policy: self.policy,
+            config: self.config,
+            revocation: check.into(),
+            verifier: self.verifier,
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<T, R> JwtAuthLayer<T, R> {
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
         self.verifier = OnceLock::new();
         self
     }
 
-    /// A layer accepting tokens signed by any key of `keys`, read from
-    /// `Authorization: Bearer`, with a 30-second leeway and an 8 KiB size limit.
-    pub fn new(keys: JwtKeySet) -> Self {
-        Self {
-            keys,
-            config: Config::default(),
-            verifier: OnceLock::new(),
+    /// Deserializes the claims into `U` (the application's own claims type) instead of
+    /// `T`: `policy.auth_layer().claims::<MyClaims>()`.
+    pub fn claims<U>(self) -> JwtAuthLayer<U, R> {
+        JwtAuthLayer {
+            policy: self.policy,
+            config: self.config,
+            revocation: self.revocation,
+            verifier: self.verifier,
             _claims: PhantomData,
         }
     }
 
-    /// Requires the `iss` claim to be this issuer. Call again to allow several.
-    pub fn issuer(self, issuer: impl Into<String>) -> Self {
-        self.configure(|c| {
-            c.issuers.push(issuer.into());
-        })
-    }
-
-    /// Requires the `aud` claim to name this audience. Call again to allow several.
-    ///
-    /// Without any configured audience, a token that carries `aud` is rejected
-    /// (RFC 7519 §4.1.3: a recipient not named in `aud` must reject the token).
-    pub fn audience(self, audience: impl Into<String>) -> Self {
-        self.configure(|c| {
-            c.audiences.push(audience.into());
-        })
-    }
-
-    /// Clock skew tolerated on `exp` and `nbf`, in whole seconds (default 30 s).
-    pub fn leeway(self, leeway: Duration) -> Self {
-        self.configure(|c| {
-            c.leeway_secs = leeway.as_secs();
-        })
+    /// The policy the layer verifies under.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
     }
 
     /// The longest token accepted, in bytes (default 8 KiB). Longer tokens are answered
@@ -146,13 +175,13 @@ impl<T> JwtAuthLayer<T> {
     }
 }
 
-impl<S, T> Layer<S> for JwtAuthLayer<T> {
-    type Service = JwtAuth<S, T>;
+impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
+    type Service = JwtAuth<S, T, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let verifier = self
             .verifier
-            .get_or_init(|| Arc::new(Verifier::new(self.keys.clone(), self.config.clone())));
-        JwtAuth::new(inner, Arc::clone(verifier))
+            .get_or_init(|| Arc::new(Verifier::new(self.policy.clone(), self.config.clone())));
+        JwtAuth::new(inner, Arc::clone(verifier), self.revocation.clone())
     }
 }

@@ -1,14 +1,23 @@
 //! JWT bearer authentication: verify a token on every request with no store lookup, and
 //! mint tokens at login.
 //!
-//! [`JwtAuthLayer`] reads the token (from `Authorization: Bearer` by default, or a
-//! [`TokenSource`] cookie or header), verifies it against a [`JwtKeySet`], and puts two
-//! things into the request extensions for the inner service: the application's claims
-//! type `T`, and a [`RegisteredClaims`](crate::RegisteredClaims) (`sub`, `jti`, `iat`,
-//! `exp`, `sid`) that the revocation, session and idempotency layers read. The token is
-//! decoded once (into a JSON object) and both are derived from it. [`TokenIssuer`] mints
-//! tokens with the same keys; with the `axum` feature, [`Claims`] extracts the claims in
-//! handlers.
+//! One [`TokenPolicy`] holds everything the token components must agree on: the keys
+//! ([`JwtKeySet`]), the signing key, the access-token TTL, the leeway, the issuer and the
+//! audience. The layer, the issuer, the [`Revoker`](crate::revocation::Revoker) and the
+//! [`RefreshTokens`](crate::refresh::RefreshTokens) are all derived from it, so no TTL or
+//! leeway is written twice.
+//!
+//! [`JwtAuthLayer`] ([`TokenPolicy::auth_layer`]) reads the token (from
+//! `Authorization: Bearer` by default, or a [`TokenSource`] cookie or header), verifies it
+//! under the policy, optionally checks the revocation list
+//! ([`JwtAuthLayer::revocation`]), and puts two things into the request extensions for
+//! the inner service: the application's claims type `T` (`serde_json::Value` unless
+//! [`JwtAuthLayer::claims`] picks another), and a
+//! [`RegisteredClaims`](crate::RegisteredClaims) (`sub`, `jti`, `iat`, `exp`, `sid`) that
+//! the session and idempotency layers read. The token is decoded once (into a JSON
+//! object) and both are derived from it. [`TokenIssuer`] ([`TokenPolicy::token_issuer`])
+//! mints tokens under the same policy; with the `axum` feature, [`Claims`] extracts the
+//! claims in handlers.
 //!
 //! # Example
 //!
@@ -19,7 +28,7 @@
 //! use http_body_util::Full;
 //! use serde::Deserialize;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenIssuer};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 //! use tower_stateless::RegisteredClaims;
 //!
 //! #[derive(Clone, Deserialize)]
@@ -31,10 +40,11 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, b"a secret of at least 32 bytes...")?;
-//! let issuer = TokenIssuer::new(&keys, "v1")?;
+//! let policy = TokenPolicy::builder(keys).signing_key("v1").build()?;
+//! let issuer = policy.token_issuer()?;
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(JwtAuthLayer::<MyClaims>::new(keys).realm("example").public_path("/health"))
+//!     .layer(policy.auth_layer().claims::<MyClaims>().realm("example").public_path("/health"))
 //!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
 //!         let claims = req.extensions().get::<MyClaims>().expect("the layer put them here");
 //!         let registered = req.extensions().get::<RegisteredClaims>().expect("and these");
@@ -80,7 +90,8 @@
 //!    `jwk` and `x5u` headers are ignored; keys are never fetched from a token.
 //! 5. The signature; then `exp` (required, a number), `nbf` (when present), `sub`
 //!    (required, a string), `iss`/`aud` when configured (an `aud` claim is refused when
-//!    no audience is configured), with [`JwtAuthLayer::leeway`] (default 30 s).
+//!    no audience is configured), with the policy's [leeway](TokenPolicyBuilder::leeway)
+//!    (default 30 s).
 //! 6. The payload is a JSON object that deserializes into both `T` and
 //!    `RegisteredClaims` (`jti` and `sid` strings, `iat` and `exp` integers).
 //!
@@ -88,6 +99,9 @@
 //! descriptions (`the token is invalid`, `... malformed`, `... has expired`, `... is not
 //! valid yet`, `... too long`), plus the JSON [`ErrorBody`](crate::response::ErrorBody).
 //! "Expired" and "not valid yet" are only said after the signature checked out.
+//!
+//! 7. With [`JwtAuthLayer::revocation`]: the token's `jti`, `sid` and subject against the
+//!    revocation list, in one store round trip (see [`revocation`](crate::revocation)).
 //!
 //! Requests matching [`JwtAuthLayer::public_path`] or [`JwtAuthLayer::public_if`] pass
 //! through uninspected, without claims.
@@ -107,9 +121,11 @@
 //! - Keys are pinned to one algorithm each, so algorithm confusion (an RSA public key's
 //!   PEM used as an HMAC secret) and `alg: none` cannot work. HMAC secrets shorter than
 //!   the hash output are refused at startup.
-//! - A JWT cannot be revoked by this layer alone: keep lifetimes short
-//!   ([`TokenIssuer::ttl`], 15 minutes by default) and put `RevocationLayer` behind it for
-//!   logout.
+//! - A JWT cannot be revoked by verification alone: keep lifetimes short (the policy's
+//!   [access TTL](TokenPolicyBuilder::access_ttl), 15 minutes by default) and add
+//!   [`JwtAuthLayer::revocation`] for logout. A token revoked through a
+//!   [`Revoker`](crate::revocation::Revoker) of the same policy stays refused for as long
+//!   as this layer would accept it, leeway included.
 //! - Public paths match exactly; `/health/` or `/Health` are not `/health`. A
 //!   [`JwtAuthLayer::public_if`] predicate sees the raw URI: mind prefixes like
 //!   `/public/../admin` if your router normalises paths.
@@ -122,7 +138,9 @@ mod future;
 mod issuer;
 pub(crate) mod key;
 mod layer;
+mod policy;
 mod reject;
+mod revocation_future;
 mod scope;
 mod service;
 mod source;
@@ -138,6 +156,8 @@ pub use self::future::ResponseFuture;
 pub use self::issuer::{IssueError, IssuedToken, TokenIssuer};
 pub use self::key::{JwtKeySet, KeyError};
 pub use self::layer::JwtAuthLayer;
+pub use self::policy::{TokenPolicy, TokenPolicyBuilder};
+pub use self::revocation_future::RevocationFuture;
 pub use self::scope::{RequireScope, RequireScopeLayer, ScopeClaims};
 pub use self::service::JwtAuth;
 pub use self::source::TokenSource;

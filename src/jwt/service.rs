@@ -8,26 +8,34 @@ use serde::de::DeserializeOwned;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::revocation_future::RevocationFuture;
 use super::verify::Verifier;
 use crate::response::{for_protocol, is_grpc, ResponseBody};
+use crate::revocation::RevocationCheck;
+use crate::store::StateStore;
 
-/// The service made by [`JwtAuthLayer`](super::JwtAuthLayer): verifies the token, then
-/// calls the inner service with the claims in the request extensions, or answers the
-/// RFC 6750 error itself without calling it.
+/// The service made by [`JwtAuthLayer`](super::JwtAuthLayer): verifies the token (and,
+/// with a [`RevocationCheck`], checks the revocation list), then calls the inner service
+/// with the claims in the request extensions, or answers the RFC 6750 error itself
+/// without calling it.
 ///
-/// Verification is synchronous (no store, no I/O), so the inner service is called
-/// directly from `call` and needs no `Clone` bound.
-pub struct JwtAuth<S, T> {
+/// Verification is synchronous (no store, no I/O): without revocation the inner service
+/// is called directly from `call` and needs no `Clone` bound. With revocation the store
+/// lookup runs before the inner call, so the inner service must be `Clone`: the service
+/// polled ready moves into the response future and a clone stays behind.
+pub struct JwtAuth<S, T, R = ()> {
     inner: S,
     verifier: Arc<Verifier>,
+    revocation: R,
     _claims: PhantomData<fn() -> T>,
 }
 
-impl<S, T> JwtAuth<S, T> {
-    pub(crate) fn new(inner: S, verifier: Arc<Verifier>) -> Self {
+impl<S, T, R> JwtAuth<S, T, R> {
+    pub(crate) fn new(inner: S, verifier: Arc<Verifier>, revocation: R) -> Self {
         Self {
             inner,
             verifier,
+            revocation,
             _claims: PhantomData,
         }
     }
@@ -48,26 +56,28 @@ impl<S, T> JwtAuth<S, T> {
     }
 }
 
-impl<S: Clone, T> Clone for JwtAuth<S, T> {
+impl<S: Clone, T, R: Clone> Clone for JwtAuth<S, T, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             verifier: Arc::clone(&self.verifier),
+            revocation: self.revocation.clone(),
             _claims: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, T> fmt::Debug for JwtAuth<S, T> {
+impl<S: fmt::Debug, T, R: fmt::Debug> fmt::Debug for JwtAuth<S, T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuth")
             .field("inner", &self.inner)
             .field("verifier", &self.verifier)
+            .field("revocation", &self.revocation)
             .finish()
     }
 }
 
-impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T>
+impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, ()>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -96,6 +106,49 @@ where
                 is_grpc(request.headers()),
                 self.verifier.reject(rejection),
             )),
+        }
+    }
+}
+
+impl<S, T, St, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, RevocationCheck<St>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+    St: StateStore,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = RevocationFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let verifier = Arc::clone(&self.verifier);
+        if self.verifier.is_public(request.method(), request.uri()) {
+            return RevocationFuture::inner(self.inner.call(request), verifier);
+        }
+        let grpc = is_grpc(request.headers());
+        match self.verifier.authenticate::<T>(request.headers()) {
+            Ok((registered, claims)) => {
+                let lookup = self.revocation.lookup(registered.clone());
+                let extensions = request.extensions_mut();
+                extensions.insert(registered);
+                extensions.insert(claims);
+                // The clone may not be ready; the future takes the one that was polled ready.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                RevocationFuture::check(
+                    lookup,
+                    inner,
+                    request,
+                    verifier,
+                    self.revocation.retry_after_value(),
+                    grpc,
+                )
+            }
+            Err(rejection) => RevocationFuture::reject(rejection, verifier, grpc),
         }
     }
 }

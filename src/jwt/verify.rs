@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::key::JwtKeySet;
+use super::policy::TokenPolicy;
 use super::reject::{
     self, Rejection, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED, TOKEN_NOT_YET_VALID,
     TOKEN_TOO_LONG,
@@ -24,15 +24,11 @@ pub(crate) type PublicPredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Syn
 pub(crate) struct Config {
     pub(crate) sources: Vec<TokenSource>,
     pub(crate) realm: Option<String>,
-    pub(crate) leeway_secs: u64,
     pub(crate) max_token_len: usize,
-    pub(crate) issuers: Vec<String>,
-    pub(crate) audiences: Vec<String>,
     pub(crate) public_paths: Vec<String>,
     pub(crate) public_if: Option<PublicPredicate>,
 }
 
-pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
 pub(crate) const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl Default for Config {
@@ -40,10 +36,7 @@ impl Default for Config {
         Self {
             sources: vec![TokenSource::Bearer],
             realm: None,
-            leeway_secs: DEFAULT_LEEWAY_SECS,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
-            issuers: Vec::new(),
-            audiences: Vec::new(),
             public_paths: Vec::new(),
             public_if: None,
         }
@@ -55,21 +48,18 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("sources", &self.sources)
             .field("realm", &self.realm)
-            .field("leeway_secs", &self.leeway_secs)
             .field("max_token_len", &self.max_token_len)
-            .field("issuers", &self.issuers)
-            .field("audiences", &self.audiences)
             .field("public_paths", &self.public_paths)
             .field("public_if", &self.public_if.as_ref().map(|_| "<predicate>"))
             .finish()
     }
 }
 
-/// Keys plus configuration, with one precomputed `Validation` per key (its algorithm
-/// pinned), shared by every clone of the service.
+/// The policy plus the layer's configuration, with one precomputed `Validation` per key
+/// (its algorithm pinned), shared by every clone of the service.
 #[derive(Debug)]
 pub(crate) struct Verifier {
-    keys: JwtKeySet,
+    policy: TokenPolicy,
     validations: Vec<Vec<(Algorithm, Validation)>>,
     config: Config,
     quoted_realm: Option<String>,
@@ -121,14 +111,18 @@ fn validations_for(
 }
 
 impl Verifier {
-    pub(crate) fn new(keys: JwtKeySet, config: Config) -> Self {
+    pub(crate) fn new(policy: TokenPolicy, config: Config) -> Self {
         // Keys may change at run time (a remote key source), so the validations are per
-        // slot (own keys, then each bound issuer) and algorithm, not per key.
-        let own = validations_for(config.leeway_secs, &config.issuers, &config.audiences);
+        // slot (own keys, then each bound issuer) and algorithm, not per key. The leeway
+        // is bounded by the policy builder, so `now - leeway` cannot underflow.
+        let leeway = policy.leeway_secs();
+        let own_issuers: Vec<String> = policy.issuer().map(str::to_owned).into_iter().collect();
+        let own_audiences: Vec<String> = policy.audience().map(str::to_owned).into_iter().collect();
+        let own = validations_for(leeway, &own_issuers, &own_audiences);
         let validations = std::iter::once(own)
-            .chain(keys.bound_issuers().iter().map(|bound| {
+            .chain(policy.keys().bound_issuers().iter().map(|bound| {
                 validations_for(
-                    config.leeway_secs,
+                    leeway,
                     std::slice::from_ref(&bound.issuer),
                     &bound.audiences,
                 )
@@ -136,7 +130,7 @@ impl Verifier {
             .collect();
         let quoted_realm = config.realm.as_deref().map(reject::quote_realm);
         Self {
-            keys,
+            policy,
             validations,
             config,
             quoted_realm,
@@ -192,7 +186,7 @@ impl Verifier {
             tracing::debug!("jwt: header has crit, enc or zip");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         }
-        let Some(key) = self.keys.resolve(token, &header) else {
+        let Some(key) = self.policy.keys().resolve(token, &header) else {
             tracing::debug!("jwt: no key for the token's issuer, kid and alg");
             return Err(Rejection::InvalidToken(TOKEN_INVALID));
         };

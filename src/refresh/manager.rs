@@ -1,15 +1,21 @@
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::error::{InvalidGrant, RefreshError};
-use super::key;
+use super::key::{self, TagKey, MIN_SECRET_LEN};
 use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
-use crate::jwt::TokenIssuer;
+use crate::jwt::{TokenIssuer, TokenPolicy};
+use crate::revocation::raise_cutoff;
 use crate::revocation::Revoker;
 use crate::store::StateStore;
+use crate::ConfigError;
+
+/// The longest TTL the store contract accepts.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -33,18 +39,21 @@ fn ttl_until(deadline: u64, now: u64) -> Duration {
 /// Issues, rotates and revokes refresh tokens over a [`StateStore`], and mints the access
 /// tokens that go with them. See the [module docs](super) for the protocol and an example.
 ///
+/// Built with [`RefreshTokens::builder`] from the [`TokenPolicy`] the JWT layer verifies
+/// under: the access tokens it mints, and the session revocations it writes, follow that
+/// policy's access TTL and leeway, so they cannot disagree with the layer.
+///
 /// Cheap to clone; share one per application (every instance builds its own over the
-/// same store).
+/// same store, with the same policy and secret).
 #[derive(Debug, Clone)]
 pub struct RefreshTokens<S> {
     store: S,
     issuer: TokenIssuer,
-    revoker: Option<Revoker<S>>,
+    revoker: Revoker<S>,
+    tags: TagKey,
     refresh_ttl: Duration,
     family_lifetime: Duration,
-    access_ttl: Duration,
     grace: Duration,
-    leeway: Duration,
 }
 
 /// A token about to be handed out: what the client gets, and what the store gets.
@@ -56,50 +65,54 @@ struct Prepared {
     bytes: Bytes,
 }
 
-impl<S: StateStore> RefreshTokens<S> {
-    /// A manager keeping refresh tokens in `store` and minting access tokens with
-    /// `issuer`, with the defaults: refresh tokens live 14 days, a family at most 30 days,
-    /// access tokens 15 minutes (this replaces the issuer's own TTL), no grace window.
-    ///
-    /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
-    /// [`Revoker`] over the same `store` with the access-token TTL as max token lifetime;
-    /// give your own with [`revoker`](Self::revoker) if your tokens live longer.
-    pub fn new(store: S, issuer: TokenIssuer) -> Self {
-        let access_ttl = Duration::from_secs(15 * 60);
-        Self {
-            store,
-            issuer: issuer.ttl(access_ttl),
-            revoker: None,
-            refresh_ttl: 14 * DAY,
-            family_lifetime: 30 * DAY,
-            access_ttl,
-            grace: Duration::ZERO,
-            leeway: Duration::ZERO,
-        }
+/// Builds [`RefreshTokens`]: [`RefreshTokens::builder`].
+#[must_use]
+pub struct RefreshTokensBuilder<S> {
+    store: S,
+    policy: TokenPolicy,
+    secret: Option<Vec<u8>>,
+    refresh_ttl: Duration,
+    family_lifetime: Duration,
+    grace: Duration,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokensBuilder")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("family_lifetime", &self.family_lifetime)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+impl<S: StateStore> RefreshTokensBuilder<S> {
+    /// The server secret (at least 32 bytes; required) that keys the subject tag of the
+    /// store keys and masks it in every token, so that a refresh token reveals nothing
+    /// about its subject or its other tokens. Every instance needs the same secret;
+    /// changing it makes the refresh tokens handed out so far unknown (their users log in
+    /// again). Use a secret of its own, not the JWT signing key.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
     }
 
-    /// How long one refresh token lives unused (default 14 days; at least 1 ms). Each
-    /// rotation hands out a token with a fresh TTL, never beyond the family lifetime.
-    #[must_use]
+    /// How long one refresh token lives unused (default 14 days; at least 1 ms, at most
+    /// 100 years). Each rotation hands out a token with a fresh TTL, never beyond the
+    /// family lifetime.
     pub fn refresh_ttl(mut self, ttl: Duration) -> Self {
-        self.refresh_ttl = ttl.max(Duration::from_millis(1));
+        self.refresh_ttl = ttl;
         self
     }
 
     /// The absolute lifetime of a family, counted from the login (default 30 days; at
-    /// least 1 ms). After it, rotation fails however recently the token was rotated, and
-    /// the user must log in again.
-    #[must_use]
+    /// least 1 ms, at most 100 years). After it, rotation fails however recently the token
+    /// was rotated, and the user must log in again.
     pub fn family_lifetime(mut self, lifetime: Duration) -> Self {
-        self.family_lifetime = lifetime.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How long access tokens live (default 15 minutes; at least one second).
-    #[must_use]
-    pub fn access_ttl(mut self, ttl: Duration) -> Self {
-        self.access_ttl = ttl.max(Duration::from_secs(1));
-        self.issuer = self.issuer.ttl(self.access_ttl);
+        self.family_lifetime = lifetime;
         self
     }
 
@@ -119,27 +132,76 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Within the window, a thief replaying a just-rotated token gets a pair too; the
     /// legitimate client's next refresh then counts as reuse (outside the window) and ends
     /// the family, so the theft is still caught, later. Keep it to seconds.
-    #[must_use]
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
-    /// Extra time session revocations are kept beyond the access-token TTL (default
-    /// none): set it to the clock-skew leeway of your JWT verifier.
-    #[must_use]
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
-        self
+    /// The manager, or the first setting that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `secret` (missing or shorter than 32 bytes),
+    /// `signing_key` (the policy cannot mint access tokens), `refresh_ttl`,
+    /// `family_lifetime` or `grace_period` (below 1 ms where required, or beyond the
+    /// store's 100 years).
+    pub fn build(self) -> Result<RefreshTokens<S>, ConfigError> {
+        let secret = self.secret.as_deref().ok_or_else(|| {
+            ConfigError::new(
+                "secret",
+                "required: the server secret that keys refresh tokens (32 bytes or more)",
+            )
+        })?;
+        let tags = TagKey::new(secret).ok_or_else(|| {
+            ConfigError::new("secret", format!("at least {MIN_SECRET_LEN} bytes"))
+        })?;
+        let issuer = self.policy.token_issuer()?;
+        for (setting, value) in [
+            ("refresh_ttl", self.refresh_ttl),
+            ("family_lifetime", self.family_lifetime),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(ConfigError::new(setting, "at least one millisecond"));
+            }
+            if value > MAX_TTL {
+                return Err(ConfigError::new(
+                    setting,
+                    "at most 100 years, the longest TTL a store keeps",
+                ));
+            }
+        }
+        if self.grace > MAX_TTL {
+            return Err(ConfigError::new("grace_period", "at most 100 years"));
+        }
+        Ok(RefreshTokens {
+            revoker: Revoker::new(self.store.clone(), &self.policy),
+            store: self.store,
+            issuer,
+            tags,
+            refresh_ttl: self.refresh_ttl,
+            family_lifetime: self.family_lifetime,
+            grace: self.grace,
+        })
     }
+}
 
-    /// The [`Revoker`] used to revoke sessions (on reuse and [`logout`](Self::logout))
-    /// and subjects ([`logout_everywhere`](Self::logout_everywhere)). It must write to
-    /// the store your `RevocationLayer` reads.
-    #[must_use]
-    pub fn revoker(mut self, revoker: Revoker<S>) -> Self {
-        self.revoker = Some(revoker);
-        self
+impl<S: StateStore> RefreshTokens<S> {
+    /// A builder keeping refresh tokens in `store` and minting access tokens under
+    /// `policy` (its signing key, access TTL, issuer and audience), with the defaults:
+    /// refresh tokens live 14 days, a family at most 30 days, no grace window. The
+    /// [`secret`](RefreshTokensBuilder::secret) is required.
+    ///
+    /// Reuse detection and [`logout`](Self::logout) revoke sessions through a
+    /// [`Revoker`] over the same `store` and `policy`.
+    pub fn builder(store: S, policy: &TokenPolicy) -> RefreshTokensBuilder<S> {
+        RefreshTokensBuilder {
+            store,
+            policy: policy.clone(),
+            secret: None,
+            refresh_ttl: 14 * DAY,
+            family_lifetime: 30 * DAY,
+            grace: Duration::ZERO,
+        }
     }
 
     /// The store refresh tokens are kept in.
@@ -147,15 +209,10 @@ impl<S: StateStore> RefreshTokens<S> {
         &self.store
     }
 
-    fn session_revocation_ttl(&self) -> Duration {
-        self.access_ttl.saturating_add(self.leeway)
-    }
-
-    fn revoking(&self) -> Revoker<S> {
-        match &self.revoker {
-            Some(revoker) => revoker.clone(),
-            None => Revoker::new(self.store.clone(), self.session_revocation_ttl()),
-        }
+    /// The [`Revoker`] used to revoke sessions (on reuse and [`logout`](Self::logout))
+    /// and subjects ([`logout_everywhere`](Self::logout_everywhere)).
+    pub fn revoker(&self) -> &Revoker<S> {
+        &self.revoker
     }
 
     /// Login: starts a new token family for `sub` in a new session (a random 256-bit
@@ -177,7 +234,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Use a fresh `sid` per login: once a session is logged out
     /// ([`logout`](Self::logout)) or revoked by reuse detection, new families with the
     /// same `sid` are refused (for the family lifetime) and their access tokens are
-    /// refused by the `RevocationLayer` (for the access-token TTL).
+    /// refused by the JWT layer's revocation check (for the access-token TTL).
     ///
     /// # Errors
     ///
@@ -211,7 +268,7 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// The presented token is consumed by one compare-and-set on its record: of any
     /// number of concurrent exchanges of one token, at most one gets a pair. Presenting a
-    /// consumed token (outside the [grace window](Self::grace_period)) is reuse: the
+    /// consumed token (outside the [grace window](RefreshTokensBuilder::grace_period)) is reuse: the
     /// family is revoked, the session's access tokens are revoked through the
     /// [`Revoker`], and the answer is `invalid_grant` ([`InvalidGrant::Reused`]). A
     /// concurrent duplicate that loses the race counts as reuse too.
@@ -224,7 +281,8 @@ impl<S: StateStore> RefreshTokens<S> {
     /// reuse unless a grace window covers it); [`RefreshError::Corrupt`] for a record
     /// that does not decode.
     pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, RefreshError> {
-        let (tag, hash) = token::parse(refresh_token).ok_or(InvalidGrant::Malformed)?;
+        let (tag, hash) = token::parse(&self.tags, refresh_token).ok_or(InvalidGrant::Malformed)?;
+        let tag = tag.as_str();
         let key = key::token(tag, &hash);
         // A lost compare-and-set means a concurrent exchange consumed the token: the
         // second pass sees it consumed. The bound only guards against a broken store.
@@ -233,7 +291,7 @@ impl<S: StateStore> RefreshTokens<S> {
                 return Err(InvalidGrant::Unknown.into());
             };
             let record = Record::decode(&bytes).map_err(RefreshError::Corrupt)?;
-            if key::subject_tag(&record.sub) != tag {
+            if self.tags.subject_tag(&record.sub) != tag {
                 return Err(InvalidGrant::Unknown.into());
             }
             self.check_family(tag, &record).await?;
@@ -265,7 +323,7 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// [`RefreshError::Store`] when the store fails: the logout did not happen.
     pub async fn revoke_session_families(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
-        let tag = key::subject_tag(sub);
+        let tag = self.tags.subject_tag(sub);
         self.store
             .set(
                 &key::session(&tag, sid),
@@ -280,36 +338,39 @@ impl<S: StateStore> RefreshTokens<S> {
     /// returns the cutoff in Unix milliseconds: families created at or before it are
     /// refused at their next rotation. Kept for the family lifetime.
     ///
-    /// A login on an instance whose clock is behind the revoking instance's may start a
-    /// family that looks older than the cutoff: keep clocks in sync (NTP).
+    /// The cutoff only moves forward, as [`Revoker::revoke_subject`]'s does: when another
+    /// instance (with a clock ahead of this one) already wrote a later cutoff, that one
+    /// stays and is returned. A login on an instance whose clock is behind the revoking
+    /// instance's may start a family that looks older than the cutoff: keep clocks in
+    /// sync (NTP).
     ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails.
     pub async fn revoke_subject_families(&self, sub: &str) -> Result<u64, RefreshError> {
-        let tag = key::subject_tag(sub);
-        let now = now_ms();
-        self.store
-            .set(
-                &key::subject(&tag),
-                Bytes::from(now.to_string()),
-                self.family_lifetime,
-            )
-            .await?;
-        Ok(now)
+        let tag = self.tags.subject_tag(sub);
+        let cutoff = raise_cutoff(
+            &self.store,
+            &key::subject(&tag),
+            now_ms(),
+            self.family_lifetime,
+        )
+        .await?;
+        Ok(cutoff)
     }
 
     /// Logout of one session: ends its refresh families
     /// ([`revoke_session_families`](Self::revoke_session_families)) and revokes its access
-    /// tokens ([`Revoker::revoke_session`], for the access-token TTL plus leeway).
+    /// tokens ([`Revoker::revoke_session`], until the policy's access TTL plus leeway has
+    /// passed).
     ///
     /// # Errors
     ///
     /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
     pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
         self.revoke_session_families(sub, sid).await?;
-        self.revoking()
-            .revoke_session(sub, sid, self.session_revocation_ttl())
+        self.revoker
+            .revoke_session(sub, sid, Duration::ZERO)
             .await?;
         Ok(())
     }
@@ -319,7 +380,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// access token issued to it up to now ([`Revoker::revoke_subject`]).
     ///
     /// The access-token cutoff has whole seconds: an access token issued in the same second
-    /// (by a login right after this call) is refused by the `RevocationLayer` too, until
+    /// (by a login right after this call) is refused by the revocation check too, until
     /// the client refreshes it in a later second.
     ///
     /// # Errors
@@ -327,7 +388,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// [`RefreshError::Store`] when the store fails.
     pub async fn logout_everywhere(&self, sub: &str) -> Result<(), RefreshError> {
         self.revoke_subject_families(sub).await?;
-        self.revoking().revoke_subject(sub).await?;
+        self.revoker.revoke_subject(sub).await?;
         Ok(())
     }
 
@@ -361,8 +422,9 @@ impl<S: StateStore> RefreshTokens<S> {
     /// The next token of `record`'s family (generation `gen`) and an access token for it,
     /// minted before anything is written, so that a failure here consumes nothing.
     fn prepare(&self, record: &Record, gen: u64, now: u64) -> Result<Prepared, RefreshError> {
-        let tag = key::subject_tag(&record.sub);
-        let (token, hash) = token::generate(&tag).map_err(RefreshError::Random)?;
+        let tag = self.tags.subject_tag(&record.sub);
+        let (token, hash) =
+            token::generate(&self.tags, &record.sub).map_err(RefreshError::Random)?;
         let exp = now
             .saturating_add(millis(self.refresh_ttl))
             .min(record.fexp);
@@ -474,7 +536,13 @@ impl<S: StateStore> RefreshTokens<S> {
         self.reuse_detected(tag, record, now).await
     }
 
-    /// Revokes the family and the session's access tokens, and answers `invalid_grant`.
+    /// Revokes the session's access tokens and then the family, and answers
+    /// `invalid_grant`.
+    ///
+    /// The order matters: the family marker makes every later presentation stop early
+    /// (`Revoked`), so it is written last. When the store fails in between, the error goes
+    /// to the client and the next presentation of the token runs both steps again, until
+    /// both are done.
     async fn reuse_detected(
         &self,
         tag: &str,
@@ -486,15 +554,15 @@ impl<S: StateStore> RefreshTokens<S> {
             generation = record.gen,
             "refresh: a consumed refresh token was presented again; revoking its family and session"
         );
+        self.revoker
+            .revoke_session(&record.sub, &record.sid, Duration::ZERO)
+            .await?;
         self.store
             .set(
                 &key::family(tag, &record.fam),
                 Bytes::from_static(b"reused"),
                 ttl_until(record.fexp, now),
             )
-            .await?;
-        self.revoking()
-            .revoke_session(&record.sub, &record.sid, self.session_revocation_ttl())
             .await?;
         Err(InvalidGrant::Reused.into())
     }

@@ -2,8 +2,9 @@
 //! use, and reuse detection (OAuth 2.0 Security BCP, RFC 9700 §4.14.2).
 //!
 //! [`RefreshTokens`] keeps refresh tokens in a [`StateStore`](crate::store::StateStore)
-//! and mints the access tokens (JWTs) that go with them through a
-//! [`TokenIssuer`](crate::jwt::TokenIssuer).
+//! and mints the access tokens (JWTs) that go with them under the
+//! [`TokenPolicy`](crate::jwt::TokenPolicy) the JWT layer verifies with: the access TTL,
+//! leeway, issuer and audience come from there, and nowhere else.
 //!
 //! - **Login** ([`issue`](RefreshTokens::issue)): starts a token *family* bound to a
 //!   subject and a session id (`sid`) and returns a [`TokenPair`]: an access token (15
@@ -15,10 +16,12 @@
 //!   to consumed) and a new pair of the same family is returned. Of concurrent exchanges
 //!   of one token, at most one gets a pair.
 //! - **Reuse detection**: presenting a consumed token means two parties hold it. The
-//!   family is revoked (every later rotation fails), the session is revoked through the
-//!   [`Revoker`](crate::revocation::Revoker) (so its access tokens are refused by the
-//!   [`RevocationLayer`](crate::revocation::RevocationLayer)), and the answer is
-//!   `invalid_grant`. An optional [grace window](RefreshTokens::grace_period) (default
+//!   session is revoked through the [`Revoker`](crate::revocation::Revoker) (so its
+//!   access tokens are refused by the JWT layer's
+//!   [revocation check](crate::jwt::JwtAuthLayer::revocation)), then the family (every
+//!   later rotation fails), and the answer is `invalid_grant`. If the store fails between
+//!   the two, the next presentation of the token runs both again: the session revocation
+//!   is never skipped. An optional [grace window](RefreshTokensBuilder::grace_period) (default
 //!   zero) tolerates the just-superseded token once, for clients that lost a response.
 //! - **Logout** ([`logout`](RefreshTokens::logout)) ends the session's families and
 //!   revokes its access tokens; **log out everywhere**
@@ -49,17 +52,22 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenIssuer};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 //! use tower_stateless::refresh::{InvalidGrant, RefreshTokens};
 //! use tower_stateless::store::MemoryStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
-//! let store = MemoryStore::new();
-//! let tokens = RefreshTokens::new(store, TokenIssuer::new(&keys, "v1")?)
+//! let policy = TokenPolicy::builder(keys)
+//!     .signing_key("v1")
 //!     .access_ttl(Duration::from_secs(15 * 60))
-//!     .refresh_ttl(Duration::from_secs(14 * 24 * 3600));
+//!     .build()?;
+//! let store = MemoryStore::new();
+//! let tokens = RefreshTokens::builder(store, &policy)
+//!     .secret(b"another server secret, 32+ bytes")
+//!     .refresh_ttl(Duration::from_secs(14 * 24 * 3600))
+//!     .build()?;
 //!
 //! // Login handler: credentials checked, start a session.
 //! let login = tokens.issue("alice").await?;
@@ -93,23 +101,25 @@
 //!
 //! - Only the SHA-256 of a refresh token is stored (the token has 256 random bits, so an
 //!   unsalted hash cannot be reversed); a leak of the store does not leak usable tokens.
-//! - The token starts with a 128-bit digest of the subject (to find the subject's keys,
-//!   all under one Redis Cluster hash tag). It does not reveal the subject, but someone
-//!   holding the token can confirm a guess of it.
+//! - The token starts with the subject's store tag (a 128-bit HMAC of the subject under
+//!   the [server secret](RefreshTokensBuilder::secret), to find the subject's keys, all
+//!   under one Redis Cluster hash tag), masked with a pad derived from the token's own
+//!   random part. Without the secret, a token reveals nothing about its subject (a guess
+//!   cannot be confirmed by hashing it) and two tokens of one user share no visible part.
 //! - A concurrent duplicate refresh (two tabs, a retrying proxy) counts as reuse and ends
 //!   the family; the grace window only helps sequential retries. Let one request at a time
 //!   refresh on the client.
 //! - If the store fails after the token was consumed (a lost reply), the client gets an
 //!   error and its retry counts as reuse, unless the grace window covers it.
 //! - Reuse, logout and "log out everywhere" revoke access tokens through the `Revoker`:
-//!   put a [`RevocationLayer`](crate::revocation::RevocationLayer) after the JWT layer, or
-//!   the access tokens stay valid until they expire (15 minutes by default).
+//!   add [`revocation`](crate::jwt::JwtAuthLayer::revocation) to the JWT layer, or the
+//!   access tokens stay valid until they expire (15 minutes by default).
 //! - Subject cutoffs compare times of different instances: keep clocks in sync.
 //! - A rotation racing a revocation may still hand out one pair; the next rotation fails.
 //!
 //! # Keys and round trips
 //!
-//! Under `rt:{T}`, `T` being a digest of the subject: `rt:{T}:tok:<sha256>` (one record per
+//! Under `rt:{T}`, `T` being a keyed digest of the subject: `rt:{T}:tok:<sha256>` (one record per
 //! token, kept until the token would have expired, also once consumed, for reuse
 //! detection), `rt:{T}:fam:<family>` (revoked family), `rt:{T}:sid:<sid>` (logged-out
 //! session), `rt:{T}:sub` (subject cutoff). A login is one write; a rotation is two reads
@@ -123,5 +133,5 @@ mod record;
 mod token;
 
 pub use self::error::{InvalidGrant, RefreshError};
-pub use self::manager::RefreshTokens;
+pub use self::manager::{RefreshTokens, RefreshTokensBuilder};
 pub use self::token::{RefreshToken, TokenPair, TokenResponse};

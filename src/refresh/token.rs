@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::key::{self, TAG_LEN};
+use super::key::{self, TagKey, TAG_LEN};
 use crate::id::random_id;
 use crate::jwt::IssuedToken;
 
@@ -13,9 +13,12 @@ const SECRET_LEN: usize = 43;
 
 /// A freshly issued refresh token and what it is bound to.
 ///
-/// The token is `<subject tag>.<secret>`: 22 base64url characters that let the manager find
-/// the subject's keys, a `.`, and 256 random bits in 43 base64url characters. It is
-/// URL-safe and opaque to clients; only its SHA-256 is stored.
+/// The token is `<masked tag>.<secret>`: 22 base64url characters from which only the
+/// server (holding the secret the [`RefreshTokens`](super::RefreshTokens) were built with)
+/// recovers the store slot of the subject's keys, a `.`, and 256 random bits in 43
+/// base64url characters. The masked tag differs from token to token and reveals nothing
+/// about the subject, nor links the tokens of one subject. It is URL-safe and opaque to
+/// clients; only its SHA-256 is stored.
 ///
 /// Debug output redacts the token: it is a bearer credential.
 #[derive(Clone)]
@@ -100,45 +103,64 @@ impl fmt::Debug for TokenResponse {
     }
 }
 
-/// A new token for the subject with tag `tag`, and its hash.
-pub(super) fn generate(tag: &str) -> Result<(String, String), getrandom::Error> {
+/// A new token for `sub`, and its hash.
+pub(super) fn generate(tags: &TagKey, sub: &str) -> Result<(String, String), getrandom::Error> {
     let secret = random_id::<32>()?;
-    let token = format!("{tag}.{secret}");
+    let token = format!("{}.{secret}", tags.masked_tag(sub, &secret));
     let hash = key::token_hash(&token);
     Ok((token, hash))
 }
 
-/// A presented token, split: its subject tag and the hash of the whole token. `None` when
+/// A presented token, read: its subject tag and the hash of the whole token. `None` when
 /// it cannot be a token this crate issued.
-pub(super) fn parse(token: &str) -> Option<(&str, String)> {
-    let (tag, secret) = token.split_once('.')?;
+pub(super) fn parse(tags: &TagKey, token: &str) -> Option<(String, String)> {
+    let (masked, secret) = token.split_once('.')?;
     let url_safe = |s: &str| {
         s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
     };
-    (tag.len() == TAG_LEN && secret.len() == SECRET_LEN && url_safe(tag) && url_safe(secret))
-        .then(|| (tag, key::token_hash(token)))
+    if masked.len() != TAG_LEN
+        || secret.len() != SECRET_LEN
+        || !url_safe(masked)
+        || !url_safe(secret)
+    {
+        return None;
+    }
+    let tag = tags.unmask(masked, secret)?;
+    Some((tag, key::token_hash(token)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tags() -> TagKey {
+        TagKey::new(&[3; 32]).unwrap()
+    }
+
     #[test]
     fn generated_tokens_parse_and_differ() {
-        let tag = key::subject_tag("alice");
-        let (a, hash) = generate(&tag).unwrap();
-        let (b, _) = generate(&tag).unwrap();
+        let tags = tags();
+        let tag = tags.subject_tag("alice");
+        let (a, hash) = generate(&tags, "alice").unwrap();
+        let (b, _) = generate(&tags, "alice").unwrap();
         assert_ne!(a, b);
+        assert_ne!(
+            a[..TAG_LEN],
+            b[..TAG_LEN],
+            "the visible prefix differs per token"
+        );
+        assert!(!a.starts_with(&tag));
         assert_eq!(a.len(), TAG_LEN + 1 + SECRET_LEN);
-        assert_eq!(parse(&a), Some((tag.as_str(), hash.clone())));
+        assert_eq!(parse(&tags, &a), Some((tag.clone(), hash.clone())));
+        assert_eq!(parse(&tags, &b).map(|(t, _)| t), Some(tag));
         assert!(!hash.contains(&a[TAG_LEN + 1..]));
     }
 
     #[test]
     fn malformed_tokens_do_not_parse() {
-        let tag = key::subject_tag("alice");
-        let (good, _) = generate(&tag).unwrap();
+        let tags = tags();
+        let (good, _) = generate(&tags, "alice").unwrap();
         for bad in [
             "",
             ".",
@@ -150,7 +172,7 @@ mod tests {
             &format!("{}.{}=", &good[..TAG_LEN], &good[TAG_LEN + 2..]),
             &format!("{}.{}é", &good[..TAG_LEN], &good[TAG_LEN + 3..]),
         ] {
-            assert_eq!(parse(bad), None, "{bad:?}");
+            assert_eq!(parse(&tags, bad), None, "{bad:?}");
         }
     }
 }

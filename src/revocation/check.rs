@@ -2,18 +2,134 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
 
 use super::key;
+use crate::response::{store_unavailable, ErrorBody, ResponseBody};
 use crate::store::StateStore;
 use crate::RegisteredClaims;
 
+/// The revocation check of a [`JwtAuthLayer`](crate::jwt::JwtAuthLayer): the store the
+/// [`Revoker`](super::Revoker) writes to, and what to do when it cannot be reached.
+///
+/// It has no layer of its own: give it (or just the store) to
+/// [`JwtAuthLayer::revocation`](crate::jwt::JwtAuthLayer::revocation), and the JWT
+/// service checks the token right after verifying it, in the same service. A revocation
+/// check therefore always sees verified claims; it cannot be placed in front of the JWT
+/// layer by mistake.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+/// use tower_stateless::revocation::RevocationCheck;
+/// use tower_stateless::store::MemoryStore;
+///
+/// let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
+/// let policy = TokenPolicy::builder(keys).build()?;
+/// let store = MemoryStore::new();
+/// let layer = policy.auth_layer().revocation(
+///     RevocationCheck::new(store).retry_after(Duration::from_secs(2)),
+/// );
+/// # let _ = layer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RevocationCheck<St> {
+    store: St,
+    fail_open: bool,
+    retry_after: Duration,
+}
+
+impl<St: StateStore> From<St> for RevocationCheck<St> {
+    fn from(store: St) -> Self {
+        Self::new(store)
+    }
+}
+
+impl<St> RevocationCheck<St> {
+    /// A check reading the revocation list in `store`: fail closed, `Retry-After: 1`.
+    pub fn new(store: St) -> Self {
+        Self {
+            store,
+            fail_open: false,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    /// When the store cannot be reached, let requests through (logging a warning for each)
+    /// instead of answering `503`.
+    ///
+    /// # Security
+    ///
+    /// While the store is down, revoked tokens are accepted: a logged-out or stolen token
+    /// works again. Opt in only where availability matters more than that.
+    pub fn fail_open(mut self) -> Self {
+        self.fail_open = true;
+        self
+    }
+
+    /// The `Retry-After` sent with a `503` when the store cannot be reached (whole
+    /// seconds, at least 1; default 1 s).
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The store the revocation list is read from.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+}
+
+impl<St: StateStore> RevocationCheck<St> {
+    /// The store lookup for verified `claims`.
+    pub(crate) fn lookup(&self, claims: RegisteredClaims) -> Lookup {
+        Box::pin(check(self.store.clone(), claims, self.fail_open))
+    }
+
+    /// The `Retry-After` of the `503` for an unreachable store.
+    pub(crate) fn retry_after_value(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+/// The response for a verdict other than [`Verdict::Allow`].
+pub(crate) fn reject<B>(verdict: Verdict, retry_after: Duration) -> Response<ResponseBody<B>> {
+    match verdict {
+        Verdict::Revoked => revoked(),
+        Verdict::Unavailable => store_unavailable(retry_after),
+        Verdict::Allow | Verdict::Failed => internal_error(),
+    }
+}
+
+/// `401` with the RFC 6750 challenge for a revoked token.
+fn revoked<B>() -> Response<ResponseBody<B>> {
+    let mut response = ErrorBody::new("invalid_token", "the token has been revoked")
+        .into_response(StatusCode::UNAUTHORIZED);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            r#"Bearer error="invalid_token", error_description="token revoked""#,
+        ),
+    );
+    response
+}
+
+/// `500` for a corrupt store reply; the details are in the log.
+pub(crate) fn internal_error<B>() -> Response<ResponseBody<B>> {
+    ErrorBody::new("internal_error", "internal server error")
+        .into_response(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// The boxed store lookup a response future waits on.
-pub(super) type Lookup = Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>;
+pub(crate) type Lookup = Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
     /// Not revoked (or the store is down and fail-open is on).
     Allow,
     /// The token, its session or its subject was revoked.
@@ -25,11 +141,7 @@ pub(super) enum Verdict {
 }
 
 /// Reads the token's, session's and subject's entries in one `get_many`.
-pub(super) async fn check<St: StateStore>(
-    store: St,
-    claims: RegisteredClaims,
-    fail_open: bool,
-) -> Verdict {
+async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: bool) -> Verdict {
     let subject_key = key::subject(&claims.sub);
     let jti_key = claims.jti.as_deref().map(|jti| key::jti(&claims.sub, jti));
     let sid_key = claims.sid.as_deref().map(|sid| key::sid(&claims.sub, sid));
@@ -44,28 +156,28 @@ pub(super) async fn check<St: StateStore>(
             tracing::error!(
                 asked = keys.len(),
                 got = values.len(),
-                "RevocationLayer: the store answered get_many with the wrong number of values"
+                "revocation: the store answered get_many with the wrong number of values"
             );
             Verdict::Failed
         }
         Err(error) if error.is_unavailable() && fail_open => {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
-                "RevocationLayer: store unavailable, letting the request through unchecked (fail-open)"
+                "revocation: store unavailable, letting the request through unchecked (fail-open)"
             );
             Verdict::Allow
         }
         Err(error) if error.is_unavailable() => {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
-                "RevocationLayer: store unavailable, answering 503 (fail-closed)"
+                "revocation: store unavailable, answering 503 (fail-closed)"
             );
             Verdict::Unavailable
         }
         Err(error) => {
             tracing::error!(
                 error = &error as &dyn std::error::Error,
-                "RevocationLayer: store failed, answering 500"
+                "revocation: store failed, answering 500"
             );
             Verdict::Failed
         }
@@ -80,7 +192,7 @@ fn judge(values: &[Option<Bytes>], iat: Option<u64>) -> Verdict {
         None => return Verdict::Failed,
     };
     if token_and_session.iter().any(Option::is_some) {
-        tracing::debug!("RevocationLayer: token or session revoked");
+        tracing::debug!("revocation: token or session revoked");
         return Verdict::Revoked;
     }
     let Some(value) = subject else {
@@ -92,13 +204,13 @@ fn judge(values: &[Option<Bytes>], iat: Option<u64>) -> Verdict {
     match (revoked_at, iat) {
         (Some(revoked_at), Some(iat)) if iat > revoked_at => Verdict::Allow,
         (Some(_), _) => {
-            tracing::debug!("RevocationLayer: subject revoked");
+            tracing::debug!("revocation: subject revoked");
             Verdict::Revoked
         }
         (None, _) => {
             // Fail closed: a corrupt entry still means someone revoked this subject.
             tracing::error!(
-                "RevocationLayer: subject revocation entry is not a Unix time; treating the token as revoked"
+                "revocation: subject revocation entry is not a Unix time; treating the token as revoked"
             );
             Verdict::Revoked
         }

@@ -1,19 +1,31 @@
 //! Revocation: deny tokens whose `jti`, session or subject was revoked (logout, "log out
 //! everywhere", security events), although the tokens themselves are stateless.
 //!
-//! Two halves share one [`StateStore`](crate::store::StateStore):
+//! Two halves share one [`StateStore`](crate::store::StateStore) and one
+//! [`TokenPolicy`](crate::jwt::TokenPolicy):
 //!
 //! - [`Revoker`], the write side, called by logout handlers and admin tools:
 //!   [`revoke_token`](Revoker::revoke_token) (one token, by `jti`),
 //!   [`revoke_session`](Revoker::revoke_session) (every token with that `sid`) and
 //!   [`revoke_subject`](Revoker::revoke_subject) (every token of `sub` issued up to now).
-//!   Every entry carries a TTL (the token's remaining life, the session's, or the max token
-//!   lifetime), so the list never grows without bound.
-//! - [`RevocationLayer`], the read side, placed **after** the JWT layer: it reads the
-//!   [`RegisteredClaims`](crate::RegisteredClaims) from the request extensions and checks
-//!   the token's `jti`, its `sid` and its subject in **one** `get_many` (one `MGET` on
-//!   Redis). All keys of a subject share one Redis Cluster hash tag, so it stays one round
-//!   trip on a cluster too.
+//!   Every entry carries a TTL computed from the policy (until the JWT layer would refuse
+//!   the token anyway), so the list never grows without bound.
+//! - The read side is part of the JWT layer:
+//!   [`policy.auth_layer().revocation(store)`](crate::jwt::JwtAuthLayer::revocation)
+//!   checks the verified token's `jti`, its `sid` and its subject in **one** `get_many`
+//!   (one `MGET` on Redis), in the same service, right after verification.
+//!   [`RevocationCheck`] sets what happens when the store is down. All keys of a subject
+//!   share one Redis Cluster hash tag, so it stays one round trip on a cluster too.
+//!
+//! There is no separate revocation layer, so the check cannot be placed in front of the
+//! JWT layer by mistake (where it would see no claims).
+//!
+//! # Guarantee
+//!
+//! A token revoked through a `Revoker` built from the same policy as the JWT layer stays
+//! refused until the layer would refuse it by itself: until `exp` plus the policy's
+//! leeway has passed (plus the last partial second, since the verifier compares `exp` with
+//! whole seconds). Neither the TTL nor the leeway is written twice.
 //!
 //! # Responses
 //!
@@ -22,8 +34,7 @@
 //! | not revoked | the inner service's response |
 //! | `jti` or `sid` revoked; subject revoked with `iat <= t` or no `iat` | `401`, `WWW-Authenticate: Bearer error="invalid_token", error_description="token revoked"`, JSON [`ErrorBody`](crate::response::ErrorBody) `invalid_token` |
 //! | store unreachable or timed out (default, fail closed) | `503`, `Retry-After`, JSON `store_unavailable` |
-//! | store unreachable, with [`fail_open`](RevocationLayer::fail_open) | the inner service's response, and a `tracing` warning per request |
-//! | no `RegisteredClaims` in the extensions (layer misplaced) | `500`, JSON `internal_error`, and a `tracing` error naming the cause |
+//! | store unreachable, with [`fail_open`](RevocationCheck::fail_open) | the inner service's response, and a `tracing` warning per request |
 //! | the store answered something unexpected | `500`, whatever `fail_open` says |
 //!
 //! "Log out everywhere" at second `t` revokes every token of the subject with
@@ -32,52 +43,48 @@
 //!
 //! # Requirements
 //!
-//! The inner service must be `Clone` (the store lookup runs before it is called). The
-//! response future boxes the store lookup only, which is `Send + 'static` on its own; the
-//! request body, response body and inner service need no `Send` or `'static` bound beyond
-//! what your server asks for. The layer works with any request and response body.
+//! With a revocation check, the inner service of the JWT layer must be `Clone` (the store
+//! lookup runs before it is called). The response future boxes the store lookup only,
+//! which is `Send + 'static` on its own; the request body, response body and inner service
+//! need no `Send` or `'static` bound beyond what your server asks for.
 //!
 //! # Example
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use std::time::{Duration, SystemTime, UNIX_EPOCH};
 //!
-//! use http::{Request, Response, StatusCode};
+//! use http::{header, Request, Response, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_stateless::revocation::{RevocationLayer, Revoker};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+//! use tower_stateless::revocation::Revoker;
 //! use tower_stateless::store::MemoryStore;
-//! use tower_stateless::RegisteredClaims;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
+//! let policy = TokenPolicy::builder(keys).signing_key("v1").build()?;
 //! let store = MemoryStore::new();
-//! let revoker = Revoker::new(store.clone(), Duration::from_secs(3600));
-//!
-//! let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-//! let claims = RegisteredClaims::new("alice", now + 900).with_jti("t-1").with_iat(now);
+//! let revoker = Revoker::new(store.clone(), &policy);
 //!
 //! let service = ServiceBuilder::new()
-//!     // Stands in for `JwtAuthLayer`, which inserts the verified claims.
-//!     .map_request({
-//!         let claims = claims.clone();
-//!         move |mut request: Request<String>| {
-//!             request.extensions_mut().insert(claims.clone());
-//!             request
-//!         }
-//!     })
-//!     .layer(RevocationLayer::new(store))
+//!     .layer(policy.auth_layer().revocation(store))
 //!     .service_fn(|_request: Request<String>| async {
 //!         Ok::<_, Infallible>(Response::new(String::from("hello")))
 //!     });
 //!
-//! let response = service.clone().oneshot(Request::new(String::new())).await?;
+//! let issued = policy.token_issuer()?.issue("alice")?;
+//! let request = || {
+//!     Request::get("/")
+//!         .header(header::AUTHORIZATION, format!("Bearer {}", issued.token))
+//!         .body(String::new())
+//! };
+//! let response = service.clone().oneshot(request()?).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
 //!
 //! // The logout handler:
-//! revoker.revoke_token(&claims).await?;
+//! revoker.revoke_token(&issued.claims).await?;
 //!
-//! let response = service.oneshot(Request::new(String::new())).await?;
+//! let response = service.oneshot(request()?).await?;
 //! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 //! # Ok(())
 //! # }
@@ -86,18 +93,13 @@
 //! # Security
 //!
 //! - Fail closed is the default: while the store is unreachable every request gets `503`.
-//!   [`fail_open`](RevocationLayer::fail_open) trades that for accepting revoked tokens
+//!   [`fail_open`](RevocationCheck::fail_open) trades that for accepting revoked tokens
 //!   during an outage.
-//! - Entries expire with the token (`exp − now`). If your JWT verifier accepts tokens for
-//!   some leeway past `exp`, give the same [`leeway`](Revoker::leeway) to the `Revoker`, or
-//!   a revoked token works again for that leeway once its entry has expired.
-//! - Subject revocations are kept for the max token lifetime given to [`Revoker::new`]; a
-//!   token that lives longer than that is accepted again after the entry expires.
+//! - Subject revocations are kept for the policy's access TTL (plus the leeway): a token
+//!   from elsewhere that lives longer than that is accepted again after the entry expires.
 //! - The subject rule compares `iat` with the clock of the instance that revoked: keep
 //!   the clocks of token issuers and revokers in sync (NTP). A token without `iat` is
 //!   refused once its subject is revoked.
-//! - The layer trusts the claims in the extensions: put it after the layer that verifies
-//!   them.
 //!
 //! # Keys
 //!
@@ -106,14 +108,10 @@
 //! base64url without padding, so that a `{`, `}` or `:` in a subject can neither break the
 //! hash tag nor collide with another subject's keys. The store's own prefix goes in front.
 
-mod check;
-mod future;
+pub(crate) mod check;
 mod key;
-mod layer;
 mod revoker;
-mod service;
 
-pub use self::future::ResponseFuture;
-pub use self::layer::RevocationLayer;
+pub use self::check::RevocationCheck;
+pub(crate) use self::revoker::raise_cutoff;
 pub use self::revoker::{RevokeError, Revoker};
-pub use self::service::RevocationService;

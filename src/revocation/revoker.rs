@@ -3,6 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::key;
+use crate::jwt::TokenPolicy;
 use crate::store::{StateStore, StoreError};
 use crate::RegisteredClaims;
 
@@ -35,42 +36,35 @@ pub enum RevokeError {
 ///
 /// | call | key expires after |
 /// |---|---|
-/// | [`revoke_token`](Self::revoke_token) / [`revoke_jti`](Self::revoke_jti) | the token's remaining life, `exp − now` (+ leeway) |
-/// | [`revoke_session`](Self::revoke_session) | the TTL you give (the session's remaining life) |
-/// | [`revoke_subject`](Self::revoke_subject) | the max token lifetime given to [`new`](Self::new) (+ leeway) |
+/// | [`revoke_token`](Self::revoke_token) / [`revoke_jti`](Self::revoke_jti) | when the JWT layer would refuse the token anyway: `exp` + leeway + 1 s |
+/// | [`revoke_session`](Self::revoke_session) | the TTL you give, but never before every token of the session minted up to now is refused anyway (access TTL + leeway + 1 s) |
+/// | [`revoke_subject`](Self::revoke_subject) | access TTL + leeway + 1 s |
 ///
-/// Share the store with the [`RevocationLayer`](super::RevocationLayer) of every instance;
+/// The access TTL and the leeway come from the [`TokenPolicy`] the JWT layer verifies
+/// under, so a revoked token stays refused for as long as the layer would accept it. (The
+/// extra second: the verifier compares `exp` with the current whole second.)
+///
+/// Share the store with the revocation check
+/// ([`JwtAuthLayer::revocation`](crate::jwt::JwtAuthLayer::revocation)) of every instance;
 /// a revocation is visible to the next request on any of them.
 #[derive(Debug, Clone)]
 pub struct Revoker<S> {
     store: S,
-    max_token_lifetime: Duration,
-    leeway: Duration,
+    policy: TokenPolicy,
 }
 
 impl<S: StateStore> Revoker<S> {
-    /// A revoker writing to `store`.
+    /// A revoker writing to `store`, keeping entries as long as tokens of `policy` can be
+    /// accepted.
     ///
-    /// `max_token_lifetime` is the longest `exp − iat` of any token you issue: a subject
-    /// revocation is kept that long, after which every token it revoked has expired
-    /// anyway. Too short a value lets old tokens back in once the entry expires.
-    pub fn new(store: S, max_token_lifetime: Duration) -> Self {
+    /// The policy's access TTL is taken as the longest `exp − iat` of any token: a
+    /// subject revocation is kept that long (plus the leeway), after which every token it
+    /// revoked has expired anyway.
+    pub fn new(store: S, policy: &TokenPolicy) -> Self {
         Self {
             store,
-            max_token_lifetime,
-            leeway: Duration::ZERO,
+            policy: policy.clone(),
         }
-    }
-
-    /// Extra time every entry is kept beyond the token's expiry (default none).
-    ///
-    /// Set it to the clock-skew leeway of your JWT verifier: a verifier that accepts a
-    /// token up to 60 s after `exp` would otherwise accept a revoked token for those 60 s
-    /// once its revocation entry has expired.
-    #[must_use]
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
-        self
     }
 
     /// The store this revoker writes to.
@@ -92,15 +86,15 @@ impl<S: StateStore> Revoker<S> {
 
     /// Revokes the token `jti` of `sub` that expires at `exp` (Unix seconds).
     ///
-    /// The entry lives for the token's remaining life (`exp − now`, plus the
-    /// [`leeway`](Self::leeway)). A token that has already expired (beyond the leeway) is
-    /// refused by the JWT layer anyway: then nothing is written and this returns `Ok`.
+    /// The entry lives until the JWT layer refuses the token by itself (`exp` plus the
+    /// policy's leeway, plus one second). A token already past that is refused anyway:
+    /// then nothing is written and this returns `Ok`.
     ///
     /// # Errors
     ///
     /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_jti(&self, sub: &str, jti: &str, exp: u64) -> Result<(), RevokeError> {
-        let expires = Duration::from_secs(exp).saturating_add(self.leeway);
+        let expires = self.policy.refused_from(exp);
         let Some(ttl) = expires.checked_sub(since_epoch()) else {
             return Ok(());
         };
@@ -116,21 +110,22 @@ impl<S: StateStore> Revoker<S> {
     }
 
     /// Revokes the session `sid` of `sub`: every token carrying that `sid` claim, issued
-    /// before or after this call, is refused for `ttl`.
-    ///
-    /// Give the session's remaining life (or the max token lifetime, if tokens of the
-    /// session may be issued until then) as `ttl`.
+    /// before or after this call, is refused for `ttl`, and in any case until every token
+    /// of the session issued up to now would be refused anyway (the policy's access TTL
+    /// plus the leeway plus one second). A longer `ttl` (the session's remaining life)
+    /// also refuses tokens of the session minted later; `Duration::ZERO` means just that
+    /// minimum.
     ///
     /// # Errors
     ///
-    /// [`RevokeError::Store`] when the store fails, or with
-    /// [`StoreError::InvalidTtl`] when `ttl` is below one millisecond.
+    /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_session(
         &self,
         sub: &str,
         sid: &str,
         ttl: Duration,
     ) -> Result<(), RevokeError> {
+        let ttl = ttl.max(self.policy.acceptance_window()).min(MAX_TTL);
         let value = Bytes::from_static(b"1");
         self.store.set(&key::sid(sub, sid), value, ttl).await?;
         Ok(())
@@ -147,45 +142,54 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// Calling it again moves `t` to the new time, never back: when another instance
     /// (with a clock ahead of this one) already wrote a later `t`, that one stays and is
-    /// returned. The entry is kept for the max token lifetime (plus the leeway). One store
-    /// round trip for a first revocation, two or three when there is one already.
+    /// returned. The entry is kept for the policy's access TTL plus the leeway plus one
+    /// second. One store round trip for a first revocation, two or three when there is
+    /// one already.
     ///
     /// # Errors
     ///
-    /// [`RevokeError::Store`] when the store fails, or with
-    /// [`StoreError::InvalidTtl`] when the max token lifetime is zero.
+    /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
         let now = since_epoch().as_secs();
-        let ttl = self.max_token_lifetime.saturating_add(self.leeway);
-        let key = key::subject(sub);
-        let value = Bytes::from(now.to_string());
-        // The cutoff only moves forward: an instance whose clock lags must not shorten a
-        // "log out everywhere" another instance wrote. One round trip when there is none.
-        let mut seen = self.store.set_if_absent(&key, value.clone(), ttl).await?;
-        for _ in 0..CUTOFF_ATTEMPTS {
-            let Some(current) = seen else {
-                return Ok(now);
-            };
-            let later = std::str::from_utf8(&current)
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
-                .filter(|t| *t >= now);
-            if let Some(later) = later {
-                return Ok(later);
-            }
-            if self
-                .store
-                .compare_and_set(&key, &current, value.clone(), ttl)
-                .await?
-            {
-                return Ok(now);
-            }
-            seen = self.store.set_if_absent(&key, value.clone(), ttl).await?;
-        }
-        Err(RevokeError::Store(StoreError::Unexpected(
-            "the subject's revocation kept changing under concurrent writers".into(),
-        )))
+        let ttl = self.policy.acceptance_window().min(MAX_TTL);
+        Ok(raise_cutoff(&self.store, &key::subject(sub), now, ttl).await?)
     }
+}
+
+/// Writes the cutoff `now` under `key`, unless a later one is there, and returns the
+/// cutoff that holds. The cutoff only moves forward: an instance whose clock lags must not
+/// shorten a "log out everywhere" another instance wrote. One round trip when there is
+/// none; a value that is not a number is replaced.
+pub(crate) async fn raise_cutoff<S: StateStore>(
+    store: &S,
+    key: &str,
+    now: u64,
+    ttl: Duration,
+) -> Result<u64, StoreError> {
+    let value = Bytes::from(now.to_string());
+    let mut seen = store.set_if_absent(key, value.clone(), ttl).await?;
+    for _ in 0..CUTOFF_ATTEMPTS {
+        let Some(current) = seen else {
+            return Ok(now);
+        };
+        let later = std::str::from_utf8(&current)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .filter(|t| *t >= now);
+        if let Some(later) = later {
+            return Ok(later);
+        }
+        if store
+            .compare_and_set(key, &current, value.clone(), ttl)
+            .await?
+        {
+            return Ok(now);
+        }
+        seen = store.set_if_absent(key, value.clone(), ttl).await?;
+    }
+    Err(StoreError::Unexpected(
+        "a cutoff kept changing under concurrent writers".into(),
+    ))
 }
 
 /// Compare-and-set attempts to move a subject's cutoff forward against concurrent writers.
@@ -199,7 +203,11 @@ mod tests {
     #[tokio::test]
     async fn the_subject_cutoff_never_moves_backwards() {
         let store = MemoryStore::new();
-        let revoker = Revoker::new(store.clone(), Duration::from_secs(3600));
+        let keys = crate::jwt::JwtKeySet::new()
+            .with_hmac("k", crate::jwt::Algorithm::HS256, &[7; 32])
+            .unwrap();
+        let policy = TokenPolicy::builder(keys).build().unwrap();
+        let revoker = Revoker::new(store.clone(), &policy);
         // Another instance, its clock 100 s ahead, already revoked alice.
         let ahead = since_epoch().as_secs() + 100;
         let key = key::subject("alice");

@@ -1,30 +1,35 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::check::{Lookup, Verdict};
-use crate::response::{for_protocol, is_grpc, store_unavailable, wrap, ErrorBody, ResponseBody};
+use super::reject::Rejection;
+use super::verify::Verifier;
+use crate::response::{for_protocol, wrap, ResponseBody};
+use crate::revocation::check::{self, internal_error, Lookup, Verdict};
 
 pin_project! {
-    /// The response future of [`RevocationService`](super::RevocationService): first the
-    /// store lookup, then the inner service's future.
+    /// The response future of [`JwtAuth`](super::JwtAuth) with a revocation check: the
+    /// store lookup for the verified token, then the inner service's future; or the
+    /// rejection the layer answered itself.
     ///
     /// The lookup is boxed (one allocation per request); it owns a clone of the store and
     /// of the claims, so it is `Send + 'static` by itself. The request, the inner service
     /// and the inner future stay unboxed, so this future is `Send` whenever they are.
-    pub struct ResponseFuture<S, ReqBody>
+    pub struct RevocationFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
         state: State<S::Future>,
         pending: Option<(S, Request<ReqBody>)>,
+        verifier: Arc<Verifier>,
         retry_after: Duration,
         grpc: bool,
     }
@@ -35,30 +40,59 @@ pin_project! {
     enum State<F> {
         Check { lookup: Lookup },
         Inner { #[pin] future: F },
+        Rejected { rejection: Option<Rejection> },
         Done,
     }
 }
 
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
+impl<S, ReqBody> RevocationFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(super) fn new(
+    /// Checks `lookup`, then calls `inner` with `request`.
+    pub(super) fn check(
         lookup: Lookup,
         inner: S,
         request: Request<ReqBody>,
+        verifier: Arc<Verifier>,
         retry_after: Duration,
+        grpc: bool,
     ) -> Self {
         Self {
             state: State::Check { lookup },
-            grpc: is_grpc(request.headers()),
             pending: Some((inner, request)),
+            verifier,
             retry_after,
+            grpc,
+        }
+    }
+
+    /// The inner service's future, unchecked (a public path).
+    pub(super) fn inner(future: S::Future, verifier: Arc<Verifier>) -> Self {
+        Self {
+            state: State::Inner { future },
+            pending: None,
+            verifier,
+            retry_after: Duration::ZERO,
+            grpc: false,
+        }
+    }
+
+    /// The JWT layer's own rejection.
+    pub(super) fn reject(rejection: Rejection, verifier: Arc<Verifier>, grpc: bool) -> Self {
+        Self {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+            pending: None,
+            verifier,
+            retry_after: Duration::ZERO,
+            grpc,
         }
     }
 }
 
-impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+impl<S, ReqBody> fmt::Debug for RevocationFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
@@ -66,15 +100,16 @@ where
         let state = match self.state {
             State::Check { .. } => "Check",
             State::Inner { .. } => "Inner",
+            State::Rejected { .. } => "Rejected",
             State::Done => "Done",
         };
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("RevocationFuture")
             .field("state", &state)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody, ResBody> Future for RevocationFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
@@ -93,17 +128,19 @@ where
                         }
                         None => internal_error(),
                     },
-                    Verdict::Revoked => revoked(),
-                    Verdict::Unavailable => store_unavailable(*this.retry_after),
-                    Verdict::Failed => internal_error(),
+                    verdict => check::reject(verdict, *this.retry_after),
                 },
                 StateProj::Inner { future } => {
                     let result = ready!(future.poll(cx));
                     this.state.set(State::Done);
                     return Poll::Ready(result.map(wrap));
                 }
+                StateProj::Rejected { rejection } => match rejection.take() {
+                    Some(rejection) => this.verifier.reject(rejection),
+                    None => internal_error(),
+                },
                 StateProj::Done => {
-                    tracing::error!("RevocationLayer: response future polled after completion");
+                    tracing::error!("JwtAuth: response future polled after completion");
                     internal_error()
                 }
             };
@@ -113,23 +150,4 @@ where
             return Poll::Ready(Ok(for_protocol(*this.grpc, response)));
         }
     }
-}
-
-/// `401` with the RFC 6750 challenge for a revoked token.
-fn revoked<B>() -> Response<ResponseBody<B>> {
-    let mut response = ErrorBody::new("invalid_token", "the token has been revoked")
-        .into_response(StatusCode::UNAUTHORIZED);
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(
-            r#"Bearer error="invalid_token", error_description="token revoked""#,
-        ),
-    );
-    response
-}
-
-/// `500` for a misplaced layer or a corrupt store reply; the details are in the log.
-fn internal_error<B>() -> Response<ResponseBody<B>> {
-    ErrorBody::new("internal_error", "internal server error")
-        .into_response(StatusCode::INTERNAL_SERVER_ERROR)
 }
