@@ -100,6 +100,7 @@ compile_error!(
 
 mod claims;
 mod config;
+mod failure;
 mod id;
 pub mod idempotency;
 pub mod jwt;
@@ -108,6 +109,7 @@ pub mod jwt;
 pub mod oidc;
 pub mod rate_limit;
 pub mod refresh;
+pub mod rejection;
 pub mod response;
 pub mod revocation;
 pub mod session;
@@ -115,6 +117,7 @@ pub mod store;
 
 pub use self::claims::RegisteredClaims;
 pub use self::config::ConfigError;
+pub use self::failure::StoreFailure;
 
 // The README's Rust examples compile as doctests.
 #[cfg(doctest)]
