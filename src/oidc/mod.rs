@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! use tower::ServiceBuilder;
-//! use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, RequireScopeLayer};
+//! use tower_stateless::jwt::{Algorithm, JwtKeySet, RequireScopeLayer, TokenPolicy};
 //! use tower_stateless::oidc::RemoteJwks;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,8 +27,10 @@
 //!     .with_hmac("v1", Algorithm::HS256, b"a secret of at least 32 bytes...")?
 //!     .with_issuer("https://login.example.com/realms/shop", ["shop-api"], provider.key_set())?;
 //!
+//! let policy = TokenPolicy::builder(keys).signing_key("v1").build()?;
+//!
 //! let orders = ServiceBuilder::new()
-//!     .layer(JwtAuthLayer::<serde_json::Value>::new(keys))
+//!     .layer(policy.auth_layer())
 //!     .layer(RequireScopeLayer::new(["orders:write"])?)
 //!     .service_fn(|_req: http::Request<String>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
@@ -38,8 +40,8 @@
 //! # }
 //! ```
 //!
-//! A provider alone needs no binding: `JwtAuthLayer::new(provider.key_set())` with the
-//! layer's `issuer` and `audience` set.
+//! A provider alone needs no binding: a [`TokenPolicy`](crate::jwt::TokenPolicy) built from
+//! `provider.key_set()` with the policy's `issuer` and `audience` set.
 //!
 //! # Refresh
 //!
