@@ -535,6 +535,39 @@ impl StateStore for Recording {
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         self.inner.delete(key).await
     }
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<tower_stateless::store::StoredHash>> {
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &tower_stateless::store::HashChanges,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        for (_, value) in &changes.set {
+            self.record(key, value);
+        }
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        if let Some(value) = &new {
+            self.record(key, value);
+        }
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
+    }
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> StoreResult<i64> {
         self.record(key, by.to_string().as_bytes());
         self.inner.increment(key, by, ttl).await
