@@ -23,7 +23,8 @@ pub struct SessionLayer<S> {
 
 impl<S: StateStore> SessionLayer<S> {
     /// A layer with the defaults: cookie `id`, path `/`, `Secure`, `HttpOnly`, `SameSite=Lax`,
-    /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix `sess:`.
+    /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix
+    /// `sess:`, size limit 1 MiB, 8 retries of [`Session::update`](super::Session::update).
     pub fn new(store: S) -> Self {
         Self {
             store,

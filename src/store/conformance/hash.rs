@@ -309,7 +309,8 @@ pub async fn hash_deleted_never_resurrected<S: StateStore>(store: &S) {
 /// A hash expires after the TTL of its last write or refresh; a refresh rolls the expiry;
 /// an expired hash is absent to every operation.
 pub async fn hash_ttl_and_refresh<S: StateStore>(store: &S) {
-    let ttl = Duration::from_millis(400);
+    // Margins of 500 ms or more on each side, for a loaded machine.
+    let ttl = Duration::from_millis(1000);
     let key = fresh_key("hash-ttl");
     ok(
         store
@@ -317,12 +318,12 @@ pub async fn hash_ttl_and_refresh<S: StateStore>(store: &S) {
             .await,
         "apply",
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         ok(store.hash_get_all_and_refresh(&key, ttl).await, "read").is_some(),
         "a hash must exist before its TTL"
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         ok(store.hash_get_all_and_refresh(&key, ttl).await, "read").is_some(),
         "a read must roll the expiry"
@@ -333,7 +334,7 @@ pub async fn hash_ttl_and_refresh<S: StateStore>(store: &S) {
             .await,
         "apply",
     );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(
         ok(store.hash_get_all_and_refresh(&key, ttl).await, "read"),
         None,
@@ -354,7 +355,7 @@ pub async fn hash_ttl_and_refresh<S: StateStore>(store: &S) {
 /// The absolute lifetime holds: no refresh or write keeps a hash past its deadline, and
 /// a read reports the time left to it.
 pub async fn hash_lifetime_caps_refresh<S: StateStore>(store: &S) {
-    let lifetime = Duration::from_millis(700);
+    let lifetime = Duration::from_millis(1500);
     let key = fresh_key("hash-lifetime");
     ok(
         store
@@ -369,7 +370,7 @@ pub async fn hash_lifetime_caps_refresh<S: StateStore>(store: &S) {
         read.lifetime_left
     );
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         ok(store.hash_get_all_and_refresh(&key, LONG).await, "read");
         ok(
             store
@@ -378,7 +379,7 @@ pub async fn hash_lifetime_caps_refresh<S: StateStore>(store: &S) {
             "apply",
         );
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         ok(store.hash_get_all_and_refresh(&key, LONG).await, "read"),
         None,
