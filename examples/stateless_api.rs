@@ -49,7 +49,7 @@ use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
-use tower_stateless::session::{Session, SessionLayer};
+use tower_stateless::session::{Session, SessionError, SessionLayer};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
 
@@ -223,10 +223,32 @@ async fn me(Extension(claims): Extension<RegisteredClaims>) -> Json<serde_json::
     Json(json!({"sub": claims.sub, "jti": claims.jti, "sid": claims.sid, "exp": claims.exp}))
 }
 
+/// The cart is one session key per SKU (`cart:<sku>` → quantity), so concurrent changes of
+/// different items, on any instance, never overwrite each other.
+const CART: &str = "cart:";
+
+/// The cart as this request sees it: the `cart:` keys, read from the session loaded once.
+async fn cart_items(session: &Session) -> Result<BTreeMap<String, u32>, SessionError> {
+    let mut items = BTreeMap::new();
+    for key in session.keys_with_prefix(CART).await? {
+        if let Some(qty) = session.get::<u32>(&key).await? {
+            items.insert(key[CART.len()..].to_owned(), qty);
+        }
+    }
+    Ok(items)
+}
+
+fn session_error(e: &SessionError) -> Response {
+    if e.is_unavailable() {
+        return unavailable();
+    }
+    error(e.status(), e.error_code(), &e.to_string())
+}
+
 async fn cart(Extension(session): Extension<Session>) -> Response {
-    match session.get::<BTreeMap<String, u32>>("cart").await {
-        Ok(items) => Json(json!({"items": items.unwrap_or_default()})).into_response(),
-        Err(_) => unavailable(),
+    match cart_items(&session).await {
+        Ok(items) => Json(json!({"items": items})).into_response(),
+        Err(e) => session_error(&e),
     }
 }
 
@@ -244,18 +266,18 @@ async fn put_item(
         Ok(Json(q)) => q,
         Err(e) => return rejected(&e),
     };
-    let Ok(current) = session.get::<BTreeMap<String, u32>>("cart").await else {
-        return unavailable();
-    };
-    let mut items = current.unwrap_or_default();
-    if q.qty == 0 {
-        items.remove(&sku);
+    let key = format!("{CART}{sku}");
+    let changed = if q.qty == 0 {
+        session.remove(&key).await
     } else {
-        items.insert(sku, q.qty);
+        session.insert(&key, q.qty).await
+    };
+    if let Err(e) = changed {
+        return session_error(&e);
     }
-    match session.insert("cart", &items).await {
-        Ok(()) => Json(json!({"items": items})).into_response(),
-        Err(_) => unavailable(),
+    match cart_items(&session).await {
+        Ok(items) => Json(json!({"items": items})).into_response(),
+        Err(e) => session_error(&e),
     }
 }
 

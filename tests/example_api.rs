@@ -542,6 +542,69 @@ async fn route_table_on_redis() {
     );
 }
 
+/// The cart is one session key per SKU: 30 concurrent `PUT /cart/items/{sku}` of
+/// different SKUs on one session, across two instances on one Redis, all answered `200`,
+/// leave 30 items; concurrent changes of one SKU end at one of the quantities sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cart_changes_on_two_instances_lose_nothing() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    let alice = login(&http, &one, "alice", "wonderland").await;
+    let put_all = |items: Vec<(String, u32)>| {
+        let (http, cookie) = (http.clone(), alice.cookie.clone());
+        let urls: Vec<String> = items
+            .iter()
+            .enumerate()
+            .map(|(i, (sku, _))| {
+                let at = if i % 2 == 0 { &one } else { &two };
+                at.url(&format!("/cart/items/{sku}"))
+            })
+            .collect();
+        async move {
+            let tasks: Vec<_> = urls
+                .into_iter()
+                .zip(items)
+                .map(|(url, (_, qty))| {
+                    let (http, cookie) = (http.clone(), cookie.clone());
+                    tokio::spawn(async move {
+                        http.put(url)
+                            .header("cookie", cookie)
+                            .json(&json!({"qty": qty}))
+                            .send()
+                            .await
+                            .expect("PUT /cart/items")
+                            .status()
+                    })
+                })
+                .collect();
+            for task in tasks {
+                assert_eq!(task.await.expect("task"), StatusCode::OK);
+            }
+        }
+    };
+    put_all((0..30).map(|i| (format!("sku{i}"), i + 1)).collect()).await;
+    let items = cart(&http, &two, &alice.cookie).await;
+    let want: serde_json::Map<String, Value> =
+        (0..30).map(|i| (format!("sku{i}"), json!(i + 1))).collect();
+    assert_eq!(
+        items,
+        Value::Object(want),
+        "every concurrent item must be kept"
+    );
+
+    put_all((1..=20).map(|qty| ("same".to_owned(), qty)).collect()).await;
+    let items = cart(&http, &one, &alice.cookie).await;
+    let same = items["same"].as_u64().expect("the SKU is in the cart");
+    assert!((1..=20).contains(&same), "{same} was never sent");
+    assert_eq!(items.as_object().map(|o| o.len()), Some(31));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_one_redis() {
     let redis = redis_or_skip!();

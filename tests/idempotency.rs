@@ -14,7 +14,10 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody, Scope};
 use tower_stateless::response::ResponseBody;
-use tower_stateless::store::{Gcra, GcraOutcome, MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::store::{
+    Gcra, GcraOutcome, HashChanges, HashWriteOptions, HashWriteOutcome, MemoryStore, RedisStore,
+    StateStore, StoreError, StoredHash,
+};
 use tower_stateless::{ConfigError, RegisteredClaims, StoreFailure};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
@@ -1349,6 +1352,36 @@ impl<St: StateStore> StateStore for Faulty<St> {
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
         self.check()?;
         self.inner.gcra(key, params).await
+    }
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.check()?;
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.check()?;
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.check()?;
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
     }
 }
 

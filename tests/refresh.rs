@@ -549,6 +549,33 @@ impl<St: StateStore> StateStore for Flaky<St> {
     ) -> Res<tower_stateless::store::GcraOutcome> {
         self.inner.gcra(key, params).await
     }
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Res<Option<tower_stateless::store::StoredHash>> {
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &tower_stateless::store::HashChanges,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> Res<tower_stateless::store::HashWriteOutcome> {
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> Res<tower_stateless::store::HashWriteOutcome> {
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
+    }
 }
 
 /// Reuse detection revokes the session's access tokens and the family; when the store
@@ -810,6 +837,39 @@ impl StateStore for Recording {
     }
     async fn delete(&self, key: &str) -> StoreResult<bool> {
         self.inner.delete(key).await
+    }
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<tower_stateless::store::StoredHash>> {
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &tower_stateless::store::HashChanges,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        for (_, value) in &changes.set {
+            self.record(key, value);
+        }
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        if let Some(value) = &new {
+            self.record(key, value);
+        }
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
     }
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> StoreResult<i64> {
         self.record(key, by.to_string().as_bytes());

@@ -13,13 +13,19 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
+use tower_stateless::store::{
+    HashChanges, HashWriteOptions, HashWriteOutcome, MemoryStore, RedisStore, StateStore,
+    StoreError, StoredHash,
+};
 use tower_stateless::{ConfigError, RegisteredClaims};
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
-/// `cycle`, `destroy`, and `peek:k`, a read that swallows errors and always answers 200;
+/// `cycle`, `destroy`, `incr:k` (an atomic `update`, answering the new value or the
+/// error's status and code), `keys`, `keys:prefix`, `getnum:k` (a `u64` read), and
+/// `peek:k`, a read that swallows errors and always answers 200;
 /// several ops separated by `,` run in order in one request. Answers the outputs of the
-/// ops joined by `,` (the JSON of `get`, empty for writes), or the error text. An
+/// ops joined by `,` (the JSON of `get`, empty for writes), or the error text (and the
+/// error code in `x-error-code`). An
 /// `x-cache-control` or `x-vary` request header is copied into the response as the
 /// handler's own `Cache-Control` or `Vary`.
 async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
@@ -43,6 +49,17 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
             ["clear"] => s.clear().await.map(|_| String::new()),
             ["cycle"] => s.cycle_id().await.map(|_| String::new()),
             ["destroy"] => s.destroy().await.map(|_| String::new()),
+            ["incr", k] => match s.update(k, |n: Option<u64>| n.unwrap_or(0) + 1).await {
+                Ok(n) => Ok(n.to_string()),
+                Err(e) => {
+                    let mut r = Response::new(e.error_code().to_owned());
+                    *r.status_mut() = e.status();
+                    return Ok(r);
+                }
+            },
+            ["keys"] => s.keys().await.map(|k| k.join("|")),
+            ["getnum", k] => s.get::<u64>(k).await.map(|v| format!("{v:?}")),
+            ["keys", prefix] => s.keys_with_prefix(prefix).await.map(|k| k.join("|")),
             _ => Ok(String::new()),
         };
         match out {
@@ -50,6 +67,10 @@ async fn handler(req: Request<String>) -> Result<Response<String>, Infallible> {
             Err(e) => {
                 let mut r = Response::new(format!("error unavailable={}", e.is_unavailable()));
                 *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut().insert(
+                    "x-error-code",
+                    http::HeaderValue::from_static(e.error_code()),
+                );
                 return Ok(r);
             }
         }
@@ -512,16 +533,11 @@ mod redis {
         assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
         s.reset_stats();
         call(&layer, Some(&c), "put:a:2").await;
-        // One GETEX + one EVALSHA (the GET/SET inside the script are not round trips).
+        // One EVALSHA to read (and roll the expiry), one to write the changed key; the
+        // hash commands inside the scripts are not round trips.
         let stats = s.command_stats();
-        assert_eq!(stats.get("getex"), Some(&1), "{stats:?}");
-        assert_eq!(stats.get("evalsha"), Some(&1), "{stats:?}");
-        let client_sent: u64 = stats
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "get" | "set" | "del"))
-            .map(|(_, v)| v)
-            .sum();
-        assert_eq!(client_sent, 2, "{stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&2), "{stats:?}");
+        assert_eq!(s.command_count(), 2, "{stats:?}");
         // Malformed and forged ids: no store command at all for malformed.
         s.reset_stats();
         call(&layer, Some("id=short"), "get:a").await;
@@ -640,6 +656,36 @@ impl<St: StateStore> StateStore for Counting<St> {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.hit();
         self.inner.delete(key).await
+    }
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.hit();
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hit();
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hit();
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
     }
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
         self.hit();
@@ -785,9 +831,12 @@ mod hardening {
         cookie.split_once('=').unwrap().1
     }
 
-    /// The stored record of session `id`, read straight from the store.
-    async fn stored<St: StateStore>(store: &St, id: &str) -> Option<Bytes> {
-        store.get(&format!("sess:{{{id}}}")).await.unwrap()
+    /// The stored session `id`, read straight from the store.
+    async fn stored<St: StateStore>(store: &St, id: &str) -> Option<StoredHash> {
+        store
+            .hash_get_all_and_refresh(&format!("sess:{{{id}}}"), Duration::from_secs(3600))
+            .await
+            .unwrap()
     }
 
     fn removes_cookie(out: &Out) -> bool {
@@ -1244,6 +1293,433 @@ mod hardening {
             "ex\u{e4}mple.com",
         ] {
             refused(layer().cookie_domain(bad), "cookie_domain");
+        }
+    }
+}
+
+/// Sessions v2: field-level storage, atomic updates, key listing, limits and bad input.
+mod sessions_v2 {
+    use super::*;
+
+    /// Sends `reqs` concurrently, alternating between two instances (two services with
+    /// their own layer over one shared store), and returns the answers.
+    async fn concurrently<St: StateStore>(
+        one: &SessionLayer<St>,
+        two: &SessionLayer<St>,
+        reqs: Vec<Request<String>>,
+    ) -> Vec<(StatusCode, String)> {
+        let mut a = ServiceBuilder::new().layer(one.clone()).service_fn(handler);
+        let mut b = ServiceBuilder::new().layer(two.clone()).service_fn(handler);
+        let mut tasks = Vec::new();
+        for (i, req) in reqs.into_iter().enumerate() {
+            let svc = if i % 2 == 0 { &mut a } else { &mut b };
+            tasks.push(tokio::spawn(svc.ready().await.unwrap().call(req)));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            let res = t.await.unwrap().unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8(body.to_vec()).unwrap()));
+        }
+        out
+    }
+
+    fn with_cookie(cookie: &str, op: &str) -> Request<String> {
+        Request::builder()
+            .header("x-op", op)
+            .header(header::COOKIE, cookie)
+            .body(String::new())
+            .unwrap()
+    }
+
+    /// 32 concurrent increments of one counter through two instances: every answer is a
+    /// success (a task retries only when another one changed the counter, so at most 31
+    /// times), and the counter ends at exactly the number of successes, each value
+    /// answered once.
+    async fn concurrent_increments_through_two_instances_lose_nothing<St: StateStore>(
+        store: St,
+        other: St,
+    ) {
+        let one = SessionLayer::new(store).max_retries(31);
+        let two = SessionLayer::new(other).max_retries(31);
+        let c = cookie_pair(&call(&one, None, "put:seed:0").await);
+        let reqs = (0..32).map(|_| with_cookie(&c, "incr:n")).collect();
+        let answers = concurrently(&one, &two, reqs).await;
+        let mut values: Vec<u64> = answers
+            .iter()
+            .map(|(status, body)| {
+                assert_eq!(*status, StatusCode::OK, "{body}");
+                body.parse().unwrap()
+            })
+            .collect();
+        values.sort_unstable();
+        assert_eq!(
+            values,
+            (1..=32).collect::<Vec<u64>>(),
+            "each value answered once"
+        );
+        assert_eq!(call(&two, Some(&c), "get:seed").await.body, "Some(\"0\")");
+        let out = call(&one, Some(&c), "incr:n").await;
+        assert_eq!(out.body, "33");
+    }
+
+    /// Without retries, conflicting increments answer `409 session_conflict` and write
+    /// nothing: the counter still ends at exactly the number of successful answers.
+    async fn conflicting_increments_without_retries_count_only_successes<St: StateStore>(
+        store: St,
+        other: St,
+    ) {
+        let one = SessionLayer::new(store).max_retries(0);
+        let two = SessionLayer::new(other).max_retries(0);
+        let c = cookie_pair(&call(&one, None, "put:seed:0").await);
+        let reqs = (0..32).map(|_| with_cookie(&c, "incr:n")).collect();
+        let answers = concurrently(&one, &two, reqs).await;
+        let ok = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+        for (status, body) in &answers {
+            assert!(
+                *status == StatusCode::OK
+                    || (*status == StatusCode::CONFLICT && body == "session_conflict"),
+                "{status} {body}"
+            );
+        }
+        assert!(ok >= 1);
+        // One more increment reads the counter: it was at the number of successes.
+        let after = call(&one, Some(&c), "incr:n").await;
+        assert_eq!(after.body, (ok + 1).to_string());
+    }
+
+    /// Concurrent writes of different keys of one session through two instances all land;
+    /// concurrent writes of one key end at one of the values sent.
+    async fn concurrent_writes_of_one_session_keep_every_key<St: StateStore>(store: St, other: St) {
+        let one = SessionLayer::new(store);
+        let two = SessionLayer::new(other);
+        let c = cookie_pair(&call(&one, None, "put:seed:0").await);
+        let reqs = (0..30)
+            .map(|i| with_cookie(&c, &format!("put:item{i}:{i},put:same:{i}")))
+            .collect();
+        for (status, body) in concurrently(&one, &two, reqs).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let keys = call(&two, Some(&c), "keys:item").await.body;
+        assert_eq!(keys.split('|').count(), 30, "{keys}");
+        for i in 0..30 {
+            assert_eq!(
+                call(&one, Some(&c), &format!("get:item{i}")).await.body,
+                format!("Some(\"{i}\")")
+            );
+        }
+        let same = call(&one, Some(&c), "get:same").await.body;
+        assert!((0..30).any(|i| same == format!("Some(\"{i}\")")), "{same}");
+    }
+
+    backend_pair_tests!(
+        concurrent_increments_through_two_instances_lose_nothing,
+        conflicting_increments_without_retries_count_only_successes,
+        concurrent_writes_of_one_session_keep_every_key,
+    );
+
+    fn error_code(out: &Out) -> &str {
+        out.headers
+            .get("x-error-code")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    mod single {
+        use super::*;
+
+        /// `keys` and `keys_with_prefix` list the session as the request sees it, its own
+        /// pending changes included, sorted; no session lists nothing.
+        async fn keys_list_the_session_as_the_request_sees_it<St: StateStore>(store: St) {
+            let layer = SessionLayer::new(store);
+            assert_eq!(call(&layer, None, "keys").await.body, "");
+            let c = cookie_pair(
+                &call(
+                    &layer,
+                    None,
+                    "put:b:1,put:cart.y:1,put:cart.x:2,put:cartz:3",
+                )
+                .await,
+            );
+            assert_eq!(
+                call(&layer, Some(&c), "keys").await.body,
+                "b|cart.x|cart.y|cartz"
+            );
+            assert_eq!(
+                call(&layer, Some(&c), "keys:cart.").await.body,
+                "cart.x|cart.y"
+            );
+            assert_eq!(
+                call(&layer, Some(&c), "put:cart.a:1,del:cart.y,keys:cart.")
+                    .await
+                    .body,
+                ",,cart.a|cart.x"
+            );
+            assert_eq!(
+                call(&layer, Some(&c), "keys:cart.").await.body,
+                "cart.a|cart.x"
+            );
+            assert_eq!(call(&layer, Some(&c), "keys:nothing").await.body, "");
+            assert_eq!(call(&layer, Some(&c), "clear,keys").await.body, ",");
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "");
+        }
+
+        /// A stored value read (or updated) as another type is a `Decode` error naming the
+        /// key; the session is untouched.
+        async fn a_value_of_another_type_is_a_clear_error_and_changes_nothing<St: StateStore>(
+            store: St,
+        ) {
+            let layer = SessionLayer::new(store);
+            let c = cookie_pair(&call(&layer, None, "put:a:text").await);
+            let out = call(&layer, Some(&c), "getnum:a").await;
+            assert_eq!(error_code(&out), "session_error");
+            let out = call(&layer, Some(&c), "put:b:1,incr:a").await;
+            assert_eq!(
+                (out.status, out.body.as_str()),
+                (StatusCode::INTERNAL_SERVER_ERROR, "session_error")
+            );
+            assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"text\")");
+            // The decode error comes with the key and the serde reason.
+            let session_error = {
+                let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+                    |req: Request<String>| async move {
+                        let s = req.extensions().get::<Session>().cloned().unwrap();
+                        let e = s.get::<u64>("a").await.unwrap_err();
+                        assert!(
+                            matches!(&e, tower_stateless::session::SessionError::Decode { key, .. } if key == "a"),
+                            "{e:?}"
+                        );
+                        Ok::<_, Infallible>(Response::new(e.to_string()))
+                    },
+                );
+                let req = Request::builder()
+                    .header(header::COOKIE, &c)
+                    .body(String::new())
+                    .unwrap();
+                let res = svc.oneshot(req).await.unwrap();
+                String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
+                    .unwrap()
+            };
+            assert!(session_error.contains("\"a\""), "{session_error}");
+        }
+
+        /// A session past `max_size` is refused whole, never truncated: `insert` and
+        /// `update` return `TooLarge` and nothing of the request is kept; removals that
+        /// shrink it still work.
+        async fn a_session_past_its_size_limit_is_refused_whole<St: StateStore>(store: St) {
+            let layer = SessionLayer::new(store).max_size(64).unwrap();
+            let big = "x".repeat(40);
+            let c = cookie_pair(&call(&layer, None, &format!("put:a:{big}")).await);
+            // "b" + 42 bytes of JSON on top of "a" + 42: 86 > 64.
+            let out = call(&layer, Some(&c), &format!("put:c:1,put:b:{big}")).await;
+            assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error_code(&out), "session_too_large");
+            assert_eq!(call(&layer, Some(&c), "get:b").await.body, "None");
+            assert_eq!(call(&layer, Some(&c), "get:c").await.body, "Some(\"1\")");
+            let out = call(&layer, Some(&c), "incr:a").await;
+            assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR, "a is text");
+            // A new session over the limit is not created.
+            let out = call(&layer, None, &format!("put:a:{big}{big}")).await;
+            assert_eq!(error_code(&out), "session_too_large");
+            assert!(out.set_cookie.is_empty());
+            // Shrinking works.
+            assert_eq!(call(&layer, Some(&c), "del:a").await.status, StatusCode::OK);
+            assert_eq!(
+                call(&layer, Some(&c), &format!("put:b:{big}")).await.status,
+                StatusCode::OK
+            );
+        }
+
+        /// Two requests that each fit the limit but together cross it: the store refuses
+        /// the later write-back whole and the layer answers `413`, nothing of it saved.
+        async fn concurrent_growth_past_the_limit_is_refused_by_the_store<St: StateStore>(
+            store: St,
+        ) {
+            // "a" + "\"1\"" = 4; each request adds 47 or 48: alone they fit in 90, together
+            // not.
+            let layer = SessionLayer::new(store).max_size(90).unwrap();
+            let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+            let big = "y".repeat(40);
+            let inner = layer.clone();
+            let (cookie, value) = (c.clone(), big.clone());
+            let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+                move |req: Request<String>| {
+                    let (inner, cookie, value) = (inner.clone(), cookie.clone(), value.clone());
+                    async move {
+                        let s = req.extensions().get::<Session>().cloned().unwrap();
+                        s.insert("first", &value).await.unwrap();
+                        // Another request grows the session meanwhile, and is saved.
+                        let out = call(&inner, Some(&cookie), &format!("put:second:{value}")).await;
+                        assert_eq!(out.status, StatusCode::OK);
+                        Ok::<_, Infallible>(Response::new(String::new()))
+                    }
+                },
+            );
+            let req = Request::builder()
+                .header(header::COOKIE, &c)
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains("session_too_large"));
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "a|second");
+        }
+
+        /// A session in the previous format (one JSON record under the key) is no session:
+        /// a read finds nothing (never a 500), a write starts a new session under a new id,
+        /// and under a `sid` a write replaces the old record.
+        async fn a_session_of_the_old_format_is_treated_as_absent<St: StateStore>(store: St) {
+            let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
+            let id = "O".repeat(43);
+            let old = format!(
+                r#"{{"v":1,"created":{},"data":{{"a":"1"}}}}"#,
+                1_700_000_000
+            );
+            let key = format!("sess:{{{id}}}");
+            store
+                .set(&key, Bytes::from(old.clone()), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let c = format!("id={id}");
+            let out = call(&layer, Some(&c), "get:a,keys").await;
+            assert_eq!((out.status, out.body.as_str()), (StatusCode::OK, "None,"));
+            let out = call(&layer, Some(&c), "put:a:2").await;
+            assert_eq!(out.status, StatusCode::OK);
+            let fresh = cookie_pair(&out);
+            assert_ne!(fresh, c, "a write must not adopt the client's id");
+            assert_eq!(
+                call(&layer, Some(&fresh), "get:a").await.body,
+                "Some(\"2\")"
+            );
+            let out = call(&layer, Some(&c), "incr:n").await;
+            assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+            // Under a sid the old record gives way to the new session.
+            let sid = "P".repeat(43);
+            let key = format!("sess:{{{sid}}}");
+            store
+                .set(&key, Bytes::from(old), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
+            let out = call_with(&layer, None, claims(), "get:a,incr:n,put:b:1").await;
+            assert_eq!((out.status, out.body.as_str()), (StatusCode::OK, "None,1,"));
+            assert_eq!(call_with(&layer, None, claims(), "keys").await.body, "b|n");
+        }
+
+        /// `update` on a session that another request destroyed after this one loaded it
+        /// answers `Ended` and writes nothing; the write-back does not bring it back.
+        async fn update_of_a_session_destroyed_meanwhile_does_not_resurrect_it<St: StateStore>(
+            store: St,
+        ) {
+            let layer = SessionLayer::new(store.clone());
+            let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+            let id = c.trim_start_matches("id=").to_owned();
+            let st = store.clone();
+            let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+                move |req: Request<String>| {
+                    let (st, id) = (st.clone(), id.clone());
+                    async move {
+                        let s = req.extensions().get::<Session>().cloned().unwrap();
+                        assert_eq!(s.get::<String>("a").await.unwrap().as_deref(), Some("1"));
+                        st.delete(&format!("sess:{{{id}}}")).await.unwrap();
+                        let e = s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1).await;
+                        assert!(
+                            matches!(e, Err(tower_stateless::session::SessionError::Ended)),
+                            "{e:?}"
+                        );
+                        s.insert("b", 2).await.unwrap();
+                        Ok::<_, Infallible>(Response::new(String::new()))
+                    }
+                },
+            );
+            let req = Request::builder()
+                .header(header::COOKIE, &c)
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert!(res.headers().get(header::SET_COOKIE).is_none());
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "");
+        }
+
+        /// `update` without a session creates one (new id, cookie); after `destroy` in the
+        /// same request it starts a new one; with pending changes it starts from them.
+        async fn update_creates_a_session_and_sees_pending_changes<St: StateStore>(store: St) {
+            let layer = SessionLayer::new(store);
+            let out = call(&layer, None, "incr:n,incr:n").await;
+            assert_eq!((out.status, out.body.as_str()), (StatusCode::OK, "1,2"));
+            let c = cookie_pair(&out);
+            let out = call(&layer, Some(&c), "put:n:x,del:n,incr:n,keys").await;
+            assert_eq!(out.body, ",,1,n");
+            let out = call(&layer, Some(&c), "destroy,incr:n").await;
+            assert_eq!(out.body, ",1");
+            let fresh = out
+                .set_cookie
+                .iter()
+                .find(|c| !c.contains("Max-Age=0"))
+                .map(|c| c.split(';').next().unwrap().to_owned())
+                .expect("a new session cookie");
+            assert_ne!(fresh, c);
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "");
+            assert_eq!(call(&layer, Some(&fresh), "incr:n").await.body, "2");
+            // clear, then update: the update starts from nothing (the request cleared the
+            // session) and survives the clear of the write-back.
+            let out = call(&layer, Some(&fresh), "put:z:1,clear,incr:n,keys").await;
+            assert_eq!(out.body, ",,1,n");
+            assert_eq!(call(&layer, Some(&fresh), "keys").await.body, "n");
+        }
+
+        /// An id that expired is no session: a write gets a new id, and the expired one
+        /// stays gone.
+        async fn an_expired_id_is_no_session<St: StateStore>(store: St) {
+            let layer = SessionLayer::new(store)
+                .idle_timeout(Duration::from_secs(1))
+                .unwrap();
+            let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let out = call(&layer, Some(&c), "get:a,put:b:1").await;
+            assert_eq!(out.body, "None,");
+            let fresh = cookie_pair(&out);
+            assert_ne!(fresh, c);
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "");
+            assert_eq!(call(&layer, Some(&fresh), "keys").await.body, "b");
+        }
+
+        backend_tests!(
+            keys_list_the_session_as_the_request_sees_it,
+            a_value_of_another_type_is_a_clear_error_and_changes_nothing,
+            a_session_past_its_size_limit_is_refused_whole,
+            concurrent_growth_past_the_limit_is_refused_by_the_store,
+            a_session_of_the_old_format_is_treated_as_absent,
+            update_of_a_session_destroyed_meanwhile_does_not_resurrect_it,
+            update_creates_a_session_and_sees_pending_changes,
+            an_expired_id_is_no_session,
+        );
+
+        /// Store down: `update` answers unavailable (503) and nothing is written.
+        #[tokio::test]
+        async fn update_with_the_store_down_is_503() {
+            let layer = SessionLayer::new(common::DownStore::unavailable());
+            let id = format!("id={}", "A".repeat(43));
+            let out = call(&layer, Some(&id), "incr:n").await;
+            assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(out.body, "store_unavailable");
+            let out = call(&layer, None, "incr:n").await;
+            assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(out.set_cookie.is_empty());
+        }
+
+        /// A size limit that cannot work is refused when the layer is built.
+        #[test]
+        fn impossible_size_limits_are_refused() {
+            for bad in [0, 512 * 1024 * 1024 + 1, usize::MAX] {
+                match SessionLayer::new(MemoryStore::new()).max_size(bad) {
+                    Err(e) => assert_eq!(e.setting(), "max_size", "{e}"),
+                    Ok(_) => panic!("max_size({bad}) was accepted"),
+                }
+            }
+            assert!(SessionLayer::new(MemoryStore::new()).max_size(1).is_ok());
         }
     }
 }

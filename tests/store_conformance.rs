@@ -54,3 +54,57 @@ conformance!(redis_cluster, {
         .expect("build cluster store");
     (store, cluster)
 });
+
+/// The hash operations (sessions are stored field by field), once per backend:
+/// `hash::memory::hash_apply_semantics`, ...
+mod hash {
+    #[allow(unused_imports)]
+    use super::*;
+
+    macro_rules! hash_conformance {
+        ($backend:ident, $setup:expr) => {
+            conformance!(
+                $backend,
+                $setup,
+                [
+                    hash_apply_semantics,
+                    hash_apply_concurrent_keeps_every_field,
+                    hash_new_concurrent_one_winner,
+                    hash_deleted_never_resurrected,
+                    hash_ttl_and_refresh,
+                    hash_lifetime_caps_refresh,
+                    hash_compare_and_set_field_semantics,
+                    hash_compare_and_set_field_concurrent,
+                    hash_size_limit,
+                    hash_plain_value_counts_as_absent,
+                    hash_invalid_ttl_rejected,
+                    hash_unusual_fields_and_values,
+                ]
+            );
+        };
+    }
+
+    hash_conformance!(memory, (tower_stateless::store::MemoryStore::new(), ()));
+
+    #[cfg(feature = "redis")]
+    hash_conformance!(redis, {
+        let server = redis_or_skip!();
+        let store = tower_stateless::store::RedisStore::builder()
+            .url(server.url())
+            .prefix("conf:")
+            .build()
+            .expect("build store");
+        (store, server)
+    });
+
+    #[cfg(feature = "redis-cluster")]
+    hash_conformance!(redis_cluster, {
+        let cluster = cluster_or_skip!();
+        let store = tower_stateless::store::RedisStore::builder()
+            .cluster_urls(cluster.urls())
+            .prefix("conf:")
+            .build()
+            .expect("build cluster store");
+        (store, cluster)
+    });
+}

@@ -27,7 +27,7 @@
 //!     .with_hmac("v1", Algorithm::HS256, b"a secret of at least 32 bytes...")?
 //!     .with_issuer("https://login.example.com/realms/shop", ["shop-api"], provider.key_set())?;
 //!
-//! let policy = TokenPolicy::builder(keys).build()?;
+//! let policy = TokenPolicy::builder(keys).signing_key("v1").build()?;
 //!
 //! let orders = ServiceBuilder::new()
 //!     .layer(policy.auth_layer())
@@ -40,8 +40,8 @@
 //! # }
 //! ```
 //!
-//! A provider alone needs no binding: `TokenPolicy::builder(provider.key_set())` with the
-//! policy's `issuer` and `audience` set.
+//! A provider alone needs no binding: a [`TokenPolicy`](crate::jwt::TokenPolicy) built from
+//! `provider.key_set()` with the policy's `issuer` and `audience` set.
 //!
 //! # Refresh
 //!

@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) prefix: String,
     pub(crate) use_sid_claim: bool,
     pub(crate) max_retries: u32,
+    /// Largest session, in bytes (keys plus JSON values).
+    pub(crate) max_bytes: u64,
 }
 
 impl Default for Config {
@@ -49,8 +51,45 @@ impl Default for Config {
             prefix: "sess:".to_owned(),
             use_sid_claim: false,
             max_retries: 8,
+            max_bytes: DEFAULT_MAX_BYTES,
         }
     }
+}
+
+impl Config {
+    /// The absolute lifetime of a new session, within the TTL range of the store (a
+    /// century: longer is the same as unbounded).
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.absolute.min(LONGEST_LIFETIME)
+    }
+}
+
+/// The longest lifetime the store holds.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Default session size limit: 1 MiB.
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Largest accepted size limit: 512 MiB, the largest value Redis accepts in one request
+/// by default (`proto-max-bulk-len`).
+const LARGEST_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A session size limit: at least one byte, at most 512 MiB.
+pub(crate) fn check_max_size(bytes: usize) -> Result<u64, ConfigError> {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    if bytes == 0 {
+        return Err(ConfigError::new(
+            "max_size",
+            "0 bytes; no session key could be stored",
+        ));
+    }
+    if bytes > LARGEST_MAX_BYTES {
+        return Err(ConfigError::new(
+            "max_size",
+            format!("{bytes} bytes is beyond the 512 MiB one store write can carry"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The shortest idle timeout, absolute lifetime and cookie `Max-Age`: the session's age and

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 
 use super::config::{
     check_absolute_lifetime, check_cookie_attribute, check_cookie_name, check_idle_timeout,
-    max_age_secs, Config, Transport,
+    check_max_size, max_age_secs, Config, Transport,
 };
 use super::service::SessionService;
 use crate::store::StateStore;
@@ -23,7 +23,8 @@ pub struct SessionLayer<S> {
 
 impl<S: StateStore> SessionLayer<S> {
     /// A layer with the defaults: cookie `id`, path `/`, `Secure`, `HttpOnly`, `SameSite=Lax`,
-    /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix `sess:`.
+    /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix
+    /// `sess:`, size limit 1 MiB, 8 retries of [`Session::update`](super::Session::update).
     pub fn new(store: S) -> Self {
         Self {
             store,
@@ -155,13 +156,32 @@ impl<S: StateStore> SessionLayer<S> {
         self.config.use_sid_claim = on;
         self
     }
-    /// Compare-and-set retries on a concurrent update (default 8), each after a full-jitter
-    /// exponential backoff (4 ms window doubling up to 256 ms). The default lets 50
-    /// concurrent writers on one session through; when retries run out the layer answers 409.
+    /// How many times [`Session::update`](super::Session::update) retries after a
+    /// concurrent change of the same key (default 8), each after a full-jitter exponential
+    /// backoff (4 ms window doubling up to 256 ms); then it returns
+    /// [`SessionError::Conflict`](super::SessionError::Conflict). Ordinary writes never
+    /// retry: they write only the keys the request changed, in one step.
     #[must_use]
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.config.max_retries = retries;
         self
+    }
+    /// The largest session, in bytes: keys plus their JSON values (default 1 MiB). A
+    /// change that would grow a session past it is refused whole, never truncated:
+    /// [`Session::insert`](super::Session::insert) and
+    /// [`Session::update`](super::Session::update) return
+    /// [`SessionError::TooLarge`](super::SessionError::TooLarge), and when concurrent
+    /// requests together cross the limit, the store refuses the later write-back and the
+    /// layer answers `413` with nothing saved. Changes that shrink an oversized session
+    /// (after the limit was lowered) are allowed.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `max_size` for 0, or beyond 512 MiB (more than one store
+    /// write carries).
+    pub fn max_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.config.max_bytes = check_max_size(bytes)?;
+        Ok(self)
     }
 }
 

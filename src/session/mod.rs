@@ -1,25 +1,50 @@
 //! Server-side sessions in the shared store, safe under concurrency across instances.
 //!
-//! [`SessionLayer`] puts a [`Session`] handle into every request's extensions. The session
-//! data lives in the [`StateStore`](crate::store::StateStore) under `sess:{<id>}` as JSON
-//! (`{"v":1,"created":<unix secs>,"data":{..}}`); the client only holds an opaque id, in a
-//! cookie (default) or a header.
+//! [`SessionLayer`] puts a [`Session`] handle into every request's extensions. A session
+//! lives in the [`StateStore`](crate::store::StateStore) as one hash under `sess:{<id>}`
+//! (on Redis a Redis hash, one field per session key holding its JSON value, so all of a
+//! session is in one Redis Cluster slot); the client only holds an opaque id, in a cookie
+//! (default) or a header.
 //!
 //! Round trips: a handler that never touches the session costs none; the first access
-//! loads it with one get-and-refresh-TTL (rolling idle expiry); a modified session costs one
-//! compare-and-set write after the handler returns; an unmodified one is never written.
-//! Sessions older than the absolute lifetime are destroyed when loaded. With
-//! [`SessionLayer::max_age`] the cookie is re-sent whenever an existing session is loaded, so
-//! the browser keeps a session that is in use.
+//! loads it with one read that also rolls the idle expiry; a modified session costs one
+//! write of the keys the request changed after the handler returns, never a retry; an
+//! unmodified one is never written. [`Session::update`] writes at once (one round trip when
+//! nothing conflicts). With [`SessionLayer::max_age`] the cookie is re-sent whenever an
+//! existing session is loaded, so the browser keeps a session that is in use.
+//!
+//! # Lifetime
+//!
+//! Every write and every load sets the session's expiry to the idle timeout from now,
+//! capped by its absolute deadline (creation plus the absolute lifetime, kept with the
+//! session in the store and fixed when it is created): no refresh keeps a session past it.
 //!
 //! # Concurrency
 //!
-//! Each request records only its own changes (inserted/removed keys, cleared). The write is a
-//! compare-and-set against the bytes that were read; on conflict the record is re-read and only
-//! this request's changes are re-applied, with a bounded number of retries after a full-jitter
-//! exponential backoff (8 by default, enough for 50 concurrent writers on one session; 409
-//! when they run out). Two requests changing different keys both survive; when both write the
-//! **same key, the last writer wins**. A session destroyed meanwhile is not resurrected.
+//! Each request records only its own changes (inserted and removed keys, cleared) and
+//! writes them in one atomic step that touches no other key. Requests of one session on
+//! any instance never lose each other's keys; when two write the **same key, the last
+//! writer wins**. For a read-modify-write of one key (a counter, a quantity), use
+//! [`Session::update`]: it compares and sets that key alone, atomically across instances,
+//! and retries only when another request changed the same key meanwhile. A collection
+//! whose items change independently is best one key per item (`cart:<sku>`), listed with
+//! [`Session::keys_with_prefix`].
+//!
+//! A session that was destroyed, cycled away or expired is never resurrected by a
+//! concurrent write: a write only goes into an existing session; a new session is only
+//! created under a fresh random id (or, with
+//! [`id_from_sid_claim`](SessionLayer::id_from_sid_claim), under a `sid` that has no
+//! session, where concurrent first writes merge).
+//!
+//! # Limits and bad input
+//!
+//! A session is limited in size ([`SessionLayer::max_size`], default 1 MiB of keys and
+//! JSON values): a change past it is refused whole with [`SessionError::TooLarge`], or,
+//! when concurrent requests together cross it, the later write-back is refused by the store
+//! and the layer answers `413` with nothing saved; never truncated. A stored value that does
+//! not deserialize into the type asked for is [`SessionError::Decode`], and the session is
+//! left as it is. A session stored by an earlier version of this crate (one JSON record) is
+//! treated as no session: the client gets a new session on its next write.
 //!
 //! # Destroy, cycle, clear
 //!
@@ -34,8 +59,9 @@
 //! # Errors
 //!
 //! [`Session`] methods return [`SessionError`]; [`SessionError::is_unavailable`] tells a store
-//! outage (map it to 503). When the write-back fails because the store is unavailable the layer
-//! answers `503` with `Retry-After`, never a silently lost update.
+//! outage, and [`SessionError::status`] / [`SessionError::error_code`] say what to answer
+//! (`503`, `413`, `409`, `500`). When the write-back fails because the store is unavailable
+//! the layer answers `503` with `Retry-After`, never a silently lost update.
 //!
 //! When loading the session failed during the request, the layer replaces the handler's
 //! response with `503` and `Retry-After` (`500` for a store error other than an outage) and

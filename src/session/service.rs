@@ -4,21 +4,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cookie::Cookie;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use tower_service::Service;
 
 use super::config::{Config, Transport};
-use super::handle::{
-    apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
-};
+use super::handle::{store_key, Session, Shared, State, StoreBackend};
 use crate::id::{is_session_id, session_id};
 use crate::response::{
     for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
 };
-use crate::store::{StateStore, StoreError};
+use crate::store::{
+    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
+};
 use crate::RegisteredClaims;
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
@@ -59,7 +58,9 @@ enum CookieAction {
 
 enum WriteError {
     Store(StoreError),
-    Conflict,
+    /// The store refused the write: the session would have grown to this many bytes,
+    /// past its limit.
+    TooLarge(u64),
 }
 
 /// Where the request's session id came from.
@@ -121,145 +122,59 @@ fn new_id() -> Result<String, StoreError> {
     session_id().map_err(|e| StoreError::Unexpected(Box::new(e)))
 }
 
-/// First backoff ceiling after a compare-and-set conflict; it doubles per attempt.
-const BACKOFF_BASE: Duration = Duration::from_millis(4);
-/// Largest backoff ceiling.
-const BACKOFF_CAP: Duration = Duration::from_millis(256);
-
-/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^attempt)]`. Uniform
-/// from zero spreads conflicting writers apart (the old 1 ms first step kept them in step),
-/// and the doubling window lets more of them through each round: with the default 8
-/// retries, 50 concurrent writers on one session across instances all get through (with
-/// the old backoff about half such runs got a 409). One conflict costs a few milliseconds.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    let mut b = [0u8; 4];
-    let r = getrandom::fill(&mut b)
-        .map(|_| u32::from_le_bytes(b))
-        .unwrap_or(u32::MAX / 2);
-    // Microsecond steps: `r / u32::MAX` of the ceiling.
-    let micros = ceiling.as_micros() as u64 * u64::from(r) / u64::from(u32::MAX);
-    Duration::from_micros(micros)
-}
-
-fn encode(record: &Record) -> Result<Bytes, WriteError> {
-    serde_json::to_vec(record)
-        .map(Bytes::from)
-        .map_err(|e| WriteError::Store(StoreError::Unexpected(Box::new(e))))
-}
-
-/// The TTL of `record` written at `now`: the idle timeout, capped by what is left of the
-/// absolute lifetime.
-fn ttl(config: &Config, record: &Record, now: u64) -> Duration {
-    let left = config
-        .absolute
-        .saturating_sub(Duration::from_secs(now.saturating_sub(record.created)));
-    config.idle.min(left).max(Duration::from_millis(1))
-}
-
-/// Writes this request's changes onto the record under `key`, merged with concurrent
-/// writers: a compare-and-set against `original`, or a set-if-absent when `original` is
-/// `None` (a session created under the request's `sid`). On a conflict the record is
-/// re-read and only this request's changes are applied again.
-///
-/// `Ok(false)` when the changes were dropped: the session was destroyed or expired
-/// meanwhile (it is never resurrected), or its record became unreadable.
-async fn merge<S: StateStore>(
-    store: &S,
-    config: &Config,
-    key: &str,
-    mut original: Option<Bytes>,
-    mut base: Record,
-    st: &State,
-    now: u64,
-) -> Result<bool, WriteError> {
-    for attempt in 0..=config.max_retries {
-        let mut next = base.clone();
-        apply(&mut next.data, st.cleared, &st.delta);
-        let bytes = encode(&next)?;
-        let ttl = ttl(config, &next, now);
-        match &original {
-            Some(expected) => {
-                if store
-                    .compare_and_set(key, expected, bytes, ttl)
-                    .await
-                    .map_err(WriteError::Store)?
-                {
-                    return Ok(true);
-                }
-            }
-            None => match store
-                .set_if_absent(key, bytes, ttl)
-                .await
-                .map_err(WriteError::Store)?
-            {
-                None => return Ok(true),
-                // Created concurrently by another request: merge into it at once. A record
-                // this layer cannot read is no session to it (a load ignores it), so it is
-                // replaced rather than leaving the `sid` unusable.
-                Some(existing) => {
-                    base = serde_json::from_slice::<Record>(&existing)
-                        .ok()
-                        .filter(|r| r.v == RECORD_VERSION)
-                        .unwrap_or_else(|| Record {
-                            v: RECORD_VERSION,
-                            created: now,
-                            data: Default::default(),
-                        });
-                    original = Some(existing);
-                    continue;
-                }
-            },
-        }
-        if attempt == config.max_retries {
-            break;
-        }
-        tokio::time::sleep(backoff(attempt)).await;
-        match store.get(key).await.map_err(WriteError::Store)? {
-            Some(raw) => match serde_json::from_slice::<Record>(&raw) {
-                Ok(r) => {
-                    base = r;
-                    original = Some(raw);
-                }
-                Err(_) => return Ok(false),
-            },
-            // Destroyed or expired meanwhile: do not resurrect it.
-            None => {
-                tracing::debug!("session vanished during update; changes dropped");
-                return Ok(false);
-            }
+/// The request's changes as one store write.
+fn changes_of(st: &State) -> HashChanges {
+    let mut changes = HashChanges {
+        clear: st.cleared,
+        ..HashChanges::default()
+    };
+    for (key, change) in &st.changes {
+        match change {
+            Some(value) => changes.set.push((key.clone(), value.clone())),
+            None => changes.delete.push(key.clone()),
         }
     }
-    Err(WriteError::Conflict)
+    changes
 }
 
-/// Writes `bytes` as a new session under a fresh random id and returns the id.
+fn unexpected(outcome: HashWriteOutcome) -> WriteError {
+    WriteError::Store(StoreError::Unexpected(
+        format!("unexpected outcome of a session write: {outcome:?}").into(),
+    ))
+}
+
+/// Writes `changes` as a new session under a fresh random id and returns the id.
 async fn create<S: StateStore>(
     store: &S,
     config: &Config,
-    bytes: Bytes,
-    ttl: Duration,
+    changes: &HashChanges,
+    lifetime: Duration,
 ) -> Result<String, WriteError> {
+    let options =
+        HashWriteOptions::new(HashMode::New { lifetime }, config.idle).max_bytes(config.max_bytes);
     // 256 random bits do not collide; the retries only guard a broken generator.
     for _ in 0..3 {
         let id = new_id().map_err(WriteError::Store)?;
         let key = store_key(&config.prefix, &id);
-        if store
-            .set_if_absent(&key, bytes.clone(), ttl)
+        match store
+            .hash_apply(&key, changes, options)
             .await
             .map_err(WriteError::Store)?
-            .is_none()
         {
-            return Ok(id);
+            HashWriteOutcome::Written => return Ok(id),
+            HashWriteOutcome::Exists => continue,
+            HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
+            other => return Err(unexpected(other)),
         }
     }
-    Err(WriteError::Conflict)
+    Err(WriteError::Store(StoreError::Unexpected(
+        "three fresh session ids were all taken".into(),
+    )))
 }
 
-/// Writes the request's changes back. `renew`: re-send the cookie of an existing session
-/// (a `Max-Age` cookie must roll with the idle expiry, or the browser drops a live session).
+/// Writes the request's changes back: one store write of the changed keys, never a
+/// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
+/// with the idle expiry, or the browser drops a live session).
 async fn write_back<S: StateStore>(
     store: &S,
     config: &Config,
@@ -278,35 +193,53 @@ async fn write_back<S: StateStore>(
             .map_err(WriteError::Store)?;
         action = CookieAction::Remove;
     }
-    let now = now_secs();
-    let fresh = || Record {
-        v: RECORD_VERSION,
-        created: now,
-        data: Default::default(),
-    };
+    let lifetime = config.lifetime();
     // After a load, `st.id` is `Some` only when the session exists.
     match (st.id.as_deref(), st.cycle) {
         (Some(id), false) => {
+            // Created by `Session::update` in this request: its id goes out. A session
+            // under the `sid` claim is never `created`: its id stays in the token.
+            let send = st.created || renew;
             if !st.modified() {
-                return Ok(if renew {
+                return Ok(if send {
                     CookieAction::Set(id.to_owned())
                 } else {
-                    CookieAction::None
+                    action
                 });
             }
             let key = store_key(&config.prefix, id);
-            let base = st.record.clone().unwrap_or_else(fresh);
-            let stored = merge(store, config, &key, st.original.clone(), base, &st, now).await?;
-            Ok(if stored && renew {
-                CookieAction::Set(id.to_owned())
-            } else {
-                CookieAction::None
-            })
+            let options =
+                HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
+            match store
+                .hash_apply(&key, &changes_of(&st), options)
+                .await
+                .map_err(WriteError::Store)?
+            {
+                HashWriteOutcome::Written if send => Ok(CookieAction::Set(id.to_owned())),
+                HashWriteOutcome::Written => Ok(action),
+                // Destroyed or expired meanwhile: it is never resurrected.
+                HashWriteOutcome::Missing => {
+                    tracing::debug!("session ended during the request; changes dropped");
+                    Ok(action)
+                }
+                HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
+                other => Err(unexpected(other)),
+            }
         }
         (Some(old), true) => {
-            let mut record = st.record.clone().unwrap_or_else(fresh);
-            apply(&mut record.data, st.cleared, &st.delta);
-            let id = create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+            let changes = HashChanges {
+                set: st
+                    .view()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.clone()))
+                    .collect(),
+                ..HashChanges::default()
+            };
+            let left = st
+                .lifetime_left
+                .unwrap_or(lifetime)
+                .max(Duration::from_millis(1));
+            let id = create(store, config, &changes, left).await?;
             store
                 .delete(&store_key(&config.prefix, old))
                 .await
@@ -314,24 +247,34 @@ async fn write_back<S: StateStore>(
             Ok(CookieAction::Set(id))
         }
         (None, _) => {
-            let mut record = fresh();
-            apply(&mut record.data, st.cleared, &st.delta);
+            let mut changes = changes_of(&st);
+            // A new session has nothing to clear or remove.
+            changes.clear = false;
+            changes.delete.clear();
             // Nothing to keep (no write, only removals, a destroy): no empty session.
-            if record.data.is_empty() {
+            if changes.set.is_empty() {
                 return Ok(action);
             }
             match &st.sid {
-                // The id travels in the token, not in a cookie or header.
+                // The id travels in the token, not in a cookie or header. Concurrent first
+                // writes under one `sid` create it once and all their keys are kept.
                 Some(sid) => {
                     let key = store_key(&config.prefix, sid);
-                    merge(store, config, &key, None, fresh(), &st, now).await?;
-                    Ok(action)
+                    let options = HashWriteOptions::new(HashMode::Upsert { lifetime }, config.idle)
+                        .max_bytes(config.max_bytes);
+                    match store
+                        .hash_apply(&key, &changes, options)
+                        .await
+                        .map_err(WriteError::Store)?
+                    {
+                        HashWriteOutcome::Written => Ok(action),
+                        HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
+                        other => Err(unexpected(other)),
+                    }
                 }
-                None => {
-                    let id =
-                        create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
-                    Ok(CookieAction::Set(id))
-                }
+                None => Ok(CookieAction::Set(
+                    create(store, config, &changes, lifetime).await?,
+                )),
             }
         }
     }
@@ -458,10 +401,12 @@ where
         let grpc = is_grpc(req.headers());
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
-            loader: Arc::new(StoreLoader(store.clone())),
+            backend: Arc::new(StoreBackend(store.clone())),
             key_prefix: config.prefix.clone(),
             idle: config.idle,
-            absolute: config.absolute,
+            lifetime: config.lifetime(),
+            max_bytes: config.max_bytes,
+            max_retries: config.max_retries,
             state: Mutex::new(State {
                 sid: id.clone().filter(|_| from_claim),
                 id,
@@ -505,14 +450,21 @@ where
                         store_error_response(e.is_unavailable(), "the session could not be saved"),
                     ))
                 }
-                Err(WriteError::Conflict) => Ok(for_protocol(
-                    grpc,
-                    ErrorBody::new(
-                        "session_conflict",
-                        "the session was updated concurrently too many times; retry",
-                    )
-                    .into_response(StatusCode::CONFLICT),
-                )),
+                Err(WriteError::TooLarge(size)) => {
+                    tracing::warn!(
+                        size,
+                        limit = config.max_bytes,
+                        "session over its size limit"
+                    );
+                    Ok(for_protocol(
+                        grpc,
+                        ErrorBody::new(
+                            "session_too_large",
+                            "the session would grow past its size limit; nothing was saved",
+                        )
+                        .into_response(StatusCode::PAYLOAD_TOO_LARGE),
+                    ))
+                }
             }
         })
     }

@@ -23,6 +23,9 @@ use bytes::Bytes;
 
 use super::{Gcra, StateStore, StoreError};
 
+mod hash;
+pub use self::hash::*;
+
 const LONG: Duration = Duration::from_secs(60);
 const CONCURRENCY: usize = 100;
 
@@ -53,6 +56,18 @@ pub async fn run_all<S: StateStore>(store: &S) {
     compare_and_delete_semantics(store).await;
     get_and_refresh_extends_ttl(store).await;
     delete_semantics(store).await;
+    hash_apply_semantics(store).await;
+    hash_apply_concurrent_keeps_every_field(store).await;
+    hash_new_concurrent_one_winner(store).await;
+    hash_deleted_never_resurrected(store).await;
+    hash_ttl_and_refresh(store).await;
+    hash_lifetime_caps_refresh(store).await;
+    hash_compare_and_set_field_semantics(store).await;
+    hash_compare_and_set_field_concurrent(store).await;
+    hash_size_limit(store).await;
+    hash_plain_value_counts_as_absent(store).await;
+    hash_invalid_ttl_rejected(store).await;
+    hash_unusual_fields_and_values(store).await;
     increment_semantics(store).await;
     increment_concurrent(store).await;
     gcra_semantics(store).await;

@@ -6,6 +6,9 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::{gcra, ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
+use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
+
+mod hash;
 
 /// An in-process [`StateStore`]: for tests, examples and single-instance development.
 ///
@@ -196,6 +199,47 @@ impl StateStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.compute(key, |current| (Op::Remove, current.is_some())))
+    }
+
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.hash_read_refresh(key, ttl)
+    }
+
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hash_write(key, options, |fields| {
+            super::hash::apply_changes(fields, changes);
+            Ok(())
+        })
+    }
+
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hash_write(key, options, |fields| {
+            let current = fields.get(field);
+            if current.map(|v| v.as_ref()) != expected {
+                return Err(HashWriteOutcome::Changed(current.cloned()));
+            }
+            match new {
+                Some(value) => fields.insert(field.to_owned(), value),
+                None => fields.remove(field),
+            };
+            Ok(())
+        })
     }
 
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {

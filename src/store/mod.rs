@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 mod error;
 mod gcra;
+mod hash;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -45,6 +46,7 @@ pub mod conformance;
 
 pub use self::error::{BoxError, StoreError};
 pub use self::gcra::{Gcra, GcraOutcome};
+pub use self::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -143,6 +145,56 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ///
     /// Redis: `DEL`.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads every field of the hash at `key` and, if it exists, sets its expiry to `ttl`
+    /// from now, capped by its absolute deadline (rolling expiry that never outlives the
+    /// hash's lifetime). `None` if absent, expired, past its deadline or not a hash (a plain
+    /// value); then nothing is written. See [`HashMode`] for what a hash is.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`TYPE`, `HGETALL`, `PEXPIRE`).
+    fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<StoredHash>, StoreError>> + Send;
+
+    /// Applies `changes` to the hash at `key` in one atomic step, and sets its expiry to
+    /// the options' TTL from now, capped by its absolute deadline. Fields the changes do not
+    /// name are kept as they are: of concurrent writers of different fields, every field
+    /// is kept, with no retry.
+    ///
+    /// [`HashMode`] says whether the write may create the hash; a write in
+    /// [`HashMode::Existing`] never brings back a deleted or expired hash. A hash at or past
+    /// its deadline counts as absent. A plain value under `key` counts as absent, and a
+    /// creating write replaces it.
+    ///
+    /// Field names are UTF-8; values are opaque bytes (empty ones included).
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`HSET`, `HDEL`, `PEXPIRE`).
+    fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> impl Future<Output = Result<HashWriteOutcome, StoreError>> + Send;
+
+    /// Sets `field` of the hash at `key` to `new` (`None` removes it) only if its current
+    /// value is `expected` (`None`: the field is absent), in one atomic step, with the same
+    /// modes, expiry and size limit as [`hash_apply`](Self::hash_apply). Otherwise writes
+    /// nothing and answers [`HashWriteOutcome::Changed`] with the current value, so that a
+    /// read-modify-write of one field retries only on a real conflict of that field.
+    ///
+    /// Of concurrent callers expecting the same value of one field, exactly one succeeds.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`HGET`, `HSET` or `HDEL`, `PEXPIRE`).
+    fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> impl Future<Output = Result<HashWriteOutcome, StoreError>> + Send;
 
     /// Adds `by` to the integer counter at `key` and returns the new value. A missing key
     /// counts from zero and is created with the TTL `ttl`; an existing counter keeps the

@@ -9,6 +9,9 @@ use deadpool_redis::{Config, Connection, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
 
 use super::{ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
+use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
+
+mod hash;
 
 const COMPARE_AND_SET: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -585,6 +588,35 @@ impl StateStore for RedisStore {
         })
         .await
         .map(|n| n == 1)
+    }
+
+    async fn hash_get_all_and_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.hash_read_refresh(key, ttl).await
+    }
+
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hash_write_changes(key, changes, options).await
+    }
+
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        self.hash_swap_field(key, field, expected, new, options)
+            .await
     }
 
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {

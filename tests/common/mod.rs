@@ -515,6 +515,31 @@ impl tower_stateless::store::StateStore for DownStore {
     async fn delete(&self, _: &str) -> StoreResult<bool> {
         self.fail()
     }
+    async fn hash_get_all_and_refresh(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> StoreResult<Option<tower_stateless::store::StoredHash>> {
+        self.fail()
+    }
+    async fn hash_apply(
+        &self,
+        _: &str,
+        _: &tower_stateless::store::HashChanges,
+        _: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        self.fail()
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&[u8]>,
+        _: Option<bytes::Bytes>,
+        _: tower_stateless::store::HashWriteOptions,
+    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
+        self.fail()
+    }
     async fn increment(&self, _: &str, _: i64, _: Duration) -> StoreResult<i64> {
         self.fail()
     }

@@ -1,0 +1,271 @@
+//! Hashes on Redis: a Redis hash per key, whose absolute deadline and size live in two
+//! reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
+//! collide with them, and reads leave them out.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::redis::{Script, Value};
+
+use super::RedisStore;
+use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
+use crate::store::{ttl_millis, StoreError};
+
+/// Both reserved field names start with these bytes (`\255\254` in the scripts).
+const RESERVED: &[u8] = b"\xff\xfe";
+
+/// `TYPE`, then the deadline: a hash without one, or past it, is no hash. Rolls the expiry
+/// (capped by the deadline) and returns the time left to the deadline followed by
+/// `HGETALL`.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local k = KEYS[1]
+if redis.call('TYPE', k)['ok'] ~= 'hash' then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(redis.call('HGET', k, '\255\254d'))
+if not deadline then return false end
+if deadline <= now then
+  redis.call('DEL', k)
+  return false
+end
+local left = deadline - now
+redis.call('PEXPIRE', k, string.format('%.0f', math.min(tonumber(ARGV[1]), left)))
+local all = redis.call('HGETALL', k)
+table.insert(all, 1, string.format('%.0f', left))
+return all",
+    )
+});
+
+/// Both writes: `hash_apply` (ARGV[5] = 'apply') and `hash_compare_and_set_field`
+/// (ARGV[5] = 'cas'). Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
+/// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local k = KEYS[1]
+local DL, SZ = '\255\254d', '\255\254s'
+local mode, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kind = redis.call('TYPE', k)['ok']
+local deadline = nil
+if kind == 'hash' then
+  deadline = tonumber(redis.call('HGET', k, DL))
+  if deadline and deadline <= now then deadline = nil end
+end
+local created = false
+if not deadline then
+  if mode == 'existing' then return {2} end
+  deadline = now + tonumber(ARGV[3])
+  created = true
+elseif mode == 'new' then
+  return {3}
+end
+local size = 0
+if not created then size = tonumber(redis.call('HGET', k, SZ)) or 0 end
+local before = size
+local cleared = false
+local sets, dels, seen = {}, {}, {}
+local function len(f)
+  local l = seen[f]
+  if l ~= nil then return l end
+  if cleared or created then return false end
+  if redis.call('HEXISTS', k, f) == 1 then return redis.call('HSTRLEN', k, f) end
+  return false
+end
+if ARGV[5] == 'cas' then
+  local f = ARGV[6]
+  local cur = false
+  if not created then cur = redis.call('HGET', k, f) end
+  local expected = false
+  if ARGV[7] == '1' then expected = ARGV[8] end
+  if cur ~= expected then
+    if cur then return {5, 1, cur} end
+    return {5, 0}
+  end
+  if ARGV[9] == '1' then sets = {f, ARGV[10]} else dels = {f} end
+else
+  cleared = ARGV[6] == '1'
+  local n = tonumber(ARGV[7])
+  for i = 8, 7 + n do dels[#dels + 1] = ARGV[i] end
+  for i = 8 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
+end
+if cleared then size = 0 end
+for _, f in ipairs(dels) do
+  local l = len(f)
+  if l then size = size - #f - l end
+  seen[f] = false
+end
+for i = 1, #sets, 2 do
+  local f, v = sets[i], sets[i + 1]
+  local l = len(f)
+  if l then size = size - #f - l end
+  size = size + #f + #v
+  seen[f] = #v
+end
+if max >= 0 and size > max and size > before then return {4, size} end
+if created or cleared then
+  if kind ~= 'none' then redis.call('DEL', k) end
+  redis.call('HSET', k, DL, string.format('%.0f', deadline))
+end
+for _, f in ipairs(dels) do redis.call('HDEL', k, f) end
+for i = 1, #sets, 2 do redis.call('HSET', k, sets[i], sets[i + 1]) end
+redis.call('HSET', k, SZ, string.format('%.0f', size))
+redis.call('PEXPIRE', k, string.format('%.0f', math.min(ttl, deadline - now)))
+return {1}",
+    )
+});
+
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
+}
+
+/// The common head of a write: mode, TTL, lifetime, size limit.
+fn head(options: &HashWriteOptions) -> Result<[Vec<u8>; 4], StoreError> {
+    let ttl = ttl_millis(options.ttl)?;
+    let (mode, lifetime) = match options.mode {
+        HashMode::Existing => ("existing", 0),
+        HashMode::New { lifetime } => ("new", ttl_millis(lifetime)?),
+        HashMode::Upsert { lifetime } => ("upsert", ttl_millis(lifetime)?),
+    };
+    let max = options
+        .max_bytes
+        .map_or_else(|| "-1".to_owned(), |m| m.to_string());
+    Ok([
+        mode.as_bytes().to_vec(),
+        ttl.to_string().into_bytes(),
+        lifetime.to_string().into_bytes(),
+        max.into_bytes(),
+    ])
+}
+
+fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    let bytes = |v: Option<&Value>| match v {
+        Some(Value::BulkString(b)) => Some(Bytes::from(b.clone())),
+        _ => None,
+    };
+    Ok(match int(reply.first()) {
+        Some(1) => HashWriteOutcome::Written,
+        Some(2) => HashWriteOutcome::Missing,
+        Some(3) => HashWriteOutcome::Exists,
+        Some(4) => HashWriteOutcome::TooLarge(
+            int(reply.get(1))
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| unexpected("write"))?,
+        ),
+        Some(5) => match int(reply.get(1)) {
+            Some(0) => HashWriteOutcome::Changed(None),
+            Some(1) => HashWriteOutcome::Changed(Some(
+                bytes(reply.get(2)).ok_or_else(|| unexpected("write"))?,
+            )),
+            _ => return Err(unexpected("write")),
+        },
+        _ => return Err(unexpected("write")),
+    })
+}
+
+impl RedisStore {
+    pub(super) async fn hash_read_refresh(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        let ms = ttl_millis(ttl)?;
+        let key = self.key(key);
+        let reply = self
+            .run(|mut conn| async move {
+                READ.key(&key)
+                    .arg(ms)
+                    .invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        let Some(reply) = reply else {
+            return Ok(None);
+        };
+        let mut items = reply.into_iter();
+        let left = items
+            .next()
+            .and_then(|l| std::str::from_utf8(&l).ok()?.parse::<u64>().ok())
+            .ok_or_else(|| unexpected("read"))?;
+        let mut fields = BTreeMap::new();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            if name.starts_with(RESERVED) {
+                continue;
+            }
+            let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
+            fields.insert(name, Bytes::from(value));
+        }
+        Ok(Some(StoredHash {
+            fields,
+            lifetime_left: Duration::from_millis(left),
+        }))
+    }
+
+    pub(super) async fn hash_write_changes(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        let head = head(&options)?;
+        let key = self.key(key);
+        let reply = self
+            .run(|mut conn| async move {
+                let mut call = WRITE.prepare_invoke();
+                call.key(&key);
+                for arg in &head {
+                    call.arg(arg.as_slice());
+                }
+                call.arg("apply")
+                    .arg(if changes.clear { "1" } else { "0" })
+                    .arg(changes.delete.len());
+                for name in &changes.delete {
+                    call.arg(name.as_str());
+                }
+                for (name, value) in &changes.set {
+                    call.arg(name.as_str()).arg(value.as_ref());
+                }
+                call.invoke_async::<Vec<Value>>(&mut conn).await
+            })
+            .await?;
+        outcome(reply)
+    }
+
+    pub(super) async fn hash_swap_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Result<HashWriteOutcome, StoreError> {
+        let head = head(&options)?;
+        let key = self.key(key);
+        let reply = self
+            .run(|mut conn| async move {
+                let mut call = WRITE.prepare_invoke();
+                call.key(&key);
+                for arg in &head {
+                    call.arg(arg.as_slice());
+                }
+                call.arg("cas")
+                    .arg(field)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or_default())
+                    .arg(if new.is_some() { "1" } else { "0" })
+                    .arg(new.as_deref().unwrap_or_default());
+                call.invoke_async::<Vec<Value>>(&mut conn).await
+            })
+            .await?;
+        outcome(reply)
+    }
+}
