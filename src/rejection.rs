@@ -16,8 +16,10 @@
 //! | [`STORE_ERROR`] | `500` | [`StoreError`](crate::store::StoreError) other than unavailable |
 //! | [`INTERNAL_ERROR`] | `500` | any layer, for a misconfiguration or a corrupt store reply |
 //! | [`RATE_LIMITED`] | `429` | rate limit layer |
-//! | [`SESSION_ERROR`] | `500` | session layer |
-//! | [`SESSION_CONFLICT`] | `409` | session layer |
+//! | [`SESSION_ERROR`] | `500` | session layer, [`SessionError`](crate::session::SessionError) |
+//! | [`SESSION_TOO_LARGE`] | `413` | session layer, [`SessionError`](crate::session::SessionError) |
+//! | [`SESSION_CONFLICT`] | `409` | [`SessionError`](crate::session::SessionError) |
+//! | [`SESSION_ENDED`] | `409` | [`SessionError`](crate::session::SessionError) |
 //! | [`IDEMPOTENCY_KEY_REQUIRED`] | `400` | idempotency layer |
 //! | [`INVALID_IDEMPOTENCY_KEY`] | `400` | idempotency layer |
 //! | [`INVALID_BODY`] | `400` | idempotency layer |
@@ -33,6 +35,7 @@
 //! | [`SERVER_ERROR`] | `500` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
 //!
 //! Every error type a handler sees ([`StoreError`](crate::store::StoreError),
+//! [`SessionError`](crate::session::SessionError),
 //! [`RevokeError`](crate::revocation::RevokeError),
 //! [`IssueError`](crate::jwt::IssueError), [`RefreshError`](crate::refresh::RefreshError))
 //! has the same three helpers: `is_unavailable()`, `status()` and `error_code()` (one of
@@ -57,8 +60,12 @@ pub const INTERNAL_ERROR: &str = "internal_error";
 pub const RATE_LIMITED: &str = "rate_limited";
 /// The session could not be loaded or saved (`500`).
 pub const SESSION_ERROR: &str = "session_error";
-/// The session was updated concurrently too many times (`409`).
+/// A session update met a concurrent change on every attempt (`409`).
 pub const SESSION_CONFLICT: &str = "session_conflict";
+/// The session would grow past its size limit (`413`).
+pub const SESSION_TOO_LARGE: &str = "session_too_large";
+/// The session ended (destroyed or expired) during the request (`409`).
+pub const SESSION_ENDED: &str = "session_ended";
 /// The request needs an idempotency key and has none (`400`).
 pub const IDEMPOTENCY_KEY_REQUIRED: &str = "idempotency_key_required";
 /// The idempotency key is malformed (`400`).
