@@ -17,7 +17,6 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A refused `setting` (the builder method's name) and why.
-    #[allow(dead_code)] // the builders that validate their settings land next
     pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             setting,
