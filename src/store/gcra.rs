@@ -51,7 +51,8 @@ pub(crate) struct Params {
 }
 
 impl Gcra {
-    /// A step of cost 1. The interval is raised to 1 µs and the burst to 1 if lower.
+    /// A step of cost 1. The interval is brought into 1 µs ..= [`MAX_TTL`], and the burst
+    /// raised to 1 if lower.
     pub fn new(emission_interval: Duration, burst: u32) -> Self {
         Self {
             emission_interval: emission_interval.clamp(MIN_INTERVAL, MAX_TTL),

@@ -162,7 +162,9 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     /// by itself once the burst is whole again.
     ///
     /// The clock is the store's, so every instance of a service limits against the same
-    /// time. Of concurrent callers, no more are allowed than the burst holds.
+    /// time. Of concurrent callers, no more are allowed than the burst holds. Times are
+    /// kept to the nanosecond (the emission interval is never rounded): over any stretch
+    /// of time `t`, at most `burst + t / emission_interval` units are spent.
     ///
     /// Redis: `EVALSHA` of a small Lua script (`TIME`, `GET`, `SET PX`).
     fn gcra(

@@ -150,8 +150,7 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-/// Settings a connection slot limit past which `build` refuses (each slot may hold a
-/// connection).
+/// The largest `pool_size` that `build` accepts: every slot is allocated up front.
 const MAX_POOL_SIZE: usize = 1024;
 
 /// `WAIT <replicas> <timeout ms>` after every write.
