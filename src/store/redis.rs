@@ -327,7 +327,8 @@ impl RedisStoreBuilder {
 
     /// Makes every write wait until `replicas` replicas have confirmed it, for at most
     /// `wait` (Redis `WAIT`, sent with the write in the same round trip); a write they do
-    /// not confirm in time fails with [`StoreError::NotReplicated`]. Reads do not wait.
+    /// not confirm in time fails with [`StoreError::NotReplicated`]. `get` and `get_many`
+    /// do not wait; `get_and_refresh` does, since it writes a new expiry time.
     /// Off by default. See [durable writes](RedisStore#durable-writes) for what this
     /// covers and what it does not.
     ///
