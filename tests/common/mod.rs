@@ -285,6 +285,14 @@ impl RedisServer {
     pub fn start_replica_of(primary: &RedisServer) -> Option<Self> {
         let replica = Self::start()?;
         let mut conn = replica.client().get_connection().expect("connect replica");
+        // Load what the primary sends from the socket: never write a dump.rdb into the
+        // working directory (the crate's).
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-load")
+            .arg("swapdb")
+            .query(&mut conn)
+            .expect("CONFIG SET repl-diskless-load");
         let _: () = redis::cmd("REPLICAOF")
             .arg("127.0.0.1")
             .arg(primary.port)
