@@ -312,15 +312,21 @@ async fn ttls_past_the_store_range_are_refused_not_wrapped() {
     assert!(pttl > max_ms - 60_000 && pttl <= max_ms, "PTTL {pttl}");
 }
 
-/// A primary with one live replica, and a store on it that waits for that replica.
+/// A store on `primary` that waits up to `wait` for one replica.
 fn durable(primary: &common::RedisServer, wait: Duration) -> RedisStore {
     RedisStore::builder()
         .url(primary.url())
         .prefix("t:")
+        .timeout(Duration::from_secs(10))
         .replica_acks(1, wait)
         .build()
         .expect("durable store")
 }
+
+/// How long a live replica may take to confirm on a loaded machine.
+const PATIENT: Duration = Duration::from_secs(5);
+/// How long to wait for a replica that is known not to answer.
+const IMPATIENT: Duration = Duration::from_millis(100);
 
 /// Every write through a durable store is confirmed by the live replica, sent with its
 /// `WAIT` in one round trip (scripts included, loaded on first use), and is on the
@@ -331,7 +337,7 @@ async fn durable_writes_are_confirmed_by_a_live_replica() {
     let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
         return;
     };
-    let store = durable(&primary, Duration::from_millis(500));
+    let store = durable(&primary, PATIENT);
     let v = |s: &'static str| Bytes::from_static(s.as_bytes());
     // Each first on a server that has never seen the scripts.
     store.set("a", v("1"), TTL).await.unwrap();
@@ -395,8 +401,12 @@ async fn durable_write_fails_when_the_replica_does_not_confirm() {
     let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
         return;
     };
-    let store = durable(&primary, Duration::from_millis(100));
-    store.set("k", Bytes::from_static(b"1"), TTL).await.unwrap();
+    let patient = durable(&primary, PATIENT);
+    let store = durable(&primary, IMPATIENT);
+    patient
+        .set("k", Bytes::from_static(b"1"), TTL)
+        .await
+        .unwrap();
 
     replica.pause();
     // Let the signal land before the write goes out.
@@ -426,18 +436,53 @@ async fn durable_write_fails_when_the_replica_does_not_confirm() {
     assert!(matches!(&cas, Err(e) if not_replicated(e)), "{cas:?}");
 
     // The replica catches up and confirms again.
-    let mut confirmed = false;
-    for _ in 0..50 {
-        if store.set("k", Bytes::from_static(b"4"), TTL).await.is_ok() {
-            confirmed = true;
-            break;
-        }
-    }
-    assert!(
-        confirmed,
-        "writes must be confirmed again once the replica is back"
-    );
+    patient
+        .set("k", Bytes::from_static(b"4"), TTL)
+        .await
+        .expect("writes must be confirmed again once the replica is back");
     assert_eq!(replica.raw_get("t:k"), Some(b"4".to_vec()));
+}
+
+/// A replica that takes longer than half a second (redis-rs's default reply timeout) to
+/// confirm is waited for up to the configured wait, not cut off as a dropped connection;
+/// and a plain operation honours a store `timeout` above half a second as well.
+#[tokio::test]
+async fn waits_longer_than_half_a_second_are_honoured() {
+    let primary = redis_or_skip!();
+    let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let store = durable(&primary, PATIENT);
+    store.set("k", Bytes::from_static(b"1"), TTL).await.unwrap();
+    replica.pause();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        replica.resume();
+        replica
+    });
+    let result = store.set("k", Bytes::from_static(b"2"), TTL).await;
+    let replica = thaw.join().expect("thaw thread");
+    result.expect("a slow replica must be waited for, up to the wait");
+    assert_eq!(replica.raw_get("t:k"), Some(b"2".to_vec()));
+
+    let plain = RedisStore::builder()
+        .url(primary.url())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("store");
+    plain.get("warm").await.unwrap();
+    primary.pause();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        primary.resume();
+        primary
+    });
+    let result = plain.get("k").await;
+    let _primary = thaw.join().expect("thaw thread");
+    assert!(
+        result.is_ok(),
+        "a 10 s timeout must outlast an 800 ms stall: {result:?}"
+    );
 }
 
 /// A `Revoker` on a durable store: its revocations are on the replica when it returns,
@@ -450,8 +495,7 @@ async fn revoker_with_a_durable_store() {
     let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
         return;
     };
-    let store = durable(&primary, Duration::from_millis(100));
-    let revoker = Revoker::new(store, Duration::from_secs(900));
+    let revoker = Revoker::new(durable(&primary, PATIENT), Duration::from_secs(900));
     revoker
         .revoke_session("alice", "s1", Duration::from_secs(60))
         .await
@@ -459,9 +503,10 @@ async fn revoker_with_a_durable_store() {
     let on_replica = replica.keys("t:*");
     assert_eq!(on_replica.len(), 1, "{on_replica:?}");
 
+    let impatient = Revoker::new(durable(&primary, IMPATIENT), Duration::from_secs(900));
     replica.pause();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let result = revoker
+    let result = impatient
         .revoke_session("alice", "s2", Duration::from_secs(60))
         .await;
     replica.resume();

@@ -5,10 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{
-    self, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, Script,
-    ScriptInvocation, ServerErrorKind, Value,
+    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    Script, ScriptInvocation, ServerErrorKind, Value,
 };
-use deadpool_redis::{Config, Connection, Pool, PoolError, Runtime};
+use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
 
 use super::gcra::MAX_WINDOW_NANOS;
@@ -335,6 +335,8 @@ impl RedisStoreBuilder {
     /// `replicas` must be at least 1, and `wait` at least 1 ms (Redis rounds to
     /// milliseconds, and `WAIT` with 0 would block for ever) and shorter than the
     /// [`timeout`](Self::timeout), so that a missing confirmation is reported as such.
+    /// With a [`pool`](Self::pool) or a cluster of your own, the redis-rs reply timeout of
+    /// its connections (500 ms by default) must be longer than `wait` too.
     pub fn replica_acks(mut self, replicas: u32, wait: Duration) -> Self {
         self.replica_acks = Some(ReplicaAcks { replicas, wait });
         self
@@ -385,9 +387,16 @@ impl RedisStoreBuilder {
         let pool = match self.source {
             Some(Source::Pool(pool)) => Pools::Single(pool),
             Some(Source::Url(url)) => {
-                let mut config = Config::from_url(url);
-                config.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size));
-                let pool = config.create_pool(Some(Runtime::Tokio1));
+                // The store bounds every operation with its own `timeout`; redis-rs's own
+                // per-reply timeout (500 ms by default) would cut a longer `timeout` or
+                // `WAIT` short, as a dropped connection.
+                let connection = AsyncConnectionConfig::new().set_response_timeout(None);
+                let manager = Manager::new_with_config(url.as_str(), connection)
+                    .map_err(|e| ConfigError::new("url", e.to_string()))?;
+                let pool = Pool::builder(manager)
+                    .max_size(self.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .build();
                 Pools::Single(pool.map_err(|e| ConfigError::new("url", e.to_string()))?)
             }
             #[cfg(feature = "redis-cluster")]
