@@ -671,18 +671,22 @@ fn router<S: StateStore>(
         .secret(refresh_secret)
         .build()
         .map_err(|e| format!("refresh tokens: {e}"))?;
+    let login_quota =
+        Quota::per_minute(limits.login).map_err(|e| format!("LOGIN_LIMIT_PER_MINUTE: {e}"))?;
+    let per_user_quota =
+        Quota::per_minute(limits.per_user).map_err(|e| format!("RATE_LIMIT_PER_MINUTE: {e}"))?;
     let app = Arc::new(App {
         tokens,
         revoker: Revoker::new(store.clone(), &policy),
         store: store.clone(),
         users,
         gateway_latency,
-        login_limiter: RateLimiter::new(store.clone(), Quota::per_minute(limits.login))
+        login_limiter: RateLimiter::new(store.clone(), login_quota)
             .prefix("rl:login:")
             .policy_name("login"),
     });
     let per_user = RateLimitLayer::from_limiter(
-        RateLimiter::new(store.clone(), Quota::per_minute(limits.per_user)).prefix("rl:user:"),
+        RateLimiter::new(store.clone(), per_user_quota).prefix("rl:user:"),
     );
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())

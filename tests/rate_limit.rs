@@ -4,9 +4,9 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -76,7 +76,7 @@ fn header(out: &Out, name: &str) -> String {
 /// The N+1-th request in a period is 429 with the right `Retry-After` and headers; the
 /// handler does not run for it.
 async fn n_plus_one_is_429<St: StateStore>(store: St) {
-    let a = instance(RateLimitLayer::new(store, Quota::per_minute(5)));
+    let a = instance(RateLimitLayer::new(store, Quota::per_minute(5).unwrap()));
     for remaining in (0..5).rev() {
         let out = send(&a, as_user("alice")).await;
         assert_eq!(out.status, StatusCode::OK);
@@ -103,7 +103,7 @@ async fn n_plus_one_is_429<St: StateStore>(store: St) {
 
 /// Two instances on one store share one quota: 2N requests spread over both pass N.
 async fn shared_by_instances<St: StateStore>(store: St) {
-    let layer = RateLimitLayer::new(store, Quota::per_minute(10));
+    let layer = RateLimitLayer::new(store, Quota::per_minute(10).unwrap());
     let (a, b) = (instance(layer.clone()), instance(layer));
     let mut allowed = 0;
     for i in 0..20 {
@@ -135,7 +135,7 @@ async fn shared_by_instances<St: StateStore>(store: St) {
 
 /// After the period the quota is back.
 async fn recovers_after_the_period<St: StateStore>(store: St) {
-    let quota = Quota::new(2, Duration::from_millis(600));
+    let quota = Quota::new(2, Duration::from_millis(600)).unwrap();
     let a = instance(RateLimitLayer::new(store, quota));
     assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
     assert_eq!(send(&a, as_user("erin")).await.status, StatusCode::OK);
@@ -159,7 +159,7 @@ async fn recovers_after_the_period<St: StateStore>(store: St) {
 /// no key at all is not limited. A custom key function replaces all of it.
 async fn keys<St: StateStore>(store: St) {
     let a = instance(
-        RateLimitLayer::new(store.clone(), Quota::per_minute(1))
+        RateLimitLayer::new(store.clone(), Quota::per_minute(1).unwrap())
             .trusted_header(http::HeaderName::from_static("x-forwarded-for")),
     );
     let from = |xff: &str| {
@@ -186,7 +186,7 @@ async fn keys<St: StateStore>(store: St) {
     // The peer address, as hyper users insert it.
     let b = instance(RateLimitLayer::new(
         store.clone(),
-        Quota::per_minute(1).burst(1),
+        Quota::per_minute(1).unwrap().burst(1).unwrap(),
     ));
     let peer = |ip: [u8; 4]| {
         let mut req = Request::new(String::new());
@@ -207,7 +207,7 @@ async fn keys<St: StateStore>(store: St) {
     // A custom key: per path; a hostile, huge key is hashed, not stored as sent.
     let c = instance(
         RateLimitLayer::from_limiter(
-            RateLimiter::new(store, Quota::per_minute(1))
+            RateLimiter::new(store, Quota::per_minute(1).unwrap())
                 .prefix("rl:path:")
                 .policy_name("per path"),
         )
@@ -233,18 +233,158 @@ async fn keys<St: StateStore>(store: St) {
     );
 }
 
+/// Any quota, sub-millisecond intervals and odd counts included, lets through at most
+/// `count` per `period` plus the burst (within 1 %), counted over a window measured with
+/// `Instant` while four tasks hammer one key; and the quota does come back.
+///
+/// The upper bound holds however loaded the machine is: GCRA allows by the store's clock,
+/// whatever the clients manage to send. The lower bounds only rest on time passing:
+/// requests keep coming until the window is over, so one after the burst must pass; and
+/// after a sleep of 11 intervals at least 10 units are back.
+async fn rate_holds_over_a_measured_window<St: StateStore>(store: St) {
+    let quotas = [
+        ("600/s", Quota::per_second(600).unwrap()),
+        (
+            "5000/s, burst 50",
+            Quota::per_second(5000).unwrap().burst(50).unwrap(),
+        ),
+        (
+            "501/s, burst 5",
+            Quota::per_second(501).unwrap().burst(5).unwrap(),
+        ),
+        (
+            "333/s, burst 1",
+            Quota::per_second(333).unwrap().burst(1).unwrap(),
+        ),
+    ];
+    for (i, (name, quota)) in quotas.into_iter().enumerate() {
+        let limiter = RateLimiter::new(store.clone(), quota).prefix(format!("rl:rate{i}:"));
+        let burst = u64::from(quota.burst_size());
+        let window = Duration::from_millis(500);
+        let sent = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (limiter, sent) = (limiter.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let mut allowed = 0u64;
+                    // Until the window is over, and past the burst however slow we are.
+                    while start.elapsed() < window || sent.load(Ordering::SeqCst) <= burst + 1 {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if limiter.check("hammer").await.expect("check").allowed() {
+                            allowed += 1;
+                        }
+                    }
+                    allowed
+                })
+            })
+            .collect();
+        let mut allowed = 0u64;
+        for task in tasks {
+            allowed += task.await.expect("task");
+        }
+        let measured = start.elapsed();
+        let sent = sent.load(Ordering::SeqCst);
+        let bound = f64::from(quota.count()) * measured.as_secs_f64()
+            / quota.period().as_secs_f64()
+            + burst as f64;
+        assert!(
+            allowed as f64 <= bound * 1.01,
+            "{name}: {allowed} of {sent} allowed in {measured:?}, at most {bound:.1} may be"
+        );
+        assert!(
+            allowed > burst,
+            "{name}: the quota must come back within the window: {allowed} of {sent} allowed"
+        );
+
+        // Refill: 11 intervals of sleep bring back at least 10 units (or the whole burst).
+        let interval = quota.period() / quota.count();
+        tokio::time::sleep(interval * 11).await;
+        let mut refilled = 0u64;
+        for _ in 0..burst.max(10) {
+            if limiter.check("hammer").await.expect("check").allowed() {
+                refilled += 1;
+            }
+        }
+        assert!(
+            refilled >= burst.min(10),
+            "{name}: after 11 intervals only {refilled} requests passed"
+        );
+    }
+}
+
+/// Rate-limit state written by earlier versions (whole milliseconds since the epoch) is
+/// read as such: no `500`, no `503`, no lockout, no free reset.
+async fn state_stored_in_milliseconds_by_earlier_versions<St: StateStore>(store: St) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let ttl = Duration::from_secs(60);
+    let spent_until = |ms: u128| bytes::Bytes::from(ms.to_string());
+    store
+        .set("rl:{sub:olga}", spent_until(now_ms + 30_000), ttl)
+        .await
+        .expect("set");
+    store
+        .set("rl:{sub:pete}", spent_until(now_ms - 1_000), ttl)
+        .await
+        .expect("set");
+    let a = instance(RateLimitLayer::new(store, Quota::per_minute(1).unwrap()).fail_closed());
+    let out = send(&a, as_user("olga")).await;
+    assert_eq!(out.status, StatusCode::TOO_MANY_REQUESTS, "{}", out.body);
+    let retry: u64 = header(&out, "retry-after").parse().expect("Retry-After");
+    assert!((20..=30).contains(&retry), "Retry-After {retry}");
+    let out = send(&a, as_user("pete")).await;
+    assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+}
+
 backend_tests!(
     n_plus_one_is_429,
     shared_by_instances,
     recovers_after_the_period,
-    keys
+    keys,
+    rate_holds_over_a_measured_window,
+    state_stored_in_milliseconds_by_earlier_versions,
 );
+
+/// Quotas that cannot be kept are refused when built, naming the setting; never a panic,
+/// a silent clamp, or a failure on every request.
+#[test]
+fn quotas_that_cannot_be_kept_are_refused_when_built() {
+    let cases = [
+        ("count", Quota::per_second(0)),
+        ("count", Quota::per_minute(0)),
+        ("count", Quota::per_hour(0)),
+        ("count", Quota::new(0, Duration::ZERO)),
+        ("period", Quota::new(1, Duration::ZERO)),
+        ("period", Quota::new(10, Duration::MAX)),
+        ("count", Quota::per_second(1_000_001)),
+        ("count", Quota::per_second(u32::MAX)),
+        ("count", Quota::new(2, Duration::from_nanos(1_999))),
+        ("burst", Quota::per_second(1).and_then(|q| q.burst(0))),
+        ("burst", Quota::per_hour(1).and_then(|q| q.burst(u32::MAX))),
+    ];
+    for (setting, result) in cases {
+        match result {
+            Err(e) => {
+                assert_eq!(e.setting(), setting, "{e}");
+                assert!(!e.reason().is_empty());
+            }
+            Ok(quota) => panic!("{quota:?}: expected `{setting}` to be refused"),
+        }
+    }
+    // What was capped silently before is now kept as asked.
+    assert_eq!(Quota::per_second(5000).unwrap().count(), 5000);
+    assert_eq!(Quota::per_second(1_000_000).unwrap().count(), 1_000_000);
+}
 
 #[tokio::test]
 async fn one_redis_command_per_request() {
     let server = redis_or_skip!();
     let store = RedisStore::from_url(server.url()).expect("store");
-    let a = instance(RateLimitLayer::new(store, Quota::per_minute(3)));
+    let a = instance(RateLimitLayer::new(store, Quota::per_minute(3).unwrap()));
     send(&a, as_user("warm")).await; // connection and the script's first load
     server.reset_stats();
     for _ in 0..5 {
@@ -267,7 +407,10 @@ async fn one_redis_command_per_request() {
 async fn store_down<St: StateStore>(store: St) {
     let logs = common::Logs::default();
     let _guard = logs.install();
-    let open = instance(RateLimitLayer::new(store.clone(), Quota::per_minute(1)));
+    let open = instance(RateLimitLayer::new(
+        store.clone(),
+        Quota::per_minute(1).unwrap(),
+    ));
     for _ in 0..3 {
         let out = send(&open, as_user("hank")).await;
         assert_eq!(out.status, StatusCode::OK);
@@ -277,7 +420,7 @@ async fn store_down<St: StateStore>(store: St) {
     assert_eq!(logs.lines_containing("fail open").len(), 3);
     assert!(logs.lines_containing("fail open")[0].contains("WARN"));
 
-    let closed = instance(RateLimitLayer::new(store, Quota::per_minute(1)).fail_closed());
+    let closed = instance(RateLimitLayer::new(store, Quota::per_minute(1).unwrap()).fail_closed());
     let out = send(&closed, as_user("hank")).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(out.headers.contains_key("retry-after"));
@@ -306,7 +449,7 @@ async fn redis_down() {
 #[tokio::test]
 async fn ipv6_clients_count_per_64() {
     let a = instance(
-        RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1))
+        RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1).unwrap())
             .trusted_header(http::HeaderName::from_static("x-real-ip")),
     );
     let from = |ip: &str| {
@@ -345,12 +488,12 @@ async fn stacked_limiters_keep_both_headers() {
     let store = MemoryStore::new();
     let svc = ServiceBuilder::new()
         .layer(RateLimitLayer::from_limiter(
-            RateLimiter::new(store.clone(), Quota::per_minute(100))
+            RateLimiter::new(store.clone(), Quota::per_minute(100).unwrap())
                 .prefix("rl:global:")
                 .policy_name("global"),
         ))
         .layer(RateLimitLayer::from_limiter(
-            RateLimiter::new(store, Quota::per_minute(2))
+            RateLimiter::new(store, Quota::per_minute(2).unwrap())
                 .prefix("rl:route:")
                 .policy_name("route"),
         ))

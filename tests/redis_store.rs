@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_stateless::store::{RedisStore, StateStore, StoreError};
+use tower_stateless::store::{RedisStore, StateStore, StoreError, MAX_TTL};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -52,6 +52,8 @@ async fn every_operation_is_one_command() {
         .unwrap();
     store.compare_and_delete("k", b"x").await.unwrap();
     store.increment("n", 1, TTL).await.unwrap();
+    let gcra = tower_stateless::store::Gcra::new(Duration::from_millis(1), 5);
+    store.gcra("rl", gcra).await.unwrap();
 
     let v = || Bytes::from_static(b"1");
     assert_eq!(only_command(&server, || store.get("k")).await, "get");
@@ -82,6 +84,10 @@ async fn every_operation_is_one_command() {
     assert_eq!(only_command(&server, || store.delete("k")).await, "del");
     assert_eq!(
         only_command(&server, || store.increment("n", 1, TTL)).await,
+        "evalsha"
+    );
+    assert_eq!(
+        only_command(&server, || store.gcra("rl", gcra)).await,
         "evalsha"
     );
 }
@@ -205,33 +211,354 @@ async fn unreachable_at_start_is_unavailable_not_a_build_error() {
     assert!(err.is_unavailable(), "{err:?}");
 }
 
+/// Settings that cannot work are refused by `build`, naming the setting: never a panic,
+/// an allocation of `usize::MAX` slots, or a failure on every operation.
 #[test]
-fn bad_configuration_is_rejected() {
+fn bad_configuration_is_refused_when_built() {
+    let url = || RedisStore::builder().url("redis://127.0.0.1");
+    let ms = Duration::from_millis;
     let cases = [
-        ("no url", RedisStore::builder()),
+        ("url", RedisStore::builder()),
+        ("url", RedisStore::builder().url("http://not-redis")),
+        ("pool_size", url().pool_size(0)),
+        ("pool_size", url().pool_size(usize::MAX)),
+        ("timeout", url().timeout(Duration::ZERO)),
+        ("prefix", url().prefix("app{x}:")),
+        ("replica_acks", url().replica_acks(0, ms(100))),
+        ("replica_acks", url().replica_acks(1, Duration::ZERO)),
         (
-            "zero pool",
-            RedisStore::builder().url("redis://127.0.0.1").pool_size(0),
+            "replica_acks",
+            url().replica_acks(1, Duration::from_micros(999)),
         ),
         (
-            "zero timeout",
-            RedisStore::builder()
-                .url("redis://127.0.0.1")
-                .timeout(Duration::ZERO),
+            "replica_acks",
+            url().replica_acks(1, Duration::from_secs(1)),
         ),
+        ("replica_acks", url().replica_acks(1, Duration::MAX)),
         (
-            "brace prefix",
-            RedisStore::builder()
-                .url("redis://127.0.0.1")
-                .prefix("app{x}:"),
+            "replica_acks",
+            url().timeout(ms(200)).replica_acks(1, ms(300)),
         ),
-        ("bad url", RedisStore::builder().url("http://not-redis")),
     ];
-    for (name, builder) in cases {
-        let result = builder.build();
+    for (setting, builder) in cases {
+        let debug = format!("{builder:?}");
+        match builder.build() {
+            Err(e) => assert_eq!(e.setting(), setting, "{debug}: {e}"),
+            Ok(store) => panic!("{debug}: expected `{setting}` to be refused, got {store:?}"),
+        }
+    }
+    // The limits themselves are fine.
+    assert!(url().pool_size(1024).build().is_ok());
+    assert!(url().timeout(Duration::MAX).build().is_ok());
+    assert!(url().replica_acks(1, ms(999)).build().is_ok());
+    assert!(url().replica_acks(2, ms(1)).timeout(ms(2)).build().is_ok());
+}
+
+/// A timeout of `Duration::MAX` works: operations run, nothing overflows.
+#[tokio::test]
+async fn an_unbounded_timeout_does_not_overflow() {
+    let server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::MAX)
+        .build()
+        .expect("store");
+    store.set("k", Bytes::from_static(b"v"), TTL).await.unwrap();
+    assert_eq!(
+        store.get("k").await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+}
+
+/// TTLs past what Redis can hold (`PX` takes an `i64` of milliseconds) are refused with
+/// `InvalidTtl` before anything is sent; the longest accepted one reaches Redis intact.
+#[tokio::test]
+async fn ttls_past_the_store_range_are_refused_not_wrapped() {
+    let server = redis_or_skip!();
+    let store = store(&server.url());
+    store.get("warm").await.unwrap();
+    server.reset_stats();
+    let v = || Bytes::from_static(b"v");
+    for ttl in [
+        Duration::MAX,
+        Duration::from_millis(u64::MAX),
+        Duration::from_millis(i64::MAX as u64),
+        MAX_TTL + Duration::from_millis(1),
+    ] {
+        let refused =
+            |r: Result<(), StoreError>| matches!(r, Err(StoreError::InvalidTtl(t)) if t == ttl);
+        assert!(refused(store.set("k", v(), ttl).await), "set {ttl:?}");
         assert!(
-            matches!(result, Err(StoreError::Unexpected(_))),
-            "{name}: expected a configuration error, got {result:?}"
+            refused(store.set_if_absent("k", v(), ttl).await.map(drop)),
+            "set_if_absent"
+        );
+        assert!(
+            refused(store.compare_and_set("k", b"v", v(), ttl).await.map(drop)),
+            "cas"
+        );
+        assert!(
+            refused(store.get_and_refresh("k", ttl).await.map(drop)),
+            "get_and_refresh"
+        );
+        assert!(
+            refused(store.increment("n", 1, ttl).await.map(drop)),
+            "increment"
         );
     }
+    assert_eq!(server.command_count(), 0, "nothing may reach Redis");
+    store.set("k", v(), MAX_TTL).await.unwrap();
+    let pttl = server.pttl("t:k");
+    let max_ms = i64::try_from(MAX_TTL.as_millis()).unwrap();
+    assert!(pttl > max_ms - 60_000 && pttl <= max_ms, "PTTL {pttl}");
+}
+
+/// A store on `primary` that waits up to `wait` for one replica.
+fn durable(primary: &common::RedisServer, wait: Duration) -> RedisStore {
+    RedisStore::builder()
+        .url(primary.url())
+        .prefix("t:")
+        .timeout(Duration::from_secs(10))
+        .replica_acks(1, wait)
+        .build()
+        .expect("durable store")
+}
+
+/// How long a live replica may take to confirm on a loaded machine.
+const PATIENT: Duration = Duration::from_secs(5);
+/// How long to wait for a replica that is known not to answer.
+const IMPATIENT: Duration = Duration::from_millis(100);
+
+/// Every write through a durable store is confirmed by the live replica, sent with its
+/// `WAIT` in one round trip (scripts included, loaded on first use), and is on the
+/// replica when the call returns. Reads do not wait.
+#[tokio::test]
+async fn durable_writes_are_confirmed_by_a_live_replica() {
+    let primary = redis_or_skip!();
+    let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let store = durable(&primary, PATIENT);
+    let v = |s: &'static str| Bytes::from_static(s.as_bytes());
+    // Each first on a server that has never seen the scripts.
+    store.set("a", v("1"), TTL).await.unwrap();
+    assert_eq!(replica.raw_get("t:a"), Some(b"1".to_vec()));
+    assert_eq!(store.set_if_absent("b", v("2"), TTL).await.unwrap(), None);
+    assert_eq!(replica.raw_get("t:b"), Some(b"2".to_vec()));
+    assert!(store.compare_and_set("a", b"1", v("3"), TTL).await.unwrap());
+    assert_eq!(replica.raw_get("t:a"), Some(b"3".to_vec()));
+    assert!(store.compare_and_delete("b", b"2").await.unwrap());
+    assert_eq!(replica.raw_get("t:b"), None);
+    assert_eq!(store.increment("n", 5, TTL).await.unwrap(), 5);
+    assert_eq!(replica.raw_get("t:n"), Some(b"5".to_vec()));
+    assert!(store.delete("n").await.unwrap());
+    assert_eq!(replica.raw_get("t:n"), None);
+    assert!(store.get_and_refresh("a", TTL).await.unwrap().is_some());
+    let limited = store
+        .gcra(
+            "rl",
+            tower_stateless::store::Gcra::new(Duration::from_secs(1), 2),
+        )
+        .await
+        .unwrap();
+    assert!(limited.allowed);
+    assert!(replica.raw_get("t:rl").is_some());
+
+    // One round trip: the write and its WAIT, nothing else; reads alone.
+    server_sees(&primary, &[("set", 1), ("wait", 1)], || {
+        store.set("a", v("4"), TTL)
+    })
+    .await;
+    server_sees(&primary, &[("evalsha", 1), ("wait", 1)], || {
+        store.compare_and_set("a", b"4", v("5"), TTL)
+    })
+    .await;
+    server_sees(&primary, &[("get", 1)], || store.get("a")).await;
+    server_sees(&primary, &[("mget", 1)], || store.get_many(&["a", "b"])).await;
+}
+
+/// Runs `op` and checks the commands the server received.
+async fn server_sees<F, Fut, T>(server: &common::RedisServer, expected: &[(&str, u64)], op: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    server.reset_stats();
+    op().await.expect("operation failed");
+    let stats = server.command_stats();
+    let expected: std::collections::HashMap<String, u64> = expected
+        .iter()
+        .map(|(k, n)| ((*k).to_owned(), *n))
+        .collect();
+    assert_eq!(stats, expected);
+}
+
+/// With the replica frozen (SIGSTOP: connected, but it never confirms), a durable write
+/// reports `NotReplicated` after its wait, as a condition that may pass (`503`), and
+/// works again once the replica is back.
+#[tokio::test]
+async fn durable_write_fails_when_the_replica_does_not_confirm() {
+    let primary = redis_or_skip!();
+    let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let patient = durable(&primary, PATIENT);
+    let store = durable(&primary, IMPATIENT);
+    patient
+        .set("k", Bytes::from_static(b"1"), TTL)
+        .await
+        .unwrap();
+
+    replica.pause();
+    // Let the signal land before the write goes out.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = store.set("k", Bytes::from_static(b"2"), TTL).await;
+    let sia = store
+        .set_if_absent("new", Bytes::from_static(b"x"), TTL)
+        .await;
+    let cas = store
+        .compare_and_set("k", b"2", Bytes::from_static(b"3"), TTL)
+        .await;
+    replica.resume();
+    let not_replicated = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::NotReplicated {
+                required: 1,
+                acknowledged: 0
+            }
+        )
+    };
+    let err = result.expect_err("an unconfirmed write must be reported");
+    assert!(not_replicated(&err), "{err:?}");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.to_string().contains("0 of the 1"), "{err}");
+    assert!(matches!(&sia, Err(e) if not_replicated(e)), "{sia:?}");
+    assert!(matches!(&cas, Err(e) if not_replicated(e)), "{cas:?}");
+
+    // The replica catches up and confirms again.
+    patient
+        .set("k", Bytes::from_static(b"4"), TTL)
+        .await
+        .expect("writes must be confirmed again once the replica is back");
+    assert_eq!(replica.raw_get("t:k"), Some(b"4".to_vec()));
+}
+
+/// A replica that takes longer than half a second (redis-rs's default reply timeout) to
+/// confirm is waited for up to the configured wait, not cut off as a dropped connection;
+/// and a plain operation honours a store `timeout` above half a second as well.
+#[tokio::test]
+async fn waits_longer_than_half_a_second_are_honoured() {
+    let primary = redis_or_skip!();
+    let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let store = durable(&primary, PATIENT);
+    store.set("k", Bytes::from_static(b"1"), TTL).await.unwrap();
+    replica.pause();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        replica.resume();
+        replica
+    });
+    let result = store.set("k", Bytes::from_static(b"2"), TTL).await;
+    let replica = thaw.join().expect("thaw thread");
+    result.expect("a slow replica must be waited for, up to the wait");
+    assert_eq!(replica.raw_get("t:k"), Some(b"2".to_vec()));
+
+    let plain = RedisStore::builder()
+        .url(primary.url())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("store");
+    plain.get("warm").await.unwrap();
+    primary.pause();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        primary.resume();
+        primary
+    });
+    let result = plain.get("k").await;
+    let _primary = thaw.join().expect("thaw thread");
+    assert!(
+        result.is_ok(),
+        "a 10 s timeout must outlast an 800 ms stall: {result:?}"
+    );
+}
+
+/// A `Revoker` on a durable store: its revocations are on the replica when it returns,
+/// and a revocation the replica does not confirm is an error the caller sees.
+#[tokio::test]
+async fn revoker_with_a_durable_store() {
+    use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+    use tower_stateless::revocation::{RevokeError, Revoker};
+
+    let primary = redis_or_skip!();
+    let Some(replica) = common::RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let keys = JwtKeySet::new()
+        .with_hmac("v1", Algorithm::HS256, &[7; 32])
+        .expect("key");
+    let policy = TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .build()
+        .expect("policy");
+    let revoker = Revoker::new(durable(&primary, PATIENT), &policy);
+    revoker
+        .revoke_session("alice", "s1", Duration::from_secs(60))
+        .await
+        .expect("revocation confirmed by the replica");
+    let on_replica = replica.keys("t:*");
+    assert_eq!(on_replica.len(), 1, "{on_replica:?}");
+
+    let impatient = Revoker::new(durable(&primary, IMPATIENT), &policy);
+    replica.pause();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = impatient
+        .revoke_session("alice", "s2", Duration::from_secs(60))
+        .await;
+    replica.resume();
+    assert!(
+        matches!(
+            result,
+            Err(RevokeError::Store(StoreError::NotReplicated { .. }))
+        ),
+        "{result:?}"
+    );
+}
+
+/// On a Redis Cluster `WAIT` counts the replicas of the shard that owns the key; the
+/// test cluster has none, so a durable write is reported unconfirmed (not mis-routed).
+#[cfg(feature = "redis-cluster")]
+#[tokio::test]
+async fn durable_writes_on_a_cluster_wait_for_the_shards_replicas() {
+    let cluster = cluster_or_skip!();
+    let store = RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .replica_acks(1, Duration::from_millis(50))
+        .build()
+        .expect("cluster store");
+    for key in ["{a}k", "{b}k", "{c}k"] {
+        let result = store.set(key, Bytes::from_static(b"v"), TTL).await;
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::NotReplicated {
+                    required: 1,
+                    acknowledged: 0
+                })
+            ),
+            "{key}: {result:?}"
+        );
+    }
+    // Scripts route with their key too.
+    let result = store.increment("{a}n", 1, TTL).await;
+    assert!(
+        matches!(result, Err(StoreError::NotReplicated { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        store.get("{a}k").await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
 }

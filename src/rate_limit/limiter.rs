@@ -23,8 +23,8 @@ const MAX_PLAIN_KEY: usize = 128;
 /// use tower_stateless::store::MemoryStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), tower_stateless::store::StoreError> {
-/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)).prefix("rl:login:");
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)?).prefix("rl:login:");
 /// for _ in 0..5 {
 ///     assert!(logins.check("alice").await?.allowed());
 /// }
@@ -110,8 +110,9 @@ pub struct Decision {
     policy: Arc<str>,
 }
 
+/// Whole seconds, rounded up: a wait of 200 µs is announced as 1 s, never as 0.
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_millis().div_ceil(1000) as u64
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl Decision {

@@ -8,7 +8,12 @@
 //! time.
 //!
 //! A [`Quota`] is `count` requests per `period`, of which `burst` (default: `count`) may
-//! come at once; spent quota comes back steadily. Every answer carries the
+//! come at once; spent quota comes back steadily. The limit holds exactly, on every
+//! backend: over any stretch of time `t`, one caller gets at most
+//! `burst + count × t / period` requests through (time is kept in nanoseconds, so a rate
+//! such as 600 or 5,000 per second is not rounded to whole milliseconds). A quota that
+//! cannot be kept (zero, finer than one request per microsecond, a burst that takes over a
+//! century to refill) is refused when it is built, with a [`ConfigError`](crate::ConfigError). Every answer carries the
 //! `RateLimit-Policy` and `RateLimit` header fields of draft-ietf-httpapi-ratelimit-headers
 //! (`"default";q=100;w=60`, `"default";r=42;t=35`); over the limit, `429 Too Many Requests`
 //! with `Retry-After` and a JSON body `{"error":"rate_limited",...}`, and the handler does
@@ -29,9 +34,9 @@
 //! use tower_stateless::RegisteredClaims;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let svc = ServiceBuilder::new()
-//!     .layer(RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(2)))
+//!     .layer(RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(2)?))
 //!     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
 //! let request = || {
 //!     let mut req = Request::new(String::new());
@@ -39,12 +44,13 @@
 //!     req.extensions_mut().insert(RegisteredClaims::new("alice", u64::MAX));
 //!     req
 //! };
-//! let first = svc.clone().oneshot(request()).await.unwrap();
+//! let first = svc.clone().oneshot(request()).await?;
 //! assert_eq!(first.headers()["ratelimit"], "\"default\";r=1;t=30");
-//! svc.clone().oneshot(request()).await.unwrap();
-//! let third = svc.oneshot(request()).await.unwrap();
+//! svc.clone().oneshot(request()).await?;
+//! let third = svc.oneshot(request()).await?;
 //! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
 //! assert_eq!(third.headers()["retry-after"], "30");
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{Gcra, StateStore, StoreError};
+use super::{Gcra, StateStore, StoreError, MAX_TTL};
 
 mod hash;
 pub use self::hash::*;
@@ -72,6 +72,7 @@ pub async fn run_all<S: StateStore>(store: &S) {
     increment_concurrent(store).await;
     gcra_semantics(store).await;
     gcra_concurrent(store).await;
+    gcra_keeps_fine_intervals(store).await;
     get_many_with_missing_keys(store).await;
     binary_values(store).await;
     empty_values(store).await;
@@ -185,10 +186,46 @@ pub async fn invalid_ttl_rejected<S: StateStore>(store: &S) {
         matches!(err, Err(StoreError::InvalidTtl(_))),
         "set_if_absent with 10 µs TTL: {err:?}"
     );
+    // Past the range of the store (Redis keeps expiry times as i64 milliseconds): refused,
+    // never a panic or a wrapped TTL.
+    for ttl in [Duration::MAX, MAX_TTL + Duration::from_millis(1)] {
+        let v = || Bytes::from_static(b"x");
+        let refused =
+            |r: Result<(), StoreError>| matches!(r, Err(StoreError::InvalidTtl(t)) if t == ttl);
+        assert!(
+            refused(store.set(&key, v(), ttl).await),
+            "set with TTL {ttl:?}"
+        );
+        assert!(
+            refused(store.set_if_absent(&key, v(), ttl).await.map(drop)),
+            "set_if_absent with TTL {ttl:?}"
+        );
+        assert!(
+            refused(store.compare_and_set(&key, b"x", v(), ttl).await.map(drop)),
+            "compare_and_set with TTL {ttl:?}"
+        );
+        assert!(
+            refused(store.get_and_refresh(&key, ttl).await.map(drop)),
+            "get_and_refresh with TTL {ttl:?}"
+        );
+        assert!(
+            refused(store.increment(&key, 1, ttl).await.map(drop)),
+            "increment with TTL {ttl:?}"
+        );
+    }
     assert_eq!(
         ok(store.get(&key).await, "get"),
         None,
         "a rejected write must write nothing"
+    );
+    // The longest TTL the contract allows is accepted.
+    ok(
+        store.set(&key, Bytes::from_static(b"x"), MAX_TTL).await,
+        "set with MAX_TTL",
+    );
+    assert_eq!(
+        ok(store.get(&key).await, "get"),
+        Some(Bytes::from_static(b"x"))
     );
 }
 
@@ -686,4 +723,34 @@ pub async fn gcra_concurrent<S: StateStore>(store: &S) {
         }
     }
     assert_eq!(allowed, 10, "gcra: exactly the burst may pass concurrently");
+}
+
+/// `gcra` keeps intervals to the nanosecond, whatever its clock: a fresh key's
+/// `reset_after` is exactly one interval, and an interval below a millisecond (5,000 per
+/// second) is not rounded to a whole one.
+pub async fn gcra_keeps_fine_intervals<S: StateStore>(store: &S) {
+    for interval in [
+        Duration::from_micros(200),
+        Duration::from_nanos(1_666_667),
+        Duration::from_nanos(10_000_000_777),
+    ] {
+        let key = fresh_key("gcra-fine");
+        let out = ok(store.gcra(&key, Gcra::new(interval, 1)).await, "gcra");
+        assert!(out.allowed, "gcra: a fresh key allows");
+        assert_eq!(
+            out.reset_after, interval,
+            "gcra: the interval must be kept exactly, not rounded"
+        );
+    }
+    // A burst of 1 at 200 µs: a second request straight after is denied for at most
+    // 200 µs (not a millisecond), unless it came later than that.
+    let key = fresh_key("gcra-fine");
+    let fine = Gcra::new(Duration::from_micros(200), 1);
+    assert!(ok(store.gcra(&key, fine).await, "gcra").allowed);
+    let next = ok(store.gcra(&key, fine).await, "gcra");
+    assert!(
+        next.allowed || next.retry_after <= Duration::from_micros(200),
+        "gcra: retry_after {:?} is longer than the interval",
+        next.retry_after
+    );
 }

@@ -21,16 +21,31 @@ pub enum StoreError {
     /// value, a protocol error, a script error).
     #[error("unexpected reply from state store")]
     Unexpected(#[source] BoxError),
-    /// A TTL below one millisecond (or beyond a century) was passed to a write.
-    #[error("invalid TTL {0:?}: must be at least 1 ms")]
+    /// A TTL below one millisecond or above [`MAX_TTL`](super::MAX_TTL) was passed to a
+    /// write.
+    #[error("invalid TTL {0:?}: must be at least 1 ms and at most 100 years")]
     InvalidTtl(Duration),
+    /// A write on a store that waits for replicas (`RedisStoreBuilder::replica_acks`) was
+    /// not confirmed by enough of them in time. The write may still have been applied on
+    /// the primary, and may be lost in a failover: its outcome is unknown, and a retry
+    /// is the way out.
+    #[error("write confirmed by {acknowledged} of the {required} replicas required")]
+    NotReplicated {
+        /// Replicas that had to confirm the write.
+        required: u32,
+        /// Replicas that confirmed it in time.
+        acknowledged: u32,
+    },
 }
 
 impl StoreError {
     /// `true` when the store could not be reached in time: a condition that may pass, so
     /// the request may be retried later (`503`), as opposed to a corrupt reply or a bug.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::NotReplicated { .. }
+        )
     }
 
     /// `true` when the operation may have been applied even though it failed: the
@@ -45,7 +60,8 @@ impl StoreError {
     /// was in flight counts as applied: the store may have run it.
     pub fn may_have_applied(&self) -> bool {
         match self {
-            Self::Timeout(_) => true,
+            // The primary applied the write; only its replicas did not confirm it.
+            Self::Timeout(_) | Self::NotReplicated { .. } => true,
             Self::Unavailable(source) => !source.is::<NotSent>(),
             Self::Unexpected(_) | Self::InvalidTtl(_) => false,
         }

@@ -263,19 +263,18 @@ impl StateStore for MemoryStore {
     }
 
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
+        let params = params.params();
         self.compute(key, |current| {
-            let tat = match current {
-                Some(existing) => match parse_counter(&existing.data) {
-                    Some(n) => Some(u64::try_from(n).unwrap_or(0)),
-                    None => return (Op::Nop, Err(not_a_counter())),
-                },
+            let now = unix_nanos();
+            let tat = match current.map(|existing| gcra::decode_tat(&existing.data, now)) {
+                Some(Ok(tat)) => Some(tat),
+                Some(Err(reason)) => return (Op::Nop, Err(StoreError::Unexpected(reason.into()))),
                 None => None,
             };
-            let now = unix_millis();
-            match gcra::step(tat, now, &params) {
+            match gcra::step(tat, now, params) {
                 (Some(new_tat), outcome) => {
-                    let ttl = Duration::from_millis(new_tat - now);
-                    let entry = Entry::new(Bytes::from(new_tat.to_string()), ttl);
+                    let ttl = Duration::from_nanos(new_tat - now);
+                    let entry = Entry::new(Bytes::from(gcra::encode_tat(new_tat)), ttl);
                     (Op::Put(entry), Ok(outcome))
                 }
                 (None, outcome) => (Op::Nop, Ok(outcome)),
@@ -284,10 +283,16 @@ impl StateStore for MemoryStore {
     }
 }
 
-fn unix_millis() -> u64 {
+/// Nanoseconds since the Unix epoch (the wall clock, as Redis `TIME` is).
+fn unix_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch: the session hashes' deadlines.
+fn unix_millis() -> u64 {
+    unix_nanos() / 1_000_000
 }
 
 fn parse_counter(data: &[u8]) -> Option<i64> {

@@ -61,8 +61,8 @@ pub use self::redis::{RedisStore, RedisStoreBuilder};
 ///
 /// - Every method is **one atomic step**: no other operation on the same key can observe
 ///   or interleave with a half-done call. On Redis each is exactly **one round trip**.
-/// - Every write takes a TTL. A TTL below one millisecond is rejected with
-///   [`StoreError::InvalidTtl`]; TTLs are kept to millisecond precision.
+/// - Every write takes a TTL. A TTL below one millisecond or above [`MAX_TTL`] is rejected
+///   with [`StoreError::InvalidTtl`]; TTLs are kept to millisecond precision.
 /// - An expired key is indistinguishable from a key that was never written.
 /// - Values are opaque bytes; empty values are legal and distinct from absence.
 /// - Keys are arbitrary UTF-8. Layers namespace their keys with a prefix and put the part
@@ -214,7 +214,9 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     /// by itself once the burst is whole again.
     ///
     /// The clock is the store's, so every instance of a service limits against the same
-    /// time. Of concurrent callers, no more are allowed than the burst holds.
+    /// time. Of concurrent callers, no more are allowed than the burst holds. Times are
+    /// kept to the nanosecond (the emission interval is never rounded): over any stretch
+    /// of time `t`, at most `burst + t / emission_interval` units are spent.
     ///
     /// Redis: `EVALSHA` of a small Lua script (`TIME`, `GET`, `SET PX`).
     fn gcra(
@@ -233,16 +235,20 @@ pub(crate) fn hash_tag(key: &str) -> Option<&str> {
     Some(&key[open + 1..open + 1 + len]).filter(|t| !t.is_empty())
 }
 
+/// The longest TTL a [`StateStore`] write accepts: 100 years (of 365 days).
+///
+/// Redis keeps expiry times as milliseconds in an `i64`, and `Instant` arithmetic
+/// overflows past some point; a century is more than any layer needs and far from both
+/// limits. A longer TTL is [`StoreError::InvalidTtl`], never a panic or a wrapped value.
+/// Builders of the layers refuse settings that would produce a longer one (a
+/// [`ConfigError`](crate::ConfigError) naming the setting), and a rate-limit
+/// [`Quota`](crate::rate_limit::Quota) whose burst takes longer to refill is refused too.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Checks a TTL against the contract and returns it in whole milliseconds, rounded up.
 pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64, StoreError> {
-    if ttl < Duration::from_millis(1) {
+    if ttl < Duration::from_millis(1) || ttl > MAX_TTL {
         return Err(StoreError::InvalidTtl(ttl));
     }
-    let millis = ttl.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis)
-        .ok()
-        // Redis rejects expire times that overflow its millisecond clock; a century is
-        // more than any layer needs.
-        .filter(|ms| *ms <= 100 * 365 * 24 * 3600 * 1000)
-        .ok_or(StoreError::InvalidTtl(ttl))
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).map_err(|_| StoreError::InvalidTtl(ttl))
 }

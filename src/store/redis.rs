@@ -4,12 +4,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
-use deadpool_redis::redis::{self, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use deadpool_redis::{Config, Connection, Pool, PoolError, Runtime};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    Script, ScriptInvocation, ServerErrorKind, Value,
+};
+use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
 
+use super::gcra::MAX_WINDOW_NANOS;
 use super::{ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
 use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
+use crate::ConfigError;
 
 mod hash;
 
@@ -33,19 +38,33 @@ if redis.call('PTTL', KEYS[1]) == -1 then
 end
 return v";
 
-// The same arithmetic as `gcra::step`, on the server's clock. Lua numbers are doubles:
-// exact for millisecond timestamps.
+// The same arithmetic as `gcra::step`, on the server's clock, in nanoseconds. Lua numbers
+// are doubles, exact only below 2^53 (104 days of nanoseconds), so times are kept relative
+// to the current whole second of `TIME` (microseconds), and the state is stored as
+// "<seconds>.<9 digits of nanoseconds>". Plain integers are milliseconds, as earlier
+// versions stored them.
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local max_ahead = tonumber(ARGV[4])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local base = tonumber(t[1])
+local now = tonumber(t[2]) * 1000
 local tat = now
 local stored = redis.call('GET', KEYS[1])
 if stored then
-  tat = tonumber(stored)
-  if not tat then return redis.error_reply('rate-limit state is not a number') end
+  local s, f = string.match(stored, '^(%d+)%.(%d%d%d%d%d%d%d%d%d)$')
+  if s then
+    tat = (tonumber(s) - base) * 1e9 + tonumber(f)
+  elseif string.match(stored, '^%d+$') then
+    tat = (tonumber(stored) - base * 1000) * 1e6
+  else
+    return redis.error_reply('rate-limit state is not a number')
+  end
+  if tat - now > max_ahead then
+    return redis.error_reply('rate-limit state is out of range')
+  end
   if tat < now then tat = now end
 end
 local new_tat = tat + interval * cost
@@ -53,7 +72,10 @@ local allow_at = new_tat - interval * burst
 if now < allow_at then
   return {0, 0, allow_at - now, tat - now}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', new_tat - now))
+local secs = math.floor(new_tat / 1e9)
+local nanos = math.min(math.max(new_tat - secs * 1e9, 0), 999999999)
+redis.call('SET', KEYS[1], string.format('%d.%09d', base + secs, nanos),
+  'PX', string.format('%d', math.ceil((new_tat - now) / 1e6)))
 return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 
 /// A [`StateStore`] on Redis (7.0 or later), through deadpool-redis.
@@ -69,13 +91,53 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// (default 1 s): a stalled Redis yields [`StoreError::Timeout`] instead of hanging a
 /// request.
 ///
+/// # Durable writes
+///
+/// Redis replicates asynchronously: a write it acknowledged can vanish when the primary
+/// fails before a replica got it, and a revocation or a consumed refresh token that
+/// vanishes is a security hole. A store built with
+/// [`replica_acks(n, wait)`](RedisStoreBuilder::replica_acks) sends every write together
+/// with `WAIT n wait`, on the same connection in the same round trip, and reports the
+/// write as failed ([`StoreError::NotReplicated`]) unless `n` replicas confirmed it in
+/// time. Give such a store to the `Revoker` and to `RefreshTokens`, and a plain one to the
+/// layers that can lose a write without harm (rate limits, sessions):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_stateless::store::RedisStore;
+///
+/// # fn main() -> Result<(), tower_stateless::ConfigError> {
+/// let store = RedisStore::from_url("redis://primary:6379")?;
+/// let durable = RedisStore::builder()
+///     .url("redis://primary:6379")
+///     .replica_acks(1, Duration::from_millis(100))
+///     .build()?;
+/// # let _ = (store, durable);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// What it does not cover:
+///
+/// - `WAIT` is not strong consistency. A write reported as failed may still have been
+///   applied on the primary (and may still reach the replicas): treat the failure as
+///   "unknown", and retry the write, which for revocations is harmless.
+/// - A failover can still lose a write confirmed by fewer replicas than the one promoted
+///   needed, e.g. when the promoted replica is not one of the `n` that confirmed. Make `n`
+///   large enough for your failover setup (Sentinel or Cluster promotes the most
+///   up-to-date replica it can reach).
+/// - `WAIT` confirms replicas received the write, not that anything reached a disk.
+/// - On Redis Cluster `WAIT` counts the replicas of the primary that owns the key.
+/// - While a `WAIT` waits, later operations on the same connection wait behind it: keep
+///   the durable store apart from the store of the per-request layers.
+///
 /// # Example
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_stateless::store::RedisStore;
 ///
-/// # fn main() -> Result<(), tower_stateless::store::StoreError> {
+/// # fn main() -> Result<(), tower_stateless::ConfigError> {
 /// let store = RedisStore::builder()
 ///     .url("redis://127.0.0.1:6379")
 ///     .prefix("shop:")
@@ -91,12 +153,23 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// The largest `pool_size` that `build` accepts: every slot is allocated up front.
+const MAX_POOL_SIZE: usize = 1024;
+
+/// `WAIT <replicas> <timeout ms>` after every write.
+#[derive(Debug, Clone, Copy)]
+struct ReplicaAcks {
+    replicas: u32,
+    wait: Duration,
+}
+
 struct Inner {
     pool: Pools,
     slots: Box<[Mutex<Option<Conn>>]>,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
     compare_and_set: Script,
     compare_and_delete: Script,
     increment: Script,
@@ -109,6 +182,7 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("pool_size", &self.inner.slots.len())
             .field("timeout", &self.inner.timeout)
+            .field("replica_acks", &self.inner.replica_acks)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +195,7 @@ pub struct RedisStoreBuilder {
     prefix: String,
     pool_size: usize,
     timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
 }
 
 #[derive(Clone)]
@@ -240,8 +315,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How many multiplexed connections to keep (default 4). Each carries any number of
-    /// concurrent operations; more than a few rarely helps.
+    /// How many multiplexed connections to keep (default 4, at most 1024). Each carries
+    /// any number of concurrent operations; more than a few rarely helps.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -253,51 +328,98 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Makes every write wait until `replicas` replicas have confirmed it, for at most
+    /// `wait` (Redis `WAIT`, sent with the write in the same round trip); a write they do
+    /// not confirm in time fails with [`StoreError::NotReplicated`]. `get` and `get_many`
+    /// do not wait; `get_and_refresh` does, since it writes a new expiry time.
+    /// Off by default. See [durable writes](RedisStore#durable-writes) for what this
+    /// covers and what it does not.
+    ///
+    /// `replicas` must be at least 1, and `wait` at least 1 ms (Redis rounds to
+    /// milliseconds, and `WAIT` with 0 would block for ever) and shorter than the
+    /// [`timeout`](Self::timeout), so that a missing confirmation is reported as such.
+    /// With a [`pool`](Self::pool) or a cluster of your own, the redis-rs reply timeout of
+    /// its connections (500 ms by default) must be longer than `wait` too.
+    pub fn replica_acks(mut self, replicas: u32, wait: Duration) -> Self {
+        self.replica_acks = Some(ReplicaAcks { replicas, wait });
+        self
+    }
+
     /// Builds the store. It connects lazily, on the first operation, so a Redis that is
     /// down at start-up does not stop the service from starting.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Unexpected`] when no URL or pool was given, the URL is invalid, the
-    /// pool size or timeout is zero, or the prefix contains a brace.
-    pub fn build(self) -> Result<RedisStore, StoreError> {
-        let invalid = |msg: &str| StoreError::Unexpected(msg.to_owned().into());
-        if self.pool_size == 0 {
-            return Err(invalid("pool_size must be at least 1"));
+    /// [`ConfigError`] naming the setting: `url` when no URL or pool was given or the URL
+    /// is invalid (`cluster_urls` when the list is empty), `pool_size` when it is 0 or
+    /// above 1024, `timeout` when it is zero, `prefix` when it contains a brace,
+    /// `replica_acks` when its values cannot work (see there).
+    pub fn build(self) -> Result<RedisStore, ConfigError> {
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(ConfigError::new("pool_size", "must be between 1 and 1024"));
         }
         if self.timeout.is_zero() {
-            return Err(invalid("timeout must be greater than zero"));
+            return Err(ConfigError::new("timeout", "must be longer than zero"));
         }
         if self.prefix.contains(['{', '}']) {
-            return Err(invalid("key prefix must not contain '{' or '}'"));
+            return Err(ConfigError::new(
+                "prefix",
+                "must not contain '{' or '}', which would break the layers' hash tags",
+            ));
+        }
+        if let Some(acks) = self.replica_acks {
+            if acks.replicas == 0 {
+                return Err(ConfigError::new(
+                    "replica_acks",
+                    "the number of replicas must be at least 1",
+                ));
+            }
+            if acks.wait < Duration::from_millis(1) {
+                return Err(ConfigError::new(
+                    "replica_acks",
+                    "the wait must be at least 1 ms (WAIT 0 blocks for ever)",
+                ));
+            }
+            if acks.wait >= self.timeout {
+                return Err(ConfigError::new(
+                    "replica_acks",
+                    "the wait must be shorter than the store's timeout",
+                ));
+            }
         }
         let pool = match self.source {
             Some(Source::Pool(pool)) => Pools::Single(pool),
             Some(Source::Url(url)) => {
-                let mut config = Config::from_url(url);
-                config.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size));
-                Pools::Single(
-                    config
-                        .create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| StoreError::Unexpected(e.into()))?,
-                )
+                // The store bounds every operation with its own `timeout`; redis-rs's own
+                // per-reply timeout (500 ms by default) would cut a longer `timeout` or
+                // `WAIT` short, as a dropped connection.
+                let connection = AsyncConnectionConfig::new().set_response_timeout(None);
+                let manager = Manager::new_with_config(url.as_str(), connection)
+                    .map_err(|e| ConfigError::new("url", e.to_string()))?;
+                let pool = Pool::builder(manager)
+                    .max_size(self.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .build();
+                Pools::Single(pool.map_err(|e| ConfigError::new("url", e.to_string()))?)
             }
             #[cfg(feature = "redis-cluster")]
             Some(Source::ClusterPool(pool)) => Pools::Cluster(pool),
             #[cfg(feature = "redis-cluster")]
             Some(Source::ClusterUrls(urls)) => {
                 if urls.is_empty() {
-                    return Err(invalid("at least one cluster node URL is required"));
+                    return Err(ConfigError::new(
+                        "cluster_urls",
+                        "at least one cluster node URL is required",
+                    ));
                 }
                 let mut config = deadpool_redis::cluster::Config::from_urls(urls);
                 config.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size));
-                Pools::Cluster(
-                    config
-                        .create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| StoreError::Unexpected(e.into()))?,
-                )
+                let pool = config.create_pool(Some(Runtime::Tokio1));
+                Pools::Cluster(pool.map_err(|e| ConfigError::new("cluster_urls", e.to_string()))?)
             }
-            None => return Err(invalid("a Redis URL or pool is required")),
+            None => {
+                return Err(ConfigError::new("url", "a Redis URL or pool is required"));
+            }
         };
         let slots = (0..self.pool_size).map(|_| Mutex::new(None)).collect();
         Ok(RedisStore {
@@ -307,6 +429,7 @@ impl RedisStoreBuilder {
                 next: AtomicUsize::new(0),
                 prefix: self.prefix,
                 timeout: self.timeout,
+                replica_acks: self.replica_acks,
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 increment: Script::new(INCREMENT),
@@ -324,6 +447,7 @@ impl RedisStore {
             prefix: String::new(),
             pool_size: 4,
             timeout: Duration::from_secs(1),
+            replica_acks: None,
         }
     }
 
@@ -332,7 +456,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// As [`RedisStoreBuilder::build`].
-    pub fn from_url(url: impl Into<String>) -> Result<Self, StoreError> {
+    pub fn from_url(url: impl Into<String>) -> Result<Self, ConfigError> {
         Self::builder().url(url).build()
     }
 
@@ -423,7 +547,6 @@ impl RedisStore {
 }
 
 fn classify(err: RedisError) -> StoreError {
-    use redis::{ErrorKind, ServerErrorKind};
     let unavailable = err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
@@ -458,17 +581,102 @@ fn to_bytes(value: Option<Vec<u8>>) -> Option<Bytes> {
     value.map(Bytes::from)
 }
 
+/// What one operation sends: a command or a script call.
+enum Call<'a> {
+    Cmd(Cmd),
+    Script(ScriptInvocation<'a>),
+}
+
+impl Call<'_> {
+    async fn query<T: FromRedisValue>(&self, conn: &mut Conn) -> Result<T, RedisError> {
+        match self {
+            Call::Cmd(cmd) => cmd.query_async(conn).await,
+            Call::Script(script) => script.invoke_async(conn).await,
+        }
+    }
+
+    /// Sends the call and `WAIT` in one pipeline: one round trip, and `WAIT` runs on the
+    /// same connection right after the write. Returns the reply and how many replicas
+    /// confirmed.
+    async fn query_and_wait<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        acks: ReplicaAcks,
+    ) -> Result<(T, i64), RedisError> {
+        let wait_ms = u64::try_from(acks.wait.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        match self {
+            Call::Cmd(cmd) => pipe.add_command(cmd.clone()),
+            Call::Script(script) => pipe.invoke_script(script),
+        };
+        pipe.cmd("WAIT").arg(acks.replicas).arg(wait_ms);
+        // Errors come back as values, so that a script not yet loaded can be told apart.
+        pipe.ignore_errors();
+        let mut loaded = false;
+        loop {
+            let replies: Vec<Value> = pipe.query_async(conn).await?;
+            let [reply, acked]: [Value; 2] = replies.try_into().map_err(|_| {
+                RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "a pipeline of two commands must have two replies",
+                ))
+            })?;
+            let acked: i64 = redis::from_redis_value(acked.extract_error()?)?;
+            match reply.extract_error() {
+                Ok(reply) => return Ok((redis::from_redis_value(reply)?, acked)),
+                // The script was not run, so nothing was written: load it, send again.
+                Err(e) if !loaded && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    if let Call::Script(script) = self {
+                        script.load_async(conn).await?;
+                    }
+                    loaded = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Runs a call that writes. With [`replica_acks`](RedisStoreBuilder::replica_acks),
+    /// `WAIT` goes with it, and too few confirmations are [`StoreError::NotReplicated`].
+    async fn write<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
+        let Some(acks) = self.inner.replica_acks else {
+            return self
+                .run(|mut conn| async move { call.query(&mut conn).await })
+                .await;
+        };
+        let call = &call;
+        let (reply, acked) = self
+            .run(|mut conn| async move { call.query_and_wait(&mut conn, acks).await })
+            .await?;
+        if acked < i64::from(acks.replicas) {
+            return Err(StoreError::NotReplicated {
+                required: acks.replicas,
+                acknowledged: u32::try_from(acked).unwrap_or(0),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Runs a call that only reads.
+    async fn read<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
+        self.run(|mut conn| async move { call.query(&mut conn).await })
+            .await
+    }
+
+    fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.key(self.key(key));
+        call
+    }
+}
+
 impl StateStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let key = self.key(key);
-        self.run(|mut conn| async move {
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-        })
-        .await
-        .map(to_bytes)
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(key));
+        self.read(Call::Cmd(cmd)).await.map(to_bytes)
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
@@ -477,30 +685,17 @@ impl StateStore for RedisStore {
         }
         let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
         self.check_one_slot(&keys)?;
-        let values = self
-            .run(|mut conn| async move {
-                redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys);
+        let values: Vec<Option<Vec<u8>>> = self.read(Call::Cmd(cmd)).await?;
         Ok(values.into_iter().map(to_bytes).collect())
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
-        self.run(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value.as_ref()).arg("PX").arg(ms);
+        self.write(Call::Cmd(cmd)).await
     }
 
     async fn set_if_absent(
@@ -510,20 +705,14 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
-        self.run(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(value.as_ref())
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(ms)
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-        })
-        .await
-        .map(to_bytes)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
+            .arg(value.as_ref())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ms);
+        self.write(Call::Cmd(cmd)).await.map(to_bytes)
     }
 
     async fn compare_and_set(
@@ -534,60 +723,29 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
-        let script = &self.inner.compare_and_set;
-        self.run(|mut conn| async move {
-            script
-                .key(&key)
-                .arg(expected)
-                .arg(new.as_ref())
-                .arg(ms)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|n| n == 1)
+        let mut call = self.script_call(&self.inner.compare_and_set, key);
+        call.arg(expected).arg(new.as_ref()).arg(ms);
+        self.write::<i64>(Call::Script(call)).await.map(|n| n == 1)
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
-        let key = self.key(key);
-        let script = &self.inner.compare_and_delete;
-        self.run(|mut conn| async move {
-            script
-                .key(&key)
-                .arg(expected)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|n| n == 1)
+        let mut call = self.script_call(&self.inner.compare_and_delete, key);
+        call.arg(expected);
+        self.write::<i64>(Call::Script(call)).await.map(|n| n == 1)
     }
 
     async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
-        self.run(|mut conn| async move {
-            redis::cmd("GETEX")
-                .arg(&key)
-                .arg("PX")
-                .arg(ms)
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-        })
-        .await
-        .map(to_bytes)
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(self.key(key)).arg("PX").arg(ms);
+        // It writes a new expiry time.
+        self.write(Call::Cmd(cmd)).await.map(to_bytes)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let key = self.key(key);
-        self.run(|mut conn| async move {
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|n| n == 1)
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(key));
+        self.write::<i64>(Call::Cmd(cmd)).await.map(|n| n == 1)
     }
 
     async fn hash_get_all_and_refresh(
@@ -621,40 +779,26 @@ impl StateStore for RedisStore {
 
     async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
-        let script = &self.inner.increment;
-        self.run(|mut conn| async move {
-            script
-                .key(&key)
-                .arg(by)
-                .arg(ms)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        })
-        .await
+        let mut call = self.script_call(&self.inner.increment, key);
+        call.arg(by).arg(ms);
+        self.write(Call::Script(call)).await
     }
 
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
-        let (interval, burst, cost) = params.millis();
-        let key = self.key(key);
-        let script = &self.inner.gcra;
-        let (allowed, remaining, retry_after, reset_after) = self
-            .run(|mut conn| async move {
-                script
-                    .key(&key)
-                    .arg(interval)
-                    .arg(burst)
-                    .arg(cost)
-                    .invoke_async::<(i64, i64, i64, i64)>(&mut conn)
-                    .await
-            })
-            .await?;
-        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        let params = params.params();
+        let mut call = self.script_call(&self.inner.gcra, key);
+        call.arg(params.interval)
+            .arg(params.burst)
+            .arg(params.cost)
+            .arg(MAX_WINDOW_NANOS);
+        let (allowed, remaining, retry_after, reset_after): (i64, i64, i64, i64) =
+            self.write(Call::Script(call)).await?;
+        let nanos = |ns: i64| Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
         Ok(GcraOutcome {
             allowed: allowed == 1,
             remaining: u32::try_from(remaining).unwrap_or(0),
-            retry_after: millis(retry_after),
-            reset_after: millis(reset_after),
+            retry_after: nanos(retry_after),
+            reset_after: nanos(reset_after),
         })
     }
 }

@@ -277,6 +277,56 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Starts a replica of `primary` (`REPLICAOF`, as `--replicaof` does) and waits until the
+    /// primary counts it as a connected replica, so that `WAIT` on the primary can be
+    /// confirmed by it. `None` (skipping) when `redis-server` is not installed, as
+    /// [`start`](Self::start).
+    pub fn start_replica_of(primary: &RedisServer) -> Option<Self> {
+        let replica = Self::start()?;
+        let mut conn = replica.client().get_connection().expect("connect replica");
+        // Load what the primary sends from the socket: never write a dump.rdb into the
+        // working directory (the crate's).
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-load")
+            .arg("swapdb")
+            .query(&mut conn)
+            .expect("CONFIG SET repl-diskless-load");
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(primary.port)
+            .query(&mut conn)
+            .expect("REPLICAOF");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let replica_info = replica.info("replication");
+            let primary_info = primary.info("replication");
+            if replica_info.contains("master_link_status:up")
+                && primary_info.contains("connected_slaves:1")
+                && primary_info.contains("state=online")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never came online:\n{replica_info}\n{primary_info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(replica)
+    }
+
+    /// The text of `INFO <section>`.
+    pub fn info(&self, section: &str) -> String {
+        let mut conn = self.client().get_connection().expect("connect");
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut conn)
+            .expect("INFO")
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::redis::{Script, Value};
 
-use super::RedisStore;
+use super::{Call, RedisStore};
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::store::{ttl_millis, StoreError};
 
@@ -218,25 +218,21 @@ impl RedisStore {
     ) -> Result<HashWriteOutcome, StoreError> {
         let head = head(&options)?;
         let key = self.key(key);
-        let reply = self
-            .run(|mut conn| async move {
-                let mut call = WRITE.prepare_invoke();
-                call.key(&key);
-                for arg in &head {
-                    call.arg(arg.as_slice());
-                }
-                call.arg("apply")
-                    .arg(if changes.clear { "1" } else { "0" })
-                    .arg(changes.delete.len());
-                for name in &changes.delete {
-                    call.arg(name.as_str());
-                }
-                for (name, value) in &changes.set {
-                    call.arg(name.as_str()).arg(value.as_ref());
-                }
-                call.invoke_async::<Vec<Value>>(&mut conn).await
-            })
-            .await?;
+        let mut call = WRITE.prepare_invoke();
+        call.key(&key);
+        for arg in &head {
+            call.arg(arg.as_slice());
+        }
+        call.arg("apply")
+            .arg(if changes.clear { "1" } else { "0" })
+            .arg(changes.delete.len());
+        for name in &changes.delete {
+            call.arg(name.as_str());
+        }
+        for (name, value) in &changes.set {
+            call.arg(name.as_str()).arg(value.as_ref());
+        }
+        let reply: Vec<Value> = self.write(Call::Script(call)).await?;
         outcome(reply)
     }
 
@@ -250,22 +246,18 @@ impl RedisStore {
     ) -> Result<HashWriteOutcome, StoreError> {
         let head = head(&options)?;
         let key = self.key(key);
-        let reply = self
-            .run(|mut conn| async move {
-                let mut call = WRITE.prepare_invoke();
-                call.key(&key);
-                for arg in &head {
-                    call.arg(arg.as_slice());
-                }
-                call.arg("cas")
-                    .arg(field)
-                    .arg(if expected.is_some() { "1" } else { "0" })
-                    .arg(expected.unwrap_or_default())
-                    .arg(if new.is_some() { "1" } else { "0" })
-                    .arg(new.as_deref().unwrap_or_default());
-                call.invoke_async::<Vec<Value>>(&mut conn).await
-            })
-            .await?;
+        let mut call = WRITE.prepare_invoke();
+        call.key(&key);
+        for arg in &head {
+            call.arg(arg.as_slice());
+        }
+        call.arg("cas")
+            .arg(field)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.as_deref().unwrap_or_default());
+        let reply: Vec<Value> = self.write(Call::Script(call)).await?;
         outcome(reply)
     }
 }
