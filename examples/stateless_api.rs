@@ -682,11 +682,11 @@ fn router<S: StateStore>(
         users,
         gateway_latency,
         login_limiter: RateLimiter::new(store.clone(), login_quota)
-            .prefix("rl:login:")
+            .key_prefix("rl:login:")
             .policy_name("login"),
     });
     let per_user = RateLimitLayer::from_limiter(
-        RateLimiter::new(store.clone(), per_user_quota).prefix("rl:user:"),
+        RateLimiter::new(store.clone(), per_user_quota).key_prefix("rl:user:"),
     );
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())

@@ -128,7 +128,6 @@ impl StoreError {
 
     /// This error as a layer's response: the status, the JSON body, `Retry-After: 1` on a
     /// `503`.
-    #[allow(dead_code)]
     pub(crate) fn response<B>(&self) -> Response<ResponseBody<B>> {
         error_response(self.status(), self.error_code(), self.client_message())
     }

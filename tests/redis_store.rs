@@ -14,7 +14,7 @@ const TTL: Duration = Duration::from_secs(60);
 fn store(url: &str) -> RedisStore {
     RedisStore::builder()
         .url(url)
-        .prefix("t:")
+        .key_prefix("t:")
         .timeout(Duration::from_millis(500))
         .build()
         .expect("build store")
@@ -223,7 +223,7 @@ fn bad_configuration_is_refused_when_built() {
         ("pool_size", url().pool_size(0)),
         ("pool_size", url().pool_size(usize::MAX)),
         ("timeout", url().timeout(Duration::ZERO)),
-        ("prefix", url().prefix("app{x}:")),
+        ("key_prefix", url().key_prefix("app{x}:")),
         ("replica_acks", url().replica_acks(0, ms(100))),
         ("replica_acks", url().replica_acks(1, Duration::ZERO)),
         (
@@ -316,7 +316,7 @@ async fn ttls_past_the_store_range_are_refused_not_wrapped() {
 fn durable(primary: &common::RedisServer, wait: Duration) -> RedisStore {
     RedisStore::builder()
         .url(primary.url())
-        .prefix("t:")
+        .key_prefix("t:")
         .timeout(Duration::from_secs(10))
         .replica_acks(1, wait)
         .build()

@@ -39,7 +39,7 @@ conformance!(redis, {
     let server = redis_or_skip!();
     let store = tower_stateless::store::RedisStore::builder()
         .url(server.url())
-        .prefix("conf:")
+        .key_prefix("conf:")
         .build()
         .expect("build store");
     (store, server)
@@ -50,7 +50,7 @@ conformance!(redis_cluster, {
     let cluster = cluster_or_skip!();
     let store = tower_stateless::store::RedisStore::builder()
         .cluster_urls(cluster.urls())
-        .prefix("conf:")
+        .key_prefix("conf:")
         .build()
         .expect("build cluster store");
     (store, cluster)
@@ -92,7 +92,7 @@ mod hash {
         let server = redis_or_skip!();
         let store = tower_stateless::store::RedisStore::builder()
             .url(server.url())
-            .prefix("conf:")
+            .key_prefix("conf:")
             .build()
             .expect("build store");
         (store, server)
@@ -103,7 +103,7 @@ mod hash {
         let cluster = cluster_or_skip!();
         let store = tower_stateless::store::RedisStore::builder()
             .cluster_urls(cluster.urls())
-            .prefix("conf:")
+            .key_prefix("conf:")
             .build()
             .expect("build cluster store");
         (store, cluster)

@@ -140,7 +140,7 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// # fn main() -> Result<(), tower_stateless::ConfigError> {
 /// let store = RedisStore::builder()
 ///     .url("redis://127.0.0.1:6379")
-///     .prefix("shop:")
+///     .key_prefix("shop:")
 ///     .pool_size(4)
 ///     .timeout(Duration::from_millis(250))
 ///     .build()?;
@@ -310,7 +310,8 @@ impl RedisStoreBuilder {
 
     /// A prefix put before every key, to share one Redis between applications (default
     /// none). It must not contain `{` or `}`, which would break the layers' hash tags.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+    /// The layers add their own prefix (also set with `.key_prefix(..)`) after this one.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
@@ -352,7 +353,7 @@ impl RedisStoreBuilder {
     ///
     /// [`ConfigError`] naming the setting: `url` when no URL or pool was given or the URL
     /// is invalid (`cluster_urls` when the list is empty), `pool_size` when it is 0 or
-    /// above 1024, `timeout` when it is zero, `prefix` when it contains a brace,
+    /// above 1024, `timeout` when it is zero, `key_prefix` when it contains a brace,
     /// `replica_acks` when its values cannot work (see there).
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
@@ -363,7 +364,7 @@ impl RedisStoreBuilder {
         }
         if self.prefix.contains(['{', '}']) {
             return Err(ConfigError::new(
-                "prefix",
+                "key_prefix",
                 "must not contain '{' or '}', which would break the layers' hash tags",
             ));
         }
@@ -461,7 +462,7 @@ impl RedisStore {
     }
 
     /// The key prefix in use.
-    pub fn prefix(&self) -> &str {
+    pub fn key_prefix(&self) -> &str {
         &self.inner.prefix
     }
 
