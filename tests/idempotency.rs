@@ -1345,10 +1345,6 @@ impl<St: StateStore> StateStore for Faulty<St> {
         self.check()?;
         self.inner.delete(key).await
     }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        self.check()?;
-        self.inner.increment(key, by, ttl).await
-    }
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
         self.check()?;
         self.inner.gcra(key, params).await

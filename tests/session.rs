@@ -687,10 +687,6 @@ impl<St: StateStore> StateStore for Counting<St> {
             .hash_compare_and_set_field(key, field, expected, new, options)
             .await
     }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        self.hit();
-        self.inner.increment(key, by, ttl).await
-    }
     async fn gcra(
         &self,
         key: &str,

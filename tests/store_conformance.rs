@@ -24,7 +24,7 @@ macro_rules! conformance {
             get_set_roundtrip, ttl_expiry, invalid_ttl_rejected, set_if_absent_returns_existing,
             set_if_absent_concurrent, compare_and_set_semantics, compare_and_set_concurrent,
             compare_and_delete_semantics, get_and_refresh_extends_ttl, delete_semantics,
-            increment_semantics, increment_concurrent, gcra_semantics, gcra_concurrent,
+            gcra_semantics, gcra_concurrent,
             gcra_keeps_fine_intervals,
             get_many_with_missing_keys,
             binary_values, empty_values, large_values, unusual_keys,

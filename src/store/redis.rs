@@ -31,13 +31,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-const INCREMENT: &str = r"
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v";
-
 // The same arithmetic as `gcra::step`, on the server's clock, in nanoseconds. Lua numbers
 // are doubles, exact only below 2^53 (104 days of nanoseconds), so times are kept relative
 // to the current whole second of `TIME` (microseconds), and the state is stored as
@@ -172,7 +165,6 @@ struct Inner {
     replica_acks: Option<ReplicaAcks>,
     compare_and_set: Script,
     compare_and_delete: Script,
-    increment: Script,
     gcra: Script,
 }
 
@@ -433,7 +425,6 @@ impl RedisStoreBuilder {
                 replica_acks: self.replica_acks,
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
-                increment: Script::new(INCREMENT),
                 gcra: Script::new(GCRA),
             }),
         })
@@ -776,13 +767,6 @@ impl StateStore for RedisStore {
     ) -> Result<HashWriteOutcome, StoreError> {
         self.hash_swap_field(key, field, expected, new, options)
             .await
-    }
-
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        let ms = ttl_millis(ttl)?;
-        let mut call = self.script_call(&self.inner.increment, key);
-        call.arg(by).arg(ms);
-        self.write(Call::Script(call)).await
     }
 
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
