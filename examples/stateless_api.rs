@@ -45,7 +45,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
-use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
@@ -123,7 +123,7 @@ struct Credentials {
 
 async fn login<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(session): Extension<Session>,
+    session: Session,
     json: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
     let creds = match json {
@@ -219,7 +219,7 @@ fn rand_u64() -> u64 {
     rand_u128() as u64
 }
 
-async fn me(Extension(claims): Extension<RegisteredClaims>) -> Json<serde_json::Value> {
+async fn me(Claims(claims): Claims<RegisteredClaims>) -> Json<serde_json::Value> {
     Json(json!({"sub": claims.sub, "jti": claims.jti, "sid": claims.sid, "exp": claims.exp}))
 }
 
@@ -606,8 +606,8 @@ async fn trace(req: Request, next: Next) -> Response {
 
 async fn logout<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
-    Extension(session): Extension<Session>,
+    Claims(claims): Claims<RegisteredClaims>,
+    session: Session,
 ) -> Response {
     let token = app.revoker.revoke_token(&claims).await;
     // The session's refresh tokens and every access token of the session.
@@ -623,7 +623,7 @@ async fn logout<S: StateStore>(
 
 async fn logout_all<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     // Every refresh family of the user, and every access token issued until now.
     match app.tokens.logout_everywhere(&claims.sub).await {

@@ -77,11 +77,31 @@
 //! # }
 //! ```
 //!
+//! # Every layer has the same shape
+//!
+//! Knowing one layer predicts the others:
+//!
+//! - `XLayer` holds only configuration, once, in an `Arc` its services share; its service
+//!   is `XService<S, St>`, the inner service first and the store second
+//!   ([`JwtAuthService<S, T, R>`](jwt::JwtAuthService) has the claims type and the
+//!   revocation check instead of a store), with `get_ref`, `get_mut` and `into_inner`.
+//! - What a store-backed layer does when the store is down is one setting with one name:
+//!   `.on_store_failure(`[`StoreFailure`]`)`. Store keys are namespaced with one builder
+//!   name, `.key_prefix(..)`, on every component that writes keys (after the store's own
+//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix)).
+//! - A refusal is a response, never a service error: the JSON
+//!   [`ErrorBody`](response::ErrorBody) with a code from the [`rejection`] catalogue.
+//!   Every error type handlers see has `is_unavailable()`, `status()` and `error_code()`
+//!   and, with the `axum` feature, is an `IntoResponse` of that same body.
+//! - Settings that cannot work are refused when the layer is built, with [`ConfigError`].
+//! - A response future polled after it completed panics (see [`response`]).
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
 //! |---|---|---|
 //! | `redis` | yes | `store::RedisStore` on deadpool-redis |
+//! | `redis-cluster` | no | Redis Cluster mode of `store::RedisStore` (`RedisStoreBuilder::cluster_urls`); implies `redis` |
 //! | `rust_crypto` | yes | JWT signatures through the RustCrypto crates (pure Rust) |
 //! | `aws_lc_rs` | no | JWT signatures through aws-lc-rs: RS256/ES256 verify 5–8× faster; needs a C toolchain |
 //! | `axum` | no | axum extractors for claims and sessions |
