@@ -159,4 +159,31 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "7");
     }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn handler_errors_are_json_error_responses() {
+        use axum_core::response::IntoResponse;
+        let json = |res: &axum_core::response::Response| {
+            res.headers()[http::header::CONTENT_TYPE] == "application/json"
+        };
+        let res = StoreError::Timeout(Duration::from_secs(1)).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
+        assert!(json(&res));
+        let res = crate::refresh::RefreshError::from(crate::refresh::InvalidGrant::Reused)
+            .into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert!(json(&res));
+        let res = crate::revocation::RevokeError::MissingJti.into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let res = crate::jwt::IssueError::ClaimsNotAnObject.into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let res = crate::session::SessionError::Ended.into_response();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        let res = crate::rate_limit::RateLimitError::from(StoreError::Unexpected("x".into()))
+            .into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(json(&res));
+    }
 }
