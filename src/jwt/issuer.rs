@@ -57,6 +57,9 @@ impl IssueError {
         crate::rejection::INTERNAL_ERROR
     }
 
+    // The same signature as every error type's `client_message`.
+    #[allow(clippy::unused_self)]
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
         "the token could not be issued"
     }

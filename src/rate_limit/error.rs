@@ -48,6 +48,7 @@ impl RateLimitError {
         }
     }
 
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
         if self.is_unavailable() {
             crate::response::STORE_UNAVAILABLE_MESSAGE

@@ -116,6 +116,7 @@ impl RefreshError {
     }
 
     /// What the client is told: never the reason of an `invalid_grant`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
         if self.is_invalid_grant() {
             "the refresh token is invalid"

@@ -60,6 +60,7 @@ impl RevokeError {
         }
     }
 
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
         match self {
             Self::MissingJti => "the token has no `jti` and cannot be revoked on its own",

@@ -92,6 +92,7 @@ impl SessionError {
         }
     }
 
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
         match self {
             _ if self.is_unavailable() => crate::response::STORE_UNAVAILABLE_MESSAGE,

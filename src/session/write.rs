@@ -61,7 +61,7 @@ async fn create<S: StateStore>(
             .map_err(WriteError::Store)?
         {
             HashWriteOutcome::Written => return Ok(id),
-            HashWriteOutcome::Exists => continue,
+            HashWriteOutcome::Exists => {}
             HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
             other => return Err(unexpected(other)),
         }

@@ -520,6 +520,7 @@ impl RedisStore {
 
     /// On a cluster, refuses a multi-key read over several hash slots: it would be a
     /// round trip per node, and not atomic.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
     fn check_one_slot(&self, keys: &[String]) -> Result<(), StoreError> {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
