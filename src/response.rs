@@ -159,25 +159,31 @@ where
 /// (`SessionLayer`, `RateLimitLayer`). It is boxed, so it requires a `Send + 'static`
 /// request, inner future and response body.
 pub struct BoxResponseFuture<B, E> {
-    inner: Pin<Box<dyn Future<Output = LayerResult<B, E>> + Send + 'static>>,
+    inner: Option<BoxedLayerFuture<B, E>>,
+    /// The service, for the panic of a future polled after completion.
+    service: &'static str,
 }
 
 type LayerResult<B, E> = Result<Response<ResponseBody<B>>, E>;
+type BoxedLayerFuture<B, E> = Pin<Box<dyn Future<Output = LayerResult<B, E>> + Send + 'static>>;
 
 impl<B, E> BoxResponseFuture<B, E> {
-    pub(crate) fn new<F>(future: F) -> Self
+    pub(crate) fn new<F>(service: &'static str, future: F) -> Self
     where
         F: Future<Output = LayerResult<B, E>> + Send + 'static,
     {
         Self {
-            inner: Box::pin(future),
+            inner: Some(Box::pin(future)),
+            service,
         }
     }
 }
 
 impl<B, E> std::fmt::Debug for BoxResponseFuture<B, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoxResponseFuture").finish_non_exhaustive()
+        f.debug_struct("BoxResponseFuture")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +191,12 @@ impl<B, E> Future for BoxResponseFuture<B, E> {
     type Output = LayerResult<B, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        let Some(inner) = self.inner.as_mut() else {
+            panic!("{}: response future polled after completion", self.service);
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(output)
     }
 }
 
@@ -415,5 +426,16 @@ mod tests {
         let busy = for_protocol(true, busy);
         assert_eq!(busy.headers()["grpc-status"], "14");
         assert_eq!(busy.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    #[should_panic(expected = "SessionService: response future polled after completion")]
+    fn a_boxed_future_polled_after_completion_panics_naming_its_service() {
+        let mut future = BoxResponseFuture::<String, ()>::new("SessionService", async {
+            Ok(Response::new(ResponseBody::empty()))
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut future).poll(&mut cx).is_ready());
+        let _ = Pin::new(&mut future).poll(&mut cx);
     }
 }

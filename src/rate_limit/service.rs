@@ -84,7 +84,7 @@ where
         let grpc = is_grpc(&parts.headers);
         let req = Request::from_parts(parts, body);
         let config = Arc::clone(&self.config);
-        BoxResponseFuture::new(async move {
+        BoxResponseFuture::new("RateLimitService", async move {
             let Some(key) = key else {
                 return inner.call(req).await.map(wrap);
             };

@@ -117,7 +117,7 @@ where
         req.extensions_mut().insert(Session {
             shared: shared.clone(),
         });
-        BoxResponseFuture::new(async move {
+        BoxResponseFuture::new("SessionService", async move {
             let mut res = inner.call(req).await?;
             let st = std::mem::take(&mut *shared.state.lock().await);
             if let Some(unavailable) = st.load_failed {
