@@ -323,6 +323,29 @@ async fn a_restarted_redis_serves_nothing_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_stops_the_cache_serving() {
+    let server = redis_or_skip!();
+    let b = LocalCache::builder(store(&server))
+        .prefix("rev:")
+        .max_age(HOUR)
+        .heartbeat(Duration::from_millis(200))
+        .build()
+        .expect("cache");
+    assert_eq!(cached(&b, &server, "rev:{x}:k").await, None);
+    // A frozen Redis pushes nothing: the unanswered heartbeat stops the cache serving, and
+    // reads go to the (frozen) store instead of the cache.
+    server.pause();
+    eventually("the cache stops serving", || async { !b.is_serving() }).await;
+    let read = b.get("rev:{x}:k").await;
+    server.resume();
+    assert!(
+        read.is_err(),
+        "served from memory while Redis was frozen: {read:?}"
+    );
+    serving(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_revocation_check_takes_no_round_trip() {
     let server = redis_or_skip!();
     let (plain, b) = (store(&server), cache(&server));

@@ -23,7 +23,8 @@
 //!   read: the cache has one generation counter that every invalidation, every local
 //!   write and every loss or recovery of the tracking connection advances; a value read
 //!   from the store is cached only if the generation did not move while it was read (and
-//!   is dropped again if it moved while it was inserted).
+//!   is dropped again if it moved while it was inserted). Every entry also records the
+//!   flush it was read after, so that nothing cached before the latest flush is served.
 //! - **No tracking, no cache.** While the tracking connection is down (not yet
 //!   connected, killed by `CLIENT KILL`, Redis restarted, no `PONG` to the heartbeat
 //!   within its interval) every read goes to the store and nothing is cached. The cache
@@ -136,11 +137,28 @@ struct State {
     prefixes: Box<[String]>,
     /// The store's own key prefix, stripped from the keys Redis pushes.
     store_prefix: String,
-    /// `None` caches an absent key.
-    entries: moka::sync::Cache<String, Option<Bytes>>,
+    entries: moka::sync::Cache<String, Entry>,
     /// Bit 0: tracking is on and the cache may serve. Bits 1..: a generation that every
     /// invalidation and every change of bit 0 advances.
     generation: AtomicU64,
+    /// Advanced (before `generation`) by every flush: an entry cached before the latest
+    /// flush is never served, whatever moka's lazy `invalidate_all` makes of it.
+    flushes: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    /// `flushes` when the value was read.
+    flushes: u64,
+    /// `None` caches an absent key.
+    value: Option<Bytes>,
+}
+
+/// The counters when a read began.
+#[derive(Clone, Copy)]
+struct Seen {
+    flushes: u64,
+    generation: u64,
 }
 
 /// Owned by the handles only: dropping the last one stops the tracking task.
@@ -163,20 +181,44 @@ impl State {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
-    fn snapshot(&self) -> u64 {
+    fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Caches what was read at generation `seen`, unless anything moved since.
-    fn insert(&self, seen: u64, key: &str, value: Option<Bytes>) {
-        if seen & SERVING == 0 || self.snapshot() != seen {
+    fn snapshot(&self) -> Seen {
+        let flushes = self.flushes.load(Ordering::SeqCst);
+        Seen {
+            flushes,
+            generation: self.generation(),
+        }
+    }
+
+    /// The cached value of `key`, if the cache serves and holds one from after the latest
+    /// flush.
+    fn lookup(&self, seen: Seen, key: &str) -> Option<Option<Bytes>> {
+        if seen.generation & SERVING == 0 {
+            return None;
+        }
+        self.entries
+            .get(key)
+            .filter(|entry| entry.flushes == seen.flushes)
+            .map(|entry| entry.value)
+    }
+
+    /// Caches what was read since `seen`, unless anything moved since.
+    fn insert(&self, seen: Seen, key: &str, value: Option<Bytes>) {
+        if seen.generation & SERVING == 0 || self.generation() != seen.generation {
             return;
         }
-        self.entries.insert(key.to_owned(), value);
+        let entry = Entry {
+            flushes: seen.flushes,
+            value,
+        };
+        self.entries.insert(key.to_owned(), entry);
         // An invalidation may have landed between the check and the insert: then the
         // entry may be stale, and whoever advanced the generation may already have
         // removed the key.
-        if self.snapshot() != seen {
+        if self.generation() != seen.generation {
             self.entries.invalidate(key);
         }
     }
@@ -189,11 +231,13 @@ impl State {
     }
 
     fn invalidate_all(&self) {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(STEP, Ordering::SeqCst);
         self.entries.invalidate_all();
     }
 
     fn set_serving(&self, serving: bool) {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         let _ = self
             .generation
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |g| {
@@ -253,7 +297,7 @@ impl<S> LocalCache<S> {
     /// Whether the tracking connection is up, so that reads may be served from memory.
     /// While it is `false`, every read goes to the store.
     pub fn is_serving(&self) -> bool {
-        self.shared.state.snapshot() & SERVING != 0
+        self.shared.state.generation() & SERVING != 0
     }
 
     /// How many entries the cache holds (after finishing pending evictions).
@@ -375,8 +419,9 @@ impl LocalCacheBuilder {
 
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_bytes)
-            .weigher(|key: &String, value: &Option<Bytes>| {
-                let bytes = key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD;
+            .weigher(|key: &String, entry: &Entry| {
+                let value = entry.value.as_ref().map_or(0, Bytes::len);
+                let bytes = key.len() + value + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .time_to_live(self.max_age)
@@ -386,6 +431,7 @@ impl LocalCacheBuilder {
             store_prefix: self.store.prefix().to_owned(),
             entries,
             generation: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
         });
         let task = runtime.spawn(track(client, state.clone(), self.heartbeat));
         Ok(LocalCache {
@@ -503,10 +549,8 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return self.inner.get(key).await;
         }
         let seen = state.snapshot();
-        if seen & SERVING != 0 {
-            if let Some(value) = state.entries.get(key) {
-                return Ok(value);
-            }
+        if let Some(value) = state.lookup(seen, key) {
+            return Ok(value);
         }
         let value = self.inner.get(key).await?;
         state.insert(seen, key, value.clone());
@@ -519,12 +563,9 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return self.inner.get_many(keys).await;
         }
         let seen = state.snapshot();
-        if seen & SERVING != 0 {
-            let hits: Option<Vec<Option<Bytes>>> =
-                keys.iter().map(|k| state.entries.get(*k)).collect();
-            if let Some(values) = hits {
-                return Ok(values);
-            }
+        let hits: Option<Vec<Option<Bytes>>> = keys.iter().map(|k| state.lookup(seen, k)).collect();
+        if let Some(values) = hits {
+            return Ok(values);
         }
         let values = self.inner.get_many(keys).await?;
         if values.len() == keys.len() {
@@ -663,32 +704,43 @@ mod tests {
             store_prefix: "app:".to_owned(),
             entries: moka::sync::Cache::new(100),
             generation: AtomicU64::new(SERVING),
+            flushes: AtomicU64::new(0),
         };
+        let cached = |state: &State| state.lookup(state.snapshot(), "rev:k");
+        // A push lands while the read is in flight: the read is not cached.
         let seen = state.snapshot();
         state.apply(&[Value::Array(vec![Value::BulkString(b"app:rev:k".to_vec())])]);
         state.insert(seen, "rev:k", None);
-        assert!(state.entries.get("rev:k").is_none());
+        assert_eq!(cached(&state), None);
 
         let seen = state.snapshot();
         state.insert(seen, "rev:k", None);
-        assert_eq!(state.entries.get("rev:k"), Some(None));
+        assert_eq!(cached(&state), Some(None));
         // A push for another application's key (other store prefix) changes nothing here.
         state.apply(&[Value::BulkString(b"other:rev:k".to_vec())]);
-        assert_eq!(state.entries.get("rev:k"), Some(None));
+        assert_eq!(cached(&state), Some(None));
         state.apply(&[Value::BulkString(b"app:rev:k".to_vec())]);
-        assert!(state.entries.get("rev:k").is_none());
+        assert_eq!(cached(&state), None);
 
-        // A flush (null push) empties everything.
+        // A flush (null push) empties everything, also what a read in flight brings back.
         let seen = state.snapshot();
         state.insert(seen, "rev:k", None);
+        let in_flight = state.snapshot();
         state.apply(&[Value::Nil]);
-        state.entries.run_pending_tasks();
-        assert!(state.entries.get("rev:k").is_none());
+        assert_eq!(cached(&state), None);
+        state.insert(in_flight, "rev:j", None);
+        assert_eq!(state.lookup(state.snapshot(), "rev:j"), None);
 
-        // Not serving: nothing is cached.
+        // Not serving: nothing is cached, nothing is served.
+        let seen = state.snapshot();
+        state.insert(seen, "rev:k", Some(Bytes::from_static(b"1")));
         state.set_serving(false);
+        assert_eq!(cached(&state), None);
         let seen = state.snapshot();
         state.insert(seen, "rev:k", None);
         assert!(state.entries.get("rev:k").is_none());
+        // Back on: what was cached before the loss is not served.
+        state.set_serving(true);
+        assert_eq!(cached(&state), None);
     }
 }
