@@ -1,94 +1,4 @@
 //! [`LocalCache`]: an in-process cache of store reads that Redis keeps honest.
-//!
-//! A revocation check reads the same few keys (the token's `jti`, its session, its
-//! subject) on every request, and they almost never change: nearly always the answer is
-//! "absent, not revoked". [`LocalCache`] wraps a [`RedisStore`] and answers
-//! [`get`](StateStore::get) and [`get_many`](StateStore::get_many) for keys under the
-//! prefixes you name from memory, absent keys included, with **no round trip**. Every
-//! other operation, and every read of a key outside those prefixes, goes to the store
-//! unchanged.
-//!
-//! # How it stays correct
-//!
-//! - **Redis invalidates.** Each `LocalCache` keeps one dedicated RESP3 connection with
-//!   server-assisted client-side caching in broadcast mode (`CLIENT TRACKING on BCAST
-//!   PREFIX <store prefix + cache prefix>...`): whenever any client changes, deletes or
-//!   expires a key under those prefixes, Redis pushes the key name, and the entry is
-//!   dropped. After `revoke_*` returns on instance A, instance B refuses the token as soon
-//!   as that push reaches it (measured: see `examples/cache_latency.rs` and
-//!   PERFORMANCE.md).
-//! - **Writes through the wrapper invalidate at once**, before they return, on this
-//!   instance.
-//! - **No stale insert.** A read that raced with an invalidation does not cache what it
-//!   read: the cache has one generation counter that every invalidation, every local
-//!   write and every loss or recovery of the tracking connection advances; a value read
-//!   from the store is cached only if the generation did not move while it was read (and
-//!   is dropped again if it moved while it was inserted). Every entry also records the
-//!   flush it was read after, so that nothing cached before the latest flush is served.
-//! - **No tracking, no cache.** While the tracking connection is down (not yet
-//!   connected, killed by `CLIENT KILL`, Redis restarted, no `PONG` to the heartbeat
-//!   within its interval) every read goes to the store and nothing is cached. The cache
-//!   is emptied when the connection is lost and again once tracking is back on, before it
-//!   serves again: pushes missed while disconnected cannot leave a stale entry.
-//! - **Bounded age.** Every entry is dropped [`max_age`](LocalCacheBuilder::max_age) after
-//!   it was read from the store (default 60 s), whatever Redis says. This bounds the
-//!   damage of anything the above misses, such as a network partition between this
-//!   instance and Redis that the heartbeat has not detected yet (detected within two
-//!   [`heartbeat`](LocalCacheBuilder::heartbeat) intervals).
-//! - **Bounded memory.** At most [`max_bytes`](LocalCacheBuilder::max_bytes) of keys and
-//!   values (default 16 MiB, counting 64 bytes of overhead per entry); least-used entries
-//!   go first.
-//!
-//! # What to cache, and why it is opt-in
-//!
-//! Cache the revocation list (prefix `rev:`): its keys are read on every request, change
-//! rarely, and a change only has to become visible within a small bound, which the cache
-//! keeps. The cache is **opt-in**: it costs a connection and a task per instance, and it
-//! turns "the next read after a write sees it" into "a read on another instance sees it
-//! within the invalidation delay". That trade is right for revocation; it is not for
-//! everything:
-//!
-//! - **Do not cache sessions** (`sess:`): a session written on instance A must be read back
-//!   by the client's very next request, which may land on instance B. That next request
-//!   can reach B before Redis's invalidation push does, and the cache cannot know without
-//!   a round trip, which is what it saves. So session reads always go to the store; do not
-//!   give the cache the session prefix.
-//! - Do not cache idempotency records (`idem:`) or rate limits: they are compare-and-set
-//!   state that must be read fresh.
-//!
-//! `MemoryStore` needs none of this: it is already in-process, and one instance is all
-//! it serves. `LocalCache` is built for a [`RedisStore`] on one Redis (a URL given to
-//! [`RedisStoreBuilder::url`](super::RedisStoreBuilder::url)). **Redis Cluster is
-//! refused** at build: broadcast tracking would need one tracking connection per master,
-//! re-established on every resharding and failover, which this version does not do.
-//!
-//! The revocation check takes any [`StateStore`], so you give it the wrapped store and
-//! keep using the plain one for everything else.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use std::time::Duration;
-//!
-//! use tower_stateless::revocation::{RevocationLayer, Revoker};
-//! use tower_stateless::store::{LocalCache, RedisStore};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = RedisStore::from_url("redis://127.0.0.1:6379")?;
-//! // Must run inside a Tokio runtime: it spawns the tracking task.
-//! let cached = LocalCache::builder(store.clone())
-//!     .prefix("rev:")
-//!     .max_age(Duration::from_secs(30))
-//!     .build()?;
-//!
-//! // The read side answers from memory; the write side may use either handle.
-//! let revocation = RevocationLayer::new(cached.clone());
-//! let revoker = Revoker::new(cached, Duration::from_secs(3600));
-//! # let _ = (revocation, revoker);
-//! # Ok(())
-//! # }
-//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,7 +21,99 @@ pub const TRACKING_CLIENT_NAME: &str = "tower-stateless-cache";
 const ENTRY_OVERHEAD: usize = 64;
 
 /// A [`StateStore`] that serves reads of chosen key prefixes from an in-process cache
-/// which Redis invalidates; see the [module docs](self).
+/// which Redis invalidates (opt-in).
+///
+/// A revocation check reads the same few keys (the token's `jti`, its session, its
+/// subject) on every request, and they almost never change: nearly always the answer is
+/// "absent, not revoked". [`LocalCache`] wraps a [`RedisStore`] and answers
+/// [`get`](StateStore::get) and [`get_many`](StateStore::get_many) for keys under the
+/// prefixes you name from memory, absent keys included, with **no round trip**. Every
+/// other operation, and every read of a key outside those prefixes, goes to the store
+/// unchanged.
+///
+/// # How it stays correct
+///
+/// - **Redis invalidates.** Each `LocalCache` keeps one dedicated RESP3 connection with
+///   server-assisted client-side caching in broadcast mode (`CLIENT TRACKING on BCAST
+///   PREFIX <store prefix + cache prefix>...`): whenever any client changes, deletes or
+///   expires a key under those prefixes, Redis pushes the key name, and the entry is
+///   dropped. After `revoke_*` returns on instance A, instance B refuses the token as soon
+///   as that push reaches it (measured: see `examples/cache_latency.rs` and
+///   PERFORMANCE.md).
+/// - **Writes through the wrapper invalidate at once**, before they return, on this
+///   instance.
+/// - **No stale insert.** A read that raced with an invalidation does not cache what it
+///   read: the cache has one generation counter that every invalidation, every local
+///   write and every loss or recovery of the tracking connection advances; a value read
+///   from the store is cached only if the generation did not move while it was read (and
+///   is dropped again if it moved while it was inserted). Every entry also records the
+///   flush it was read after, so that nothing cached before the latest flush is served.
+/// - **No tracking, no cache.** While the tracking connection is down (not yet
+///   connected, killed by `CLIENT KILL`, Redis restarted, no `PONG` to the heartbeat
+///   within its interval) every read goes to the store and nothing is cached. The cache
+///   is emptied when the connection is lost and again once tracking is back on, before it
+///   serves again: pushes missed while disconnected cannot leave a stale entry.
+/// - **Bounded age.** Every entry is dropped [`max_age`](LocalCacheBuilder::max_age) after
+///   it was read from the store (default 60 s), whatever Redis says. This bounds the
+///   damage of anything the above misses, such as a network partition between this
+///   instance and Redis that the heartbeat has not detected yet (detected within two
+///   [`heartbeat`](LocalCacheBuilder::heartbeat) intervals).
+/// - **Bounded memory.** At most [`max_bytes`](LocalCacheBuilder::max_bytes) of keys and
+///   values (default 16 MiB, counting 64 bytes of overhead per entry); least-used entries
+///   go first.
+///
+/// # What to cache, and why it is opt-in
+///
+/// Cache the revocation list (prefix `rev:`): its keys are read on every request, change
+/// rarely, and a change only has to become visible within a small bound, which the cache
+/// keeps. The cache is **opt-in**: it costs a connection and a task per instance, and it
+/// turns "the next read after a write sees it" into "a read on another instance sees it
+/// within the invalidation delay". That trade is right for revocation; it is not for
+/// everything:
+///
+/// - **Do not cache sessions** (`sess:`): a session written on instance A must be read back
+///   by the client's very next request, which may land on instance B. That next request
+///   can reach B before Redis's invalidation push does, and the cache cannot know without
+///   a round trip, which is what it saves. So session reads always go to the store; do not
+///   give the cache the session prefix.
+/// - Do not cache idempotency records (`idem:`) or rate limits: they are compare-and-set
+///   state that must be read fresh.
+///
+/// `MemoryStore` needs none of this: it is already in-process, and one instance is all
+/// it serves. `LocalCache` is built for a [`RedisStore`] on one Redis (a URL given to
+/// [`RedisStoreBuilder::url`](super::RedisStoreBuilder::url)). **Redis Cluster is
+/// refused** at build: broadcast tracking would need one tracking connection per master,
+/// re-established on every resharding and failover, which this version does not do.
+///
+/// The revocation check takes any [`StateStore`], so you give it the wrapped store and
+/// keep using the plain one for everything else.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use tower_stateless::revocation::{RevocationLayer, Revoker};
+/// use tower_stateless::store::{LocalCache, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::from_url("redis://127.0.0.1:6379")?;
+/// // Must run inside a Tokio runtime: it spawns the tracking task.
+/// let cached = LocalCache::builder(store.clone())
+///     .prefix("rev:")
+///     .max_age(Duration::from_secs(30))
+///     .build()?;
+///
+/// // The read side answers from memory; the write side may use either handle.
+/// let revocation = RevocationLayer::new(cached.clone());
+/// let revoker = Revoker::new(cached, Duration::from_secs(3600));
+/// # let _ = (revocation, revoker);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Handles
 ///
 /// Cheap to clone: clones share one cache and one tracking connection, which closes when
 /// the last clone is dropped.
@@ -326,7 +328,7 @@ impl<S> std::fmt::Debug for LocalCache<S> {
 impl LocalCacheBuilder {
     /// Caches reads of keys starting with `prefix` (as the layers name them, without the
     /// store's own prefix), e.g. `"rev:"` for the revocation list. Call it once per prefix.
-    /// Never give it the session prefix; see the module docs.
+    /// Never give it the session prefix; see [`LocalCache`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefixes.push(prefix.into());
         self
