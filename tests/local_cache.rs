@@ -233,6 +233,16 @@ async fn keys_outside_the_prefixes_are_never_cached() {
     server.reset_stats();
     b.get("sess:{x}").await.expect("get");
     assert_eq!(server.command_count(), 1);
+    // So a session written on another instance is read back by the very next read, with
+    // no wait for an invalidation.
+    store(&server)
+        .set("sess:{x}", Bytes::from_static(b"cart"), HOUR)
+        .await
+        .expect("set");
+    assert_eq!(
+        b.get("sess:{x}").await.expect("get"),
+        Some(Bytes::from_static(b"cart"))
+    );
 }
 
 fn tracking_client_id(server: &RedisServer) -> Option<u64> {

@@ -358,7 +358,8 @@ impl LocalCacheBuilder {
 
     /// Builds the cache and spawns its tracking task on the current Tokio runtime. The
     /// cache serves from memory once the task has turned tracking on; until then reads
-    /// go to the store.
+    /// go to the store. Build it on the runtime that serves your requests: should that
+    /// runtime shut down while handles live on, the cache stops serving for good.
     ///
     /// # Errors
     ///
@@ -435,7 +436,15 @@ impl LocalCacheBuilder {
             generation: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
         });
-        let task = runtime.spawn(track(client, state.clone(), self.heartbeat));
+        // If the task ends (its runtime shuts down while handles live on elsewhere), nobody
+        // applies pushes any more: the cache stops serving for good. The guard is owned by
+        // the future, so it also fires for a task that never ran.
+        let stop = StopServing(state.clone());
+        let tracking = track(client, state.clone(), self.heartbeat);
+        let task = runtime.spawn(async move {
+            let _stop = stop;
+            tracking.await;
+        });
         Ok(LocalCache {
             inner: self.store,
             shared: Arc::new(Handle { state, task }),
@@ -465,6 +474,14 @@ async fn track(client: redis::Client, state: Arc<State>, heartbeat: Duration) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(heartbeat.max(Duration::from_millis(50)));
+    }
+}
+
+struct StopServing(Arc<State>);
+
+impl Drop for StopServing {
+    fn drop(&mut self) {
+        self.0.set_serving(false);
     }
 }
 
@@ -677,6 +694,24 @@ mod tests {
             refused(LocalCache::builder(store()).prefix("rev:")),
             "build"
         );
+    }
+
+    #[test]
+    fn a_cache_whose_runtime_shut_down_stops_serving() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let cache = runtime.block_on(async {
+            LocalCache::builder(store())
+                .prefix("rev:")
+                .build()
+                .expect("cache")
+        });
+        // As if tracking had come up: the task's end must turn it off again.
+        cache.shared.state.set_serving(true);
+        drop(runtime);
+        assert!(!cache.is_serving());
     }
 
     #[tokio::test]
