@@ -6,7 +6,7 @@
 # ratios to bare axum.
 #
 # Rows: bare axum; a hand-written jsonwebtoken::decode middleware; JwtAuthLayer;
-# + RevocationLayer; + SessionLayer read; SessionLayer read and write alone;
+# + the revocation check; + SessionLayer read; SessionLayer read and write alone;
 # IdempotencyLayer first call; tower-sessions (tower-sessions-redis-store) read and write.
 # No row has a rate limit, and any answer that is not 2xx/3xx (a 429, a 503) or a socket
 # error marks its row and fails the run: the figures are then not the layers' cost.

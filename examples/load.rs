@@ -29,7 +29,7 @@
 //! | `GET /bare` | nothing (bare axum) |
 //! | `GET /decode` | a hand-written `jsonwebtoken::decode` middleware (the floor for JWT) |
 //! | `GET /jwt` | `JwtAuthLayer` |
-//! | `GET /jwt-revocation` | `JwtAuthLayer` + `RevocationLayer` |
+//! | `GET /jwt-revocation` | `JwtAuthLayer` with its revocation check |
 //! | `GET /jwt-revocation-session` | the same + `SessionLayer`, handler reads the session |
 //! | `GET /session-read`, `GET /session-write` | `SessionLayer` alone, read or write one key |
 //! | `POST /idempotent` | `IdempotencyLayer` alone, first call (a new key every request) |

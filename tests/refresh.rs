@@ -172,7 +172,7 @@ async fn reuse_revokes_the_family_and_the_session<St: StateStore>(store: St, oth
         issuer.rotate(&second.refresh_token.token).await,
         Some(InvalidGrant::Revoked),
     );
-    // The session's access tokens, old and new, are refused by the RevocationLayer.
+    // The session's access tokens, old and new, are refused by the revocation check.
     for pair in [&first, &second, &newest] {
         assert_eq!(
             access_status(&store, &pair.access_token).await,

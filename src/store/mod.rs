@@ -8,6 +8,8 @@
 //!
 //! - [`MemoryStore`]: in-process, TTLs honoured, for tests and single-instance development.
 //! - `RedisStore` (feature `redis`, on by default): Redis on deadpool-redis.
+//! - `LocalCache` (feature `redis`): wraps a `RedisStore` and serves reads of chosen
+//!   prefixes (the revocation list) from memory, invalidated by Redis; opt-in.
 //!
 //! # Writing your own backend
 //!
@@ -33,6 +35,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[cfg(feature = "redis")]
+mod cache;
 mod error;
 mod gcra;
 mod hash;
@@ -44,6 +48,9 @@ mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::cache::{LocalCache, LocalCacheBuilder, TRACKING_CLIENT_NAME};
 pub use self::error::{BoxError, StoreError};
 pub use self::gcra::{Gcra, GcraOutcome};
 pub use self::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};

@@ -161,6 +161,9 @@ struct Inner {
     slots: Box<[Mutex<Option<Conn>>]>,
     next: AtomicUsize,
     prefix: String,
+    /// The URL given to the builder, for connections the pool cannot make (the local
+    /// cache's tracking connection). `None` for a pool or a cluster.
+    url: Option<String>,
     timeout: Duration,
     replica_acks: Option<ReplicaAcks>,
     compare_and_set: Script,
@@ -380,6 +383,10 @@ impl RedisStoreBuilder {
                 ));
             }
         }
+        let url = match &self.source {
+            Some(Source::Url(url)) => Some(url.clone()),
+            _ => None,
+        };
         let pool = match self.source {
             Some(Source::Pool(pool)) => Pools::Single(pool),
             Some(Source::Url(url)) => {
@@ -421,6 +428,7 @@ impl RedisStoreBuilder {
                 slots,
                 next: AtomicUsize::new(0),
                 prefix: self.prefix,
+                url,
                 timeout: self.timeout,
                 replica_acks: self.replica_acks,
                 compare_and_set: Script::new(COMPARE_AND_SET),
@@ -455,6 +463,20 @@ impl RedisStore {
     /// The key prefix in use.
     pub fn key_prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// The URL the store was built with (`None` when built from a pool or a cluster).
+    pub(crate) fn url(&self) -> Option<&str> {
+        self.inner.url.as_deref()
+    }
+
+    /// Whether the store talks to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        #[cfg(feature = "redis-cluster")]
+        if matches!(self.inner.pool, Pools::Cluster(_)) {
+            return true;
+        }
+        false
     }
 
     fn key(&self, key: &str) -> String {
