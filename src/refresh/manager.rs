@@ -204,6 +204,7 @@ impl<S: StateStore> RefreshTokens<S> {
                 ttl_until(prepared.record.exp, now),
             )
             .await?;
+        crate::metrics::refresh(crate::metrics::Refresh::Issued);
         Ok(prepared.pair)
     }
 
@@ -244,6 +245,7 @@ impl<S: StateStore> RefreshTokens<S> {
             match &record.consumed {
                 None => {
                     if let Some(pair) = self.advance(&key, &bytes, &record, now).await? {
+                        crate::metrics::refresh(crate::metrics::Refresh::Rotated);
                         return Ok(pair);
                     }
                 }
@@ -462,6 +464,7 @@ impl<S: StateStore> RefreshTokens<S> {
                     && now < successor.exp
                 {
                     if let Some(pair) = self.advance(&next_key, &bytes, &successor, now).await? {
+                        crate::metrics::refresh(crate::metrics::Refresh::Rotated);
                         tracing::info!(
                             family = %record.fam,
                             "refresh: superseded token accepted within the grace window"

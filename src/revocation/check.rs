@@ -39,8 +39,9 @@ pub(super) async fn check<St: StateStore>(
     keys.extend(sid_key.as_deref());
 
     match store.get_many(&keys).await {
-        Ok(values) if values.len() == keys.len() => judge(&values, claims.iat),
+        Ok(values) if values.len() == keys.len() => counted(judge(&values, claims.iat)),
         Ok(values) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 asked = keys.len(),
                 got = values.len(),
@@ -49,6 +50,7 @@ pub(super) async fn check<St: StateStore>(
             Verdict::Failed
         }
         Err(error) if error.is_unavailable() && fail_open => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "RevocationLayer: store unavailable, letting the request through unchecked (fail-open)"
@@ -56,6 +58,7 @@ pub(super) async fn check<St: StateStore>(
             Verdict::Allow
         }
         Err(error) if error.is_unavailable() => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "RevocationLayer: store unavailable, answering 503 (fail-closed)"
@@ -63,6 +66,7 @@ pub(super) async fn check<St: StateStore>(
             Verdict::Unavailable
         }
         Err(error) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 error = &error as &dyn std::error::Error,
                 "RevocationLayer: store failed, answering 500"
@@ -103,6 +107,17 @@ fn judge(values: &[Option<Bytes>], iat: Option<u64>) -> Verdict {
             Verdict::Revoked
         }
     }
+}
+
+/// Counts and traces the verdict on a store reply.
+fn counted(verdict: Verdict) -> Verdict {
+    use crate::metrics::{revocation, Revocation};
+    match verdict {
+        Verdict::Allow => revocation(Revocation::Ok),
+        Verdict::Revoked => revocation(Revocation::Revoked),
+        Verdict::Unavailable | Verdict::Failed => revocation(Revocation::StoreError),
+    }
+    verdict
 }
 
 #[cfg(test)]

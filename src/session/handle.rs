@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::store::{StateStore, StoreError};
 
 /// Version of the stored record format.
@@ -151,10 +152,12 @@ impl Session {
                 let raw = match self.shared.loader.load(&key, self.shared.idle).await {
                     Ok(raw) => raw,
                     Err(e) => {
+                        metrics::session(SessionOp::Load, SessionResult::StoreError);
                         st.load_failed = Some(e.is_unavailable());
                         return Err(SessionError::Store(e));
                     }
                 };
+                metrics::session(SessionOp::Load, SessionResult::Ok);
                 let record = raw
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<Record>(b).ok());

@@ -15,6 +15,7 @@ use super::handle::{
     apply, now_secs, store_key, Record, Session, Shared, State, StoreLoader, RECORD_VERSION,
 };
 use crate::id::{is_session_id, session_id};
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::response::{
     for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
 };
@@ -232,6 +233,7 @@ async fn merge<S: StateStore>(
             }
         }
     }
+    metrics::session(SessionOp::Write, SessionResult::Conflict);
     Err(WriteError::Conflict)
 }
 
@@ -255,6 +257,7 @@ async fn create<S: StateStore>(
             return Ok(id);
         }
     }
+    metrics::session(SessionOp::Write, SessionResult::Conflict);
     Err(WriteError::Conflict)
 }
 
@@ -276,6 +279,7 @@ async fn write_back<S: StateStore>(
             .delete(&store_key(&config.prefix, old))
             .await
             .map_err(WriteError::Store)?;
+        metrics::session(SessionOp::Destroy, SessionResult::Ok);
         action = CookieAction::Remove;
     }
     let now = now_secs();
@@ -297,6 +301,7 @@ async fn write_back<S: StateStore>(
             let key = store_key(&config.prefix, id);
             let base = st.record.clone().unwrap_or_else(fresh);
             let stored = merge(store, config, &key, st.original.clone(), base, &st, now).await?;
+            metrics::session(SessionOp::Write, SessionResult::Ok);
             Ok(if stored && renew {
                 CookieAction::Set(id.to_owned())
             } else {
@@ -307,10 +312,12 @@ async fn write_back<S: StateStore>(
             let mut record = st.record.clone().unwrap_or_else(fresh);
             apply(&mut record.data, st.cleared, &st.delta);
             let id = create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+            metrics::session(SessionOp::Write, SessionResult::Ok);
             store
                 .delete(&store_key(&config.prefix, old))
                 .await
                 .map_err(WriteError::Store)?;
+            metrics::session(SessionOp::Destroy, SessionResult::Ok);
             Ok(CookieAction::Set(id))
         }
         (None, _) => {
@@ -325,11 +332,13 @@ async fn write_back<S: StateStore>(
                 Some(sid) => {
                     let key = store_key(&config.prefix, sid);
                     merge(store, config, &key, None, fresh(), &st, now).await?;
+                    metrics::session(SessionOp::Write, SessionResult::Ok);
                     Ok(action)
                 }
                 None => {
                     let id =
                         create(store, config, encode(&record)?, ttl(config, &record, now)).await?;
+                    metrics::session(SessionOp::Write, SessionResult::Ok);
                     Ok(CookieAction::Set(id))
                 }
             }
@@ -499,6 +508,7 @@ where
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
+                    metrics::session(SessionOp::Write, SessionResult::StoreError);
                     tracing::warn!(error = %e, "session write-back failed");
                     Ok(for_protocol(
                         grpc,

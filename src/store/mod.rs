@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 mod error;
 mod gcra;
+mod instrumented;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -45,6 +46,7 @@ pub mod conformance;
 
 pub use self::error::{BoxError, StoreError};
 pub use self::gcra::{Gcra, GcraOutcome};
+pub use self::instrumented::InstrumentedStore;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
