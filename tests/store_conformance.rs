@@ -54,3 +54,27 @@ conformance!(redis_cluster, {
         .expect("build cluster store");
     (store, cluster)
 });
+
+// `InstrumentedStore` only traces and times: it must keep every guarantee of the store it
+// wraps.
+conformance!(
+    instrumented_memory,
+    (
+        tower_stateless::store::InstrumentedStore::new(tower_stateless::store::MemoryStore::new()),
+        ()
+    )
+);
+
+#[cfg(feature = "redis")]
+conformance!(instrumented_redis, {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::builder()
+        .url(server.url())
+        .prefix("conf:")
+        .build()
+        .expect("build store");
+    (
+        tower_stateless::store::InstrumentedStore::new(store),
+        server,
+    )
+});
