@@ -19,6 +19,15 @@ use tower_stateless::store::{InstrumentedStore, MemoryStore, StateStore};
 
 use common::DownStore;
 
+/// One test at a time: tracing caches per callsite whether anyone listens, and a test
+/// without a subscriber racing one with a thread-local subscriber can make a callsite look
+/// unwatched to the latter.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,6 +47,7 @@ fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[test]
 fn store_histogram_labels_each_operation_by_its_outcome() {
+    let _serial = serial();
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
@@ -85,6 +95,7 @@ fn store_histogram_labels_each_operation_by_its_outcome() {
 
 #[test]
 fn without_a_recorder_the_counters_do_nothing() {
+    let _serial = serial();
     // No recorder installed in this test: the layers' calls must not fail or panic.
     let store = InstrumentedStore::new(MemoryStore::new());
     block_on(async {
@@ -120,6 +131,7 @@ fn keyed(key: &str, body: &'static str) -> Request<Full<Bytes>> {
 
 #[test]
 fn decisions_and_store_operations_are_traced_without_keys_or_values() {
+    let _serial = serial();
     let (logs, _guard) = capture();
     block_on(async {
         let store = InstrumentedStore::new(MemoryStore::new());
