@@ -27,6 +27,10 @@
 //!
 //! SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (at most
 //! 10 s), exit 0.
+//!
+//! Operating it: `GET /metrics` serves every metric of tower-stateless in the Prometheus text
+//! format (unauthenticated, like `/health` and `/ready`: keep it off the public ingress), and
+//! `LOG_FORMAT=json` turns the log into one JSON object per line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::IntoFuture;
