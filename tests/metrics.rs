@@ -201,3 +201,67 @@ fn decisions_and_store_operations_are_traced_without_keys_or_values() {
         );
     }
 }
+
+#[test]
+fn idempotency_counts_released_keys_and_store_errors() {
+    let _serial = serial();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            let handler = |req: Request<RequestBody<Full<Bytes>>>| async move {
+                // A transient answer: the key is released, not recorded.
+                let status = if req.headers().contains_key("x-fail") {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::CREATED
+                };
+                let body = Full::new(Bytes::from_static(b"ok"));
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder().status(status).body(body).unwrap(),
+                )
+            };
+            let up = ServiceBuilder::new()
+                .layer(IdempotencyLayer::new(MemoryStore::new()).scope(Scope::shared()))
+                .service_fn(handler);
+            let mut failing = keyed("k-1", "{}");
+            failing.headers_mut().insert("x-fail", "1".parse().unwrap());
+            let res = up.clone().oneshot(failing).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let res = up.oneshot(keyed("k-1", "{}")).await.unwrap();
+            assert_eq!(
+                res.status(),
+                StatusCode::CREATED,
+                "the released key runs again"
+            );
+
+            let down = ServiceBuilder::new()
+                .layer(IdempotencyLayer::new(DownStore::unavailable()).scope(Scope::shared()))
+                .service_fn(handler);
+            let res = down.oneshot(keyed("k-2", "{}")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        })
+    });
+    let text = handle.render();
+    let total = "tower_stateless_idempotency_total";
+    assert_eq!(
+        value(&text, total, &["result=\"released\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, total, &["result=\"executed\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, total, &["result=\"store_error\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, total, &["result=\"replayed\""]),
+        None,
+        "{text}"
+    );
+}
