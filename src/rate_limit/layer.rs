@@ -243,6 +243,7 @@ where
             let decision = match layer.limiter.check(&key).await {
                 Ok(decision) => decision,
                 Err(error) if layer.fail_closed => {
+                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
                     tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
                     return Ok(for_protocol(
                         grpc,
@@ -250,11 +251,13 @@ where
                     ));
                 }
                 Err(error) => {
+                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
                     tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
                     return inner.call(req).await.map(wrap);
                 }
             };
             if !decision.allowed() {
+                crate::metrics::rate_limit(crate::metrics::RateLimit::Limited);
                 let mut res = ErrorBody::new(
                     "rate_limited",
                     "too many requests; retry after the time in Retry-After",
@@ -263,6 +266,7 @@ where
                 add_headers(res.headers_mut(), decision.headers());
                 return Ok(for_protocol(grpc, res));
             }
+            crate::metrics::rate_limit(crate::metrics::RateLimit::Allowed);
             let mut res = inner.call(req).await?;
             add_headers(res.headers_mut(), decision.headers());
             Ok(wrap(res))

@@ -151,8 +151,9 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: b
     keys.extend(sid_key.as_deref());
 
     match store.get_many(&keys).await {
-        Ok(values) if values.len() == keys.len() => judge(&values, claims.iat),
+        Ok(values) if values.len() == keys.len() => counted(judge(&values, claims.iat)),
         Ok(values) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 asked = keys.len(),
                 got = values.len(),
@@ -161,6 +162,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: b
             Verdict::Failed
         }
         Err(error) if error.is_unavailable() && fail_open => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store unavailable, letting the request through unchecked (fail-open)"
@@ -168,6 +170,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: b
             Verdict::Allow
         }
         Err(error) if error.is_unavailable() => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store unavailable, answering 503 (fail-closed)"
@@ -175,6 +178,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: b
             Verdict::Unavailable
         }
         Err(error) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store failed, answering 500"
@@ -215,6 +219,17 @@ fn judge(values: &[Option<Bytes>], iat: Option<u64>) -> Verdict {
             Verdict::Revoked
         }
     }
+}
+
+/// Counts and traces the verdict on a store reply.
+fn counted(verdict: Verdict) -> Verdict {
+    use crate::metrics::{revocation, Revocation};
+    match verdict {
+        Verdict::Allow => revocation(Revocation::Ok),
+        Verdict::Revoked => revocation(Revocation::Revoked),
+        Verdict::Unavailable | Verdict::Failed => revocation(Revocation::StoreError),
+    }
+    verdict
 }
 
 #[cfg(test)]

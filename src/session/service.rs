@@ -12,6 +12,7 @@ use tower_service::Service;
 use super::config::{Config, Transport};
 use super::handle::{store_key, Session, Shared, State, StoreBackend};
 use crate::id::{is_session_id, session_id};
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::response::{
     for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
 };
@@ -161,7 +162,10 @@ async fn create<S: StateStore>(
             .await
             .map_err(WriteError::Store)?
         {
-            HashWriteOutcome::Written => return Ok(id),
+            HashWriteOutcome::Written => {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+                return Ok(id);
+            }
             HashWriteOutcome::Exists => continue,
             HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
             other => return Err(unexpected(other)),
@@ -191,6 +195,7 @@ async fn write_back<S: StateStore>(
             .delete(&store_key(&config.prefix, old))
             .await
             .map_err(WriteError::Store)?;
+        metrics::session(SessionOp::Destroy, SessionResult::Ok);
         action = CookieAction::Remove;
     }
     let lifetime = config.lifetime();
@@ -210,11 +215,14 @@ async fn write_back<S: StateStore>(
             let key = store_key(&config.prefix, id);
             let options =
                 HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
-            match store
+            let outcome = store
                 .hash_apply(&key, &changes_of(&st), options)
                 .await
-                .map_err(WriteError::Store)?
-            {
+                .map_err(WriteError::Store)?;
+            if matches!(outcome, HashWriteOutcome::Written) {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+            }
+            match outcome {
                 HashWriteOutcome::Written if send => Ok(CookieAction::Set(id.to_owned())),
                 HashWriteOutcome::Written => Ok(action),
                 // Destroyed or expired meanwhile: it is never resurrected.
@@ -244,6 +252,7 @@ async fn write_back<S: StateStore>(
                 .delete(&store_key(&config.prefix, old))
                 .await
                 .map_err(WriteError::Store)?;
+            metrics::session(SessionOp::Destroy, SessionResult::Ok);
             Ok(CookieAction::Set(id))
         }
         (None, _) => {
@@ -267,7 +276,10 @@ async fn write_back<S: StateStore>(
                         .await
                         .map_err(WriteError::Store)?
                     {
-                        HashWriteOutcome::Written => Ok(action),
+                        HashWriteOutcome::Written => {
+                            metrics::session(SessionOp::Write, SessionResult::Ok);
+                            Ok(action)
+                        }
                         HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
                         other => Err(unexpected(other)),
                     }
@@ -444,6 +456,7 @@ where
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
+                    metrics::session(SessionOp::Write, SessionResult::StoreError);
                     tracing::warn!(error = %e, "session write-back failed");
                     Ok(for_protocol(
                         grpc,
