@@ -8,7 +8,7 @@
 //! ```sh
 //! # one Redis, three instances sharing it (same JWT_SECRET, so a token works on all)
 //! REDIS_URL=redis://127.0.0.1:6379 JWT_SECRET=change-me-to-32-bytes-or-more-please \
-//!     PORT=3001 cargo run --release --example stateless_api --features axum &
+//!     PORT=3001 cargo run --release --example stateless_api --features axum,metrics &
 //! # ... PORT=3002, PORT=3003 likewise, then:
 //! cargo run --release --example load -- --requests 20000 --seconds 20 --concurrency 32 \
 //!     http://127.0.0.1:3001 http://127.0.0.1:3002 http://127.0.0.1:3003

@@ -5,13 +5,13 @@
 //! Run with:
 //!
 //! ```sh
-//! cargo run --example stateless_api --features axum                  # in-memory store
+//! cargo run --example stateless_api --features axum,metrics               # in-memory store
 //! REDIS_URL=redis://127.0.0.1:6379 JWT_SECRET=change-me-to-32-bytes-or-more-please \
-//!     PORT=3001 cargo run --example stateless_api --features axum    # shared state
+//!     PORT=3001 cargo run --example stateless_api --features axum,metrics # shared state
 //! ```
 //!
 //! Environment: `PORT` (3000), `REDIS_URL` (unset: in-memory store), `REDIS_CLUSTER_URLS`
-//! (comma-separated seed nodes of a Redis Cluster; needs `--features axum,redis-cluster`),
+//! (comma-separated seed nodes of a Redis Cluster; needs `--features axum,metrics,redis-cluster`),
 //! `RATE_LIMIT_PER_MINUTE` (600: authenticated requests per user), `LOGIN_LIMIT_PER_MINUTE`
 //! (10: `POST /login` attempts per username), `JWT_SECRET` (HS256,
 //! at least 32 bytes; unset: a random per-process secret, so instances cannot share
@@ -27,6 +27,10 @@
 //!
 //! SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (at most
 //! 10 s), exit 0.
+//!
+//! Operating it: `GET /metrics` serves every metric of tower-stateless in the Prometheus text
+//! format (unauthenticated, like `/health` and `/ready`: keep it off the public ingress), and
+//! `LOG_FORMAT=json` turns the log into one JSON object per line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::IntoFuture;
@@ -41,6 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -50,6 +55,7 @@ use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
 use tower_stateless::session::{Session, SessionError, SessionLayer};
+use tower_stateless::store::InstrumentedStore;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
 
@@ -812,12 +818,10 @@ fn config() -> Result<Config, String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Err(e) = observability() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = run().await {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -846,7 +850,7 @@ async fn run() -> Result<(), String> {
         .finalize();
     let app = match (cluster_urls, redis_url) {
         (Some(urls), _) => {
-            let store = cluster_store(urls)?;
+            let store = InstrumentedStore::new(cluster_store(urls)?);
             router(
                 store,
                 policy,
@@ -858,7 +862,9 @@ async fn run() -> Result<(), String> {
         }
         (None, Some(url)) => {
             tracing::info!("store: Redis at {}", without_password(&url));
-            let store = RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+            let store = InstrumentedStore::new(
+                RedisStore::from_url(url).map_err(|e| format!("REDIS_URL: {e}"))?,
+            );
             router(
                 store,
                 policy,
@@ -871,7 +877,7 @@ async fn run() -> Result<(), String> {
         (None, None) => {
             tracing::info!("store: in memory (set REDIS_URL to share state between instances)");
             router(
-                MemoryStore::new(),
+                InstrumentedStore::new(MemoryStore::new()),
                 policy,
                 &refresh_secret,
                 users,
@@ -880,6 +886,7 @@ async fn run() -> Result<(), String> {
             )?
         }
     };
+    let app = app.merge(metrics_routes());
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|e| format!("bind port {port}: {e}"))?;
@@ -908,6 +915,66 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// Logs (`LOG_FORMAT`: text lines, or JSON lines for a log collector) and the Prometheus
+/// recorder behind `GET /metrics`.
+fn observability() -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match std::env::var("LOG_FORMAT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .as_deref()
+    {
+        None | Some("text") => logs.init(),
+        Some("json") => logs.json().init(),
+        Some(other) => return Err(format!("LOG_FORMAT must be text or json, got {other:?}")),
+    }
+    // Store latencies as a Prometheus histogram (buckets in seconds), not a summary.
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tower_stateless_store_duration_seconds".to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    // Histogram samples are folded into the buckets by the upkeep; run it now and then.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    METRICS
+        .set(handle)
+        .map_err(|_| "metrics recorder installed twice".to_owned())
+}
+
+/// The recorder `GET /metrics` renders.
+static METRICS: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// `GET /metrics`, in the Prometheus text format. Unauthenticated, like the probes: keep it
+/// off the public ingress (README, "Metrics and logs").
+fn metrics_routes() -> Router {
+    async fn render() -> Response {
+        match METRICS.get() {
+            Some(handle) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+                .into_response(),
+            None => error(StatusCode::NOT_FOUND, "not_found", "no metrics recorder"),
+        }
+    }
+    Router::new().route("/metrics", get(render))
+}
+
 /// A store on a Redis Cluster, from its seed node URLs.
 #[cfg(feature = "redis-cluster")]
 fn cluster_store(urls: Vec<String>) -> Result<RedisStore, String> {
@@ -922,7 +989,7 @@ fn cluster_store(urls: Vec<String>) -> Result<RedisStore, String> {
 #[cfg(not(feature = "redis-cluster"))]
 fn cluster_store(_: Vec<String>) -> Result<RedisStore, String> {
     Err("REDIS_CLUSTER_URLS needs the redis-cluster feature: \
-         cargo run --example stateless_api --features axum,redis-cluster"
+         cargo run --example stateless_api --features axum,metrics,redis-cluster"
         .to_owned())
 }
 

@@ -107,10 +107,37 @@
 //! | `axum` | no | axum extractors for claims and sessions |
 //! | `oidc` | no | `oidc::RemoteJwks`: keys of an identity provider by OpenID discovery or JWKS URL, refreshed in the background (reqwest with rustls) |
 //! | `conformance` | no | `store::conformance`, the store contract's test suite, for your own backend |
+//! | `metrics` | no | the layers' counters and the store histogram through the [`metrics`](https://docs.rs/metrics) facade; off, `metrics` is no dependency |
 //!
 //! jsonwebtoken needs exactly one crypto backend. With neither `rust_crypto` nor
 //! `aws_lc_rs` this crate does not compile; with both (as `--all-features` does),
 //! `aws_lc_rs` is used.
+//!
+//! # Metrics and traces
+//!
+//! With the feature `metrics`, the layers count their decisions through the
+//! [`metrics`](https://docs.rs/metrics) facade; the application installs the exporter
+//! (Prometheus, OpenTelemetry, statsd). Without the feature the counting code is not
+//! compiled. The store histogram is recorded by [`store::InstrumentedStore`], which wraps
+//! any store. Names and labels are a public contract; label values are fixed words, never
+//! user data (no subject, key, token or path parameter):
+//!
+//! | metric | type | labels | values |
+//! |---|---|---|---|
+//! | `tower_stateless_jwt_total` | counter | `result` | `ok`, `missing`, `invalid`, `expired`, `insufficient_scope` |
+//! | `tower_stateless_revocation_total` | counter | `result` | `ok`, `revoked`, `store_error` |
+//! | `tower_stateless_session_total` | counter | `op`, `result` | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
+//! | `tower_stateless_idempotency_total` | counter | `result` | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
+//! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error` |
+//! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
+//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `increment`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
+//!
+//!
+//! Traces, with or without the feature: each decision is a `DEBUG` event with the same
+//! words in a `result` field (`op` too for sessions) on the target
+//! `tower_stateless::<module>`, and [`store::InstrumentedStore`] runs each store operation in
+//! a `DEBUG` span `store` (fields `op`, `result`), a child of the current (request) span.
+//! The README says what each value counts.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(any(feature = "rust_crypto", feature = "aws_lc_rs")))]
@@ -124,6 +151,7 @@ mod failure;
 mod id;
 pub mod idempotency;
 pub mod jwt;
+mod metrics;
 #[cfg(feature = "oidc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "oidc")))]
 pub mod oidc;

@@ -50,6 +50,8 @@ struct Config<'a> {
     limits: Option<(u32, u32)>,
     /// `REDIS_CLUSTER_URLS`, comma-separated.
     cluster_urls: Option<&'a str>,
+    /// `LOG_FORMAT`.
+    log_format: Option<&'a str>,
 }
 
 /// A running instance of the example; killed (and reaped) when dropped, so no test leaves
@@ -107,6 +109,10 @@ impl Instance {
             command.env("DEMO_USERS", users);
         }
         command.env_remove("REDIS_CLUSTER_URLS");
+        command.env_remove("LOG_FORMAT");
+        if let Some(format) = config.log_format {
+            command.env("LOG_FORMAT", format);
+        }
         if let Some(urls) = config.cluster_urls {
             command.env("REDIS_CLUSTER_URLS", urls);
         }
@@ -1227,5 +1233,364 @@ async fn refresh_tokens_rotate_and_reuse_ends_the_family() {
             .expect("refresh")
             .status(),
         StatusCode::BAD_REQUEST
+    );
+}
+
+// ---- metrics ------------------------------------------------------------------------
+
+/// The `tower_stateless_*` series of a `GET /metrics` scrape: `name{label="v",...}` (labels
+/// sorted) → value. The counters, and the histogram's `_count` and `_bucket` lines.
+async fn scrape(http: &Client, at: &Instance) -> HashMap<String, f64> {
+    let res = http.get(at.url("/metrics")).send().await.expect("scrape");
+    assert_eq!(res.status(), StatusCode::OK, "/metrics needs no token");
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = res.text().await.expect("metrics text");
+    let mut series = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with("tower_stateless_") {
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value.parse().expect("a number");
+        let (name, labels) = match key.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (key, ""),
+        };
+        let mut labels: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+        labels.sort_unstable();
+        series.insert(format!("{name}{{{}}}", labels.join(",")), value);
+    }
+    series
+}
+
+/// One counter series, as `scrape` keys it.
+fn counter(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    labels.sort_unstable();
+    format!("tower_stateless_{metric}_total{{{}}}", labels.join(","))
+}
+
+/// What the script expects each counter to have moved by.
+#[derive(Default)]
+struct Expected(HashMap<String, f64>);
+
+impl Expected {
+    fn add(&mut self, metric: &str, labels: &[(&str, &str)]) {
+        *self.0.entry(counter(metric, labels)).or_default() += 1.0;
+    }
+
+    fn result(&mut self, metric: &str, result: &str) {
+        self.add(metric, &[("result", result)]);
+    }
+
+    fn session(&mut self, op: &str, result: &str) {
+        self.add("session", &[("op", op), ("result", result)]);
+    }
+
+    /// A request through the JWT layer with a valid, unrevoked token, then the rate limit,
+    /// whose verdict is in the status.
+    fn bearer(&mut self, status: StatusCode) {
+        self.result("jwt", "ok");
+        self.result("revocation", "ok");
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        self.result("rate_limit", if limited { "limited" } else { "allowed" });
+    }
+
+    /// A keyed payment, by its answer.
+    fn payment(&mut self, res: &Response) {
+        self.bearer(res.status());
+        let replayed = res.headers().get("idempotent-replayed").is_some();
+        let result = match res.status() {
+            StatusCode::CREATED if replayed => "replayed",
+            StatusCode::CREATED => "executed",
+            StatusCode::CONFLICT => "in_progress",
+            StatusCode::UNPROCESSABLE_ENTITY => "mismatch",
+            other => panic!("unexpected payment answer {other}"),
+        };
+        self.result("idempotency", result);
+    }
+}
+
+/// An HS256 token of the example's secret that expired an hour ago.
+fn expired_token() -> String {
+    // Building a key set installs jsonwebtoken's crypto provider, as the crate does.
+    tower_stateless::jwt::JwtKeySet::new()
+        .with_hmac("main", jsonwebtoken::Algorithm::HS256, SECRET.as_bytes())
+        .expect("key set");
+    let now = SystemTimeNow::secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("main".to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "alice", "iat": now - 7200, "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+struct SystemTimeNow;
+
+impl SystemTimeNow {
+    fn secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+    }
+}
+
+/// Login, a session write, a replayed payment, a 409, a 422, a revoked token, a
+/// rate-limited burst, refresh rotation, reuse and garbage, missing, invalid and expired
+/// tokens; then every `tower_stateless_*_total` series moved by exactly what the answers
+/// say, and no other.
+async fn scripted_run_moves_each_counter_by_its_answers(at: &Instance, per_user_limit: u32) {
+    let http = client();
+    let before = scrape(&http, at).await;
+    let mut expected = Expected::default();
+
+    // Login: a new session written, a refresh family issued.
+    let res = http
+        .post(at.url("/login"))
+        .json(&json!({"username": "alice", "password": "wonderland"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let answer = json_of(res).await;
+    let alice = User {
+        token: answer["access_token"].as_str().unwrap().to_owned(),
+        cookie,
+    };
+    let refresh_token = answer["refresh_token"].as_str().unwrap().to_owned();
+    expected.session("write", "ok");
+    expected.result("refresh", "issued");
+
+    // A session write: loaded, then written back.
+    let res = put_item(&http, at, &alice.cookie, "apple", 2).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    expected.session("load", "ok");
+    expected.session("write", "ok");
+
+    // A payment, its replay, and the same key for another payment (422).
+    let res = pay(&http, at, &alice, "metrics-1", 500).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    expected.payment(&res);
+    let res = pay(&http, at, &alice, "metrics-1", 500).await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    expected.payment(&res);
+    let res = pay(&http, at, &alice, "metrics-1", 999).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    expected.payment(&res);
+
+    // A duplicate while the first runs (409): sent once the first reached the handler.
+    let gateway_calls = at.log_count("calling the payment gateway");
+    let first = {
+        let request = http
+            .post(at.url("/payments"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "metrics-2")
+            .json(&json!({"amount_cents": 700, "currency": "EUR"}));
+        tokio::spawn(async move { request.send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while at.log_count("calling the payment gateway") == gateway_calls {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let res = pay(&http, at, &alice, "metrics-2", 700).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    expected.payment(&res);
+    let res = first.await.unwrap().expect("the first answer");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    expected.payment(&res);
+
+    // Refresh: a rotation, the same token again (reuse), and garbage.
+    let refresh = |token: &str| {
+        http.post(at.url("/token/refresh"))
+            .json(&json!({ "refresh_token": token }))
+            .send()
+    };
+    assert_eq!(
+        refresh(&refresh_token).await.unwrap().status(),
+        StatusCode::OK
+    );
+    expected.result("refresh", "rotated");
+    let res = refresh(&refresh_token).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    expected.result("refresh", "reused");
+    let res = refresh("not-a-refresh-token").await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    expected.result("refresh", "invalid");
+
+    // A second session of alice logs out (its session destroyed), then its token is refused.
+    let second = login(&http, at, "alice", "wonderland").await;
+    expected.session("write", "ok");
+    expected.result("refresh", "issued");
+    let res = http
+        .post(at.url("/logout"))
+        .bearer_auth(&second.token)
+        .header("cookie", &second.cookie)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    expected.bearer(res.status());
+    expected.session("load", "ok");
+    expected.session("destroy", "ok");
+    let res = get(&http, at, "/me", &second).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    expected.result("jwt", "ok");
+    expected.result("revocation", "revoked");
+
+    // Missing, invalid and expired tokens.
+    let res = http.get(at.url("/me")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    expected.result("jwt", "missing");
+    let res = http
+        .get(at.url("/me"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    expected.result("jwt", "invalid");
+    let res = http
+        .get(at.url("/me"))
+        .bearer_auth(expired_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    expected.result("jwt", "expired");
+
+    // A burst past bob's limit.
+    let bob = login(&http, at, "bob", "builder").await;
+    expected.session("write", "ok");
+    expected.result("refresh", "issued");
+    let mut limited = 0;
+    for _ in 0..per_user_limit + 3 {
+        let res = get(&http, at, "/me", &bob).await;
+        assert!(
+            matches!(res.status().as_u16(), 200 | 429),
+            "{}",
+            res.status()
+        );
+        limited += usize::from(res.status() == StatusCode::TOO_MANY_REQUESTS);
+        expected.bearer(res.status());
+    }
+    assert!(
+        limited >= 3,
+        "the burst was limited ({limited} answers of 429)"
+    );
+
+    let after = scrape(&http, at).await;
+    let moved = |key: &String| {
+        after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+    };
+    for (key, want) in &expected.0 {
+        assert_eq!(moved(key), *want, "{key}");
+    }
+    for key in after.keys().filter(|k| k.contains("_total{")) {
+        if !expected.0.contains_key(key) {
+            assert_eq!(
+                moved(key),
+                0.0,
+                "{key} moved, and the script expected nothing"
+            );
+        }
+    }
+    // The store histogram: one `get_many` per revocation check, one `gcra` per limited
+    // request, at least.
+    let histogram = |op: &str| {
+        format!("tower_stateless_store_duration_seconds_count{{op=\"{op}\",result=\"ok\"}}")
+    };
+    let checks = expected
+        .0
+        .iter()
+        .filter(|(k, _)| k.contains("revocation_total"))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    assert!(moved(&histogram("get_many")) >= checks, "get_many timings");
+    assert!(
+        moved(&histogram("gcra")) >= f64::from(per_user_limit + 3),
+        "gcra timings"
+    );
+    assert!(
+        moved(&histogram("set_if_absent")) >= 1.0,
+        "set_if_absent timings"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_scripted_run_on_memory() {
+    let at = Instance::start(&Config {
+        gateway_latency_ms: 300,
+        limits: Some((20, 10)),
+        ..Config::default()
+    });
+    scripted_run_moves_each_counter_by_its_answers(&at, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_scripted_run_on_redis() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        gateway_latency_ms: 300,
+        limits: Some((20, 10)),
+        ..Config::default()
+    });
+    scripted_run_moves_each_counter_by_its_answers(&at, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let at = Instance::start(&Config {
+        log_format: Some("json"),
+        ..Config::default()
+    });
+    let http = client();
+    let res = http.get(at.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while at.log_count("\"request\"") < 1 {
+        assert!(Instant::now() < deadline, "no request line was logged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = at.log.lock().unwrap().clone();
+    for line in &log {
+        let object: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+    let request = log
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|o| o["fields"]["message"] == "request")
+        .expect("a request line");
+    assert_eq!(request["fields"]["path"], "/health");
+    assert_eq!(request["fields"]["status"], 200);
+}
+
+#[test]
+fn an_unknown_log_format_stops_the_example_at_start() {
+    let out = Command::new(example_binary())
+        .env("PORT", "0")
+        .env("JWT_SECRET", SECRET)
+        .env("LOG_FORMAT", "yaml")
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .output()
+        .expect("run the example");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("LOG_FORMAT must be text or json"),
+        "{stderr}"
     );
 }

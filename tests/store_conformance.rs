@@ -87,6 +87,16 @@ mod hash {
 
     hash_conformance!(memory, (tower_stateless::store::MemoryStore::new(), ()));
 
+    hash_conformance!(
+        instrumented_memory,
+        (
+            tower_stateless::store::InstrumentedStore::new(
+                tower_stateless::store::MemoryStore::new()
+            ),
+            ()
+        )
+    );
+
     #[cfg(feature = "redis")]
     hash_conformance!(redis, {
         let server = redis_or_skip!();
@@ -109,3 +119,26 @@ mod hash {
         (store, cluster)
     });
 }
+// `InstrumentedStore` only traces and times: it must keep every guarantee of the store it
+// wraps.
+conformance!(
+    instrumented_memory,
+    (
+        tower_stateless::store::InstrumentedStore::new(tower_stateless::store::MemoryStore::new()),
+        ()
+    )
+);
+
+#[cfg(feature = "redis")]
+conformance!(instrumented_redis, {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::builder()
+        .url(server.url())
+        .key_prefix("conf:")
+        .build()
+        .expect("build store");
+    (
+        tower_stateless::store::InstrumentedStore::new(store),
+        server,
+    )
+});

@@ -16,6 +16,7 @@ use super::key;
 use super::record::{Completed, Record, RecordWriter};
 use super::scope::Caller;
 use super::service::{internal_error, reject, store_failed, too_large};
+use crate::metrics::{idempotency, Idempotency};
 use crate::rejection;
 use crate::response::{for_protocol, is_grpc, ResponseBody};
 use crate::store::{BoxError, StateStore};
@@ -127,6 +128,7 @@ enum Taken<B> {
 fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) -> Taken<B> {
     let answer = match Record::decode(existing) {
         Err(error) => {
+            idempotency(Idempotency::StoreError);
             tracing::error!(%error, key = %store_key, "corrupt idempotency record");
             reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,12 +136,16 @@ fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) ->
                 "the idempotency record could not be read",
             )
         }
-        Ok(record) if record.fingerprint() != fingerprint => reject(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            rejection::IDEMPOTENCY_KEY_REUSED,
-            "this idempotency key was used for a different request",
-        ),
+        Ok(record) if record.fingerprint() != fingerprint => {
+            idempotency(Idempotency::Mismatch);
+            reject(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                rejection::IDEMPOTENCY_KEY_REUSED,
+                "this idempotency key was used for a different request",
+            )
+        }
         Ok(Record::InProgress { .. }) => {
+            idempotency(Idempotency::InProgress);
             let mut res = reject(
                 StatusCode::CONFLICT,
                 rejection::IDEMPOTENCY_REQUEST_IN_PROGRESS,
@@ -149,7 +155,10 @@ fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) ->
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
             res
         }
-        Ok(Record::Completed(done)) => return Taken::Replay(replay(done)),
+        Ok(Record::Completed(done)) => {
+            idempotency(Idempotency::Replayed);
+            return Taken::Replay(replay(done));
+        }
     };
     Taken::Refused(answer)
 }
@@ -215,6 +224,7 @@ where
 
     let claim = match Claim::take(store, store_key.clone(), token, config.lock_ttl).await {
         Err(error) if error.is_unavailable() && config.on_store_failure.is_open() => {
+            idempotency(Idempotency::StoreError);
             tracing::warn!(
                 %error,
                 "idempotency store unavailable; running the request unprotected (StoreFailure::open)"
@@ -222,7 +232,10 @@ where
             let req = Request::from_parts(parts, RequestBody::buffered(body));
             return inner.call(req).await.map(crate::response::wrap);
         }
-        Err(error) => return own(store_failed(&error, config.on_store_failure)),
+        Err(error) => {
+            idempotency(Idempotency::StoreError);
+            return own(store_failed(&error, config.on_store_failure));
+        }
         Ok(Claimed::Taken(existing)) => {
             return match answer_taken(&existing, &fingerprint, &store_key) {
                 Taken::Replay(replayed) => Ok(replayed),
@@ -253,10 +266,12 @@ where
     let (parts, buffered) = match outcome {
         Err(error) => {
             claim.release().await;
+            idempotency(Idempotency::Released);
             return Err(error);
         }
         Ok(Outcome::Transient(response)) => {
             claim.release().await;
+            idempotency(Idempotency::Released);
             return Ok(crate::response::wrap(response));
         }
         Ok(Outcome::Final(parts, buffered)) => (parts, buffered),
@@ -269,6 +284,7 @@ where
                 .is_some_and(|code| !grpc_storable(code, &config));
             if grpc_failed {
                 claim.release().await;
+                idempotency(Idempotency::Released);
                 return Ok(Response::from_parts(
                     parts,
                     ResponseBody::full_with_trailers(record.into_body(), trailers),
@@ -283,6 +299,7 @@ where
             let (record, data) =
                 record.finish(&fingerprint, parts.status, &headers, trailers.as_ref());
             claim.complete(record, config.retention).await;
+            idempotency(Idempotency::Executed);
             Ok(Response::from_parts(
                 parts,
                 ResponseBody::full_with_trailers(data, trailers),
@@ -294,6 +311,7 @@ where
                 "response too large to store for idempotency; key released"
             );
             claim.release().await;
+            idempotency(Idempotency::Released);
             Ok(Response::from_parts(
                 parts,
                 ResponseBody::prefixed(prefix, rest),
@@ -301,6 +319,7 @@ where
         }
         Buffered::Failed => {
             claim.release().await;
+            idempotency(Idempotency::Released);
             own(reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 rejection::RESPONSE_BODY_FAILED,

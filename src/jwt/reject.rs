@@ -24,6 +24,17 @@ pub(crate) const TOKEN_EXPIRED: &str = "the token has expired";
 pub(crate) const TOKEN_NOT_YET_VALID: &str = "the token is not valid yet";
 pub(crate) const TOKEN_TOO_LONG: &str = "the token is too long";
 
+impl Rejection {
+    /// The `result` this rejection is counted and traced as.
+    pub(crate) fn metric(self) -> crate::metrics::Jwt {
+        match self {
+            Self::Missing => crate::metrics::Jwt::Missing,
+            Self::InvalidToken(TOKEN_EXPIRED) => crate::metrics::Jwt::Expired,
+            Self::InvalidRequest(_) | Self::InvalidToken(_) => crate::metrics::Jwt::Invalid,
+        }
+    }
+}
+
 /// Escapes a realm for a quoted-string, dropping what no header may carry.
 pub(crate) fn quote_realm(realm: &str) -> String {
     let mut out = String::with_capacity(realm.len() + 2);

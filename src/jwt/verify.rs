@@ -162,6 +162,7 @@ impl Verifier {
             tracing::debug!(%error, "jwt: claims do not parse into the application's type");
             Rejection::InvalidToken(TOKEN_INVALID)
         })?;
+        crate::metrics::jwt(crate::metrics::Jwt::Ok);
         Ok((registered, claims))
     }
 
@@ -229,6 +230,7 @@ impl Verifier {
         &self,
         rejection: Rejection,
     ) -> http::Response<crate::response::ResponseBody<B>> {
+        crate::metrics::jwt(rejection.metric());
         reject::response(self.quoted_realm.as_deref(), rejection)
     }
 }

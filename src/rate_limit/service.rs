@@ -91,19 +91,23 @@ where
             let decision = match config.limiter.check(&key).await {
                 Ok(decision) => decision,
                 Err(error) if !error.is_unavailable() => {
+                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
                     tracing::error!(%error, "rate limit store failed; answering 500");
                     return Ok(for_protocol(grpc, error.response()));
                 }
                 Err(error) if config.on_store_failure.is_open() => {
+                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
                     tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
                     return inner.call(req).await.map(wrap);
                 }
                 Err(error) => {
+                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
                     tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
                     return Ok(for_protocol(grpc, config.on_store_failure.response()));
                 }
             };
             if !decision.allowed() {
+                crate::metrics::rate_limit(crate::metrics::RateLimit::Limited);
                 let mut res = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     rejection::RATE_LIMITED,
@@ -112,6 +116,7 @@ where
                 add_headers(res.headers_mut(), decision.headers());
                 return Ok(for_protocol(grpc, res));
             }
+            crate::metrics::rate_limit(crate::metrics::RateLimit::Allowed);
             let mut res = inner.call(req).await?;
             add_headers(res.headers_mut(), decision.headers());
             Ok(wrap(res))

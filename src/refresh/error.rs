@@ -132,6 +132,11 @@ crate::response::impl_into_response!(RefreshError);
 
 impl From<InvalidGrant> for RefreshError {
     fn from(reason: InvalidGrant) -> Self {
+        // Every refused refresh token of `RefreshTokens` becomes its error here: one place to count it.
+        crate::metrics::refresh(match reason {
+            InvalidGrant::Reused => crate::metrics::Refresh::Reused,
+            _ => crate::metrics::Refresh::Invalid,
+        });
         Self::InvalidGrant(reason)
     }
 }

@@ -261,6 +261,7 @@ impl<S: StateStore> RefreshTokens<S> {
                 ttl_until(prepared.record.exp, now),
             )
             .await?;
+        crate::metrics::refresh(crate::metrics::Refresh::Issued);
         Ok(prepared.pair)
     }
 
@@ -302,6 +303,7 @@ impl<S: StateStore> RefreshTokens<S> {
             match &record.consumed {
                 None => {
                     if let Some(pair) = self.advance(&key, &bytes, &record, now).await? {
+                        crate::metrics::refresh(crate::metrics::Refresh::Rotated);
                         return Ok(pair);
                     }
                 }
@@ -524,6 +526,7 @@ impl<S: StateStore> RefreshTokens<S> {
                     && now < successor.exp
                 {
                     if let Some(pair) = self.advance(&next_key, &bytes, &successor, now).await? {
+                        crate::metrics::refresh(crate::metrics::Refresh::Rotated);
                         tracing::info!(
                             family = %record.fam,
                             "refresh: superseded token accepted within the grace window"

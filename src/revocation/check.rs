@@ -148,8 +148,9 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) 
     keys.extend(sid_key.as_deref());
 
     match store.get_many(&keys).await {
-        Ok(values) if values.len() == keys.len() => judge(&values, claims.iat),
+        Ok(values) if values.len() == keys.len() => counted(judge(&values, claims.iat)),
         Ok(values) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 asked = keys.len(),
                 got = values.len(),
@@ -158,6 +159,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) 
             Verdict::Failed
         }
         Err(error) if error.is_unavailable() && open => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store unavailable, letting the request through unchecked (fail-open)"
@@ -165,6 +167,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) 
             Verdict::Allow
         }
         Err(error) if error.is_unavailable() => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store unavailable, answering 503 (fail-closed)"
@@ -172,6 +175,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) 
             Verdict::Unavailable
         }
         Err(error) => {
+            crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(
                 error = &error as &dyn std::error::Error,
                 "revocation: store failed, answering 500"
@@ -212,6 +216,17 @@ fn judge(values: &[Option<Bytes>], iat: Option<u64>) -> Verdict {
             Verdict::Revoked
         }
     }
+}
+
+/// Counts and traces the verdict on a store reply.
+fn counted(verdict: Verdict) -> Verdict {
+    use crate::metrics::{revocation, Revocation};
+    match verdict {
+        Verdict::Allow => revocation(Revocation::Ok),
+        Verdict::Revoked => revocation(Revocation::Revoked),
+        Verdict::Unavailable | Verdict::Failed => revocation(Revocation::StoreError),
+    }
+    verdict
 }
 
 #[cfg(test)]

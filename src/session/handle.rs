@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::id::session_id;
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
 use crate::store::{
     HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError, StoredHash,
@@ -296,13 +297,18 @@ impl Session {
                 let key = store_key(&self.shared.key_prefix, &id);
                 match self.shared.backend.load(&key, self.shared.idle).await {
                     Ok(Some(hash)) => {
+                        metrics::session(SessionOp::Load, SessionResult::Ok);
                         st.fields = hash.fields;
                         st.lifetime_left = Some(hash.lifetime_left);
                     }
                     // Unknown, expired, past its absolute lifetime, or not a session of
                     // this format: no session.
-                    Ok(None) => st.id = None,
+                    Ok(None) => {
+                        metrics::session(SessionOp::Load, SessionResult::Ok);
+                        st.id = None;
+                    }
                     Err(e) => {
+                        metrics::session(SessionOp::Load, SessionResult::StoreError);
                         st.load_failed = Some(e.is_unavailable());
                         return Err(SessionError::Store(e));
                     }
@@ -466,6 +472,7 @@ impl Session {
                 .map_err(SessionError::Store)?;
             match outcome {
                 HashWriteOutcome::Written => {
+                    metrics::session(SessionOp::Write, SessionResult::Ok);
                     if st.id.is_none() {
                         st.created = matches!(mode, HashMode::New { .. });
                         st.id = Some(id);
@@ -482,6 +489,7 @@ impl Session {
                 }
                 HashWriteOutcome::Changed(now) => {
                     if attempt >= self.shared.max_retries {
+                        metrics::session(SessionOp::Write, SessionResult::Conflict);
                         return Err(SessionError::Conflict {
                             key: key.to_owned(),
                         });

@@ -15,6 +15,7 @@ use super::transport::{
     apply_cookie, keep_out_of_shared_caches, request_id, vary_on_transport, RequestId,
 };
 use super::write::{write_back, WriteError};
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
 use crate::response::{
     error_response, for_protocol, is_grpc, wrap, BoxResponseFuture, ResponseBody,
@@ -152,6 +153,7 @@ where
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
+                    metrics::session(SessionOp::Write, SessionResult::StoreError);
                     tracing::warn!(error = %e, "session write-back failed");
                     Ok(
                         match store_error_response(

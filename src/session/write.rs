@@ -6,6 +6,7 @@ use super::config::Config;
 use super::handle::{store_key, State};
 use super::transport::CookieAction;
 use crate::id::session_id;
+use crate::metrics::{self, SessionOp, SessionResult};
 use crate::store::{
     HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
 };
@@ -60,7 +61,10 @@ async fn create<S: StateStore>(
             .await
             .map_err(WriteError::Store)?
         {
-            HashWriteOutcome::Written => return Ok(id),
+            HashWriteOutcome::Written => {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+                return Ok(id);
+            }
             HashWriteOutcome::Exists => {}
             HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
             other => return Err(unexpected(other)),
@@ -90,6 +94,7 @@ pub(crate) async fn write_back<S: StateStore>(
             .delete(&store_key(&config.prefix, old))
             .await
             .map_err(WriteError::Store)?;
+        metrics::session(SessionOp::Destroy, SessionResult::Ok);
         action = CookieAction::Remove;
     }
     let lifetime = config.lifetime();
@@ -109,11 +114,14 @@ pub(crate) async fn write_back<S: StateStore>(
             let key = store_key(&config.prefix, id);
             let options =
                 HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
-            match store
+            let outcome = store
                 .hash_apply(&key, &changes_of(&st), options)
                 .await
-                .map_err(WriteError::Store)?
-            {
+                .map_err(WriteError::Store)?;
+            if matches!(outcome, HashWriteOutcome::Written) {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+            }
+            match outcome {
                 HashWriteOutcome::Written if send => Ok(CookieAction::Set(id.to_owned())),
                 HashWriteOutcome::Written => Ok(action),
                 // Destroyed or expired meanwhile: it is never resurrected.
@@ -143,6 +151,7 @@ pub(crate) async fn write_back<S: StateStore>(
                 .delete(&store_key(&config.prefix, old))
                 .await
                 .map_err(WriteError::Store)?;
+            metrics::session(SessionOp::Destroy, SessionResult::Ok);
             Ok(CookieAction::Set(id))
         }
         (None, _) => {
@@ -166,7 +175,10 @@ pub(crate) async fn write_back<S: StateStore>(
                         .await
                         .map_err(WriteError::Store)?
                     {
-                        HashWriteOutcome::Written => Ok(action),
+                        HashWriteOutcome::Written => {
+                            metrics::session(SessionOp::Write, SessionResult::Ok);
+                            Ok(action)
+                        }
                         HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
                         other => Err(unexpected(other)),
                     }

@@ -40,6 +40,7 @@ mod cache;
 mod error;
 mod gcra;
 mod hash;
+mod instrumented;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -54,6 +55,7 @@ pub use self::cache::{LocalCache, LocalCacheBuilder, TRACKING_CLIENT_NAME};
 pub use self::error::{BoxError, StoreError};
 pub use self::gcra::{Gcra, GcraOutcome};
 pub use self::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
+pub use self::instrumented::InstrumentedStore;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
