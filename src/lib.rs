@@ -130,7 +130,7 @@
 //! | `tower_stateless_idempotency_total` | counter | `result` | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
 //! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error` |
 //! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
-//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `increment`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
+//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
 //!
 //!
 //! Traces, with or without the feature: each decision is a `DEBUG` event with the same
