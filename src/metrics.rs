@@ -320,6 +320,7 @@ impl StoreTimer {
 
     /// Records the operation's duration in `tower_stateless_store_duration_seconds`.
     #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_self))]
     pub(crate) fn stop(self, op: StoreOp, result: StoreResult) {
         #[cfg(feature = "metrics")]
         {

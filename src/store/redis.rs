@@ -471,6 +471,7 @@ impl RedisStore {
     }
 
     /// Whether the store talks to a Redis Cluster.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
     pub(crate) fn is_cluster(&self) -> bool {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
