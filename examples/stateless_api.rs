@@ -17,7 +17,15 @@
 //! at least 32 bytes; unset: a random per-process secret, so instances cannot share
 //! tokens), `DEMO_USERS` (`alice:wonderland,bob:builder`), `GATEWAY_LATENCY_MS` (0: the
 //! simulated payment-gateway latency inside the payment handler), `RUST_LOG` (`info`: one
-//! line per request).
+//! line per request), `OIDC_ISSUER` (unset: only the example's own tokens; set: tokens of
+//! that OpenID provider too, verified against its discovered JWKS; needs `--features
+//! axum,oidc`), `OIDC_AUDIENCE` (the `aud` the provider's tokens must name; unset: tokens
+//! carrying `aud` are refused), `OIDC_ALLOW_HTTP` (`true` only for a local provider on
+//! plain http).
+//!
+//! Scopes: `POST /orders` needs `orders:write` and `POST /payments` `payments:write`. The
+//! example's own access tokens (from `/login` and `/token/refresh`) carry both; a
+//! provider's token without the scope gets `403 insufficient_scope`.
 //!
 //! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
 //! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
@@ -39,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +59,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
-use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, TokenPolicy};
+use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, RequireScopeLayer, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
@@ -70,6 +79,8 @@ const INDEX_ATTEMPTS: u32 = 64;
 const LOCK_TTL: Duration = Duration::from_secs(5);
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The scopes of the example's own access tokens: everything its routes require.
+const OWN_SCOPES: &str = "orders:write payments:write";
 
 struct App<S> {
     /// Access tokens with rotated refresh tokens, both tied to the session id.
@@ -610,6 +621,25 @@ async fn trace(req: Request, next: Next) -> Response {
     res
 }
 
+/// Keeps a provider's `sid` away from the example's sessions.
+///
+/// The example's own tokens carry no `iss`; a token with one comes from the identity
+/// provider, whose `sid` (Keycloak puts its own session id there) names a session of the
+/// provider, not one of ours. Dropping it here means `/logout` with a provider's token
+/// revokes that token only and never ends an example session that happens to share the id.
+async fn own_sessions_only(mut req: Request, next: Next) -> Response {
+    let foreign = req
+        .extensions()
+        .get::<Value>()
+        .is_some_and(|claims| claims.get("iss").is_some());
+    if foreign {
+        if let Some(claims) = req.extensions_mut().get_mut::<RegisteredClaims>() {
+            claims.sid = None;
+        }
+    }
+    next.run(req).await
+}
+
 async fn logout<S: StateStore>(
     State(app): State<Shared<S>>,
     Claims(claims): Claims<RegisteredClaims>,
@@ -673,8 +703,11 @@ fn router<S: StateStore>(
     gateway_latency: Duration,
     limits: Limits,
 ) -> Result<Router, String> {
+    let mut scopes = serde_json::Map::new();
+    scopes.insert("scope".to_owned(), Value::from(OWN_SCOPES));
     let tokens = RefreshTokens::builder(store.clone(), &policy)
         .secret(refresh_secret)
+        .access_claims(scopes)
         .build()
         .map_err(|e| format!("refresh tokens: {e}"))?;
     let login_quota =
@@ -698,14 +731,19 @@ fn router<S: StateStore>(
     let idempotency = IdempotencyLayer::new(store.clone())
         .lock_ttl(LOCK_TTL + gateway_latency * 2)
         .map_err(|e| format!("idempotency: {e}"))?;
+    let require =
+        |scope: &str| RequireScopeLayer::new([scope]).map_err(|e| format!("scope {scope}: {e}"));
     let orders = Router::new()
-        .route("/orders", post(create_order::<S>).get(list_orders::<S>))
+        .route(
+            "/orders",
+            post(create_order::<S>.layer(require("orders:write")?)).get(list_orders::<S>),
+        )
         .route("/orders/{id}", get(get_order::<S>))
         .route_layer(idempotency.clone());
     let payments = Router::new()
         .route(
             "/payments",
-            post(create_payment::<S>).get(list_payments::<S>),
+            post(create_payment::<S>.layer(require("payments:write")?)).get(list_payments::<S>),
         )
         .route_layer(idempotency.required(true));
     // Idempotency sits inside the auth layers: its records are scoped to the caller.
@@ -716,6 +754,7 @@ fn router<S: StateStore>(
         .merge(orders)
         .merge(payments)
         .route_layer(per_user)
+        .route_layer(middleware::from_fn(own_sessions_only))
         // Verifies the token, then checks the revocation list, in one layer.
         .route_layer(policy.auth_layer().revocation(store.clone()));
     Ok(Router::new()
@@ -757,6 +796,15 @@ struct Config {
     secret: Vec<u8>,
     users: HashMap<String, String>,
     gateway_latency: Duration,
+    oidc: Option<Oidc>,
+}
+
+/// An identity provider whose tokens are accepted next to the example's own.
+#[cfg_attr(not(feature = "oidc"), allow(dead_code))]
+struct Oidc {
+    issuer: String,
+    audience: Option<String>,
+    allow_http: bool,
 }
 
 fn config() -> Result<Config, String> {
@@ -805,8 +853,23 @@ fn config() -> Result<Config, String> {
             .filter(|u| !u.is_empty())
             .collect()
     });
+    let allow_http = match var("OIDC_ALLOW_HTTP").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(format!(
+                "OIDC_ALLOW_HTTP must be true or false, got {other:?}"
+            ))
+        }
+    };
+    let oidc = var("OIDC_ISSUER").map(|issuer| Oidc {
+        issuer,
+        audience: var("OIDC_AUDIENCE"),
+        allow_http,
+    });
     Ok(Config {
         port,
+        oidc,
         limits,
         cluster_urls,
         redis_url: var("REDIS_URL"),
@@ -837,10 +900,14 @@ async fn run() -> Result<(), String> {
         secret,
         users,
         gateway_latency,
+        oidc,
     } = config()?;
-    let keys = JwtKeySet::new()
+    let mut keys = JwtKeySet::new()
         .with_hmac("main", Algorithm::HS256, &secret)
         .map_err(|e| format!("JWT_SECRET: {e}"))?;
+    if let Some(oidc) = oidc {
+        keys = with_provider(keys, oidc).await?;
+    }
     let policy = token_policy(keys)?;
     // The refresh tokens' own secret, derived from JWT_SECRET so that the demo needs one
     // variable; a production service would keep a separate secret.
@@ -973,6 +1040,31 @@ fn metrics_routes() -> Router {
         }
     }
     Router::new().route("/metrics", get(render))
+}
+
+/// `keys` plus the provider's: discovery, then its JWKS, refreshed in the background.
+/// Start-up fails (with the reason) when the provider gives no keys within 10 s.
+#[cfg(feature = "oidc")]
+async fn with_provider(keys: JwtKeySet, oidc: Oidc) -> Result<JwtKeySet, String> {
+    let remote = tower_stateless::oidc::RemoteJwks::discover(&oidc.issuer)
+        .allow_http(oidc.allow_http)
+        .build()
+        .await
+        .map_err(|e| format!("OIDC_ISSUER {}: {e}", oidc.issuer))?;
+    tracing::info!(
+        issuer = %oidc.issuer,
+        audience = ?oidc.audience,
+        "accepting tokens of the identity provider too"
+    );
+    keys.with_issuer(oidc.issuer, oidc.audience, remote.key_set())
+        .map_err(|e| format!("OIDC_ISSUER: {e}"))
+}
+
+#[cfg(not(feature = "oidc"))]
+async fn with_provider(_: JwtKeySet, _: Oidc) -> Result<JwtKeySet, String> {
+    Err("OIDC_ISSUER needs the oidc feature: \
+         cargo run --example stateless_api --features axum,metrics,oidc"
+        .to_owned())
 }
 
 /// A store on a Redis Cluster, from its seed node URLs.

@@ -52,6 +52,8 @@ struct Config<'a> {
     cluster_urls: Option<&'a str>,
     /// `LOG_FORMAT`.
     log_format: Option<&'a str>,
+    /// `OIDC_ISSUER` and `OIDC_AUDIENCE`, with `OIDC_ALLOW_HTTP=true` (a loopback provider).
+    oidc: Option<(&'a str, &'a str)>,
 }
 
 /// A running instance of the example; killed (and reaped) when dropped, so no test leaves
@@ -87,6 +89,20 @@ fn collect_lines(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>
 
 impl Instance {
     fn start(config: &Config<'_>) -> Self {
+        let mut instance = Self::spawn(config);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", instance.port)).is_err() {
+            if let Ok(Some(status)) = instance.child.try_wait() {
+                panic!("the example exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "the example did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        instance
+    }
+
+    /// Starts the process without waiting for it to listen.
+    fn spawn(config: &Config<'_>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -124,20 +140,21 @@ impl Instance {
                 .env("RATE_LIMIT_PER_MINUTE", per_user.to_string())
                 .env("LOGIN_LIMIT_PER_MINUTE", login.to_string());
         }
+        command
+            .env_remove("OIDC_ISSUER")
+            .env_remove("OIDC_AUDIENCE")
+            .env_remove("OIDC_ALLOW_HTTP");
+        if let Some((issuer, audience)) = config.oidc {
+            command
+                .env("OIDC_ISSUER", issuer)
+                .env("OIDC_AUDIENCE", audience)
+                .env("OIDC_ALLOW_HTTP", "true");
+        }
         let mut child = command.spawn().expect("start the example");
         let log = Arc::new(Mutex::new(Vec::new()));
         collect_lines(child.stdout.take().expect("piped stdout"), log.clone());
         collect_lines(child.stderr.take().expect("piped stderr"), log.clone());
-        let mut instance = Self { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = instance.child.try_wait() {
-                panic!("the example exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "the example did not start");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        instance
+        Self { child, port, log }
     }
 
     fn url(&self, path: &str) -> String {
@@ -1593,4 +1610,348 @@ fn an_unknown_log_format_stops_the_example_at_start() {
         stderr.contains("LOG_FORMAT must be text or json"),
         "{stderr}"
     );
+}
+
+/// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
+/// test on loopback and signs RS256 tokens with a fixture key.
+#[cfg(feature = "oidc")]
+mod oidc {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    use super::{client, json_of, login, post, route_table, Config, Instance, User};
+
+    const AUDIENCE: &str = "shop-api";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn rsa(name: &str) -> EncodingKey {
+        // Installs the crypto provider when both backends are compiled in.
+        let _ = tower_stateless::jwt::JwtKeySet::new();
+        EncodingKey::from_rsa_pem(&fixture(name)).expect("RSA fixture")
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    /// A provider on a free loopback port publishing the public part of `rsa1` as `kc-1`.
+    struct Provider {
+        issuer: String,
+        key: EncodingKey,
+    }
+
+    impl Provider {
+        async fn start() -> Provider {
+            let key = rsa("rsa1-private.pem");
+            let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("JWK");
+            jwk.common.key_id = Some("kc-1".to_owned());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let issuer = format!("http://{}", listener.local_addr().expect("address"));
+            let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+            let jwks = Arc::new(json!({ "keys": [jwk] }));
+            let app = Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    get(move || {
+                        let discovery = discovery.clone();
+                        async move { Json(discovery) }
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    get(move || {
+                        let jwks = Value::clone(&jwks);
+                        async move { Json(jwks) }
+                    }),
+                );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Provider { issuer, key }
+        }
+
+        /// Claims of a Keycloak-like access token for `sub`, with `scope`.
+        fn claims(&self, sub: &str, scope: &str) -> Value {
+            json!({
+                "iss": self.issuer,
+                "aud": AUDIENCE,
+                "sub": sub,
+                "scope": scope,
+                "exp": now() + 300,
+                "iat": now(),
+                "jti": format!("kc-{sub}-{}", now()),
+            })
+        }
+
+        /// `claims` signed by the provider's key, as a user of the test helpers.
+        fn user(&self, claims: &Value) -> User {
+            self.signed_by(&self.key, claims)
+        }
+
+        // A method, so that a test reads as `provider.signed_by(other_key, ..)`.
+        #[allow(clippy::unused_self)]
+        fn signed_by(&self, key: &EncodingKey, claims: &Value) -> User {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some("kc-1".to_owned());
+            User {
+                token: jsonwebtoken::encode(&header, claims, key).expect("sign"),
+                cookie: String::new(),
+            }
+        }
+
+        fn config(&self) -> Config<'_> {
+            Config {
+                oidc: Some((&self.issuer, AUDIENCE)),
+                // Several tests log the same demo users in.
+                limits: Some((600, 100)),
+                users: Some("alice:wonderland,bob:builder,carol:croquet"),
+                ..Config::default()
+            }
+        }
+    }
+
+    fn payload(token: &str) -> Value {
+        let part = token.split('.').nth(1).expect("a JWT");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+    }
+
+    fn order() -> Value {
+        json!({"sku": "book-1", "qty": 1})
+    }
+
+    async fn pay(
+        http: &reqwest::Client,
+        at: &Instance,
+        user: &User,
+        key: &str,
+    ) -> reqwest::Response {
+        super::pay(http, at, user, key, 500).await
+    }
+
+    async fn me(http: &reqwest::Client, at: &Instance, user: &User) -> reqwest::Response {
+        super::get(http, at, "/me", user).await
+    }
+
+    #[track_caller]
+    fn assert_insufficient_scope(res: &reqwest::Response, scope: &str) {
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            format!(r#"Bearer error="insufficient_scope", scope="{scope}""#).as_str()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn provider_tokens_are_accepted_and_need_the_routes_scope() {
+        let provider = Provider::start().await;
+        let at = Instance::start(&provider.config());
+        let http = client();
+        // Every route still works as before with the example's own tokens.
+        route_table(&at).await;
+
+        // With the scope: the order is placed, and the caller is the provider's subject.
+        let writer = provider.user(&provider.claims("kc-writer", "openid orders:write"));
+        let res = post(&http, &at, "/orders", &writer, &order()).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = me(&http, &at, &writer).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(json_of(res).await["sub"], "kc-writer");
+        let res = super::get(&http, &at, "/orders", &writer).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            json_of(res).await["orders"].as_array().map(Vec::len),
+            Some(1)
+        );
+        // orders:write is not payments:write.
+        let res = pay(&http, &at, &writer, "kc-writer-1").await;
+        assert_insufficient_scope(&res, "payments:write");
+        let res = pay(
+            &http,
+            &at,
+            &provider.user(&provider.claims("kc-payer", "payments:write")),
+            "kc-payer-1",
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+
+        // Without the scope: 403 insufficient_scope with the RFC 6750 challenge, on both
+        // writes; reading needs no scope.
+        let reader = provider.user(&provider.claims("kc-reader", "openid profile"));
+        let res = post(&http, &at, "/orders", &reader, &order()).await;
+        assert_insufficient_scope(&res, "orders:write");
+        assert_eq!(json_of(res).await["error"], "insufficient_scope");
+        let res = pay(&http, &at, &reader, "kc-reader-1").await;
+        assert_insufficient_scope(&res, "payments:write");
+        let res = super::get(&http, &at, "/orders", &reader).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        // A scope that only starts like the required one is not it.
+        let near = provider.user(&provider.claims("kc-near", "orders:writer"));
+        let res = post(&http, &at, "/orders", &near, &order()).await;
+        assert_insufficient_scope(&res, "orders:write");
+
+        // Wrong audience, wrong issuer, no audience, another key, expired: 401.
+        let mut wrong_aud = provider.claims("kc-writer", "orders:write");
+        wrong_aud["aud"] = json!("another-api");
+        let mut wrong_iss = provider.claims("kc-writer", "orders:write");
+        wrong_iss["iss"] = json!("http://127.0.0.1:1/elsewhere");
+        let mut no_aud = provider.claims("kc-writer", "orders:write");
+        no_aud.as_object_mut().expect("object").remove("aud");
+        let mut expired = provider.claims("kc-writer", "orders:write");
+        expired["exp"] = json!(now() - 3600);
+        let forged = provider.signed_by(
+            &rsa("rsa2-private.pem"),
+            &provider.claims("kc-writer", "orders:write"),
+        );
+        for (what, user) in [
+            ("wrong aud", provider.user(&wrong_aud)),
+            ("wrong iss", provider.user(&wrong_iss)),
+            ("no aud", provider.user(&no_aud)),
+            ("expired", provider.user(&expired)),
+            ("another key", forged),
+        ] {
+            let res = post(&http, &at, "/orders", &user, &order()).await;
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+            assert!(
+                res.headers()["www-authenticate"]
+                    .to_str()
+                    .is_ok_and(|v| v.contains("invalid_token")),
+                "{what}"
+            );
+        }
+
+        // The example's own tokens carry both scopes and still work on every route.
+        let carol = login(&http, &at, "carol", "croquet").await;
+        assert_eq!(
+            payload(&carol.token)["scope"],
+            "orders:write payments:write"
+        );
+        let res = post(&http, &at, "/orders", &carol, &order()).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = pay(&http, &at, &carol, "carol-1").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refreshed_tokens_carry_the_scopes() {
+        let provider = Provider::start().await;
+        let at = Instance::start(&provider.config());
+        let http = client();
+        let res = http
+            .post(at.url("/login"))
+            .json(&json!({"username": "bob", "password": "builder"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), StatusCode::OK);
+        let refresh_token = json_of(res).await["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned();
+        let res = http
+            .post(at.url("/token/refresh"))
+            .json(&json!({ "refresh_token": refresh_token }))
+            .send()
+            .await
+            .expect("refresh");
+        assert_eq!(res.status(), StatusCode::OK);
+        let bob = User {
+            token: json_of(res).await["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            cookie: String::new(),
+        };
+        assert_eq!(payload(&bob.token)["scope"], "orders:write payments:write");
+        let res = post(&http, &at, "/orders", &bob, &order()).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = pay(&http, &at, &bob, "bob-1").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+
+    /// Keycloak access tokens carry the provider's own `sid`. The example must not take
+    /// it for one of its sessions: a provider token naming the `sid` (and `sub`) of an
+    /// example login, once used for `/logout`, must not end that login's session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_providers_sid_is_not_taken_for_an_example_session() {
+        let provider = Provider::start().await;
+        let at = Instance::start(&provider.config());
+        let http = client();
+        let res = http
+            .post(at.url("/login"))
+            .json(&json!({"username": "alice", "password": "wonderland"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = json_of(res).await;
+        let alice = User {
+            token: body["access_token"].as_str().expect("access").to_owned(),
+            cookie: String::new(),
+        };
+        let refresh_token = body["refresh_token"].as_str().expect("refresh").to_owned();
+        let sid = payload(&alice.token)["sid"]
+            .as_str()
+            .expect("own tokens carry sid")
+            .to_owned();
+
+        let mut claims = provider.claims("alice", "orders:write");
+        claims["sid"] = json!(sid);
+        let keycloak = provider.user(&claims);
+        let res = me(&http, &at, &keycloak).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(json_of(res).await["sid"], Value::Null, "a provider's sid");
+        let res = super::post(&http, &at, "/logout", &keycloak, &json!({})).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        // The provider's token is revoked (by its jti) ...
+        let res = me(&http, &at, &keycloak).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        // ... and the example's session of the same id lives on: its access token works
+        // and its refresh token rotates.
+        let res = me(&http, &at, &alice).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(json_of(res).await["sid"], sid.as_str());
+        let res = http
+            .post(at.url("/token/refresh"))
+            .json(&json!({ "refresh_token": refresh_token }))
+            .send()
+            .await
+            .expect("refresh");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    /// Before the first keys arrive the example does not serve: it exits at start, naming
+    /// the issuer (after `RemoteJwks`' 10-second startup wait).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_provider_fails_the_start_naming_the_issuer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let issuer = format!("http://{closed}");
+        let mut at = Instance::spawn(&Config {
+            oidc: Some((&issuer, AUDIENCE)),
+            ..Config::default()
+        });
+        let status = at.wait_exit(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(1));
+        assert!(
+            at.log_count(&format!("OIDC_ISSUER {issuer}")) > 0,
+            "the issuer named"
+        );
+    }
 }

@@ -719,7 +719,42 @@ async fn refresh_token_reveals_nothing_about_its_subject<St: StateStore>(store: 
     );
 }
 
+/// The payload of a JWT, unverified (the tests only read what the issuer wrote).
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON payload")
+}
+
+/// `access_claims` land in the access token minted at login and in every rotated one.
+async fn access_claims_ride_on_every_access_token<St: StateStore>(store: St, other: St) {
+    let mut claims = serde_json::Map::new();
+    claims.insert("scope".into(), "orders:write payments:write".into());
+    let login = builder(store)
+        .access_claims(claims.clone())
+        .build()
+        .expect("refresh tokens")
+        .issue("alice")
+        .await
+        .expect("issue");
+    let refresher = builder(other)
+        .access_claims(claims)
+        .build()
+        .expect("refresh tokens");
+    let rotated = rotate(&refresher, &login).await;
+    for pair in [&login, &rotated] {
+        let body = payload(&pair.access_token.token);
+        assert_eq!(body["scope"], "orders:write payments:write");
+        assert_eq!(body["sub"], "alice");
+        assert_eq!(body["sid"], pair.refresh_token.sid.as_str());
+    }
+}
+
 backend_pair_tests!(
+    access_claims_ride_on_every_access_token,
     reuse_detection_completes_after_a_store_failure,
     subject_families_cutoff_only_moves_forward,
     refresh_token_reveals_nothing_about_its_subject,
@@ -736,6 +771,19 @@ backend_pair_tests!(
     grace_window_ends,
     no_grace_by_default,
 );
+
+#[test]
+fn access_claims_may_not_set_registered_claims() {
+    for reserved in ["sub", "sid", "exp", "iss"] {
+        let mut claims = serde_json::Map::new();
+        claims.insert(reserved.into(), "x".into());
+        let error = builder(MemoryStore::new())
+            .access_claims(claims)
+            .build()
+            .expect_err("a reserved claim");
+        assert_eq!(error.setting(), "access_claims", "{error}");
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // The raw token never reaches the store.

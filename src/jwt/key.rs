@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 
 /// Why a key could not be added to a [`JwtKeySet`] or used by a
 /// [`TokenIssuer`](super::TokenIssuer).
@@ -499,14 +499,30 @@ impl JwtKeySet {
     /// without `kid` only when they are exactly one key) pinned to the header's `alg`.
     ///
     /// Never blocks: an unknown `kid` in a remote table only wakes its refresher.
-    pub(crate) fn resolve(&self, token: &str, header: &Header) -> Option<ResolvedKey> {
-        let (slot, table) = match self.issuer_slot(token) {
+    #[cfg(test)]
+    pub(crate) fn resolve(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+    ) -> Option<ResolvedKey> {
+        let slot = self.issuer_slot(token);
+        self.resolve_in(slot, header.kid.as_deref(), header.alg)
+    }
+
+    /// As [`resolve`](Self::resolve), for a token whose unverified `iss` the caller has
+    /// already read: `issuer` is [`issuer_index`](Self::issuer_index) of it.
+    pub(crate) fn resolve_in(
+        &self,
+        issuer: Option<usize>,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Option<ResolvedKey> {
+        let (slot, table) = match issuer {
             Some(i) => (i + 1, &self.issuers.get(i)?.table),
             None => (0, &self.own),
         };
         let entries = table.snapshot();
-        let kid = header.kid.as_deref();
-        let found = select(&entries, kid, header.alg);
+        let found = select(&entries, kid, alg);
         if found.is_none() {
             if let (Some(kid), Some(hook)) = (kid, &table.refresh) {
                 if !entries.iter().any(|e| e.kid.as_deref() == Some(kid)) {
@@ -518,6 +534,7 @@ impl JwtKeySet {
     }
 
     /// The index of the bound issuer the token's unverified `iss` names.
+    #[cfg(test)]
     fn issuer_slot(&self, token: &str) -> Option<usize> {
         if self.issuers.is_empty() {
             return None;
@@ -529,6 +546,11 @@ impl JwtKeySet {
         let payload = token.split('.').nth(1)?;
         let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let iss = serde_json::from_slice::<Issuer>(&bytes).ok()?.iss?;
+        self.issuer_index(&iss)
+    }
+
+    /// The index of the bound issuer named `iss`.
+    pub(crate) fn issuer_index(&self, iss: &str) -> Option<usize> {
         self.issuers.iter().position(|b| b.issuer == iss)
     }
 
@@ -743,6 +765,7 @@ fn jwk_algorithms(jwk: &Jwk, rules: &JwksRules<'_>) -> Vec<Algorithm> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::Header;
 
     #[test]
     fn weak_and_mismatched_hmac_keys_are_refused() {

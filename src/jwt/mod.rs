@@ -14,8 +14,9 @@
 //! the inner service: the application's claims type `T` (`serde_json::Value` unless
 //! [`JwtAuthLayer::claims`] picks another), and a
 //! [`RegisteredClaims`](crate::RegisteredClaims) (`sub`, `jti`, `iat`, `exp`, `sid`) that
-//! the session and idempotency layers read. The token is decoded once (into a JSON
-//! object) and both are derived from it. [`TokenIssuer`] ([`TokenPolicy::token_issuer`])
+//! the session and idempotency layers read. Each part of the token is decoded once: the
+//! header parsed once, the payload parsed once for the checks and `RegisteredClaims` and
+//! once into `T`, with no intermediate JSON tree. [`TokenIssuer`] ([`TokenPolicy::token_issuer`])
 //! mints tokens under the same policy; with the `axum` feature, [`Claims`] extracts the
 //! claims in handlers.
 //!
@@ -93,7 +94,8 @@
 //!    no audience is configured), with the policy's [leeway](TokenPolicyBuilder::leeway)
 //!    (default 30 s).
 //! 6. The payload is a JSON object that deserializes into both `T` and
-//!    `RegisteredClaims` (`jti` and `sid` strings, `iat` and `exp` integers).
+//!    `RegisteredClaims` (`jti` and `sid` strings, `iat` and `exp` integers), naming
+//!    each registered claim at most once.
 //!
 //! Failures of 3–6 are `401` with `error="invalid_token"` and one of a few fixed
 //! descriptions (`the token is invalid`, `... malformed`, `... has expired`, `... is not

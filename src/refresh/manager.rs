@@ -54,6 +54,7 @@ pub struct RefreshTokens<S> {
     refresh_ttl: Duration,
     family_lifetime: Duration,
     grace: Duration,
+    access_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A token about to be handed out: what the client gets, and what the store gets.
@@ -74,6 +75,7 @@ pub struct RefreshTokensBuilder<S> {
     refresh_ttl: Duration,
     family_lifetime: Duration,
     grace: Duration,
+    access_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
@@ -85,11 +87,21 @@ impl<S: fmt::Debug> fmt::Debug for RefreshTokensBuilder<S> {
             .field("refresh_ttl", &self.refresh_ttl)
             .field("family_lifetime", &self.family_lifetime)
             .field("grace", &self.grace)
+            .field("access_claims", &self.access_claims)
             .finish()
     }
 }
 
 impl<S: StateStore> RefreshTokensBuilder<S> {
+    /// Claims added to every access token minted at login and at each rotation, e.g.
+    /// `{"scope": "orders:write payments:write"}` (default: none). They are the same for
+    /// every token; the registered claims (`sub`, `iat`, `exp`, `jti`, `sid`, `iss`,
+    /// `aud`) cannot be set here.
+    pub fn access_claims(mut self, claims: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.access_claims = claims;
+        self
+    }
+
     /// The server secret (at least 32 bytes; required) that keys the subject tag of the
     /// store keys and masks it in every token, so that a refresh token reveals nothing
     /// about its subject or its other tokens. Every instance needs the same secret;
@@ -156,6 +168,10 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
             ConfigError::new("secret", format!("at least {MIN_SECRET_LEN} bytes"))
         })?;
         let issuer = self.policy.token_issuer()?;
+        // A trial mint refuses reserved claims now rather than at the first login.
+        if let Err(error) = issuer.issue_with("config-check", None, &self.access_claims) {
+            return Err(ConfigError::new("access_claims", error.to_string()));
+        }
         for (setting, value) in [
             ("refresh_ttl", self.refresh_ttl),
             ("family_lifetime", self.family_lifetime),
@@ -181,6 +197,7 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
             refresh_ttl: self.refresh_ttl,
             family_lifetime: self.family_lifetime,
             grace: self.grace,
+            access_claims: self.access_claims,
         })
     }
 }
@@ -201,6 +218,7 @@ impl<S: StateStore> RefreshTokens<S> {
             refresh_ttl: 14 * DAY,
             family_lifetime: 30 * DAY,
             grace: Duration::ZERO,
+            access_claims: serde_json::Map::new(),
         }
     }
 
@@ -438,7 +456,7 @@ impl<S: StateStore> RefreshTokens<S> {
         };
         let access = self
             .issuer
-            .issue_with(&record.sub, Some(&record.sid), &())
+            .issue_with(&record.sub, Some(&record.sid), &self.access_claims)
             .map_err(RefreshError::Issue)?;
         let expires_in = access
             .claims
