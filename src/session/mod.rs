@@ -135,10 +135,12 @@
 //! ```
 
 mod config;
+mod devices;
 mod handle;
 mod layer;
 mod service;
 
+pub use self::devices::{Device, Devices, DevicesError};
 pub use self::handle::{Session, SessionError};
 pub use self::layer::SessionLayer;
 pub use self::service::{ResponseFuture, SessionService};
