@@ -418,6 +418,18 @@ impl<S: StateStore> Devices<S> {
         Ok(())
     }
 
+    /// Whether the login `sid` of `sub` is bound and live (not ended, not expired): one
+    /// read of the index, nothing written.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails.
+    pub async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, DevicesError> {
+        let handle = self.handle(sid);
+        let (live, _) = self.read(&self.index_key(sub)).await?;
+        Ok(live.iter().any(|(h, _)| *h == handle))
+    }
+
     /// The live logins of `sub`, oldest first; the one whose session id is `current` is
     /// marked [`Device::current`]. Expired entries are not listed, and are pruned.
     ///
