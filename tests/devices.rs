@@ -223,6 +223,24 @@ async fn logins_over_the_limit_end_the_least_recently_seen<St: StateStore>(store
     assert_eq!(ended, 1);
 }
 
+async fn is_live_and_touch_never_bring_back_an_ended_login<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    assert!(devices.is_live("alice", &sid(&a)).await.expect("live"));
+    assert!(!devices.is_live("bob", &sid(&a)).await.expect("other user"));
+    let before = devices.list("alice", None).await.expect("list");
+    // Within a minute of the last write, touch writes nothing.
+    devices.touch("alice", &sid(&a)).await.expect("touch");
+    assert_eq!(devices.list("alice", None).await.expect("list"), before);
+    assert_eq!(devices.end_all("alice").await.expect("end"), 1);
+    assert!(!devices.is_live("alice", &sid(&a)).await.expect("ended"));
+    // Touching an ended (or never bound) login leaves it unlisted.
+    devices.touch("alice", &sid(&a)).await.expect("touch");
+    devices.touch("alice", "never-bound").await.expect("touch");
+    assert!(devices.list("alice", None).await.expect("list").is_empty());
+}
+
 backend_tests!(
     bind_and_list_show_handles_not_session_ids,
     expired_logins_are_not_listed,
@@ -230,6 +248,7 @@ backend_tests!(
     end_all_and_end_one,
     logins_over_the_limit_end_the_least_recently_seen,
     a_failure_midway_is_reported_and_a_retry_completes,
+    is_live_and_touch_never_bring_back_an_ended_login,
 );
 
 #[test]
