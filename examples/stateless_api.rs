@@ -256,7 +256,17 @@ async fn refresh<S: StateStore>(
         Err(e) => return rejected(&e),
     };
     match app.tokens.rotate(&request.refresh_token).await {
-        Ok(pair) => Json(pair.to_response()).into_response(),
+        Ok(pair) => {
+            // "Last seen" of the login (written at most once a minute); a failure here
+            // does not fail the refresh.
+            let claims = &pair.access_token.claims;
+            if let Some(sid) = &claims.sid {
+                if let Err(e) = app.devices.touch(&claims.sub, sid).await {
+                    tracing::warn!(error = %e, "could not record the login as seen");
+                }
+            }
+            Json(pair.to_response()).into_response()
+        }
         Err(e) => refresh_failed(&e),
     }
 }

@@ -775,6 +775,12 @@ async fn redis_down_is_503_and_recovery_needs_no_restart() {
         post(&http, &at, "/orders", &alice, &order).await,
         pay(&http, &at, &alice, "while-down", 100).await,
         put_item(&http, &at, &alice.cookie, "pear", 1).await,
+        get(&http, &at, "/sessions", &alice).await,
+        http.delete(at.url("/sessions/others"))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap(),
         http.post(at.url("/login"))
             .json(&json!({"username": "bob", "password": "builder"}))
             .send()
