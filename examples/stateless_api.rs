@@ -29,7 +29,7 @@
 //!
 //! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
 //! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
-//! `POST /logout-all`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
+//! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
 //! optional) and `POST /payments` (required) go through `IdempotencyLayer`: a retry with
 //! the same key gets the first answer again, with `Idempotent-Replayed: true`.
 //!
@@ -51,7 +51,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -63,7 +63,7 @@ use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, RequireScopeLayer, Toke
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
-use tower_stateless::session::{Session, SessionError, SessionLayer};
+use tower_stateless::session::{Devices, DevicesError, Session, SessionError, SessionLayer};
 use tower_stateless::store::InstrumentedStore;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::RegisteredClaims;
@@ -85,6 +85,8 @@ const OWN_SCOPES: &str = "orders:write payments:write";
 struct App<S> {
     /// Access tokens with rotated refresh tokens, both tied to the session id.
     tokens: RefreshTokens<S>,
+    /// Each user's logins ("my devices"), bound at login: listed and ended by the user.
+    devices: Devices<S>,
     revoker: Revoker<S>,
     store: S,
     users: HashMap<String, String>,
@@ -177,9 +179,60 @@ async fn login<S: StateStore>(
     if session.insert("sid", &sid).await.is_err() {
         return unavailable();
     }
-    match app.tokens.issue_for_session(&creds.username, &sid).await {
-        Ok(pair) => Json(pair.to_response()).into_response(),
-        Err(e) => refresh_failed(&e),
+    let pair = match app.tokens.issue_for_session(&creds.username, &sid).await {
+        Ok(pair) => pair,
+        Err(e) => return refresh_failed(&e),
+    };
+    // Listed under `GET /sessions`, ended by `DELETE /sessions/others`.
+    if let Err(e) = app.devices.bind(&creds.username, &sid, None).await {
+        return devices_failed(&e);
+    }
+    Json(pair.to_response()).into_response()
+}
+
+fn devices_failed(e: &DevicesError) -> Response {
+    if e.is_unavailable() {
+        return unavailable();
+    }
+    tracing::error!(error = %e, "devices");
+    error(e.status(), e.error_code(), "internal error")
+}
+
+/// `GET /sessions`: the caller's live logins, `current` marking the caller's own.
+async fn list_sessions<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+) -> Response {
+    match app.devices.list(&claims.sub, claims.sid.as_deref()).await {
+        Ok(devices) => {
+            let sessions: Vec<Value> = devices
+                .iter()
+                .map(|d| {
+                    json!({"id": d.id, "created": d.created, "last_seen": d.last_seen, "current": d.current})
+                })
+                .collect();
+            Json(json!({ "sessions": sessions })).into_response()
+        }
+        Err(e) => devices_failed(&e),
+    }
+}
+
+/// `DELETE /sessions/others`: ends every other login of the caller (its access and refresh
+/// tokens, its session and cart); the caller's own login keeps working.
+async fn end_other_sessions<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(claims): Extension<RegisteredClaims>,
+) -> Response {
+    let Some(sid) = claims.sid.as_deref() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no_session",
+            "the access token names no login (no `sid` claim)",
+        );
+    };
+    match app.devices.end_others(&claims.sub, sid).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => devices_failed(&e),
     }
 }
 
@@ -220,7 +273,17 @@ async fn refresh<S: StateStore>(
         Err(e) => return rejected(&e),
     };
     match app.tokens.rotate(&request.refresh_token).await {
-        Ok(pair) => Json(pair.to_response()).into_response(),
+        Ok(pair) => {
+            // "Last seen" of the login (written at most once a minute); a failure here
+            // does not fail the refresh.
+            let claims = &pair.access_token.claims;
+            if let Some(sid) = &claims.sid {
+                if let Err(e) = app.devices.touch(&claims.sub, sid).await {
+                    tracing::warn!(error = %e, "could not record the login as seen");
+                }
+            }
+            Json(pair.to_response()).into_response()
+        }
         Err(e) => refresh_failed(&e),
     }
 }
@@ -262,7 +325,31 @@ fn session_error(e: &SessionError) -> Response {
     error(e.status(), e.error_code(), &e.to_string())
 }
 
-async fn cart(Extension(session): Extension<Session>) -> Response {
+/// A cart of a login that was ended (`DELETE /sessions/others` from another device) is
+/// gone: the cookie session of an ended login is destroyed on its next use. One read of
+/// the user's login index for a logged-in cart.
+async fn drop_ended_login<S: StateStore>(app: &App<S>, session: &Session) -> Result<(), Response> {
+    let user = session.get::<String>("user").await;
+    let sid = session.get::<String>("sid").await;
+    let (user, sid) = match (user, sid) {
+        (Ok(Some(user)), Ok(Some(sid))) => (user, sid),
+        (Err(e), _) | (_, Err(e)) => return Err(session_error(&e)),
+        _ => return Ok(()),
+    };
+    match app.devices.is_live(&user, &sid).await {
+        Ok(true) => Ok(()),
+        Ok(false) => session.destroy().await.map_err(|e| session_error(&e)),
+        Err(e) => Err(devices_failed(&e)),
+    }
+}
+
+async fn cart<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    if let Err(res) = drop_ended_login(&app, &session).await {
+        return res;
+    }
     match cart_items(&session).await {
         Ok(items) => Json(json!({"items": items})).into_response(),
         Err(e) => session_error(&e),
@@ -274,7 +361,8 @@ struct Quantity {
     qty: u32,
 }
 
-async fn put_item(
+async fn put_item<S: StateStore>(
+    State(app): State<Shared<S>>,
     Extension(session): Extension<Session>,
     Path(sku): Path<String>,
     json: Result<Json<Quantity>, JsonRejection>,
@@ -283,6 +371,9 @@ async fn put_item(
         Ok(Json(q)) => q,
         Err(e) => return rejected(&e),
     };
+    if let Err(res) = drop_ended_login(&app, &session).await {
+        return res;
+    }
     let key = format!("{CART}{sku}");
     let changed = if q.qty == 0 {
         session.remove(&key).await
@@ -648,7 +739,16 @@ async fn logout<S: StateStore>(
     let token = app.revoker.revoke_token(&claims).await;
     // The session's refresh tokens and every access token of the session.
     let sid = match &claims.sid {
-        Some(sid) => app.tokens.logout(&claims.sub, sid).await.map_err(drop),
+        Some(sid) => match app.tokens.logout(&claims.sub, sid).await {
+            // No longer listed under `GET /sessions`.
+            Ok(()) => app
+                .devices
+                .end(&claims.sub, &app.devices.handle(sid))
+                .await
+                .map(drop)
+                .map_err(drop),
+            Err(_) => Err(()),
+        },
         None => Ok(()),
     };
     if token.is_err() || sid.is_err() || session.destroy().await.is_err() {
@@ -662,9 +762,13 @@ async fn logout_all<S: StateStore>(
     Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     // Every refresh family of the user, and every access token issued until now.
-    match app.tokens.logout_everywhere(&claims.sub).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => refresh_failed(&e),
+    if let Err(e) = app.tokens.logout_everywhere(&claims.sub).await {
+        return refresh_failed(&e);
+    }
+    // Unlists every login and deletes their sessions.
+    match app.devices.end_all(&claims.sub).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => devices_failed(&e),
     }
 }
 
@@ -714,8 +818,13 @@ fn router<S: StateStore>(
         Quota::per_minute(limits.login).map_err(|e| format!("LOGIN_LIMIT_PER_MINUTE: {e}"))?;
     let per_user_quota =
         Quota::per_minute(limits.per_user).map_err(|e| format!("RATE_LIMIT_PER_MINUTE: {e}"))?;
+    // The same secret keys the devices' user tags and handles: their HMAC inputs carry
+    // their own labels, apart from the refresh tokens'.
+    let devices =
+        Devices::new(tokens.clone(), refresh_secret).map_err(|e| format!("devices: {e}"))?;
     let app = Arc::new(App {
         tokens,
+        devices,
         revoker: Revoker::new(store.clone(), &policy),
         store: store.clone(),
         users,
@@ -751,6 +860,8 @@ fn router<S: StateStore>(
         .route("/me", get(me))
         .route("/logout", post(logout::<S>))
         .route("/logout-all", post(logout_all::<S>))
+        .route("/sessions", get(list_sessions::<S>))
+        .route("/sessions/others", delete(end_other_sessions::<S>))
         .merge(orders)
         .merge(payments)
         .route_layer(per_user)
@@ -762,8 +873,8 @@ fn router<S: StateStore>(
         .route("/ready", get(ready::<S>))
         .route("/login", post(login::<S>))
         .route("/token/refresh", post(refresh::<S>))
-        .route("/cart", get(cart))
-        .route("/cart/items/{sku}", put(put_item))
+        .route("/cart", get(cart::<S>))
+        .route("/cart/items/{sku}", put(put_item::<S>))
         .merge(bearer)
         // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
         .layer(SessionLayer::new(store).secure(false))

@@ -798,6 +798,12 @@ async fn redis_down_is_503_and_recovery_needs_no_restart() {
         post(&http, &at, "/orders", &alice, &order).await,
         pay(&http, &at, &alice, "while-down", 100).await,
         put_item(&http, &at, &alice.cookie, "pear", 1).await,
+        get(&http, &at, "/sessions", &alice).await,
+        http.delete(at.url("/sessions/others"))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap(),
         http.post(at.url("/login"))
             .json(&json!({"username": "bob", "password": "builder"}))
             .send()
@@ -1954,4 +1960,120 @@ mod oidc {
             "the issuer named"
         );
     }
+}
+
+/// "My devices": two logins of one user on two instances; `DELETE /sessions/others` from
+/// login A ends login B whole (access token 401, refresh token `invalid_grant`, cart
+/// gone) while A keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_lists_logins_and_ends_the_others() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    // A login: its bearer user and its refresh token.
+    let login_full = |at: &Instance| {
+        let request = http
+            .post(at.url("/login"))
+            .json(&json!({"username": "alice", "password": "wonderland"}));
+        async move {
+            let res = request.send().await.expect("login");
+            assert_eq!(res.status(), StatusCode::OK);
+            let cookie = res.headers()["set-cookie"]
+                .to_str()
+                .expect("ASCII cookie")
+                .split(';')
+                .next()
+                .expect("cookie pair")
+                .to_owned();
+            let body = json_of(res).await;
+            let token = body["access_token"].as_str().expect("access").to_owned();
+            let refresh = body["refresh_token"].as_str().expect("refresh").to_owned();
+            (User { token, cookie }, refresh)
+        }
+    };
+    let refresh = |at: &Instance, token: &str| {
+        http.post(at.url("/token/refresh"))
+            .json(&json!({ "refresh_token": token }))
+            .send()
+    };
+    let (a, a_refresh) = login_full(&one).await;
+    let (b, b_refresh) = login_full(&two).await;
+    let sid_of = |user: &User| {
+        let request = http.get(one.url("/me")).bearer_auth(&user.token);
+        async move {
+            let me = json_of(request.send().await.expect("me")).await;
+            me["sid"].as_str().expect("sid").to_owned()
+        }
+    };
+    let (a_sid, b_sid) = (sid_of(&a).await, sid_of(&b).await);
+    assert_eq!(
+        put_item(&http, &one, &a.cookie, "apple", 1).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_item(&http, &two, &b.cookie, "pear", 2).await.status(),
+        StatusCode::OK
+    );
+
+    // Without a token: 401.
+    let res = http.get(one.url("/sessions")).send().await.expect("GET");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let res = get(&http, &two, "/sessions", &a).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let listed = json_of(res).await;
+    let sessions = listed["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2, "{listed}");
+    assert_eq!(
+        sessions.iter().filter(|s| s["current"] == true).count(),
+        1,
+        "{listed}"
+    );
+    for s in sessions {
+        let id = s["id"].as_str().expect("id");
+        assert!(
+            id != a_sid && id != b_sid,
+            "the handle is not the session id"
+        );
+        assert!(s["created"].as_u64().is_some() && s["last_seen"].as_u64().is_some());
+    }
+
+    let res = http
+        .delete(one.url("/sessions/others"))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    // Login B is over, on every instance.
+    for at in [&one, &two] {
+        assert_eq!(
+            get(&http, at, "/me", &b).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let res = refresh(&two, &b_refresh).await.expect("refresh");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(res).await["error"], "invalid_grant");
+    assert_eq!(
+        cart(&http, &two, &b.cookie).await,
+        json!({}),
+        "B's cart is gone"
+    );
+
+    // Login A keeps working.
+    assert_eq!(get(&http, &two, "/me", &a).await.status(), StatusCode::OK);
+    assert_eq!(cart(&http, &two, &a.cookie).await, json!({"apple": 1}));
+    let listed = json_of(get(&http, &one, "/sessions", &a).await).await;
+    let sessions = listed["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{listed}");
+    assert_eq!(sessions[0]["current"], true);
+    let res = refresh(&one, &a_refresh).await.expect("refresh");
+    assert_eq!(res.status(), StatusCode::OK);
 }

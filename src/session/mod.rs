@@ -56,6 +56,13 @@
 //! [`Session::clear`] empties the session and keeps its id. No request creates an empty
 //! session: a new session is only written when it holds a key.
 //!
+//! # My devices
+//!
+//! [`Devices`] binds each login (the `sid` of its tokens) to its user, lists the user's
+//! live logins by an opaque handle, and ends one, all, or all but the current one: session
+//! data, access tokens and refresh-token families together. It works beside the layer and
+//! adds no round trip to requests that do not call it.
+//!
 //! # Errors
 //!
 //! [`Session`] methods return [`SessionError`]; [`SessionError::is_unavailable`] tells a store
@@ -143,6 +150,7 @@
 //! ```
 
 mod config;
+mod devices;
 mod future;
 mod handle;
 mod layer;
@@ -150,6 +158,7 @@ mod service;
 mod transport;
 mod write;
 
+pub use self::devices::{Device, Devices, DevicesError};
 pub use self::future::ResponseFuture;
 pub use self::handle::{Session, SessionError};
 pub use self::layer::SessionLayer;

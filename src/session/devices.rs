@@ -1,0 +1,543 @@
+//! "My devices": a user's live logins, listed and ended.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::handle::store_key;
+use crate::refresh::{RefreshError, RefreshTokens};
+use crate::store::{
+    HashChanges, HashMode, HashWriteOptions, StateStore, StoreError, StoredHash, MAX_TTL,
+};
+use crate::ConfigError;
+
+/// The shortest secret [`Devices::new`] accepts: as long as the HMAC-SHA256 output.
+const MIN_SECRET_LEN: usize = 32;
+/// "Last seen" is written at most this often by [`Devices::touch`].
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// An error of [`Devices`]. Nothing half-done is reported as success: when a call fails,
+/// the logins it was ending are still listed, and calling it again completes the job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevicesError {
+    /// The store failed (the device index, the session data or a revocation marker).
+    #[error("device index store error")]
+    Store(#[source] StoreError),
+    /// Ending a login's refresh tokens or access tokens failed.
+    #[error("could not end the login's tokens")]
+    Tokens(#[source] RefreshError),
+}
+
+impl DevicesError {
+    /// True when the store is unreachable (answer `503`, retry later).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_unavailable(),
+            Self::Tokens(e) => e.is_unavailable(),
+        }
+    }
+
+    /// The HTTP status to answer: `503` when the store is unavailable, `500` otherwise.
+    pub fn status(&self) -> StatusCode {
+        if self.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+
+    /// A short error code for a response body: `store_unavailable` or `devices_error`.
+    pub fn error_code(&self) -> &'static str {
+        if self.is_unavailable() {
+            "store_unavailable"
+        } else {
+            "devices_error"
+        }
+    }
+}
+
+impl From<StoreError> for DevicesError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<RefreshError> for DevicesError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Store(e) => Self::Store(e),
+            other => Self::Tokens(other),
+        }
+    }
+}
+
+/// One live login of a user, as [`Devices::list`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Device {
+    /// An opaque handle of the login, for [`Devices::end`]: a keyed hash of its session id,
+    /// never the session id itself (which is a bearer credential).
+    pub id: String,
+    /// When the login was bound, in Unix seconds.
+    pub created: u64,
+    /// When the login was last seen ([`Devices::bind`] or [`Devices::touch`]), in Unix
+    /// seconds.
+    pub last_seen: u64,
+    /// The user agent the application stored at [`Devices::bind`], if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Whether this is the login the caller named as its own.
+    pub current: bool,
+}
+
+/// An index entry: what the store keeps per login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    sid: String,
+    created: u64,
+    seen: u64,
+    /// Unix seconds after which the login is over (its refresh family cannot outlive it).
+    until: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ua: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A user's logins ("my devices"): binds a login (its session id, the `sid` of its tokens)
+/// to a user, lists the user's live logins, and ends them, one, all, or all but the
+/// current one.
+///
+/// **Ending a login ends everything of it**: its refresh-token families
+/// ([`RefreshTokens::revoke_session_families`]), its access tokens (by `sid`, through the
+/// [`Revoker`](crate::revocation::Revoker) of the same [`TokenPolicy`](crate::jwt::TokenPolicy)
+/// the JWT layer checks) and its session data (the session stored under the `sid`, as
+/// [`SessionLayer::id_from_sid_claim`](super::SessionLayer::id_from_sid_claim) keys it).
+///
+/// # Storage and round trips
+///
+/// Each user has one index: a store hash `sessidx:{u:<tag>}`, where `<tag>` is a keyed hash
+/// of the user id (nobody without the secret can link the key to a user), so on Redis
+/// Cluster the whole index is in one slot. One field per login, named by the login's
+/// opaque handle (a keyed hash of its `sid`), holding its `sid`, creation, last-seen time,
+/// end of life and user agent.
+///
+/// | call | round trips |
+/// |---|---|
+/// | [`list`](Self::list) | 1 read, plus 1 write when expired entries are pruned |
+/// | [`bind`](Self::bind) | 1 read + 1 write (+ ending the logins over [`max_devices`](Self::max_devices)) |
+/// | [`touch`](Self::touch) | 1 read, plus 1 write at most once a minute per login |
+/// | [`end`](Self::end), [`end_others`](Self::end_others), [`end_all`](Self::end_all) | 1 read + 3 per login ended + 1 write |
+///
+/// Ending a login writes two revocation markers and deletes its session; on Redis Cluster
+/// these keys live in other slots than the index, so ending `n` logins is `3n + 2` round
+/// trips, and `n` is bounded by [`max_devices`](Self::max_devices) (default 32). Requests
+/// that do not call `Devices` cost nothing: the session layer's read and write paths are
+/// unchanged.
+///
+/// # Liveness
+///
+/// A login is listed while its life (set by [`login_lifetime`](Self::login_lifetime), by
+/// default 30 days, the refresh-token family lifetime) has not run out and it was not
+/// ended. Entries past their life are never listed and are pruned by the next `list` or
+/// `bind`, so the index never grows beyond the user's live logins (at most
+/// `max_devices`); the index itself expires a login lifetime after its last write.
+///
+/// # Failures
+///
+/// An entry is removed from the index only after its login was ended completely: when
+/// the store fails midway, the call answers [`DevicesError`] and the login is still
+/// listed, and a retry ends it (every step is idempotent).
+///
+/// # Example
+///
+/// ```
+/// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+/// use tower_stateless::refresh::RefreshTokens;
+/// use tower_stateless::session::Devices;
+/// use tower_stateless::store::MemoryStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let keys = JwtKeySet::new().with_hmac("k", Algorithm::HS256, &[7; 32])?;
+/// let policy = TokenPolicy::builder(keys).signing_key("k").build()?;
+/// let store = MemoryStore::new();
+/// let tokens = RefreshTokens::builder(store, &policy).secret([1; 32]).build()?;
+/// let devices = Devices::new(tokens.clone(), [2; 32])?;
+///
+/// // Two logins of alice, each bound at login (the `sid` of its tokens).
+/// let laptop = tokens.issue("alice").await?;
+/// let laptop_sid = laptop.access_token.claims.sid.clone().unwrap_or_default();
+/// devices.bind("alice", &laptop_sid, Some("Firefox")).await?;
+/// let phone = tokens.issue("alice").await?;
+/// let phone_sid = phone.access_token.claims.sid.clone().unwrap_or_default();
+/// devices.bind("alice", &phone_sid, None).await?;
+///
+/// let listed = devices.list("alice", Some(&laptop_sid)).await?;
+/// assert_eq!(listed.len(), 2);
+/// assert!(listed.iter().all(|d| d.id != laptop_sid && d.id != phone_sid));
+/// assert_eq!(listed.iter().filter(|d| d.current).count(), 1);
+///
+/// // "Log out my other devices", from the laptop: the phone's refresh token is refused.
+/// assert_eq!(devices.end_others("alice", &laptop_sid).await?, 1);
+/// assert!(tokens.rotate(&phone.refresh_token.token).await.is_err());
+/// assert_eq!(devices.list("alice", None).await?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Devices<S> {
+    store: S,
+    tokens: RefreshTokens<S>,
+    mac: Hmac<Sha256>,
+    session_prefix: String,
+    lifetime: Duration,
+    max_devices: usize,
+}
+
+impl<S> fmt::Debug for Devices<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Devices")
+            .field("session_prefix", &self.session_prefix)
+            .field("lifetime", &self.lifetime)
+            .field("max_devices", &self.max_devices)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateStore> Devices<S> {
+    /// Devices over the store of `tokens`, ending logins through `tokens` (and its
+    /// [`Revoker`](RefreshTokens::revoker)). `secret` keys the user tags and the handles
+    /// (at least 32 bytes; share it between instances, keep it apart from other secrets).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (`secret`) for a secret shorter than 32 bytes.
+    pub fn new(tokens: RefreshTokens<S>, secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        let secret = secret.as_ref();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::new("secret", "must be at least 32 bytes"));
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret)
+            .map_err(|_| ConfigError::new("secret", "not usable as an HMAC key"))?;
+        Ok(Self {
+            store: tokens.store().clone(),
+            tokens,
+            mac,
+            session_prefix: "sess:".to_owned(),
+            lifetime: Duration::from_secs(30 * 24 * 3600),
+            max_devices: 32,
+        })
+    }
+
+    /// The key prefix of the sessions to delete, as given to
+    /// [`SessionLayer::key_prefix`](super::SessionLayer::key_prefix) (default `sess:`).
+    pub fn session_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.session_prefix = prefix.into();
+        self
+    }
+
+    /// How long a bound login is listed at most (default 30 days; match the refresh
+    /// tokens' family lifetime).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (`login_lifetime`) under one second or beyond the store's
+    /// longest TTL.
+    pub fn login_lifetime(mut self, lifetime: Duration) -> Result<Self, ConfigError> {
+        if lifetime < Duration::from_secs(1) || lifetime > MAX_TTL {
+            return Err(ConfigError::new(
+                "login_lifetime",
+                "must be between one second and the store's longest TTL",
+            ));
+        }
+        self.lifetime = lifetime;
+        Ok(self)
+    }
+
+    /// The most logins a user keeps (default 32). A login bound beyond it ends the user's
+    /// least recently seen login, so that ending all logins stays a bounded number of
+    /// round trips.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (`max_devices`) for 0 or more than 1000.
+    pub fn max_devices(mut self, max: usize) -> Result<Self, ConfigError> {
+        if max == 0 || max > 1000 {
+            return Err(ConfigError::new(
+                "max_devices",
+                "must be between 1 and 1000",
+            ));
+        }
+        self.max_devices = max;
+        Ok(self)
+    }
+
+    fn prf(&self, label: &[u8], input: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(label);
+        mac.update(input.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(&digest[..16])
+    }
+
+    fn index_key(&self, sub: &str) -> String {
+        format!(
+            "sessidx:{{u:{}}}",
+            self.prf(b"tower-stateless/devices/sub\0", sub)
+        )
+    }
+
+    /// The opaque handle of the login `sid`, as [`Device::id`] shows it.
+    pub fn handle(&self, sid: &str) -> String {
+        self.prf(b"tower-stateless/devices/sid\0", sid)
+    }
+
+    fn options(&self, mode: HashMode) -> HashWriteOptions {
+        HashWriteOptions::new(mode, self.lifetime)
+    }
+
+    /// Reads the index: live entries by handle, and the fields to prune.
+    async fn read(&self, key: &str) -> Result<(Vec<(String, Entry)>, Vec<String>), StoreError> {
+        let hash = self
+            .store
+            .hash_get_all_and_refresh(key, self.lifetime)
+            .await?;
+        let now = now_secs();
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (field, raw) in hash.map(|h: StoredHash| h.fields).unwrap_or_default() {
+            match serde_json::from_slice::<Entry>(&raw) {
+                Ok(entry) if entry.until > now => live.push((field, entry)),
+                _ => stale.push(field),
+            }
+        }
+        Ok((live, stale))
+    }
+
+    /// Binds the login `sid` to the user `sub` (call it at login, after the tokens were
+    /// issued), with the user agent to show in the list, if the application keeps one.
+    /// Binding a bound login again refreshes its "last seen" and keeps its creation time.
+    /// Returns the login's handle.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails; the login may then be unlisted, bind again.
+    pub async fn bind(
+        &self,
+        sub: &str,
+        sid: &str,
+        user_agent: Option<&str>,
+    ) -> Result<String, DevicesError> {
+        let key = self.index_key(sub);
+        let handle = self.handle(sid);
+        let (mut live, stale) = self.read(&key).await?;
+        let now = now_secs();
+        let previous = live
+            .iter()
+            .position(|(h, _)| *h == handle)
+            .map(|i| live.remove(i).1);
+        // Over the cap: end the least recently seen logins first.
+        live.sort_by_key(|(_, e)| e.seen);
+        let excess = (live.len() + 1).saturating_sub(self.max_devices);
+        let mut delete = stale;
+        for (h, entry) in live.iter().take(excess) {
+            self.end_login(sub, entry).await?;
+            delete.push(h.clone());
+        }
+        let entry = Entry {
+            sid: sid.to_owned(),
+            created: previous.as_ref().map_or(now, |e| e.created),
+            seen: now,
+            until: previous
+                .as_ref()
+                .map_or(now.saturating_add(self.lifetime.as_secs()), |e| e.until),
+            ua: user_agent
+                .map(str::to_owned)
+                .or_else(|| previous.and_then(|e| e.ua)),
+        };
+        let value = Bytes::from(serde_json::to_vec(&entry).map_err(|e| {
+            StoreError::Unexpected(format!("device entry serialization: {e}").into())
+        })?);
+        let changes = HashChanges {
+            clear: false,
+            delete,
+            set: vec![(handle.clone(), value)],
+        };
+        self.store
+            .hash_apply(
+                &key,
+                &changes,
+                self.options(HashMode::Upsert { lifetime: MAX_TTL }),
+            )
+            .await?;
+        Ok(handle)
+    }
+
+    /// Records that the login `sid` of `sub` is in use ("last seen"). Writes at most once a
+    /// minute per login; an unbound or ended login is left alone (never brought back).
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails.
+    pub async fn touch(&self, sub: &str, sid: &str) -> Result<(), DevicesError> {
+        let key = self.index_key(sub);
+        let handle = self.handle(sid);
+        let (live, _) = self.read(&key).await?;
+        let now = now_secs();
+        let Some((_, mut entry)) = live.into_iter().find(|(h, _)| *h == handle) else {
+            return Ok(());
+        };
+        if now < entry.seen.saturating_add(TOUCH_EVERY.as_secs()) {
+            return Ok(());
+        }
+        entry.seen = now;
+        let value = Bytes::from(serde_json::to_vec(&entry).map_err(|e| {
+            StoreError::Unexpected(format!("device entry serialization: {e}").into())
+        })?);
+        let changes = HashChanges {
+            clear: false,
+            delete: Vec::new(),
+            set: vec![(handle, value)],
+        };
+        self.store
+            .hash_apply(&key, &changes, self.options(HashMode::Existing))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the login `sid` of `sub` is bound and live (not ended, not expired): one
+    /// read of the index, nothing written.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails.
+    pub async fn is_live(&self, sub: &str, sid: &str) -> Result<bool, DevicesError> {
+        let handle = self.handle(sid);
+        let (live, _) = self.read(&self.index_key(sub)).await?;
+        Ok(live.iter().any(|(h, _)| *h == handle))
+    }
+
+    /// The live logins of `sub`, oldest first; the one whose session id is `current` is
+    /// marked [`Device::current`]. Expired entries are not listed, and are pruned.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails.
+    pub async fn list(
+        &self,
+        sub: &str,
+        current: Option<&str>,
+    ) -> Result<Vec<Device>, DevicesError> {
+        let key = self.index_key(sub);
+        let (live, stale) = self.read(&key).await?;
+        self.remove(&key, stale).await?;
+        let current = current.map(|sid| self.handle(sid));
+        let mut devices: Vec<Device> = live
+            .into_iter()
+            .map(|(id, e)| Device {
+                current: current.as_deref() == Some(id.as_str()),
+                id,
+                created: e.created,
+                last_seen: e.seen,
+                user_agent: e.ua,
+            })
+            .collect();
+        devices.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(devices)
+    }
+
+    /// Ends the login with handle `id` (from [`list`](Self::list)) of `sub`. Returns
+    /// whether there was such a live login.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails; the login stays listed, retry.
+    pub async fn end(&self, sub: &str, id: &str) -> Result<bool, DevicesError> {
+        Ok(self.end_where(sub, |h| h == id).await? > 0)
+    }
+
+    /// Ends every login of `sub` but the one whose session id is `current` ("log out my
+    /// other devices"). Returns how many were ended.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails; the logins not yet ended stay listed, retry.
+    pub async fn end_others(&self, sub: &str, current: &str) -> Result<usize, DevicesError> {
+        let keep = self.handle(current);
+        self.end_where(sub, |h| h != keep).await
+    }
+
+    /// Ends every login of `sub`. Returns how many were ended.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails; the logins not yet ended stay listed, retry.
+    pub async fn end_all(&self, sub: &str) -> Result<usize, DevicesError> {
+        self.end_where(sub, |_| true).await
+    }
+
+    async fn end_where(
+        &self,
+        sub: &str,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<usize, DevicesError> {
+        let key = self.index_key(sub);
+        let (live, mut delete) = self.read(&key).await?;
+        let mut ended = 0;
+        let mut failure = None;
+        for (handle, entry) in live.iter().filter(|(h, _)| select(h)) {
+            match self.end_login(sub, entry).await {
+                Ok(()) => {
+                    delete.push(handle.clone());
+                    ended += 1;
+                }
+                // Keep going: what was ended is unlisted below; the rest stays listed.
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        self.remove(&key, delete).await?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(ended),
+        }
+    }
+
+    /// Ends one login: its refresh families and access tokens, then its session data.
+    async fn end_login(&self, sub: &str, entry: &Entry) -> Result<(), DevicesError> {
+        self.tokens.logout(sub, &entry.sid).await?;
+        self.store
+            .delete(&store_key(&self.session_prefix, &entry.sid))
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str, fields: Vec<String>) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let changes = HashChanges {
+            clear: false,
+            delete: fields,
+            set: Vec::new(),
+        };
+        self.store
+            .hash_apply(key, &changes, self.options(HashMode::Existing))
+            .await?;
+        Ok(())
+    }
+}

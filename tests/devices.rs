@@ -1,0 +1,408 @@
+//! session::Devices ("my devices"), black-box, on MemoryStore, a real Redis and (feature
+//! `redis-cluster`) a real Redis Cluster: bind, list, end others, end all, store down.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
+use tower_stateless::refresh::{RefreshTokens, TokenPair};
+use tower_stateless::session::{Devices, DevicesError};
+use tower_stateless::store::{
+    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError, StoredHash,
+};
+
+const SECRET: &[u8] = b"devices-tests-server-secret-32-bytes!";
+const REFRESH_SECRET: &[u8] = b"refresh-tests-server-secret-32-bytes!";
+
+fn policy() -> TokenPolicy {
+    let keys = JwtKeySet::new()
+        .with_hmac("v1", Algorithm::HS256, &[7; 32])
+        .expect("hmac key");
+    TokenPolicy::builder(keys)
+        .signing_key("v1")
+        .build()
+        .expect("policy")
+}
+
+fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
+    RefreshTokens::builder(store, &policy())
+        .secret(REFRESH_SECRET)
+        .build()
+        .expect("refresh tokens")
+}
+
+fn devices<St: StateStore>(store: St) -> Devices<St> {
+    Devices::new(tokens(store), SECRET).expect("devices")
+}
+
+fn sid(pair: &TokenPair) -> String {
+    pair.access_token.claims.sid.clone().expect("sid claim")
+}
+
+/// What the JWT layer with its revocation check over `store` answers for `token`.
+async fn access_status<St: StateStore>(store: &St, token: &IssuedToken) -> StatusCode {
+    let service = ServiceBuilder::new()
+        .layer(policy().auth_layer().revocation(store.clone()))
+        .service_fn(|_request: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+    let request = Request::get("/")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.token),
+        )
+        .body(String::new())
+        .expect("request");
+    service.oneshot(request).await.expect("infallible").status()
+}
+
+/// A session stored under the login's `sid`, as `SessionLayer::id_from_sid_claim` keeps it.
+async fn store_cart<St: StateStore>(store: &St, sid: &str) {
+    let changes = HashChanges {
+        clear: false,
+        delete: Vec::new(),
+        set: vec![("cart:apple".to_owned(), Bytes::from_static(b"3"))],
+    };
+    let options = HashWriteOptions::new(
+        HashMode::Upsert {
+            lifetime: Duration::from_secs(600),
+        },
+        Duration::from_secs(600),
+    );
+    let outcome = store
+        .hash_apply(&format!("sess:{{{sid}}}"), &changes, options)
+        .await
+        .expect("write session");
+    assert_eq!(outcome, HashWriteOutcome::Written);
+}
+
+async fn has_session<St: StateStore>(store: &St, sid: &str) -> bool {
+    store
+        .hash_get_all_and_refresh(&format!("sess:{{{sid}}}"), Duration::from_secs(600))
+        .await
+        .expect("read session")
+        .is_some()
+}
+
+async fn login<St: StateStore>(devices: &Devices<St>, tokens: &RefreshTokens<St>) -> TokenPair {
+    let pair = tokens.issue("alice").await.expect("issue");
+    devices
+        .bind("alice", &sid(&pair), Some("test-agent"))
+        .await
+        .expect("bind");
+    pair
+}
+
+async fn bind_and_list_show_handles_not_session_ids<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    // Binding again is idempotent.
+    devices.bind("alice", &sid(&a), None).await.expect("rebind");
+    let listed = devices.list("alice", Some(&sid(&a))).await.expect("list");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for device in &listed {
+        assert_ne!(device.id, sid(&a));
+        assert_ne!(device.id, sid(&b));
+        assert!(!device.id.contains(&sid(&a)) && !device.id.contains(&sid(&b)));
+        assert!(device.last_seen >= device.created);
+        assert_eq!(device.user_agent.as_deref(), Some("test-agent"));
+    }
+    let current: Vec<_> = listed.iter().filter(|d| d.current).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0].id, devices.handle(&sid(&a)));
+    // Another user sees none of them.
+    assert!(devices.list("bob", None).await.expect("list").is_empty());
+}
+
+async fn expired_logins_are_not_listed<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let short = Devices::new(tokens.clone(), SECRET)
+        .expect("devices")
+        .login_lifetime(Duration::from_secs(1))
+        .expect("lifetime");
+    login(&short, &tokens).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(short.list("alice", None).await.expect("list").is_empty());
+    // A new login after the old one expired is listed alone.
+    let fresh = login(&devices(store.clone()), &tokens).await;
+    let listed = short.list("alice", Some(&sid(&fresh))).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].current);
+}
+
+async fn end_others_ends_tokens_and_session_data_of_other_logins<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    let c = login(&devices, &tokens).await;
+    for pair in [&a, &b, &c] {
+        store_cart(&store, &sid(pair)).await;
+    }
+    assert_eq!(devices.end_others("alice", &sid(&a)).await.expect("end"), 2);
+    for ended in [&b, &c] {
+        assert_eq!(
+            access_status(&store, &ended.access_token).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let error = tokens
+            .rotate(&ended.refresh_token.token)
+            .await
+            .expect_err("ended refresh token");
+        assert!(error.is_invalid_grant(), "{error:?}");
+        assert!(!has_session(&store, &sid(ended)).await);
+    }
+    // The current login keeps working.
+    assert_eq!(access_status(&store, &a.access_token).await, StatusCode::OK);
+    assert!(has_session(&store, &sid(&a)).await);
+    tokens
+        .rotate(&a.refresh_token.token)
+        .await
+        .expect("current login refreshes");
+    let listed = devices.list("alice", Some(&sid(&a))).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].current);
+    // Nothing else to end.
+    assert_eq!(devices.end_others("alice", &sid(&a)).await.expect("end"), 0);
+}
+
+async fn end_all_and_end_one<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    assert!(devices
+        .end("alice", &devices.handle(&sid(&b)))
+        .await
+        .expect("end one"));
+    assert!(!devices.end("alice", "no-such-handle").await.expect("end"));
+    assert_eq!(
+        access_status(&store, &b.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(access_status(&store, &a.access_token).await, StatusCode::OK);
+    assert_eq!(devices.end_all("alice").await.expect("end all"), 1);
+    assert_eq!(
+        access_status(&store, &a.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(devices.list("alice", None).await.expect("list").is_empty());
+}
+
+async fn logins_over_the_limit_end_the_least_recently_seen<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone()).max_devices(2).expect("max");
+    let mut pairs = Vec::new();
+    for _ in 0..3 {
+        pairs.push(login(&devices, &tokens).await);
+    }
+    let listed = devices.list("alice", None).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    // The newest login is kept; exactly one older login was ended whole, not just
+    // unlisted (of logins seen in the same second, any one).
+    assert!(listed
+        .iter()
+        .any(|d| d.id == devices.handle(&sid(&pairs[2]))));
+    let mut ended = 0;
+    for pair in &pairs {
+        let status = access_status(&store, &pair.access_token).await;
+        let is_listed = listed.iter().any(|d| d.id == devices.handle(&sid(pair)));
+        assert_eq!(status == StatusCode::OK, is_listed, "{status}");
+        ended += usize::from(!is_listed);
+    }
+    assert_eq!(ended, 1);
+}
+
+async fn is_live_and_touch_never_bring_back_an_ended_login<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    assert!(devices.is_live("alice", &sid(&a)).await.expect("live"));
+    assert!(!devices.is_live("bob", &sid(&a)).await.expect("other user"));
+    let before = devices.list("alice", None).await.expect("list");
+    // Within a minute of the last write, touch writes nothing.
+    devices.touch("alice", &sid(&a)).await.expect("touch");
+    assert_eq!(devices.list("alice", None).await.expect("list"), before);
+    assert_eq!(devices.end_all("alice").await.expect("end"), 1);
+    assert!(!devices.is_live("alice", &sid(&a)).await.expect("ended"));
+    // Touching an ended (or never bound) login leaves it unlisted.
+    devices.touch("alice", &sid(&a)).await.expect("touch");
+    devices.touch("alice", "never-bound").await.expect("touch");
+    assert!(devices.list("alice", None).await.expect("list").is_empty());
+}
+
+backend_tests!(
+    bind_and_list_show_handles_not_session_ids,
+    expired_logins_are_not_listed,
+    end_others_ends_tokens_and_session_data_of_other_logins,
+    end_all_and_end_one,
+    logins_over_the_limit_end_the_least_recently_seen,
+    a_failure_midway_is_reported_and_a_retry_completes,
+    is_live_and_touch_never_bring_back_an_ended_login,
+);
+
+#[test]
+fn bad_settings_are_refused() {
+    let tokens = tokens(tower_stateless::store::MemoryStore::new());
+    let short = Devices::new(tokens.clone(), [1u8; 31]).expect_err("short secret");
+    assert_eq!(short.setting(), "secret");
+    let devices = Devices::new(tokens, SECRET).expect("devices");
+    for bad in [Duration::ZERO, Duration::from_millis(999)] {
+        let error = devices.clone().login_lifetime(bad).expect_err("lifetime");
+        assert_eq!(error.setting(), "login_lifetime");
+    }
+    let error = devices
+        .clone()
+        .login_lifetime(Duration::from_secs(u64::MAX))
+        .expect_err("too long");
+    assert_eq!(error.setting(), "login_lifetime");
+    for bad in [0, 1001] {
+        let error = devices.clone().max_devices(bad).expect_err("max");
+        assert_eq!(error.setting(), "max_devices");
+    }
+}
+
+#[tokio::test]
+async fn store_down_is_unavailable() {
+    let devices = devices(common::DownStore::unavailable());
+    let errors: Vec<DevicesError> = vec![
+        devices.bind("alice", "sid", None).await.expect_err("bind"),
+        devices.list("alice", None).await.expect_err("list"),
+        devices.end_others("alice", "sid").await.expect_err("end"),
+        devices.end_all("alice").await.expect_err("end all"),
+        devices.touch("alice", "sid").await.expect_err("touch"),
+    ];
+    for error in errors {
+        assert!(error.is_unavailable(), "{error:?}");
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.error_code(), "store_unavailable");
+    }
+    let broken = Devices::new(tokens(common::DownStore::broken()), SECRET).expect("devices");
+    let error = broken.list("alice", None).await.expect_err("list");
+    assert!(!error.is_unavailable());
+    assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error.error_code(), "devices_error");
+}
+
+/// A store whose `delete` fails while `fail` is set: the store goes down in the middle of
+/// ending a login (its tokens revoked, its session not yet deleted).
+#[derive(Clone)]
+struct FailDelete<St> {
+    inner: St,
+    fail: Arc<AtomicBool>,
+}
+
+type Res<T> = Result<T, StoreError>;
+
+impl<St: StateStore> StateStore for FailDelete<St> {
+    async fn get(&self, key: &str) -> Res<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Bytes>>> {
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Res<()> {
+        self.inner.set(key, value, ttl).await
+    }
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Res<Option<Bytes>> {
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Bytes,
+        ttl: Duration,
+    ) -> Res<bool> {
+        self.inner.compare_and_set(key, expected, new, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Res<bool> {
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<Bytes>> {
+        self.inner.get_and_refresh(key, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Res<bool> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected failure (test)".into()));
+        }
+        self.inner.delete(key).await
+    }
+    async fn gcra(
+        &self,
+        key: &str,
+        params: tower_stateless::store::Gcra,
+    ) -> Res<tower_stateless::store::GcraOutcome> {
+        self.inner.gcra(key, params).await
+    }
+    async fn hash_get_all_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<StoredHash>> {
+        self.inner.hash_get_all_and_refresh(key, ttl).await
+    }
+    async fn hash_apply(
+        &self,
+        key: &str,
+        changes: &HashChanges,
+        options: HashWriteOptions,
+    ) -> Res<HashWriteOutcome> {
+        self.inner.hash_apply(key, changes, options).await
+    }
+    async fn hash_compare_and_set_field(
+        &self,
+        key: &str,
+        field: &str,
+        expected: Option<&[u8]>,
+        new: Option<Bytes>,
+        options: HashWriteOptions,
+    ) -> Res<HashWriteOutcome> {
+        self.inner
+            .hash_compare_and_set_field(key, field, expected, new, options)
+            .await
+    }
+}
+
+/// The store fails after a login's tokens were revoked and before its session data was
+/// deleted: the call fails, the login stays listed, and a retry ends it completely.
+async fn a_failure_midway_is_reported_and_a_retry_completes<St: StateStore>(store: St) {
+    let flaky = FailDelete {
+        inner: store.clone(),
+        fail: Arc::new(AtomicBool::new(false)),
+    };
+    let tokens = tokens(flaky.clone());
+    let devices = Devices::new(tokens.clone(), SECRET).expect("devices");
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    store_cart(&store, &sid(&b)).await;
+    flaky.fail.store(true, Ordering::SeqCst);
+    let error = devices
+        .end_others("alice", &sid(&a))
+        .await
+        .expect_err("half-done is an error");
+    assert!(error.is_unavailable(), "{error:?}");
+    assert_eq!(
+        devices.list("alice", None).await.expect("list").len(),
+        2,
+        "a login not ended completely stays listed"
+    );
+    assert!(has_session(&store, &sid(&b)).await);
+    flaky.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        devices.end_others("alice", &sid(&a)).await.expect("retry"),
+        1
+    );
+    assert!(!has_session(&store, &sid(&b)).await);
+    assert_eq!(
+        access_status(&store, &b.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(devices.list("alice", None).await.expect("list").len(), 1);
+}
