@@ -108,10 +108,6 @@ fn bench_ops<S: StateStore>(c: &mut Criterion, rt: &tokio::runtime::Runtime, nam
                 .expect("getex")
         })
     });
-    group.bench_function("increment", |b| {
-        b.to_async(rt)
-            .iter(|| async { store.increment("bench:n", 1, TTL).await.expect("incr") })
-    });
     group.finish();
 }
 

@@ -94,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let open = || {
         RedisStore::builder()
             .url(url.clone())
-            .prefix("cache-latency:")
+            .key_prefix("cache-latency:")
             .build()
     };
     let policy = policy();

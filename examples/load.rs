@@ -77,6 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     generate(options).await
 }
 
+#[expect(
+    clippy::exit,
+    reason = "a command-line tool: a usage error ends the run with status 2"
+)]
 fn exit_on_usage_error<T>(parsed: Result<T, String>) -> T {
     parsed.unwrap_or_else(|message| {
         eprintln!("{message}");
@@ -181,6 +185,10 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+#[expect(
+    clippy::exit,
+    reason = "a command-line tool: failed requests end the run with status 1"
+)]
 async fn generate(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)

@@ -59,7 +59,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
-use tower_stateless::jwt::{Algorithm, JwtKeySet, RequireScopeLayer, TokenPolicy};
+use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, RequireScopeLayer, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::refresh::{RefreshError, RefreshTokens};
 use tower_stateless::revocation::Revoker;
@@ -142,7 +142,7 @@ struct Credentials {
 
 async fn login<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(session): Extension<Session>,
+    session: Session,
     json: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
     let creds = match json {
@@ -299,7 +299,7 @@ fn rand_u64() -> u64 {
     rand_u128() as u64
 }
 
-async fn me(Extension(claims): Extension<RegisteredClaims>) -> Json<serde_json::Value> {
+async fn me(Claims(claims): Claims<RegisteredClaims>) -> Json<serde_json::Value> {
     Json(json!({"sub": claims.sub, "jti": claims.jti, "sid": claims.sid, "exp": claims.exp}))
 }
 
@@ -733,8 +733,8 @@ async fn own_sessions_only(mut req: Request, next: Next) -> Response {
 
 async fn logout<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
-    Extension(session): Extension<Session>,
+    Claims(claims): Claims<RegisteredClaims>,
+    session: Session,
 ) -> Response {
     let token = app.revoker.revoke_token(&claims).await;
     // The session's refresh tokens and every access token of the session.
@@ -759,7 +759,7 @@ async fn logout<S: StateStore>(
 
 async fn logout_all<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     // Every refresh family of the user, and every access token issued until now.
     if let Err(e) = app.tokens.logout_everywhere(&claims.sub).await {
@@ -830,11 +830,11 @@ fn router<S: StateStore>(
         users,
         gateway_latency,
         login_limiter: RateLimiter::new(store.clone(), login_quota)
-            .prefix("rl:login:")
+            .key_prefix("rl:login:")
             .policy_name("login"),
     });
     let per_user = RateLimitLayer::from_limiter(
-        RateLimiter::new(store.clone(), per_user_quota).prefix("rl:user:"),
+        RateLimiter::new(store.clone(), per_user_quota).key_prefix("rl:user:"),
     );
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())

@@ -77,11 +77,31 @@
 //! # }
 //! ```
 //!
+//! # Every layer has the same shape
+//!
+//! Knowing one layer predicts the others:
+//!
+//! - `XLayer` holds only configuration, once, in an `Arc` its services share; its service
+//!   is `XService<S, St>`, the inner service first and the store second
+//!   ([`JwtAuthService<S, T, R>`](jwt::JwtAuthService) has the claims type and the
+//!   revocation check instead of a store), with `get_ref`, `get_mut` and `into_inner`.
+//! - What a store-backed layer does when the store is down is one setting with one name:
+//!   `.on_store_failure(`[`StoreFailure`]`)`. Store keys are namespaced with one builder
+//!   name, `.key_prefix(..)`, on every component that writes keys (after the store's own
+//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix)).
+//! - A refusal is a response, never a service error: the JSON
+//!   [`ErrorBody`](response::ErrorBody) with a code from the [`rejection`] catalogue.
+//!   Every error type handlers see has `is_unavailable()`, `status()` and `error_code()`
+//!   and, with the `axum` feature, is an `IntoResponse` of that same body.
+//! - Settings that cannot work are refused when the layer is built, with [`ConfigError`].
+//! - A response future polled after it completed panics (see [`response`]).
+//!
 //! # Feature flags
 //!
 //! | feature | default | what |
 //! |---|---|---|
 //! | `redis` | yes | `store::RedisStore` on deadpool-redis |
+//! | `redis-cluster` | no | Redis Cluster mode of `store::RedisStore` (`RedisStoreBuilder::cluster_urls`); implies `redis` |
 //! | `rust_crypto` | yes | JWT signatures through the RustCrypto crates (pure Rust) |
 //! | `aws_lc_rs` | no | JWT signatures through aws-lc-rs: RS256/ES256 verify 5–8× faster; needs a C toolchain |
 //! | `axum` | no | axum extractors for claims and sessions |
@@ -110,7 +130,7 @@
 //! | `tower_stateless_idempotency_total` | counter | `result` | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
 //! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error` |
 //! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
-//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `increment`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
+//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
 //!
 //!
 //! Traces, with or without the feature: each decision is a `DEBUG` event with the same
@@ -127,6 +147,7 @@ compile_error!(
 
 mod claims;
 mod config;
+mod failure;
 mod id;
 pub mod idempotency;
 pub mod jwt;
@@ -136,6 +157,7 @@ mod metrics;
 pub mod oidc;
 pub mod rate_limit;
 pub mod refresh;
+pub mod rejection;
 pub mod response;
 pub mod revocation;
 pub mod session;
@@ -143,6 +165,7 @@ pub mod store;
 
 pub use self::claims::RegisteredClaims;
 pub use self::config::ConfigError;
+pub use self::failure::StoreFailure;
 
 // The README's Rust examples compile as doctests.
 #[cfg(doctest)]

@@ -249,7 +249,6 @@ pub(crate) enum StoreOp {
     CompareAndDelete,
     GetAndRefresh,
     Delete,
-    Increment,
     Gcra,
     HashGetAllAndRefresh,
     HashApply,
@@ -267,7 +266,6 @@ impl StoreOp {
             Self::CompareAndDelete => "compare_and_delete",
             Self::GetAndRefresh => "get_and_refresh",
             Self::Delete => "delete",
-            Self::Increment => "increment",
             Self::Gcra => "gcra",
             Self::HashGetAllAndRefresh => "hash_get_all_and_refresh",
             Self::HashApply => "hash_apply",
@@ -322,6 +320,7 @@ impl StoreTimer {
 
     /// Records the operation's duration in `tower_stateless_store_duration_seconds`.
     #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_self))]
     pub(crate) fn stop(self, op: StoreOp, result: StoreResult) {
         #[cfg(feature = "metrics")]
         {
@@ -352,7 +351,6 @@ impl StoreTimer {
                 CompareAndDelete => "compare_and_delete",
                 GetAndRefresh => "get_and_refresh",
                 Delete => "delete",
-                Increment => "increment",
                 Gcra => "gcra",
                 HashGetAllAndRefresh => "hash_get_all_and_refresh",
                 HashApply => "hash_apply",

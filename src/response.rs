@@ -1,4 +1,14 @@
 //! What every layer answers with: the response body wrapper and the JSON error body.
+//!
+//! # Conventions shared by every layer
+//!
+//! - A rejection is a response, never a service error: the status, the JSON
+//!   [`ErrorBody`] with a code from the [`rejection`](crate::rejection) catalogue, and
+//!   `Retry-After` on a `503`.
+//! - Every layer's response body is [`ResponseBody`], which keeps the inner body's type.
+//! - A response future polled again after it returned `Poll::Ready` panics, with a message
+//!   naming the layer, as the [`Future`] contract allows and as std and tower futures do:
+//!   it is a bug in the caller, not a condition of the request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +20,8 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
+
+use crate::rejection;
 
 pin_project! {
     /// The response body of every layer in this crate: either the inner service's body,
@@ -37,20 +49,20 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     /// Wraps the inner service's body.
-    pub fn new(body: B) -> Self {
+    pub(crate) fn new(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
         }
     }
 
     /// A body of the given bytes.
-    pub fn full(data: Bytes) -> Self {
+    pub(crate) fn full(data: Bytes) -> Self {
         Self::full_with_trailers(data, None)
     }
 
     /// A body of the given bytes followed by trailers (a replayed gRPC response needs its
     /// `grpc-status` trailer).
-    pub fn full_with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(crate) fn full_with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
@@ -70,7 +82,7 @@ impl<B> ResponseBody<B> {
     }
 
     /// An empty body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self::full(Bytes::new())
     }
 
@@ -147,25 +159,31 @@ where
 /// (`SessionLayer`, `RateLimitLayer`). It is boxed, so it requires a `Send + 'static`
 /// request, inner future and response body.
 pub struct BoxResponseFuture<B, E> {
-    inner: Pin<Box<dyn Future<Output = LayerResult<B, E>> + Send + 'static>>,
+    inner: Option<BoxedLayerFuture<B, E>>,
+    /// The service, for the panic of a future polled after completion.
+    service: &'static str,
 }
 
 type LayerResult<B, E> = Result<Response<ResponseBody<B>>, E>;
+type BoxedLayerFuture<B, E> = Pin<Box<dyn Future<Output = LayerResult<B, E>> + Send + 'static>>;
 
 impl<B, E> BoxResponseFuture<B, E> {
-    pub(crate) fn new<F>(future: F) -> Self
+    pub(crate) fn new<F>(service: &'static str, future: F) -> Self
     where
         F: Future<Output = LayerResult<B, E>> + Send + 'static,
     {
         Self {
-            inner: Box::pin(future),
+            inner: Some(Box::pin(future)),
+            service,
         }
     }
 }
 
 impl<B, E> std::fmt::Debug for BoxResponseFuture<B, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoxResponseFuture").finish_non_exhaustive()
+        f.debug_struct("BoxResponseFuture")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,7 +191,12 @@ impl<B, E> Future for BoxResponseFuture<B, E> {
     type Output = LayerResult<B, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        let Some(inner) = self.inner.as_mut() else {
+            panic!("{}: response future polled after completion", self.service);
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(output)
     }
 }
 
@@ -213,20 +236,76 @@ impl ErrorBody {
     }
 }
 
-/// The `503 Service Unavailable` every layer answers when the store cannot be reached:
-/// JSON body with code `store_unavailable` and a `Retry-After` header.
+/// The message of every `store_unavailable` body.
+pub(crate) const STORE_UNAVAILABLE_MESSAGE: &str = "the state store is unavailable; retry later";
+
+/// The `503 Service Unavailable` every layer answers when the store cannot be reached
+/// ([`StoreFailure::closed`](crate::StoreFailure::closed)): JSON body with code
+/// `store_unavailable` and a `Retry-After` header.
 pub(crate) fn store_unavailable<B>(retry_after: Duration) -> Response<ResponseBody<B>> {
-    let mut response = ErrorBody::new(
-        "store_unavailable",
-        "the state store is unavailable; retry later",
-    )
-    .into_response(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = ErrorBody::new(rejection::STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE)
+        .into_response(StatusCode::SERVICE_UNAVAILABLE);
     let secs = retry_after.as_secs().max(1);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     response
 }
+
+/// A JSON error response with `status`, `code` (from [`rejection`]) and `message`;
+/// a `503` also gets `Retry-After: 1`.
+pub(crate) fn error_response<B>(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<ResponseBody<B>> {
+    let mut response = ErrorBody::new(code, message).into_response(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    response
+}
+
+/// `500 internal_error`: a misconfiguration or a corrupt store reply; the details are in
+/// the log.
+pub(crate) fn internal_error<B>() -> Response<ResponseBody<B>> {
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        rejection::INTERNAL_ERROR,
+        "internal server error",
+    )
+}
+
+/// An error response as axum's response type.
+#[cfg(feature = "axum")]
+pub(crate) fn into_axum(
+    response: Response<ResponseBody<http_body_util::Empty<Bytes>>>,
+) -> axum_core::response::Response {
+    response.map(axum_core::body::Body::new)
+}
+
+/// The axum `IntoResponse` of an error type handlers see: its `status()`, its
+/// `error_code()` and its `client_message()` as the crate's JSON error body.
+macro_rules! impl_into_response {
+    ($ty:ty) => {
+        #[cfg(feature = "axum")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+        impl axum_core::response::IntoResponse for $ty {
+            /// The status, the JSON [`ErrorBody`](crate::response::ErrorBody) with
+            /// `error_code()`, and `Retry-After: 1` on a `503`.
+            fn into_response(self) -> axum_core::response::Response {
+                crate::response::into_axum(crate::response::error_response(
+                    self.status(),
+                    self.error_code(),
+                    self.client_message(),
+                ))
+            }
+        }
+    };
+}
+pub(crate) use impl_into_response;
 
 /// Maps an inner response onto [`ResponseBody`].
 pub(crate) fn wrap<B>(response: Response<B>) -> Response<ResponseBody<B>> {
@@ -347,5 +426,16 @@ mod tests {
         let busy = for_protocol(true, busy);
         assert_eq!(busy.headers()["grpc-status"], "14");
         assert_eq!(busy.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    #[should_panic(expected = "SessionService: response future polled after completion")]
+    fn a_boxed_future_polled_after_completion_panics_naming_its_service() {
+        let mut future = BoxResponseFuture::<String, ()>::new("SessionService", async {
+            Ok(Response::new(ResponseBody::empty()))
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut future).poll(&mut cx).is_ready());
+        let _ = Pin::new(&mut future).poll(&mut cx);
     }
 }

@@ -338,9 +338,6 @@ impl<St: StateStore> StateStore for FailDelete<St> {
         }
         self.inner.delete(key).await
     }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Res<i64> {
-        self.inner.increment(key, by, ttl).await
-    }
     async fn gcra(
         &self,
         key: &str,

@@ -18,7 +18,7 @@ use tower_stateless::store::{
     Gcra, GcraOutcome, HashChanges, HashWriteOptions, HashWriteOutcome, MemoryStore, RedisStore,
     StateStore, StoreError, StoredHash,
 };
-use tower_stateless::{ConfigError, RegisteredClaims};
+use tower_stateless::{ConfigError, RegisteredClaims, StoreFailure};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
 
@@ -970,6 +970,63 @@ async fn memory_backend_down() {
     store_down_answers_503(common::DownStore::unavailable()).await;
 }
 
+/// `StoreFailure::open()`: a keyed request whose key cannot be claimed runs unprotected
+/// (the handler runs, nothing is recorded, a retry runs again); `closed()` keeps its
+/// `Retry-After`.
+async fn store_down_open_runs_unprotected<St: StateStore>(store: St) {
+    let open = instance(
+        "open",
+        shared(store.clone()).on_store_failure(StoreFailure::open()),
+    );
+    assert_eq!(
+        send(&open, post(Some("k"), "x")).await.status,
+        StatusCode::CREATED
+    );
+    let retry = send(&open, post(Some("k"), "x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(!retry.headers.contains_key("idempotent-replayed"));
+    assert_eq!(open.runs.load(Ordering::SeqCst), 2, "unprotected: both ran");
+
+    let closed = instance(
+        "closed",
+        shared(store).on_store_failure(StoreFailure::closed().retry_after(Duration::from_secs(9))),
+    );
+    let out = send(&closed, post(Some("k"), "x")).await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.headers["retry-after"], "9");
+    assert_eq!(closed.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn memory_store_down_open_runs_unprotected() {
+    store_down_open_runs_unprotected(common::DownStore::unavailable()).await;
+}
+
+#[tokio::test]
+async fn redis_store_down_open_runs_unprotected() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("store");
+    server.stop();
+    store_down_open_runs_unprotected(store).await;
+}
+
+/// An unexpected store reply is `500` even with `StoreFailure::open()`.
+#[tokio::test]
+async fn memory_broken_store_is_500_even_when_open() {
+    let open = instance(
+        "open",
+        shared(common::DownStore::broken()).on_store_failure(StoreFailure::open()),
+    );
+    let out = send(&open, post(Some("k"), "x")).await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&out), "idempotency_store_error");
+    assert_eq!(open.runs.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn redis_down_and_back() {
     let mut server = redis_or_skip!();
@@ -1287,10 +1344,6 @@ impl<St: StateStore> StateStore for Faulty<St> {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.check()?;
         self.inner.delete(key).await
-    }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        self.check()?;
-        self.inner.increment(key, by, ttl).await
     }
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
         self.check()?;

@@ -15,7 +15,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
 use tower_stateless::response::ResponseBody;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::{RegisteredClaims, StoreFailure};
 
 type Svc = BoxCloneSyncService<Request<String>, Response<ResponseBody<String>>, Infallible>;
 
@@ -208,7 +208,7 @@ async fn keys<St: StateStore>(store: St) {
     let c = instance(
         RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(1).unwrap())
-                .prefix("rl:path:")
+                .key_prefix("rl:path:")
                 .policy_name("per path"),
         )
         .key_fn(|parts| Some(parts.uri.path().to_owned())),
@@ -258,7 +258,7 @@ async fn rate_holds_over_a_measured_window<St: StateStore>(store: St) {
         ),
     ];
     for (i, (name, quota)) in quotas.into_iter().enumerate() {
-        let limiter = RateLimiter::new(store.clone(), quota).prefix(format!("rl:rate{i}:"));
+        let limiter = RateLimiter::new(store.clone(), quota).key_prefix(format!("rl:rate{i}:"));
         let burst = u64::from(quota.burst_size());
         let window = Duration::from_millis(500);
         let sent = Arc::new(AtomicU64::new(0));
@@ -330,7 +330,10 @@ async fn state_stored_in_milliseconds_by_earlier_versions<St: StateStore>(store:
         .set("rl:{sub:pete}", spent_until(now_ms - 1_000), ttl)
         .await
         .expect("set");
-    let a = instance(RateLimitLayer::new(store, Quota::per_minute(1).unwrap()).fail_closed());
+    let a = instance(
+        RateLimitLayer::new(store, Quota::per_minute(1).unwrap())
+            .on_store_failure(StoreFailure::closed()),
+    );
     let out = send(&a, as_user("olga")).await;
     assert_eq!(out.status, StatusCode::TOO_MANY_REQUESTS, "{}", out.body);
     let retry: u64 = header(&out, "retry-after").parse().expect("Retry-After");
@@ -420,11 +423,46 @@ async fn store_down<St: StateStore>(store: St) {
     assert_eq!(logs.lines_containing("fail open").len(), 3);
     assert!(logs.lines_containing("fail open")[0].contains("WARN"));
 
-    let closed = instance(RateLimitLayer::new(store, Quota::per_minute(1).unwrap()).fail_closed());
+    let closed = instance(
+        RateLimitLayer::new(store, Quota::per_minute(1).unwrap())
+            .on_store_failure(StoreFailure::closed()),
+    );
     let out = send(&closed, as_user("hank")).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(out.headers.contains_key("retry-after"));
     assert_eq!(closed.runs.load(Ordering::SeqCst), 0);
+}
+
+/// Only an unavailable store is governed by `on_store_failure`: an unexpected reply is
+/// `500` whether the layer fails open or closed, and `RateLimiter::check` says which it was.
+#[tokio::test]
+async fn memory_broken_store_is_500_open_or_closed() {
+    for failure in [StoreFailure::open(), StoreFailure::closed()] {
+        let layer = RateLimitLayer::new(common::DownStore::broken(), Quota::per_minute(1).unwrap())
+            .on_store_failure(failure);
+        let a = instance(layer);
+        let out = send(&a, as_user("ivy")).await;
+        assert_eq!(
+            out.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            out.body
+        );
+        assert!(out.body.contains("store_error"), "{}", out.body);
+        assert_eq!(a.runs.load(Ordering::SeqCst), 0);
+    }
+    let limiter = RateLimiter::new(common::DownStore::broken(), Quota::per_minute(1).unwrap());
+    let error = limiter.check("ivy").await.expect_err("broken store");
+    assert!(!error.is_unavailable());
+    assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let limiter = RateLimiter::new(
+        common::DownStore::unavailable(),
+        Quota::per_minute(1).unwrap(),
+    );
+    let error = limiter.check("ivy").await.expect_err("store down");
+    assert!(error.is_unavailable());
+    assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error.error_code(), "store_unavailable");
 }
 
 #[tokio::test]
@@ -489,12 +527,12 @@ async fn stacked_limiters_keep_both_headers() {
     let svc = ServiceBuilder::new()
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store.clone(), Quota::per_minute(100).unwrap())
-                .prefix("rl:global:")
+                .key_prefix("rl:global:")
                 .policy_name("global"),
         ))
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(2).unwrap())
-                .prefix("rl:route:")
+                .key_prefix("rl:route:")
                 .policy_name("route"),
         ))
         .service_fn(|_: Request<String>| async {

@@ -14,7 +14,7 @@ const TTL: Duration = Duration::from_secs(60);
 fn store(url: &str) -> RedisStore {
     RedisStore::builder()
         .url(url)
-        .prefix("t:")
+        .key_prefix("t:")
         .timeout(Duration::from_millis(500))
         .build()
         .expect("build store")
@@ -51,7 +51,6 @@ async fn every_operation_is_one_command() {
         .await
         .unwrap();
     store.compare_and_delete("k", b"x").await.unwrap();
-    store.increment("n", 1, TTL).await.unwrap();
     let gcra = tower_stateless::store::Gcra::new(Duration::from_millis(1), 5);
     store.gcra("rl", gcra).await.unwrap();
 
@@ -82,10 +81,6 @@ async fn every_operation_is_one_command() {
         "getex"
     );
     assert_eq!(only_command(&server, || store.delete("k")).await, "del");
-    assert_eq!(
-        only_command(&server, || store.increment("n", 1, TTL)).await,
-        "evalsha"
-    );
     assert_eq!(
         only_command(&server, || store.gcra("rl", gcra)).await,
         "evalsha"
@@ -223,7 +218,7 @@ fn bad_configuration_is_refused_when_built() {
         ("pool_size", url().pool_size(0)),
         ("pool_size", url().pool_size(usize::MAX)),
         ("timeout", url().timeout(Duration::ZERO)),
-        ("prefix", url().prefix("app{x}:")),
+        ("key_prefix", url().key_prefix("app{x}:")),
         ("replica_acks", url().replica_acks(0, ms(100))),
         ("replica_acks", url().replica_acks(1, Duration::ZERO)),
         (
@@ -300,10 +295,6 @@ async fn ttls_past_the_store_range_are_refused_not_wrapped() {
             refused(store.get_and_refresh("k", ttl).await.map(drop)),
             "get_and_refresh"
         );
-        assert!(
-            refused(store.increment("n", 1, ttl).await.map(drop)),
-            "increment"
-        );
     }
     assert_eq!(server.command_count(), 0, "nothing may reach Redis");
     store.set("k", v(), MAX_TTL).await.unwrap();
@@ -316,7 +307,7 @@ async fn ttls_past_the_store_range_are_refused_not_wrapped() {
 fn durable(primary: &common::RedisServer, wait: Duration) -> RedisStore {
     RedisStore::builder()
         .url(primary.url())
-        .prefix("t:")
+        .key_prefix("t:")
         .timeout(Duration::from_secs(10))
         .replica_acks(1, wait)
         .build()
@@ -348,7 +339,7 @@ async fn durable_writes_are_confirmed_by_a_live_replica() {
     assert_eq!(replica.raw_get("t:a"), Some(b"3".to_vec()));
     assert!(store.compare_and_delete("b", b"2").await.unwrap());
     assert_eq!(replica.raw_get("t:b"), None);
-    assert_eq!(store.increment("n", 5, TTL).await.unwrap(), 5);
+    store.set("n", v("5"), TTL).await.unwrap();
     assert_eq!(replica.raw_get("t:n"), Some(b"5".to_vec()));
     assert!(store.delete("n").await.unwrap());
     assert_eq!(replica.raw_get("t:n"), None);
@@ -552,7 +543,12 @@ async fn durable_writes_on_a_cluster_wait_for_the_shards_replicas() {
         );
     }
     // Scripts route with their key too.
-    let result = store.increment("{a}n", 1, TTL).await;
+    let result = store
+        .gcra(
+            "{a}n",
+            tower_stateless::store::Gcra::new(Duration::from_millis(1), 5),
+        )
+        .await;
     assert!(
         matches!(result, Err(StoreError::NotReplicated { .. })),
         "{result:?}"

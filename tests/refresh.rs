@@ -539,9 +539,6 @@ impl<St: StateStore> StateStore for Flaky<St> {
     async fn delete(&self, key: &str) -> Res<bool> {
         self.inner.delete(key).await
     }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Res<i64> {
-        self.inner.increment(key, by, ttl).await
-    }
     async fn gcra(
         &self,
         key: &str,
@@ -918,10 +915,6 @@ impl StateStore for Recording {
         self.inner
             .hash_compare_and_set_field(key, field, expected, new, options)
             .await
-    }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> StoreResult<i64> {
-        self.record(key, by.to_string().as_bytes());
-        self.inner.increment(key, by, ttl).await
     }
     async fn gcra(
         &self,

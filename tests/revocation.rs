@@ -26,7 +26,7 @@ use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, TokenPolicy};
 use tower_stateless::response::ErrorBody;
 use tower_stateless::revocation::{RevocationCheck, RevokeError, Revoker};
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::{RegisteredClaims, StoreFailure};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const SECRET: &[u8] = b"revocation-tests-secret-of-32-bytes-or-more";
@@ -482,7 +482,8 @@ backend_pair_tests!(
 #[tokio::test]
 async fn memory_store_down_fails_closed_with_503() {
     let layer = layer(
-        RevocationCheck::new(common::DownStore::unavailable()).retry_after(Duration::from_secs(7)),
+        RevocationCheck::new(common::DownStore::unavailable())
+            .on_store_failure(StoreFailure::closed().retry_after(Duration::from_secs(7))),
     );
     let calls = Arc::new(AtomicUsize::new(0));
     let answer = send_counted(&layer, &token("alice", "t1"), &calls).await;
@@ -499,7 +500,10 @@ async fn memory_store_down_fails_closed_with_503() {
 async fn memory_store_down_fail_open_passes_and_warns_per_request() {
     let logs = common::Logs::default();
     let _guard = logs.install();
-    let layer = layer(RevocationCheck::new(common::DownStore::unavailable()).fail_open());
+    let layer = layer(
+        RevocationCheck::new(common::DownStore::unavailable())
+            .on_store_failure(StoreFailure::open()),
+    );
     for jti in ["t1", "t2", "t3"] {
         assert_eq!(status(&layer, &token("alice", jti)).await, StatusCode::OK);
     }
@@ -547,7 +551,10 @@ async fn check_runs_only_for_verified_tokens() {
 async fn memory_unexpected_store_error_is_500_even_with_fail_open() {
     for layer in [
         layer(common::DownStore::broken()),
-        layer(RevocationCheck::new(common::DownStore::broken()).fail_open()),
+        layer(
+            RevocationCheck::new(common::DownStore::broken())
+                .on_store_failure(StoreFailure::open()),
+        ),
     ] {
         let answer = send(&layer, &token("alice", "t1")).await;
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -726,7 +733,7 @@ async fn redis_down_fails_closed_then_recovers() {
 async fn redis_down_fail_open_passes() {
     let mut server = redis_or_skip!();
     let store = redis_store(&server);
-    let layer = layer(RevocationCheck::new(store.clone()).fail_open());
+    let layer = layer(RevocationCheck::new(store.clone()).on_store_failure(StoreFailure::open()));
     let claims = token("alice", "t1");
     revoker(store).revoke_token(&claims).await.expect("revoke");
     assert_eq!(status(&layer, &claims).await, StatusCode::UNAUTHORIZED);

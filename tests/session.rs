@@ -17,7 +17,7 @@ use tower_stateless::store::{
     HashChanges, HashWriteOptions, HashWriteOutcome, MemoryStore, RedisStore, StateStore,
     StoreError, StoredHash,
 };
-use tower_stateless::{ConfigError, RegisteredClaims};
+use tower_stateless::{ConfigError, RegisteredClaims, StoreFailure};
 
 /// Handler driven by the `x-op` header: `none`, `get:k`, `put:k:v`, `del:k`, `clear`,
 /// `cycle`, `destroy`, `incr:k` (an atomic `update`, answering the new value or the
@@ -687,10 +687,6 @@ impl<St: StateStore> StateStore for Counting<St> {
             .hash_compare_and_set_field(key, field, expected, new, options)
             .await
     }
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        self.hit();
-        self.inner.increment(key, by, ttl).await
-    }
     async fn gcra(
         &self,
         key: &str,
@@ -722,6 +718,55 @@ async fn memory_store_down() {
     assert!(out.body.contains("store_unavailable"), "{}", out.body);
     // Untouched session: no store access, so no failure.
     assert_eq!(call(&layer, Some(&id), "none").await.status, StatusCode::OK);
+}
+
+/// `StoreFailure::open()`: the handler's answer stands when the store is unavailable
+/// (a swallowed load error, a failed write-back); a broken store is still `500`.
+async fn store_down_open_keeps_the_handlers_answer<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store).on_store_failure(StoreFailure::open());
+    let id = format!("id={}", "A".repeat(43));
+    // The handler still sees the error from its own calls.
+    let out = call(&layer, Some(&id), "get:a").await;
+    assert_eq!(out.body, "error unavailable=true");
+    // A swallowed load error: the handler's 200 goes out.
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::OK);
+    // A new session that cannot be written: the handler's 200, no cookie.
+    let out = call(&layer, None, "put:a:1").await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(out.set_cookie.is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_down_open_keeps_the_handlers_answer() {
+    store_down_open_keeps_the_handlers_answer(common::DownStore::unavailable()).await;
+    let layer =
+        SessionLayer::new(common::DownStore::broken()).on_store_failure(StoreFailure::open());
+    let id = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&id), "peek:a").await;
+    assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn redis_store_down_open_keeps_the_handlers_answer() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    server.stop();
+    store_down_open_keeps_the_handlers_answer(store).await;
+}
+
+/// `StoreFailure::closed().retry_after(..)` sets the `Retry-After` of the session's `503`.
+#[tokio::test]
+async fn memory_store_down_closed_retry_after() {
+    let layer = SessionLayer::new(common::DownStore::unavailable())
+        .on_store_failure(StoreFailure::closed().retry_after(Duration::from_secs(4)));
+    let out = call(&layer, None, "put:a:1").await;
+    assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(out.retry_after.as_deref(), Some("4"));
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ macro_rules! conformance {
             get_set_roundtrip, ttl_expiry, invalid_ttl_rejected, set_if_absent_returns_existing,
             set_if_absent_concurrent, compare_and_set_semantics, compare_and_set_concurrent,
             compare_and_delete_semantics, get_and_refresh_extends_ttl, delete_semantics,
-            increment_semantics, increment_concurrent, gcra_semantics, gcra_concurrent,
+            gcra_semantics, gcra_concurrent,
             gcra_keeps_fine_intervals,
             get_many_with_missing_keys,
             binary_values, empty_values, large_values, unusual_keys,
@@ -39,7 +39,7 @@ conformance!(redis, {
     let server = redis_or_skip!();
     let store = tower_stateless::store::RedisStore::builder()
         .url(server.url())
-        .prefix("conf:")
+        .key_prefix("conf:")
         .build()
         .expect("build store");
     (store, server)
@@ -50,7 +50,7 @@ conformance!(redis_cluster, {
     let cluster = cluster_or_skip!();
     let store = tower_stateless::store::RedisStore::builder()
         .cluster_urls(cluster.urls())
-        .prefix("conf:")
+        .key_prefix("conf:")
         .build()
         .expect("build cluster store");
     (store, cluster)
@@ -102,7 +102,7 @@ mod hash {
         let server = redis_or_skip!();
         let store = tower_stateless::store::RedisStore::builder()
             .url(server.url())
-            .prefix("conf:")
+            .key_prefix("conf:")
             .build()
             .expect("build store");
         (store, server)
@@ -113,7 +113,7 @@ mod hash {
         let cluster = cluster_or_skip!();
         let store = tower_stateless::store::RedisStore::builder()
             .cluster_urls(cluster.urls())
-            .prefix("conf:")
+            .key_prefix("conf:")
             .build()
             .expect("build cluster store");
         (store, cluster)
@@ -134,7 +134,7 @@ conformance!(instrumented_redis, {
     let server = redis_or_skip!();
     let store = tower_stateless::store::RedisStore::builder()
         .url(server.url())
-        .prefix("conf:")
+        .key_prefix("conf:")
         .build()
         .expect("build store");
     (

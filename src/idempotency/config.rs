@@ -9,7 +9,7 @@ use http::{HeaderName, Method, Uri};
 use tokio::sync::Semaphore;
 
 use super::scope::Scope;
-use crate::ConfigError;
+use crate::{ConfigError, StoreFailure};
 
 /// The largest body limit accepted: a stored response must fit in one store value, and
 /// Redis holds at most 512 MiB in one string.
@@ -81,6 +81,7 @@ pub(crate) struct Config {
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) store_server_errors: bool,
+    pub(crate) on_store_failure: StoreFailure,
     pub(crate) scope: Scope,
     pub(crate) max_in_flight: usize,
     /// Shared by every service this layer (and its clones) builds.
@@ -153,6 +154,7 @@ impl Default for Config {
             max_request_body: 1024 * 1024,
             max_response_body: 4 * 1024 * 1024,
             store_server_errors: false,
+            on_store_failure: StoreFailure::closed(),
             scope: Scope::subject(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),

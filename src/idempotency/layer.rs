@@ -11,35 +11,41 @@ use super::config::{body_limit, store_ttl, Config, Required, MIN_LOCK_TTL};
 use super::scope::Scope;
 use super::service::IdempotencyService;
 use crate::store::StateStore;
-use crate::ConfigError;
+use crate::{ConfigError, StoreFailure};
 
 /// Makes `POST` and `PATCH` requests safe to retry: a request with an `Idempotency-Key`
 /// runs once, and its retries get the stored response. See the [module docs](super).
 ///
 /// Records are kept per caller: put it inside `JwtAuthLayer` (or anything that inserts
 /// [`RegisteredClaims`](crate::RegisteredClaims)), or choose another [`Scope`].
+///
+/// The configuration is held once, in an `Arc` the services share.
 #[derive(Debug, Clone)]
-pub struct IdempotencyLayer<S> {
-    store: S,
+pub struct IdempotencyLayer<St> {
+    store: St,
     config: Arc<Config>,
 }
 
-impl<S: StateStore> IdempotencyLayer<S> {
+impl<St: StateStore> IdempotencyLayer<St> {
     /// A layer with the defaults: header `Idempotency-Key`, methods `POST` and `PATCH`, key
     /// optional, lock (lease) TTL 30 s, retention 24 h, key prefix `idem:`, request and
     /// response bodies up to 1 MiB and 4 MiB, 5xx not stored, replayed headers
     /// `Content-Type`, `Content-Encoding`, `Location`, `ETag`, `Link` and `Vary` (and a
     /// gRPC answer's `grpc-status`, `grpc-message`, `grpc-status-details-bin`), records
     /// scoped per user ([`Scope::subject`]), at most 128 keyed requests in flight.
-    pub fn new(store: S) -> Self {
+    pub fn new(store: St) -> Self {
         Self {
             store,
             config: Arc::new(Config::default()),
         }
     }
 
+    /// A builder step: the changed configuration replaces the shared one (the layer is
+    /// configured before it makes services, so none holds the old one yet).
     fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(Arc::make_mut(&mut self.config));
+        let mut config = Config::clone(&self.config);
+        f(&mut config);
+        self.config = Arc::new(config);
         self
     }
 
@@ -81,7 +87,8 @@ impl<S: StateStore> IdempotencyLayer<S> {
         self.with(|c| c.required = Required::If(Arc::new(predicate)))
     }
 
-    /// Store key prefix (default `idem:`). Keys are `<prefix>{<sha256 hex>}`.
+    /// Store key prefix (default `idem:`). Keys are `<prefix>{<sha256 hex>}`, under the
+    /// store's own prefix ([`RedisStoreBuilder::key_prefix`](crate::store::RedisStoreBuilder)).
     #[must_use]
     pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
@@ -193,6 +200,19 @@ impl<S: StateStore> IdempotencyLayer<S> {
         self.with(|c| c.scope = scope)
     }
 
+    /// What to do when the store is unavailable (default [`StoreFailure::closed`]: `503`
+    /// with `Retry-After`, the handler not run); see [`StoreFailure`], the one setting
+    /// every store-backed layer shares.
+    ///
+    /// With [`StoreFailure::open`], a keyed request whose key cannot be claimed runs
+    /// **unprotected**: the handler runs, nothing is claimed, recorded or replayed, and a
+    /// warning is logged. A retry may then run the handler twice. A store that answers
+    /// something unexpected is answered `500` either way.
+    #[must_use]
+    pub fn on_store_failure(self, on_store_failure: StoreFailure) -> Self {
+        self.with(|c| c.on_store_failure = on_store_failure)
+    }
+
     /// Stores `5xx` responses too and replays them (Stripe's at-most-once behaviour).
     /// Default `false`: a `5xx` releases the key so the client may retry.
     #[must_use]
@@ -201,10 +221,10 @@ impl<S: StateStore> IdempotencyLayer<S> {
     }
 }
 
-impl<S: StateStore, I> Layer<I> for IdempotencyLayer<S> {
-    type Service = IdempotencyService<S, I>;
+impl<S, St: StateStore> Layer<S> for IdempotencyLayer<St> {
+    type Service = IdempotencyService<S, St>;
 
-    fn layer(&self, inner: I) -> Self::Service {
-        IdempotencyService::new(inner, self.store.clone(), self.config.clone())
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService::new(inner, self.store.clone(), Arc::clone(&self.config))
     }
 }

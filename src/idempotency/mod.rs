@@ -64,7 +64,10 @@
 //!   longer than `lock_ttl`): another request may take the key and run; the late first
 //!   request then cannot overwrite its record, it answers its own client and logs a
 //!   warning.
-//! - **Store down:** `503` with `Retry-After`; the handler never runs without a claim. A
+//! - **Store down:** `503` with `Retry-After`; the handler never runs without a claim
+//!   (the default, [`StoreFailure::closed`](crate::StoreFailure::closed); with
+//!   [`on_store_failure(StoreFailure::open())`](IdempotencyLayer::on_store_failure) the
+//!   handler runs unprotected instead, see [`StoreFailure`](crate::StoreFailure)). A
 //!   claim whose outcome is unknown (a timeout, a reply lost with its connection:
 //!   [`StoreError::may_have_applied`](crate::store::StoreError::may_have_applied)) is
 //!   deleted again before the `503` is sent, so the client's retry is not answered `409`

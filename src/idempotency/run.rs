@@ -15,8 +15,9 @@ use super::config::Config;
 use super::key;
 use super::record::{Completed, Record, RecordWriter};
 use super::scope::Caller;
-use super::service::{reject, store_failed, too_large};
+use super::service::{internal_error, reject, store_failed, too_large};
 use crate::metrics::{idempotency, Idempotency};
+use crate::rejection;
 use crate::response::{for_protocol, is_grpc, ResponseBody};
 use crate::store::{BoxError, StateStore};
 
@@ -131,7 +132,7 @@ fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) ->
             tracing::error!(%error, key = %store_key, "corrupt idempotency record");
             reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "idempotency_store_error",
+                rejection::IDEMPOTENCY_STORE_ERROR,
                 "the idempotency record could not be read",
             )
         }
@@ -139,7 +140,7 @@ fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) ->
             idempotency(Idempotency::Mismatch);
             reject(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                rejection::IDEMPOTENCY_KEY_REUSED,
                 "this idempotency key was used for a different request",
             )
         }
@@ -147,7 +148,7 @@ fn answer_taken<B>(existing: &Bytes, fingerprint: &[u8; 32], store_key: &str) ->
             idempotency(Idempotency::InProgress);
             let mut res = reject(
                 StatusCode::CONFLICT,
-                "idempotency_request_in_progress",
+                rejection::IDEMPOTENCY_REQUEST_IN_PROGRESS,
                 "a request with this idempotency key is still running; retry later",
             );
             res.headers_mut()
@@ -191,7 +192,7 @@ where
         Err(_) => {
             return own(reject(
                 StatusCode::BAD_REQUEST,
-                "invalid_body",
+                rejection::INVALID_BODY,
                 "the request body could not be read",
             ))
         }
@@ -216,19 +217,24 @@ where
         Ok(owner) => owner,
         Err(error) => {
             tracing::error!(%error, "no randomness for an idempotency lock token");
-            return own(reject(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request could not be processed",
-            ));
+            return own(internal_error());
         }
     };
     let token = Record::InProgress { owner, fingerprint }.encode();
 
     let claim = match Claim::take(store, store_key.clone(), token, config.lock_ttl).await {
+        Err(error) if error.is_unavailable() && config.on_store_failure.is_open() => {
+            idempotency(Idempotency::StoreError);
+            tracing::warn!(
+                %error,
+                "idempotency store unavailable; running the request unprotected (StoreFailure::open)"
+            );
+            let req = Request::from_parts(parts, RequestBody::buffered(body));
+            return inner.call(req).await.map(crate::response::wrap);
+        }
         Err(error) => {
             idempotency(Idempotency::StoreError);
-            return own(store_failed(&error));
+            return own(store_failed(&error, config.on_store_failure));
         }
         Ok(Claimed::Taken(existing)) => {
             return match answer_taken(&existing, &fingerprint, &store_key) {
@@ -316,7 +322,7 @@ where
             idempotency(Idempotency::Released);
             own(reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "response_body_failed",
+                rejection::RESPONSE_BODY_FAILED,
                 "the response body failed while it was being produced",
             ))
         }

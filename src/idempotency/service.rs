@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -16,8 +15,10 @@ use super::config::Config;
 use super::future::ResponseFuture;
 use super::key;
 use super::run::{run, Keyed};
-use crate::response::{for_protocol, is_grpc, store_unavailable, ErrorBody, ResponseBody};
+use crate::rejection;
+use crate::response::{for_protocol, is_grpc, ErrorBody, ResponseBody};
 use crate::store::{BoxError, StateStore, StoreError};
+use crate::StoreFailure;
 
 /// The service built by [`IdempotencyLayer`](super::IdempotencyLayer).
 ///
@@ -25,14 +26,14 @@ use crate::store::{BoxError, StateStore, StoreError};
 /// away goes on in a task of its own). The inner service must be `Clone`, and its future,
 /// its error and the bodies `Send + 'static`.
 #[derive(Debug, Clone)]
-pub struct IdempotencyService<S, I> {
-    inner: I,
-    store: S,
+pub struct IdempotencyService<S, St> {
+    inner: S,
+    store: St,
     config: Arc<Config>,
 }
 
-impl<S, I> IdempotencyService<S, I> {
-    pub(crate) fn new(inner: I, store: S, config: Arc<Config>) -> Self {
+impl<S, St> IdempotencyService<S, St> {
+    pub(crate) fn new(inner: S, store: St, config: Arc<Config>) -> Self {
         Self {
             inner,
             store,
@@ -41,17 +42,17 @@ impl<S, I> IdempotencyService<S, I> {
     }
 
     /// The inner service.
-    pub fn get_ref(&self) -> &I {
+    pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut I {
+    pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> I {
+    pub fn into_inner(self) -> S {
         self.inner
     }
 }
@@ -67,48 +68,51 @@ pub(crate) fn reject<B>(
 pub(crate) fn too_large<B>() -> Response<ResponseBody<B>> {
     reject(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        rejection::PAYLOAD_TOO_LARGE,
         "the request body is larger than this endpoint accepts",
     )
 }
 
-pub(crate) fn store_failed<B>(error: &StoreError) -> Response<ResponseBody<B>> {
+pub(crate) fn store_failed<B>(
+    error: &StoreError,
+    on_store_failure: StoreFailure,
+) -> Response<ResponseBody<B>> {
     tracing::warn!(%error, "idempotency store operation failed");
     if error.is_unavailable() {
-        store_unavailable(Duration::from_secs(1))
+        on_store_failure.response()
     } else {
         reject(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "idempotency_store_error",
+            rejection::IDEMPOTENCY_STORE_ERROR,
             "the idempotency record could not be read",
         )
     }
 }
 
-fn internal_error<B>() -> Response<ResponseBody<B>> {
+pub(crate) fn internal_error<B>() -> Response<ResponseBody<B>> {
     reject(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
+        rejection::INTERNAL_ERROR,
         "the request could not be processed",
     )
 }
 
-impl<S, I, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, I>
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, St>
 where
-    S: StateStore,
-    I: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+    St: StateStore,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
         + Clone
         + Send
         + 'static,
-    I::Future: Send + 'static,
-    I::Error: Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
-    type Error = I::Error;
-    type Future = ResponseFuture<I::Future, ResBody, I::Error>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -130,7 +134,7 @@ where
             Ok(None) if config.required(req.method(), req.uri()) => {
                 return own(reject(
                     StatusCode::BAD_REQUEST,
-                    "idempotency_key_required",
+                    rejection::IDEMPOTENCY_KEY_REQUIRED,
                     &format!("this request needs a `{}` header", config.header),
                 ));
             }
@@ -140,7 +144,7 @@ where
             Err(bad) => {
                 return own(reject(
                     StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
+                    rejection::INVALID_IDEMPOTENCY_KEY,
                     bad.0,
                 ));
             }
@@ -160,7 +164,7 @@ where
             );
             return own(reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "idempotency_scope_missing",
+                rejection::IDEMPOTENCY_SCOPE_MISSING,
                 "this endpoint cannot take idempotency keys: the server has no caller to keep them for",
             ));
         };
@@ -173,7 +177,7 @@ where
         let Ok(permit) = config.in_flight.clone().try_acquire_owned() else {
             let mut res = reject(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "idempotency_overloaded",
+                rejection::IDEMPOTENCY_OVERLOADED,
                 "too many requests with an idempotency key are running; retry later",
             );
             res.headers_mut()

@@ -6,12 +6,12 @@ use std::ops::{Deref, DerefMut};
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http::header::WWW_AUTHENTICATE;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 
-use crate::response::ErrorBody;
+use crate::rejection;
+use crate::response::{into_axum, ErrorBody};
 
 /// Extracts the verified claims of type `T` that [`JwtAuthLayer`](super::JwtAuthLayer)
 /// inserted: the application's own claims type, or
@@ -98,9 +98,10 @@ impl std::error::Error for MissingClaims {}
 
 impl IntoResponse for MissingClaims {
     fn into_response(self) -> Response {
-        let mut response = ErrorBody::new("missing_token", "a bearer token is required")
-            .into_response::<http_body_util::Empty<Bytes>>(StatusCode::UNAUTHORIZED)
-            .map(axum_core::body::Body::new);
+        let mut response = into_axum(
+            ErrorBody::new(rejection::MISSING_TOKEN, "a bearer token is required")
+                .into_response(StatusCode::UNAUTHORIZED),
+        );
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

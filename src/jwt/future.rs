@@ -3,13 +3,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Response, StatusCode};
+use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::response::{wrap, ErrorBody, ResponseBody};
+use crate::response::{wrap, ResponseBody};
 
 pin_project! {
-    /// Response future of [`JwtAuth`](super::JwtAuth): the inner service's future, or the
+    /// Response future of [`JwtAuthService`](super::JwtAuthService) and
+    /// [`RequireScope`](super::RequireScope): the inner service's future, or the
     /// rejection the layer answered itself.
     pub struct ResponseFuture<F, B> {
         #[pin]
@@ -62,13 +63,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(cx).map_ok(wrap),
-            KindProj::Reject { response } => {
-                Poll::Ready(Ok(response.take().unwrap_or_else(|| {
-                    // Polled again after completion: a caller bug, answered without panicking.
-                    ErrorBody::new("internal_error", "response future polled after completion")
-                        .into_response(StatusCode::INTERNAL_SERVER_ERROR)
-                })))
-            }
+            KindProj::Reject { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
         }
     }
 }

@@ -39,6 +39,34 @@ pub enum IssueError {
     NoSigningKey,
 }
 
+impl IssueError {
+    /// Always `false`: issuing a token touches no store.
+    pub fn is_unavailable(&self) -> bool {
+        false
+    }
+
+    /// The HTTP status for a login endpoint's answer: always `500` (every cause is on the
+    /// server's side).
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The error code of the JSON body (see [`rejection`](crate::rejection)):
+    /// `internal_error`.
+    pub fn error_code(&self) -> &'static str {
+        crate::rejection::INTERNAL_ERROR
+    }
+
+    // The same signature as every error type's `client_message`.
+    #[allow(clippy::unused_self)]
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    fn client_message(&self) -> &'static str {
+        "the token could not be issued"
+    }
+}
+
+crate::response::impl_into_response!(IssueError);
+
 /// A freshly minted token and the registered claims it carries (e.g. to answer
 /// `expires_in`, or to remember `jti`/`sid` for revocation).
 ///

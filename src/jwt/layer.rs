@@ -1,12 +1,12 @@
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::{Method, Uri};
 use tower_layer::Layer;
 
 use super::policy::TokenPolicy;
-use super::service::JwtAuth;
+use super::service::JwtAuthService;
 use super::source::TokenSource;
 use super::verify::{Config, Verifier};
 use crate::revocation::RevocationCheck;
@@ -29,8 +29,9 @@ pub struct JwtAuthLayer<T = serde_json::Value, R = ()> {
     policy: TokenPolicy,
     config: Config,
     revocation: R,
-    /// Built on first `layer` call and shared by every service it makes.
-    verifier: OnceLock<Arc<Verifier>>,
+    /// The policy and the configuration above, prepared for verification: built when the
+    /// layer is configured, shared (one `Arc`) by every service the layer makes.
+    verifier: Arc<Verifier>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -62,11 +63,12 @@ impl JwtAuthLayer {
     /// with an 8 KiB size limit, inserting `serde_json::Value` claims. The same as
     /// [`policy.auth_layer()`](TokenPolicy::auth_layer).
     pub fn new(policy: &TokenPolicy) -> Self {
+        let config = Config::default();
         Self {
+            verifier: Arc::new(Verifier::new(policy.clone(), config.clone())),
             policy: policy.clone(),
-            config: Config::default(),
+            config,
             revocation: (),
-            verifier: OnceLock::new(),
             _claims: PhantomData,
         }
     }
@@ -98,7 +100,7 @@ impl<T> JwtAuthLayer<T> {
 impl<T, R> JwtAuthLayer<T, R> {
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
-        self.verifier = OnceLock::new();
+        self.verifier = Arc::new(Verifier::new(self.policy.clone(), self.config.clone()));
         self
     }
 
@@ -176,12 +178,9 @@ impl<T, R> JwtAuthLayer<T, R> {
 }
 
 impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
-    type Service = JwtAuth<S, T, R>;
+    type Service = JwtAuthService<S, T, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let verifier = self
-            .verifier
-            .get_or_init(|| Arc::new(Verifier::new(self.policy.clone(), self.config.clone())));
-        JwtAuth::new(inner, Arc::clone(verifier), self.revocation.clone())
+        JwtAuthService::new(inner, Arc::clone(&self.verifier), self.revocation.clone())
     }
 }

@@ -161,7 +161,7 @@ pub use self::layer::JwtAuthLayer;
 pub use self::policy::{TokenPolicy, TokenPolicyBuilder};
 pub use self::revocation_future::RevocationFuture;
 pub use self::scope::{RequireScope, RequireScopeLayer, ScopeClaims};
-pub use self::service::JwtAuth;
+pub use self::service::JwtAuthService;
 pub use self::source::TokenSource;
 
 /// Re-exported so that key sets can name algorithms without a direct dependency.

@@ -3,6 +3,7 @@
 use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::rejection;
 use crate::response::{ErrorBody, ResponseBody};
 
 /// Why a request was turned away. The descriptions are fixed strings: they never carry
@@ -60,8 +61,8 @@ pub(crate) fn challenge(quoted_realm: Option<&str>, rejection: Rejection) -> Hea
     }
     let (code, description) = match rejection {
         Rejection::Missing => (None, None),
-        Rejection::InvalidRequest(d) => (Some("invalid_request"), Some(d)),
-        Rejection::InvalidToken(d) => (Some("invalid_token"), Some(d)),
+        Rejection::InvalidRequest(d) => (Some(rejection::INVALID_REQUEST), Some(d)),
+        Rejection::InvalidToken(d) => (Some(rejection::INVALID_TOKEN), Some(d)),
     };
     if let Some(code) = code {
         params.push(format!("error=\"{code}\""));
@@ -85,15 +86,16 @@ pub(crate) fn response<B>(
     let (status, body) = match rejection {
         Rejection::Missing => (
             StatusCode::UNAUTHORIZED,
-            ErrorBody::new("missing_token", "a bearer token is required"),
+            ErrorBody::new(rejection::MISSING_TOKEN, "a bearer token is required"),
         ),
         Rejection::InvalidRequest(d) => (
             StatusCode::BAD_REQUEST,
-            ErrorBody::new("invalid_request", d),
+            ErrorBody::new(rejection::INVALID_REQUEST, d),
         ),
-        Rejection::InvalidToken(d) => {
-            (StatusCode::UNAUTHORIZED, ErrorBody::new("invalid_token", d))
-        }
+        Rejection::InvalidToken(d) => (
+            StatusCode::UNAUTHORIZED,
+            ErrorBody::new(rejection::INVALID_TOKEN, d),
+        ),
     };
     let mut response = body.into_response(status);
     response

@@ -3,7 +3,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -11,11 +10,12 @@ use tower_service::Service;
 
 use super::reject::Rejection;
 use super::verify::Verifier;
-use crate::response::{for_protocol, wrap, ResponseBody};
-use crate::revocation::check::{self, internal_error, Lookup, Verdict};
+use crate::response::{for_protocol, internal_error, wrap, ResponseBody};
+use crate::revocation::check::{self, Lookup, Verdict};
+use crate::StoreFailure;
 
 pin_project! {
-    /// The response future of [`JwtAuth`](super::JwtAuth) with a revocation check: the
+    /// The response future of [`JwtAuthService`](super::JwtAuthService) with a revocation check: the
     /// store lookup for the verified token, then the inner service's future; or the
     /// rejection the layer answered itself.
     ///
@@ -30,7 +30,7 @@ pin_project! {
         state: State<S::Future>,
         pending: Option<(S, Request<ReqBody>)>,
         verifier: Arc<Verifier>,
-        retry_after: Duration,
+        on_store_failure: StoreFailure,
         grpc: bool,
     }
 }
@@ -55,14 +55,14 @@ where
         inner: S,
         request: Request<ReqBody>,
         verifier: Arc<Verifier>,
-        retry_after: Duration,
+        on_store_failure: StoreFailure,
         grpc: bool,
     ) -> Self {
         Self {
             state: State::Check { lookup },
             pending: Some((inner, request)),
             verifier,
-            retry_after,
+            on_store_failure,
             grpc,
         }
     }
@@ -73,7 +73,7 @@ where
             state: State::Inner { future },
             pending: None,
             verifier,
-            retry_after: Duration::ZERO,
+            on_store_failure: StoreFailure::closed(),
             grpc: false,
         }
     }
@@ -86,7 +86,7 @@ where
             },
             pending: None,
             verifier,
-            retry_after: Duration::ZERO,
+            on_store_failure: StoreFailure::closed(),
             grpc,
         }
     }
@@ -128,7 +128,7 @@ where
                         }
                         None => internal_error(),
                     },
-                    verdict => check::reject(verdict, *this.retry_after),
+                    verdict => check::reject(verdict, *this.on_store_failure),
                 },
                 StateProj::Inner { future } => {
                     let result = ready!(future.poll(cx));
@@ -140,8 +140,7 @@ where
                     None => internal_error(),
                 },
                 StateProj::Done => {
-                    tracing::error!("JwtAuth: response future polled after completion");
-                    internal_error()
+                    panic!("JwtAuthService: response future polled after completion")
                 }
             };
             // A rejection: drop the request and the inner service now.

@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::reject::quote_realm;
+use crate::rejection;
 use crate::response::{for_protocol, is_grpc, ErrorBody, ResponseBody};
 use crate::ConfigError;
 
@@ -326,7 +327,7 @@ impl<T> Requirement<T> {
 
     fn forbidden<B>(&self) -> Response<ResponseBody<B>> {
         let mut response = ErrorBody::new(
-            "insufficient_scope",
+            rejection::INSUFFICIENT_SCOPE,
             "the token lacks a scope or role this route requires",
         )
         .into_response(StatusCode::FORBIDDEN);
@@ -359,7 +360,7 @@ where
                  (after) a JwtAuthLayer with the same claims type, and not on public paths"
             );
             let response = ErrorBody::new(
-                "internal_error",
+                rejection::INTERNAL_ERROR,
                 "the authorization layers are misconfigured",
             )
             .into_response(StatusCode::INTERNAL_SERVER_ERROR);

@@ -23,14 +23,14 @@ use crate::store::StateStore;
 /// is called directly from `call` and needs no `Clone` bound. With revocation the store
 /// lookup runs before the inner call, so the inner service must be `Clone`: the service
 /// polled ready moves into the response future and a clone stays behind.
-pub struct JwtAuth<S, T, R = ()> {
+pub struct JwtAuthService<S, T, R = ()> {
     inner: S,
     verifier: Arc<Verifier>,
     revocation: R,
     _claims: PhantomData<fn() -> T>,
 }
 
-impl<S, T, R> JwtAuth<S, T, R> {
+impl<S, T, R> JwtAuthService<S, T, R> {
     pub(crate) fn new(inner: S, verifier: Arc<Verifier>, revocation: R) -> Self {
         Self {
             inner,
@@ -56,7 +56,7 @@ impl<S, T, R> JwtAuth<S, T, R> {
     }
 }
 
-impl<S: Clone, T, R: Clone> Clone for JwtAuth<S, T, R> {
+impl<S: Clone, T, R: Clone> Clone for JwtAuthService<S, T, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -67,9 +67,9 @@ impl<S: Clone, T, R: Clone> Clone for JwtAuth<S, T, R> {
     }
 }
 
-impl<S: fmt::Debug, T, R: fmt::Debug> fmt::Debug for JwtAuth<S, T, R> {
+impl<S: fmt::Debug, T, R: fmt::Debug> fmt::Debug for JwtAuthService<S, T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtAuth")
+        f.debug_struct("JwtAuthService")
             .field("inner", &self.inner)
             .field("verifier", &self.verifier)
             .field("revocation", &self.revocation)
@@ -77,7 +77,7 @@ impl<S: fmt::Debug, T, R: fmt::Debug> fmt::Debug for JwtAuth<S, T, R> {
     }
 }
 
-impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, ()>
+impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuthService<S, T, ()>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -110,7 +110,8 @@ where
     }
 }
 
-impl<S, T, St, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, RevocationCheck<St>>
+impl<S, T, St, ReqBody, ResBody> Service<Request<ReqBody>>
+    for JwtAuthService<S, T, RevocationCheck<St>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -144,7 +145,7 @@ where
                     inner,
                     request,
                     verifier,
-                    self.revocation.retry_after_value(),
+                    self.revocation.on_store_failure_value(),
                     grpc,
                 )
             }

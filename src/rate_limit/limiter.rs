@@ -7,7 +7,8 @@ use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 use super::Quota;
-use crate::store::{GcraOutcome, StateStore, StoreError};
+use super::RateLimitError;
+use crate::store::{GcraOutcome, StateStore};
 
 /// Longest caller key kept as it is; longer ones (a client-controlled header) are hashed.
 const MAX_PLAIN_KEY: usize = 128;
@@ -24,7 +25,7 @@ const MAX_PLAIN_KEY: usize = 128;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)?).prefix("rl:login:");
+/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)?).key_prefix("rl:login:");
 /// for _ in 0..5 {
 ///     assert!(logins.check("alice").await?.allowed());
 /// }
@@ -54,10 +55,10 @@ impl<S: StateStore> RateLimiter<S> {
         }
     }
 
-    /// Store key prefix (default `rl:`); keys are `<prefix>{<caller key>}`. Give each
-    /// limiter on one store its own prefix.
+    /// Store key prefix (default `rl:`); keys are `<prefix>{<caller key>}`, under the
+    /// store's own prefix. Give each limiter on one store its own prefix.
     #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
@@ -80,7 +81,12 @@ impl<S: StateStore> RateLimiter<S> {
     }
 
     /// Spends one request of `key`'s quota if there is one left.
-    pub async fn check(&self, key: &str) -> Result<Decision, StoreError> {
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitError`] when the store fails; its
+    /// [`is_unavailable`](RateLimitError::is_unavailable) tells an outage.
+    pub async fn check(&self, key: &str) -> Result<Decision, RateLimitError> {
         let outcome = self
             .store
             .gcra(&self.store_key(key), self.quota.gcra())

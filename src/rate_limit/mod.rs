@@ -21,7 +21,9 @@
 //!
 //! Store down: the layer **fails open** by default (requests pass, a warning is logged
 //! per request), since a limiter should not take the service down;
-//! [`fail_closed`](RateLimitLayer::fail_closed) answers `503` instead.
+//! [`on_store_failure(StoreFailure::closed())`](RateLimitLayer::on_store_failure) answers
+//! `503` instead (see [`StoreFailure`](crate::StoreFailure), the one setting of every
+//! store-backed layer). A store that answers something unexpected is `500` either way.
 //!
 //! # Example
 //!
@@ -60,10 +62,17 @@
 //! header](RateLimitLayer::trusted_header) is only as trustworthy as the proxy that sets
 //! it; a client reaching the service directly can send any value and pick its own bucket.
 
+mod error;
+mod future;
+mod key;
 mod layer;
 mod limiter;
 mod quota;
+mod service;
 
-pub use self::layer::{RateLimitLayer, RateLimitService, ResponseFuture};
+pub use self::error::RateLimitError;
+pub use self::future::ResponseFuture;
+pub use self::layer::RateLimitLayer;
 pub use self::limiter::{Decision, RateLimiter};
 pub use self::quota::Quota;
+pub use self::service::RateLimitService;

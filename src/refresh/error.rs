@@ -1,6 +1,7 @@
 use http::StatusCode;
 
 use crate::jwt::IssueError;
+use crate::rejection;
 use crate::revocation::RevokeError;
 use crate::store::StoreError;
 
@@ -40,7 +41,10 @@ impl std::fmt::Display for InvalidGrant {
 ///
 /// Map it to the token endpoint's answer with [`status`](Self::status) and
 /// [`error_code`](Self::error_code): `400 invalid_grant`, `503 temporarily_unavailable`
-/// (send `Retry-After`), or `500 server_error`.
+/// (send `Retry-After`), or `500 server_error` (OAuth 2.0 codes, listed in
+/// [`rejection`](crate::rejection)). With the `axum` feature it is an `IntoResponse`: that
+/// status, the crate's JSON [`ErrorBody`](crate::response::ErrorBody) (which never tells
+/// the reason of an `invalid_grant`), and `Retry-After: 1` on a `503`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefreshError {
@@ -92,11 +96,11 @@ impl RefreshError {
     /// `temporarily_unavailable` or `server_error`.
     pub fn error_code(&self) -> &'static str {
         if self.is_invalid_grant() {
-            "invalid_grant"
+            rejection::INVALID_GRANT
         } else if self.is_unavailable() {
-            "temporarily_unavailable"
+            rejection::TEMPORARILY_UNAVAILABLE
         } else {
-            "server_error"
+            rejection::SERVER_ERROR
         }
     }
 
@@ -110,7 +114,21 @@ impl RefreshError {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }
+
+    /// What the client is told: never the reason of an `invalid_grant`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    fn client_message(&self) -> &'static str {
+        if self.is_invalid_grant() {
+            "the refresh token is invalid"
+        } else if self.is_unavailable() {
+            crate::response::STORE_UNAVAILABLE_MESSAGE
+        } else {
+            "the token endpoint failed"
+        }
+    }
 }
+
+crate::response::impl_into_response!(RefreshError);
 
 impl From<InvalidGrant> for RefreshError {
     fn from(reason: InvalidGrant) -> Self {

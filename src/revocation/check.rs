@@ -2,15 +2,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::key;
-use crate::response::{store_unavailable, ErrorBody, ResponseBody};
+use crate::rejection;
+use crate::response::{internal_error, ErrorBody, ResponseBody};
 use crate::store::StateStore;
-use crate::RegisteredClaims;
+use crate::{RegisteredClaims, StoreFailure};
 
 /// The revocation check of a [`JwtAuthLayer`](crate::jwt::JwtAuthLayer): the store the
 /// [`Revoker`](super::Revoker) writes to, and what to do when it cannot be reached.
@@ -26,12 +26,14 @@ use crate::RegisteredClaims;
 /// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 /// use tower_stateless::revocation::RevocationCheck;
 /// use tower_stateless::store::MemoryStore;
+/// use tower_stateless::StoreFailure;
 ///
 /// let keys = JwtKeySet::new().with_hmac("v1", Algorithm::HS256, &[42; 32])?;
 /// let policy = TokenPolicy::builder(keys).build()?;
 /// let store = MemoryStore::new();
 /// let layer = policy.auth_layer().revocation(
-///     RevocationCheck::new(store).retry_after(Duration::from_secs(2)),
+///     RevocationCheck::new(store)
+///         .on_store_failure(StoreFailure::closed().retry_after(Duration::from_secs(2))),
 /// );
 /// # let _ = layer;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -40,8 +42,7 @@ use crate::RegisteredClaims;
 #[must_use]
 pub struct RevocationCheck<St> {
     store: St,
-    fail_open: bool,
-    retry_after: Duration,
+    on_store_failure: StoreFailure,
 }
 
 impl<St: StateStore> From<St> for RevocationCheck<St> {
@@ -51,31 +52,26 @@ impl<St: StateStore> From<St> for RevocationCheck<St> {
 }
 
 impl<St> RevocationCheck<St> {
-    /// A check reading the revocation list in `store`: fail closed, `Retry-After: 1`.
+    /// A check reading the revocation list in `store`, failing closed
+    /// ([`StoreFailure::closed`]: `503`, `Retry-After: 1`) when the store is unavailable.
     pub fn new(store: St) -> Self {
         Self {
             store,
-            fail_open: false,
-            retry_after: Duration::from_secs(1),
+            on_store_failure: StoreFailure::closed(),
         }
     }
 
-    /// When the store cannot be reached, let requests through (logging a warning for each)
-    /// instead of answering `503`.
+    /// What to do when the store is unavailable (default [`StoreFailure::closed`]); see
+    /// [`StoreFailure`], the one setting every store-backed layer shares.
+    /// [`StoreFailure::open`] accepts the token unchecked, logging a warning per request.
     ///
     /// # Security
     ///
-    /// While the store is down, revoked tokens are accepted: a logged-out or stolen token
-    /// works again. Opt in only where availability matters more than that.
-    pub fn fail_open(mut self) -> Self {
-        self.fail_open = true;
-        self
-    }
-
-    /// The `Retry-After` sent with a `503` when the store cannot be reached (whole
-    /// seconds, at least 1; default 1 s).
-    pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = retry_after;
+    /// With [`StoreFailure::open`], revoked tokens are accepted while the store is down:
+    /// a logged-out or stolen token works again. Opt in only where availability matters
+    /// more than that.
+    pub fn on_store_failure(mut self, on_store_failure: StoreFailure) -> Self {
+        self.on_store_failure = on_store_failure;
         self
     }
 
@@ -88,27 +84,34 @@ impl<St> RevocationCheck<St> {
 impl<St: StateStore> RevocationCheck<St> {
     /// The store lookup for verified `claims`.
     pub(crate) fn lookup(&self, claims: RegisteredClaims) -> Lookup {
-        Box::pin(check(self.store.clone(), claims, self.fail_open))
+        Box::pin(check(
+            self.store.clone(),
+            claims,
+            self.on_store_failure.is_open(),
+        ))
     }
 
-    /// The `Retry-After` of the `503` for an unreachable store.
-    pub(crate) fn retry_after_value(&self) -> Duration {
-        self.retry_after
+    /// What to do when the store is unavailable.
+    pub(crate) fn on_store_failure_value(&self) -> StoreFailure {
+        self.on_store_failure
     }
 }
 
 /// The response for a verdict other than [`Verdict::Allow`].
-pub(crate) fn reject<B>(verdict: Verdict, retry_after: Duration) -> Response<ResponseBody<B>> {
+pub(crate) fn reject<B>(
+    verdict: Verdict,
+    on_store_failure: StoreFailure,
+) -> Response<ResponseBody<B>> {
     match verdict {
         Verdict::Revoked => revoked(),
-        Verdict::Unavailable => store_unavailable(retry_after),
+        Verdict::Unavailable => on_store_failure.response(),
         Verdict::Allow | Verdict::Failed => internal_error(),
     }
 }
 
 /// `401` with the RFC 6750 challenge for a revoked token.
 fn revoked<B>() -> Response<ResponseBody<B>> {
-    let mut response = ErrorBody::new("invalid_token", "the token has been revoked")
+    let mut response = ErrorBody::new(rejection::INVALID_TOKEN, "the token has been revoked")
         .into_response(StatusCode::UNAUTHORIZED);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -119,18 +122,12 @@ fn revoked<B>() -> Response<ResponseBody<B>> {
     response
 }
 
-/// `500` for a corrupt store reply; the details are in the log.
-pub(crate) fn internal_error<B>() -> Response<ResponseBody<B>> {
-    ErrorBody::new("internal_error", "internal server error")
-        .into_response(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
 /// The boxed store lookup a response future waits on.
 pub(crate) type Lookup = Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Not revoked (or the store is down and fail-open is on).
+    /// Not revoked (or the store is down and the check fails open).
     Allow,
     /// The token, its session or its subject was revoked.
     Revoked,
@@ -141,7 +138,7 @@ pub(crate) enum Verdict {
 }
 
 /// Reads the token's, session's and subject's entries in one `get_many`.
-async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: bool) -> Verdict {
+async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) -> Verdict {
     let subject_key = key::subject(&claims.sub);
     let jti_key = claims.jti.as_deref().map(|jti| key::jti(&claims.sub, jti));
     let sid_key = claims.sid.as_deref().map(|sid| key::sid(&claims.sub, sid));
@@ -161,7 +158,7 @@ async fn check<St: StateStore>(store: St, claims: RegisteredClaims, fail_open: b
             );
             Verdict::Failed
         }
-        Err(error) if error.is_unavailable() && fail_open => {
+        Err(error) if error.is_unavailable() && open => {
             crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,

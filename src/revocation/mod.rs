@@ -14,7 +14,8 @@
 //!   [`policy.auth_layer().revocation(store)`](crate::jwt::JwtAuthLayer::revocation)
 //!   checks the verified token's `jti`, its `sid` and its subject in **one** `get_many`
 //!   (one `MGET` on Redis), in the same service, right after verification.
-//!   [`RevocationCheck`] sets what happens when the store is down. All keys of a subject
+//!   [`RevocationCheck::on_store_failure`] sets what happens when the store is down
+//!   (the one [`StoreFailure`](crate::StoreFailure) setting of every store-backed layer). All keys of a subject
 //!   share one Redis Cluster hash tag, so it stays one round trip on a cluster too.
 //!
 //! There is no separate revocation layer, so the check cannot be placed in front of the
@@ -33,9 +34,9 @@
 //! |---|---|
 //! | not revoked | the inner service's response |
 //! | `jti` or `sid` revoked; subject revoked with `iat <= t` or no `iat` | `401`, `WWW-Authenticate: Bearer error="invalid_token", error_description="token revoked"`, JSON [`ErrorBody`](crate::response::ErrorBody) `invalid_token` |
-//! | store unreachable or timed out (default, fail closed) | `503`, `Retry-After`, JSON `store_unavailable` |
-//! | store unreachable, with [`fail_open`](RevocationCheck::fail_open) | the inner service's response, and a `tracing` warning per request |
-//! | the store answered something unexpected | `500`, whatever `fail_open` says |
+//! | store unreachable or timed out (default, [`StoreFailure::closed`](crate::StoreFailure::closed)) | `503`, `Retry-After`, JSON `store_unavailable` |
+//! | store unreachable, with [`StoreFailure::open`](crate::StoreFailure::open) | the inner service's response, and a `tracing` warning per request |
+//! | the store answered something unexpected | `500 internal_error`, whatever `on_store_failure` says |
 //!
 //! "Log out everywhere" at second `t` revokes every token of the subject with
 //! `iat <= t`: `iat` has whole-second precision, so a token issued in the same second
@@ -93,7 +94,7 @@
 //! # Security
 //!
 //! - Fail closed is the default: while the store is unreachable every request gets `503`.
-//!   [`fail_open`](RevocationCheck::fail_open) trades that for accepting revoked tokens
+//!   [`StoreFailure::open`](crate::StoreFailure::open) trades that for accepting revoked tokens
 //!   during an outage.
 //! - Subject revocations are kept for the policy's access TTL (plus the leeway): a token
 //!   from elsewhere that lives longer than that is accepted again after the entry expires.

@@ -1,9 +1,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::StatusCode;
 
 use super::key;
 use crate::jwt::TokenPolicy;
+use crate::rejection;
 use crate::store::{StateStore, StoreError};
 use crate::RegisteredClaims;
 
@@ -29,6 +31,48 @@ pub enum RevokeError {
     #[error("could not write the revocation to the state store")]
     Store(#[from] StoreError),
 }
+
+impl RevokeError {
+    /// `true` when the store could not be reached in time: the revocation was not
+    /// written and may be retried later (`503`).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_unavailable(),
+            Self::MissingJti => false,
+        }
+    }
+
+    /// The HTTP status for a logout endpoint's answer: `400` for
+    /// [`MissingJti`](Self::MissingJti), `503` when the store is unavailable, else `500`.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingJti => StatusCode::BAD_REQUEST,
+            Self::Store(error) => error.status(),
+        }
+    }
+
+    /// The error code of the JSON body (see [`rejection`](crate::rejection)):
+    /// `invalid_request`, `store_unavailable` or `store_error`.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Self::MissingJti => rejection::INVALID_REQUEST,
+            Self::Store(error) => error.error_code(),
+        }
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    fn client_message(&self) -> &'static str {
+        match self {
+            Self::MissingJti => "the token has no `jti` and cannot be revoked on its own",
+            Self::Store(error) if error.is_unavailable() => {
+                crate::response::STORE_UNAVAILABLE_MESSAGE
+            }
+            Self::Store(_) => "the revocation could not be written",
+        }
+    }
+}
+
+crate::response::impl_into_response!(RevokeError);
 
 /// The write side of the revocation list: what logout handlers and admin tools call.
 ///

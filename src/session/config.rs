@@ -1,5 +1,6 @@
 //! Session configuration.
 
+use crate::StoreFailure;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -33,6 +34,7 @@ pub(crate) struct Config {
     pub(crate) max_retries: u32,
     /// Largest session, in bytes (keys plus JSON values).
     pub(crate) max_bytes: u64,
+    pub(crate) on_store_failure: StoreFailure,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             use_sid_claim: false,
             max_retries: 8,
             max_bytes: DEFAULT_MAX_BYTES,
+            on_store_failure: StoreFailure::closed(),
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::id::session_id;
 use crate::metrics::{self, SessionOp, SessionResult};
+use crate::rejection;
 use crate::store::{
     HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError, StoredHash,
 };
@@ -84,14 +85,27 @@ impl SessionError {
     /// `session_conflict`, `session_ended` or `session_error`.
     pub fn error_code(&self) -> &'static str {
         match self {
-            _ if self.is_unavailable() => "store_unavailable",
-            Self::TooLarge { .. } => "session_too_large",
-            Self::Conflict { .. } => "session_conflict",
-            Self::Ended => "session_ended",
-            _ => "session_error",
+            _ if self.is_unavailable() => rejection::STORE_UNAVAILABLE,
+            Self::TooLarge { .. } => rejection::SESSION_TOO_LARGE,
+            Self::Conflict { .. } => rejection::SESSION_CONFLICT,
+            Self::Ended => rejection::SESSION_ENDED,
+            _ => rejection::SESSION_ERROR,
+        }
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    fn client_message(&self) -> &'static str {
+        match self {
+            _ if self.is_unavailable() => crate::response::STORE_UNAVAILABLE_MESSAGE,
+            Self::TooLarge { .. } => "the session would grow past its size limit",
+            Self::Conflict { .. } => "the session was changed concurrently; retry",
+            Self::Ended => "the session ended during this request",
+            _ => "the session could not be used",
         }
     }
 }
+
+crate::response::impl_into_response!(SessionError);
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

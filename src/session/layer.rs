@@ -1,5 +1,6 @@
 //! [`SessionLayer`] and its builder methods.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -12,24 +13,49 @@ use super::config::{
 };
 use super::service::SessionService;
 use crate::store::StateStore;
-use crate::ConfigError;
+use crate::{ConfigError, StoreFailure};
 
 /// Adds a lazily loaded [`Session`](super::Session) to every request's extensions.
+///
+/// The configuration is held once, in an `Arc` the services share.
 #[derive(Debug, Clone)]
-pub struct SessionLayer<S> {
-    pub(crate) store: S,
-    pub(crate) config: Config,
+pub struct SessionLayer<St> {
+    store: St,
+    config: Arc<Config>,
 }
 
-impl<S: StateStore> SessionLayer<S> {
+impl<St: StateStore> SessionLayer<St> {
     /// A layer with the defaults: cookie `id`, path `/`, `Secure`, `HttpOnly`, `SameSite=Lax`,
     /// session cookie (no max-age), idle timeout 24 h, absolute lifetime 30 days, key prefix
     /// `sess:`, size limit 1 MiB, 8 retries of [`Session::update`](super::Session::update).
-    pub fn new(store: S) -> Self {
+    pub fn new(store: St) -> Self {
         Self {
             store,
-            config: Config::default(),
+            config: Arc::new(Config::default()),
         }
+    }
+
+    /// A builder step: the changed configuration replaces the shared one (the layer is
+    /// configured before it makes services, so none holds the old one yet).
+    fn set(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::clone(&self.config);
+        f(&mut config);
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// What to do when the store is unavailable (default [`StoreFailure::closed`]: `503`
+    /// with `Retry-After` instead of the handler's answer); see [`StoreFailure`], the one
+    /// setting every store-backed layer shares.
+    ///
+    /// With [`StoreFailure::open`] the handler's answer stands: a session that cannot be
+    /// loaded reports it to the handler ([`SessionError::is_unavailable`](super::SessionError::is_unavailable)
+    /// from every [`Session`](super::Session) method), the layer does not replace the
+    /// handler's response with a `503`, and changes that cannot be written back are lost,
+    /// with a warning. A store that answers something unexpected is `500` either way.
+    #[must_use]
+    pub fn on_store_failure(self, on_store_failure: StoreFailure) -> Self {
+        self.set(|c| c.on_store_failure = on_store_failure)
     }
 
     /// Cookie name.
@@ -39,11 +65,11 @@ impl<S: StateStore> SessionLayer<S> {
     /// [`ConfigError`] naming `cookie_name` when the name is empty or not an RFC 6265
     /// token (visible ASCII without separators such as space, `;`, `=`, `,`): such a
     /// cookie would never come back as sent, and every request would start a new session.
-    pub fn cookie_name(mut self, name: impl Into<String>) -> Result<Self, ConfigError> {
+    pub fn cookie_name(self, name: impl Into<String>) -> Result<Self, ConfigError> {
         let name = name.into();
         check_cookie_name(&name)?;
-        self.config.cookie_name = name;
-        Ok(self)
+        let value = name;
+        Ok(self.set(|c| c.cookie_name = value))
     }
     /// Cookie `Path`.
     ///
@@ -51,11 +77,11 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `cookie_path` when it is empty or has a `;`, a control or
     /// a non-ASCII character.
-    pub fn cookie_path(mut self, path: impl Into<String>) -> Result<Self, ConfigError> {
+    pub fn cookie_path(self, path: impl Into<String>) -> Result<Self, ConfigError> {
         let path = path.into();
         check_cookie_attribute("cookie_path", &path)?;
-        self.config.path = path;
-        Ok(self)
+        let value = path;
+        Ok(self.set(|c| c.path = value))
     }
     /// Cookie `Domain`.
     ///
@@ -63,29 +89,29 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `cookie_domain` when it is empty or has a `;`, a control or
     /// a non-ASCII character.
-    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Result<Self, ConfigError> {
+    pub fn cookie_domain(self, domain: impl Into<String>) -> Result<Self, ConfigError> {
         let domain = domain.into();
         check_cookie_attribute("cookie_domain", &domain)?;
-        self.config.domain = Some(domain);
-        Ok(self)
+        let value = Some(domain);
+        Ok(self.set(|c| c.domain = value))
     }
     /// Cookie `Secure` flag (default on).
     #[must_use]
-    pub fn secure(mut self, on: bool) -> Self {
-        self.config.secure = on;
-        self
+    pub fn secure(self, on: bool) -> Self {
+        let value = on;
+        self.set(|c| c.secure = value)
     }
     /// Cookie `HttpOnly` flag (default on).
     #[must_use]
-    pub fn http_only(mut self, on: bool) -> Self {
-        self.config.http_only = on;
-        self
+    pub fn http_only(self, on: bool) -> Self {
+        let value = on;
+        self.set(|c| c.http_only = value)
     }
     /// Cookie `SameSite` (default `Lax`).
     #[must_use]
-    pub fn same_site(mut self, same_site: SameSite) -> Self {
-        self.config.same_site = same_site;
-        self
+    pub fn same_site(self, same_site: SameSite) -> Self {
+        let value = same_site;
+        self.set(|c| c.same_site = value)
     }
     /// Cookie `Max-Age` (default: none, a browser-session cookie), in whole seconds
     /// (rounded down).
@@ -99,15 +125,15 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `max_age` when it is shorter than one second (the cookie
     /// would be dropped at once) or longer than `i64::MAX` seconds (the `Max-Age` range).
-    pub fn max_age(mut self, max_age: Duration) -> Result<Self, ConfigError> {
-        self.config.max_age_secs = Some(max_age_secs(max_age)?);
-        Ok(self)
+    pub fn max_age(self, max_age: Duration) -> Result<Self, ConfigError> {
+        let value = Some(max_age_secs(max_age)?);
+        Ok(self.set(|c| c.max_age_secs = value))
     }
     /// Carry the id in this request/response header instead of a cookie (API clients).
     #[must_use]
-    pub fn header(mut self, name: HeaderName) -> Self {
-        self.config.transport = Transport::Header(name);
-        self
+    pub fn header(self, name: HeaderName) -> Self {
+        let value = Transport::Header(name);
+        self.set(|c| c.transport = value)
     }
     /// Idle timeout, refreshed on every access (rolling expiry): the TTL of the session in
     /// the store (default 24 h).
@@ -116,9 +142,9 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `idle_timeout` when it is shorter than one second or longer
     /// than the store accepts as a TTL (see [`StateStore`]).
-    pub fn idle_timeout(mut self, idle: Duration) -> Result<Self, ConfigError> {
-        self.config.idle = check_idle_timeout(idle)?;
-        Ok(self)
+    pub fn idle_timeout(self, idle: Duration) -> Result<Self, ConfigError> {
+        let value = check_idle_timeout(idle)?;
+        Ok(self.set(|c| c.idle = value))
     }
     /// Absolute lifetime cap from creation, whatever the activity (default 30 days). It
     /// only shortens TTLs, so any length from one second up is accepted.
@@ -127,15 +153,15 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `absolute_lifetime` when it is shorter than one second (the
     /// age of a session counts whole seconds).
-    pub fn absolute_lifetime(mut self, absolute: Duration) -> Result<Self, ConfigError> {
-        self.config.absolute = check_absolute_lifetime(absolute)?;
-        Ok(self)
+    pub fn absolute_lifetime(self, absolute: Duration) -> Result<Self, ConfigError> {
+        let value = check_absolute_lifetime(absolute)?;
+        Ok(self.set(|c| c.absolute = value))
     }
     /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`.
     #[must_use]
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
-        self
+    pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
+        let value = prefix.into();
+        self.set(|c| c.prefix = value)
     }
     /// Take the id from `RegisteredClaims::sid` in request extensions when present
     /// (hybrid JWT + session). The transport is then still used for new sessions.
@@ -152,9 +178,9 @@ impl<S: StateStore> SessionLayer<S> {
     /// [`Session::destroy`](super::Session::destroy) the `sid` session is gone, and a write
     /// in the same request starts a session under a fresh random id in the transport.
     #[must_use]
-    pub fn id_from_sid_claim(mut self, on: bool) -> Self {
-        self.config.use_sid_claim = on;
-        self
+    pub fn id_from_sid_claim(self, on: bool) -> Self {
+        let value = on;
+        self.set(|c| c.use_sid_claim = value)
     }
     /// How many times [`Session::update`](super::Session::update) retries after a
     /// concurrent change of the same key (default 8), each after a full-jitter exponential
@@ -162,9 +188,9 @@ impl<S: StateStore> SessionLayer<S> {
     /// [`SessionError::Conflict`](super::SessionError::Conflict). Ordinary writes never
     /// retry: they write only the keys the request changed, in one step.
     #[must_use]
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.config.max_retries = retries;
-        self
+    pub fn max_retries(self, retries: u32) -> Self {
+        let value = retries;
+        self.set(|c| c.max_retries = value)
     }
     /// The largest session, in bytes: keys plus their JSON values (default 1 MiB). A
     /// change that would grow a session past it is refused whole, never truncated:
@@ -179,19 +205,19 @@ impl<S: StateStore> SessionLayer<S> {
     ///
     /// [`ConfigError`] naming `max_size` for 0, or beyond 512 MiB (more than one store
     /// write carries).
-    pub fn max_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
-        self.config.max_bytes = check_max_size(bytes)?;
-        Ok(self)
+    pub fn max_size(self, bytes: usize) -> Result<Self, ConfigError> {
+        let value = check_max_size(bytes)?;
+        Ok(self.set(|c| c.max_bytes = value))
     }
 }
 
-impl<S: StateStore, I> Layer<I> for SessionLayer<S> {
-    type Service = SessionService<S, I>;
-    fn layer(&self, inner: I) -> Self::Service {
+impl<S, St: StateStore> Layer<S> for SessionLayer<St> {
+    type Service = SessionService<S, St>;
+    fn layer(&self, inner: S) -> Self::Service {
         SessionService {
             inner,
             store: self.store.clone(),
-            config: std::sync::Arc::new(self.config.clone()),
+            config: Arc::clone(&self.config),
         }
     }
 }

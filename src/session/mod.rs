@@ -76,6 +76,14 @@
 //! response built on a session that could not be read is not passed off as a success. A
 //! handler that answers 5xx itself keeps its own response.
 //!
+//! That is [`StoreFailure::closed`](crate::StoreFailure::closed), the default. With
+//! [`SessionLayer::on_store_failure(StoreFailure::open())`](SessionLayer::on_store_failure)
+//! an unavailable store no longer replaces the handler's answer: the handler sees the
+//! error from its [`Session`] calls and its response goes out; changes that cannot be
+//! written back are lost, with a warning. (See [`StoreFailure`](crate::StoreFailure), the
+//! one setting of every store-backed layer.) With the `axum` feature, [`SessionError`]
+//! is an `IntoResponse` (its status and the crate's JSON error body).
+//!
 //! # Security
 //!
 //! Ids are 32 bytes from the OS CSPRNG (43 URL-safe base64 chars), from the one generator
@@ -143,14 +151,18 @@
 
 mod config;
 mod devices;
+mod future;
 mod handle;
 mod layer;
 mod service;
+mod transport;
+mod write;
 
 pub use self::devices::{Device, Devices, DevicesError};
+pub use self::future::ResponseFuture;
 pub use self::handle::{Session, SessionError};
 pub use self::layer::SessionLayer;
-pub use self::service::{ResponseFuture, SessionService};
+pub use self::service::SessionService;
 pub use cookie::SameSite;
 
 #[cfg(feature = "axum")]
@@ -161,18 +173,32 @@ mod extract {
     use http::StatusCode;
 
     use super::Session;
+    use crate::rejection;
+    use crate::response::{error_response, into_axum};
 
-    /// Rejection when [`Session`] is extracted without [`SessionLayer`](super::SessionLayer).
-    #[derive(Debug)]
+    /// Rejection when [`Session`] is extracted without [`SessionLayer`](super::SessionLayer):
+    /// a misconfiguration, answered `500` with the crate's JSON error body
+    /// (`internal_error`).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    #[non_exhaustive]
     pub struct MissingSessionLayer;
+
+    impl std::fmt::Display for MissingSessionLayer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the Session extractor was used without SessionLayer")
+        }
+    }
+
+    impl std::error::Error for MissingSessionLayer {}
 
     impl IntoResponse for MissingSessionLayer {
         fn into_response(self) -> Response {
-            (
+            tracing::error!("{self}");
+            into_axum(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "Session extractor used without SessionLayer",
-            )
-                .into_response()
+                rejection::INTERNAL_ERROR,
+                "the Session extractor was used without SessionLayer",
+            ))
         }
     }
 

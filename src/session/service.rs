@@ -1,400 +1,90 @@
-//! [`SessionService`] and its [`ResponseFuture`].
+//! [`SessionService`]: a lazily loaded session in the request, written back after the
+//! handler.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use cookie::Cookie;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use tower_service::Service;
 
-use super::config::{Config, Transport};
-use super::handle::{store_key, Session, Shared, State, StoreBackend};
-use crate::id::{is_session_id, session_id};
+use super::config::Config;
+use super::future::ResponseFuture;
+use super::handle::{Session, Shared, State, StoreBackend};
+use super::transport::{
+    apply_cookie, keep_out_of_shared_caches, request_id, vary_on_transport, RequestId,
+};
+use super::write::{write_back, WriteError};
 use crate::metrics::{self, SessionOp, SessionResult};
+use crate::rejection;
 use crate::response::{
-    for_protocol, is_grpc, store_unavailable, wrap, BoxResponseFuture, ErrorBody, ResponseBody,
+    error_response, for_protocol, is_grpc, wrap, BoxResponseFuture, ResponseBody,
 };
-use crate::store::{
-    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
-};
-use crate::RegisteredClaims;
+use crate::store::{StateStore, StoreError};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 ///
 /// The inner service must be `Clone` (the future takes the instance that was polled ready).
 #[derive(Debug, Clone)]
-pub struct SessionService<S, I> {
-    pub(crate) inner: I,
-    pub(crate) store: S,
+pub struct SessionService<S, St> {
+    pub(crate) inner: S,
+    pub(crate) store: St,
     pub(crate) config: Arc<Config>,
 }
 
-impl<S, I> SessionService<S, I> {
+impl<S, St> SessionService<S, St> {
     /// The inner service.
-    pub fn get_ref(&self) -> &I {
+    pub fn get_ref(&self) -> &S {
         &self.inner
     }
     /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut I {
+    pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
     /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> I {
+    pub fn into_inner(self) -> S {
         self.inner
     }
 }
 
-/// Response future of [`SessionService`]: runs the inner service, then writes the session
-/// back.
-pub type ResponseFuture<B, E> = BoxResponseFuture<B, E>;
-
-/// What the response needs after write-back.
-enum CookieAction {
-    None,
-    Set(String),
-    Remove,
-}
-
-enum WriteError {
-    Store(StoreError),
-    /// The store refused the write: the session would have grown to this many bytes,
-    /// past its limit.
-    TooLarge(u64),
-}
-
-/// Where the request's session id came from.
-#[derive(Debug, Default)]
-struct RequestId {
-    /// The id, format-checked.
-    id: Option<String>,
-    /// From the session cookie: only a cookie the client holds is renewed (`Max-Age`).
-    from_cookie: bool,
-    /// From the JWT `sid` claim: a new session is created under it, and it is never put
-    /// into a cookie or header.
-    from_claim: bool,
-}
-
-fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
-    if config.use_sid_claim {
-        if let Some(sid) = req
-            .extensions()
-            .get::<RegisteredClaims>()
-            .and_then(|c| c.sid.as_deref())
-        {
-            return RequestId {
-                id: is_session_id(sid).then(|| sid.to_owned()),
-                from_cookie: false,
-                from_claim: true,
-            };
+/// The layer's own answer to a store error: `503` (or the handler's answer, under
+/// [`StoreFailure::open`](crate::StoreFailure::open)) when the store is unavailable,
+/// `500 session_error` otherwise. `None`: keep the handler's response.
+fn store_error_response<B>(
+    config: &Config,
+    error: Option<&StoreError>,
+    unavailable: bool,
+    message: &str,
+) -> Option<Response<ResponseBody<B>>> {
+    if unavailable {
+        if config.on_store_failure.is_open() {
+            tracing::warn!(
+                error = error.map(|e| e as &dyn std::error::Error),
+                "session store unavailable; the handler's answer stands (StoreFailure::open)"
+            );
+            return None;
         }
+        return Some(config.on_store_failure.response());
     }
-    match &config.transport {
-        Transport::Header(name) => RequestId {
-            id: req
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| is_session_id(v))
-                .map(str::to_owned),
-            ..RequestId::default()
-        },
-        Transport::Cookie => {
-            let id = req
-                .headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-                .find(|c| c.name() == config.cookie_name)
-                .map(|c| c.value().to_owned())
-                .filter(|v| is_session_id(v));
-            RequestId {
-                from_cookie: id.is_some(),
-                id,
-                from_claim: false,
-            }
-        }
-    }
-}
-
-fn new_id() -> Result<String, StoreError> {
-    session_id().map_err(|e| StoreError::Unexpected(Box::new(e)))
-}
-
-/// The request's changes as one store write.
-fn changes_of(st: &State) -> HashChanges {
-    let mut changes = HashChanges {
-        clear: st.cleared,
-        ..HashChanges::default()
-    };
-    for (key, change) in &st.changes {
-        match change {
-            Some(value) => changes.set.push((key.clone(), value.clone())),
-            None => changes.delete.push(key.clone()),
-        }
-    }
-    changes
-}
-
-fn unexpected(outcome: HashWriteOutcome) -> WriteError {
-    WriteError::Store(StoreError::Unexpected(
-        format!("unexpected outcome of a session write: {outcome:?}").into(),
+    Some(error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        rejection::SESSION_ERROR,
+        message,
     ))
 }
 
-/// Writes `changes` as a new session under a fresh random id and returns the id.
-async fn create<S: StateStore>(
-    store: &S,
-    config: &Config,
-    changes: &HashChanges,
-    lifetime: Duration,
-) -> Result<String, WriteError> {
-    let options =
-        HashWriteOptions::new(HashMode::New { lifetime }, config.idle).max_bytes(config.max_bytes);
-    // 256 random bits do not collide; the retries only guard a broken generator.
-    for _ in 0..3 {
-        let id = new_id().map_err(WriteError::Store)?;
-        let key = store_key(&config.prefix, &id);
-        match store
-            .hash_apply(&key, changes, options)
-            .await
-            .map_err(WriteError::Store)?
-        {
-            HashWriteOutcome::Written => {
-                metrics::session(SessionOp::Write, SessionResult::Ok);
-                return Ok(id);
-            }
-            HashWriteOutcome::Exists => continue,
-            HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
-            other => return Err(unexpected(other)),
-        }
-    }
-    Err(WriteError::Store(StoreError::Unexpected(
-        "three fresh session ids were all taken".into(),
-    )))
-}
-
-/// Writes the request's changes back: one store write of the changed keys, never a
-/// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
-/// with the idle expiry, or the browser drops a live session).
-async fn write_back<S: StateStore>(
-    store: &S,
-    config: &Config,
-    st: State,
-    renew: bool,
-) -> Result<CookieAction, WriteError> {
-    if !st.loaded {
-        return Ok(CookieAction::None);
-    }
-    // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
-    let mut action = CookieAction::None;
-    if let Some(old) = &st.destroyed {
-        store
-            .delete(&store_key(&config.prefix, old))
-            .await
-            .map_err(WriteError::Store)?;
-        metrics::session(SessionOp::Destroy, SessionResult::Ok);
-        action = CookieAction::Remove;
-    }
-    let lifetime = config.lifetime();
-    // After a load, `st.id` is `Some` only when the session exists.
-    match (st.id.as_deref(), st.cycle) {
-        (Some(id), false) => {
-            // Created by `Session::update` in this request: its id goes out. A session
-            // under the `sid` claim is never `created`: its id stays in the token.
-            let send = st.created || renew;
-            if !st.modified() {
-                return Ok(if send {
-                    CookieAction::Set(id.to_owned())
-                } else {
-                    action
-                });
-            }
-            let key = store_key(&config.prefix, id);
-            let options =
-                HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
-            let outcome = store
-                .hash_apply(&key, &changes_of(&st), options)
-                .await
-                .map_err(WriteError::Store)?;
-            if matches!(outcome, HashWriteOutcome::Written) {
-                metrics::session(SessionOp::Write, SessionResult::Ok);
-            }
-            match outcome {
-                HashWriteOutcome::Written if send => Ok(CookieAction::Set(id.to_owned())),
-                HashWriteOutcome::Written => Ok(action),
-                // Destroyed or expired meanwhile: it is never resurrected.
-                HashWriteOutcome::Missing => {
-                    tracing::debug!("session ended during the request; changes dropped");
-                    Ok(action)
-                }
-                HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
-                other => Err(unexpected(other)),
-            }
-        }
-        (Some(old), true) => {
-            let changes = HashChanges {
-                set: st
-                    .view()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.clone()))
-                    .collect(),
-                ..HashChanges::default()
-            };
-            let left = st
-                .lifetime_left
-                .unwrap_or(lifetime)
-                .max(Duration::from_millis(1));
-            let id = create(store, config, &changes, left).await?;
-            store
-                .delete(&store_key(&config.prefix, old))
-                .await
-                .map_err(WriteError::Store)?;
-            metrics::session(SessionOp::Destroy, SessionResult::Ok);
-            Ok(CookieAction::Set(id))
-        }
-        (None, _) => {
-            let mut changes = changes_of(&st);
-            // A new session has nothing to clear or remove.
-            changes.clear = false;
-            changes.delete.clear();
-            // Nothing to keep (no write, only removals, a destroy): no empty session.
-            if changes.set.is_empty() {
-                return Ok(action);
-            }
-            match &st.sid {
-                // The id travels in the token, not in a cookie or header. Concurrent first
-                // writes under one `sid` create it once and all their keys are kept.
-                Some(sid) => {
-                    let key = store_key(&config.prefix, sid);
-                    let options = HashWriteOptions::new(HashMode::Upsert { lifetime }, config.idle)
-                        .max_bytes(config.max_bytes);
-                    match store
-                        .hash_apply(&key, &changes, options)
-                        .await
-                        .map_err(WriteError::Store)?
-                    {
-                        HashWriteOutcome::Written => {
-                            metrics::session(SessionOp::Write, SessionResult::Ok);
-                            Ok(action)
-                        }
-                        HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
-                        other => Err(unexpected(other)),
-                    }
-                }
-                None => Ok(CookieAction::Set(
-                    create(store, config, &changes, lifetime).await?,
-                )),
-            }
-        }
-    }
-}
-
-/// `503` with `Retry-After` when the store is unavailable, else `500`.
-fn store_error_response<B>(unavailable: bool, message: &str) -> Response<ResponseBody<B>> {
-    if unavailable {
-        store_unavailable(Duration::from_secs(1))
-    } else {
-        ErrorBody::new("session_error", message).into_response(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-}
-
-/// Puts the session id (or its removal) into the response. Returns whether anything was
-/// sent.
-fn apply_cookie<B>(res: &mut Response<B>, config: &Config, action: CookieAction) -> bool {
-    let value = match (&config.transport, action) {
-        (_, CookieAction::None) => return false,
-        (Transport::Header(name), CookieAction::Set(id)) => {
-            return match HeaderValue::from_str(&id) {
-                Ok(v) => {
-                    res.headers_mut().insert(name.clone(), v);
-                    true
-                }
-                Err(_) => false,
-            };
-        }
-        (Transport::Header(_), CookieAction::Remove) => return false,
-        (Transport::Cookie, action) => {
-            let removing = matches!(action, CookieAction::Remove);
-            let id = match action {
-                CookieAction::Set(id) => id,
-                _ => String::new(),
-            };
-            let mut c = Cookie::build((config.cookie_name.clone(), id))
-                .path(config.path.clone())
-                .secure(config.secure)
-                .http_only(config.http_only)
-                .same_site(config.same_site);
-            if let Some(d) = &config.domain {
-                c = c.domain(d.clone());
-            }
-            if removing {
-                c = c.max_age(cookie::time::Duration::ZERO);
-            } else if let Some(age) = config.max_age_secs {
-                c = c.max_age(cookie::time::Duration::seconds(age));
-            }
-            c.build().encoded().to_string()
-        }
-    };
-    match HeaderValue::from_str(&value) {
-        Ok(v) => {
-            res.headers_mut().append(header::SET_COOKIE, v);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// A response that carries a session id must not be stored by a shared cache (a proxy or
-/// CDN would hand the id to everyone): `Cache-Control: private`, unless the handler chose
-/// its own `Cache-Control`.
-///
-/// `private` rather than `no-store`: shared caches must not store it (RFC 9111 §5.2.2.7),
-/// which is the whole risk; the user's own browser may still cache the page, which holds
-/// only that user's data, and a browser never replays `Set-Cookie` from its cache.
-fn keep_out_of_shared_caches<B>(res: &mut Response<B>) {
-    if !res.headers().contains_key(header::CACHE_CONTROL) {
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-    }
-}
-
-/// A response built after the handler looked at the session depends on the request's
-/// session cookie (or header), also when there was none: `Vary` names it, so a shared cache
-/// that stores the response (the handler allowed it) never serves it to another session.
-fn vary_on_transport<B>(res: &mut Response<B>, config: &Config) {
-    let name = match &config.transport {
-        Transport::Cookie => header::COOKIE,
-        Transport::Header(name) => name.clone(),
-    };
-    let covered = res
-        .headers()
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|v| v == "*" || v.eq_ignore_ascii_case(name.as_str()));
-    if !covered {
-        res.headers_mut()
-            .append(header::VARY, HeaderValue::from(name));
-    }
-}
-
-impl<S, I, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S, I>
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S, St>
 where
-    S: StateStore,
-    I: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    I::Future: Send + 'static,
-    I::Error: Send + 'static,
+    St: StateStore,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
-    type Error = I::Error;
-    type Future = ResponseFuture<ResBody, I::Error>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -428,7 +118,7 @@ where
         req.extensions_mut().insert(Session {
             shared: shared.clone(),
         });
-        BoxResponseFuture::new(async move {
+        BoxResponseFuture::new("SessionService", async move {
             let mut res = inner.call(req).await?;
             let st = std::mem::take(&mut *shared.state.lock().await);
             if let Some(unavailable) = st.load_failed {
@@ -439,10 +129,17 @@ where
                     return Ok(wrap(res));
                 }
                 tracing::warn!("session load failed but the handler answered without a 5xx");
-                return Ok(for_protocol(
-                    grpc,
-                    store_error_response(unavailable, "the session could not be loaded"),
-                ));
+                return Ok(
+                    match store_error_response(
+                        &config,
+                        None,
+                        unavailable,
+                        "the session could not be loaded",
+                    ) {
+                        Some(own) => for_protocol(grpc, own),
+                        None => wrap(res),
+                    },
+                );
             }
             let looked_at = st.loaded;
             match write_back(&store, &config, st, renew).await {
@@ -458,10 +155,17 @@ where
                 Err(WriteError::Store(e)) => {
                     metrics::session(SessionOp::Write, SessionResult::StoreError);
                     tracing::warn!(error = %e, "session write-back failed");
-                    Ok(for_protocol(
-                        grpc,
-                        store_error_response(e.is_unavailable(), "the session could not be saved"),
-                    ))
+                    Ok(
+                        match store_error_response(
+                            &config,
+                            Some(&e),
+                            e.is_unavailable(),
+                            "the session could not be saved",
+                        ) {
+                            Some(own) => for_protocol(grpc, own),
+                            None => wrap(res),
+                        },
+                    )
                 }
                 Err(WriteError::TooLarge(size)) => {
                     tracing::warn!(
@@ -471,11 +175,11 @@ where
                     );
                     Ok(for_protocol(
                         grpc,
-                        ErrorBody::new(
-                            "session_too_large",
+                        error_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            rejection::SESSION_TOO_LARGE,
                             "the session would grow past its size limit; nothing was saved",
-                        )
-                        .into_response(StatusCode::PAYLOAD_TOO_LARGE),
+                        ),
                     ))
                 }
             }

@@ -203,6 +203,8 @@ impl State {
 
     /// The cached value of `key`, if the cache serves and holds one from after the latest
     /// flush.
+    // `Some(None)` is a cached absence, `None` a miss: both are needed.
+    #[allow(clippy::option_option)]
     fn lookup(&self, seen: Seen, key: &str) -> Option<Option<Bytes>> {
         if seen.generation & SERVING == 0 {
             return None;
@@ -437,7 +439,7 @@ impl LocalCacheBuilder {
             .build();
         let state = Arc::new(State {
             prefixes: self.prefixes.into_boxed_slice(),
-            store_prefix: self.store.prefix().to_owned(),
+            store_prefix: self.store.key_prefix().to_owned(),
             entries,
             generation: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -643,12 +645,6 @@ impl<S: StateStore> StateStore for LocalCache<S> {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let result = self.inner.delete(key).await;
-        self.written(key);
-        result
-    }
-
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        let result = self.inner.increment(key, by, ttl).await;
         self.written(key);
         result
     }

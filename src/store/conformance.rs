@@ -68,8 +68,6 @@ pub async fn run_all<S: StateStore>(store: &S) {
     hash_plain_value_counts_as_absent(store).await;
     hash_invalid_ttl_rejected(store).await;
     hash_unusual_fields_and_values(store).await;
-    increment_semantics(store).await;
-    increment_concurrent(store).await;
     gcra_semantics(store).await;
     gcra_concurrent(store).await;
     gcra_keeps_fine_intervals(store).await;
@@ -111,7 +109,7 @@ pub async fn get_set_roundtrip<S: StateStore>(store: &S) {
 pub async fn ttl_expiry<S: StateStore>(store: &S) {
     let ttl = Duration::from_millis(200);
     let base = fresh_key("ttl");
-    let [a, b, c, d] = ["set", "absent", "cas", "incr"].map(|w| format!("{base}:{w}"));
+    let [a, b, c] = ["set", "absent", "cas"].map(|w| format!("{base}:{w}"));
     ok(store.set(&a, Bytes::from_static(b"x"), ttl).await, "set");
     assert_eq!(
         ok(
@@ -127,9 +125,8 @@ pub async fn ttl_expiry<S: StateStore>(store: &S) {
             .await,
         "cas"
     ));
-    ok(store.increment(&d, 1, ttl).await, "increment");
 
-    let keys = [a.as_str(), b.as_str(), c.as_str(), d.as_str()];
+    let keys = [a.as_str(), b.as_str(), c.as_str()];
     let before = ok(store.get_many(&keys).await, "get_many");
     assert!(
         before.iter().all(Option::is_some),
@@ -161,11 +158,6 @@ pub async fn ttl_expiry<S: StateStore>(store: &S) {
             "cas"
         ),
         "an expired key must not match compare_and_set"
-    );
-    assert_eq!(
-        ok(store.increment(&d, 5, LONG).await, "increment"),
-        5,
-        "an expired counter must restart from zero"
     );
 }
 
@@ -207,10 +199,6 @@ pub async fn invalid_ttl_rejected<S: StateStore>(store: &S) {
         assert!(
             refused(store.get_and_refresh(&key, ttl).await.map(drop)),
             "get_and_refresh with TTL {ttl:?}"
-        );
-        assert!(
-            refused(store.increment(&key, 1, ttl).await.map(drop)),
-            "increment with TTL {ttl:?}"
         );
     }
     assert_eq!(
@@ -452,69 +440,6 @@ pub async fn delete_semantics<S: StateStore>(store: &S) {
         "deleting a present key"
     );
     assert_eq!(ok(store.get(&key).await, "get"), None);
-}
-
-/// `increment` counts from zero, accepts negative steps, keeps the first TTL (fixed
-/// window) and rejects a value that is not a counter.
-pub async fn increment_semantics<S: StateStore>(store: &S) {
-    let key = fresh_key("incr");
-    assert_eq!(
-        ok(
-            store.increment(&key, 1, Duration::from_millis(300)).await,
-            "incr"
-        ),
-        1
-    );
-    assert_eq!(ok(store.increment(&key, 41, LONG).await, "incr"), 42);
-    assert_eq!(ok(store.increment(&key, -2, LONG).await, "incr"), 40);
-    assert_eq!(
-        ok(store.get(&key).await, "get"),
-        Some(Bytes::from_static(b"40"))
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        ok(store.get(&key).await, "get"),
-        None,
-        "a counter must keep the TTL it was created with"
-    );
-
-    let text = fresh_key("incr-text");
-    ok(
-        store
-            .set(&text, Bytes::from_static(b"not a number"), LONG)
-            .await,
-        "set",
-    );
-    let err = store.increment(&text, 1, LONG).await;
-    assert!(
-        matches!(err, Err(StoreError::Unexpected(_))),
-        "increment of text: {err:?}"
-    );
-    assert_eq!(
-        ok(store.get(&text).await, "get"),
-        Some(Bytes::from_static(b"not a number"))
-    );
-}
-
-/// 100 concurrent increments lose no update.
-pub async fn increment_concurrent<S: StateStore>(store: &S) {
-    let key = fresh_key("incr-race");
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move { store.increment(&key, 1, LONG).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(ok(task.await.expect("task panicked"), "increment"));
-    }
-    results.sort_unstable();
-    let expected: Vec<i64> = (1..=CONCURRENCY as i64).collect();
-    assert_eq!(
-        results, expected,
-        "each increment must see a distinct count"
-    );
 }
 
 /// `get_many` answers one entry per key, in order, with `None` for missing keys.

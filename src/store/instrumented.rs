@@ -133,10 +133,6 @@ impl<S: StateStore> StateStore for InstrumentedStore<S> {
         observe(StoreOp::Delete, self.inner.delete(key)).await
     }
 
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        observe(StoreOp::Increment, self.inner.increment(key, by, ttl)).await
-    }
-
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
         observe(StoreOp::Gcra, self.inner.gcra(key, params)).await
     }

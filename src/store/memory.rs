@@ -242,26 +242,6 @@ impl StateStore for MemoryStore {
         })
     }
 
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        ttl_millis(ttl)?;
-        self.compute(key, |current| {
-            let (base, deadline) = match current {
-                Some(existing) => match parse_counter(&existing.data) {
-                    Some(n) => (n, existing.deadline),
-                    None => return (Op::Nop, Err(not_a_counter())),
-                },
-                None => (0, Instant::now() + ttl),
-            };
-            match base.checked_add(by) {
-                Some(n) => {
-                    let data = Bytes::from(n.to_string());
-                    (Op::Put(Entry { data, deadline }), Ok(n))
-                }
-                None => (Op::Nop, Err(not_a_counter())),
-            }
-        })
-    }
-
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
         let params = params.params();
         self.compute(key, |current| {
@@ -293,12 +273,4 @@ fn unix_nanos() -> u64 {
 /// Milliseconds since the Unix epoch: the session hashes' deadlines.
 fn unix_millis() -> u64 {
     unix_nanos() / 1_000_000
-}
-
-fn parse_counter(data: &[u8]) -> Option<i64> {
-    std::str::from_utf8(data).ok()?.parse().ok()
-}
-
-fn not_a_counter() -> StoreError {
-    StoreError::Unexpected("value is not an integer or increment would overflow".into())
 }

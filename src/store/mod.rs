@@ -205,19 +205,6 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         options: HashWriteOptions,
     ) -> impl Future<Output = Result<HashWriteOutcome, StoreError>> + Send;
 
-    /// Adds `by` to the integer counter at `key` and returns the new value. A missing key
-    /// counts from zero and is created with the TTL `ttl`; an existing counter keeps the
-    /// TTL it has (a fixed window). A value that is not a decimal `i64` is
-    /// [`StoreError::Unexpected`].
-    ///
-    /// Redis: `EVALSHA` of a small Lua script (`INCRBY` plus `PEXPIRE` on creation).
-    fn increment(
-        &self,
-        key: &str,
-        by: i64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-
     /// One step of the Generic Cell Rate Algorithm on the rate-limit state at `key`: spends
     /// `params.cost` units if the burst allows it and says how much is left. The key expires
     /// by itself once the burst is whole again.

@@ -31,13 +31,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-const INCREMENT: &str = r"
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v";
-
 // The same arithmetic as `gcra::step`, on the server's clock, in nanoseconds. Lua numbers
 // are doubles, exact only below 2^53 (104 days of nanoseconds), so times are kept relative
 // to the current whole second of `TIME` (microseconds), and the state is stored as
@@ -140,7 +133,7 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// # fn main() -> Result<(), tower_stateless::ConfigError> {
 /// let store = RedisStore::builder()
 ///     .url("redis://127.0.0.1:6379")
-///     .prefix("shop:")
+///     .key_prefix("shop:")
 ///     .pool_size(4)
 ///     .timeout(Duration::from_millis(250))
 ///     .build()?;
@@ -175,7 +168,6 @@ struct Inner {
     replica_acks: Option<ReplicaAcks>,
     compare_and_set: Script,
     compare_and_delete: Script,
-    increment: Script,
     gcra: Script,
 }
 
@@ -313,7 +305,8 @@ impl RedisStoreBuilder {
 
     /// A prefix put before every key, to share one Redis between applications (default
     /// none). It must not contain `{` or `}`, which would break the layers' hash tags.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+    /// The layers add their own prefix (also set with `.key_prefix(..)`) after this one.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
@@ -355,7 +348,7 @@ impl RedisStoreBuilder {
     ///
     /// [`ConfigError`] naming the setting: `url` when no URL or pool was given or the URL
     /// is invalid (`cluster_urls` when the list is empty), `pool_size` when it is 0 or
-    /// above 1024, `timeout` when it is zero, `prefix` when it contains a brace,
+    /// above 1024, `timeout` when it is zero, `key_prefix` when it contains a brace,
     /// `replica_acks` when its values cannot work (see there).
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
@@ -366,7 +359,7 @@ impl RedisStoreBuilder {
         }
         if self.prefix.contains(['{', '}']) {
             return Err(ConfigError::new(
-                "prefix",
+                "key_prefix",
                 "must not contain '{' or '}', which would break the layers' hash tags",
             ));
         }
@@ -440,7 +433,6 @@ impl RedisStoreBuilder {
                 replica_acks: self.replica_acks,
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
-                increment: Script::new(INCREMENT),
                 gcra: Script::new(GCRA),
             }),
         })
@@ -469,7 +461,7 @@ impl RedisStore {
     }
 
     /// The key prefix in use.
-    pub fn prefix(&self) -> &str {
+    pub fn key_prefix(&self) -> &str {
         &self.inner.prefix
     }
 
@@ -479,6 +471,7 @@ impl RedisStore {
     }
 
     /// Whether the store talks to a Redis Cluster.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
     pub(crate) fn is_cluster(&self) -> bool {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
@@ -550,6 +543,7 @@ impl RedisStore {
 
     /// On a cluster, refuses a multi-key read over several hash slots: it would be a
     /// round trip per node, and not atomic.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
     fn check_one_slot(&self, keys: &[String]) -> Result<(), StoreError> {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
@@ -797,13 +791,6 @@ impl StateStore for RedisStore {
     ) -> Result<HashWriteOutcome, StoreError> {
         self.hash_swap_field(key, field, expected, new, options)
             .await
-    }
-
-    async fn increment(&self, key: &str, by: i64, ttl: Duration) -> Result<i64, StoreError> {
-        let ms = ttl_millis(ttl)?;
-        let mut call = self.script_call(&self.inner.increment, key);
-        call.arg(by).arg(ms);
-        self.write(Call::Script(call)).await
     }
 
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {

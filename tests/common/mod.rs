@@ -590,9 +590,6 @@ impl tower_stateless::store::StateStore for DownStore {
     ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
         self.fail()
     }
-    async fn increment(&self, _: &str, _: i64, _: Duration) -> StoreResult<i64> {
-        self.fail()
-    }
     async fn gcra(
         &self,
         _: &str,

@@ -1,0 +1,192 @@
+//! Write-back: the request's session changes as one store write, after the handler.
+
+use std::time::Duration;
+
+use super::config::Config;
+use super::handle::{store_key, State};
+use super::transport::CookieAction;
+use crate::id::session_id;
+use crate::metrics::{self, SessionOp, SessionResult};
+use crate::store::{
+    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
+};
+
+pub(crate) enum WriteError {
+    Store(StoreError),
+    /// The store refused the write: the session would have grown to this many bytes,
+    /// past its limit.
+    TooLarge(u64),
+}
+
+fn new_id() -> Result<String, StoreError> {
+    session_id().map_err(|e| StoreError::Unexpected(Box::new(e)))
+}
+
+/// The request's changes as one store write.
+fn changes_of(st: &State) -> HashChanges {
+    let mut changes = HashChanges {
+        clear: st.cleared,
+        ..HashChanges::default()
+    };
+    for (key, change) in &st.changes {
+        match change {
+            Some(value) => changes.set.push((key.clone(), value.clone())),
+            None => changes.delete.push(key.clone()),
+        }
+    }
+    changes
+}
+
+fn unexpected(outcome: HashWriteOutcome) -> WriteError {
+    WriteError::Store(StoreError::Unexpected(
+        format!("unexpected outcome of a session write: {outcome:?}").into(),
+    ))
+}
+
+/// Writes `changes` as a new session under a fresh random id and returns the id.
+async fn create<S: StateStore>(
+    store: &S,
+    config: &Config,
+    changes: &HashChanges,
+    lifetime: Duration,
+) -> Result<String, WriteError> {
+    let options =
+        HashWriteOptions::new(HashMode::New { lifetime }, config.idle).max_bytes(config.max_bytes);
+    // 256 random bits do not collide; the retries only guard a broken generator.
+    for _ in 0..3 {
+        let id = new_id().map_err(WriteError::Store)?;
+        let key = store_key(&config.prefix, &id);
+        match store
+            .hash_apply(&key, changes, options)
+            .await
+            .map_err(WriteError::Store)?
+        {
+            HashWriteOutcome::Written => {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+                return Ok(id);
+            }
+            HashWriteOutcome::Exists => {}
+            HashWriteOutcome::TooLarge(size) => return Err(WriteError::TooLarge(size)),
+            other => return Err(unexpected(other)),
+        }
+    }
+    Err(WriteError::Store(StoreError::Unexpected(
+        "three fresh session ids were all taken".into(),
+    )))
+}
+
+/// Writes the request's changes back: one store write of the changed keys, never a
+/// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
+/// with the idle expiry, or the browser drops a live session).
+pub(crate) async fn write_back<S: StateStore>(
+    store: &S,
+    config: &Config,
+    st: State,
+    renew: bool,
+) -> Result<CookieAction, WriteError> {
+    if !st.loaded {
+        return Ok(CookieAction::None);
+    }
+    // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
+    let mut action = CookieAction::None;
+    if let Some(old) = &st.destroyed {
+        store
+            .delete(&store_key(&config.prefix, old))
+            .await
+            .map_err(WriteError::Store)?;
+        metrics::session(SessionOp::Destroy, SessionResult::Ok);
+        action = CookieAction::Remove;
+    }
+    let lifetime = config.lifetime();
+    // After a load, `st.id` is `Some` only when the session exists.
+    match (st.id.as_deref(), st.cycle) {
+        (Some(id), false) => {
+            // Created by `Session::update` in this request: its id goes out. A session
+            // under the `sid` claim is never `created`: its id stays in the token.
+            let send = st.created || renew;
+            if !st.modified() {
+                return Ok(if send {
+                    CookieAction::Set(id.to_owned())
+                } else {
+                    action
+                });
+            }
+            let key = store_key(&config.prefix, id);
+            let options =
+                HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
+            let outcome = store
+                .hash_apply(&key, &changes_of(&st), options)
+                .await
+                .map_err(WriteError::Store)?;
+            if matches!(outcome, HashWriteOutcome::Written) {
+                metrics::session(SessionOp::Write, SessionResult::Ok);
+            }
+            match outcome {
+                HashWriteOutcome::Written if send => Ok(CookieAction::Set(id.to_owned())),
+                HashWriteOutcome::Written => Ok(action),
+                // Destroyed or expired meanwhile: it is never resurrected.
+                HashWriteOutcome::Missing => {
+                    tracing::debug!("session ended during the request; changes dropped");
+                    Ok(action)
+                }
+                HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
+                other => Err(unexpected(other)),
+            }
+        }
+        (Some(old), true) => {
+            let changes = HashChanges {
+                set: st
+                    .view()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.clone()))
+                    .collect(),
+                ..HashChanges::default()
+            };
+            let left = st
+                .lifetime_left
+                .unwrap_or(lifetime)
+                .max(Duration::from_millis(1));
+            let id = create(store, config, &changes, left).await?;
+            store
+                .delete(&store_key(&config.prefix, old))
+                .await
+                .map_err(WriteError::Store)?;
+            metrics::session(SessionOp::Destroy, SessionResult::Ok);
+            Ok(CookieAction::Set(id))
+        }
+        (None, _) => {
+            let mut changes = changes_of(&st);
+            // A new session has nothing to clear or remove.
+            changes.clear = false;
+            changes.delete.clear();
+            // Nothing to keep (no write, only removals, a destroy): no empty session.
+            if changes.set.is_empty() {
+                return Ok(action);
+            }
+            match &st.sid {
+                // The id travels in the token, not in a cookie or header. Concurrent first
+                // writes under one `sid` create it once and all their keys are kept.
+                Some(sid) => {
+                    let key = store_key(&config.prefix, sid);
+                    let options = HashWriteOptions::new(HashMode::Upsert { lifetime }, config.idle)
+                        .max_bytes(config.max_bytes);
+                    match store
+                        .hash_apply(&key, &changes, options)
+                        .await
+                        .map_err(WriteError::Store)?
+                    {
+                        HashWriteOutcome::Written => {
+                            metrics::session(SessionOp::Write, SessionResult::Ok);
+                            Ok(action)
+                        }
+                        HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
+                        other => Err(unexpected(other)),
+                    }
+                }
+                None => Ok(CookieAction::Set(
+                    create(store, config, &changes, lifetime).await?,
+                )),
+            }
+        }
+    }
+}
