@@ -558,3 +558,44 @@ async fn durable_writes_on_a_cluster_wait_for_the_shards_replicas() {
         Some(Bytes::from_static(b"v"))
     );
 }
+
+/// Every Lua script is loaded when a connection is made, so the first call of each
+/// script is one `EVALSHA`: no request pays a `NOSCRIPT` reply and a reload.
+#[tokio::test]
+async fn scripts_are_loaded_when_a_connection_is_made() {
+    let server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .pool_size(1)
+        .build()
+        .expect("build store");
+    server.reset_stats();
+    // The first operation makes the one connection, which loads the scripts.
+    store.get("k").await.unwrap();
+    let stats = server.command_stats();
+    assert_eq!(stats.get("script"), Some(&5), "{stats:?}");
+
+    let gcra = tower_stateless::store::Gcra::new(Duration::from_millis(1), 5);
+    assert_eq!(
+        only_command(&server, || store.gcra("rl", gcra)).await,
+        "evalsha"
+    );
+    assert_eq!(
+        only_command(&server, || store.compare_and_set(
+            "k",
+            b"x",
+            Bytes::new(),
+            TTL
+        ))
+        .await,
+        "evalsha"
+    );
+    assert_eq!(
+        only_command(&server, || store.compare_and_delete("k", b"x")).await,
+        "evalsha"
+    );
+    assert_eq!(
+        only_command(&server, || store.hash_get_all_and_refresh("h", TTL)).await,
+        "evalsha"
+    );
+}
