@@ -75,11 +75,17 @@ rows=(
     "tower-sessions read|/peer-read"
     "tower-sessions write|/peer-write"
 )
+if [ "$memory" = 0 ]; then
+    rows+=(
+        "JWT + cached revocation|/jwt-revocation-cached"
+        "JWT + cached revocation + session read|/jwt-revocation-cached-session"
+    )
+fi
 
 echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row"
 declare -A rps p50 p99
 failed=0
-printf '%-34s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
+printf '%-40s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
 for row in "${rows[@]}"; do
     name=${row%%|*} path=${row#*|}
     post=0
@@ -96,7 +102,7 @@ for row in "${rows[@]}"; do
         note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
         failed=1
     fi
-    printf '%-34s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$path]}" \
+    printf '%-40s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$path]}" \
         "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
         "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
         "$(awk -v a="${rps[$path]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
@@ -110,6 +116,10 @@ echo "  JWT + revocation ÷ JwtAuthLayer                   $(ratio /jwt-revocati
 echo "  JWT + revocation + session read ÷ bare axum       $(ratio /jwt-revocation-session /bare)"
 echo "  session read ÷ tower-sessions read                $(ratio /session-read /peer-read)"
 echo "  session write ÷ tower-sessions write              $(ratio /session-write /peer-write)"
+if [ "$memory" = 0 ]; then
+    echo "  JWT + cached revocation ÷ JwtAuthLayer            $(ratio /jwt-revocation-cached /jwt)"
+    echo "  JWT + cached revocation + session read ÷ bare     $(ratio /jwt-revocation-cached-session /bare)"
+fi
 if [ "$failed" = 1 ]; then
     echo "some rows had failed requests (marked !): their figures are not the layers' cost" >&2
     exit 1

@@ -31,6 +31,7 @@
 //! | `GET /jwt` | `JwtAuthLayer` |
 //! | `GET /jwt-revocation` | `JwtAuthLayer` with its revocation check |
 //! | `GET /jwt-revocation-session` | the same + `SessionLayer`, handler reads the session |
+//! | `GET /jwt-revocation-cached`, `GET /jwt-revocation-cached-session` | the two above with the revocation check served by a `LocalCache` (Redis only) |
 //! | `GET /session-read`, `GET /session-write` | `SessionLayer` alone, read or write one key |
 //! | `POST /idempotent` | `IdempotencyLayer` alone, first call (a new key every request) |
 //! | `GET /peer-read`, `GET /peer-write` | tower-sessions (the peer), read or write one key |
@@ -60,10 +61,10 @@ use axum::{Extension, Router};
 use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use tower::ServiceExt;
-use tower_stateless::idempotency::IdempotencyLayer;
+use tower_stateless::idempotency::{IdempotencyLayer, Scope};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{MemoryStore, RedisStore, StateStore};
+use tower_stateless::store::{LocalCache, MemoryStore, RedisStore, StateStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -351,7 +352,7 @@ impl ServeOptions {
 ///
 /// This is the one place that builds the layers: adapt it when a layer's constructor
 /// changes.
-fn stacks<S, P>(store: S, peer: P, policy: &TokenPolicy) -> Router
+fn stacks<S, P>(store: S, peer: P, policy: &TokenPolicy, cached: Option<LocalCache>) -> Router
 where
     S: StateStore + Clone,
     P: tower_sessions::SessionStore + Clone,
@@ -359,7 +360,26 @@ where
     let jwt = policy.auth_layer();
     let jwt_revocation = policy.auth_layer().revocation(store.clone());
     let session = SessionLayer::new(store.clone()).secure(false);
-    let idempotency = IdempotencyLayer::new(store);
+    // The revocation check served by the store-invalidated local cache (Redis only).
+    let cached_routes = match cached {
+        Some(cached) => {
+            let jwt_cached = policy.auth_layer().revocation(cached);
+            Router::new()
+                .route(
+                    "/jwt-revocation-cached",
+                    get(ok).route_layer(jwt_cached.clone()),
+                )
+                .route(
+                    "/jwt-revocation-cached-session",
+                    get(read)
+                        .route_layer(session.clone())
+                        .route_layer(jwt_cached),
+                )
+        }
+        None => Router::new(),
+    };
+    // No caller identity on this route: every request has a new key, so one shared scope.
+    let idempotency = IdempotencyLayer::new(store).scope(Scope::shared());
     let tower_sessions = tower_sessions::SessionManagerLayer::new(peer)
         .with_name("tid")
         .with_secure(false);
@@ -393,6 +413,7 @@ where
             get(peer_read).route_layer(tower_sessions.clone()),
         )
         .route("/peer-write", get(peer_write).route_layer(tower_sessions))
+        .merge(cached_routes)
 }
 
 async fn ok() -> &'static str {
@@ -502,16 +523,19 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
             let pool = Pool::new(Config::from_url(url)?, None, None, None, 4)?;
             let _connection = pool.connect();
             pool.wait_for_connect().await?;
+            let cached = LocalCache::builder(store.clone()).prefix("rev:").build()?;
             stacks(
                 store,
                 tower_sessions_redis_store::RedisStore::new(pool),
                 &policy,
+                Some(cached),
             )
         }
         None => stacks(
             MemoryStore::new(),
             tower_sessions::MemoryStore::default(),
             &policy,
+            None,
         ),
     };
     let ours = new_sessions(&app, "/session-write", options.sessions).await?;
