@@ -53,8 +53,14 @@ fn bearer(claims: &RegisteredClaims) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).expect("header value")
 }
 
+/// A store of one connection: its first command makes the connection (and loads the Lua
+/// scripts), so the commands counted after that are the operations' own.
 fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::from_url(server.url()).expect("store")
+    RedisStore::builder()
+        .url(server.url())
+        .pool_size(1)
+        .build()
+        .expect("store")
 }
 
 /// A cache that never expires entries by age and never pings, so that only invalidation
