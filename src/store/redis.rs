@@ -520,7 +520,7 @@ impl RedisStore {
             return Ok(conn.clone());
         }
         // Taken out of the pool for good: never recycled, so never pinged.
-        let mut conn = match &self.inner.pool {
+        let conn = match &self.inner.pool {
             Pools::Single(pool) => Conn::Single(Connection::take(
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
@@ -529,26 +529,8 @@ impl RedisStore {
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
         };
-        // Every script is loaded once per connection, when it is made, so that no request
-        // pays a `NOSCRIPT` round trip (after a `SCRIPT FLUSH` a call still loads its script
-        // and retries).
-        self.load_scripts(&mut conn).await?;
         *guard = Some(conn.clone());
         Ok(conn)
-    }
-
-    async fn load_scripts(&self, conn: &mut Conn) -> Result<(), StoreError> {
-        let scripts = [
-            &self.inner.compare_and_set,
-            &self.inner.compare_and_delete,
-            &self.inner.gcra,
-            &*hash::READ,
-            &*hash::WRITE,
-        ];
-        for script in scripts {
-            script.load_async(conn).await.map_err(classify)?;
-        }
-        Ok(())
     }
 
     fn pool_error(&self, err: PoolError) -> StoreError {
