@@ -53,8 +53,8 @@ fn bearer(claims: &RegisteredClaims) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).expect("header value")
 }
 
-/// A store of one connection: its first command makes the connection (and loads the Lua
-/// scripts), so the commands counted after that are the operations' own.
+/// A store of one connection: its first command makes the connection, so the commands
+/// counted after that are the operations' own.
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder()
         .url(server.url())
