@@ -52,7 +52,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -61,12 +61,13 @@ use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
 use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, RequireScopeLayer, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
-use tower_stateless::refresh::{RefreshError, RefreshTokens};
+use tower_stateless::refresh::RefreshTokens;
+use tower_stateless::response::ErrorBody;
 use tower_stateless::revocation::Revoker;
-use tower_stateless::session::{Devices, DevicesError, Session, SessionError, SessionLayer};
+use tower_stateless::session::{Devices, Session, SessionError, SessionLayer};
 use tower_stateless::store::InstrumentedStore;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
-use tower_stateless::RegisteredClaims;
+use tower_stateless::{rejection, RegisteredClaims};
 
 /// Access tokens are short-lived; clients renew them with their refresh token.
 const TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -97,14 +98,16 @@ struct App<S> {
 
 type Shared<S> = Arc<App<S>>;
 
+/// The example's own errors in the crate's JSON error body (`{"error", "message"}`).
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
+    (status, Json(ErrorBody::new(code, message))).into_response()
 }
 
+/// `503 store_unavailable` with `Retry-After`, as the layers answer.
 fn unavailable() -> Response {
     let mut res = error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        rejection::STORE_UNAVAILABLE,
         "the state store is unavailable; retry later",
     );
     res.headers_mut()
@@ -112,22 +115,21 @@ fn unavailable() -> Response {
     res
 }
 
-fn store_failed(e: &StoreError) -> Response {
-    if e.is_unavailable() {
-        return unavailable();
+/// An error of the crate answered as the crate's JSON error response (its `status()`,
+/// `error_code()`, `Retry-After` on a `503`); what is not the client's fault is logged.
+fn failed<E: IntoResponse + std::error::Error>(e: E) -> Response {
+    let message = e.to_string();
+    let res = e.into_response();
+    if res.status().is_server_error() && res.status() != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(error = %message, "request failed");
     }
-    tracing::error!(error = %e, "unexpected state store reply");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
+    res
 }
 
 /// A body axum could not take as JSON, as a JSON error: 400 malformed, 415 not JSON, 422
 /// wrong shape.
 fn rejected(e: &JsonRejection) -> Response {
-    error(e.status(), "invalid_body", &e.body_text())
+    error(e.status(), rejection::INVALID_BODY, &e.body_text())
 }
 
 fn invalid(message: &str) -> Response {
@@ -154,7 +156,7 @@ async fn login<S: StateStore>(
         Ok(decision) if !decision.allowed() => {
             let mut res = error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                rejection::RATE_LIMITED,
                 "too many login attempts for this user; retry after the time in Retry-After",
             );
             res.headers_mut().extend(decision.headers());
@@ -172,36 +174,30 @@ async fn login<S: StateStore>(
         );
     }
     // A new session id at login, against session fixation.
-    if session.cycle_id().await.is_err() || session.insert("user", &creds.username).await.is_err() {
-        return unavailable();
-    }
     let sid = format!("{:x}", rand_u128());
-    if session.insert("sid", &sid).await.is_err() {
-        return unavailable();
+    let bound = async {
+        session.cycle_id().await?;
+        session.insert("user", &creds.username).await?;
+        session.insert("sid", &sid).await
+    };
+    if let Err(e) = bound.await {
+        return failed(e);
     }
     let pair = match app.tokens.issue_for_session(&creds.username, &sid).await {
         Ok(pair) => pair,
-        Err(e) => return refresh_failed(&e),
+        Err(e) => return failed(e),
     };
     // Listed under `GET /sessions`, ended by `DELETE /sessions/others`.
     if let Err(e) = app.devices.bind(&creds.username, &sid, None).await {
-        return devices_failed(&e);
+        return failed(e);
     }
     Json(pair.to_response()).into_response()
-}
-
-fn devices_failed(e: &DevicesError) -> Response {
-    if e.is_unavailable() {
-        return unavailable();
-    }
-    tracing::error!(error = %e, "devices");
-    error(e.status(), e.error_code(), "internal error")
 }
 
 /// `GET /sessions`: the caller's live logins, `current` marking the caller's own.
 async fn list_sessions<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     match app.devices.list(&claims.sub, claims.sid.as_deref()).await {
         Ok(devices) => {
@@ -213,7 +209,7 @@ async fn list_sessions<S: StateStore>(
                 .collect();
             Json(json!({ "sessions": sessions })).into_response()
         }
-        Err(e) => devices_failed(&e),
+        Err(e) => failed(e),
     }
 }
 
@@ -221,7 +217,7 @@ async fn list_sessions<S: StateStore>(
 /// tokens, its session and cart); the caller's own login keeps working.
 async fn end_other_sessions<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     let Some(sid) = claims.sid.as_deref() else {
         return error(
@@ -232,28 +228,8 @@ async fn end_other_sessions<S: StateStore>(
     };
     match app.devices.end_others(&claims.sub, sid).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => devices_failed(&e),
+        Err(e) => failed(e),
     }
-}
-
-/// A refresh-token error as the OAuth 2.0 answer: `400 invalid_grant`, `503`, or `500`.
-fn refresh_failed(e: &RefreshError) -> Response {
-    if e.is_unavailable() {
-        return unavailable();
-    }
-    if e.is_invalid_grant() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "the refresh token is invalid, expired, revoked or already used",
-        );
-    }
-    tracing::error!(error = %e, "issuing tokens failed");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
 }
 
 #[derive(Deserialize)]
@@ -284,7 +260,7 @@ async fn refresh<S: StateStore>(
             }
             Json(pair.to_response()).into_response()
         }
-        Err(e) => refresh_failed(&e),
+        Err(e) => failed(e),
     }
 }
 
@@ -318,13 +294,6 @@ async fn cart_items(session: &Session) -> Result<BTreeMap<String, u32>, SessionE
     Ok(items)
 }
 
-fn session_error(e: &SessionError) -> Response {
-    if e.is_unavailable() {
-        return unavailable();
-    }
-    error(e.status(), e.error_code(), &e.to_string())
-}
-
 /// A cart of a login that was ended (`DELETE /sessions/others` from another device) is
 /// gone: the cookie session of an ended login is destroyed on its next use. One read of
 /// the user's login index for a logged-in cart.
@@ -333,26 +302,23 @@ async fn drop_ended_login<S: StateStore>(app: &App<S>, session: &Session) -> Res
     let sid = session.get::<String>("sid").await;
     let (user, sid) = match (user, sid) {
         (Ok(Some(user)), Ok(Some(sid))) => (user, sid),
-        (Err(e), _) | (_, Err(e)) => return Err(session_error(&e)),
+        (Err(e), _) | (_, Err(e)) => return Err(failed(e)),
         _ => return Ok(()),
     };
     match app.devices.is_live(&user, &sid).await {
         Ok(true) => Ok(()),
-        Ok(false) => session.destroy().await.map_err(|e| session_error(&e)),
-        Err(e) => Err(devices_failed(&e)),
+        Ok(false) => session.destroy().await.map_err(failed),
+        Err(e) => Err(failed(e)),
     }
 }
 
-async fn cart<S: StateStore>(
-    State(app): State<Shared<S>>,
-    Extension(session): Extension<Session>,
-) -> Response {
+async fn cart<S: StateStore>(State(app): State<Shared<S>>, session: Session) -> Response {
     if let Err(res) = drop_ended_login(&app, &session).await {
         return res;
     }
     match cart_items(&session).await {
         Ok(items) => Json(json!({"items": items})).into_response(),
-        Err(e) => session_error(&e),
+        Err(e) => failed(e),
     }
 }
 
@@ -363,7 +329,7 @@ struct Quantity {
 
 async fn put_item<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Path(sku): Path<String>,
     json: Result<Json<Quantity>, JsonRejection>,
 ) -> Response {
@@ -381,11 +347,11 @@ async fn put_item<S: StateStore>(
         session.insert(&key, q.qty).await
     };
     if let Err(e) = changed {
-        return session_error(&e);
+        return failed(e);
     }
     match cart_items(&session).await {
         Ok(items) => Json(json!({"items": items})).into_response(),
-        Err(e) => session_error(&e),
+        Err(e) => failed(e),
     }
 }
 
@@ -411,13 +377,13 @@ impl From<StoreError> for RecordError {
 impl IntoResponse for RecordError {
     fn into_response(self) -> Response {
         match self {
-            Self::Store(e) => store_failed(&e),
+            Self::Store(e) => failed(e),
             Self::Corrupt(e) => {
                 tracing::error!(error = %e, "corrupt record in the store");
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
+                    rejection::INTERNAL_ERROR,
+                    "internal server error",
                 )
             }
             Self::Contended => unavailable(),
@@ -588,7 +554,7 @@ fn valid_sku(sku: &str) -> bool {
 
 async fn create_order<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
     headers: HeaderMap,
     json: Result<Json<NewOrder>, JsonRejection>,
 ) -> Response {
@@ -618,7 +584,7 @@ async fn create_order<S: StateStore>(
 
 async fn list_orders<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     match list(&app.store, "orders", &claims.sub).await {
         Ok(orders) => Json(json!({ "orders": orders })).into_response(),
@@ -628,7 +594,7 @@ async fn list_orders<S: StateStore>(
 
 async fn get_order<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
     Path(id): Path<String>,
 ) -> Response {
     // Records are keyed by their owner, so another user's id is simply not found.
@@ -647,7 +613,7 @@ struct NewPayment {
 
 async fn create_payment<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
     headers: HeaderMap,
     json: Result<Json<NewPayment>, JsonRejection>,
 ) -> Response {
@@ -655,7 +621,7 @@ async fn create_payment<S: StateStore>(
     let Some(key) = idempotency_key(&headers) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "idempotency_key_required",
+            rejection::IDEMPOTENCY_KEY_REQUIRED,
             "payments need an Idempotency-Key header",
         );
     };
@@ -694,7 +660,7 @@ async fn create_payment<S: StateStore>(
 
 async fn list_payments<S: StateStore>(
     State(app): State<Shared<S>>,
-    Extension(claims): Extension<RegisteredClaims>,
+    Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
     match list(&app.store, "payments", &claims.sub).await {
         Ok(payments) => Json(json!({ "payments": payments })).into_response(),
@@ -736,25 +702,23 @@ async fn logout<S: StateStore>(
     Claims(claims): Claims<RegisteredClaims>,
     session: Session,
 ) -> Response {
-    let token = app.revoker.revoke_token(&claims).await;
-    // The session's refresh tokens and every access token of the session.
-    let sid = match &claims.sid {
-        Some(sid) => match app.tokens.logout(&claims.sub, sid).await {
-            // No longer listed under `GET /sessions`.
-            Ok(()) => app
-                .devices
-                .end(&claims.sub, &app.devices.handle(sid))
-                .await
-                .map(drop)
-                .map_err(drop),
-            Err(_) => Err(()),
-        },
-        None => Ok(()),
-    };
-    if token.is_err() || sid.is_err() || session.destroy().await.is_err() {
-        return unavailable();
+    if let Err(e) = app.revoker.revoke_token(&claims).await {
+        return failed(e);
     }
-    StatusCode::NO_CONTENT.into_response()
+    // The session's refresh tokens and every access token of the session; then no longer
+    // listed under `GET /sessions`.
+    if let Some(sid) = &claims.sid {
+        if let Err(e) = app.tokens.logout(&claims.sub, sid).await {
+            return failed(e);
+        }
+        if let Err(e) = app.devices.end(&claims.sub, &app.devices.handle(sid)).await {
+            return failed(e);
+        }
+    }
+    match session.destroy().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
 }
 
 async fn logout_all<S: StateStore>(
@@ -763,12 +727,12 @@ async fn logout_all<S: StateStore>(
 ) -> Response {
     // Every refresh family of the user, and every access token issued until now.
     if let Err(e) = app.tokens.logout_everywhere(&claims.sub).await {
-        return refresh_failed(&e);
+        return failed(e);
     }
     // Unlists every login and deletes their sessions.
     match app.devices.end_all(&claims.sub).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => devices_failed(&e),
+        Err(e) => failed(e),
     }
 }
 

@@ -30,6 +30,7 @@
 //! | [`IDEMPOTENCY_SCOPE_MISSING`] | `500` | idempotency layer |
 //! | [`IDEMPOTENCY_OVERLOADED`] | `503` | idempotency layer |
 //! | [`RESPONSE_BODY_FAILED`] | `500` | idempotency layer |
+//! | [`DEVICES_ERROR`] | `500` | [`DevicesError`](crate::session::DevicesError) |
 //! | [`INVALID_GRANT`] | `400` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
 //! | [`TEMPORARILY_UNAVAILABLE`] | `503` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
 //! | [`SERVER_ERROR`] | `500` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
@@ -37,10 +38,12 @@
 //! Every error type a handler sees ([`StoreError`](crate::store::StoreError),
 //! [`SessionError`](crate::session::SessionError),
 //! [`RevokeError`](crate::revocation::RevokeError),
-//! [`IssueError`](crate::jwt::IssueError), [`RefreshError`](crate::refresh::RefreshError))
-//! has the same three helpers: `is_unavailable()`, `status()` and `error_code()` (one of
-//! the codes here), and with the `axum` feature implements `IntoResponse` as this JSON
-//! body (with `Retry-After: 1` on a `503`).
+//! [`IssueError`](crate::jwt::IssueError), [`RefreshError`](crate::refresh::RefreshError),
+//! [`DevicesError`](crate::session::DevicesError),
+//! [`RateLimitError`](crate::rate_limit::RateLimitError)) has the same three helpers:
+//! `is_unavailable()`, `status()` and `error_code()` (one of the codes here), and with the
+//! `axum` feature implements `IntoResponse` as this JSON body (with `Retry-After: 1` on a
+//! `503`).
 
 /// No token in the request (`401`, with a bare `WWW-Authenticate: Bearer`).
 pub const MISSING_TOKEN: &str = "missing_token";
@@ -66,6 +69,8 @@ pub const SESSION_CONFLICT: &str = "session_conflict";
 pub const SESSION_TOO_LARGE: &str = "session_too_large";
 /// The session ended (destroyed or expired) during the request (`409`).
 pub const SESSION_ENDED: &str = "session_ended";
+/// Listing or ending a user's logins failed on an unexpected store reply (`500`).
+pub const DEVICES_ERROR: &str = "devices_error";
 /// The request needs an idempotency key and has none (`400`).
 pub const IDEMPOTENCY_KEY_REQUIRED: &str = "idempotency_key_required";
 /// The idempotency key is malformed (`400`).

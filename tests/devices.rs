@@ -294,6 +294,41 @@ async fn store_down_is_unavailable() {
     assert_eq!(error.error_code(), "devices_error");
 }
 
+/// With `axum`, a `DevicesError` is the crate's JSON error response, like every other error
+/// a handler sees: its status, its code, `Retry-After` on a `503`, and no detail of the
+/// store in the body.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn devices_error_is_the_crates_json_error_response() {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    let down = devices(common::DownStore::unavailable());
+    let res = down
+        .list("alice", None)
+        .await
+        .expect_err("list")
+        .into_response();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["error"], "store_unavailable");
+
+    let broken = Devices::new(tokens(common::DownStore::broken()), SECRET).expect("devices");
+    let res = broken
+        .list("alice", None)
+        .await
+        .expect_err("list")
+        .into_response();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(res.headers().get("retry-after").is_none());
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["error"], "devices_error");
+    assert_eq!(json["message"], "the logins could not be listed or ended");
+}
+
 /// A store whose `delete` fails while `fail` is set: the store goes down in the middle of
 /// ending a login (its tokens revoked, its session not yet deleted).
 #[derive(Clone)]

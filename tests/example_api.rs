@@ -1941,6 +1941,24 @@ mod oidc {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
+    /// A provider's token without `jti` cannot be revoked on its own: `/logout` answers
+    /// `400 invalid_request` (the crate's `RevokeError`), not a `503` that a client would
+    /// retry forever, and the token keeps working until it expires.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logout_with_a_token_without_jti_is_a_bad_request() {
+        let provider = Provider::start().await;
+        let at = Instance::start(&provider.config());
+        let http = client();
+        let mut claims = provider.claims("carol", "orders:write");
+        claims.as_object_mut().expect("claims").remove("jti");
+        let carol = provider.user(&claims);
+        let res = super::post(&http, &at, "/logout", &carol, &json!({})).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json_of(res).await["error"], "invalid_request");
+        let res = me(&http, &at, &carol).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
     /// Before the first keys arrive the example does not serve: it exits at start, naming
     /// the issuer (after `RemoteJwks`' 10-second startup wait).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

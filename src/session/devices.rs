@@ -16,7 +16,7 @@ use crate::refresh::{RefreshError, RefreshTokens};
 use crate::store::{
     HashChanges, HashMode, HashWriteOptions, StateStore, StoreError, StoredHash, MAX_TTL,
 };
-use crate::ConfigError;
+use crate::{rejection, ConfigError};
 
 /// The shortest secret [`Devices::new`] accepts: as long as the HMAC-SHA256 output.
 const MIN_SECRET_LEN: usize = 32;
@@ -57,12 +57,23 @@ impl DevicesError {
     /// A short error code for a response body: `store_unavailable` or `devices_error`.
     pub fn error_code(&self) -> &'static str {
         if self.is_unavailable() {
-            "store_unavailable"
+            rejection::STORE_UNAVAILABLE
         } else {
-            "devices_error"
+            rejection::DEVICES_ERROR
+        }
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    fn client_message(&self) -> &'static str {
+        if self.is_unavailable() {
+            crate::response::STORE_UNAVAILABLE_MESSAGE
+        } else {
+            "the logins could not be listed or ended"
         }
     }
 }
+
+crate::response::impl_into_response!(DevicesError);
 
 impl From<StoreError> for DevicesError {
     fn from(e: StoreError) -> Self {
