@@ -1,7 +1,7 @@
 //! The deploy files in `deploy/` against the example they deploy.
 //!
 //! No container engine or cluster runs here, so this test parses the Dockerfile and every
-//! Kubernetes manifest and checks that they agree with `examples/stateless_api.rs` and the
+//! Kubernetes manifest and checks that they agree with `examples/stateless_api/` and the
 //! README: the port, the probe routes, the environment variables, the drain time against
 //! the termination grace period, the Secret, the non-root user and the toolchain. The
 //! facts are read from the source files themselves, so changing the example (its port,
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-const EXAMPLE: &str = "examples/stateless_api.rs";
+const EXAMPLE: &str = "examples/stateless_api";
 const MANIFESTS: &str = "deploy/kubernetes";
 const DOCKERFILE: &str = "deploy/Dockerfile";
 
@@ -23,6 +23,25 @@ fn root() -> PathBuf {
 fn read(path: &str) -> String {
     let full = root().join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Every `.rs` file under `dir`, in name order, one after the other.
+fn read_dir(dir: &str) -> String {
+    let full = root().join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&full)
+        .unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: no .rs file", full.display());
+    files
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---- what the example and the README say --------------------------------------------
@@ -36,7 +55,7 @@ struct Example {
 impl Example {
     fn load() -> Self {
         Self {
-            source: read(EXAMPLE),
+            source: read_dir(EXAMPLE),
             readme: read("README.md"),
         }
     }

@@ -1,4 +1,4 @@
-//! Black-box tests of `examples/stateless_api.rs` over real TCP: the example binary runs as
+//! Black-box tests of `examples/stateless_api/` over real TCP: the example binary runs as
 //! a child process on a free loopback port (one instance or several, on the in-memory
 //! store or on one Redis) and is driven with an HTTP client.
 #![cfg(feature = "axum")]

@@ -1,0 +1,186 @@
+//! Logins, tokens and devices: `POST /login`, `POST /token/refresh`, `GET /me`,
+//! `POST /logout`, `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(crate) struct Credentials {
+    username: String,
+    password: String,
+}
+
+pub(crate) async fn login<S: StateStore>(
+    State(app): State<Shared<S>>,
+    session: Session,
+    json: Result<Json<Credentials>, JsonRejection>,
+) -> Response {
+    let creds = match json {
+        Ok(Json(creds)) => creds,
+        Err(e) => return rejected(&e),
+    };
+    // Counted before the password is checked: guesses spend the quota too.
+    match app.login_limiter.check(&creds.username).await {
+        Ok(decision) if !decision.allowed() => {
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                rejection::RATE_LIMITED,
+                "too many login attempts for this user; retry after the time in Retry-After",
+            );
+            res.headers_mut().extend(decision.headers());
+            return res;
+        }
+        Ok(_) => {}
+        // Fail open, as the layer does: a limiter must not lock every user out.
+        Err(e) => tracing::warn!(error = %e, "login rate limit unavailable; attempt let through"),
+    }
+    if app.users.get(&creds.username) != Some(&creds.password) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        );
+    }
+    // A new session id at login, against session fixation.
+    let sid = format!("{:x}", rand_u128());
+    let bound = async {
+        session.cycle_id().await?;
+        session.insert("user", &creds.username).await?;
+        session.insert("sid", &sid).await
+    };
+    if let Err(e) = bound.await {
+        return failed(e);
+    }
+    let pair = match app.tokens.issue_for_session(&creds.username, &sid).await {
+        Ok(pair) => pair,
+        Err(e) => return failed(e),
+    };
+    // Listed under `GET /sessions`, ended by `DELETE /sessions/others`.
+    if let Err(e) = app.devices.bind(&creds.username, &sid, None).await {
+        return failed(e);
+    }
+    Json(pair.to_response()).into_response()
+}
+
+/// `GET /sessions`: the caller's live logins, `current` marking the caller's own.
+pub(crate) async fn list_sessions<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+) -> Response {
+    match app.devices.list(&claims.sub, claims.sid.as_deref()).await {
+        Ok(devices) => {
+            let sessions: Vec<Value> = devices
+                .iter()
+                .map(|d| {
+                    json!({"id": d.id, "created": d.created, "last_seen": d.last_seen, "current": d.current})
+                })
+                .collect();
+            Json(json!({ "sessions": sessions })).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `DELETE /sessions/others`: ends every other login of the caller (its access and refresh
+/// tokens, its session and cart); the caller's own login keeps working.
+pub(crate) async fn end_other_sessions<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+) -> Response {
+    let Some(sid) = claims.sid.as_deref() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no_session",
+            "the access token names no login (no `sid` claim)",
+        );
+    };
+    match app.devices.end_others(&claims.sub, sid).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// `POST /token/refresh`: a new access token and a new refresh token of the same family;
+/// the one presented is used up. Presenting a used one again ends the family and its
+/// session (a stolen token was replayed, RFC 9700).
+pub(crate) async fn refresh<S: StateStore>(
+    State(app): State<Shared<S>>,
+    json: Result<Json<RefreshRequest>, JsonRejection>,
+) -> Response {
+    let request = match json {
+        Ok(Json(request)) => request,
+        Err(e) => return rejected(&e),
+    };
+    match app.tokens.rotate(&request.refresh_token).await {
+        Ok(pair) => {
+            // "Last seen" of the login (written at most once a minute); a failure here
+            // does not fail the refresh.
+            let claims = &pair.access_token.claims;
+            if let Some(sid) = &claims.sid {
+                if let Err(e) = app.devices.touch(&claims.sub, sid).await {
+                    tracing::warn!(error = %e, "could not record the login as seen");
+                }
+            }
+            Json(pair.to_response()).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+pub(crate) fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    u128::from_le_bytes(bytes)
+}
+
+pub(crate) fn rand_u64() -> u64 {
+    // Truncation intended: any 64 of the 128 random bits.
+    rand_u128() as u64
+}
+
+pub(crate) async fn me(Claims(claims): Claims<RegisteredClaims>) -> Json<serde_json::Value> {
+    Json(json!({"sub": claims.sub, "jti": claims.jti, "sid": claims.sid, "exp": claims.exp}))
+}
+
+pub(crate) async fn logout<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    session: Session,
+) -> Response {
+    if let Err(e) = app.revoker.revoke_token(&claims).await {
+        return failed(e);
+    }
+    // The session's refresh tokens and every access token of the session; then no longer
+    // listed under `GET /sessions`.
+    if let Some(sid) = &claims.sid {
+        if let Err(e) = app.tokens.logout(&claims.sub, sid).await {
+            return failed(e);
+        }
+        if let Err(e) = app.devices.end(&claims.sub, &app.devices.handle(sid)).await {
+            return failed(e);
+        }
+    }
+    match session.destroy().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+pub(crate) async fn logout_all<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+) -> Response {
+    // Every refresh family of the user, and every access token issued until now.
+    if let Err(e) = app.tokens.logout_everywhere(&claims.sub).await {
+        return failed(e);
+    }
+    // Unlists every login and deletes their sessions.
+    match app.devices.end_all(&claims.sub).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failed(e),
+    }
+}

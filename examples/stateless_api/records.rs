@@ -1,0 +1,316 @@
+//! Orders and payments: `POST`/`GET /orders`, `GET /orders/{id}`, `POST`/`GET /payments`.
+
+use super::*;
+
+// Orders and payments live only in the store: one key per record and, per user, an index
+// (a JSON list of ids) appended to by compare-and-set. Both carry the user in a hash tag,
+// so listing is one `GET` of the index plus one `MGET` of the records, also on a cluster.
+
+/// What can go wrong while storing or reading records.
+pub(crate) enum RecordError {
+    Store(StoreError),
+    /// A stored value that is not what this example writes.
+    Corrupt(serde_json::Error),
+    /// Too many concurrent appends to one index; the client may retry.
+    Contended,
+}
+
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl IntoResponse for RecordError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Store(e) => failed(e),
+            Self::Corrupt(e) => {
+                tracing::error!(error = %e, "corrupt record in the store");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    rejection::INTERNAL_ERROR,
+                    "internal server error",
+                )
+            }
+            Self::Contended => unavailable(),
+        }
+    }
+}
+
+pub(crate) fn record_key(collection: &str, sub: &str, id: &str) -> String {
+    format!("{collection}:{{{sub}}}:{id}")
+}
+
+pub(crate) fn index_key(collection: &str, sub: &str) -> String {
+    format!("{collection}:{{{sub}}}:index")
+}
+
+/// Stores `record` under `id` unless a record with that id exists, then makes sure `id` is
+/// in the caller's index. Returns the stored record: on a retry, the first one.
+///
+/// Safe to run again with the same id after any failure or crash part way through, which
+/// is what makes an id derived from the idempotency key exactly-once: a retry that runs
+/// the handler again (the first attempt died after storing, before the idempotency layer
+/// recorded the response) finds the record instead of making a second one.
+pub(crate) async fn create<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+    id: &str,
+    record: &Value,
+) -> Result<Value, RecordError> {
+    let bytes = Bytes::from(serde_json::to_vec(record).map_err(RecordError::Corrupt)?);
+    let stored = match store
+        .set_if_absent(&record_key(collection, sub, id), bytes, RECORD_TTL)
+        .await?
+    {
+        None => record.clone(),
+        Some(existing) => serde_json::from_slice(&existing).map_err(RecordError::Corrupt)?,
+    };
+    append_to_index(store, &index_key(collection, sub), id).await?;
+    Ok(stored)
+}
+
+pub(crate) async fn append_to_index<S: StateStore>(
+    store: &S,
+    index: &str,
+    id: &str,
+) -> Result<(), RecordError> {
+    for attempt in 0..INDEX_ATTEMPTS {
+        let current = store.get(index).await?;
+        let mut ids: Vec<String> = match &current {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(RecordError::Corrupt)?,
+            None => Vec::new(),
+        };
+        if ids.iter().any(|known| known == id) {
+            return Ok(());
+        }
+        ids.push(id.to_owned());
+        let new = Bytes::from(serde_json::to_vec(&ids).map_err(RecordError::Corrupt)?);
+        let written = match &current {
+            Some(old) => store.compare_and_set(index, old, new, RECORD_TTL).await?,
+            None => store.set_if_absent(index, new, RECORD_TTL).await?.is_none(),
+        };
+        if written {
+            return Ok(());
+        }
+        // Another request appended first: back off a little, with jitter, and retry.
+        let ceiling = 1u64 << attempt.min(5);
+        tokio::time::sleep(Duration::from_millis(1 + rand_u64() % ceiling)).await;
+    }
+    Err(RecordError::Contended)
+}
+
+/// The caller's records, oldest first.
+pub(crate) async fn list<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+) -> Result<Vec<Value>, RecordError> {
+    let Some(index) = store.get(&index_key(collection, sub)).await? else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<String> = serde_json::from_slice(&index).map_err(RecordError::Corrupt)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| record_key(collection, sub, id))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    store
+        .get_many(&keys)
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(RecordError::Corrupt))
+        .collect()
+}
+
+pub(crate) async fn fetch<S: StateStore>(
+    store: &S,
+    collection: &str,
+    sub: &str,
+    id: &str,
+) -> Result<Option<Value>, RecordError> {
+    match store.get(&record_key(collection, sub, id)).await? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(RecordError::Corrupt),
+        None => Ok(None),
+    }
+}
+
+/// A new record id: derived from the caller and the idempotency key when there is one (so
+/// a retry finds the record it made before), random otherwise.
+///
+/// `IdempotencyLayer` already runs a request once and replays its answer; this covers the
+/// one gap no layer can: an instance killed after the handler stored the record but before
+/// the layer recorded the response. The retry then runs the handler again, once the lease
+/// has expired, and must not pay twice.
+pub(crate) fn record_id(prefix: &str, sub: &str, idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::new()
+                .chain_update(sub.as_bytes())
+                .chain_update([0])
+                .chain_update(key.as_bytes())
+                .finalize();
+            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{prefix}_{hex}")
+        }
+        None => format!("{prefix}_{:024x}", rand_u128() >> 32),
+    }
+}
+
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn created(location: String, record: Value) -> Response {
+    let mut res = (StatusCode::CREATED, Json(record)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert("location", value);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewOrder {
+    sku: String,
+    qty: i64,
+}
+
+pub(crate) fn valid_sku(sku: &str) -> bool {
+    (1..=64).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub(crate) async fn create_order<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    headers: HeaderMap,
+    json: Result<Json<NewOrder>, JsonRejection>,
+) -> Response {
+    let order = match json {
+        Ok(Json(order)) => order,
+        Err(e) => return rejected(&e),
+    };
+    if !valid_sku(&order.sku) {
+        return invalid("sku must be 1 to 64 letters, digits, '-' or '_'");
+    }
+    if !(1..=1000).contains(&order.qty) {
+        return invalid("qty must be between 1 and 1000");
+    }
+    let id = record_id("ord", &claims.sub, idempotency_key(&headers));
+    let record = json!({
+        "order_id": id,
+        "sku": order.sku,
+        "qty": order.qty,
+        "status": "placed",
+        "created_at": now_secs(),
+    });
+    match create(&app.store, "orders", &claims.sub, &id, &record).await {
+        Ok(stored) => created(format!("/orders/{id}"), stored),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn list_orders<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+) -> Response {
+    match list(&app.store, "orders", &claims.sub).await {
+        Ok(orders) => Json(json!({ "orders": orders })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn get_order<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    Path(id): Path<String>,
+) -> Response {
+    // Records are keyed by their owner, so another user's id is simply not found.
+    match fetch(&app.store, "orders", &claims.sub, &id).await {
+        Ok(Some(order)) => Json(order).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such order"),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewPayment {
+    amount_cents: i64,
+    currency: String,
+}
+
+pub(crate) async fn create_payment<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    headers: HeaderMap,
+    json: Result<Json<NewPayment>, JsonRejection>,
+) -> Response {
+    // `IdempotencyLayer::required` answers 400 before this; the key is needed here too.
+    let Some(key) = idempotency_key(&headers) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            rejection::IDEMPOTENCY_KEY_REQUIRED,
+            "payments need an Idempotency-Key header",
+        );
+    };
+    let payment = match json {
+        Ok(Json(payment)) => payment,
+        Err(e) => return rejected(&e),
+    };
+    if !(1..=100_000_000).contains(&payment.amount_cents) {
+        return invalid("amount_cents must be between 1 and 100000000");
+    }
+    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return invalid("currency must be a three-letter ISO 4217 code, like EUR");
+    }
+    let id = record_id("pay", &claims.sub, Some(key));
+    // A payment stored by an earlier attempt with this key is not charged again.
+    match fetch(&app.store, "payments", &claims.sub, &id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::debug!(payment_id = %id, "calling the payment gateway");
+            tokio::time::sleep(app.gateway_latency).await;
+        }
+        Err(e) => return e.into_response(),
+    }
+    let record = json!({
+        "payment_id": id,
+        "amount_cents": payment.amount_cents,
+        "currency": payment.currency,
+        "status": "captured",
+        "created_at": now_secs(),
+    });
+    match create(&app.store, "payments", &claims.sub, &id, &record).await {
+        Ok(stored) => created(format!("/payments/{id}"), stored),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn list_payments<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+) -> Response {
+    match list(&app.store, "payments", &claims.sub).await {
+        Ok(payments) => Json(json!({ "payments": payments })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
