@@ -1075,6 +1075,8 @@ mod tests {
 
     #[test]
     fn remote_rules_never_take_hmac_and_pin_alg_less_rsa_to_configured_algorithms() {
+        // Jwk::from_encoding_key needs the provider chosen when both backends are on.
+        install_crypto_provider();
         let rsa =
             EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa1-private.pem"))
                 .unwrap();
@@ -1118,6 +1120,7 @@ mod tests {
     #[cfg(feature = "oidc")]
     #[test]
     fn x5c_certificates_fill_the_members_or_say_why_not() {
+        install_crypto_provider();
         use base64::engine::general_purpose::STANDARD;
         use serde_json::json;
         let der =
@@ -1180,8 +1183,38 @@ mod tests {
         ] {
             assert_eq!(expand(kept.clone()).unwrap().as_ref(), Some(&kept));
         }
+        // Certificates whose key bytes are broken (their signature is never checked): the
+        // RSA key's SEQUENCE made a SET, the Ed25519 key given a stray unused bit.
+        let patch = |cert: &str, from: &[u8], to: &[u8]| {
+            let mut der = STANDARD.decode(cert).unwrap();
+            let at = der.windows(from.len()).position(|w| w == from).unwrap();
+            der[at..at + to.len()].copy_from_slice(to);
+            STANDARD.encode(der)
+        };
+        let rsa_set = patch(
+            &rsa,
+            &[3, 0x82, 1, 0x0f, 0, 0x30],
+            &[3, 0x82, 1, 0x0f, 0, 0x31],
+        );
+        let ed = der(include_str!("../../tests/fixtures/jwt/ed25519-cert.pem"));
+        let filled = expand(json!({"kty":"OKP","x5c":[ed]})).unwrap().unwrap();
+        assert_eq!(filled["crv"], "Ed25519");
+        let ed_bit = patch(
+            &ed,
+            &[0x2b, 0x65, 0x70, 3, 0x21, 0],
+            &[0x2b, 0x65, 0x70, 3, 0x21, 1],
+        );
+
         // Unreadable: an error in a static document, skipped in a provider's.
         for (bad, reason) in [
+            (
+                json!({"kty":"RSA","x5c":[rsa_set]}),
+                "the RSA public key does not decode",
+            ),
+            (
+                json!({"kty":"OKP","x5c":[ed_bit]}),
+                "the public key is not a whole number of bytes",
+            ),
             (
                 json!({"kty":"RSA","x5c":"MIIB"}),
                 "x5c is not a non-empty array of strings",
