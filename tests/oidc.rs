@@ -30,7 +30,9 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_stateless::jwt::{Algorithm, JwtAuthLayer, JwtKeySet, RequireScopeLayer, TokenPolicy};
+use tower_stateless::jwt::{
+    Algorithm, JwtAuthLayer, JwtKeySet, KeyError, RequireScopeLayer, TokenPolicy,
+};
 use tower_stateless::oidc::{OidcError, RemoteJwks, RemoteKeys};
 use tower_stateless::response::ResponseBody;
 
@@ -74,6 +76,24 @@ fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str, declare_alg: bool) -> Value
         jwk.common.key_algorithm = None;
     }
     serde_json::to_value(jwk).unwrap()
+}
+
+/// The `x5c` form (standard base64 DER) of a certificate fixture. The certificates are
+/// self-signed, made once with OpenSSL 3 from the key fixtures beside them:
+///
+/// ```text
+/// openssl req -x509 -new -key rsa1-private.pem -subj /CN=x5c-rsa1 -days 36500 -sha256 -out rsa1-cert.pem
+/// openssl req -x509 -new -key ec256-private.pem -subj /CN=x5c-ec256 -days 36500 -sha256 -out ec256-cert.pem
+/// openssl req -x509 -new -key ed25519-private.pem -subj /CN=x5c-ed25519 -days 36500 -out ed25519-cert.pem
+/// openssl req -x509 -newkey rsa:1024 -nodes -keyout /dev/null -subj /CN=x5c-weak -days 36500 -sha256 -out rsa1024-cert.pem
+/// openssl ec -in ec256-private.pem -conv_form compressed -out /tmp/ec256-compressed.pem
+/// openssl req -x509 -new -key /tmp/ec256-compressed.pem -subj /CN=x5c-ec256-compressed -days 36500 -sha256 -out ec256-compressed-cert.pem
+/// ```
+fn x5c(name: &str) -> String {
+    let pem = String::from_utf8(fixture(name)).unwrap();
+    pem.lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect()
 }
 
 fn now() -> u64 {
@@ -926,6 +946,95 @@ async fn jwks_shapes_met_in_the_wild() {
     let svc = provider_service(&rs256_only, &provider);
     let ps = sign(&rsa1(), Algorithm::PS256, Some("rsa-no-alg"), &good);
     assert_eq!(status(&svc, &ps).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn keys_published_only_as_x5c_certificates() {
+    let ec256 = private("ec256-private.pem", Algorithm::ES256);
+    let ed = private("ed25519-private.pem", Algorithm::EdDSA);
+    // n/e of rsa2 next to a certificate of rsa1: the key is n/e.
+    let mut both = jwk(&rsa2(), Algorithm::RS256, "both", true);
+    both["x5c"] = json!([x5c("rsa1-cert.pem")]);
+    let provider = Provider::start(json!({"keys": [
+        {"kty":"RSA","kid":"x5c-rsa","use":"sig","x5c":[x5c("rsa1-cert.pem"), x5c("ec256-cert.pem")]},
+        {"kty":"EC","kid":"x5c-ec","x5c":[x5c("ec256-cert.pem")]},
+        {"kty":"OKP","kid":"x5c-ed","alg":"EdDSA","x5c":[x5c("ed25519-cert.pem")]},
+        {"kty":"RSA","kid":"garbage","x5c":["!!! not base64 !!!"]},
+        {"kty":"RSA","kid":"not-a-cert","x5c":[URL_SAFE_NO_PAD.encode(b"hello, world")]},
+        {"kty":"RSA","kid":"empty-chain","x5c":[]},
+        {"kty":"RSA","kid":"ec-as-rsa","x5c":[x5c("ec256-cert.pem")]},
+        {"kty":"EC","kid":"rsa-as-ec","x5c":[x5c("rsa1-cert.pem")]},
+        {"kty":"EC","kid":"wrong-crv","crv":"P-384","x5c":[x5c("ec256-cert.pem")]},
+        {"kty":"RSA","kid":"weak","x5c":[x5c("rsa1024-cert.pem")]},
+        {"kty":"EC","kid":"compressed","x5c":[x5c("ec256-compressed-cert.pem")]},
+        // Some members of its own: not completed from the certificate, and broken.
+        {"kty":"RSA","kid":"half","e":"AQAB","x5c":[x5c("rsa1-cert.pem")]},
+        {"kty":"RSA","kid":"x5c-enc","use":"enc","x5c":[x5c("rsa1-cert.pem")]},
+        // alg must fit the key read from the certificate.
+        {"kty":"RSA","kid":"x5c-es256","alg":"ES256","x5c":[x5c("rsa1-cert.pem")]},
+        jwk(&rsa2(), Algorithm::RS256, "plain", true),
+        both,
+    ]}))
+    .await;
+    let remote = provider
+        .discover()
+        .algorithms([Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA])
+        .build()
+        .await
+        .unwrap();
+    let kids: Vec<String> = remote.key_set().kids().flatten().collect();
+    assert_eq!(kids, ["x5c-rsa", "x5c-ec", "x5c-ed", "plain", "both"]);
+    let svc = provider_service(&remote, &provider);
+    let good = claims(provider.issuer());
+    for (alg, key, kid) in [
+        (Algorithm::RS256, &rsa1(), "x5c-rsa"),
+        (Algorithm::ES256, &ec256, "x5c-ec"),
+        (Algorithm::EdDSA, &ed, "x5c-ed"),
+        (Algorithm::RS256, &rsa2(), "plain"),
+        (Algorithm::RS256, &rsa2(), "both"),
+    ] {
+        let token = sign(key, alg, Some(kid), &good);
+        assert_eq!(status(&svc, &token).await, StatusCode::OK, "{kid} {alg:?}");
+    }
+    for (alg, key, kid) in [
+        // The certificate next to n/e is not the key.
+        (Algorithm::RS256, &rsa1(), "both"),
+        (Algorithm::RS256, &rsa2(), "x5c-rsa"),
+        (Algorithm::ES256, &ec256, "ec-as-rsa"),
+        (Algorithm::ES256, &ec256, "wrong-crv"),
+        (Algorithm::RS256, &rsa1(), "x5c-enc"),
+        (Algorithm::RS256, &rsa1(), "x5c-es256"),
+        (Algorithm::ES256, &ec256, "compressed"),
+        (Algorithm::RS256, &rsa1(), "half"),
+    ] {
+        let token = sign(key, alg, Some(kid), &good);
+        assert_eq!(
+            status(&svc, &token).await,
+            StatusCode::UNAUTHORIZED,
+            "{kid} {alg:?}"
+        );
+    }
+
+    // A static document: an unreadable certificate or a weak key fails it (it is fixed
+    // at deploy time), a certificate of another key type is skipped.
+    let only = |jwk: Value| JwtKeySet::from_jwks_json(&json!({"keys": [jwk]}).to_string());
+    let rsa = only(json!({"kty":"RSA","kid":"r","x5c":[x5c("rsa1-cert.pem")]})).unwrap();
+    assert_eq!(rsa.kids().collect::<Vec<_>>(), [Some("r".to_owned())]);
+    let weak = only(json!({"kty":"RSA","kid":"w","x5c":[x5c("rsa1024-cert.pem")]}));
+    assert!(
+        matches!(weak, Err(KeyError::WeakRsaKey { bits: 1024 })),
+        "{weak:?}"
+    );
+    let garbage = only(json!({"kty":"RSA","kid":"g","x5c":["!!!"]}));
+    assert!(
+        matches!(garbage, Err(KeyError::InvalidCertificate { .. })),
+        "{garbage:?}"
+    );
+    let ec_as_rsa = only(json!({"kty":"RSA","kid":"e","x5c":[x5c("ec256-cert.pem")]}));
+    assert!(
+        matches!(ec_as_rsa, Err(KeyError::EmptyJwks)),
+        "{ec_as_rsa:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 
 /// Why a key could not be added to a [`JwtKeySet`] or used by a
@@ -58,6 +60,16 @@ pub enum KeyError {
     /// A private key whose derived public key does not verify its own signature.
     #[error("the key failed its sign-and-verify self-test")]
     SelfTestFailed,
+    /// A JWK's `x5c` certificate could not be read: not standard base64, not a DER X.509
+    /// certificate, or a public key that does not decode.
+    #[error("unreadable x5c certificate: {reason}")]
+    InvalidCertificate {
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The decoding error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The JWKS document is not valid JSON or has no `keys` array.
     #[error("invalid JWKS document")]
     InvalidJwks(#[source] serde_json::Error),
@@ -385,10 +397,17 @@ impl JwtKeySet {
     /// keys `EdDSA`. An HMAC (`oct`) key needs an explicit `HS*` `alg`: its algorithm is
     /// never guessed. Keys marked for encryption (`"use":"enc"`, or `key_ops` without
     /// `verify`) and keys this crate cannot use (unknown `kty`, curve or `alg`, P-521, an
-    /// `alg` that does not fit the key, an RSA key given only as an `x5c` certificate)
-    /// are skipped with a warning; `x5c` next to `n`/`e` is ignored (the key is `n`/`e`).
-    /// A key that claims a usable algorithm but has broken material is an error, and so
-    /// is a document that leaves no key at all.
+    /// `alg` that does not fit the key) are skipped with a warning. A key that claims a
+    /// usable algorithm but has broken material is an error, and so is a document that
+    /// leaves no key at all.
+    ///
+    /// With the `oidc` feature, an RSA, EC or OKP key given only as an `x5c` certificate
+    /// chain (no `n`/`e`, `x`/`y`) is the public key of its first certificate, then
+    /// checked as if given by its members (RSA modulus size, `alg`, `crv`); the chain is
+    /// not validated (issuer, dates). A certificate that does not decode is an error; one
+    /// whose key is not of the JWK's `kty` or `crv` is skipped. `x5c` next to the key's
+    /// own members is ignored: the key is `n`/`e` (or `x`/`y`). Without `oidc`, an
+    /// `x5c`-only key is skipped with a warning.
     pub fn with_jwks_json(mut self, json: &str) -> Result<Self, KeyError> {
         for entry in parse_jwks(json, &JwksRules::STATIC)? {
             self = self.push(entry)?;
@@ -620,6 +639,12 @@ pub(crate) fn parse_jwks(json: &str, rules: &JwksRules<'_>) -> Result<Vec<KeyEnt
     let document: Document = serde_json::from_str(json).map_err(KeyError::InvalidJwks)?;
     let mut entries: Vec<KeyEntry> = Vec::new();
     for value in document.keys {
+        #[cfg(feature = "oidc")]
+        let value = match x5c::expand(value, rules) {
+            Ok(Some(value)) => value,
+            Ok(None) => continue,
+            Err(error) => return Err(error),
+        };
         let jwk: Jwk = match serde_json::from_value(value) {
             Ok(jwk) => jwk,
             Err(error) => {
@@ -628,7 +653,7 @@ pub(crate) fn parse_jwks(json: &str, rules: &JwksRules<'_>) -> Result<Vec<KeyEnt
             }
         };
         let kid = jwk.common.key_id.clone();
-        if !usable_for_signatures(&jwk) {
+        if !usable_for_signatures(&jwk.common) {
             tracing::debug!(?kid, "skipping a JWK not meant for signatures");
             continue;
         }
@@ -710,11 +735,11 @@ fn rsa_modulus_bits(n: &str) -> usize {
     }
 }
 
-fn usable_for_signatures(jwk: &Jwk) -> bool {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+fn usable_for_signatures(common: &CommonParameters) -> bool {
+    if matches!(common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return false;
     }
-    match &jwk.common.key_operations {
+    match &common.key_operations {
         Some(ops) => ops.iter().any(|op| matches!(op, KeyOperations::Verify)),
         None => true,
     }
@@ -759,6 +784,175 @@ fn jwk_algorithms(jwk: &Jwk, rules: &JwksRules<'_>) -> Vec<Algorithm> {
                 .collect(),
             _ => default.into_iter().filter(allowed).collect(),
         },
+    }
+}
+
+/// Keys published only as an `x5c` certificate chain (RFC 7517 §4.7), as some providers
+/// do: the public key of the first certificate becomes the JWK's own members (`n`/`e`, or
+/// `crv`/`x`/`y`), so that every check of a JWK given by its members applies unchanged.
+///
+/// The chain is not validated (issuer, expiry): the document's transport vouches for its
+/// keys, not the certificate, and a provider's key stays valid past a certificate date.
+#[cfg(feature = "oidc")]
+mod x5c {
+    use base64::alphabet::STANDARD;
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+    use base64::engine::DecodePaddingMode;
+    use base64::Engine as _;
+    use serde::Deserialize as _;
+    use serde_json::{Map, Value};
+    use x509_cert::der::asn1::ObjectIdentifier as Oid;
+    use x509_cert::der::Decode as _;
+    use x509_cert::Certificate;
+
+    use super::{usable_for_signatures, CommonParameters, JwksRules, KeyError};
+
+    /// `x5c` is standard base64 (not base64url); padding is not always kept.
+    const BASE64: GeneralPurpose = GeneralPurpose::new(
+        &STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    const RSA_ENCRYPTION: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
+    const EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+    const ED25519: Oid = Oid::new_unwrap("1.3.101.112");
+    /// Named curves, with their JWK `crv` and coordinate length. P-521 is read so that it
+    /// is skipped as an unsupported curve, as when given by its members.
+    const CURVES: [(Oid, &str, usize); 3] = [
+        (Oid::new_unwrap("1.2.840.10045.3.1.7"), "P-256", 32),
+        (Oid::new_unwrap("1.3.132.0.34"), "P-384", 48),
+        (Oid::new_unwrap("1.3.132.0.35"), "P-521", 66),
+    ];
+
+    /// The JWK to parse: `value` itself, or with its members taken from `x5c[0]` when it
+    /// has none of its own. `None`: skip it (not for signatures, or its certificate's key
+    /// does not fit its `kty`/`crv`). An unreadable certificate is an error in a strict
+    /// document and skipped in another.
+    pub(super) fn expand(
+        mut value: Value,
+        rules: &JwksRules<'_>,
+    ) -> Result<Option<Value>, KeyError> {
+        let Some(jwk) = value.as_object_mut().filter(|jwk| needs_certificate(jwk)) else {
+            return Ok(Some(value));
+        };
+        let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
+        // An encryption key is skipped before its certificate is looked at.
+        let common = CommonParameters::deserialize(&*jwk);
+        if common.is_ok_and(|common| !usable_for_signatures(&common)) {
+            tracing::debug!(?kid, "skipping a JWK not meant for signatures");
+            return Ok(None);
+        }
+        match fill_from_certificate(jwk) {
+            Ok(Ok(())) => Ok(Some(value)),
+            Ok(Err(mismatch)) => {
+                tracing::warn!(
+                    ?kid,
+                    mismatch,
+                    "skipping a JWK whose x5c key does not fit it"
+                );
+                Ok(None)
+            }
+            Err(error) if rules.strict => Err(error),
+            Err(error) => {
+                tracing::warn!(?kid, %error, "skipping a JWK whose x5c cannot be read");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A JWK of a key type read from certificates, with an `x5c` and no key member.
+    fn needs_certificate(jwk: &Map<String, Value>) -> bool {
+        let members: &[&str] = match jwk.get("kty").and_then(Value::as_str) {
+            Some("RSA") => &["n", "e"],
+            Some("EC") => &["x", "y"],
+            Some("OKP") => &["x"],
+            _ => return false,
+        };
+        jwk.contains_key("x5c") && !members.iter().any(|m| jwk.contains_key(*m))
+    }
+
+    fn invalid(
+        reason: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> KeyError {
+        KeyError::InvalidCertificate {
+            reason,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    fn unreadable(reason: &'static str) -> KeyError {
+        KeyError::InvalidCertificate {
+            reason,
+            source: None,
+        }
+    }
+
+    /// Sets the JWK's members from the public key of `x5c[0]`. The inner `Err` names
+    /// why the key does not fit the JWK (another key type or curve, or one not read).
+    fn fill_from_certificate(
+        jwk: &mut Map<String, Value>,
+    ) -> Result<Result<(), &'static str>, KeyError> {
+        let first = jwk
+            .get("x5c")
+            .and_then(Value::as_array)
+            .and_then(|chain| chain.first())
+            .and_then(Value::as_str)
+            .ok_or_else(|| unreadable("x5c is not a non-empty array of strings"))?;
+        let der = BASE64
+            .decode(first)
+            .map_err(|e| invalid("x5c[0] is not standard base64", e))?;
+        let certificate =
+            Certificate::from_der(&der).map_err(|e| invalid("x5c[0] is not a certificate", e))?;
+        let spki = certificate.tbs_certificate.subject_public_key_info;
+        let key = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| unreadable("the public key is not a whole number of bytes"))?;
+        let b64 = |bytes: &[u8]| Value::String(URL_SAFE_NO_PAD.encode(bytes));
+        let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or_default();
+        match (kty, spki.algorithm.oid) {
+            ("RSA", RSA_ENCRYPTION) => {
+                let rsa = pkcs1::RsaPublicKey::from_der(key)
+                    .map_err(|e| invalid("the RSA public key does not decode", e))?;
+                jwk.insert("n".to_owned(), b64(rsa.modulus.as_bytes()));
+                jwk.insert("e".to_owned(), b64(rsa.public_exponent.as_bytes()));
+            }
+            ("EC", EC_PUBLIC_KEY) => {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|params| params.decode_as::<Oid>().ok());
+                let Some(&(_, crv, len)) = CURVES.iter().find(|(oid, ..)| Some(*oid) == curve)
+                else {
+                    return Ok(Err("the certificate's EC curve is not supported"));
+                };
+                if jwk.get("crv").is_some_and(|given| given != crv) {
+                    return Ok(Err("the certificate's curve is not the JWK's crv"));
+                }
+                // Only the uncompressed form 0x04 || x || y.
+                let point = match key.split_first() {
+                    Some((4, xy)) if xy.len() == 2 * len => xy,
+                    _ => return Err(unreadable("the EC point is not uncompressed")),
+                };
+                let (x, y) = point.split_at(len);
+                jwk.insert("crv".to_owned(), crv.into());
+                jwk.insert("x".to_owned(), b64(x));
+                jwk.insert("y".to_owned(), b64(y));
+            }
+            ("OKP", ED25519) => {
+                if jwk.get("crv").is_some_and(|given| given != "Ed25519") {
+                    return Ok(Err("the certificate's curve is not the JWK's crv"));
+                }
+                if key.len() != 32 {
+                    return Err(unreadable("the Ed25519 key is not 32 bytes"));
+                }
+                jwk.insert("crv".to_owned(), "Ed25519".into());
+                jwk.insert("x".to_owned(), b64(key));
+            }
+            _ => return Ok(Err("the certificate's key is not of the JWK's kty")),
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -881,6 +1075,8 @@ mod tests {
 
     #[test]
     fn remote_rules_never_take_hmac_and_pin_alg_less_rsa_to_configured_algorithms() {
+        // Jwk::from_encoding_key needs the provider chosen when both backends are on.
+        install_crypto_provider();
         let rsa =
             EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa1-private.pem"))
                 .unwrap();
@@ -919,6 +1115,140 @@ mod tests {
             JwtKeySet::from_jwks_json(&doc.to_string()),
             Err(KeyError::EmptyJwks)
         ));
+    }
+
+    #[cfg(feature = "oidc")]
+    #[test]
+    fn x5c_certificates_fill_the_members_or_say_why_not() {
+        install_crypto_provider();
+        use base64::engine::general_purpose::STANDARD;
+        use serde_json::json;
+        let der =
+            |pem: &str| -> String { pem.lines().filter(|l| !l.starts_with("-----")).collect() };
+        let rsa = der(include_str!("../../tests/fixtures/jwt/rsa1-cert.pem"));
+        let ec = der(include_str!("../../tests/fixtures/jwt/ec256-cert.pem"));
+        let compressed = der(include_str!(
+            "../../tests/fixtures/jwt/ec256-compressed-cert.pem"
+        ));
+        let remote = JwksRules {
+            algorithms: None,
+            allow_hmac: false,
+            strict: false,
+        };
+        let expand = |jwk: serde_json::Value| x5c::expand(jwk, &JwksRules::STATIC);
+
+        // The members come from the certificate's key: those of rsa1's public JWK.
+        let public =
+            EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa1-private.pem"))
+                .unwrap();
+        let expected =
+            serde_json::to_value(Jwk::from_encoding_key(&public, Algorithm::RS256).unwrap())
+                .unwrap();
+        let filled = expand(json!({"kty":"RSA","x5c":[rsa]})).unwrap().unwrap();
+        assert_eq!(
+            (&filled["n"], &filled["e"]),
+            (&expected["n"], &expected["e"])
+        );
+        // Unpadded base64 is accepted too.
+        let unpadded = expand(json!({"kty":"RSA","x5c":[rsa.trim_end_matches('=')]}));
+        assert_eq!(unpadded.unwrap().unwrap()["n"], expected["n"]);
+        let filled = expand(json!({"kty":"EC","x5c":[ec]})).unwrap().unwrap();
+        assert_eq!(filled["crv"], "P-256");
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(filled["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+
+        // Not read: another key type or curve (skipped), and not for signatures.
+        for skipped in [
+            json!({"kty":"RSA","x5c":[ec]}),
+            json!({"kty":"EC","x5c":[rsa]}),
+            json!({"kty":"OKP","x5c":[ec]}),
+            json!({"kty":"EC","crv":"P-384","x5c":[ec]}),
+            json!({"kty":"RSA","use":"enc","x5c":["!!!"]}),
+            json!({"kty":"RSA","key_ops":["encrypt"],"x5c":["!!!"]}),
+        ] {
+            assert!(matches!(expand(skipped.clone()), Ok(None)), "{skipped}");
+        }
+        // Left as they are: members of its own, no x5c, another kty.
+        for kept in [
+            json!({"kty":"RSA","n":"AQAB","x5c":[ec]}),
+            json!({"kty":"RSA","e":"AQAB","x5c":[ec]}),
+            json!({"kty":"RSA"}),
+            json!({"kty":"oct","x5c":[ec]}),
+            json!("not an object"),
+        ] {
+            assert_eq!(expand(kept.clone()).unwrap().as_ref(), Some(&kept));
+        }
+        // Certificates whose key bytes are broken (their signature is never checked): the
+        // RSA key's SEQUENCE made a SET, the Ed25519 key given a stray unused bit.
+        let patch = |cert: &str, from: &[u8], to: &[u8]| {
+            let mut der = STANDARD.decode(cert).unwrap();
+            let at = der.windows(from.len()).position(|w| w == from).unwrap();
+            der[at..at + to.len()].copy_from_slice(to);
+            STANDARD.encode(der)
+        };
+        let rsa_set = patch(
+            &rsa,
+            &[3, 0x82, 1, 0x0f, 0, 0x30],
+            &[3, 0x82, 1, 0x0f, 0, 0x31],
+        );
+        let ed = der(include_str!("../../tests/fixtures/jwt/ed25519-cert.pem"));
+        let filled = expand(json!({"kty":"OKP","x5c":[ed]})).unwrap().unwrap();
+        assert_eq!(filled["crv"], "Ed25519");
+        let ed_bit = patch(
+            &ed,
+            &[0x2b, 0x65, 0x70, 3, 0x21, 0],
+            &[0x2b, 0x65, 0x70, 3, 0x21, 1],
+        );
+
+        // Unreadable: an error in a static document, skipped in a provider's.
+        for (bad, reason) in [
+            (
+                json!({"kty":"RSA","x5c":[rsa_set]}),
+                "the RSA public key does not decode",
+            ),
+            (
+                json!({"kty":"OKP","x5c":[ed_bit]}),
+                "the public key is not a whole number of bytes",
+            ),
+            (
+                json!({"kty":"RSA","x5c":"MIIB"}),
+                "x5c is not a non-empty array of strings",
+            ),
+            (
+                json!({"kty":"RSA","x5c":[]}),
+                "x5c is not a non-empty array of strings",
+            ),
+            (
+                json!({"kty":"RSA","x5c":[7]}),
+                "x5c is not a non-empty array of strings",
+            ),
+            (
+                json!({"kty":"RSA","x5c":["!!!"]}),
+                "x5c[0] is not standard base64",
+            ),
+            (
+                json!({"kty":"RSA","x5c":[STANDARD.encode("hello")]}),
+                "x5c[0] is not a certificate",
+            ),
+            (
+                json!({"kty":"EC","x5c":[compressed]}),
+                "the EC point is not uncompressed",
+            ),
+        ] {
+            match expand(bad.clone()) {
+                Err(KeyError::InvalidCertificate { reason: r, .. }) => assert_eq!(r, reason),
+                other => panic!("{bad}: {other:?}"),
+            }
+            assert!(
+                matches!(x5c::expand(bad.clone(), &remote), Ok(None)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -91,8 +91,11 @@
 //!   is used only for the RSA algorithms configured, never for HMAC, so an `HS256`
 //!   token signed with an RSA public key is refused (algorithm confusion).
 //! - `jku`, `jwk`, `x5u` and `x5c` token headers are ignored; keys come only from the
-//!   configured URL. A JWK's `x5c` certificate chain is not validated; its `n`/`e` are
-//!   the key.
+//!   configured URL. A JWK's `x5c` certificate chain is not validated (issuer, dates):
+//!   the key is the JWK's `n`/`e` (or `x`/`y`), and only a JWK without them takes the
+//!   public key of its first certificate, checked as any other (RSA modulus size, `alg`,
+//!   `crv`). A certificate that does not decode or holds another type of key is skipped
+//!   with a warning; the other keys of the set are still used.
 //! - With several issuers, the unverified `iss` only selects which keys to try; the
 //!   signature and then `iss` and `aud` are verified as for any token.
 
