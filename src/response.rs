@@ -3,7 +3,7 @@
 //! # Conventions shared by every layer
 //!
 //! - A rejection is a response, never a service error: the status, the JSON
-//!   [`ErrorBody`] with a code from the [`rejection`](crate::rejection) catalogue, and
+//!   [`ErrorBody`] with a code from the [`rejection`] catalogue, and
 //!   `Retry-After` on a `503`.
 //! - Every layer's response body is [`ResponseBody`], which keeps the inner body's type.
 //! - A response future polled again after it returned `Poll::Ready` panics, with a message
