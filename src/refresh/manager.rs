@@ -139,6 +139,16 @@ impl<S: StateStore> RefreshTokensBuilder<S> {
     /// works once per token, and only while its replacement is unused: if the
     /// replacement was already exchanged, presenting the old token is reuse.
     ///
+    /// The same holds when the *server* cannot tell whether a rotation happened: a
+    /// rotation answered with an error for which
+    /// [`StoreError::may_have_applied`](crate::store::StoreError::may_have_applied) is
+    /// true (a connection dropped after the command was sent, or
+    /// [`StoreError::NotReplicated`](crate::store::StoreError::NotReplicated) with
+    /// [`replica_acks`](crate::store::RedisStoreBuilder::replica_acks)) may have consumed
+    /// the token; the client's retry is then reuse unless it falls within the grace
+    /// window. With `replica_acks`, or on a network that drops connections, set a grace
+    /// of a few seconds.
+    ///
     /// # Security
     ///
     /// Within the window, a thief replaying a just-rotated token gets a pair too; the
