@@ -97,8 +97,9 @@ for row in "${rows[@]}"; do
     IFS='|' read -r name method path key sent <<<"$row"
     post=0
     [ "$method" = POST ] && post=1
-    BENCH_POST=$post BENCH_KEY=$key wrk -t"$threads" -c"$connections" -d"${warmup}s" \
-        -s benches/compare.lua "$base$path" >/dev/null
+    # Each wrk run numbers its keys from 1: a run tag of its own keeps first calls first.
+    BENCH_RUN="$BENCH_RUN-warm" BENCH_POST=$post BENCH_KEY=$key wrk -t"$threads" \
+        -c"$connections" -d"${warmup}s" -s benches/compare.lua "$base$path" >/dev/null
     sleep 0.2 # the warm-up's last requests finish
     rcli CONFIG RESETSTAT >/dev/null
     cpu_before=$(redis_cpu)

@@ -14,6 +14,9 @@ local bearer = os.getenv("BENCH_BEARER")
 local post = os.getenv("BENCH_POST") == "1"
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
 local fixed_key = os.getenv("BENCH_KEY")
+if fixed_key == "" then
+    fixed_key = nil
+end
 local cookies = {}
 local cookie_file = os.getenv("BENCH_COOKIES")
 if cookie_file and cookie_file ~= "" then
