@@ -147,7 +147,7 @@
 //! |---|---|---|---|---|
 //! | `jwt` | `tower_stateless::jwt` | `result` | per request that is not on a public path (and by `RequireScopeLayer` when it refuses) | `ok`, `missing`, `invalid`, `expired`, `insufficient_scope` |
 //! | `revocation` | `tower_stateless::revocation` | `result` | per verified token checked, around its store read | `ok`, `revoked`, `store_error` |
-//! | `session` | `tower_stateless::session` | `op`, `result` | per session load (first touch of a session with an id), per `Session::update` attempt, per write-back that writes | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
+//! | `session` | `tower_stateless::session` | `op`, `result` | per session load (first touch of a session with an id), per `Session::update` attempt (one that lost a race and is retried records `conflict`), per write-back that writes | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
 //! | `idempotency` | `tower_stateless::idempotency` | `result` | per request with a key that reaches the store: claim, handler, record | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
 //! | `rate_limit` | `tower_stateless::rate_limit` | `result` | per keyed request, around its store step | `allowed`, `limited`, `store_error` |
 //! | `refresh` | `tower_stateless::refresh` | `result` | per `RefreshTokens::issue`/`issue_for_session` and `rotate` call | `issued`, `rotated`, `reused`, `invalid` |

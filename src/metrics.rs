@@ -296,6 +296,14 @@ pub(crate) fn session_span() -> tracing::Span {
     )
 }
 
+/// Records a session outcome on `span` only: an attempt that is traced but not counted
+/// (a `Session::update` attempt that lost a race and is retried, or failed in the store).
+#[inline]
+pub(crate) fn session_span_only(span: &tracing::Span, op: SessionOp, result: SessionResult) {
+    span.record("op", op.as_str());
+    span.record("result", result.as_str());
+}
+
 /// The span of one keyed request through the idempotency layer: claim, handler, record.
 #[inline]
 pub(crate) fn idempotency_span() -> tracing::Span {

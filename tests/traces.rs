@@ -471,6 +471,148 @@ async fn refresh_tokens_trace_their_decisions<St: StateStore>(
     );
 }
 
+/// `Session::update`: each attempt is a `session` span (`op` write); one that lost the race
+/// to another request records `conflict`, the retry `ok`, each over its store operation.
+async fn session_update_attempts_are_traced<St: StateStore>(
+    recorder: Recorder,
+    store: St,
+    backend: &str,
+) {
+    type Plain = BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, Infallible>;
+    fn collect<S>(svc: S) -> Plain
+    where
+        S: tower::Service<
+                Request<Full<Bytes>>,
+                Response = Response<ResponseBody<Full<Bytes>>>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        BoxCloneService::new(
+            svc.and_then(|res: Response<ResponseBody<Full<Bytes>>>| async move {
+                let (parts, body) = res.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                Ok(Response::from_parts(parts, bytes))
+            }),
+        )
+    }
+    async fn bump(session: &Session) -> Bytes {
+        match session
+            .update("n", |n: Option<u32>| n.unwrap_or(0) + 1)
+            .await
+        {
+            Ok(n) => Bytes::from(n.to_string()),
+            Err(e) => Bytes::from(format!("error: {e}")),
+        }
+    }
+    let layer = SessionLayer::new(store).secure(false);
+    // Another request bumping the counter of the same session.
+    let other = collect(ServiceBuilder::new().layer(layer.clone()).service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            let session = req.extensions().get::<Session>().cloned();
+            let body = match session {
+                Some(session) => bump(&session).await,
+                None => Bytes::new(),
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(body)))
+        },
+    ));
+    // Loads the session, lets `other` bump it, then bumps it itself: its first attempt
+    // finds the field changed.
+    let racing =
+        {
+            let other = other.clone();
+            collect(ServiceBuilder::new().layer(layer).service_fn(
+                move |req: Request<Full<Bytes>>| {
+                    let other = other.clone();
+                    async move {
+                        let Some(session) = req.extensions().get::<Session>().cloned() else {
+                            return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())));
+                        };
+                        let before = session.get::<u32>("n").await.ok().flatten();
+                        let mut forwarded = Request::new(Full::new(Bytes::new()));
+                        *forwarded.headers_mut() = req.headers().clone();
+                        let _ = other.oneshot(forwarded).await;
+                        let after = bump(&session).await;
+                        let body = format!("{before:?} {}", String::from_utf8_lossy(&after));
+                        Ok(Response::new(Full::new(Bytes::from(body))))
+                    }
+                },
+            ))
+        };
+
+    let created = other
+        .clone()
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    assert_eq!(created.body().as_ref(), b"1");
+    let cookie = created.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut req = Request::new(Full::new(Bytes::new()));
+    req.headers_mut()
+        .insert(header::COOKIE, cookie.parse().unwrap());
+    let raced = racing.oneshot(req).await.unwrap();
+    assert_eq!(
+        raced.body().as_ref(),
+        b"Some(1) 3",
+        "the retry saw the other write"
+    );
+
+    let spans = recorder.spans();
+    let write = |result: &str| -> Vec<usize> {
+        decisions(&spans, "session", result)
+            .into_iter()
+            .filter(|(_, s)| s.fields.get("op").map(String::as_str) == Some("write"))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let conflicts = write("conflict");
+    assert_eq!(conflicts.len(), 1, "{spans:#?}");
+    assert_eq!(
+        store_children(&spans, conflicts[0], backend),
+        ["hash_compare_and_set_field"]
+    );
+    // Created, the other request's bump, the retry.
+    let written = write("ok");
+    assert_eq!(written.len(), 3, "{spans:#?}");
+    for i in written {
+        assert_eq!(
+            store_children(&spans, i, backend),
+            ["hash_compare_and_set_field"]
+        );
+    }
+    let session_id = cookie.split_once('=').unwrap().1.to_owned();
+    assert_no_secrets(&recorder, &[&cookie, &session_id]);
+}
+
+#[test]
+fn memory_session_update_attempts_are_traced() {
+    traced(|recorder| session_update_attempts_are_traced(recorder, MemoryStore::new(), "memory"));
+}
+
+#[test]
+fn redis_session_update_attempts_are_traced() {
+    let Some(server) = common::RedisServer::start() else {
+        return;
+    };
+    traced(|recorder| {
+        let store = RedisStore::from_url(server.url()).expect("store");
+        session_update_attempts_are_traced(recorder, store, "redis")
+    });
+}
+
 #[test]
 fn memory_every_layer_traces_its_decision() {
     traced(|recorder| every_layer_traces_its_decision(recorder, MemoryStore::new(), "memory"));

@@ -478,7 +478,10 @@ impl Session {
             );
             let outcome = tracing::Instrument::instrument(swap, span.clone())
                 .await
-                .map_err(SessionError::Store)?;
+                .map_err(|e| {
+                    metrics::session_span_only(&span, SessionOp::Write, SessionResult::StoreError);
+                    SessionError::Store(e)
+                })?;
             match outcome {
                 HashWriteOutcome::Written => {
                     span.in_scope(|| metrics::session(SessionOp::Write, SessionResult::Ok));
@@ -505,6 +508,8 @@ impl Session {
                             key: key.to_owned(),
                         });
                     }
+                    // This attempt lost the race (traced; counted only when retries end).
+                    metrics::session_span_only(&span, SessionOp::Write, SessionResult::Conflict);
                     attempt += 1;
                     expected = now.clone();
                     current = now;
