@@ -16,7 +16,8 @@ mod hash;
 /// It has the same semantics as the Redis backend for every operation, TTLs included: an
 /// expired key is absent at once, and the memory it held is reclaimed by the cache's
 /// background maintenance (built on [`moka`], whose per-key locks make each operation
-/// atomic). Clones share the same data.
+/// atomic). Clones share the same data. Each operation runs in a `DEBUG` span `memory`
+/// (target `tower_stateless::store`, fields `op` and `result`).
 ///
 /// It is not shared between processes: several instances of a service each have their
 /// own, which defeats the point of this crate in production. Use `RedisStore` there.

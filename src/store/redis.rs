@@ -86,6 +86,10 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// (default 1 s): a stalled Redis yields [`StoreError::Timeout`] instead of hanging a
 /// request.
 ///
+/// Each operation runs in a `DEBUG` span `redis` (target `tower_stateless::store`, fields
+/// `op` and `result`), a child of the deciding layer's span; no key or value is recorded
+/// (see the [span table](crate#metrics-and-traces)).
+///
 /// # Durable writes
 ///
 /// Redis replicates asynchronously: a write it acknowledged can vanish when the primary
