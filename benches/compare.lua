@@ -5,6 +5,7 @@
 --   BENCH_COOKIES  file of Cookie header values, one per line, sent round-robin
 --   BENCH_POST     "1": POST with a small JSON body and a new Idempotency-Key each time
 --   BENCH_RUN      a tag that makes the run's idempotency keys unique
+--   BENCH_KEY      with BENCH_POST: this one Idempotency-Key on every request (replays)
 --
 -- done() prints one line for the script:
 --   RESULT <requests> <duration µs> <p50 µs> <p99 µs> <non-2xx/3xx answers> <socket errors>
@@ -12,6 +13,10 @@
 local bearer = os.getenv("BENCH_BEARER")
 local post = os.getenv("BENCH_POST") == "1"
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
+local fixed_key = os.getenv("BENCH_KEY")
+if fixed_key == "" then
+    fixed_key = nil
+end
 local cookies = {}
 local cookie_file = os.getenv("BENCH_COOKIES")
 if cookie_file and cookie_file ~= "" then
@@ -40,7 +45,7 @@ function request()
     end
     if post then
         headers["Content-Type"] = "application/json"
-        headers["Idempotency-Key"] = run .. "-" .. tostring(thread_id) .. "-" .. n
+        headers["Idempotency-Key"] = fixed_key or (run .. "-" .. tostring(thread_id) .. "-" .. n)
         return wrk.format("POST", nil, headers, '{"n":1}')
     end
     return wrk.format("GET", nil, headers, nil)

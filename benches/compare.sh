@@ -90,8 +90,10 @@ for row in "${rows[@]}"; do
     name=${row%%|*} path=${row#*|}
     post=0
     [ "$path" = /idempotent ] && post=1
-    BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${warmup}s" -s benches/compare.lua \
-        "$base$path" >/dev/null
+    # Each wrk run numbers its idempotency keys from 1: the warm-up gets a tag of its own,
+    # or the measured run would replay the warm-up's keys.
+    BENCH_RUN="$BENCH_RUN-warm" BENCH_POST=$post wrk -t"$threads" -c"$connections" \
+        -d"${warmup}s" -s benches/compare.lua "$base$path" >/dev/null
     result=$(BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${seconds}s" \
         -s benches/compare.lua "$base$path" | grep '^RESULT ')
     read -r _ requests duration lat50 lat99 bad_status socket_errors <<<"$result"

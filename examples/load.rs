@@ -33,7 +33,8 @@
 //! | `GET /jwt-revocation-session` | the same + `SessionLayer`, handler reads the session |
 //! | `GET /jwt-revocation-cached`, `GET /jwt-revocation-cached-session` | the two above with the revocation check served by a `LocalCache` (Redis only) |
 //! | `GET /session-read`, `GET /session-write` | `SessionLayer` alone, read or write one key |
-//! | `POST /idempotent` | `IdempotencyLayer` alone, first call (a new key every request) |
+//! | `POST /idempotent` | `IdempotencyLayer` alone: a first call with a new key, a replay with a used one |
+//! | `GET /rate-limit` | `RateLimitLayer` alone, one key, a quota never reached (1,000,000/s) |
 //! | `GET /peer-read`, `GET /peer-write` | tower-sessions (the peer), read or write one key |
 //!
 //! ```sh
@@ -63,6 +64,7 @@ use serde::Deserialize;
 use tower::ServiceExt;
 use tower_stateless::idempotency::{IdempotencyLayer, Scope};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+use tower_stateless::rate_limit::{Quota, RateLimitLayer};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{LocalCache, MemoryStore, RedisStore, StateStore};
 
@@ -379,7 +381,11 @@ where
         None => Router::new(),
     };
     // No caller identity on this route: every request has a new key, so one shared scope.
-    let idempotency = IdempotencyLayer::new(store).scope(Scope::shared());
+    let idempotency = IdempotencyLayer::new(store.clone()).scope(Scope::shared());
+    // One key and a quota no run reaches: every request is one allowed GCRA step.
+    let rate_limit =
+        RateLimitLayer::new(store.clone(), Quota::per_second(1_000_000).expect("quota"))
+            .key_fn(|_| Some("bench".to_owned()));
     let tower_sessions = tower_sessions::SessionManagerLayer::new(peer)
         .with_name("tid")
         .with_secure(false);
@@ -408,6 +414,7 @@ where
         .route("/session-read", get(read).route_layer(session.clone()))
         .route("/session-write", get(write).route_layer(session))
         .route("/idempotent", post(ok).route_layer(idempotency))
+        .route("/rate-limit", get(ok).route_layer(rate_limit))
         .route(
             "/peer-read",
             get(peer_read).route_layer(tower_sessions.clone()),

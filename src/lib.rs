@@ -133,10 +133,27 @@
 //! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
 //!
 //!
-//! Traces, with or without the feature: each decision is a `DEBUG` event with the same
-//! words in a `result` field (`op` too for sessions) on the target
-//! `tower_stateless::<module>`, and [`store::InstrumentedStore`] runs each store operation in
-//! a `DEBUG` span `store` (fields `op`, `result`), a child of the current (request) span.
+//! Traces, with or without the feature: each decision is a `DEBUG` span named after the
+//! layer, with the same words in its `result` field, recorded when the layer decides; the
+//! store operations it waits on are child spans (`redis` or `memory`, and `store` under
+//! [`store::InstrumentedStore`]). The `jwt`, `rate_limit`, `revocation` and `session`
+//! spans cover the layer's own work, not the inner service; the `idempotency` span
+//! covers the whole keyed request, since its result is known only once the handler's
+//! answer is recorded. Each decision is also a `DEBUG` event with the same fields. No
+//! span or event field carries a token, session id, cookie, idempotency key, subject or
+//! value. A disabled span costs one callsite check and allocates nothing.
+//!
+//! | span | target | fields | opened | `result` |
+//! |---|---|---|---|---|
+//! | `jwt` | `tower_stateless::jwt` | `result` | per request that is not on a public path (and by `RequireScopeLayer` when it refuses) | `ok`, `missing`, `invalid`, `expired`, `insufficient_scope` |
+//! | `revocation` | `tower_stateless::revocation` | `result` | per verified token checked, around its store read | `ok`, `revoked`, `store_error` |
+//! | `session` | `tower_stateless::session` | `op`, `result` | per session load (first touch of a session with an id), per `Session::update` attempt (one that lost a race and is retried records `conflict`), per write-back that writes | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
+//! | `idempotency` | `tower_stateless::idempotency` | `result` | per request with a key that reaches the store: claim, handler, record | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
+//! | `rate_limit` | `tower_stateless::rate_limit` | `result` | per keyed request, around its store step | `allowed`, `limited`, `store_error` |
+//! | `refresh` | `tower_stateless::refresh` | `result` | per `RefreshTokens::issue`/`issue_for_session` and `rotate` call | `issued`, `rotated`, `reused`, `invalid` |
+//! | `redis`, `memory` | `tower_stateless::store` | `op`, `result` | per operation of `RedisStore` (per round trip) and `MemoryStore` | `op`: the `StateStore` method; `result`: `ok`, `unavailable`, `error` |
+//! | `store` | `tower_stateless::store` | `op`, `result` | per operation of a store wrapped in `InstrumentedStore` | as above |
+//!
 //! The README says what each value counts.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -2,7 +2,9 @@
 //!
 //! Each layer calls one function here per decision, in one line; the function emits a
 //! `DEBUG` event with the decision's `result` (always, through `tracing`, whose disabled
-//! callsites cost one relaxed load) and, with the feature `metrics`, increments a counter
+//! callsites cost one relaxed load), records the `result` on the layer's decision span
+//! when that span is the current one (the span functions below; the layer opens its span
+//! around the decision) and, with the feature `metrics`, increments a counter
 //! through the [`metrics`](https://docs.rs/metrics) facade. Without the feature the
 //! counter code is not compiled, and the crate does not depend on `metrics`.
 //!
@@ -47,6 +49,7 @@ macro_rules! outcomes {
             #[inline]
             fn record(self) {
                 tracing::debug!(target: $target, result = self.as_str(), $message);
+                on_decision_span($target, None, self.as_str());
                 #[cfg(feature = "metrics")]
                 match self {
                     $(Self::$variant => ::metrics::counter!($metric, "result" => $label).increment(1),)+
@@ -215,6 +218,11 @@ pub(crate) fn session(op: SessionOp, result: SessionResult) {
         result = result.as_str(),
         "session decision"
     );
+    on_decision_span(
+        "tower_stateless::session",
+        Some(op.as_str()),
+        result.as_str(),
+    );
     #[cfg(feature = "metrics")]
     {
         macro_rules! count {
@@ -236,6 +244,114 @@ pub(crate) fn session(op: SessionOp, result: SessionResult) {
         }
         count!(Load => "load", Write => "write", Destroy => "destroy").increment(1);
     }
+}
+
+// ---- spans ---------------------------------------------------------------------------
+//
+// One `DEBUG` span per layer decision, on the layer's target, named after the layer; its
+// `result` (and the session's `op`) is recorded by the functions above when the decision
+// is made inside it. The store's spans (`redis`, `memory`, `store`) nest under it. A
+// disabled span is `Span::none()`: one callsite check, no allocation, no formatting.
+
+/// Records a decision on the current span when that span is the deciding layer's own (its
+/// target is the layer's): never on an application's span or a store span.
+#[inline]
+fn on_decision_span(target: &'static str, op: Option<&'static str>, result: &'static str) {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let span = tracing::Span::current();
+    if span.metadata().is_some_and(|m| m.target() == target) {
+        if let Some(op) = op {
+            span.record("op", op);
+        }
+        span.record("result", result);
+    }
+}
+
+/// The span of the JWT layer's (or `RequireScopeLayer`'s) decision on one request.
+#[inline]
+pub(crate) fn jwt_span() -> tracing::Span {
+    tracing::debug_span!(target: "tower_stateless::jwt", "jwt", result = tracing::field::Empty)
+}
+
+/// The span of one revocation check, its store read included.
+#[inline]
+pub(crate) fn revocation_span() -> tracing::Span {
+    tracing::debug_span!(
+        target: "tower_stateless::revocation",
+        "revocation",
+        result = tracing::field::Empty
+    )
+}
+
+/// The span of one session store decision (`op`: load, write or destroy).
+#[inline]
+pub(crate) fn session_span() -> tracing::Span {
+    tracing::debug_span!(
+        target: "tower_stateless::session",
+        "session",
+        op = tracing::field::Empty,
+        result = tracing::field::Empty
+    )
+}
+
+/// Records a session outcome on `span` only: an attempt that is traced but not counted
+/// (a `Session::update` attempt that lost a race and is retried, or failed in the store).
+#[inline]
+pub(crate) fn session_span_only(span: &tracing::Span, op: SessionOp, result: SessionResult) {
+    span.record("op", op.as_str());
+    span.record("result", result.as_str());
+}
+
+/// The span of one keyed request through the idempotency layer: claim, handler, record.
+#[inline]
+pub(crate) fn idempotency_span() -> tracing::Span {
+    tracing::debug_span!(
+        target: "tower_stateless::idempotency",
+        "idempotency",
+        result = tracing::field::Empty
+    )
+}
+
+/// The span of one rate-limit step.
+#[inline]
+pub(crate) fn rate_limit_span() -> tracing::Span {
+    tracing::debug_span!(
+        target: "tower_stateless::rate_limit",
+        "rate_limit",
+        result = tracing::field::Empty
+    )
+}
+
+// `RefreshTokens::issue_for_session` and `rotate` run in a `refresh` span of their own
+// (`#[tracing::instrument]`, no argument recorded).
+
+/// The span of one operation of a built-in store backend (`redis` or `memory`), `result`
+/// recorded by [`StoreResult::record`].
+macro_rules! store_span {
+    ($backend:literal, $op:expr) => {
+        tracing::debug_span!(
+            target: "tower_stateless::store",
+            $backend,
+            op = $op.as_str(),
+            result = tracing::field::Empty
+        )
+    };
+}
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use store_span;
+
+/// Runs one synchronous store operation in its span (the in-memory store's).
+#[inline]
+pub(crate) fn in_memory_span<T>(
+    op: StoreOp,
+    operation: impl FnOnce() -> Result<T, crate::store::StoreError>,
+) -> Result<T, crate::store::StoreError> {
+    let span = store_span!("memory", op);
+    let result = span.in_scope(operation);
+    StoreResult::of(&result).record(&span);
+    result
 }
 
 /// One [`StateStore`](crate::store::StateStore) method.
@@ -299,6 +415,12 @@ impl StoreResult {
             Self::Unavailable => "unavailable",
             Self::Error => "error",
         }
+    }
+
+    /// Records this result on a store span (nothing when the span is disabled).
+    #[inline]
+    pub(crate) fn record(self, span: &tracing::Span) {
+        span.record("result", self.as_str());
     }
 }
 
@@ -414,5 +536,46 @@ mod tests {
         let mut session: Vec<_> = SessionOp::ALL.iter().map(|o| o.as_str()).collect();
         session.extend(SessionResult::ALL.iter().map(|o| o.as_str()));
         row("tower_stateless_session_total", session);
+    }
+
+    /// The span table of the crate docs and the README names each layer's span, its
+    /// target, and exactly the result values the metrics use.
+    #[test]
+    fn documented_span_table_matches_the_vocabulary() {
+        let docs = include_str!("lib.rs");
+        let readme = include_str!("../README.md");
+        let row = |span: &str, values: Vec<&str>| {
+            for text in [docs, readme] {
+                let prefix = format!("| `{span}` | `tower_stateless::{span}` |");
+                let line = text
+                    .lines()
+                    .find(|l| l.trim_start_matches("//! ").starts_with(&prefix))
+                    .unwrap_or_else(|| panic!("no span row for {span}"));
+                let result = line.rsplit('|').nth(1).unwrap_or_default();
+                for v in &values {
+                    assert!(
+                        result.contains(&format!("`{v}`")),
+                        "{span}: {v} undocumented"
+                    );
+                }
+            }
+        };
+        row("jwt", Jwt::ALL.iter().map(|o| o.as_str()).collect());
+        row(
+            "revocation",
+            Revocation::ALL.iter().map(|o| o.as_str()).collect(),
+        );
+        row(
+            "idempotency",
+            Idempotency::ALL.iter().map(|o| o.as_str()).collect(),
+        );
+        row(
+            "rate_limit",
+            RateLimit::ALL.iter().map(|o| o.as_str()).collect(),
+        );
+        row("refresh", Refresh::ALL.iter().map(|o| o.as_str()).collect());
+        let mut session: Vec<_> = SessionOp::ALL.iter().map(|o| o.as_str()).collect();
+        session.extend(SessionResult::ALL.iter().map(|o| o.as_str()));
+        row("session", session);
     }
 }

@@ -191,9 +191,13 @@ where
             client_key: key,
             permit,
         };
-        // Runs inline; moved to a task of its own, with the request's span, only if the
-        // response future is dropped before it finishes.
-        let future = run(inner, keyed, parts, body).instrument(tracing::Span::current());
+        // Runs inline in the layer's span (a child of the request's); moved to a task of
+        // its own, with that span, only if the response future is dropped before it ends.
+        let mut span = crate::metrics::idempotency_span();
+        if span.is_disabled() {
+            span = tracing::Span::current();
+        }
+        let future = run(inner, keyed, parts, body).instrument(span);
         ResponseFuture::running(future)
     }
 }

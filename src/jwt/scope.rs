@@ -369,6 +369,7 @@ where
         match self.requirement.check(claims) {
             Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(missing) => {
+                let _span = crate::metrics::jwt_span().entered();
                 crate::metrics::jwt(crate::metrics::Jwt::InsufficientScope);
                 tracing::debug!(%missing, "jwt: token lacks a required scope or claim");
                 ResponseFuture::reject(for_protocol(grpc, self.requirement.forbidden()))

@@ -94,7 +94,8 @@ where
         if self.verifier.is_public(request.method(), request.uri()) {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        match self.verifier.authenticate::<T>(request.headers()) {
+        let span = crate::metrics::jwt_span();
+        match span.in_scope(|| self.verifier.authenticate::<T>(request.headers())) {
             Ok((registered, claims)) => {
                 let extensions = request.extensions_mut();
                 extensions.insert(registered);
@@ -104,7 +105,7 @@ where
             }
             Err(rejection) => ResponseFuture::reject(for_protocol(
                 is_grpc(request.headers()),
-                self.verifier.reject(rejection),
+                span.in_scope(|| self.verifier.reject(rejection)),
             )),
         }
     }
@@ -131,7 +132,8 @@ where
             return RevocationFuture::inner(self.inner.call(request), verifier);
         }
         let grpc = is_grpc(request.headers());
-        match self.verifier.authenticate::<T>(request.headers()) {
+        let span = crate::metrics::jwt_span();
+        match span.in_scope(|| self.verifier.authenticate::<T>(request.headers())) {
             Ok((registered, claims)) => {
                 let lookup = self.revocation.lookup(registered.clone());
                 let extensions = request.extensions_mut();
@@ -149,7 +151,11 @@ where
                     grpc,
                 )
             }
-            Err(rejection) => RevocationFuture::reject(rejection, verifier, grpc),
+            Err(rejection) => {
+                // The rejection is answered (and counted) by the future; traced here.
+                span.record("result", rejection.metric().as_str());
+                RevocationFuture::reject(rejection, verifier, grpc)
+            }
         }
     }
 }

@@ -5,9 +5,11 @@ use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request, Response, StatusCode};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
+use crate::metrics::{rate_limit, RateLimit};
 use crate::rejection;
 use crate::response::{
     error_response, for_protocol, is_grpc, wrap, BoxResponseFuture, ResponseBody,
@@ -88,26 +90,28 @@ where
             let Some(key) = key else {
                 return inner.call(req).await.map(wrap);
             };
-            let decision = match config.limiter.check(&key).await {
+            let span = crate::metrics::rate_limit_span();
+            let checked = config.limiter.check(&key).instrument(span.clone()).await;
+            let decision = match checked {
                 Ok(decision) => decision,
                 Err(error) if !error.is_unavailable() => {
-                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
+                    span.in_scope(|| rate_limit(RateLimit::StoreError));
                     tracing::error!(%error, "rate limit store failed; answering 500");
                     return Ok(for_protocol(grpc, error.response()));
                 }
                 Err(error) if config.on_store_failure.is_open() => {
-                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
+                    span.in_scope(|| rate_limit(RateLimit::StoreError));
                     tracing::warn!(%error, "rate limit store failed; request let through unlimited (fail open)");
                     return inner.call(req).await.map(wrap);
                 }
                 Err(error) => {
-                    crate::metrics::rate_limit(crate::metrics::RateLimit::StoreError);
+                    span.in_scope(|| rate_limit(RateLimit::StoreError));
                     tracing::warn!(%error, "rate limit store failed; answering 503 (fail closed)");
                     return Ok(for_protocol(grpc, config.on_store_failure.response()));
                 }
             };
             if !decision.allowed() {
-                crate::metrics::rate_limit(crate::metrics::RateLimit::Limited);
+                span.in_scope(|| rate_limit(RateLimit::Limited));
                 let mut res = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     rejection::RATE_LIMITED,
@@ -116,7 +120,7 @@ where
                 add_headers(res.headers_mut(), decision.headers());
                 return Ok(for_protocol(grpc, res));
             }
-            crate::metrics::rate_limit(crate::metrics::RateLimit::Allowed);
+            span.in_scope(|| rate_limit(RateLimit::Allowed));
             let mut res = inner.call(req).await?;
             add_headers(res.headers_mut(), decision.headers());
             Ok(wrap(res))

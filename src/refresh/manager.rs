@@ -267,6 +267,13 @@ impl<S: StateStore> RefreshTokens<S> {
     /// # Errors
     ///
     /// As [`issue`](Self::issue).
+    #[tracing::instrument(
+        name = "refresh",
+        target = "tower_stateless::refresh",
+        level = "debug",
+        skip_all,
+        fields(result = tracing::field::Empty)
+    )]
     pub async fn issue_for_session(&self, sub: &str, sid: &str) -> Result<TokenPair, RefreshError> {
         let now = now_ms();
         let family = random_id::<16>().map_err(RefreshError::Random)?;
@@ -309,6 +316,13 @@ impl<S: StateStore> RefreshTokens<S> {
     /// if the store failed after the token was consumed, the client's retry counts as
     /// reuse unless a grace window covers it); [`RefreshError::Corrupt`] for a record
     /// that does not decode.
+    #[tracing::instrument(
+        name = "refresh",
+        target = "tower_stateless::refresh",
+        level = "debug",
+        skip_all,
+        fields(result = tracing::field::Empty)
+    )]
     pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, RefreshError> {
         let (tag, hash) = token::parse(&self.tags, refresh_token).ok_or(InvalidGrant::Malformed)?;
         let tag = tag.as_str();

@@ -84,10 +84,10 @@ impl<St> RevocationCheck<St> {
 impl<St: StateStore> RevocationCheck<St> {
     /// The store lookup for verified `claims`.
     pub(crate) fn lookup(&self, claims: RegisteredClaims) -> Lookup {
-        Box::pin(check(
-            self.store.clone(),
-            claims,
-            self.on_store_failure.is_open(),
+        let check = check(self.store.clone(), claims, self.on_store_failure.is_open());
+        Box::pin(tracing::Instrument::instrument(
+            check,
+            crate::metrics::revocation_span(),
         ))
     }
 

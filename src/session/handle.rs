@@ -295,20 +295,24 @@ impl Session {
         if !st.loaded {
             if let Some(id) = st.id.clone() {
                 let key = store_key(&self.shared.key_prefix, &id);
-                match self.shared.backend.load(&key, self.shared.idle).await {
+                let span = metrics::session_span();
+                let load = self.shared.backend.load(&key, self.shared.idle);
+                match tracing::Instrument::instrument(load, span.clone()).await {
                     Ok(Some(hash)) => {
-                        metrics::session(SessionOp::Load, SessionResult::Ok);
+                        span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
                         st.fields = hash.fields;
                         st.lifetime_left = Some(hash.lifetime_left);
                     }
                     // Unknown, expired, past its absolute lifetime, or not a session of
                     // this format: no session.
                     Ok(None) => {
-                        metrics::session(SessionOp::Load, SessionResult::Ok);
+                        span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
                         st.id = None;
                     }
                     Err(e) => {
-                        metrics::session(SessionOp::Load, SessionResult::StoreError);
+                        span.in_scope(|| {
+                            metrics::session(SessionOp::Load, SessionResult::StoreError)
+                        });
                         st.load_failed = Some(e.is_unavailable());
                         return Err(SessionError::Store(e));
                     }
@@ -464,15 +468,23 @@ impl Session {
             let options =
                 HashWriteOptions::new(mode, self.shared.idle).max_bytes(self.shared.max_bytes);
             let store_key = store_key(&self.shared.key_prefix, &id);
-            let outcome = self
-                .shared
-                .backend
-                .swap_field(&store_key, key, expected.clone(), bytes.clone(), options)
+            let span = metrics::session_span();
+            let swap = self.shared.backend.swap_field(
+                &store_key,
+                key,
+                expected.clone(),
+                bytes.clone(),
+                options,
+            );
+            let outcome = tracing::Instrument::instrument(swap, span.clone())
                 .await
-                .map_err(SessionError::Store)?;
+                .map_err(|e| {
+                    metrics::session_span_only(&span, SessionOp::Write, SessionResult::StoreError);
+                    SessionError::Store(e)
+                })?;
             match outcome {
                 HashWriteOutcome::Written => {
-                    metrics::session(SessionOp::Write, SessionResult::Ok);
+                    span.in_scope(|| metrics::session(SessionOp::Write, SessionResult::Ok));
                     if st.id.is_none() {
                         st.created = matches!(mode, HashMode::New { .. });
                         st.id = Some(id);
@@ -489,11 +501,15 @@ impl Session {
                 }
                 HashWriteOutcome::Changed(now) => {
                     if attempt >= self.shared.max_retries {
-                        metrics::session(SessionOp::Write, SessionResult::Conflict);
+                        span.in_scope(|| {
+                            metrics::session(SessionOp::Write, SessionResult::Conflict)
+                        });
                         return Err(SessionError::Conflict {
                             key: key.to_owned(),
                         });
                     }
+                    // This attempt lost the race (traced; counted only when retries end).
+                    metrics::session_span_only(&span, SessionOp::Write, SessionResult::Conflict);
                     attempt += 1;
                     expected = now.clone();
                     current = now;

@@ -142,7 +142,14 @@ where
                 );
             }
             let looked_at = st.loaded;
-            match write_back(&store, &config, st, renew).await {
+            // A span only when the store is written: a read-only request decided at load.
+            let span = if looked_at && (st.modified() || st.cycle || st.destroyed.is_some()) {
+                metrics::session_span()
+            } else {
+                tracing::Span::none()
+            };
+            let written = write_back(&store, &config, st, renew);
+            match tracing::Instrument::instrument(written, span.clone()).await {
                 Ok(action) => {
                     if apply_cookie(&mut res, &config, action) {
                         keep_out_of_shared_caches(&mut res);
@@ -153,7 +160,7 @@ where
                     Ok(wrap(res))
                 }
                 Err(WriteError::Store(e)) => {
-                    metrics::session(SessionOp::Write, SessionResult::StoreError);
+                    span.in_scope(|| metrics::session(SessionOp::Write, SessionResult::StoreError));
                     tracing::warn!(error = %e, "session write-back failed");
                     Ok(
                         match store_error_response(

@@ -15,7 +15,10 @@ use crate::metrics::{StoreOp, StoreResult, StoreTimer};
 /// Each operation runs in a `DEBUG` span `store` (target `tower_stateless::store`) with
 /// the fields `op` (the method's name, e.g. `get_many`) and `result` (`ok`, `unavailable`
 /// or `error`), a child of whatever span is current: the request's span when the
-/// application traces requests. No key, value or error text goes into the span.
+/// application traces requests. No key, value or error text goes into the span. The
+/// built-in stores open their own `redis` or `memory` span per operation, which then nests
+/// under this one; a `store` span without one below it is an answer that did not reach the
+/// backend (e.g. a `LocalCache` hit).
 ///
 /// With the feature `metrics`, each operation's duration is also recorded in the
 /// histogram `tower_stateless_store_duration_seconds{op, result}` (see the

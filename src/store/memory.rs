@@ -7,6 +7,7 @@ use moka::Expiry;
 
 use super::{gcra, ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
 use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
+use crate::metrics::{in_memory_span, StoreOp};
 
 mod hash;
 
@@ -15,7 +16,8 @@ mod hash;
 /// It has the same semantics as the Redis backend for every operation, TTLs included: an
 /// expired key is absent at once, and the memory it held is reclaimed by the cache's
 /// background maintenance (built on [`moka`], whose per-key locks make each operation
-/// atomic). Clones share the same data.
+/// atomic). Clones share the same data. Each operation runs in a `DEBUG` span `memory`
+/// (target `tower_stateless::store`, fields `op` and `result`).
 ///
 /// It is not shared between processes: several instances of a service each have their
 /// own, which defeats the point of this crate in production. Use `RedisStore` there.
@@ -139,17 +141,21 @@ impl MemoryStore {
 
 impl StateStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.read(key))
+        in_memory_span(StoreOp::Get, || Ok(self.read(key)))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        Ok(keys.iter().map(|key| self.read(key)).collect())
+        in_memory_span(StoreOp::GetMany, || {
+            Ok(keys.iter().map(|key| self.read(key)).collect())
+        })
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        ttl_millis(ttl)?;
-        self.compute(key, |_| (Op::Put(Entry::new(value, ttl)), ()));
-        Ok(())
+        in_memory_span(StoreOp::Set, || {
+            ttl_millis(ttl)?;
+            self.compute(key, |_| (Op::Put(Entry::new(value, ttl)), ()));
+            Ok(())
+        })
     }
 
     async fn set_if_absent(
@@ -158,11 +164,13 @@ impl StateStore for MemoryStore {
         value: Bytes,
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
-        ttl_millis(ttl)?;
-        Ok(self.compute(key, |current| match current {
-            Some(existing) => (Op::Nop, Some(existing.data.clone())),
-            None => (Op::Put(Entry::new(value, ttl)), None),
-        }))
+        in_memory_span(StoreOp::SetIfAbsent, || {
+            ttl_millis(ttl)?;
+            Ok(self.compute(key, |current| match current {
+                Some(existing) => (Op::Nop, Some(existing.data.clone())),
+                None => (Op::Put(Entry::new(value, ttl)), None),
+            }))
+        })
     }
 
     async fn compare_and_set(
@@ -172,33 +180,43 @@ impl StateStore for MemoryStore {
         new: Bytes,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        ttl_millis(ttl)?;
-        Ok(self.compute(key, |current| match current {
-            Some(existing) if existing.data == expected => (Op::Put(Entry::new(new, ttl)), true),
-            _ => (Op::Nop, false),
-        }))
+        in_memory_span(StoreOp::CompareAndSet, || {
+            ttl_millis(ttl)?;
+            Ok(self.compute(key, |current| match current {
+                Some(existing) if existing.data == expected => {
+                    (Op::Put(Entry::new(new, ttl)), true)
+                }
+                _ => (Op::Nop, false),
+            }))
+        })
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.compute(key, |current| match current {
-            Some(existing) if existing.data == expected => (Op::Remove, true),
-            _ => (Op::Nop, false),
-        }))
+        in_memory_span(StoreOp::CompareAndDelete, || {
+            Ok(self.compute(key, |current| match current {
+                Some(existing) if existing.data == expected => (Op::Remove, true),
+                _ => (Op::Nop, false),
+            }))
+        })
     }
 
     async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
-        ttl_millis(ttl)?;
-        Ok(self.compute(key, |current| match current {
-            Some(existing) => {
-                let data = existing.data.clone();
-                (Op::Put(Entry::new(data.clone(), ttl)), Some(data))
-            }
-            None => (Op::Nop, None),
-        }))
+        in_memory_span(StoreOp::GetAndRefresh, || {
+            ttl_millis(ttl)?;
+            Ok(self.compute(key, |current| match current {
+                Some(existing) => {
+                    let data = existing.data.clone();
+                    (Op::Put(Entry::new(data.clone(), ttl)), Some(data))
+                }
+                None => (Op::Nop, None),
+            }))
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.compute(key, |current| (Op::Remove, current.is_some())))
+        in_memory_span(StoreOp::Delete, || {
+            Ok(self.compute(key, |current| (Op::Remove, current.is_some())))
+        })
     }
 
     async fn hash_get_all_and_refresh(
@@ -206,7 +224,9 @@ impl StateStore for MemoryStore {
         key: &str,
         ttl: Duration,
     ) -> Result<Option<StoredHash>, StoreError> {
-        self.hash_read_refresh(key, ttl)
+        in_memory_span(StoreOp::HashGetAllAndRefresh, || {
+            self.hash_read_refresh(key, ttl)
+        })
     }
 
     async fn hash_apply(
@@ -215,9 +235,11 @@ impl StateStore for MemoryStore {
         changes: &HashChanges,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        self.hash_write(key, options, |fields| {
-            super::hash::apply_changes(fields, changes);
-            Ok(())
+        in_memory_span(StoreOp::HashApply, || {
+            self.hash_write(key, options, |fields| {
+                super::hash::apply_changes(fields, changes);
+                Ok(())
+            })
         })
     }
 
@@ -229,36 +251,42 @@ impl StateStore for MemoryStore {
         new: Option<Bytes>,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        self.hash_write(key, options, |fields| {
-            let current = fields.get(field);
-            if current.map(|v| v.as_ref()) != expected {
-                return Err(HashWriteOutcome::Changed(current.cloned()));
-            }
-            match new {
-                Some(value) => fields.insert(field.to_owned(), value),
-                None => fields.remove(field),
-            };
-            Ok(())
+        in_memory_span(StoreOp::HashCompareAndSetField, || {
+            self.hash_write(key, options, |fields| {
+                let current = fields.get(field);
+                if current.map(|v| v.as_ref()) != expected {
+                    return Err(HashWriteOutcome::Changed(current.cloned()));
+                }
+                match new {
+                    Some(value) => fields.insert(field.to_owned(), value),
+                    None => fields.remove(field),
+                };
+                Ok(())
+            })
         })
     }
 
     async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
-        let params = params.params();
-        self.compute(key, |current| {
-            let now = unix_nanos();
-            let tat = match current.map(|existing| gcra::decode_tat(&existing.data, now)) {
-                Some(Ok(tat)) => Some(tat),
-                Some(Err(reason)) => return (Op::Nop, Err(StoreError::Unexpected(reason.into()))),
-                None => None,
-            };
-            match gcra::step(tat, now, params) {
-                (Some(new_tat), outcome) => {
-                    let ttl = Duration::from_nanos(new_tat - now);
-                    let entry = Entry::new(Bytes::from(gcra::encode_tat(new_tat)), ttl);
-                    (Op::Put(entry), Ok(outcome))
+        in_memory_span(StoreOp::Gcra, || {
+            let params = params.params();
+            self.compute(key, |current| {
+                let now = unix_nanos();
+                let tat = match current.map(|existing| gcra::decode_tat(&existing.data, now)) {
+                    Some(Ok(tat)) => Some(tat),
+                    Some(Err(reason)) => {
+                        return (Op::Nop, Err(StoreError::Unexpected(reason.into())))
+                    }
+                    None => None,
+                };
+                match gcra::step(tat, now, params) {
+                    (Some(new_tat), outcome) => {
+                        let ttl = Duration::from_nanos(new_tat - now);
+                        let entry = Entry::new(Bytes::from(gcra::encode_tat(new_tat)), ttl);
+                        (Op::Put(entry), Ok(outcome))
+                    }
+                    (None, outcome) => (Op::Nop, Ok(outcome)),
                 }
-                (None, outcome) => (Op::Nop, Ok(outcome)),
-            }
+            })
         })
     }
 }

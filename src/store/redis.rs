@@ -10,10 +10,12 @@ use deadpool_redis::redis::{
 };
 use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use super::gcra::MAX_WINDOW_NANOS;
 use super::{ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
 use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
+use crate::metrics::{store_span, StoreOp, StoreResult};
 use crate::ConfigError;
 
 mod hash;
@@ -83,6 +85,10 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// Every operation (reconnecting included) is bounded by the per-operation timeout
 /// (default 1 s): a stalled Redis yields [`StoreError::Timeout`] instead of hanging a
 /// request.
+///
+/// Each operation runs in a `DEBUG` span `redis` (target `tower_stateless::store`, fields
+/// `op` and `result`), a child of the deciding layer's span; no key or value is recorded
+/// (see the [span table](crate#metrics-and-traces)).
 ///
 /// # Durable writes
 ///
@@ -487,9 +493,10 @@ impl RedisStore {
         full
     }
 
-    /// Runs `op` on a pooled connection within the timeout. An unavailable error drops
-    /// the connection so that the slot reconnects next time.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs `op` on a pooled connection within the timeout, in a `redis` span for the
+    /// store operation `what`. An unavailable error drops the connection so that the slot
+    /// reconnects next time.
+    async fn run<T, F, Fut>(&self, what: StoreOp, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
@@ -501,10 +508,13 @@ impl RedisStore {
             let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
             op(conn).await.map_err(classify)
         };
-        let result = match tokio::time::timeout(self.inner.timeout, attempt).await {
+        let span = store_span!("redis", what);
+        let timed = tokio::time::timeout(self.inner.timeout, attempt);
+        let result = match timed.instrument(span.clone()).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         };
+        StoreResult::of(&result).record(&span);
         if matches!(&result, Err(e) if e.is_unavailable()) {
             // Drop a connection that may be broken or half-open; the next use reconnects.
             if let Ok(mut guard) = slot.try_lock() {
@@ -656,15 +666,21 @@ impl Call<'_> {
 impl RedisStore {
     /// Runs a call that writes. With [`replica_acks`](RedisStoreBuilder::replica_acks),
     /// `WAIT` goes with it, and too few confirmations are [`StoreError::NotReplicated`].
-    async fn write<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
+    async fn write<T: FromRedisValue>(
+        &self,
+        what: StoreOp,
+        call: Call<'_>,
+    ) -> Result<T, StoreError> {
         let Some(acks) = self.inner.replica_acks else {
             return self
-                .run(|mut conn| async move { call.query(&mut conn).await })
+                .run(what, |mut conn| async move { call.query(&mut conn).await })
                 .await;
         };
         let call = &call;
         let (reply, acked) = self
-            .run(|mut conn| async move { call.query_and_wait(&mut conn, acks).await })
+            .run(what, |mut conn| async move {
+                call.query_and_wait(&mut conn, acks).await
+            })
             .await?;
         if acked < i64::from(acks.replicas) {
             return Err(StoreError::NotReplicated {
@@ -676,8 +692,12 @@ impl RedisStore {
     }
 
     /// Runs a call that only reads.
-    async fn read<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
-        self.run(|mut conn| async move { call.query(&mut conn).await })
+    async fn read<T: FromRedisValue>(
+        &self,
+        what: StoreOp,
+        call: Call<'_>,
+    ) -> Result<T, StoreError> {
+        self.run(what, |mut conn| async move { call.query(&mut conn).await })
             .await
     }
 
@@ -692,7 +712,7 @@ impl StateStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(key));
-        self.read(Call::Cmd(cmd)).await.map(to_bytes)
+        self.read(StoreOp::Get, Call::Cmd(cmd)).await.map(to_bytes)
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
@@ -703,7 +723,7 @@ impl StateStore for RedisStore {
         self.check_one_slot(&keys)?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&keys);
-        let values: Vec<Option<Vec<u8>>> = self.read(Call::Cmd(cmd)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.read(StoreOp::GetMany, Call::Cmd(cmd)).await?;
         Ok(values.into_iter().map(to_bytes).collect())
     }
 
@@ -711,7 +731,7 @@ impl StateStore for RedisStore {
         let ms = ttl_millis(ttl)?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value.as_ref()).arg("PX").arg(ms);
-        self.write(Call::Cmd(cmd)).await
+        self.write(StoreOp::Set, Call::Cmd(cmd)).await
     }
 
     async fn set_if_absent(
@@ -728,7 +748,9 @@ impl StateStore for RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(ms);
-        self.write(Call::Cmd(cmd)).await.map(to_bytes)
+        self.write(StoreOp::SetIfAbsent, Call::Cmd(cmd))
+            .await
+            .map(to_bytes)
     }
 
     async fn compare_and_set(
@@ -741,13 +763,17 @@ impl StateStore for RedisStore {
         let ms = ttl_millis(ttl)?;
         let mut call = self.script_call(&self.inner.compare_and_set, key);
         call.arg(expected).arg(new.as_ref()).arg(ms);
-        self.write::<i64>(Call::Script(call)).await.map(|n| n == 1)
+        self.write::<i64>(StoreOp::CompareAndSet, Call::Script(call))
+            .await
+            .map(|n| n == 1)
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         let mut call = self.script_call(&self.inner.compare_and_delete, key);
         call.arg(expected);
-        self.write::<i64>(Call::Script(call)).await.map(|n| n == 1)
+        self.write::<i64>(StoreOp::CompareAndDelete, Call::Script(call))
+            .await
+            .map(|n| n == 1)
     }
 
     async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
@@ -755,13 +781,17 @@ impl StateStore for RedisStore {
         let mut cmd = redis::cmd("GETEX");
         cmd.arg(self.key(key)).arg("PX").arg(ms);
         // It writes a new expiry time.
-        self.write(Call::Cmd(cmd)).await.map(to_bytes)
+        self.write(StoreOp::GetAndRefresh, Call::Cmd(cmd))
+            .await
+            .map(to_bytes)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.key(key));
-        self.write::<i64>(Call::Cmd(cmd)).await.map(|n| n == 1)
+        self.write::<i64>(StoreOp::Delete, Call::Cmd(cmd))
+            .await
+            .map(|n| n == 1)
     }
 
     async fn hash_get_all_and_refresh(
@@ -801,7 +831,7 @@ impl StateStore for RedisStore {
             .arg(params.cost)
             .arg(MAX_WINDOW_NANOS);
         let (allowed, remaining, retry_after, reset_after): (i64, i64, i64, i64) =
-            self.write(Call::Script(call)).await?;
+            self.write(StoreOp::Gcra, Call::Script(call)).await?;
         let nanos = |ns: i64| Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
         Ok(GcraOutcome {
             allowed: allowed == 1,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::{Script, Value};
 
 use super::{Call, RedisStore};
+use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::store::{ttl_millis, StoreError};
 
@@ -181,7 +182,7 @@ impl RedisStore {
         let ms = ttl_millis(ttl)?;
         let key = self.key(key);
         let reply = self
-            .run(|mut conn| async move {
+            .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
                 READ.key(&key)
                     .arg(ms)
                     .invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn)
@@ -232,7 +233,7 @@ impl RedisStore {
         for (name, value) in &changes.set {
             call.arg(name.as_str()).arg(value.as_ref());
         }
-        let reply: Vec<Value> = self.write(Call::Script(call)).await?;
+        let reply: Vec<Value> = self.write(StoreOp::HashApply, Call::Script(call)).await?;
         outcome(reply)
     }
 
@@ -257,7 +258,9 @@ impl RedisStore {
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
             .arg(new.as_deref().unwrap_or_default());
-        let reply: Vec<Value> = self.write(Call::Script(call)).await?;
+        let reply: Vec<Value> = self
+            .write(StoreOp::HashCompareAndSetField, Call::Script(call))
+            .await?;
         outcome(reply)
     }
 }
