@@ -130,6 +130,7 @@
 //! | `tower_stateless_idempotency_total` | counter | `result` | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
 //! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error` |
 //! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
+//! | `tower_stateless_local_cache_total` | counter | `result` | `hit`, `miss` (one per LocalCache read of a cached prefix; reads it passes through are not counted) |
 //! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
 //!
 //!

@@ -131,6 +131,23 @@ outcomes! {
     }
 }
 
+outcomes! {
+    /// Whether [`LocalCache`](crate::store::LocalCache) answered a read of its prefixes
+    /// from memory (one count per `get` / `get_many` call, not per key).
+    LocalCacheRead, "tower_stateless_local_cache_total", "tower_stateless::cache", "local cache read" {
+        /// Every key was in memory: no round trip.
+        Hit => "hit",
+        /// At least one key was not (or tracking is down): the read went to the store.
+        Miss => "miss",
+    }
+}
+
+/// A [`LocalCache`](crate::store::LocalCache) read of a cached prefix was answered.
+#[inline]
+pub(crate) fn local_cache(result: LocalCacheRead) {
+    result.record();
+}
+
 /// The JWT layer decided.
 #[inline]
 pub(crate) fn jwt(result: Jwt) {
@@ -532,6 +549,10 @@ mod tests {
         row(
             Refresh::METRIC,
             Refresh::ALL.iter().map(|o| o.as_str()).collect(),
+        );
+        row(
+            LocalCacheRead::METRIC,
+            LocalCacheRead::ALL.iter().map(|o| o.as_str()).collect(),
         );
         let mut session: Vec<_> = SessionOp::ALL.iter().map(|o| o.as_str()).collect();
         session.extend(SessionResult::ALL.iter().map(|o| o.as_str()));

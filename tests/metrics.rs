@@ -265,3 +265,76 @@ fn idempotency_counts_released_keys_and_store_errors() {
         "{text}"
     );
 }
+
+/// `tower_stateless_local_cache_total`: every read of a cached prefix counts once, `hit`
+/// when Redis received no command for it and `miss` when it did; reads outside the
+/// prefixes are not counted.
+#[cfg(feature = "redis")]
+#[test]
+fn local_cache_counts_hits_and_misses() {
+    use std::time::Instant;
+    use tower_stateless::store::{LocalCache, RedisStore};
+
+    let _serial = serial();
+    let server = redis_or_skip!();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let count = |result: &str| {
+        value(
+            &handle.render(),
+            "tower_stateless_local_cache_total",
+            &[&format!("result=\"{result}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            let store = RedisStore::builder()
+                .url(server.url())
+                .pool_size(1)
+                .build()
+                .expect("store");
+            let cache = LocalCache::builder(store)
+                .prefix("rev:")
+                .max_age(Duration::from_secs(3600))
+                .heartbeat(Duration::from_secs(3600))
+                .build()
+                .expect("cache");
+            let start = Instant::now();
+            while !cache.is_serving() {
+                assert!(start.elapsed() < Duration::from_secs(30), "never serving");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Open the pool's connection first, so that every read below is counted by
+            // what it alone sent.
+            cache.get("other:warm").await.expect("get");
+
+            let (mut hits, mut misses) = (0.0, 0.0);
+            for _ in 0..20 {
+                server.reset_stats();
+                let before = (count("hit"), count("miss"));
+                let one = cache.get("rev:{sYQ}:sub").await.expect("get");
+                let many = cache
+                    .get_many(&["rev:{sYQ}:sub", "rev:{sYQ}:jti:j1"])
+                    .await
+                    .expect("get_many");
+                assert_eq!((one, many), (None, vec![None, None]));
+                let sent = server.command_count();
+                let after = (count("hit"), count("miss"));
+                let (hit, miss) = (after.0 - before.0, after.1 - before.1);
+                assert_eq!(hit + miss, 2.0, "two reads, two counts");
+                // Each read that went to Redis sent one command (GET or MGET).
+                assert_eq!(miss, sent as f64, "a miss per read that reached Redis");
+                hits += hit;
+                misses += miss;
+            }
+            assert!(misses >= 1.0, "the first reads miss");
+            assert!(hits >= 1.0, "a warm cache hits");
+
+            // Outside the prefixes: passed through, not counted.
+            let before = (count("hit"), count("miss"));
+            cache.get("sess:x").await.expect("get");
+            assert_eq!((count("hit"), count("miss")), before);
+        });
+    });
+}

@@ -15,6 +15,7 @@ use super::{
     Gcra, GcraOutcome, HashChanges, HashWriteOptions, HashWriteOutcome, RedisStore, StateStore,
     StoreError, StoredHash,
 };
+use crate::metrics::LocalCacheRead;
 use crate::ConfigError;
 
 /// The client name of the tracking connection, as `CLIENT LIST` shows it.
@@ -577,8 +578,10 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         }
         let seen = state.snapshot();
         if let Some(value) = state.lookup(seen, key) {
+            crate::metrics::local_cache(LocalCacheRead::Hit);
             return Ok(value);
         }
+        crate::metrics::local_cache(LocalCacheRead::Miss);
         let value = self.inner.get(key).await?;
         state.insert(seen, key, value.clone());
         Ok(value)
@@ -592,8 +595,10 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         let seen = state.snapshot();
         let hits: Option<Vec<Option<Bytes>>> = keys.iter().map(|k| state.lookup(seen, k)).collect();
         if let Some(values) = hits {
+            crate::metrics::local_cache(LocalCacheRead::Hit);
             return Ok(values);
         }
+        crate::metrics::local_cache(LocalCacheRead::Miss);
         let values = self.inner.get_many(keys).await?;
         if values.len() == keys.len() {
             for (key, value) in keys.iter().zip(&values) {
