@@ -84,6 +84,20 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// (default 1 s): a stalled Redis yields [`StoreError::Timeout`] instead of hanging a
 /// request.
 ///
+/// # Lua scripts
+///
+/// The atomic operations (`compare_and_set`, `compare_and_delete`, `gcra` and the hash
+/// writes and reads of sessions) are Lua scripts, each called as one `EVALSHA`. The store
+/// loads every script into Redis (every node of a Redis Cluster) as soon as it is built,
+/// in a background task (one round trip on one Redis, which also opens the first
+/// connection), so that no request pays the `NOSCRIPT` reply and the reload: operations
+/// that start while that load is in flight wait for it. Await
+/// [`load_scripts`](RedisStore::load_scripts) to be sure it is done, e.g. before
+/// reporting ready. A script Redis no longer has (Redis restarted, failed over to a node
+/// that never had it, `SCRIPT FLUSH`, or Redis was down when the store was built) is
+/// loaded again by the call that finds it missing (`NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`:
+/// two more round trips, once per script and server), and that call still succeeds.
+///
 /// # Durable writes
 ///
 /// Redis replicates asynchronously: a write it acknowledged can vanish when the primary
@@ -169,6 +183,21 @@ struct Inner {
     compare_and_set: Script,
     compare_and_delete: Script,
     gcra: Script,
+    /// Set once every script has been loaded into Redis (see [`RedisStore::load_scripts`]).
+    scripts_loaded: tokio::sync::OnceCell<()>,
+    /// Open (not closed) while the script load that `build` started is in flight:
+    /// operations wait for it to close. It holds no permits.
+    preload: tokio::sync::Semaphore,
+}
+
+/// Closes the preload gate when the preload ends, however it ends (also when its runtime
+/// drops the task).
+struct ClosePreloadGate(RedisStore);
+
+impl Drop for ClosePreloadGate {
+    fn drop(&mut self) {
+        self.0.inner.preload.close();
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -341,8 +370,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Builds the store. It connects lazily, on the first operation, so a Redis that is
-    /// down at start-up does not stop the service from starting.
+    /// Builds the store. It never waits for Redis, so a Redis that is down at start-up
+    /// does not stop the service from starting. Called inside a Tokio runtime, it starts
+    /// [`load_scripts`](RedisStore::load_scripts) in a background task, which also opens
+    /// the first connection; see [Lua scripts](RedisStore#lua-scripts).
     ///
     /// # Errors
     ///
@@ -422,7 +453,7 @@ impl RedisStoreBuilder {
             }
         };
         let slots = (0..self.pool_size).map(|_| Mutex::new(None)).collect();
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 pool,
                 slots,
@@ -434,8 +465,30 @@ impl RedisStoreBuilder {
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 gcra: Script::new(GCRA),
+                scripts_loaded: tokio::sync::OnceCell::new(),
+                preload: tokio::sync::Semaphore::new(0),
             }),
-        })
+        };
+        // Load the scripts now, so that the first call of each is already one `EVALSHA`;
+        // operations that start meanwhile wait for it (one round trip, which also opens
+        // a connection they would have waited for). Outside a runtime (or with Redis
+        // down) each script loads on first use instead.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let gate = ClosePreloadGate(store.clone());
+                runtime.spawn(async move {
+                    let preload = &gate.0;
+                    if let Err(error) = preload.load_scripts().await {
+                        tracing::debug!(
+                            error = &error as &dyn std::error::Error,
+                            "RedisStore: Lua scripts not loaded at build; each loads on first use"
+                        );
+                    }
+                });
+            }
+            Err(_) => store.inner.preload.close(),
+        }
+        Ok(store)
     }
 }
 
@@ -458,6 +511,58 @@ impl RedisStore {
     /// As [`RedisStoreBuilder::build`].
     pub fn from_url(url: impl Into<String>) -> Result<Self, ConfigError> {
         Self::builder().url(url).build()
+    }
+
+    /// Loads every Lua script of the store into Redis (every node of a Redis Cluster), so
+    /// that the first call of each is one `EVALSHA`; bounded by the store's timeout.
+    ///
+    /// [`build`](RedisStoreBuilder::build) starts this in the background: awaiting it
+    /// waits for that load, or loads the scripts now if it failed (Redis was down) or
+    /// never ran (the store was built outside a Tokio runtime). Once a load has
+    /// succeeded, this returns at once: a script Redis loses later is reloaded by its
+    /// next call (see [Lua scripts](RedisStore#lua-scripts)). Operations wait only for
+    /// the load `build` started, never for one started here.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] of the load, e.g. [`StoreError::Unavailable`] while Redis is
+    /// down; the store works regardless, loading each script on first use.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        self.inner
+            .scripts_loaded
+            .get_or_try_init(|| async {
+                // Every script of this store, the hash scripts included.
+                let scripts = [
+                    &self.inner.compare_and_set,
+                    &self.inner.compare_and_delete,
+                    &self.inner.gcra,
+                    &*hash::READ,
+                    &*hash::WRITE,
+                ];
+                self.run_after(false, |mut conn| async move {
+                    match conn {
+                        // One round trip.
+                        Conn::Single(ref mut single) => {
+                            let mut pipe = redis::pipe();
+                            for script in scripts {
+                                pipe.load_script(script).ignore();
+                            }
+                            pipe.exec_async(single).await
+                        }
+                        // `SCRIPT LOAD` goes to every node; one round trip per script.
+                        #[cfg(feature = "redis-cluster")]
+                        Conn::Cluster(ref mut cluster) => {
+                            for script in scripts {
+                                script.load_async(cluster).await?;
+                            }
+                            Ok(())
+                        }
+                    }
+                })
+                .await
+            })
+            .await?;
+        Ok(())
     }
 
     /// The key prefix in use.
@@ -494,9 +599,24 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
+        self.run_after(true, op).await
+    }
+
+    /// [`run`](Self::run), waiting first (when `after_preload`) for the script load that
+    /// `build` started, if it is still in flight.
+    async fn run_after<T, F, Fut>(&self, after_preload: bool, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let slot = &self.inner.slots[slot];
         let attempt = async {
+            // Only the first operations find the gate open; closed, it is one atomic load.
+            if after_preload && !self.inner.preload.is_closed() {
+                // Never gets a permit: returns when the preload closes the gate.
+                let _ = self.inner.preload.acquire().await;
+            }
             // Without a connection nothing was sent: the operation cannot have applied.
             let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
             op(conn).await.map_err(classify)
