@@ -126,14 +126,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let verifier = Arc::clone(&self.verifier);
         if self.verifier.is_public(request.method(), request.uri()) {
-            return RevocationFuture::inner(self.inner.call(request), verifier);
+            return RevocationFuture::inner(self.inner.call(request));
         }
         let grpc = is_grpc(request.headers());
         match self.verifier.authenticate::<T>(request.headers()) {
             Ok((registered, claims)) => {
-                let lookup = self.revocation.lookup(registered.clone());
+                let lookup = self.revocation.lookup(&registered);
                 let extensions = request.extensions_mut();
                 extensions.insert(registered);
                 extensions.insert(claims);
@@ -144,12 +143,11 @@ where
                     lookup,
                     inner,
                     request,
-                    verifier,
                     self.revocation.on_store_failure_value(),
                     grpc,
                 )
             }
-            Err(rejection) => RevocationFuture::reject(rejection, verifier, grpc),
+            Err(rejection) => RevocationFuture::reject(rejection, Arc::clone(&self.verifier), grpc),
         }
     }
 }
