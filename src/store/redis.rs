@@ -6,7 +6,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{
     self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    Script, ScriptInvocation, ServerErrorKind, Value,
+    RedisWrite, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs, Value,
 };
 use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
@@ -585,6 +585,19 @@ impl RedisStore {
         false
     }
 
+    /// The full key as one command argument, written straight into the command: no
+    /// `String` per key.
+    fn arg<'a>(&'a self, key: &'a str) -> FullKey<'a> {
+        FullKey {
+            prefix: &self.inner.prefix,
+            key,
+        }
+    }
+
+    fn key_len(&self, key: &str) -> usize {
+        self.inner.prefix.len() + key.len()
+    }
+
     fn key(&self, key: &str) -> String {
         let mut full = String::with_capacity(self.inner.prefix.len() + key.len());
         full.push_str(&self.inner.prefix);
@@ -664,10 +677,10 @@ impl RedisStore {
     /// On a cluster, refuses a multi-key read over several hash slots: it would be a
     /// round trip per node, and not atomic.
     #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
-    fn check_one_slot(&self, keys: &[String]) -> Result<(), StoreError> {
+    fn check_one_slot(&self, keys: &[&str]) -> Result<(), StoreError> {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
-            let mut slots = keys.iter().map(|k| hash_slot(k));
+            let mut slots = keys.iter().map(|k| hash_slot(&self.key(k)));
             if let Some(first) = slots.next() {
                 if slots.any(|s| s != first) {
                     return Err(StoreError::Unexpected(
@@ -713,8 +726,35 @@ pub(crate) fn hash_slot(key: &str) -> u16 {
     CRC16.checksum(hashed.as_bytes()) % 16384
 }
 
-fn to_bytes(value: Option<Vec<u8>>) -> Option<Bytes> {
-    value.map(Bytes::from)
+/// A command sized up front for `args` more arguments of `bytes` bytes in all, so that
+/// building it allocates its two buffers once instead of growing them.
+fn command(name: &'static str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(1 + args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// Bytes of a number argument at most (`u64::MAX` has 20 digits).
+const NUMBER: usize = 20;
+
+/// The store's prefix and a layer's key: one command argument.
+struct FullKey<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl ToRedisArgs for FullKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(self.key.as_bytes());
+    }
+
+    fn num_of_args(&self) -> usize {
+        1
+    }
 }
 
 /// What one operation sends: a command or a script call.
@@ -803,34 +843,35 @@ impl RedisStore {
 
     fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptInvocation<'a> {
         let mut call = script.prepare_invoke();
-        call.key(self.key(key));
+        call.key(self.arg(key));
         call
     }
 }
 
 impl StateStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(key));
-        self.read(Call::Cmd(cmd)).await.map(to_bytes)
+        let mut cmd = command("GET", 1, self.key_len(key));
+        cmd.arg(self.arg(key));
+        self.read(Call::Cmd(cmd)).await
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        self.check_one_slot(&keys)?;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(&keys);
-        let values: Vec<Option<Vec<u8>>> = self.read(Call::Cmd(cmd)).await?;
-        Ok(values.into_iter().map(to_bytes).collect())
+        self.check_one_slot(keys)?;
+        let bytes = keys.iter().map(|k| self.key_len(k)).sum();
+        let mut cmd = command("MGET", keys.len(), bytes);
+        for key in keys {
+            cmd.arg(self.arg(key));
+        }
+        self.read(Call::Cmd(cmd)).await
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value.as_ref()).arg("PX").arg(ms);
+        let mut cmd = command("SET", 4, self.key_len(key) + value.len() + 2 + NUMBER);
+        cmd.arg(self.arg(key)).arg(value.as_ref()).arg("PX").arg(ms);
         self.write(Call::Cmd(cmd)).await
     }
 
@@ -841,14 +882,14 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key))
+        let mut cmd = command("SET", 6, self.key_len(key) + value.len() + 7 + NUMBER);
+        cmd.arg(self.arg(key))
             .arg(value.as_ref())
             .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(ms);
-        self.write(Call::Cmd(cmd)).await.map(to_bytes)
+        self.write(Call::Cmd(cmd)).await
     }
 
     async fn compare_and_set(
@@ -872,15 +913,15 @@ impl StateStore for RedisStore {
 
     async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key(key)).arg("PX").arg(ms);
+        let mut cmd = command("GETEX", 3, self.key_len(key) + 2 + NUMBER);
+        cmd.arg(self.arg(key)).arg("PX").arg(ms);
         // It writes a new expiry time.
-        self.write(Call::Cmd(cmd)).await.map(to_bytes)
+        self.write(Call::Cmd(cmd)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(key));
+        let mut cmd = command("DEL", 1, self.key_len(key));
+        cmd.arg(self.arg(key));
         self.write::<i64>(Call::Cmd(cmd)).await.map(|n| n == 1)
     }
 
