@@ -41,6 +41,8 @@ while [ ${#urls[@]} -lt 3 ]; do
     if wait_for "$port" $!; then urls+=("http://127.0.0.1:$port"); fi
 done
 
+# What a reader of the figures needs to know: when, on what, and how busy it was.
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -1)), $(redis-server --version | sed 's/.*v=\([^ ]*\).*/Redis \1/'), load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 echo "== 1 instance"
 target/release/examples/load --users "$users" "$@" "${urls[0]}"
 echo "== 3 instances"

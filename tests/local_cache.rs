@@ -53,8 +53,9 @@ fn bearer(claims: &RegisteredClaims) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).expect("header value")
 }
 
-/// A store of one connection: its first command makes the connection, so the commands
-/// counted after that are the operations' own.
+/// A store of one connection. Its build loads the Lua scripts (and opens the
+/// connection) in the background, and operations wait for that load: the commands
+/// counted after a first operation are the operations' own.
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder()
         .url(server.url())

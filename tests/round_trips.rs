@@ -12,14 +12,17 @@
 //! | idempotent request, first time | 1 claim + 1 store-result |
 //! | idempotent replay | 1 |
 //!
-//! Every path runs once before it is counted: connections are opened lazily, and each Lua
-//! script is loaded once per server (`SCRIPT LOAD`) on its first use.
+//! No path runs before it is counted: the store loads its Lua scripts when it is built
+//! (each test waits for that load), so the first call of a script is already one
+//! `EVALSHA`, and opening a connection sends no command `MONITOR` shows. The tests at the
+//! end check the script loading itself, and the reload when Redis lost its scripts.
 
 mod common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -29,7 +32,7 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::RedisStore;
+use tower_stateless::store::{Gcra, RedisStore, StateStore, StoreError};
 
 use common::RedisServer;
 
@@ -108,9 +111,11 @@ struct Fixture {
     bearer: String,
 }
 
-fn fixture() -> Option<Fixture> {
+async fn fixture() -> Option<Fixture> {
     let server = RedisServer::start()?;
     let store = RedisStore::from_url(server.url()).expect("store");
+    // Waits for the script load that `build` started.
+    store.load_scripts().await.expect("load scripts");
     let token = policy()
         .token_issuer()
         .expect("issuer")
@@ -181,11 +186,10 @@ fn total(stats: &HashMap<String, u64>) -> u64 {
 
 #[tokio::test]
 async fn jwt_verify_costs_no_round_trip() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(policy().auth_layer().claims::<Claims>())
         .service(service_fn(handler::<Full<Bytes>>));
-    send(&svc, get(&f.bearer, None, "none")).await;
     let (out, stats) = counted(&f.server, &svc, get(&f.bearer, None, "none")).await;
     assert_eq!(out.status, StatusCode::OK);
     assert_eq!(total(&stats), 0, "{stats:?}");
@@ -193,7 +197,7 @@ async fn jwt_verify_costs_no_round_trip() {
 
 #[tokio::test]
 async fn revocation_check_is_one_mget() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(
             policy()
@@ -202,7 +206,6 @@ async fn revocation_check_is_one_mget() {
                 .revocation(f.store.clone()),
         )
         .service(service_fn(handler::<Full<Bytes>>));
-    send(&svc, get(&f.bearer, None, "none")).await;
     let (out, stats) = counted(&f.server, &svc, get(&f.bearer, None, "none")).await;
     assert_eq!(out.status, StatusCode::OK);
     assert_eq!(stats.get("mget"), Some(&1), "{stats:?}");
@@ -211,7 +214,7 @@ async fn revocation_check_is_one_mget() {
 
 #[tokio::test]
 async fn session_paths() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(SessionLayer::new(f.store.clone()))
         .service(service_fn(handler::<Full<Bytes>>));
@@ -220,9 +223,6 @@ async fn session_paths() {
         .await
         .set_cookie
         .expect("a new session sets its cookie");
-    for op in ["none", "read", "write", "update"] {
-        send(&svc, get("", Some(&cookie), op)).await;
-    }
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "none")).await;
     assert_eq!(out.status, StatusCode::OK);
@@ -254,14 +254,12 @@ async fn session_paths() {
 
 #[tokio::test]
 async fn idempotency_paths() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(policy().auth_layer().claims::<Claims>())
         .layer(IdempotencyLayer::new(f.store.clone()))
         .service(service_fn(handler::<RequestBody<Full<Bytes>>>));
     // Warm-up: a first call and its replay.
-    send(&svc, post(&f.bearer, "warm")).await;
-    assert!(send(&svc, post(&f.bearer, "warm")).await.replayed);
 
     let (out, stats) = counted(&f.server, &svc, post(&f.bearer, "k1")).await;
     assert_eq!(out.status, StatusCode::OK);
@@ -290,7 +288,7 @@ async fn idempotency_paths() {
 /// session costs 1 + 2 + 2.
 #[tokio::test]
 async fn full_stack_is_the_sum_of_its_layers() {
-    let Some(f) = fixture() else { return };
+    let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(
             policy()
@@ -315,8 +313,6 @@ async fn full_stack_is_the_sum_of_its_layers() {
         );
         req
     };
-    send(&svc, get(&f.bearer, Some(&cookie), "none")).await;
-    send(&svc, write("warm")).await;
 
     let (out, stats) = counted(&f.server, &svc, get(&f.bearer, Some(&cookie), "none")).await;
     assert_eq!(out.status, StatusCode::OK);
@@ -329,4 +325,227 @@ async fn full_stack_is_the_sum_of_its_layers() {
         5,
         "idempotent POST modifying the session: {stats:?}"
     );
+}
+
+// ---- Lua scripts: loaded at build, reloaded when Redis lost them ------------------------
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// How many Lua scripts a `RedisStore` has (compare-and-set, compare-and-delete, GCRA,
+/// the hash read and the hash write).
+const SCRIPTS: u64 = 5;
+
+/// `number_of_cached_scripts` of `INFO memory`.
+fn cached_scripts(server: &RedisServer) -> u64 {
+    let info = server.info("memory");
+    info.lines()
+        .find_map(|line| line.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO memory reports number_of_cached_scripts")
+}
+
+fn script_flush(server: &RedisServer) {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client.get_connection().expect("connect");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut conn)
+        .expect("SCRIPT FLUSH");
+    assert_eq!(cached_scripts(server), 0);
+}
+
+/// One call of every script of the store, each on a key of its own.
+async fn every_script(store: &RedisStore) -> Result<(), StoreError> {
+    store.set("cas", Bytes::from_static(b"a"), TTL).await?;
+    assert!(
+        store
+            .compare_and_set("cas", b"a", Bytes::from_static(b"b"), TTL)
+            .await?
+    );
+    assert!(!store.compare_and_delete("cas", b"a").await?);
+    let outcome = store
+        .gcra("rl", Gcra::new(Duration::from_millis(1), 1000))
+        .await?;
+    assert!(outcome.allowed);
+    assert_eq!(store.hash_get_all_and_refresh("h", TTL).await?, None);
+    Ok(())
+}
+
+/// The scripts are in Redis once the store is built (the load runs in the background;
+/// `load_scripts` waits for it), so the first call of each is one `EVALSHA`.
+#[tokio::test]
+async fn scripts_are_loaded_when_the_store_is_built() {
+    let Some(f) = fixture().await else { return };
+    assert_eq!(cached_scripts(&f.server), SCRIPTS);
+    f.server.reset_stats();
+    every_script(&f.store).await.expect("scripts");
+    let stats = f.server.command_stats();
+    assert_eq!(stats.get("script"), None, "{stats:?}");
+    assert_eq!(stats.get("evalsha"), Some(&4), "{stats:?}");
+}
+
+/// Operations that start while the load `build` started is in flight wait for it: even
+/// the very first calls, made at once, find every script (no `NOSCRIPT`, no second load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_operations_wait_for_the_load_started_at_build() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    server.reset_stats();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    every_script(&store).await.expect("scripts");
+    let stats = server.command_stats();
+    assert_eq!(
+        (stats.get("script"), stats.get("evalsha")),
+        (Some(&SCRIPTS), Some(&4)),
+        "one load of each script (at build), then one EVALSHA per call: {stats:?}"
+    );
+}
+
+/// Built outside a Tokio runtime, the store loads nothing until asked (or until each
+/// script's first use), and still works.
+#[test]
+fn a_store_built_outside_a_runtime_loads_on_first_use() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cached_scripts(&server), 0, "nothing loaded at build");
+        every_script(&store)
+            .await
+            .expect("scripts load on first use");
+        assert_eq!(cached_scripts(&server), 4);
+        store.load_scripts().await.expect("load");
+        assert_eq!(cached_scripts(&server), SCRIPTS);
+    });
+}
+
+/// A `SCRIPT FLUSH` (as after a restart or a failover to a node without the scripts):
+/// the call that finds its script missing loads it and still succeeds.
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_by_the_next_call() {
+    let Some(f) = fixture().await else { return };
+    script_flush(&f.server);
+    f.server.reset_stats();
+    let outcome = f
+        .store
+        .gcra("rl", Gcra::new(Duration::from_millis(1), 1000))
+        .await
+        .expect("gcra after SCRIPT FLUSH");
+    assert!(outcome.allowed);
+    let stats = f.server.command_stats();
+    assert_eq!(
+        (stats.get("evalsha"), stats.get("script")),
+        (Some(&2), Some(&1)),
+        "EVALSHA (NOSCRIPT), SCRIPT LOAD, EVALSHA: {stats:?}"
+    );
+    every_script(&f.store)
+        .await
+        .expect("every script after the flush");
+    assert_eq!(cached_scripts(&f.server), 4);
+}
+
+/// The same through the durable path (`WAIT` in the same pipeline as the script call).
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_by_a_durable_write() {
+    let Some(primary) = RedisServer::start() else {
+        return;
+    };
+    let Some(replica) = RedisServer::start_replica_of(&primary) else {
+        return;
+    };
+    let store = RedisStore::builder()
+        .url(primary.url())
+        .timeout(Duration::from_secs(5))
+        .replica_acks(1, Duration::from_secs(2))
+        .build()
+        .expect("store");
+    store.load_scripts().await.expect("load");
+    script_flush(&primary);
+    store
+        .set("cas", Bytes::from_static(b"a"), TTL)
+        .await
+        .expect("set");
+    assert!(store
+        .compare_and_set("cas", b"a", Bytes::from_static(b"b"), TTL)
+        .await
+        .expect("compare_and_set after SCRIPT FLUSH"));
+    assert_eq!(replica.raw_get("cas"), Some(b"b".to_vec()));
+}
+
+/// Redis restarted (empty, without the scripts): once it is back, calls succeed again,
+/// each script loaded by its first call.
+#[tokio::test]
+async fn a_restarted_redis_gets_the_scripts_back_on_use() {
+    let Some(mut f) = fixture().await else { return };
+    f.server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The first calls may meet the connections the restart broke.
+    while let Err(error) = every_script(&f.store).await {
+        assert!(error.is_unavailable(), "{error}");
+        assert!(
+            Instant::now() < deadline,
+            "no success after the restart: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.server.raw_get("cas"), Some(b"b".to_vec()));
+}
+
+/// Redis down when the store is built: the build succeeds, the background load fails
+/// quietly, and once Redis is up every call works (each script loaded on first use);
+/// `load_scripts` then succeeds.
+#[tokio::test]
+async fn a_store_built_while_redis_is_down_works_once_it_is_up() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    server.stop();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("the build does not need Redis");
+    assert!(store.load_scripts().await.is_err(), "Redis is down");
+    server.restart();
+    every_script(&store).await.expect("calls once Redis is up");
+    store.load_scripts().await.expect("load once Redis is up");
+    assert_eq!(cached_scripts(&server), SCRIPTS);
+}
+
+/// On a Redis Cluster the scripts are loaded on every master.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_are_loaded_on_every_master_of_a_cluster() {
+    let Some(cluster) = common::RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .build()
+        .expect("store");
+    store.load_scripts().await.expect("load");
+    for node in cluster.nodes() {
+        assert_eq!(cached_scripts(node), SCRIPTS, "node {}", node.port());
+    }
+    for node in cluster.nodes() {
+        node.reset_stats();
+    }
+    for i in 0..30 {
+        let outcome = store
+            .gcra(&format!("rl{i}"), Gcra::new(Duration::from_millis(1), 1000))
+            .await
+            .expect("gcra");
+        assert!(outcome.allowed);
+    }
+    for node in cluster.nodes() {
+        let stats = node.command_stats();
+        assert_eq!(stats.get("script"), None, "node {}: {stats:?}", node.port());
+    }
 }

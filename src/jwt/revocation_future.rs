@@ -20,8 +20,9 @@ pin_project! {
     /// rejection the layer answered itself.
     ///
     /// The lookup is boxed (one allocation per request); it owns a clone of the store and
-    /// of the claims, so it is `Send + 'static` by itself. The request, the inner service
-    /// and the inner future stay unboxed, so this future is `Send` whenever they are.
+    /// the keys it reads (one buffer), so it is `Send + 'static` by itself. The request,
+    /// the inner service and the inner future stay unboxed, so this future is `Send`
+    /// whenever they are.
     pub struct RevocationFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -29,7 +30,6 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         pending: Option<(S, Request<ReqBody>)>,
-        verifier: Arc<Verifier>,
         on_store_failure: StoreFailure,
         grpc: bool,
     }
@@ -40,7 +40,8 @@ pin_project! {
     enum State<F> {
         Check { lookup: Lookup },
         Inner { #[pin] future: F },
-        Rejected { rejection: Option<Rejection> },
+        // Only a rejection needs the verifier (the realm), so only it holds a reference.
+        Rejected { rejection: Option<Rejection>, verifier: Arc<Verifier> },
         Done,
     }
 }
@@ -54,25 +55,22 @@ where
         lookup: Lookup,
         inner: S,
         request: Request<ReqBody>,
-        verifier: Arc<Verifier>,
         on_store_failure: StoreFailure,
         grpc: bool,
     ) -> Self {
         Self {
             state: State::Check { lookup },
             pending: Some((inner, request)),
-            verifier,
             on_store_failure,
             grpc,
         }
     }
 
     /// The inner service's future, unchecked (a public path).
-    pub(super) fn inner(future: S::Future, verifier: Arc<Verifier>) -> Self {
+    pub(super) fn inner(future: S::Future) -> Self {
         Self {
             state: State::Inner { future },
             pending: None,
-            verifier,
             on_store_failure: StoreFailure::closed(),
             grpc: false,
         }
@@ -83,9 +81,9 @@ where
         Self {
             state: State::Rejected {
                 rejection: Some(rejection),
+                verifier,
             },
             pending: None,
-            verifier,
             on_store_failure: StoreFailure::closed(),
             grpc,
         }
@@ -135,8 +133,11 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(result.map(wrap));
                 }
-                StateProj::Rejected { rejection } => match rejection.take() {
-                    Some(rejection) => this.verifier.reject(rejection),
+                StateProj::Rejected {
+                    rejection,
+                    verifier,
+                } => match rejection.take() {
+                    Some(rejection) => verifier.reject(rejection),
                     None => internal_error(),
                 },
                 StateProj::Done => {

@@ -127,15 +127,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let verifier = Arc::clone(&self.verifier);
         if self.verifier.is_public(request.method(), request.uri()) {
-            return RevocationFuture::inner(self.inner.call(request), verifier);
+            return RevocationFuture::inner(self.inner.call(request));
         }
         let grpc = is_grpc(request.headers());
         let span = crate::metrics::jwt_span();
         match span.in_scope(|| self.verifier.authenticate::<T>(request.headers())) {
             Ok((registered, claims)) => {
-                let lookup = self.revocation.lookup(registered.clone());
+                let lookup = self.revocation.lookup(&registered);
                 let extensions = request.extensions_mut();
                 extensions.insert(registered);
                 extensions.insert(claims);
@@ -146,7 +145,6 @@ where
                     lookup,
                     inner,
                     request,
-                    verifier,
                     self.revocation.on_store_failure_value(),
                     grpc,
                 )
@@ -154,7 +152,7 @@ where
             Err(rejection) => {
                 // The rejection is answered (and counted) by the future; traced here.
                 span.record("result", rejection.metric().as_str());
-                RevocationFuture::reject(rejection, verifier, grpc)
+                RevocationFuture::reject(rejection, Arc::clone(&self.verifier), grpc)
             }
         }
     }

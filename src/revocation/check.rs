@@ -82,9 +82,16 @@ impl<St> RevocationCheck<St> {
 }
 
 impl<St: StateStore> RevocationCheck<St> {
-    /// The store lookup for verified `claims`.
-    pub(crate) fn lookup(&self, claims: RegisteredClaims) -> Lookup {
-        let check = check(self.store.clone(), claims, self.on_store_failure.is_open());
+    /// The store lookup for verified `claims`: the keys are made here, so the future
+    /// owns one buffer and no copy of the claims.
+    pub(crate) fn lookup(&self, claims: &RegisteredClaims) -> Lookup {
+        let keys = key::all(&claims.sub, claims.jti.as_deref(), claims.sid.as_deref());
+        let check = check(
+            self.store.clone(),
+            keys,
+            claims.iat,
+            self.on_store_failure.is_open(),
+        );
         Box::pin(tracing::Instrument::instrument(
             check,
             crate::metrics::revocation_span(),
@@ -138,17 +145,22 @@ pub(crate) enum Verdict {
 }
 
 /// Reads the token's, session's and subject's entries in one `get_many`.
-async fn check<St: StateStore>(store: St, claims: RegisteredClaims, open: bool) -> Verdict {
-    let subject_key = key::subject(&claims.sub);
-    let jti_key = claims.jti.as_deref().map(|jti| key::jti(&claims.sub, jti));
-    let sid_key = claims.sid.as_deref().map(|sid| key::sid(&claims.sub, sid));
-    let mut keys: Vec<&str> = Vec::with_capacity(3);
-    keys.push(&subject_key);
-    keys.extend(jti_key.as_deref());
-    keys.extend(sid_key.as_deref());
+async fn check<St: StateStore>(
+    store: St,
+    (buf, ends, count): (String, [usize; 3], usize),
+    iat: Option<u64>,
+    open: bool,
+) -> Verdict {
+    let mut keys = [""; 3];
+    let mut start = 0;
+    for (key, &end) in keys.iter_mut().zip(&ends[..count]) {
+        *key = buf.get(start..end).unwrap_or_default();
+        start = end;
+    }
+    let keys = &keys[..count];
 
-    match store.get_many(&keys).await {
-        Ok(values) if values.len() == keys.len() => counted(judge(&values, claims.iat)),
+    match store.get_many(keys).await {
+        Ok(values) if values.len() == keys.len() => counted(judge(&values, iat)),
         Ok(values) => {
             crate::metrics::revocation(crate::metrics::Revocation::StoreError);
             tracing::error!(

@@ -26,6 +26,36 @@ fn subject_tag(sub: &str) -> String {
     key
 }
 
+/// Every key a check reads for one token, written into one buffer (one allocation): the
+/// subject's key, then the token's and the session's when it has them. Returns the
+/// buffer and where each key ends.
+pub(super) fn all(sub: &str, jti: Option<&str>, sid: Option<&str>) -> (String, [usize; 3], usize) {
+    // `rev:{s` + base64url without padding + `}`: exact, so the buffer never grows.
+    let tag_len = 7 + base64::encoded_len(sub.len(), false).unwrap_or(0);
+    let capacity = tag_len
+        + 4
+        + jti.map_or(0, |jti| tag_len + 5 + jti.len())
+        + sid.map_or(0, |sid| tag_len + 5 + sid.len());
+    let mut buf = String::with_capacity(capacity);
+    buf.push_str("rev:{s");
+    URL_SAFE_NO_PAD.encode_string(sub, &mut buf);
+    buf.push('}');
+    let tag = buf.len();
+    buf.push_str(":sub");
+    let mut ends = [buf.len(), 0, 0];
+    let mut count = 1;
+    for (kind, id) in [(":jti:", jti), (":sid:", sid)] {
+        if let Some(id) = id {
+            buf.extend_from_within(..tag);
+            buf.push_str(kind);
+            buf.push_str(id);
+            ends[count] = buf.len();
+            count += 1;
+        }
+    }
+    (buf, ends, count)
+}
+
 pub(super) fn jti(sub: &str, jti: &str) -> String {
     format!("{}:jti:{jti}", subject_tag(sub))
 }
@@ -62,6 +92,34 @@ mod tests {
         assert_ne!(jti("a", "b:jti:c"), jti("a:jti:b", "c"));
         assert_ne!(subject("}"), subject("{"));
         assert_ne!(hash_tag(&subject("a")), hash_tag(&subject("b")));
+    }
+
+    #[test]
+    fn all_keys_in_one_buffer_are_the_single_keys() {
+        for sub in ["alice", "", "a}b{c:d", "üñí©ødé"] {
+            for (jti_, sid_) in [
+                (Some("t1"), Some("s1")),
+                (None, Some("s:1")),
+                (Some("{t}"), None),
+                (None, None),
+            ] {
+                let (buf, ends, count) = all(sub, jti_, sid_);
+                let mut start = 0;
+                let keys: Vec<&str> = ends[..count]
+                    .iter()
+                    .map(|&end| {
+                        let key = &buf[start..end];
+                        start = end;
+                        key
+                    })
+                    .collect();
+                let mut expected = vec![subject(sub)];
+                expected.extend(jti_.map(|j| jti(sub, j)));
+                expected.extend(sid_.map(|s| sid(sub, s)));
+                assert_eq!(keys, expected);
+                assert_eq!(buf.len(), buf.capacity(), "one allocation, never grown");
+            }
+        }
     }
 
     #[test]

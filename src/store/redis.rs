@@ -6,7 +6,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{
     self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    Script, ScriptInvocation, ServerErrorKind, Value,
+    RedisWrite, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs, Value,
 };
 use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
@@ -89,6 +89,20 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// Each operation runs in a `DEBUG` span `redis` (target `tower_stateless::store`, fields
 /// `op` and `result`), a child of the deciding layer's span; no key or value is recorded
 /// (see the [span table](crate#metrics-and-traces)).
+///
+/// # Lua scripts
+///
+/// The atomic operations (`compare_and_set`, `compare_and_delete`, `gcra` and the hash
+/// writes and reads of sessions) are Lua scripts, each called as one `EVALSHA`. The store
+/// loads every script into Redis (every node of a Redis Cluster) as soon as it is built,
+/// in a background task (one round trip on one Redis, which also opens the first
+/// connection), so that no request pays the `NOSCRIPT` reply and the reload: operations
+/// that start while that load is in flight wait for it. Await
+/// [`load_scripts`](RedisStore::load_scripts) to be sure it is done, e.g. before
+/// reporting ready. A script Redis no longer has (Redis restarted, failed over to a node
+/// that never had it, `SCRIPT FLUSH`, or Redis was down when the store was built) is
+/// loaded again by the call that finds it missing (`NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`:
+/// two more round trips, once per script and server), and that call still succeeds.
 ///
 /// # Durable writes
 ///
@@ -175,6 +189,21 @@ struct Inner {
     compare_and_set: Script,
     compare_and_delete: Script,
     gcra: Script,
+    /// Set once every script has been loaded into Redis (see [`RedisStore::load_scripts`]).
+    scripts_loaded: tokio::sync::OnceCell<()>,
+    /// Open (not closed) while the script load that `build` started is in flight:
+    /// operations wait for it to close. It holds no permits.
+    preload: tokio::sync::Semaphore,
+}
+
+/// Closes the preload gate when the preload ends, however it ends (also when its runtime
+/// drops the task).
+struct ClosePreloadGate(RedisStore);
+
+impl Drop for ClosePreloadGate {
+    fn drop(&mut self) {
+        self.0.inner.preload.close();
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -347,8 +376,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Builds the store. It connects lazily, on the first operation, so a Redis that is
-    /// down at start-up does not stop the service from starting.
+    /// Builds the store. It never waits for Redis, so a Redis that is down at start-up
+    /// does not stop the service from starting. Called inside a Tokio runtime, it starts
+    /// [`load_scripts`](RedisStore::load_scripts) in a background task, which also opens
+    /// the first connection; see [Lua scripts](RedisStore#lua-scripts).
     ///
     /// # Errors
     ///
@@ -428,7 +459,7 @@ impl RedisStoreBuilder {
             }
         };
         let slots = (0..self.pool_size).map(|_| Mutex::new(None)).collect();
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 pool,
                 slots,
@@ -440,8 +471,30 @@ impl RedisStoreBuilder {
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 gcra: Script::new(GCRA),
+                scripts_loaded: tokio::sync::OnceCell::new(),
+                preload: tokio::sync::Semaphore::new(0),
             }),
-        })
+        };
+        // Load the scripts now, so that the first call of each is already one `EVALSHA`;
+        // operations that start meanwhile wait for it (one round trip, which also opens
+        // a connection they would have waited for). Outside a runtime (or with Redis
+        // down) each script loads on first use instead.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let gate = ClosePreloadGate(store.clone());
+                runtime.spawn(async move {
+                    let preload = &gate.0;
+                    if let Err(error) = preload.load_scripts().await {
+                        tracing::debug!(
+                            error = &error as &dyn std::error::Error,
+                            "RedisStore: Lua scripts not loaded at build; each loads on first use"
+                        );
+                    }
+                });
+            }
+            Err(_) => store.inner.preload.close(),
+        }
+        Ok(store)
     }
 }
 
@@ -466,6 +519,58 @@ impl RedisStore {
         Self::builder().url(url).build()
     }
 
+    /// Loads every Lua script of the store into Redis (every node of a Redis Cluster), so
+    /// that the first call of each is one `EVALSHA`; bounded by the store's timeout.
+    ///
+    /// [`build`](RedisStoreBuilder::build) starts this in the background: awaiting it
+    /// waits for that load, or loads the scripts now if it failed (Redis was down) or
+    /// never ran (the store was built outside a Tokio runtime). Once a load has
+    /// succeeded, this returns at once: a script Redis loses later is reloaded by its
+    /// next call (see [Lua scripts](RedisStore#lua-scripts)). Operations wait only for
+    /// the load `build` started, never for one started here.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] of the load, e.g. [`StoreError::Unavailable`] while Redis is
+    /// down; the store works regardless, loading each script on first use.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        self.inner
+            .scripts_loaded
+            .get_or_try_init(|| async {
+                // Every script of this store, the hash scripts included.
+                let scripts = [
+                    &self.inner.compare_and_set,
+                    &self.inner.compare_and_delete,
+                    &self.inner.gcra,
+                    &*hash::READ,
+                    &*hash::WRITE,
+                ];
+                self.run_after(false, None, |mut conn| async move {
+                    match conn {
+                        // One round trip.
+                        Conn::Single(ref mut single) => {
+                            let mut pipe = redis::pipe();
+                            for script in scripts {
+                                pipe.load_script(script).ignore();
+                            }
+                            pipe.exec_async(single).await
+                        }
+                        // `SCRIPT LOAD` goes to every node; one round trip per script.
+                        #[cfg(feature = "redis-cluster")]
+                        Conn::Cluster(ref mut cluster) => {
+                            for script in scripts {
+                                script.load_async(cluster).await?;
+                            }
+                            Ok(())
+                        }
+                    }
+                })
+                .await
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The key prefix in use.
     pub fn key_prefix(&self) -> &str {
         &self.inner.prefix
@@ -486,6 +591,19 @@ impl RedisStore {
         false
     }
 
+    /// The full key as one command argument, written straight into the command: no
+    /// `String` per key.
+    fn arg<'a>(&'a self, key: &'a str) -> FullKey<'a> {
+        FullKey {
+            prefix: &self.inner.prefix,
+            key,
+        }
+    }
+
+    fn key_len(&self, key: &str) -> usize {
+        self.inner.prefix.len() + key.len()
+    }
+
     fn key(&self, key: &str) -> String {
         let mut full = String::with_capacity(self.inner.prefix.len() + key.len());
         full.push_str(&self.inner.prefix);
@@ -501,14 +619,35 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
+        self.run_after(true, Some(what), op).await
+    }
+
+    /// [`run`](Self::run), waiting first (when `after_preload`) for the script load that
+    /// `build` started, if it is still in flight; in a `redis` span when `what` names a
+    /// store operation (the script load itself is none).
+    async fn run_after<T, F, Fut>(
+        &self,
+        after_preload: bool,
+        what: Option<StoreOp>,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let slot = &self.inner.slots[slot];
         let attempt = async {
+            // Only the first operations find the gate open; closed, it is one atomic load.
+            if after_preload && !self.inner.preload.is_closed() {
+                // Never gets a permit: returns when the preload closes the gate.
+                let _ = self.inner.preload.acquire().await;
+            }
             // Without a connection nothing was sent: the operation cannot have applied.
             let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
             op(conn).await.map_err(classify)
         };
-        let span = store_span!("redis", what);
+        let span = what.map_or_else(tracing::Span::none, |what| store_span!("redis", what));
         let timed = tokio::time::timeout(self.inner.timeout, attempt);
         let result = match timed.instrument(span.clone()).await {
             Ok(result) => result,
@@ -554,10 +693,10 @@ impl RedisStore {
     /// On a cluster, refuses a multi-key read over several hash slots: it would be a
     /// round trip per node, and not atomic.
     #[cfg_attr(not(feature = "redis-cluster"), allow(clippy::unused_self))]
-    fn check_one_slot(&self, keys: &[String]) -> Result<(), StoreError> {
+    fn check_one_slot(&self, keys: &[&str]) -> Result<(), StoreError> {
         #[cfg(feature = "redis-cluster")]
         if matches!(self.inner.pool, Pools::Cluster(_)) {
-            let mut slots = keys.iter().map(|k| hash_slot(k));
+            let mut slots = keys.iter().map(|k| hash_slot(&self.key(k)));
             if let Some(first) = slots.next() {
                 if slots.any(|s| s != first) {
                     return Err(StoreError::Unexpected(
@@ -603,8 +742,35 @@ pub(crate) fn hash_slot(key: &str) -> u16 {
     CRC16.checksum(hashed.as_bytes()) % 16384
 }
 
-fn to_bytes(value: Option<Vec<u8>>) -> Option<Bytes> {
-    value.map(Bytes::from)
+/// A command sized up front for `args` more arguments of `bytes` bytes in all, so that
+/// building it allocates its two buffers once instead of growing them.
+fn command(name: &'static str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(1 + args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// Bytes of a number argument at most (`u64::MAX` has 20 digits).
+const NUMBER: usize = 20;
+
+/// The store's prefix and a layer's key: one command argument.
+struct FullKey<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl ToRedisArgs for FullKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(self.key.as_bytes());
+    }
+
+    fn num_of_args(&self) -> usize {
+        1
+    }
 }
 
 /// What one operation sends: a command or a script call.
@@ -703,34 +869,35 @@ impl RedisStore {
 
     fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptInvocation<'a> {
         let mut call = script.prepare_invoke();
-        call.key(self.key(key));
+        call.key(self.arg(key));
         call
     }
 }
 
 impl StateStore for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(key));
-        self.read(StoreOp::Get, Call::Cmd(cmd)).await.map(to_bytes)
+        let mut cmd = command("GET", 1, self.key_len(key));
+        cmd.arg(self.arg(key));
+        self.read(StoreOp::Get, Call::Cmd(cmd)).await
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        self.check_one_slot(&keys)?;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(&keys);
-        let values: Vec<Option<Vec<u8>>> = self.read(StoreOp::GetMany, Call::Cmd(cmd)).await?;
-        Ok(values.into_iter().map(to_bytes).collect())
+        self.check_one_slot(keys)?;
+        let bytes = keys.iter().map(|k| self.key_len(k)).sum();
+        let mut cmd = command("MGET", keys.len(), bytes);
+        for key in keys {
+            cmd.arg(self.arg(key));
+        }
+        self.read(StoreOp::GetMany, Call::Cmd(cmd)).await
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value.as_ref()).arg("PX").arg(ms);
+        let mut cmd = command("SET", 4, self.key_len(key) + value.len() + 2 + NUMBER);
+        cmd.arg(self.arg(key)).arg(value.as_ref()).arg("PX").arg(ms);
         self.write(StoreOp::Set, Call::Cmd(cmd)).await
     }
 
@@ -741,16 +908,14 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key))
+        let mut cmd = command("SET", 6, self.key_len(key) + value.len() + 7 + NUMBER);
+        cmd.arg(self.arg(key))
             .arg(value.as_ref())
             .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(ms);
-        self.write(StoreOp::SetIfAbsent, Call::Cmd(cmd))
-            .await
-            .map(to_bytes)
+        self.write(StoreOp::SetIfAbsent, Call::Cmd(cmd)).await
     }
 
     async fn compare_and_set(
@@ -778,17 +943,15 @@ impl StateStore for RedisStore {
 
     async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(self.key(key)).arg("PX").arg(ms);
+        let mut cmd = command("GETEX", 3, self.key_len(key) + 2 + NUMBER);
+        cmd.arg(self.arg(key)).arg("PX").arg(ms);
         // It writes a new expiry time.
-        self.write(StoreOp::GetAndRefresh, Call::Cmd(cmd))
-            .await
-            .map(to_bytes)
+        self.write(StoreOp::GetAndRefresh, Call::Cmd(cmd)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.key(key));
+        let mut cmd = command("DEL", 1, self.key_len(key));
+        cmd.arg(self.arg(key));
         self.write::<i64>(StoreOp::Delete, Call::Cmd(cmd))
             .await
             .map(|n| n == 1)

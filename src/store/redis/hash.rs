@@ -20,7 +20,7 @@ const RESERVED: &[u8] = b"\xff\xfe";
 /// `TYPE`, then the deadline: a hash without one, or past it, is no hash. Rolls the expiry
 /// (capped by the deadline) and returns the time left to the deadline followed by
 /// `HGETALL`.
-static READ: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local k = KEYS[1]
@@ -44,7 +44,7 @@ return all",
 /// Both writes: `hash_apply` (ARGV[5] = 'apply') and `hash_compare_and_set_field`
 /// (ARGV[5] = 'cas'). Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
 /// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
-static WRITE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local k = KEYS[1]
