@@ -6,10 +6,13 @@
 //! session is in one Redis Cluster slot); the client only holds an opaque id, in a cookie
 //! (default) or a header.
 //!
-//! Round trips: a handler that never touches the session costs none; the first access
-//! loads it with one read that also rolls the idle expiry; a modified session costs one
-//! write of the keys the request changed after the handler returns, never a retry; an
-//! unmodified one is never written. [`Session::update`] writes at once (one round trip when
+//! Round trips: a handler that never touches the session costs none; the first read loads
+//! it with one read that also rolls the idle expiry; a modified session costs one write of
+//! the keys the request changed after the handler returns, never a retry; an unmodified one
+//! is never written. [`Session::insert`], [`Session::remove`] and [`Session::clear`] do
+//! not load the session: a request that only changes keys costs the one write (into the
+//! session when it exists, else into a new session under a fresh id, as after a read that
+//! found none). [`Session::update`] writes at once (one round trip when
 //! nothing conflicts). With [`SessionLayer::max_age`] the cookie is re-sent whenever an
 //! existing session is loaded, so the browser keeps a session that is in use.
 //!

@@ -141,7 +141,8 @@ where
                     },
                 );
             }
-            let looked_at = st.loaded;
+            // Changes without a load may still create a session (a cookie goes out).
+            let looked_at = st.loaded || st.modified();
             match write_back(&store, &config, st, renew).await {
                 Ok(action) => {
                     if apply_cookie(&mut res, &config, action) {
