@@ -530,14 +530,16 @@ mod redis {
         assert_eq!(s.command_count(), 0);
         s.reset_stats();
         call(&layer, Some(&c), "get:a").await;
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        // One transaction (MULTI, TIME, HGETALL, PEXPIRE, EXEC) sent as one pipeline.
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.command_stats().get("multi"), Some(&1));
         s.reset_stats();
         call(&layer, Some(&c), "get:a,put:a:2").await;
         // One read (that rolls the expiry), one EVALSHA to write the changed key; the
         // hash commands inside the script are not round trips.
         let stats = s.command_stats();
-        assert_eq!(stats.get("evalsha"), Some(&2), "{stats:?}");
-        assert_eq!(s.command_count(), 2, "{stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&1), "{stats:?}");
+        assert_eq!(s.round_trips(), 2, "{stats:?}");
         // A write without a read: the one EVALSHA of the changed key.
         s.reset_stats();
         call(&layer, Some(&c), "put:a:3").await;
@@ -552,7 +554,7 @@ mod redis {
         assert_eq!(s.command_count(), 0, "{:?}", s.command_stats());
         s.reset_stats();
         call(&layer, Some(&format!("id={}", "A".repeat(43))), "get:a").await;
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
         // Renewing a Max-Age cookie costs no extra round trip.
         let layer = SessionLayer::new(store(&s).await)
@@ -562,7 +564,62 @@ mod redis {
         s.reset_stats();
         let out = call(&layer, Some(&c), "get:a").await;
         assert_eq!(cookie_pair(&out), c);
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
+    }
+
+    /// A session read is a transaction (no Lua) that rolls the expiry without the cap of
+    /// the absolute deadline, checking the deadline against Redis' clock: past it, the hash
+    /// reads as absent and the read that finds it deletes it; an upsert then starts a
+    /// fresh hash.
+    #[tokio::test]
+    async fn a_hash_past_its_deadline_is_deleted_by_the_read_that_finds_it() {
+        use tower_stateless::store::HashMode;
+        let s = redis_or_skip!();
+        let store = store(&s).await;
+        let key = "sess:{deadline}";
+        let set = |v: &str| HashChanges {
+            set: vec![("a".to_owned(), Bytes::from(v.to_owned()))],
+            ..HashChanges::default()
+        };
+        let long = Duration::from_secs(60);
+        let lifetime = Duration::from_millis(1500);
+        let created = store
+            .hash_apply(
+                key,
+                &set("1"),
+                HashWriteOptions::new(HashMode::New { lifetime }, long),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created, HashWriteOutcome::Written);
+        let read = store.hash_get_all_and_refresh(key, long).await.unwrap();
+        assert!(read.is_some_and(|h| h.lifetime_left <= lifetime));
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(
+            s.pttl(key) > 0,
+            "the read rolled the expiry past the deadline"
+        );
+        assert_eq!(
+            store.hash_get_all_and_refresh(key, long).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.pttl(key),
+            -2,
+            "the read that found it past its deadline deleted it"
+        );
+        let upsert = HashWriteOptions::new(HashMode::Upsert { lifetime: long }, long);
+        assert_eq!(
+            store.hash_apply(key, &set("2"), upsert).await.unwrap(),
+            HashWriteOutcome::Written
+        );
+        let read = store
+            .hash_get_all_and_refresh(key, long)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.fields.get("a"), Some(&Bytes::from_static(b"2")));
+        assert!(read.lifetime_left > lifetime);
     }
 
     #[tokio::test]

@@ -18,9 +18,11 @@
 //!
 //! # Lifetime
 //!
-//! Every write and every load sets the session's expiry to the idle timeout from now,
-//! capped by its absolute deadline (creation plus the absolute lifetime, kept with the
-//! session in the store and fixed when it is created): no refresh keeps a session past it.
+//! Every write and every load sets the session's expiry to the idle timeout from now. The
+//! absolute deadline (creation plus the absolute lifetime, kept with the session in the
+//! store and fixed when it is created) caps it: past it the session is gone for every
+//! request, whatever the refreshes (on Redis checked against Redis' own clock, so the
+//! clocks of the instances do not matter).
 //!
 //! # Concurrency
 //!

@@ -1,13 +1,14 @@
 //! Hashes on Redis: a Redis hash per key, whose absolute deadline and size live in two
 //! reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
-//! collide with them, and reads leave them out.
+//! collide with them, and reads leave them out. Reads are a `MULTI`/`EXEC` transaction
+//! (no Lua); writes are one Lua script.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{Script, Value};
+use deadpool_redis::redis::{self, Script, Value};
 
 use super::{Call, RedisStore};
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
@@ -16,27 +17,19 @@ use crate::store::{ttl_millis, StoreError};
 /// Both reserved field names start with these bytes (`\255\254` in the scripts).
 const RESERVED: &[u8] = b"\xff\xfe";
 
-/// `TYPE`, then the deadline: a hash without one, or past it, is no hash. Rolls the expiry
-/// (capped by the deadline) and returns the time left to the deadline followed by
-/// `HGETALL`.
-static READ: LazyLock<Script> = LazyLock::new(|| {
+/// The field that holds a hash's absolute deadline (milliseconds of Redis' clock).
+const DEADLINE: &[u8] = b"\xff\xfed";
+
+/// Deletes a hash found past its deadline, unless it was recreated meanwhile (its deadline
+/// field changed): a read rolls the expiry without the cap, so such a hash would otherwise
+/// live on while a stale id keeps reading it.
+static DROP_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local k = KEYS[1]
-if redis.call('TYPE', k)['ok'] ~= 'hash' then return false end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = tonumber(redis.call('HGET', k, '\255\254d'))
-if not deadline then return false end
-if deadline <= now then
-  redis.call('DEL', k)
-  return false
+if redis.call('HGET', KEYS[1], '\255\254d') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
-local left = deadline - now
-redis.call('PEXPIRE', k, string.format('%.0f', math.min(tonumber(ARGV[1]), left)))
-local all = redis.call('HGETALL', k)
-table.insert(all, 1, string.format('%.0f', left))
-return all",
+return 0",
     )
 });
 
@@ -120,6 +113,19 @@ return {1}",
     )
 });
 
+/// Milliseconds of a `TIME` reply (seconds and microseconds, as bulk strings).
+fn server_millis(time: Value) -> Option<u64> {
+    let Value::Array(parts) = time else {
+        return None;
+    };
+    let number = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        _ => None,
+    };
+    let (secs, micros) = (number(parts.first()?)?, number(parts.get(1)?)?);
+    secs.checked_mul(1000)?.checked_add(micros / 1000)
+}
+
 fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
@@ -173,6 +179,14 @@ fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
 }
 
 impl RedisStore {
+    /// One transaction, sent as one pipeline (one round trip): `MULTI`, `TIME`, `HGETALL`,
+    /// `PEXPIRE`, `EXEC`. No Lua: a script costs Redis several times the CPU of these
+    /// three commands. The deadline is checked here against the `TIME` of the same
+    /// transaction (Redis' clock, as the writes use: no skew between instances and Redis).
+    /// The expiry is rolled to `ttl` without the cap by the deadline, so a hash read in
+    /// its last `ttl` before the deadline may stay in Redis up to `ttl` after it, where
+    /// every operation sees it as absent; the read that finds it past its deadline deletes
+    /// it (one more round trip, once).
     pub(super) async fn hash_read_refresh(
         &self,
         key: &str,
@@ -180,33 +194,60 @@ impl RedisStore {
     ) -> Result<Option<StoredHash>, StoreError> {
         let ms = ttl_millis(ttl)?;
         let key = self.key(key);
-        let reply = self
-            .run(|mut conn| async move {
-                READ.key(&key)
-                    .arg(ms)
-                    .invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn)
-                    .await
-            })
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            // A plain value under the key answers WRONGTYPE to HGETALL: no hash.
+            .ignore_errors();
+        let pipe = &pipe;
+        let reply: Vec<Value> = self
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
-        let Some(reply) = reply else {
-            return Ok(None);
+        let [time, all, _expire]: [Value; 3] = reply.try_into().map_err(|_| unexpected("read"))?;
+        let now = server_millis(time).ok_or_else(|| unexpected("read"))?;
+        let items = match all {
+            Value::Array(items) => items,
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
+            _ => return Err(unexpected("read")),
         };
-        let mut items = reply.into_iter();
-        let left = items
-            .next()
-            .and_then(|l| std::str::from_utf8(&l).ok()?.parse::<u64>().ok())
-            .ok_or_else(|| unexpected("read"))?;
+        let mut deadline = None;
         let mut fields = BTreeMap::new();
+        let mut items = items.into_iter();
         while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            let (Value::BulkString(name), Value::BulkString(value)) = (name, value) else {
+                return Err(unexpected("read"));
+            };
             if name.starts_with(RESERVED) {
+                if name == DEADLINE {
+                    deadline = Some(value);
+                }
                 continue;
             }
             let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
             fields.insert(name, Bytes::from(value));
         }
+        // Absent, or a hash without a deadline (not one of ours): no hash.
+        let Some(raw) = deadline else {
+            return Ok(None);
+        };
+        let at = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or_else(|| unexpected("deadline"))?;
+        if at <= now {
+            let mut call = DROP_EXPIRED.prepare_invoke();
+            call.key(&key).arg(raw.as_slice());
+            self.write::<i64>(Call::Script(call)).await?;
+            return Ok(None);
+        }
         Ok(Some(StoredHash {
             fields,
-            lifetime_left: Duration::from_millis(left),
+            lifetime_left: Duration::from_millis(at - now),
         }))
     }
 
