@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::config::Config;
 use crate::id::session_id;
 use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
@@ -239,12 +240,8 @@ impl State {
 
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) key_prefix: String,
-    pub(crate) idle: Duration,
-    /// The absolute lifetime of a new session, within the store's TTL range.
-    pub(crate) lifetime: Duration,
-    pub(crate) max_bytes: u64,
-    pub(crate) max_retries: u32,
+    /// The layer's configuration (shared, not copied per request).
+    pub(crate) config: Arc<Config>,
     pub(crate) state: Mutex<State>,
 }
 
@@ -318,8 +315,13 @@ impl Session {
             return Ok(());
         }
         if let Some(id) = st.id.as_deref() {
-            let key = store_key(&self.shared.key_prefix, id);
-            match self.shared.backend.load(&key, self.shared.idle).await {
+            let key = store_key(&self.shared.config.prefix, id);
+            match self
+                .shared
+                .backend
+                .load(&key, self.shared.config.idle)
+                .await
+            {
                 Ok(Some(hash)) => {
                     metrics::session(SessionOp::Load, SessionResult::Ok);
                     st.fields = hash.fields;
@@ -347,10 +349,10 @@ impl Session {
         let size = st.size();
         let old = st.value(key).map_or(0, |v| (key.len() + v.len()) as u64);
         let next = size - old + new.map_or(0, |v| (key.len() + v.len()) as u64);
-        if next > self.shared.max_bytes && next > size {
+        if next > self.shared.config.max_bytes && next > size {
             return Err(SessionError::TooLarge {
                 size: next,
-                limit: self.shared.max_bytes,
+                limit: self.shared.config.max_bytes,
             });
         }
         Ok(())
@@ -414,7 +416,7 @@ impl Session {
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let v = Bytes::from(serde_json::to_vec(&value).map_err(SessionError::Serde)?);
         let mut st = self.shared.state.lock().await;
-        if !st.loaded && st.pending_size_with(key, &v) > self.shared.max_bytes {
+        if !st.loaded && st.pending_size_with(key, &v) > self.shared.config.max_bytes {
             self.load(&mut st).await?;
         }
         if st.loaded {
@@ -486,7 +488,7 @@ impl Session {
             let new = f(decode(key, current.as_ref())?);
             let bytes = Bytes::from(serde_json::to_vec(&new).map_err(SessionError::Serde)?);
             self.check_size(&st, key, Some(&bytes))?;
-            let lifetime = self.shared.lifetime;
+            let lifetime = self.shared.config.lifetime();
             let (id, mode) = match (&st.id, &st.sid) {
                 (Some(id), _) => (id.clone(), HashMode::Existing),
                 (None, Some(sid)) => (sid.clone(), HashMode::Upsert { lifetime }),
@@ -496,9 +498,9 @@ impl Session {
                     HashMode::New { lifetime },
                 ),
             };
-            let options =
-                HashWriteOptions::new(mode, self.shared.idle).max_bytes(self.shared.max_bytes);
-            let store_key = store_key(&self.shared.key_prefix, &id);
+            let options = HashWriteOptions::new(mode, self.shared.config.idle)
+                .max_bytes(self.shared.config.max_bytes);
+            let store_key = store_key(&self.shared.config.prefix, &id);
             let outcome = self
                 .shared
                 .backend
@@ -523,7 +525,7 @@ impl Session {
                     return Ok(new);
                 }
                 HashWriteOutcome::Changed(now) => {
-                    if attempt >= self.shared.max_retries {
+                    if attempt >= self.shared.config.max_retries {
                         metrics::session(SessionOp::Write, SessionResult::Conflict);
                         return Err(SessionError::Conflict {
                             key: key.to_owned(),
@@ -540,7 +542,7 @@ impl Session {
                 HashWriteOutcome::TooLarge(size) => {
                     return Err(SessionError::TooLarge {
                         size,
-                        limit: self.shared.max_bytes,
+                        limit: self.shared.config.max_bytes,
                     })
                 }
                 other => {

@@ -104,13 +104,9 @@ where
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
             backend: Arc::new(StoreBackend(store.clone())),
-            key_prefix: config.prefix.clone(),
-            idle: config.idle,
-            lifetime: config.lifetime(),
-            max_bytes: config.max_bytes,
-            max_retries: config.max_retries,
+            config: config.clone(),
             state: Mutex::new(State {
-                sid: id.clone().filter(|_| from_claim),
+                sid: id.as_ref().filter(|_| from_claim).cloned(),
                 id,
                 ..State::default()
             }),

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{self, Script, Value};
+use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
 
 use super::{Call, RedisStore};
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
@@ -148,23 +148,25 @@ fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
 
-/// The common head of a write: mode, TTL, lifetime, size limit.
-fn head(options: &HashWriteOptions) -> Result<[Vec<u8>; 4], StoreError> {
+/// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none).
+fn head<'a>(
+    script: &'a Script,
+    key: &str,
+    options: &HashWriteOptions,
+) -> Result<ScriptInvocation<'a>, StoreError> {
     let ttl = ttl_millis(options.ttl)?;
     let (mode, lifetime) = match options.mode {
         HashMode::Existing => ("existing", 0),
         HashMode::New { lifetime } => ("new", ttl_millis(lifetime)?),
         HashMode::Upsert { lifetime } => ("upsert", ttl_millis(lifetime)?),
     };
-    let max = options
-        .max_bytes
-        .map_or_else(|| "-1".to_owned(), |m| m.to_string());
-    Ok([
-        mode.as_bytes().to_vec(),
-        ttl.to_string().into_bytes(),
-        lifetime.to_string().into_bytes(),
-        max.into_bytes(),
-    ])
+    let mut call = script.prepare_invoke();
+    call.key(key).arg(mode).arg(ttl).arg(lifetime);
+    match options.max_bytes {
+        Some(max) => call.arg(max),
+        None => call.arg(-1),
+    };
+    Ok(call)
 }
 
 fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
@@ -275,13 +277,7 @@ impl RedisStore {
         changes: &HashChanges,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let head = head(&options)?;
-        let key = self.key(key);
-        let mut call = WRITE.prepare_invoke();
-        call.key(&key);
-        for arg in &head {
-            call.arg(arg.as_slice());
-        }
+        let mut call = head(&WRITE, &self.key(key), &options)?;
         call.arg("apply")
             .arg(if changes.clear { "1" } else { "0" })
             .arg(changes.delete.len());
@@ -303,13 +299,7 @@ impl RedisStore {
         new: Option<Bytes>,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let head = head(&options)?;
-        let key = self.key(key);
-        let mut call = WRITE.prepare_invoke();
-        call.key(&key);
-        for arg in &head {
-            call.arg(arg.as_slice());
-        }
+        let mut call = head(&WRITE, &self.key(key), &options)?;
         call.arg("cas")
             .arg(field)
             .arg(if expected.is_some() { "1" } else { "0" })
