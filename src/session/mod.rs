@@ -44,9 +44,11 @@
 //! # Limits and bad input
 //!
 //! A session is limited in size ([`SessionLayer::max_size`], default 1 MiB of keys and
-//! JSON values): a change past it is refused whole with [`SessionError::TooLarge`], or,
-//! when concurrent requests together cross it, the later write-back is refused by the store
-//! and the layer answers `413` with nothing saved; never truncated. A stored value that does
+//! JSON values): a change past it is refused whole with [`SessionError::TooLarge`] (when the
+//! request read the session, or the change alone is over the limit), or else the
+//! write-back is refused by the store (a request that only inserted, or concurrent requests
+//! that together cross the limit) and the layer answers `413` with nothing of the request
+//! saved; never truncated. A stored value that does
 //! not deserialize into the type asked for is [`SessionError::Decode`], and the session is
 //! left as it is. A session stored by an earlier version of this crate (one JSON record) is
 //! treated as no session: the client gets a new session on its next write.
