@@ -8,18 +8,22 @@
 # Rows: bare axum; a hand-written jsonwebtoken::decode middleware; JwtAuthLayer;
 # + the revocation check; + SessionLayer read; SessionLayer read and write alone;
 # IdempotencyLayer first call; tower-sessions (tower-sessions-redis-store) read and write.
+# The read and write rows spread the requests over the bench app's sessions (64 of each
+# kind); the "one hot session" rows send every request of every connection with the same
+# session cookie, so that all connections write to one session at once.
 # No row has a rate limit, and any answer that is not 2xx/3xx (a 429, a 503) or a socket
 # error marks its row and fails the run: the figures are then not the layers' cost.
 #
 # Run with: benches/compare.sh [--seconds S] [--warmup S] [--connections C] [--threads T]
-#                              [--memory]
+#                              [--memory] [--rows REGEX]
 # Defaults: 10 s per row after a 2 s warm-up, 32 connections, 1 wrk thread (wrk -t1 -c32),
-# on Redis (--memory: the in-memory stores instead, no Redis needed).
+# on Redis (--memory: the in-memory stores instead, no Redis needed). --rows runs only the
+# rows whose path matches the extended regex (and the bare row, the ratios' base).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
 
-seconds=10 warmup=2 connections=32 threads=1 memory=0
+seconds=10 warmup=2 connections=32 threads=1 memory=0 only=""
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
     --connections) connections=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --memory) memory=1; shift ;;
+    --rows) only=$2; shift 2 ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
     esac
 done
@@ -60,9 +65,12 @@ base="http://127.0.0.1:$(cat "$out/port")"
 # Every GET carries the bearer token and both session cookies (ours `id`, tower-sessions'
 # `tid`), so that the rows differ only in the stack.
 paste -d';' "$out/ours.cookies" "$out/peer.cookies" | sed 's/;/; /' >"$out/cookies"
+# The hot-session rows: one line, so every request carries the same two sessions.
+head -n 1 "$out/cookies" >"$out/hot.cookies"
 BENCH_BEARER=$(cat "$out/token")
-export BENCH_BEARER BENCH_COOKIES="$out/cookies" BENCH_RUN="run$$-$RANDOM"
+export BENCH_BEARER BENCH_RUN="run$$-$RANDOM"
 
+# name|path[|hot]: "hot" sends one session's cookies on every request.
 rows=(
     "bare axum|/bare"
     "jsonwebtoken::decode middleware|/decode"
@@ -71,9 +79,11 @@ rows=(
     "JWT + revocation + session read|/jwt-revocation-session"
     "session read|/session-read"
     "session write|/session-write"
+    "session write, one hot session|/session-write|hot"
     "idempotency first call (POST)|/idempotent"
     "tower-sessions read|/peer-read"
     "tower-sessions write|/peer-write"
+    "tower-sessions write, one hot session|/peer-write|hot"
 )
 if [ "$memory" = 0 ]; then
     rows+=(
@@ -87,9 +97,16 @@ declare -A rps p50 p99
 failed=0
 printf '%-40s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
 for row in "${rows[@]}"; do
-    name=${row%%|*} path=${row#*|}
+    IFS='|' read -r name path kind <<<"$row"
+    if [ -n "$only" ] && [ "$path" != /bare ] && ! [[ $path =~ $only ]]; then continue; fi
     post=0
     [ "$path" = /idempotent ] && post=1
+    key=$path
+    export BENCH_COOKIES="$out/cookies"
+    if [ "$kind" = hot ]; then
+        key="$path#hot"
+        export BENCH_COOKIES="$out/hot.cookies"
+    fi
     # Each wrk run numbers its idempotency keys from 1: the warm-up gets a tag of its own,
     # or the measured run would replay the warm-up's keys.
     BENCH_RUN="$BENCH_RUN-warm" BENCH_POST=$post wrk -t"$threads" -c"$connections" \
@@ -97,20 +114,23 @@ for row in "${rows[@]}"; do
     result=$(BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${seconds}s" \
         -s benches/compare.lua "$base$path" | grep '^RESULT ')
     read -r _ requests duration lat50 lat99 bad_status socket_errors <<<"$result"
-    rps[$path]=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-    p50[$path]=$lat50 p99[$path]=$lat99
+    rps[$key]=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+    p50[$key]=$lat50 p99[$key]=$lat99
     note=""
     if [ "$bad_status" -gt 0 ] || [ "$socket_errors" -gt 0 ]; then
         note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
         failed=1
     fi
-    printf '%-40s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$path]}" \
+    printf '%-40s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$key]}" \
         "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
         "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
-        "$(awk -v a="${rps[$path]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
+        "$(awk -v a="${rps[$key]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
 done
 
-ratio() { awk -v a="${rps[$1]}" -v b="${rps[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() {
+    if [ -z "${rps[$1]:-}" ] || [ -z "${rps[$2]:-}" ]; then echo "-"; return; fi
+    awk -v a="${rps[$1]}" -v b="${rps[$2]}" 'BEGIN { printf "%.2f", a / b }'
+}
 echo
 echo "Throughput ratios (same run):"
 echo "  JwtAuthLayer ÷ jsonwebtoken::decode middleware   $(ratio /jwt /decode)"
@@ -118,6 +138,7 @@ echo "  JWT + revocation ÷ JwtAuthLayer                   $(ratio /jwt-revocati
 echo "  JWT + revocation + session read ÷ bare axum       $(ratio /jwt-revocation-session /bare)"
 echo "  session read ÷ tower-sessions read                $(ratio /session-read /peer-read)"
 echo "  session write ÷ tower-sessions write              $(ratio /session-write /peer-write)"
+echo "  session write, one hot session ÷ tower-sessions   $(ratio '/session-write#hot' '/peer-write#hot')"
 if [ "$memory" = 0 ]; then
     echo "  JWT + cached revocation ÷ JwtAuthLayer            $(ratio /jwt-revocation-cached /jwt)"
     echo "  JWT + cached revocation + session read ÷ bare     $(ratio /jwt-revocation-cached-session /bare)"

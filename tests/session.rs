@@ -524,20 +524,29 @@ mod redis {
         let layer = SessionLayer::new(store(&s).await);
         // Warm-up: connection setup and script loading happen once.
         let c = cookie_pair(&call(&layer, None, "put:a:1").await);
-        call(&layer, Some(&c), "put:a:0").await;
+        call(&layer, Some(&c), "get:a,put:a:0").await;
         s.reset_stats();
         call(&layer, Some(&c), "none").await;
         assert_eq!(s.command_count(), 0);
         s.reset_stats();
         call(&layer, Some(&c), "get:a").await;
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        // One transaction (MULTI, TIME, HGETALL, PEXPIRE, EXEC) sent as one pipeline.
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.command_stats().get("multi"), Some(&1));
         s.reset_stats();
-        call(&layer, Some(&c), "put:a:2").await;
-        // One EVALSHA to read (and roll the expiry), one to write the changed key; the
-        // hash commands inside the scripts are not round trips.
+        call(&layer, Some(&c), "get:a,put:a:2").await;
+        // One read (that rolls the expiry), one EVALSHA to write the changed key; the
+        // hash commands inside the script are not round trips.
         let stats = s.command_stats();
-        assert_eq!(stats.get("evalsha"), Some(&2), "{stats:?}");
-        assert_eq!(s.command_count(), 2, "{stats:?}");
+        assert_eq!(stats.get("evalsha"), Some(&1), "{stats:?}");
+        assert_eq!(s.round_trips(), 2, "{stats:?}");
+        // A write without a read: the one EVALSHA of the changed key.
+        s.reset_stats();
+        call(&layer, Some(&c), "put:a:3").await;
+        let stats = s.command_stats();
+        assert_eq!(stats.get("evalsha"), Some(&1), "{stats:?}");
+        assert_eq!(s.command_count(), 1, "{stats:?}");
+        assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"3\")");
         // Malformed and forged ids: no store command at all for malformed.
         s.reset_stats();
         call(&layer, Some("id=short"), "get:a").await;
@@ -545,7 +554,7 @@ mod redis {
         assert_eq!(s.command_count(), 0, "{:?}", s.command_stats());
         s.reset_stats();
         call(&layer, Some(&format!("id={}", "A".repeat(43))), "get:a").await;
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
         assert!(s.keys("sess:*").len() == 1);
         // Renewing a Max-Age cookie costs no extra round trip.
         let layer = SessionLayer::new(store(&s).await)
@@ -555,7 +564,62 @@ mod redis {
         s.reset_stats();
         let out = call(&layer, Some(&c), "get:a").await;
         assert_eq!(cookie_pair(&out), c);
-        assert_eq!(s.command_count(), 1, "{:?}", s.command_stats());
+        assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
+    }
+
+    /// A session read is a transaction (no Lua) that rolls the expiry without the cap of
+    /// the absolute deadline, checking the deadline against Redis' clock: past it, the hash
+    /// reads as absent and the read that finds it deletes it; an upsert then starts a
+    /// fresh hash.
+    #[tokio::test]
+    async fn a_hash_past_its_deadline_is_deleted_by_the_read_that_finds_it() {
+        use tower_stateless::store::HashMode;
+        let s = redis_or_skip!();
+        let store = store(&s).await;
+        let key = "sess:{deadline}";
+        let set = |v: &str| HashChanges {
+            set: vec![("a".to_owned(), Bytes::from(v.to_owned()))],
+            ..HashChanges::default()
+        };
+        let long = Duration::from_secs(60);
+        let lifetime = Duration::from_millis(1500);
+        let created = store
+            .hash_apply(
+                key,
+                &set("1"),
+                HashWriteOptions::new(HashMode::New { lifetime }, long),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created, HashWriteOutcome::Written);
+        let read = store.hash_get_all_and_refresh(key, long).await.unwrap();
+        assert!(read.is_some_and(|h| h.lifetime_left <= lifetime));
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(
+            s.pttl(key) > 0,
+            "the read rolled the expiry past the deadline"
+        );
+        assert_eq!(
+            store.hash_get_all_and_refresh(key, long).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.pttl(key),
+            -2,
+            "the read that found it past its deadline deleted it"
+        );
+        let upsert = HashWriteOptions::new(HashMode::Upsert { lifetime: long }, long);
+        assert_eq!(
+            store.hash_apply(key, &set("2"), upsert).await.unwrap(),
+            HashWriteOutcome::Written
+        );
+        let read = store
+            .hash_get_all_and_refresh(key, long)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.fields.get("a"), Some(&Bytes::from_static(b"2")));
+        assert!(read.lifetime_left > lifetime);
     }
 
     #[tokio::test]
@@ -1008,8 +1072,8 @@ mod hardening {
         let out = call_with(&layer, None, claims(), "put:a:1").await;
         assert_eq!(out.status, StatusCode::OK);
         assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
-        // Creating it costs what a modified session costs: one read and one write.
-        assert_eq!(counting.operations(), 2);
+        // Creating it by writes alone costs one write (an upsert under the sid), no read.
+        assert_eq!(counting.operations(), 1);
         assert!(stored(&store, &sid).await.is_some());
         assert_eq!(
             call_with(&layer, None, claims(), "get:a").await.body,
@@ -1548,15 +1612,25 @@ mod sessions_v2 {
             assert!(session_error.contains("\"a\""), "{session_error}");
         }
 
-        /// A session past `max_size` is refused whole, never truncated: `insert` and
-        /// `update` return `TooLarge` and nothing of the request is kept; removals that
-        /// shrink it still work.
+        /// A session past `max_size` is refused whole, never truncated: after a load,
+        /// `insert` and `update` return `TooLarge`; without one (an insert does not load),
+        /// the write-back is refused whole with `413`; removals that shrink it still work.
         async fn a_session_past_its_size_limit_is_refused_whole<St: StateStore>(store: St) {
             let layer = SessionLayer::new(store).max_size(64).unwrap();
             let big = "x".repeat(40);
             let c = cookie_pair(&call(&layer, None, &format!("put:a:{big}")).await);
-            // "b" + 42 bytes of JSON on top of "a" + 42: 86 > 64.
+            // "b" + 42 bytes of JSON on top of "a" + 42: 86 > 64. Unread: the store
+            // refuses the write-back, and nothing of the request is kept.
             let out = call(&layer, Some(&c), &format!("put:c:1,put:b:{big}")).await;
+            assert_eq!(out.status, StatusCode::PAYLOAD_TOO_LARGE);
+            assert!(out.body.contains("session_too_large"), "{}", out.body);
+            assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+            assert_eq!(
+                call(&layer, Some(&c), "get:b,get:c").await.body,
+                "None,None"
+            );
+            // Read first: the insert itself is refused, and the handler answers.
+            let out = call(&layer, Some(&c), &format!("get:a,put:c:1,put:b:{big}")).await;
             assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(error_code(&out), "session_too_large");
             assert_eq!(call(&layer, Some(&c), "get:b").await.body, "None");
@@ -1731,8 +1805,83 @@ mod sessions_v2 {
             assert_eq!(call(&layer, Some(&fresh), "keys").await.body, "b");
         }
 
+        /// A request that only inserts, removes or clears does not load the session: one
+        /// write into the session when it exists (other keys kept), and a new session under
+        /// a new id when it does not (an unknown id, or one destroyed during the request),
+        /// never the old id brought back.
+        async fn writes_without_a_read_cost_one_write_and_never_resurrect<St: StateStore>(
+            store: St,
+        ) {
+            let counting = Counting::new(store);
+            let layer = SessionLayer::new(counting.clone());
+            let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
+            counting.reset();
+            let out = call(&layer, Some(&c), "put:c:3,del:a").await;
+            assert_eq!(out.status, StatusCode::OK);
+            assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+            assert_eq!(counting.operations(), 1, "one write, no read");
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "b|c");
+            counting.reset();
+            call(&layer, Some(&c), "clear,put:d:4").await;
+            assert_eq!(counting.operations(), 1);
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "d");
+
+            // An unknown id: the write finds no session and starts one under a new id.
+            let unknown = format!("id={}", "U".repeat(43));
+            counting.reset();
+            let out = call(&layer, Some(&unknown), "put:x:1").await;
+            assert_eq!(out.status, StatusCode::OK);
+            let fresh = cookie_pair(&out);
+            assert_ne!(fresh, unknown);
+            assert_eq!(
+                counting.operations(),
+                2,
+                "the write that finds nothing, the create"
+            );
+            assert_eq!(call(&layer, Some(&unknown), "keys").await.body, "");
+            assert_eq!(call(&layer, Some(&fresh), "keys").await.body, "x");
+            // Only removals under an unknown id: nothing is created, no cookie.
+            let out = call(&layer, Some(&unknown), "del:x,clear").await;
+            assert!(out.set_cookie.is_empty(), "{:?}", out.set_cookie);
+            assert_eq!(call(&layer, Some(&unknown), "keys").await.body, "");
+
+            // Destroyed by another request while this one ran: the old id stays gone, the
+            // insert lands in a new session of its own.
+            let inner = layer.clone();
+            let cookie = c.clone();
+            let svc = ServiceBuilder::new().layer(layer.clone()).service_fn(
+                move |req: Request<String>| {
+                    let (inner, cookie) = (inner.clone(), cookie.clone());
+                    async move {
+                        let s = req.extensions().get::<Session>().cloned().unwrap();
+                        s.insert("late", "1").await.unwrap();
+                        let out = call(&inner, Some(&cookie), "destroy").await;
+                        assert_eq!(out.status, StatusCode::OK);
+                        Ok::<_, Infallible>(Response::new(String::new()))
+                    }
+                },
+            );
+            let req = Request::builder()
+                .header(header::COOKIE, &c)
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let set: Vec<String> = res
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+                .collect();
+            assert_eq!(set.len(), 1, "{set:?}");
+            assert_ne!(set[0], c);
+            assert_eq!(call(&layer, Some(&c), "keys").await.body, "");
+            assert_eq!(call(&layer, Some(&set[0]), "keys").await.body, "late");
+        }
+
         backend_tests!(
             keys_list_the_session_as_the_request_sees_it,
+            writes_without_a_read_cost_one_write_and_never_resurrect,
             a_value_of_another_type_is_a_clear_error_and_changes_nothing,
             a_session_past_its_size_limit_is_refused_whole,
             concurrent_growth_past_the_limit_is_refused_by_the_store,

@@ -80,6 +80,7 @@ mod hash {
                     hash_plain_value_counts_as_absent,
                     hash_invalid_ttl_rejected,
                     hash_unusual_fields_and_values,
+                    hash_many_fields_in_one_write,
                 ]
             );
         };

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use super::config::Config;
 use crate::id::session_id;
 use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
@@ -163,7 +164,8 @@ pub(crate) struct State {
     /// fixation; a `sid` the crate mints then keys a session of the crate. Cleared by
     /// [`Session::destroy`]: the destroyed id never comes back.
     pub(crate) sid: Option<String>,
-    /// Whether the session was loaded (or found absent).
+    /// Whether the session was loaded (or found absent). [`Session::insert`],
+    /// [`Session::remove`] and [`Session::clear`] record changes without a load.
     pub(crate) loaded: bool,
     /// The stored fields (JSON values) as loaded, and as [`Session::update`] committed them.
     pub(crate) fields: BTreeMap<String, Bytes>,
@@ -215,6 +217,18 @@ impl State {
         view
     }
 
+    /// The size of this request's pending insertions with `key` set to `value`: a lower
+    /// bound of the session's size after the write-back, known without a load.
+    fn pending_size_with(&self, key: &str, value: &Bytes) -> u64 {
+        let others: u64 = self
+            .changes
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.len() + v.len()) as u64))
+            .sum();
+        others + (key.len() + value.len()) as u64
+    }
+
     /// The size of the session as this request sees it, as the limit counts it.
     fn size(&self) -> u64 {
         self.view()
@@ -226,22 +240,21 @@ impl State {
 
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) key_prefix: String,
-    pub(crate) idle: Duration,
-    /// The absolute lifetime of a new session, within the store's TTL range.
-    pub(crate) lifetime: Duration,
-    pub(crate) max_bytes: u64,
-    pub(crate) max_retries: u32,
+    /// The layer's configuration (shared, not copied per request).
+    pub(crate) config: Arc<Config>,
     pub(crate) state: Mutex<State>,
 }
 
 /// A handle on the current request's session, found in request extensions.
 ///
-/// Cheap to clone; all clones share the same state. Nothing touches the store until the
-/// first method call; the first call loads the session (one read that also rolls its idle
-/// expiry). Reads, [`insert`](Self::insert), [`remove`](Self::remove), [`keys`](Self::keys)
-/// work on this request's view; the changes are written in one step when the handler
-/// returns. [`update`](Self::update) writes at once.
+/// Cheap to clone; all clones share the same state. Nothing touches the store until a
+/// method needs the stored data: the first read ([`get`](Self::get), [`keys`](Self::keys),
+/// [`update`](Self::update), [`cycle_id`](Self::cycle_id), [`destroy`](Self::destroy))
+/// loads the session (one read that also rolls its idle expiry), while
+/// [`insert`](Self::insert), [`remove`](Self::remove) and [`clear`](Self::clear) only
+/// record changes. Reads see this request's changes over the stored data; the changes are
+/// written in one step when the handler returns (a request that changes keys without
+/// reading costs that one write and no read). [`update`](Self::update) writes at once.
 ///
 /// Values are stored as JSON, one store field per key.
 #[derive(Clone)]
@@ -292,35 +305,40 @@ fn decode<T: DeserializeOwned>(key: &str, raw: Option<&Bytes>) -> Result<Option<
 impl Session {
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>, SessionError> {
         let mut st = self.shared.state.lock().await;
-        if !st.loaded {
-            if let Some(id) = st.id.clone() {
-                let key = store_key(&self.shared.key_prefix, &id);
-                let span = metrics::session_span();
-                let load = self.shared.backend.load(&key, self.shared.idle);
-                match tracing::Instrument::instrument(load, span.clone()).await {
-                    Ok(Some(hash)) => {
-                        span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
-                        st.fields = hash.fields;
-                        st.lifetime_left = Some(hash.lifetime_left);
-                    }
-                    // Unknown, expired, past its absolute lifetime, or not a session of
-                    // this format: no session.
-                    Ok(None) => {
-                        span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
-                        st.id = None;
-                    }
-                    Err(e) => {
-                        span.in_scope(|| {
-                            metrics::session(SessionOp::Load, SessionResult::StoreError)
-                        });
-                        st.load_failed = Some(e.is_unavailable());
-                        return Err(SessionError::Store(e));
-                    }
+        self.load(&mut st).await?;
+        Ok(st)
+    }
+
+    /// Loads the session into `st` unless this request already did.
+    async fn load(&self, st: &mut State) -> Result<(), SessionError> {
+        if st.loaded {
+            return Ok(());
+        }
+        if let Some(id) = st.id.as_deref() {
+            let key = store_key(&self.shared.config.prefix, id);
+            let span = metrics::session_span();
+            let load = self.shared.backend.load(&key, self.shared.config.idle);
+            match tracing::Instrument::instrument(load, span.clone()).await {
+                Ok(Some(hash)) => {
+                    span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
+                    st.fields = hash.fields;
+                    st.lifetime_left = Some(hash.lifetime_left);
+                }
+                // Unknown, expired, past its absolute lifetime, or not a session of
+                // this format: no session.
+                Ok(None) => {
+                    span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
+                    st.id = None;
+                }
+                Err(e) => {
+                    span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::StoreError));
+                    st.load_failed = Some(e.is_unavailable());
+                    return Err(SessionError::Store(e));
                 }
             }
-            st.loaded = true;
         }
-        Ok(st)
+        st.loaded = true;
+        Ok(())
     }
 
     /// Refuses a change that would leave the session over its limit and larger than it is.
@@ -328,10 +346,10 @@ impl Session {
         let size = st.size();
         let old = st.value(key).map_or(0, |v| (key.len() + v.len()) as u64);
         let next = size - old + new.map_or(0, |v| (key.len() + v.len()) as u64);
-        if next > self.shared.max_bytes && next > size {
+        if next > self.shared.config.max_bytes && next > size {
             return Err(SessionError::TooLarge {
                 size: next,
-                limit: self.shared.max_bytes,
+                limit: self.shared.config.max_bytes,
             });
         }
         Ok(())
@@ -377,35 +395,47 @@ impl Session {
     /// requests that change other keys keep theirs; of two changing the same key, the
     /// last write wins (use [`update`](Self::update) for a read-modify-write).
     ///
-    /// Without a session, the write creates one: under a fresh random id sent in the
-    /// cookie (or header), or, with
+    /// Inserting does not load the session: a request that only inserts and removes keys
+    /// costs one store write and no read. The write goes into the session of the request's
+    /// id if it exists. Without a session (no id, an unknown or expired one), the write
+    /// creates one: under a fresh random id sent in the cookie (or header), or, with
     /// [`id_from_sid_claim`](super::SessionLayer::id_from_sid_claim), under the request's
     /// `sid` claim.
     ///
     /// # Errors
     ///
     /// [`SessionError::TooLarge`] when the session would grow past its size limit (nothing
-    /// is recorded); [`SessionError::Serde`] when `value` does not serialize.
+    /// is recorded). When this request has not loaded the session, only a change that
+    /// exceeds the limit on its own is refused here (after a load, so that a change that
+    /// shrinks an oversized session stays allowed); a session that the write-back would
+    /// grow past the limit is refused then, whole, with `413`.
+    /// [`SessionError::Serde`] when `value` does not serialize.
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let v = Bytes::from(serde_json::to_vec(&value).map_err(SessionError::Serde)?);
-        let mut st = self.loaded().await?;
-        self.check_size(&st, key, Some(&v))?;
+        let mut st = self.shared.state.lock().await;
+        if !st.loaded && st.pending_size_with(key, &v) > self.shared.config.max_bytes {
+            self.load(&mut st).await?;
+        }
+        if st.loaded {
+            self.check_size(&st, key, Some(&v))?;
+        }
         st.changes.insert(key.to_owned(), Some(v));
         Ok(())
     }
 
-    /// Removes `key`.
+    /// Removes `key`. Like [`insert`](Self::insert), it does not load the session.
     pub async fn remove(&self, key: &str) -> Result<(), SessionError> {
-        let mut st = self.loaded().await?;
+        let mut st = self.shared.state.lock().await;
         st.changes.insert(key.to_owned(), None);
         Ok(())
     }
 
     /// Removes every key (the session itself stays). Without a session this does nothing:
     /// no empty session is created. Keys written by concurrent requests before the
-    /// write-back are removed too.
+    /// write-back are removed too. Like [`insert`](Self::insert), it does not load the
+    /// session.
     pub async fn clear(&self) -> Result<(), SessionError> {
-        let mut st = self.loaded().await?;
+        let mut st = self.shared.state.lock().await;
         st.changes.clear();
         st.cleared = true;
         Ok(())
@@ -455,7 +485,7 @@ impl Session {
             let new = f(decode(key, current.as_ref())?);
             let bytes = Bytes::from(serde_json::to_vec(&new).map_err(SessionError::Serde)?);
             self.check_size(&st, key, Some(&bytes))?;
-            let lifetime = self.shared.lifetime;
+            let lifetime = self.shared.config.lifetime();
             let (id, mode) = match (&st.id, &st.sid) {
                 (Some(id), _) => (id.clone(), HashMode::Existing),
                 (None, Some(sid)) => (sid.clone(), HashMode::Upsert { lifetime }),
@@ -465,9 +495,9 @@ impl Session {
                     HashMode::New { lifetime },
                 ),
             };
-            let options =
-                HashWriteOptions::new(mode, self.shared.idle).max_bytes(self.shared.max_bytes);
-            let store_key = store_key(&self.shared.key_prefix, &id);
+            let options = HashWriteOptions::new(mode, self.shared.config.idle)
+                .max_bytes(self.shared.config.max_bytes);
+            let store_key = store_key(&self.shared.config.prefix, &id);
             let span = metrics::session_span();
             let swap = self.shared.backend.swap_field(
                 &store_key,
@@ -500,7 +530,7 @@ impl Session {
                     return Ok(new);
                 }
                 HashWriteOutcome::Changed(now) => {
-                    if attempt >= self.shared.max_retries {
+                    if attempt >= self.shared.config.max_retries {
                         span.in_scope(|| {
                             metrics::session(SessionOp::Write, SessionResult::Conflict)
                         });
@@ -521,7 +551,7 @@ impl Session {
                 HashWriteOutcome::TooLarge(size) => {
                     return Err(SessionError::TooLarge {
                         size,
-                        limit: self.shared.max_bytes,
+                        limit: self.shared.config.max_bytes,
                     })
                 }
                 other => {

@@ -6,18 +6,23 @@
 //! session is in one Redis Cluster slot); the client only holds an opaque id, in a cookie
 //! (default) or a header.
 //!
-//! Round trips: a handler that never touches the session costs none; the first access
-//! loads it with one read that also rolls the idle expiry; a modified session costs one
-//! write of the keys the request changed after the handler returns, never a retry; an
-//! unmodified one is never written. [`Session::update`] writes at once (one round trip when
+//! Round trips: a handler that never touches the session costs none; the first read loads
+//! it with one read that also rolls the idle expiry; a modified session costs one write of
+//! the keys the request changed after the handler returns, never a retry; an unmodified one
+//! is never written. [`Session::insert`], [`Session::remove`] and [`Session::clear`] do
+//! not load the session: a request that only changes keys costs the one write (into the
+//! session when it exists, else into a new session under a fresh id, as after a read that
+//! found none). [`Session::update`] writes at once (one round trip when
 //! nothing conflicts). With [`SessionLayer::max_age`] the cookie is re-sent whenever an
 //! existing session is loaded, so the browser keeps a session that is in use.
 //!
 //! # Lifetime
 //!
-//! Every write and every load sets the session's expiry to the idle timeout from now,
-//! capped by its absolute deadline (creation plus the absolute lifetime, kept with the
-//! session in the store and fixed when it is created): no refresh keeps a session past it.
+//! Every write and every load sets the session's expiry to the idle timeout from now. The
+//! absolute deadline (creation plus the absolute lifetime, kept with the session in the
+//! store and fixed when it is created) caps it: past it the session is gone for every
+//! request, whatever the refreshes (on Redis checked against Redis' own clock, so the
+//! clocks of the instances do not matter).
 //!
 //! # Concurrency
 //!
@@ -39,9 +44,11 @@
 //! # Limits and bad input
 //!
 //! A session is limited in size ([`SessionLayer::max_size`], default 1 MiB of keys and
-//! JSON values): a change past it is refused whole with [`SessionError::TooLarge`], or,
-//! when concurrent requests together cross it, the later write-back is refused by the store
-//! and the layer answers `413` with nothing saved; never truncated. A stored value that does
+//! JSON values): a change past it is refused whole with [`SessionError::TooLarge`] (when the
+//! request read the session, or the change alone is over the limit), or else the
+//! write-back is refused by the store (a request that only inserted, or concurrent requests
+//! that together cross the limit) and the layer answers `413` with nothing of the request
+//! saved; never truncated. A stored value that does
 //! not deserialize into the type asked for is [`SessionError::Decode`], and the session is
 //! left as it is. A session stored by an earlier version of this crate (one JSON record) is
 //! treated as no session: the client gets a new session on its next write.

@@ -104,13 +104,9 @@ where
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
             backend: Arc::new(StoreBackend(store.clone())),
-            key_prefix: config.prefix.clone(),
-            idle: config.idle,
-            lifetime: config.lifetime(),
-            max_bytes: config.max_bytes,
-            max_retries: config.max_retries,
+            config: config.clone(),
             state: Mutex::new(State {
-                sid: id.clone().filter(|_| from_claim),
+                sid: id.as_ref().filter(|_| from_claim).cloned(),
                 id,
                 ..State::default()
             }),
@@ -141,7 +137,8 @@ where
                     },
                 );
             }
-            let looked_at = st.loaded;
+            // Changes without a load may still create a session (a cookie goes out).
+            let looked_at = st.loaded || st.modified();
             // A span only when the store is written: a read-only request decided at load.
             let span = if looked_at && (st.modified() || st.cycle || st.destroyed.is_some()) {
                 metrics::session_span()

@@ -75,6 +75,67 @@ async fn create<S: StateStore>(
     )))
 }
 
+/// A new session under a fresh random id holding the keys `changes` sets (a new session
+/// has nothing to clear or remove); none when it sets no key (no empty session).
+async fn create_from<S: StateStore>(
+    store: &S,
+    config: &Config,
+    mut changes: HashChanges,
+    otherwise: CookieAction,
+) -> Result<CookieAction, WriteError> {
+    changes.clear = false;
+    changes.delete.clear();
+    if changes.set.is_empty() {
+        return Ok(otherwise);
+    }
+    Ok(CookieAction::Set(
+        create(store, config, &changes, config.lifetime()).await?,
+    ))
+}
+
+/// The changes of a request that never loaded the session (it only inserted, removed or
+/// cleared): one write into the session under the request's id, when it exists; a new
+/// session otherwise, as after a load that found none.
+async fn write_unread<S: StateStore>(
+    store: &S,
+    config: &Config,
+    st: State,
+    renew: bool,
+) -> Result<CookieAction, WriteError> {
+    let changes = changes_of(&st);
+    let Some(id) = st.id.as_deref() else {
+        return create_from(store, config, changes, CookieAction::None).await;
+    };
+    // An id from the `sid` claim is created when absent (concurrent first writes merge),
+    // as after a load that found no session under it.
+    let mode = match st.sid {
+        Some(_) => HashMode::Upsert {
+            lifetime: config.lifetime(),
+        },
+        None => HashMode::Existing,
+    };
+    let options = HashWriteOptions::new(mode, config.idle).max_bytes(config.max_bytes);
+    let key = store_key(&config.prefix, id);
+    match store
+        .hash_apply(&key, &changes, options)
+        .await
+        .map_err(WriteError::Store)?
+    {
+        HashWriteOutcome::Written => {
+            metrics::session(SessionOp::Write, SessionResult::Ok);
+            Ok(if renew {
+                CookieAction::Set(id.to_owned())
+            } else {
+                CookieAction::None
+            })
+        }
+        // Unknown, expired or ended meanwhile: never resurrected; a new id holds the keys.
+        HashWriteOutcome::Missing => create_from(store, config, changes, CookieAction::None).await,
+        HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Writes the request's changes back: one store write of the changed keys, never a
 /// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
 /// with the idle expiry, or the browser drops a live session).
@@ -85,7 +146,10 @@ pub(crate) async fn write_back<S: StateStore>(
     renew: bool,
 ) -> Result<CookieAction, WriteError> {
     if !st.loaded {
-        return Ok(CookieAction::None);
+        if !st.modified() {
+            return Ok(CookieAction::None);
+        }
+        return write_unread(store, config, st, renew).await;
     }
     // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
     let mut action = CookieAction::None;
@@ -183,9 +247,7 @@ pub(crate) async fn write_back<S: StateStore>(
                         other => Err(unexpected(other)),
                     }
                 }
-                None => Ok(CookieAction::Set(
-                    create(store, config, &changes, lifetime).await?,
-                )),
+                None => create_from(store, config, changes, action).await,
             }
         }
     }

@@ -68,6 +68,7 @@ pub async fn run_all<S: StateStore>(store: &S) {
     hash_plain_value_counts_as_absent(store).await;
     hash_invalid_ttl_rejected(store).await;
     hash_unusual_fields_and_values(store).await;
+    hash_many_fields_in_one_write(store).await;
     gcra_semantics(store).await;
     gcra_concurrent(store).await;
     gcra_keeps_fine_intervals(store).await;

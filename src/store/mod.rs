@@ -156,11 +156,18 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Reads every field of the hash at `key` and, if it exists, sets its expiry to `ttl`
-    /// from now, capped by its absolute deadline (rolling expiry that never outlives the
-    /// hash's lifetime). `None` if absent, expired, past its deadline or not a hash (a plain
-    /// value); then nothing is written. See [`HashMode`] for what a hash is.
+    /// from now (rolling expiry); the hash never outlives its absolute deadline: past it,
+    /// it is absent to every operation. `None` if absent, expired, past its deadline or not
+    /// a hash (a plain value). See [`HashMode`] for what a hash is.
     ///
-    /// Redis: `EVALSHA` of a small Lua script (`TYPE`, `HGETALL`, `PEXPIRE`).
+    /// Redis: one `MULTI`/`EXEC` transaction sent as one pipeline (`TIME`, `HGETALL`,
+    /// `PEXPIRE`), no Lua; the deadline is checked against the `TIME` of the transaction
+    /// (Redis' clock, as the writes use it, so clock skew between instances does not
+    /// matter). The key's expiry is rolled without the cap of the deadline: a hash read in
+    /// its last `ttl` may stay in Redis up to `ttl` past its deadline, absent to every
+    /// operation, and the read that finds it past its deadline deletes it (one more round
+    /// trip, once). A plain value under the key gets its expiry rolled too (the
+    /// transaction cannot tell it apart before it runs) and is otherwise left alone.
     fn hash_get_all_and_refresh(
         &self,
         key: &str,

@@ -542,7 +542,7 @@ impl RedisStore {
                     &self.inner.compare_and_set,
                     &self.inner.compare_and_delete,
                     &self.inner.gcra,
-                    &*hash::READ,
+                    &*hash::DROP_EXPIRED,
                     &*hash::WRITE,
                 ];
                 self.run_after(false, None, |mut conn| async move {

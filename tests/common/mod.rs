@@ -255,6 +255,18 @@ impl RedisServer {
         self.command_stats().values().sum()
     }
 
+    /// Client round trips since the last reset: every command counts once, except that a
+    /// `MULTI` … `EXEC` transaction (sent as one pipeline, answered at once) is one.
+    pub fn round_trips(&self) -> u64 {
+        let monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        let monitor = monitor
+            .as_ref()
+            .expect("call reset_stats before round_trips");
+        monitor.fence();
+        let lines = monitor.lines.lock().unwrap_or_else(|e| e.into_inner());
+        round_trips(&lines)
+    }
+
     /// Raw `PTTL` of a key, in milliseconds (-2 absent, -1 no TTL).
     pub fn pttl(&self, key: &str) -> i64 {
         let mut conn = self.client().get_connection().expect("connect");
@@ -738,4 +750,23 @@ macro_rules! backend_pair_tests {
             )*
         }
     };
+}
+
+/// Commands, in the order Redis received them, as round trips: a `MULTI` … `EXEC` block
+/// counts once.
+pub fn round_trips(commands: &[String]) -> u64 {
+    let mut trips = 0;
+    let mut in_multi = false;
+    for name in commands {
+        match (in_multi, name.as_str()) {
+            (false, "multi") => {
+                in_multi = true;
+                trips += 1;
+            }
+            (false, _) => trips += 1,
+            (true, "exec" | "discard") => in_multi = false,
+            (true, _) => {}
+        }
+    }
+    trips
 }

@@ -749,3 +749,68 @@ pub async fn hash_unusual_fields_and_values<S: StateStore>(store: &S) {
     let want: BTreeMap<String, Bytes> = changes.set.into_iter().collect();
     assert_eq!(got, want);
 }
+
+/// One write of thousands of fields, and one of their removal, applies whole; the size
+/// the limit counts follows every field, empty values included.
+pub async fn hash_many_fields_in_one_write<S: StateStore>(store: &S) {
+    let key = fresh_key("hash-many");
+    ok(
+        store
+            .hash_apply(&key, &set(&[("seed", "")]), new(LONG, LONG))
+            .await,
+        "apply",
+    );
+    let many = HashChanges {
+        set: (0..2500)
+            .map(|i| (format!("f{i:04}"), Bytes::from(i.to_string())))
+            .collect(),
+        ..HashChanges::default()
+    };
+    assert_eq!(
+        ok(store.hash_apply(&key, &many, existing(LONG)).await, "apply"),
+        HashWriteOutcome::Written
+    );
+    assert_eq!(fields(store, &key).await.map(|f| f.len()), Some(2501));
+    let fewer = HashChanges {
+        delete: (0..2400).map(|i| format!("f{i:04}")).collect(),
+        set: vec![("seed".to_owned(), Bytes::from_static(b"x"))],
+        ..HashChanges::default()
+    };
+    assert_eq!(
+        ok(
+            store.hash_apply(&key, &fewer, existing(LONG)).await,
+            "apply"
+        ),
+        HashWriteOutcome::Written
+    );
+    let got = fields(store, &key).await.expect("hash");
+    let mut want: BTreeMap<String, Bytes> = (2400..2500)
+        .map(|i| (format!("f{i:04}"), Bytes::from(i.to_string())))
+        .collect();
+    want.insert("seed".to_owned(), Bytes::from_static(b"x"));
+    assert_eq!(got, want);
+    let size: u64 = got.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(
+                    &key,
+                    &set(&[("seed", "xy")]),
+                    existing(LONG).max_bytes(size)
+                )
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::TooLarge(size + 1),
+        "the size must count every field as stored"
+    );
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(&key, &set(&[("seed", "y")]), existing(LONG).max_bytes(size))
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::Written
+    );
+}

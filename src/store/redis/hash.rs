@@ -1,13 +1,14 @@
 //! Hashes on Redis: a Redis hash per key, whose absolute deadline and size live in two
 //! reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
-//! collide with them, and reads leave them out.
+//! collide with them, and reads leave them out. Reads are a `MULTI`/`EXEC` transaction
+//! (no Lua); writes are one Lua script.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{Script, Value};
+use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
 
 use super::{Call, RedisStore};
 use crate::metrics::StoreOp;
@@ -17,33 +18,30 @@ use crate::store::{ttl_millis, StoreError};
 /// Both reserved field names start with these bytes (`\255\254` in the scripts).
 const RESERVED: &[u8] = b"\xff\xfe";
 
-/// `TYPE`, then the deadline: a hash without one, or past it, is no hash. Rolls the expiry
-/// (capped by the deadline) and returns the time left to the deadline followed by
-/// `HGETALL`.
-pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
+/// The field that holds a hash's absolute deadline (milliseconds of Redis' clock).
+const DEADLINE: &[u8] = b"\xff\xfed";
+
+/// Deletes a hash found past its deadline, unless it was recreated meanwhile (its deadline
+/// field changed): a read rolls the expiry without the cap, so such a hash would otherwise
+/// live on while a stale id keeps reading it.
+pub(super) static DROP_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local k = KEYS[1]
-if redis.call('TYPE', k)['ok'] ~= 'hash' then return false end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = tonumber(redis.call('HGET', k, '\255\254d'))
-if not deadline then return false end
-if deadline <= now then
-  redis.call('DEL', k)
-  return false
+if redis.call('HGET', KEYS[1], '\255\254d') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
-local left = deadline - now
-redis.call('PEXPIRE', k, string.format('%.0f', math.min(tonumber(ARGV[1]), left)))
-local all = redis.call('HGETALL', k)
-table.insert(all, 1, string.format('%.0f', left))
-return all",
+return 0",
     )
 });
 
 /// Both writes: `hash_apply` (ARGV[5] = 'apply') and `hash_compare_and_set_field`
 /// (ARGV[5] = 'cas'). Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
 /// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
+///
+/// Few commands, since each `redis.call` costs Redis about a microsecond: one `HMGET` of
+/// both reserved fields (a key that is no hash answers an error: no hash), one `HSTRLEN`
+/// per changed field (`HEXISTS` only when it answers 0), one `HSET` of every set field and
+/// the size (arguments in chunks that Lua's stack holds), one `HDEL`, one `PEXPIRE`.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -52,22 +50,23 @@ local DL, SZ = '\255\254d', '\255\254s'
 local mode, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local kind = redis.call('TYPE', k)['ok']
+local head = redis.pcall('HMGET', k, DL, SZ)
 local deadline = nil
-if kind == 'hash' then
-  deadline = tonumber(redis.call('HGET', k, DL))
+if not head['err'] then
+  deadline = tonumber(head[1])
   if deadline and deadline <= now then deadline = nil end
 end
 local created = false
+local size = 0
 if not deadline then
   if mode == 'existing' then return {2} end
   deadline = now + tonumber(ARGV[3])
   created = true
 elseif mode == 'new' then
   return {3}
+else
+  size = tonumber(head[2]) or 0
 end
-local size = 0
-if not created then size = tonumber(redis.call('HGET', k, SZ)) or 0 end
 local before = size
 local cleared = false
 local sets, dels, seen = {}, {}, {}
@@ -75,8 +74,9 @@ local function len(f)
   local l = seen[f]
   if l ~= nil then return l end
   if cleared or created then return false end
-  if redis.call('HEXISTS', k, f) == 1 then return redis.call('HSTRLEN', k, f) end
-  return false
+  l = redis.call('HSTRLEN', k, f)
+  if l == 0 and redis.call('HEXISTS', k, f) == 0 then return false end
+  return l
 end
 if ARGV[5] == 'cas' then
   local f = ARGV[6]
@@ -109,39 +109,65 @@ for i = 1, #sets, 2 do
   seen[f] = #v
 end
 if max >= 0 and size > max and size > before then return {4, size} end
-if created or cleared then
-  if kind ~= 'none' then redis.call('DEL', k) end
-  redis.call('HSET', k, DL, string.format('%.0f', deadline))
+local function chunked(cmd, args)
+  local i = 1
+  while i <= #args do
+    local j = math.min(i + 999, #args)
+    redis.call(cmd, k, unpack(args, i, j))
+    i = j + 1
+  end
 end
-for _, f in ipairs(dels) do redis.call('HDEL', k, f) end
-for i = 1, #sets, 2 do redis.call('HSET', k, sets[i], sets[i + 1]) end
-redis.call('HSET', k, SZ, string.format('%.0f', size))
+if created or cleared then
+  redis.call('DEL', k)
+  sets[#sets + 1] = DL
+  sets[#sets + 1] = string.format('%.0f', deadline)
+elseif #dels > 0 then
+  chunked('HDEL', dels)
+end
+sets[#sets + 1] = SZ
+sets[#sets + 1] = string.format('%.0f', size)
+chunked('HSET', sets)
 redis.call('PEXPIRE', k, string.format('%.0f', math.min(ttl, deadline - now)))
 return {1}",
     )
 });
 
+/// Milliseconds of a `TIME` reply (seconds and microseconds, as bulk strings).
+fn server_millis(time: Value) -> Option<u64> {
+    let Value::Array(parts) = time else {
+        return None;
+    };
+    let number = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        _ => None,
+    };
+    let (secs, micros) = (number(parts.first()?)?, number(parts.get(1)?)?);
+    secs.checked_mul(1000)?.checked_add(micros / 1000)
+}
+
 fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
 
-/// The common head of a write: mode, TTL, lifetime, size limit.
-fn head(options: &HashWriteOptions) -> Result<[Vec<u8>; 4], StoreError> {
+/// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none).
+fn head<'a>(
+    script: &'a Script,
+    key: &str,
+    options: &HashWriteOptions,
+) -> Result<ScriptInvocation<'a>, StoreError> {
     let ttl = ttl_millis(options.ttl)?;
     let (mode, lifetime) = match options.mode {
         HashMode::Existing => ("existing", 0),
         HashMode::New { lifetime } => ("new", ttl_millis(lifetime)?),
         HashMode::Upsert { lifetime } => ("upsert", ttl_millis(lifetime)?),
     };
-    let max = options
-        .max_bytes
-        .map_or_else(|| "-1".to_owned(), |m| m.to_string());
-    Ok([
-        mode.as_bytes().to_vec(),
-        ttl.to_string().into_bytes(),
-        lifetime.to_string().into_bytes(),
-        max.into_bytes(),
-    ])
+    let mut call = script.prepare_invoke();
+    call.key(key).arg(mode).arg(ttl).arg(lifetime);
+    match options.max_bytes {
+        Some(max) => call.arg(max),
+        None => call.arg(-1),
+    };
+    Ok(call)
 }
 
 fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
@@ -174,6 +200,14 @@ fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
 }
 
 impl RedisStore {
+    /// One transaction, sent as one pipeline (one round trip): `MULTI`, `TIME`, `HGETALL`,
+    /// `PEXPIRE`, `EXEC`. No Lua: a script costs Redis several times the CPU of these
+    /// three commands. The deadline is checked here against the `TIME` of the same
+    /// transaction (Redis' clock, as the writes use: no skew between instances and Redis).
+    /// The expiry is rolled to `ttl` without the cap by the deadline, so a hash read in
+    /// its last `ttl` before the deadline may stay in Redis up to `ttl` after it, where
+    /// every operation sees it as absent; the read that finds it past its deadline deletes
+    /// it (one more round trip, once).
     pub(super) async fn hash_read_refresh(
         &self,
         key: &str,
@@ -181,33 +215,63 @@ impl RedisStore {
     ) -> Result<Option<StoredHash>, StoreError> {
         let ms = ttl_millis(ttl)?;
         let key = self.key(key);
-        let reply = self
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .cmd("HGETALL")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            // A plain value under the key answers WRONGTYPE to HGETALL: no hash.
+            .ignore_errors();
+        let pipe = &pipe;
+        let reply: Vec<Value> = self
             .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
-                READ.key(&key)
-                    .arg(ms)
-                    .invoke_async::<Option<Vec<Vec<u8>>>>(&mut conn)
-                    .await
+                pipe.query_async(&mut conn).await
             })
             .await?;
-        let Some(reply) = reply else {
-            return Ok(None);
+        let [time, all, _expire]: [Value; 3] = reply.try_into().map_err(|_| unexpected("read"))?;
+        let now = server_millis(time).ok_or_else(|| unexpected("read"))?;
+        let items = match all {
+            Value::Array(items) => items,
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
+            _ => return Err(unexpected("read")),
         };
-        let mut items = reply.into_iter();
-        let left = items
-            .next()
-            .and_then(|l| std::str::from_utf8(&l).ok()?.parse::<u64>().ok())
-            .ok_or_else(|| unexpected("read"))?;
+        let mut deadline = None;
         let mut fields = BTreeMap::new();
+        let mut items = items.into_iter();
         while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            let (Value::BulkString(name), Value::BulkString(value)) = (name, value) else {
+                return Err(unexpected("read"));
+            };
             if name.starts_with(RESERVED) {
+                if name == DEADLINE {
+                    deadline = Some(value);
+                }
                 continue;
             }
             let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
             fields.insert(name, Bytes::from(value));
         }
+        // Absent, or a hash without a deadline (not one of ours): no hash.
+        let Some(raw) = deadline else {
+            return Ok(None);
+        };
+        let at = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or_else(|| unexpected("deadline"))?;
+        if at <= now {
+            let mut call = DROP_EXPIRED.prepare_invoke();
+            call.key(&key).arg(raw.as_slice());
+            self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
+                .await?;
+            return Ok(None);
+        }
         Ok(Some(StoredHash {
             fields,
-            lifetime_left: Duration::from_millis(left),
+            lifetime_left: Duration::from_millis(at - now),
         }))
     }
 
@@ -217,13 +281,7 @@ impl RedisStore {
         changes: &HashChanges,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let head = head(&options)?;
-        let key = self.key(key);
-        let mut call = WRITE.prepare_invoke();
-        call.key(&key);
-        for arg in &head {
-            call.arg(arg.as_slice());
-        }
+        let mut call = head(&WRITE, &self.key(key), &options)?;
         call.arg("apply")
             .arg(if changes.clear { "1" } else { "0" })
             .arg(changes.delete.len());
@@ -245,13 +303,7 @@ impl RedisStore {
         new: Option<Bytes>,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let head = head(&options)?;
-        let key = self.key(key);
-        let mut call = WRITE.prepare_invoke();
-        call.key(&key);
-        for arg in &head {
-            call.arg(arg.as_slice());
-        }
+        let mut call = head(&WRITE, &self.key(key), &options)?;
         call.arg("cas")
             .arg(field)
             .arg(if expected.is_some() { "1" } else { "0" })
