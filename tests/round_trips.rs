@@ -35,7 +35,9 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
-use tower_stateless::store::{Gcra, RedisStore, StateStore, StoreError};
+use tower_stateless::store::{
+    Gcra, HashChanges, HashMode, HashWriteOptions, RedisStore, StateStore, StoreError,
+};
 
 use common::RedisServer;
 
@@ -390,7 +392,8 @@ fn script_flush(server: &RedisServer) {
     assert_eq!(cached_scripts(server), 0);
 }
 
-/// One call of every script of the store, each on a key of its own.
+/// One call of every script of the store that runs on live keys (the fifth deletes a hash
+/// found past its deadline), each on a key of its own, and the session read.
 async fn every_script(store: &RedisStore) -> Result<(), StoreError> {
     store.set("cas", Bytes::from_static(b"a"), TTL).await?;
     assert!(
@@ -403,7 +406,15 @@ async fn every_script(store: &RedisStore) -> Result<(), StoreError> {
         .gcra("rl", Gcra::new(Duration::from_millis(1), 1000))
         .await?;
     assert!(outcome.allowed);
-    assert_eq!(store.hash_get_all_and_refresh("h", TTL).await?, None);
+    // The session write is a script; the session read is a transaction (no script).
+    let changes = HashChanges {
+        clear: false,
+        delete: Vec::new(),
+        set: vec![("f".to_owned(), Bytes::from_static(b"v"))],
+    };
+    let options = HashWriteOptions::new(HashMode::Upsert { lifetime: TTL }, TTL);
+    store.hash_apply("h", &changes, options).await?;
+    assert!(store.hash_get_all_and_refresh("h", TTL).await?.is_some());
     Ok(())
 }
 
