@@ -14,6 +14,9 @@
 # No row has a rate limit, and any answer that is not 2xx/3xx (a 429, a 503) or a socket
 # error marks its row and fails the run: the figures are then not the layers' cost.
 #
+# Environment: BENCH_POOL=N gives our RedisStore N pooled connections (default 4, as the
+# crate's default and as tower-sessions' fred pool here), for an A/B of the pool size.
+#
 # Run with: benches/compare.sh [--seconds S] [--warmup S] [--connections C] [--threads T]
 #                              [--memory] [--rows REGEX]
 # Defaults: 10 s per row after a 2 s warm-up, 32 connections, 1 wrk thread (wrk -t1 -c32),
