@@ -582,7 +582,9 @@ mod redis {
             ..HashChanges::default()
         };
         let long = Duration::from_secs(60);
-        let lifetime = Duration::from_millis(1500);
+        // Long enough that the first read below lands before the deadline even on a
+        // stalled machine, short enough to wait out.
+        let lifetime = Duration::from_secs(3);
         let created = store
             .hash_apply(
                 key,
@@ -594,7 +596,7 @@ mod redis {
         assert_eq!(created, HashWriteOutcome::Written);
         let read = store.hash_get_all_and_refresh(key, long).await.unwrap();
         assert!(read.is_some_and(|h| h.lifetime_left <= lifetime));
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        tokio::time::sleep(lifetime + Duration::from_millis(500)).await;
         assert!(
             s.pttl(key) > 0,
             "the read rolled the expiry past the deadline"
