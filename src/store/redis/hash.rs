@@ -152,7 +152,7 @@ fn unexpected(what: &str) -> StoreError {
 /// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none).
 fn head<'a>(
     script: &'a Script,
-    key: &str,
+    key: impl redis::ToRedisArgs,
     options: &HashWriteOptions,
 ) -> Result<ScriptInvocation<'a>, StoreError> {
     let ttl = ttl_millis(options.ttl)?;
@@ -214,14 +214,13 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Option<StoredHash>, StoreError> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(key);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("TIME")
             .cmd("HGETALL")
-            .arg(&key)
+            .arg(self.arg(key))
             .cmd("PEXPIRE")
-            .arg(&key)
+            .arg(self.arg(key))
             .arg(ms)
             // A plain value under the key answers WRONGTYPE to HGETALL: no hash.
             .ignore_errors();
@@ -264,7 +263,7 @@ impl RedisStore {
             .ok_or_else(|| unexpected("deadline"))?;
         if at <= now {
             let mut call = DROP_EXPIRED.prepare_invoke();
-            call.key(&key).arg(raw.as_slice());
+            call.key(self.arg(key)).arg(raw.as_slice());
             self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
                 .await?;
             return Ok(None);
@@ -281,7 +280,7 @@ impl RedisStore {
         changes: &HashChanges,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let mut call = head(&WRITE, &self.key(key), &options)?;
+        let mut call = head(&WRITE, self.arg(key), &options)?;
         call.arg("apply")
             .arg(if changes.clear { "1" } else { "0" })
             .arg(changes.delete.len());
@@ -303,7 +302,7 @@ impl RedisStore {
         new: Option<Bytes>,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let mut call = head(&WRITE, &self.key(key), &options)?;
+        let mut call = head(&WRITE, self.arg(key), &options)?;
         call.arg("cas")
             .arg(field)
             .arg(if expected.is_some() { "1" } else { "0" })
