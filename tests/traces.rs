@@ -597,53 +597,43 @@ async fn session_update_attempts_are_traced<St: StateStore>(
     assert_no_secrets(&recorder, &[&cookie, &session_id]);
 }
 
-#[test]
-fn memory_session_update_attempts_are_traced() {
-    traced(|recorder| session_update_attempts_are_traced(recorder, MemoryStore::new(), "memory"));
-}
+/// A `#[test]` per backend for one check: on `MemoryStore`, and on a Redis the harness
+/// starts.
+macro_rules! on_memory_and_redis {
+    ($memory:ident, $redis:ident, $check:ident) => {
+        #[test]
+        fn $memory() {
+            traced(|recorder| $check(recorder, MemoryStore::new(), "memory"));
+        }
 
-#[test]
-fn redis_session_update_attempts_are_traced() {
-    let Some(server) = common::RedisServer::start() else {
-        return;
+        #[test]
+        fn $redis() {
+            let Some(server) = common::RedisServer::start() else {
+                return;
+            };
+            traced(|recorder| {
+                let store = RedisStore::from_url(server.url()).expect("store");
+                $check(recorder, store, "redis")
+            });
+        }
     };
-    traced(|recorder| {
-        let store = RedisStore::from_url(server.url()).expect("store");
-        session_update_attempts_are_traced(recorder, store, "redis")
-    });
 }
 
-#[test]
-fn memory_every_layer_traces_its_decision() {
-    traced(|recorder| every_layer_traces_its_decision(recorder, MemoryStore::new(), "memory"));
-}
-
-#[test]
-fn redis_every_layer_traces_its_decision() {
-    let Some(server) = common::RedisServer::start() else {
-        return;
-    };
-    traced(|recorder| {
-        let store = RedisStore::from_url(server.url()).expect("store");
-        every_layer_traces_its_decision(recorder, store, "redis")
-    });
-}
-
-#[test]
-fn memory_refresh_tokens_trace_their_decisions() {
-    traced(|recorder| refresh_tokens_trace_their_decisions(recorder, MemoryStore::new(), "memory"));
-}
-
-#[test]
-fn redis_refresh_tokens_trace_their_decisions() {
-    let Some(server) = common::RedisServer::start() else {
-        return;
-    };
-    traced(|recorder| {
-        let store = RedisStore::from_url(server.url()).expect("store");
-        refresh_tokens_trace_their_decisions(recorder, store, "redis")
-    });
-}
+on_memory_and_redis!(
+    memory_session_update_attempts_are_traced,
+    redis_session_update_attempts_are_traced,
+    session_update_attempts_are_traced
+);
+on_memory_and_redis!(
+    memory_every_layer_traces_its_decision,
+    redis_every_layer_traces_its_decision,
+    every_layer_traces_its_decision
+);
+on_memory_and_redis!(
+    memory_refresh_tokens_trace_their_decisions,
+    redis_refresh_tokens_trace_their_decisions,
+    refresh_tokens_trace_their_decisions
+);
 
 /// A store failure is traced as `store_error` on the layer and `unavailable` on the store
 /// span below it.
