@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -130,6 +131,49 @@ fn free_port() -> u16 {
     }
 }
 
+/// Starts `redis-server --port port` with `args`, in `dir` if given, and waits until it
+/// answers as itself (`INFO server` names this process). `None` when it exits first: the
+/// port is another process's.
+fn launch(port: u16, args: &[&str], dir: Option<&Path>) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command.spawn().expect("failed to start redis-server");
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        let pid = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut conn| redis::cmd("INFO").arg("server").query::<String>(&mut conn))
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+            });
+        if pid == Some(child.id()) {
+            return Some(child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl RedisServer {
     /// Starts a server, or returns `None` (after saying so) when `redis-server` is not
     /// installed. Under `CI=true` a missing `redis-server` fails the test instead.
@@ -146,30 +190,24 @@ impl RedisServer {
             child: None,
             monitor: Mutex::new(None),
         };
-        server.spawn();
+        while !server.spawn() {
+            // Taken by another process meanwhile: another port.
+            server.port = free_port();
+        }
         Some(server)
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--protected-mode", "yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("failed to start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    /// Starts `redis-server` on this server's port. Another test process may hold the
+    /// port (free ports are picked by binding port 0 and letting go, and a stopped
+    /// server's port is free for anyone until it restarts): then this server's process
+    /// exits, and `spawn` answers false instead of handing the test somebody else's Redis.
+    fn spawn(&mut self) -> bool {
+        match launch(self.port, &[], None) {
+            Some(child) => {
+                self.child = Some(child);
+                true
+            }
+            None => false,
         }
     }
 
@@ -213,7 +251,11 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "port {} was taken by another process while its server was stopped",
+            self.port
+        );
     }
 
     fn client(&self) -> redis::Client {
@@ -409,26 +451,21 @@ impl RedisCluster {
         let dir = TempDir(dir);
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = free_cluster_port();
-            let conf = dir.0.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", conf.to_str().expect("utf-8 path")])
-                .args(["--cluster-node-timeout", "2000"])
-                .current_dir(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start cluster node");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "cluster node did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let (port, child) = loop {
+                let port = free_cluster_port();
+                let conf = dir.0.join(format!("nodes-{port}.conf"));
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("utf-8 path"),
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                if let Some(child) = launch(port, &args, Some(&dir.0)) {
+                    break (port, child);
+                }
+            };
             nodes.push(RedisServer {
                 port,
                 child: Some(child),
