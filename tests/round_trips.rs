@@ -129,6 +129,7 @@ async fn fixture() -> Option<Fixture> {
     let store = RedisStore::from_url(server.url()).expect("store");
     // Waits for the script load that `build` started.
     store.load_scripts().await.expect("load scripts");
+    common::warm_pool(&store).await;
     let token = policy()
         .token_issuer()
         .expect("issuer")
@@ -254,20 +255,20 @@ async fn session_paths() {
     assert_eq!(out.status, StatusCode::OK);
     assert_eq!(total(&stats), 0, "untouched: {stats:?}");
 
-    // A session is one hash; the read is one transaction (`MULTI`, `TIME`, `HGETALL`, the
-    // idle-expiry refresh `PEXPIRE`, `EXEC`: one pipeline), the write one script
-    // (HSET/HDEL of the changed keys).
+    // A session is one hash; the read is one pipeline of two reads (`HGETALL`, and `PTTL`
+    // to see whether the idle expiry is due a roll: not yet, the session was just
+    // written), the write one script (HSET/HDEL of the changed keys).
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
     assert_eq!(out.status, StatusCode::OK);
-    for command in ["multi", "time", "hgetall", "pexpire", "exec"] {
+    for command in ["hgetall", "pttl"] {
         assert_eq!(stats.get(command), Some(&1), "read: {stats:?}");
     }
-    assert_eq!(stats.commands.len(), 5, "read: {stats:?}");
+    assert_eq!(stats.commands.len(), 2, "read: {stats:?}");
     assert_eq!(total(&stats), 1, "read: {stats:?}");
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "readwrite")).await;
     assert_eq!(out.status, StatusCode::OK);
-    assert_eq!(stats.get("multi"), Some(&1), "the read: {stats:?}");
+    assert_eq!(stats.get("hgetall"), Some(&1), "the read: {stats:?}");
     assert_eq!(
         stats.get("evalsha"),
         Some(&1),
@@ -285,9 +286,62 @@ async fn session_paths() {
     // compare-and-set of that field.
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "update")).await;
     assert_eq!(out.status, StatusCode::OK);
-    assert_eq!(stats.get("multi"), Some(&1), "update: {stats:?}");
+    assert_eq!(stats.get("hgetall"), Some(&1), "update: {stats:?}");
     assert_eq!(stats.get("evalsha"), Some(&1), "update: {stats:?}");
     assert_eq!(total(&stats), 2, "update: {stats:?}");
+}
+
+/// The read that finds the idle expiry due rolls it with one more round trip (a script,
+/// capped by the deadline on Redis' clock); the reads after it are one pipeline again.
+/// With a refresh interval of zero, every read is one `MULTI`/`EXEC` transaction that
+/// rolls the expiry.
+#[tokio::test]
+async fn session_read_rolls_the_expiry_once_it_is_due() {
+    let Some(f) = fixture().await else { return };
+    // A session written with a 10 s idle timeout, read through a layer whose idle timeout
+    // is an hour: its expiry is far more than the refresh interval (a minute) below
+    // what a roll sets, so the first read finds it due, whatever the machine's speed.
+    let short = ServiceBuilder::new()
+        .layer(
+            SessionLayer::new(f.store.clone())
+                .idle_timeout(Duration::from_secs(10))
+                .expect("idle"),
+        )
+        .service(service_fn(handler::<Full<Bytes>>));
+    let long = SessionLayer::new(f.store.clone())
+        .idle_timeout(Duration::from_secs(3600))
+        .expect("idle");
+    let svc = ServiceBuilder::new()
+        .layer(long.clone())
+        .service(service_fn(handler::<Full<Bytes>>));
+    let cookie = send(&short, get("", None, "write"))
+        .await
+        .set_cookie
+        .expect("a new session sets its cookie");
+
+    let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert_eq!(stats.get("pttl"), Some(&1), "due: {stats:?}");
+    assert_eq!(stats.get("evalsha"), Some(&1), "due: {stats:?}");
+    assert_eq!(total(&stats), 2, "due: {stats:?}");
+    let key = f.server.keys("sess:*").pop().expect("the session's key");
+    let pttl = f.server.pttl(&key);
+    assert!(pttl > 10_000, "rolled to the hour: {pttl} ms");
+
+    let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert_eq!(stats.get("evalsha"), None, "rolled already: {stats:?}");
+    assert_eq!(total(&stats), 1, "rolled already: {stats:?}");
+
+    let eager = ServiceBuilder::new()
+        .layer(long.refresh_interval(Duration::ZERO))
+        .service(service_fn(handler::<Full<Bytes>>));
+    let (out, stats) = counted(&f.server, &eager, get("", Some(&cookie), "read")).await;
+    assert_eq!(out.status, StatusCode::OK);
+    for command in ["multi", "time", "hgetall", "pexpire", "exec"] {
+        assert_eq!(stats.get(command), Some(&1), "eager read: {stats:?}");
+    }
+    assert_eq!(total(&stats), 1, "eager read: {stats:?}");
 }
 
 #[tokio::test]
@@ -371,7 +425,7 @@ const TTL: Duration = Duration::from_secs(60);
 
 /// How many Lua scripts a `RedisStore` has (compare-and-set, compare-and-delete, GCRA,
 /// the hash read and the hash write).
-const SCRIPTS: u64 = 5;
+const SCRIPTS: u64 = 6;
 
 /// `number_of_cached_scripts` of `INFO memory`.
 fn cached_scripts(server: &RedisServer) -> u64 {
@@ -392,8 +446,9 @@ fn script_flush(server: &RedisServer) {
     assert_eq!(cached_scripts(server), 0);
 }
 
-/// One call of every script of the store that runs on live keys (the fifth deletes a hash
-/// found past its deadline), each on a key of its own, and the session read.
+/// One call of every script of the store that runs on live keys (the sixth deletes a hash
+/// found past its deadline), each on a key of its own, and both session reads (the lazy
+/// one finds the expiry due and rolls it with a script).
 async fn every_script(store: &RedisStore) -> Result<(), StoreError> {
     store.set("cas", Bytes::from_static(b"a"), TTL).await?;
     assert!(
@@ -415,6 +470,12 @@ async fn every_script(store: &RedisStore) -> Result<(), StoreError> {
     let options = HashWriteOptions::new(HashMode::Upsert { lifetime: TTL }, TTL);
     store.hash_apply("h", &changes, options).await?;
     assert!(store.hash_get_all_and_refresh("h", TTL).await?.is_some());
+    let long = HashWriteOptions::new(HashMode::Upsert { lifetime: TTL * 10 }, TTL);
+    store.hash_apply("lazy", &changes, long).await?;
+    let read = store
+        .hash_get_all_and_refresh_lazily("lazy", TTL * 10, Duration::from_millis(1))
+        .await?;
+    assert!(read.is_some());
     Ok(())
 }
 
@@ -428,7 +489,7 @@ async fn scripts_are_loaded_when_the_store_is_built() {
     every_script(&f.store).await.expect("scripts");
     let stats = f.server.command_stats();
     assert_eq!(stats.get("script"), None, "{stats:?}");
-    assert_eq!(stats.get("evalsha"), Some(&4), "{stats:?}");
+    assert_eq!(stats.get("evalsha"), Some(&6), "{stats:?}");
 }
 
 /// Operations that start while the load `build` started is in flight wait for it: even
@@ -444,7 +505,7 @@ async fn the_first_operations_wait_for_the_load_started_at_build() {
     let stats = server.command_stats();
     assert_eq!(
         (stats.get("script"), stats.get("evalsha")),
-        (Some(&SCRIPTS), Some(&4)),
+        (Some(&SCRIPTS), Some(&6)),
         "one load of each script (at build), then one EVALSHA per call: {stats:?}"
     );
 }
@@ -467,7 +528,7 @@ fn a_store_built_outside_a_runtime_loads_on_first_use() {
         every_script(&store)
             .await
             .expect("scripts load on first use");
-        assert_eq!(cached_scripts(&server), 4);
+        assert_eq!(cached_scripts(&server), 5);
         store.load_scripts().await.expect("load");
         assert_eq!(cached_scripts(&server), SCRIPTS);
     });
@@ -495,7 +556,7 @@ async fn a_flushed_script_cache_is_reloaded_by_the_next_call() {
     every_script(&f.store)
         .await
         .expect("every script after the flush");
-    assert_eq!(cached_scripts(&f.server), 4);
+    assert_eq!(cached_scripts(&f.server), 5);
 }
 
 /// The same through the durable path (`WAIT` in the same pipeline as the script call).

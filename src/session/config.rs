@@ -28,6 +28,9 @@ pub(crate) struct Config {
     /// Cookie `Max-Age` in seconds, validated to fit the attribute.
     pub(crate) max_age_secs: Option<i64>,
     pub(crate) idle: Duration,
+    /// How much of the idle expiry a read may leave used before it rolls it; `None`: the
+    /// default.
+    pub(crate) refresh: Option<Duration>,
     pub(crate) absolute: Duration,
     pub(crate) prefix: String,
     pub(crate) use_sid_claim: bool,
@@ -49,6 +52,7 @@ impl Default for Config {
             same_site: SameSite::Lax,
             max_age_secs: None,
             idle: Duration::from_secs(24 * 3600),
+            refresh: None,
             absolute: Duration::from_secs(30 * 24 * 3600),
             prefix: "sess:".to_owned(),
             use_sid_claim: false,
@@ -65,7 +69,18 @@ impl Config {
     pub(crate) fn lifetime(&self) -> Duration {
         self.absolute.min(LONGEST_LIFETIME)
     }
+
+    /// The refresh interval in effect: as set, or a tenth of the idle timeout up to a
+    /// minute; never more than half the idle timeout.
+    pub(crate) fn refresh_interval(&self) -> Duration {
+        self.refresh
+            .unwrap_or_else(|| (self.idle / 10).min(DEFAULT_REFRESH_INTERVAL_CAP))
+            .min(self.idle / 2)
+    }
 }
+
+/// The default refresh interval is a tenth of the idle timeout, at most this.
+const DEFAULT_REFRESH_INTERVAL_CAP: Duration = Duration::from_secs(60);
 
 /// The longest lifetime the store holds.
 const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);

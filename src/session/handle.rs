@@ -117,6 +117,7 @@ pub(crate) trait Backend: Send + Sync {
         &'a self,
         key: &'a str,
         ttl: Duration,
+        every: Duration,
     ) -> BoxFut<'a, Result<Option<StoredHash>, StoreError>>;
     fn swap_field<'a>(
         &'a self,
@@ -135,8 +136,9 @@ impl<S: StateStore> Backend for StoreBackend<S> {
         &'a self,
         key: &'a str,
         ttl: Duration,
+        every: Duration,
     ) -> BoxFut<'a, Result<Option<StoredHash>, StoreError>> {
-        Box::pin(self.0.hash_get_all_and_refresh(key, ttl))
+        Box::pin(self.0.hash_get_all_and_refresh_lazily(key, ttl, every))
     }
     fn swap_field<'a>(
         &'a self,
@@ -317,7 +319,11 @@ impl Session {
         if let Some(id) = st.id.as_deref() {
             let key = store_key(&self.shared.config.prefix, id);
             let span = metrics::session_span();
-            let load = self.shared.backend.load(&key, self.shared.config.idle);
+            let config = &self.shared.config;
+            let load = self
+                .shared
+                .backend
+                .load(&key, config.idle, config.refresh_interval());
             match tracing::Instrument::instrument(load, span.clone()).await {
                 Ok(Some(hash)) => {
                     span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));

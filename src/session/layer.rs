@@ -135,8 +135,9 @@ impl<St: StateStore> SessionLayer<St> {
         let value = Transport::Header(name);
         self.set(|c| c.transport = value)
     }
-    /// Idle timeout, refreshed on every access (rolling expiry): the TTL of the session in
-    /// the store (default 24 h).
+    /// Idle timeout, rolled by every write and by reads (rolling expiry; see
+    /// [`refresh_interval`](Self::refresh_interval)): the TTL of the session in the store
+    /// (default 24 h).
     ///
     /// # Errors
     ///
@@ -145,6 +146,34 @@ impl<St: StateStore> SessionLayer<St> {
     pub fn idle_timeout(self, idle: Duration) -> Result<Self, ConfigError> {
         let value = check_idle_timeout(idle)?;
         Ok(self.set(|c| c.idle = value))
+    }
+    /// How much of the idle expiry a read may find used up before it rolls it (default: a
+    /// tenth of the idle timeout, at most one minute; never more than half of it).
+    ///
+    /// A read that finds the session's expiry closer than this to the full idle timeout
+    /// leaves it alone, so most reads write nothing to the store: on Redis such a read is
+    /// one pipeline of `HGETALL` and `PTTL`, and the read that finds it due pays one more
+    /// round trip to roll it. An idle session then ends between `idle_timeout - interval`
+    /// and `idle_timeout` after its last request (ASP.NET Core's sliding expiration makes
+    /// the same trade, with half the timeout). `Duration::ZERO` rolls on every read (one
+    /// `MULTI`/`EXEC` transaction on Redis), as in earlier releases. Writes always roll the expiry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stateless::session::SessionLayer;
+    /// use tower_stateless::store::MemoryStore;
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::new())
+    ///     .idle_timeout(Duration::from_secs(30 * 60))?
+    ///     // Exact rolling: every read sets the expiry to 30 minutes from now.
+    ///     .refresh_interval(Duration::ZERO);
+    /// # let _ = layer;
+    /// # Ok::<(), tower_stateless::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn refresh_interval(self, interval: Duration) -> Self {
+        let value = Some(interval);
+        self.set(|c| c.refresh = value)
     }
     /// Absolute lifetime cap from creation, whatever the activity (default 30 days). It
     /// only shortens TTLs, so any length from one second up is accepted.

@@ -7,7 +7,8 @@
 //! (default) or a header.
 //!
 //! Round trips: a handler that never touches the session costs none; the first read loads
-//! it with one read that also rolls the idle expiry; a modified session costs one write of
+//! it with one read (plus one to roll the idle expiry, once per
+//! [refresh interval](SessionLayer::refresh_interval)); a modified session costs one write of
 //! the keys the request changed after the handler returns, never a retry; an unmodified one
 //! is never written. [`Session::insert`], [`Session::remove`] and [`Session::clear`] do
 //! not load the session: a request that only changes keys costs the one write (into the
@@ -18,7 +19,9 @@
 //!
 //! # Lifetime
 //!
-//! Every write and every load sets the session's expiry to the idle timeout from now. The
+//! Every write sets the session's expiry to the idle timeout from now, and so does a load
+//! that finds a [refresh interval](SessionLayer::refresh_interval) of it used up (by
+//! default a tenth of the idle timeout, at most a minute; zero: every load). The
 //! absolute deadline (creation plus the absolute lifetime, kept with the session in the
 //! store and fixed when it is created) caps it: past it the session is gone for every
 //! request, whatever the refreshes (on Redis checked against Redis' own clock, so the

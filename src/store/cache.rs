@@ -670,6 +670,17 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         self.inner.hash_get_all_and_refresh(key, ttl).await
     }
 
+    async fn hash_get_all_and_refresh_lazily(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.inner
+            .hash_get_all_and_refresh_lazily(key, ttl, every)
+            .await
+    }
+
     async fn hash_apply(
         &self,
         key: &str,

@@ -152,6 +152,19 @@ impl<S: StateStore> StateStore for InstrumentedStore<S> {
         .await
     }
 
+    async fn hash_get_all_and_refresh_lazily(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        observe(
+            StoreOp::HashGetAllAndRefresh,
+            self.inner.hash_get_all_and_refresh_lazily(key, ttl, every),
+        )
+        .await
+    }
+
     async fn hash_apply(
         &self,
         key: &str,

@@ -174,6 +174,30 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<Option<StoredHash>, StoreError>> + Send;
 
+    /// As [`hash_get_all_and_refresh`](Self::hash_get_all_and_refresh), except that the
+    /// expiry only has to be rolled once `every` of it has been used up: a read that finds
+    /// the hash's expiry at least `ttl - every` away (or as far as its deadline allows)
+    /// may leave it as it is. A store may always roll (the default does); with `every` of
+    /// zero this is `hash_get_all_and_refresh`. The hash still never outlives its
+    /// deadline. An idle hash then expires between `ttl - every` and `ttl` after its last
+    /// read: rolling lazily trades that precision for reads that write nothing.
+    ///
+    /// Redis: one pipeline of `HGETALL` and `PTTL` (two reads, no transaction, no Lua);
+    /// when the expiry is due, one more round trip: `EVALSHA` of a small script that rolls
+    /// it (capped by the deadline, on Redis' clock). A hash past its deadline by this
+    /// instance's clock counts as absent and is deleted as by
+    /// `hash_get_all_and_refresh`; Redis itself removes it at the deadline on its own
+    /// clock, since every lazy roll and every write caps the expiry there.
+    fn hash_get_all_and_refresh_lazily(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> impl Future<Output = Result<Option<StoredHash>, StoreError>> + Send {
+        let _ = every;
+        self.hash_get_all_and_refresh(key, ttl)
+    }
+
     /// Applies `changes` to the hash at `key` in one atomic step, and sets its expiry to
     /// the options' TTL from now, capped by its absolute deadline. Fields the changes do not
     /// name are kept as they are: of concurrent writers of different fields, every field

@@ -543,6 +543,7 @@ impl RedisStore {
                     &self.inner.compare_and_delete,
                     &self.inner.gcra,
                     &*hash::DROP_EXPIRED,
+                    &*hash::ROLL,
                     &*hash::WRITE,
                 ];
                 self.run_after(false, None, |mut conn| async move {
@@ -963,6 +964,15 @@ impl StateStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<StoredHash>, StoreError> {
         self.hash_read_refresh(key, ttl).await
+    }
+
+    async fn hash_get_all_and_refresh_lazily(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.hash_read_lazily(key, ttl, every).await
     }
 
     async fn hash_apply(

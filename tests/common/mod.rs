@@ -25,7 +25,47 @@ struct Monitor {
     lines: Arc<Mutex<Vec<String>>>,
     fences: Arc<Mutex<Vec<String>>>,
     next_fence: std::sync::atomic::AtomicU64,
+    /// The harness's own connection for fences and `INFO stats`, kept open: a connection
+    /// that closes costs Redis a read event too, at a moment nobody controls.
+    control: Mutex<Control>,
     _stream: TcpStream,
+}
+
+struct Control {
+    conn: BufReader<TcpStream>,
+    /// `total_reads_processed` at the last reset (counting the `INFO` that read it).
+    base: u64,
+    /// Commands this connection sent since the last reset: each is one read for Redis.
+    own: u64,
+}
+
+impl Control {
+    /// Sends one command (inline) and returns its reply: one line, or a bulk string.
+    fn call(&mut self, command: &str) -> String {
+        self.own += 1;
+        let stream = self.conn.get_mut();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("send to Redis");
+        let mut head = String::new();
+        self.conn.read_line(&mut head).expect("reply");
+        let Some(len) = head.strip_prefix('$') else {
+            return head;
+        };
+        let len: usize = len.trim().parse().expect("bulk length");
+        let mut body = vec![0; len + 2];
+        std::io::Read::read_exact(&mut self.conn, &mut body).expect("bulk reply");
+        String::from_utf8_lossy(&body[..len]).into_owned()
+    }
+
+    /// `INFO stats` `total_reads_processed`: the socket reads Redis made from clients.
+    fn reads_processed(&mut self) -> u64 {
+        self.call("INFO stats")
+            .lines()
+            .find_map(|line| line.strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats reports total_reads_processed")
+    }
 }
 
 impl Monitor {
@@ -36,6 +76,9 @@ impl Monitor {
         let mut ok = String::new();
         reader.read_line(&mut ok).expect("MONITOR reply");
         assert!(ok.starts_with("+OK"), "MONITOR refused: {ok}");
+        let control = TcpStream::connect(("127.0.0.1", port)).expect("connect control");
+        // MONITOR names a client `[<db> <address>]`: the harness's own commands are left out.
+        let own = format!(" {}", control.local_addr().expect("control address"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let fences = Arc::new(Mutex::new(Vec::new()));
         let (l, f) = (lines.clone(), fences.clone());
@@ -64,18 +107,45 @@ impl Monitor {
                     f.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(command.to_owned());
-                } else {
+                } else if !origin.ends_with(&own) {
                     l.lock().unwrap_or_else(|e| e.into_inner()).push(name);
                 }
             }
         });
-        Self {
+        let monitor = Self {
             port,
             lines,
             fences,
             next_fence: std::sync::atomic::AtomicU64::new(0),
+            control: Mutex::new(Control {
+                conn: BufReader::new(control),
+                base: 0,
+                own: 0,
+            }),
             _stream: stream,
-        }
+        };
+        monitor.reset();
+        monitor
+    }
+
+    /// Waits for everything sent so far, forgets it, and starts counting reads anew.
+    fn reset(&self) {
+        self.fence();
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        control.base = control.reads_processed();
+        control.own = 0;
+    }
+
+    /// Socket reads Redis made from clients since the last reset, the harness's own
+    /// fences and `INFO`s left out: a pipeline sent in one write is one read, and a
+    /// client that waits for each reply before it sends on makes one per command. So
+    /// this counts round trips, pipelines without `MULTI` included.
+    fn reads(&self) -> u64 {
+        self.fence();
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let now = control.reads_processed();
+        now - control.base - control.own
     }
 
     /// Sends a marker command and waits until MONITOR has shown it: everything sent
@@ -85,13 +155,12 @@ impl Monitor {
             .next_fence
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = format!("tower-stateless-fence-{n}");
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect fence");
-        let cmd = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len());
-        conn.write_all(cmd.as_bytes()).expect("send fence");
-        let mut reply = String::new();
-        BufReader::new(conn)
-            .read_line(&mut reply)
-            .expect("fence reply");
+        let reply = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .call(&format!("ECHO {marker}"));
+        assert_eq!(reply, marker, "fence reply");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let seen = self.fences.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,10 +337,7 @@ impl RedisServer {
     pub fn reset_stats(&self) {
         let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
         match monitor.as_ref() {
-            Some(m) => {
-                m.fence();
-                m.lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            }
+            Some(m) => m.reset(),
             None => *monitor = Some(Monitor::start(self.port)),
         }
     }
@@ -297,16 +363,18 @@ impl RedisServer {
         self.command_stats().values().sum()
     }
 
-    /// Client round trips since the last reset: every command counts once, except that a
-    /// `MULTI` … `EXEC` transaction (sent as one pipeline, answered at once) is one.
+    /// Client round trips since the last reset, as Redis saw them: the socket reads it
+    /// made from clients (`INFO stats` `total_reads_processed`, the harness's own
+    /// commands left out). A pipeline, in a `MULTI` … `EXEC` transaction or not, arrives
+    /// in one read; each command a client sends only after the previous reply is one
+    /// more. A client connection that closes counts one too, so measure between
+    /// connections that stay open.
     pub fn round_trips(&self) -> u64 {
         let monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
-        let monitor = monitor
+        monitor
             .as_ref()
-            .expect("call reset_stats before round_trips");
-        monitor.fence();
-        let lines = monitor.lines.lock().unwrap_or_else(|e| e.into_inner());
-        round_trips(&lines)
+            .expect("call reset_stats before round_trips")
+            .reads()
     }
 
     /// Raw `PTTL` of a key, in milliseconds (-2 absent, -1 no TTL).
@@ -789,21 +857,12 @@ macro_rules! backend_pair_tests {
     };
 }
 
-/// Commands, in the order Redis received them, as round trips: a `MULTI` … `EXEC` block
-/// counts once.
-pub fn round_trips(commands: &[String]) -> u64 {
-    let mut trips = 0;
-    let mut in_multi = false;
-    for name in commands {
-        match (in_multi, name.as_str()) {
-            (false, "multi") => {
-                in_multi = true;
-                trips += 1;
-            }
-            (false, _) => trips += 1,
-            (true, "exec" | "discard") => in_multi = false,
-            (true, _) => {}
-        }
+/// Opens every connection of a store's pool (connections open on first use, one per
+/// slot in turn), so that no counted request pays a connection's handshake: a round trip
+/// of its own that MONITOR does not show.
+pub async fn warm_pool(store: &tower_stateless::store::RedisStore) {
+    use tower_stateless::store::StateStore;
+    for _ in 0..16 {
+        store.get("warm-pool").await.expect("warm the pool");
     }
-    trips
 }

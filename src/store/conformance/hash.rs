@@ -396,6 +396,86 @@ pub async fn hash_lifetime_caps_refresh<S: StateStore>(store: &S) {
     );
 }
 
+/// `hash_get_all_and_refresh_lazily` reads every field, rolls the expiry once it is due,
+/// never past the deadline, rolls on every read with an interval of zero, and reads
+/// absent keys and plain values as absent.
+pub async fn hash_lazy_refresh<S: StateStore>(store: &S) {
+    let lazily = |key: String, every: Duration| {
+        let store = store.clone();
+        async move {
+            ok(
+                store
+                    .hash_get_all_and_refresh_lazily(&key, LONG, every)
+                    .await,
+                "hash_get_all_and_refresh_lazily",
+            )
+        }
+    };
+    let every = Duration::from_millis(100);
+    let short = Duration::from_millis(1000);
+    // Written with a 1 s expiry and read with one of a minute: far more than `every` of
+    // it is used up, so the read is due to roll it.
+    let (due, capped, zero) = (
+        fresh_key("hash-lazy-due"),
+        fresh_key("hash-lazy-capped"),
+        fresh_key("hash-lazy-zero"),
+    );
+    let one = set(&[("a", "1")]);
+    for (key, lifetime) in [
+        (&due, LONG),
+        (&capped, Duration::from_millis(1500)),
+        (&zero, LONG),
+    ] {
+        ok(
+            store.hash_apply(key, &one, new(lifetime, short)).await,
+            "apply",
+        );
+    }
+    let read = lazily(due.clone(), every).await.expect("a live hash");
+    assert_eq!(read.fields, map(&[("a", "1")]));
+    assert!(read.lifetime_left <= LONG && read.lifetime_left > short);
+    assert!(lazily(capped.clone(), every).await.is_some());
+    assert!(lazily(zero.clone(), Duration::ZERO).await.is_some());
+    // Well past the 1 s expiry and the 1.5 s deadline.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        lazily(due, every).await.is_some(),
+        "a lazy read that finds the expiry due must roll it"
+    );
+    assert!(
+        lazily(zero, every).await.is_some(),
+        "a read with an interval of zero must roll the expiry"
+    );
+    assert_eq!(
+        lazily(capped.clone(), every).await,
+        None,
+        "a lazy roll must not keep a hash past its deadline"
+    );
+    assert_eq!(
+        ok(
+            store.hash_apply(&capped, &one, existing(LONG)).await,
+            "apply"
+        ),
+        HashWriteOutcome::Missing
+    );
+    assert_eq!(lazily(fresh_key("hash-lazy-absent"), every).await, None);
+    let plain = fresh_key("hash-lazy-plain");
+    ok(
+        store.set(&plain, Bytes::from_static(b"v"), LONG).await,
+        "set",
+    );
+    assert_eq!(
+        lazily(plain.clone(), every).await,
+        None,
+        "a plain value is no hash"
+    );
+    assert_eq!(
+        ok(store.get(&plain).await, "get"),
+        Some(Bytes::from_static(b"v")),
+        "a lazy read leaves a plain value alone"
+    );
+}
+
 /// `hash_compare_and_set_field` writes only over the expected value (absent included),
 /// reports the current one otherwise, removes with `None`, and leaves other fields alone.
 pub async fn hash_compare_and_set_field_semantics<S: StateStore>(store: &S) {

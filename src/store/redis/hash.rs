@@ -34,6 +34,22 @@ return 0",
     )
 });
 
+/// Rolls a hash's expiry to `min(ttl, deadline - now)` on Redis' clock (ARGV[1]: the
+/// deadline field as read, ARGV[2]: the TTL), unless the hash was deleted or recreated
+/// meanwhile (its deadline field changed). A hash found past its deadline is deleted.
+pub(super) static ROLL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local d = redis.pcall('HGET', KEYS[1], '\255\254d')
+if type(d) ~= 'string' or d ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local left = tonumber(d) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if left <= 0 then return redis.call('DEL', KEYS[1]) end
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(tonumber(ARGV[2]), left)))
+return 1",
+    )
+});
+
 /// Both writes: `hash_apply` (ARGV[5] = 'apply') and `hash_compare_and_set_field`
 /// (ARGV[5] = 'cas'). Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
 /// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
@@ -145,6 +161,51 @@ fn server_millis(time: Value) -> Option<u64> {
     secs.checked_mul(1000)?.checked_add(micros / 1000)
 }
 
+/// The fields and the deadline (raw and parsed) of an `HGETALL` reply; `None` when the key
+/// is absent, holds a plain value, or holds a hash that is not one of ours (no deadline).
+#[allow(clippy::type_complexity)]
+fn fields_and_deadline(
+    all: Value,
+) -> Result<Option<(BTreeMap<String, Bytes>, Vec<u8>, u64)>, StoreError> {
+    let items = match all {
+        Value::Array(items) => items,
+        // A plain value under the key answers WRONGTYPE to HGETALL: no hash.
+        Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
+        _ => return Err(unexpected("read")),
+    };
+    let mut deadline = None;
+    let mut fields = BTreeMap::new();
+    let mut items = items.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        let (Value::BulkString(name), Value::BulkString(value)) = (name, value) else {
+            return Err(unexpected("read"));
+        };
+        if name.starts_with(RESERVED) {
+            if name == DEADLINE {
+                deadline = Some(value);
+            }
+            continue;
+        }
+        let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
+        fields.insert(name, Bytes::from(value));
+    }
+    let Some(raw) = deadline else {
+        return Ok(None);
+    };
+    let at = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or_else(|| unexpected("deadline"))?;
+    Ok(Some((fields, raw, at)))
+}
+
+/// Milliseconds since the Unix epoch on this instance's clock.
+fn local_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
@@ -232,45 +293,84 @@ impl RedisStore {
             .await?;
         let [time, all, _expire]: [Value; 3] = reply.try_into().map_err(|_| unexpected("read"))?;
         let now = server_millis(time).ok_or_else(|| unexpected("read"))?;
-        let items = match all {
-            Value::Array(items) => items,
-            Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
-            _ => return Err(unexpected("read")),
-        };
-        let mut deadline = None;
-        let mut fields = BTreeMap::new();
-        let mut items = items.into_iter();
-        while let (Some(name), Some(value)) = (items.next(), items.next()) {
-            let (Value::BulkString(name), Value::BulkString(value)) = (name, value) else {
-                return Err(unexpected("read"));
-            };
-            if name.starts_with(RESERVED) {
-                if name == DEADLINE {
-                    deadline = Some(value);
-                }
-                continue;
-            }
-            let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
-            fields.insert(name, Bytes::from(value));
-        }
-        // Absent, or a hash without a deadline (not one of ours): no hash.
-        let Some(raw) = deadline else {
+        let Some((fields, raw, at)) = fields_and_deadline(all)? else {
             return Ok(None);
         };
-        let at = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|d| d.parse::<u64>().ok())
-            .ok_or_else(|| unexpected("deadline"))?;
         if at <= now {
-            let mut call = DROP_EXPIRED.prepare_invoke();
-            call.key(self.arg(key)).arg(raw.as_slice());
-            self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
-                .await?;
+            self.drop_expired(key, &raw).await?;
             return Ok(None);
         }
         Ok(Some(StoredHash {
             fields,
             lifetime_left: Duration::from_millis(at - now),
+        }))
+    }
+
+    /// Deletes the hash at `key` found past its deadline `raw`, unless it was recreated.
+    async fn drop_expired(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
+        let mut call = DROP_EXPIRED.prepare_invoke();
+        call.key(self.arg(key)).arg(raw);
+        self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
+            .await?;
+        Ok(())
+    }
+
+    /// One pipeline of two reads, `HGETALL` and `PTTL` (one round trip, no transaction, no
+    /// Lua). Only when the expiry left is `every` or more below what a roll would set
+    /// (`ttl`, capped by the deadline) does a second round trip roll it (`ROLL`, capped
+    /// on Redis' clock). The deadline is checked on this instance's clock: Redis removes
+    /// the hash at its deadline on its own, as every write and every lazy roll caps the
+    /// expiry there; the check only catches a hash that an eager read rolled past it.
+    pub(super) async fn hash_read_lazily(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        if every.is_zero() {
+            return self.hash_read_refresh(key, ttl).await;
+        }
+        let ttl_ms = ttl_millis(ttl)?;
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.arg(key))
+            .cmd("PTTL")
+            .arg(self.arg(key))
+            .ignore_errors();
+        let pipe = &pipe;
+        let reply: Vec<Value> = self
+            .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let [all, pttl]: [Value; 2] = reply.try_into().map_err(|_| unexpected("read"))?;
+        let Some((fields, raw, at)) = fields_and_deadline(all)? else {
+            return Ok(None);
+        };
+        let now = local_millis();
+        if at <= now {
+            self.drop_expired(key, &raw).await?;
+            return Ok(None);
+        }
+        let left = at - now;
+        let due = match pttl {
+            // No expiry at all: roll it.
+            Value::Int(-1) => true,
+            // Deleted since the HGETALL (answered as read before the delete): no roll.
+            Value::Int(n) if n < 0 => false,
+            Value::Int(n) => (n as u64).saturating_add(every_ms) <= ttl_ms.min(left),
+            _ => return Err(unexpected("read")),
+        };
+        if due {
+            let mut call = ROLL.prepare_invoke();
+            call.key(self.arg(key)).arg(raw.as_slice()).arg(ttl_ms);
+            self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
+                .await?;
+        }
+        Ok(Some(StoredHash {
+            fields,
+            lifetime_left: Duration::from_millis(left),
         }))
     }
 
