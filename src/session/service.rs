@@ -14,7 +14,7 @@ use super::handle::{Session, Shared, State, StoreBackend};
 use super::transport::{
     apply_cookie, keep_out_of_shared_caches, request_id, vary_on_transport, RequestId,
 };
-use super::write::{write_back, WriteError};
+use super::write::{settled, write_back, WriteError};
 use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
 use crate::response::{
@@ -145,8 +145,15 @@ where
             } else {
                 tracing::Span::none()
             };
-            let written = write_back(&store, &config, st, renew);
-            match tracing::Instrument::instrument(written, span.clone()).await {
+            let written = match settled(&st, renew) {
+                Some(action) => Ok(action),
+                // Boxed: only the requests that write pay for the write's large future.
+                None => {
+                    let written = Box::pin(write_back(&store, &config, st, renew));
+                    tracing::Instrument::instrument(written, span.clone()).await
+                }
+            };
+            match written {
                 Ok(action) => {
                     if apply_cookie(&mut res, &config, action) {
                         keep_out_of_shared_caches(&mut res);

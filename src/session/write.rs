@@ -139,6 +139,20 @@ async fn write_unread<S: StateStore>(
 /// Writes the request's changes back: one store write of the changed keys, never a
 /// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
 /// with the idle expiry, or the browser drops a live session).
+/// What [`write_back`] answers when it has nothing to write (the common read-only or
+/// untouched request), decided without building the write's future: that future holds
+/// the store operations' state, several kilobytes that every request would otherwise move
+/// into its boxed response future. `None`: run `write_back`.
+pub(crate) fn settled(st: &State, renew: bool) -> Option<CookieAction> {
+    if st.modified() || st.cycle || st.destroyed.is_some() {
+        return None;
+    }
+    Some(match st.id.as_deref() {
+        Some(id) if st.loaded && (st.created || renew) => CookieAction::Set(id.to_owned()),
+        _ => CookieAction::None,
+    })
+}
+
 pub(crate) async fn write_back<S: StateStore>(
     store: &S,
     config: &Config,
