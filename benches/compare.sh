@@ -14,8 +14,8 @@
 # No row has a rate limit, and any answer that is not 2xx/3xx (a 429, a 503) or a socket
 # error marks its row and fails the run: the figures are then not the layers' cost.
 #
-# Environment: BENCH_POOL=N gives our RedisStore N pooled connections (default 4, as the
-# crate's default and as tower-sessions' fred pool here), for an A/B of the pool size.
+# Environment: BENCH_POOL=N gives our RedisStore N pooled connections (default: the
+# crate's default, one; tower-sessions' fred pool here has 4), for an A/B of the pool size.
 #
 # Run with: benches/compare.sh [--seconds S] [--warmup S] [--connections C] [--threads T]
 #                              [--memory] [--rows REGEX]

@@ -527,15 +527,15 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
         Some(url) => {
             use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
             // `BENCH_POOL=N` (benches/compare.sh): our pool size, for an A/B; the crate's
-            // default otherwise, as tower-sessions' pool of 4 below.
-            let pool_size = std::env::var("BENCH_POOL")
+            // default (one connection) otherwise. tower-sessions' fred pool below has 4.
+            let mut store = RedisStore::builder().url(url.as_str());
+            if let Some(size) = std::env::var("BENCH_POOL")
                 .ok()
                 .and_then(|p| p.parse().ok())
-                .unwrap_or(4);
-            let store = RedisStore::builder()
-                .url(url.as_str())
-                .pool_size(pool_size)
-                .build()?;
+            {
+                store = store.pool_size(size);
+            }
+            let store = store.build()?;
             let pool = Pool::new(Config::from_url(url)?, None, None, None, 4)?;
             let _connection = pool.connect();
             pool.wait_for_connect().await?;
