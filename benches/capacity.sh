@@ -80,12 +80,12 @@ redis_cpu() {
 rows=(
     "revocation check (JWT + MGET)|GET|/jwt-revocation||MGET"
     "revocation check, LocalCache warm|GET|/jwt-revocation-cached||"
-    "session read|GET|/session-read||EVALSHA"
-    "session write|GET|/session-write||EVALSHA EVALSHA"
+    "session read|GET|/session-read||HGETALL PTTL"
+    "session write|GET|/session-write||EVALSHA"
     "idempotent first call|POST|/idempotent||SET EVALSHA"
     "idempotent replay|POST|/idempotent|replay-$BENCH_RUN|SET"
     "rate-limit check|GET|/rate-limit||EVALSHA"
-    "JWT + revocation + session read|GET|/jwt-revocation-session||MGET EVALSHA"
+    "JWT + revocation + session read|GET|/jwt-revocation-session||MGET HGETALL PTTL"
 )
 
 version=$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')
