@@ -11,7 +11,8 @@ use super::config::{
     check_absolute_lifetime, check_cookie_attribute, check_cookie_name, check_idle_timeout,
     check_max_size, max_age_secs, Config, Transport,
 };
-use super::service::SessionService;
+use super::handle::StoreBackend;
+use super::service::{SessionService, SharedBackend};
 use crate::store::StateStore;
 use crate::{ConfigError, StoreFailure};
 
@@ -246,6 +247,7 @@ impl<S, St: StateStore> Layer<S> for SessionLayer<St> {
         SessionService {
             inner,
             store: self.store.clone(),
+            backend: SharedBackend(Arc::new(StoreBackend(self.store.clone()))),
             config: Arc::clone(&self.config),
         }
     }

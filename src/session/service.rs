@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::config::Config;
 use super::future::ResponseFuture;
-use super::handle::{Session, Shared, State, StoreBackend};
+use super::handle::{Backend, Session, Shared, State};
 use super::transport::{
     apply_cookie, keep_out_of_shared_caches, request_id, vary_on_transport, RequestId,
 };
@@ -29,7 +29,19 @@ use crate::store::{StateStore, StoreError};
 pub struct SessionService<S, St> {
     pub(crate) inner: S,
     pub(crate) store: St,
+    /// The store as the request's `Session` sees it, built once, not per request.
+    pub(crate) backend: SharedBackend,
     pub(crate) config: Arc<Config>,
+}
+
+/// The object-safe view of the store that every request's [`Session`] shares.
+#[derive(Clone)]
+pub(crate) struct SharedBackend(pub(crate) Arc<dyn Backend>);
+
+impl std::fmt::Debug for SharedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedBackend")
+    }
 }
 
 impl<S, St> SessionService<S, St> {
@@ -103,7 +115,7 @@ where
         let grpc = is_grpc(req.headers());
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
-            backend: Arc::new(StoreBackend(store.clone())),
+            backend: Arc::clone(&self.backend.0),
             config: config.clone(),
             state: Mutex::new(State {
                 sid: id.as_ref().filter(|_| from_claim).cloned(),
