@@ -201,6 +201,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refresh_interval_defaults_and_bounds() {
+        let with = |idle: u64, refresh: Option<Duration>| Config {
+            idle: Duration::from_secs(idle),
+            refresh,
+            ..Config::default()
+        };
+        // Default: a tenth of the idle timeout, at most a minute.
+        assert_eq!(
+            with(24 * 3600, None).refresh_interval(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(with(100, None).refresh_interval(), Duration::from_secs(10));
+        assert_eq!(with(1, None).refresh_interval(), Duration::from_millis(100));
+        // As set, but never more than half the idle timeout.
+        assert_eq!(
+            with(100, Some(Duration::ZERO)).refresh_interval(),
+            Duration::ZERO
+        );
+        let set = Some(Duration::from_secs(20));
+        assert_eq!(with(100, set).refresh_interval(), Duration::from_secs(20));
+        let long = Some(Duration::from_secs(80));
+        assert_eq!(with(100, long).refresh_interval(), Duration::from_secs(50));
+        assert_eq!(
+            with(100, Some(Duration::MAX)).refresh_interval(),
+            Duration::from_secs(50)
+        );
+    }
+
+    #[test]
     fn cookie_names() {
         for ok in ["id", "sid", "__Host-id", "a.b_c-d!#$%&'*+^`|~"] {
             assert!(check_cookie_name(ok).is_ok(), "{ok}");
