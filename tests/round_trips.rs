@@ -494,18 +494,26 @@ async fn scripts_are_loaded_when_the_store_is_built() {
 
 /// Operations that start while the load `build` started is in flight wait for it: even
 /// the very first calls, made at once, find every script (no `NOSCRIPT`, no second load).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a current-thread runtime the load task `build` spawns cannot run before this test
+/// yields, so the first script call starts first: without the wait its `EVALSHA` would
+/// reach Redis before the scripts do.
+#[tokio::test(flavor = "current_thread")]
 async fn the_first_operations_wait_for_the_load_started_at_build() {
     let Some(server) = RedisServer::start() else {
         return;
     };
     server.reset_stats();
     let store = RedisStore::from_url(server.url()).expect("store");
+    let swapped = store
+        .compare_and_set("first", b"x", Bytes::from_static(b"y"), TTL)
+        .await
+        .expect("the first script call");
+    assert!(!swapped, "no value to swap");
     every_script(&store).await.expect("scripts");
     let stats = server.command_stats();
     assert_eq!(
         (stats.get("script"), stats.get("evalsha")),
-        (Some(&SCRIPTS), Some(&6)),
+        (Some(&SCRIPTS), Some(&7)),
         "one load of each script (at build), then one EVALSHA per call: {stats:?}"
     );
 }
