@@ -6,7 +6,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
 use tower_stateless::refresh::{RefreshTokens, TokenPair};
 use tower_stateless::session::{Devices, DevicesError};
 use tower_stateless::store::{
-    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError, StoredHash,
+    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
 };
 
 const SECRET: &[u8] = b"devices-tests-server-secret-32-bytes!";
@@ -329,95 +328,30 @@ async fn devices_error_is_the_crates_json_error_response() {
     assert_eq!(json["message"], "the logins could not be listed or ended");
 }
 
-/// A store whose `delete` fails while `fail` is set: the store goes down in the middle of
-/// ending a login (its tokens revoked, its session not yet deleted).
-#[derive(Clone)]
-struct FailDelete<St> {
-    inner: St,
-    fail: Arc<AtomicBool>,
-}
+/// `delete` fails while set: the store goes down in the middle of ending a login (its
+/// tokens revoked, its session not yet deleted).
+#[derive(Default)]
+struct FailDelete(AtomicBool);
 
-type Res<T> = Result<T, StoreError>;
-
-impl<St: StateStore> StateStore for FailDelete<St> {
-    async fn get(&self, key: &str) -> Res<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Bytes>>> {
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Res<()> {
-        self.inner.set(key, value, ttl).await
-    }
-    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Res<Option<Bytes>> {
-        self.inner.set_if_absent(key, value, ttl).await
-    }
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: Bytes,
-        ttl: Duration,
-    ) -> Res<bool> {
-        self.inner.compare_and_set(key, expected, new, ttl).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Res<bool> {
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<Bytes>> {
-        self.inner.get_and_refresh(key, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Res<bool> {
-        if self.fail.load(Ordering::SeqCst) {
+impl common::Hook for FailDelete {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        if matches!(call, common::Call::Delete(_)) && self.0.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected failure (test)".into()));
         }
-        self.inner.delete(key).await
-    }
-    async fn gcra(
-        &self,
-        key: &str,
-        params: tower_stateless::store::Gcra,
-    ) -> Res<tower_stateless::store::GcraOutcome> {
-        self.inner.gcra(key, params).await
-    }
-    async fn hash_get_all_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<StoredHash>> {
-        self.inner.hash_get_all_and_refresh(key, ttl).await
-    }
-    async fn hash_apply(
-        &self,
-        key: &str,
-        changes: &HashChanges,
-        options: HashWriteOptions,
-    ) -> Res<HashWriteOutcome> {
-        self.inner.hash_apply(key, changes, options).await
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        key: &str,
-        field: &str,
-        expected: Option<&[u8]>,
-        new: Option<Bytes>,
-        options: HashWriteOptions,
-    ) -> Res<HashWriteOutcome> {
-        self.inner
-            .hash_compare_and_set_field(key, field, expected, new, options)
-            .await
+        Ok(())
     }
 }
 
 /// The store fails after a login's tokens were revoked and before its session data was
 /// deleted: the call fails, the login stays listed, and a retry ends it completely.
 async fn a_failure_midway_is_reported_and_a_retry_completes<St: StateStore>(store: St) {
-    let flaky = FailDelete {
-        inner: store.clone(),
-        fail: Arc::new(AtomicBool::new(false)),
-    };
+    let flaky = common::Intercept::new(store.clone(), FailDelete::default());
     let tokens = tokens(flaky.clone());
     let devices = Devices::new(tokens.clone(), SECRET).expect("devices");
     let a = login(&devices, &tokens).await;
     let b = login(&devices, &tokens).await;
     store_cart(&store, &sid(&b)).await;
-    flaky.fail.store(true, Ordering::SeqCst);
+    flaky.hook.0.store(true, Ordering::SeqCst);
     let error = devices
         .end_others("alice", &sid(&a))
         .await
@@ -429,7 +363,7 @@ async fn a_failure_midway_is_reported_and_a_retry_completes<St: StateStore>(stor
         "a login not ended completely stays listed"
     );
     assert!(has_session(&store, &sid(&b)).await);
-    flaky.fail.store(false, Ordering::SeqCst);
+    flaky.hook.0.store(false, Ordering::SeqCst);
     assert_eq!(
         devices.end_others("alice", &sid(&a)).await.expect("retry"),
         1

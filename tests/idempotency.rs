@@ -14,10 +14,7 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::idempotency::{IdempotencyLayer, RequestBody, Scope};
 use tower_stateless::response::ResponseBody;
-use tower_stateless::store::{
-    Gcra, GcraOutcome, HashChanges, HashWriteOptions, HashWriteOutcome, MemoryStore, RedisStore,
-    StateStore, StoreError, StoredHash,
-};
+use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 use tower_stateless::{ConfigError, RegisteredClaims, StoreFailure};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, String>;
@@ -521,7 +518,7 @@ async fn slow_handler_keeps_its_key<St: StateStore>(store: St) {
 /// returns): its renewals stop, and after the lease a retry on another instance runs.
 async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
     let lock = Duration::from_millis(300);
-    let faulty = Faulty::new(store.clone());
+    let faulty = faulty(store.clone());
     let a = instance(
         "a",
         shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
@@ -531,7 +528,7 @@ async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
     wait_for_runs(&a, 1).await;
     let during = send(&b, post(Some("k"), "x")).await;
     assert_eq!(during.status, StatusCode::CONFLICT);
-    faulty.faults.down.store(true, Ordering::SeqCst);
+    faulty.hook.down.store(true, Ordering::SeqCst);
     // Its last renewal was before this point: the lease ends within one `lock`.
     tokio::time::sleep(lock * 2).await;
     let after = send(&b, post(Some("k"), "x")).await;
@@ -545,7 +542,7 @@ async fn lease_expiry_then_retry_runs<St: StateStore>(store: St) {
 /// overwrite the record of the request that took over the key.
 async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
     let lock = Duration::from_millis(300);
-    let faulty = Faulty::new(store.clone());
+    let faulty = faulty(store.clone());
     let a = instance(
         "a",
         shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
@@ -553,13 +550,13 @@ async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
     let b = instance("b", shared(store).lock_ttl(lock).expect("lock_ttl"));
     let slow = tokio::spawn(send(&a, gated("k")));
     wait_for_runs(&a, 1).await;
-    faulty.faults.down.store(true, Ordering::SeqCst);
+    faulty.hook.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(lock * 2).await;
     let taken_over = send(&b, post(Some("k"), "x")).await;
     assert_eq!(taken_over.text(), "run 1 of b: x");
     // Now the slow one is back and finishes; it answers its own client, but is not
     // recorded.
-    faulty.faults.down.store(false, Ordering::SeqCst);
+    faulty.hook.down.store(false, Ordering::SeqCst);
     a.gate.add_permits(1);
     let slow = slow.await.expect("task");
     assert_eq!(slow.text(), "run 1 of a: x");
@@ -572,7 +569,7 @@ async fn late_owner_cannot_overwrite<St: StateStore>(store: St) {
 /// is still recorded when its handler finishes: it ran once, and that is the result.
 async fn lapsed_lease_is_still_recorded<St: StateStore>(store: St) {
     let lock = Duration::from_millis(300);
-    let faulty = Faulty::new(store.clone());
+    let faulty = faulty(store.clone());
     let a = instance(
         "a",
         shared(faulty.clone()).lock_ttl(lock).expect("lock_ttl"),
@@ -580,7 +577,7 @@ async fn lapsed_lease_is_still_recorded<St: StateStore>(store: St) {
     let b = instance("b", shared(store).lock_ttl(lock).expect("lock_ttl"));
     let first = tokio::spawn(send(&a, gated("k")));
     wait_for_runs(&a, 1).await;
-    faulty.faults.drop_renewals.store(true, Ordering::SeqCst);
+    faulty.hook.drop_renewals.store(true, Ordering::SeqCst);
     tokio::time::sleep(lock * 2).await;
     a.gate.add_permits(1);
     let first = first.await.expect("task");
@@ -1271,114 +1268,33 @@ struct Faults {
     lose_claim_reply: AtomicBool,
 }
 
-/// A real store behind faults that a test switches on: an instance's view of the store.
-#[derive(Clone)]
-struct Faulty<St> {
-    inner: St,
-    faults: Arc<Faults>,
-}
-
-impl<St> Faulty<St> {
-    fn new(inner: St) -> Self {
-        Self {
-            inner,
-            faults: Arc::default(),
-        }
-    }
-
-    fn check(&self) -> Result<(), StoreError> {
-        if self.faults.down.load(Ordering::SeqCst) {
+impl common::Hook for Faults {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("cut off (test)".into()));
+        }
+        if let common::Call::CompareAndSet { expected, new, .. } = call {
+            if self.drop_renewals.load(Ordering::SeqCst) && expected == new {
+                return Err(StoreError::Unavailable("renewal lost (test)".into()));
+            }
+        }
+        Ok(())
+    }
+    fn after(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        if matches!(call, common::Call::SetIfAbsent(..))
+            && self.lose_claim_reply.swap(false, Ordering::SeqCst)
+        {
+            return Err(StoreError::Unavailable("connection dropped (test)".into()));
         }
         Ok(())
     }
 }
 
-impl<St: StateStore> StateStore for Faulty<St> {
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.check()?;
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.check()?;
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.set(key, value, ttl).await
-    }
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.check()?;
-        let out = self.inner.set_if_absent(key, value, ttl).await?;
-        if self.faults.lose_claim_reply.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("connection dropped (test)".into()));
-        }
-        Ok(out)
-    }
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: Bytes,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.check()?;
-        if self.faults.drop_renewals.load(Ordering::SeqCst) && expected == &new[..] {
-            return Err(StoreError::Unavailable("renewal lost (test)".into()));
-        }
-        self.inner.compare_and_set(key, expected, new, ttl).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
-        self.check()?;
-        self.inner.get_and_refresh(key, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.delete(key).await
-    }
-    async fn gcra(&self, key: &str, params: Gcra) -> Result<GcraOutcome, StoreError> {
-        self.check()?;
-        self.inner.gcra(key, params).await
-    }
-    async fn hash_get_all_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<StoredHash>, StoreError> {
-        self.check()?;
-        self.inner.hash_get_all_and_refresh(key, ttl).await
-    }
-    async fn hash_apply(
-        &self,
-        key: &str,
-        changes: &HashChanges,
-        options: HashWriteOptions,
-    ) -> Result<HashWriteOutcome, StoreError> {
-        self.check()?;
-        self.inner.hash_apply(key, changes, options).await
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        key: &str,
-        field: &str,
-        expected: Option<&[u8]>,
-        new: Option<Bytes>,
-        options: HashWriteOptions,
-    ) -> Result<HashWriteOutcome, StoreError> {
-        self.check()?;
-        self.inner
-            .hash_compare_and_set_field(key, field, expected, new, options)
-            .await
-    }
+/// A real store behind faults that a test switches on: an instance's view of the store.
+type Faulty<St> = common::Intercept<St, Faults>;
+
+fn faulty<St>(inner: St) -> Faulty<St> {
+    common::Intercept::new(inner, Faults::default())
 }
 
 /// The claim was written but its reply lost: the layer answers `503` and deletes the
@@ -1408,10 +1324,10 @@ async fn lost_claim_reply_is_undone(a: &Instance, lose_next_reply: impl FnOnce()
 
 #[tokio::test]
 async fn memory_claim_reply_lost_then_retry_runs() {
-    let faulty = Faulty::new(MemoryStore::new());
+    let faulty = faulty(MemoryStore::new());
     let a = instance("a", shared(faulty.clone()));
     lost_claim_reply_is_undone(&a, || {
-        faulty.faults.lose_claim_reply.store(true, Ordering::SeqCst)
+        faulty.hook.lose_claim_reply.store(true, Ordering::SeqCst)
     })
     .await;
 }

@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -464,114 +464,49 @@ async fn no_grace_by_default<St: StateStore>(store: St, other: St) {
     );
 }
 
-/// A store that delegates to a real backend, records the keys written, and can be told to
-/// fail the n-th `set` from now as unavailable: the store failing between two steps.
-#[derive(Clone)]
-struct Flaky<St> {
-    inner: St,
-    sets: Arc<AtomicUsize>,
-    fail_at: Arc<AtomicUsize>,
-    written: Arc<Mutex<Vec<String>>>,
+/// Fails the `n`-th `set` from a point on (once) and records the keys written.
+#[derive(Default)]
+struct Flaky {
+    sets: AtomicUsize,
+    fail_at: AtomicUsize,
+    written: Mutex<Vec<String>>,
 }
 
-impl<St: StateStore> Flaky<St> {
-    fn new(inner: St) -> Self {
-        Self {
-            inner,
-            sets: Arc::new(AtomicUsize::new(0)),
-            fail_at: Arc::new(AtomicUsize::new(0)),
-            written: Arc::new(Mutex::new(Vec::new())),
+impl common::Hook for Flaky {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        if let common::Call::Set(..) = call {
+            let n = self.sets.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == self.fail_at.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("injected failure (test)".into()));
+            }
         }
+        if let common::Call::Set(key, _)
+        | common::Call::SetIfAbsent(key, _)
+        | common::Call::CompareAndSet { key, .. } = call
+        {
+            self.written.lock().expect("lock").push((*key).to_owned());
+        }
+        Ok(())
     }
+}
 
+type FlakyStore<St> = common::Intercept<St, Flaky>;
+
+fn flaky<St>(inner: St) -> FlakyStore<St> {
+    common::Intercept::new(inner, Flaky::default())
+}
+
+impl<St> FlakyStore<St> {
     /// The `n`-th `set` from now fails (n ≥ 1), once.
     fn fail_set(&self, n: usize) {
-        self.fail_at
-            .store(self.sets.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+        let flaky = &self.hook;
+        flaky
+            .fail_at
+            .store(flaky.sets.load(Ordering::SeqCst) + n, Ordering::SeqCst);
     }
 
     fn written(&self) -> Vec<String> {
-        self.written.lock().expect("lock").clone()
-    }
-
-    fn record(&self, key: &str) {
-        self.written.lock().expect("lock").push(key.to_owned());
-    }
-}
-
-type Res<T> = Result<T, StoreError>;
-
-impl<St: StateStore> StateStore for Flaky<St> {
-    async fn get(&self, key: &str) -> Res<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Bytes>>> {
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Res<()> {
-        let n = self.sets.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected failure (test)".into()));
-        }
-        self.record(key);
-        self.inner.set(key, value, ttl).await
-    }
-    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Res<Option<Bytes>> {
-        self.record(key);
-        self.inner.set_if_absent(key, value, ttl).await
-    }
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: Bytes,
-        ttl: Duration,
-    ) -> Res<bool> {
-        self.record(key);
-        self.inner.compare_and_set(key, expected, new, ttl).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Res<bool> {
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Res<Option<Bytes>> {
-        self.inner.get_and_refresh(key, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Res<bool> {
-        self.inner.delete(key).await
-    }
-    async fn gcra(
-        &self,
-        key: &str,
-        params: tower_stateless::store::Gcra,
-    ) -> Res<tower_stateless::store::GcraOutcome> {
-        self.inner.gcra(key, params).await
-    }
-    async fn hash_get_all_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Res<Option<tower_stateless::store::StoredHash>> {
-        self.inner.hash_get_all_and_refresh(key, ttl).await
-    }
-    async fn hash_apply(
-        &self,
-        key: &str,
-        changes: &tower_stateless::store::HashChanges,
-        options: tower_stateless::store::HashWriteOptions,
-    ) -> Res<tower_stateless::store::HashWriteOutcome> {
-        self.inner.hash_apply(key, changes, options).await
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        key: &str,
-        field: &str,
-        expected: Option<&[u8]>,
-        new: Option<Bytes>,
-        options: tower_stateless::store::HashWriteOptions,
-    ) -> Res<tower_stateless::store::HashWriteOutcome> {
-        self.inner
-            .hash_compare_and_set_field(key, field, expected, new, options)
-            .await
+        self.hook.written.lock().expect("lock").clone()
     }
 }
 
@@ -581,7 +516,7 @@ impl<St: StateStore> StateStore for Flaky<St> {
 /// attempt stopped early and the session's access tokens stayed valid.
 async fn reuse_detection_completes_after_a_store_failure<St: StateStore>(store: St, other: St) {
     for failing_write in [1, 2] {
-        let flaky = Flaky::new(other.clone());
+        let flaky = flaky(other.clone());
         let issuer = tokens(store.clone());
         let refresher = tokens(flaky.clone());
         let first = issuer.issue("alice").await.expect("issue");
@@ -620,7 +555,7 @@ async fn reuse_detection_completes_after_a_store_failure<St: StateStore>(store: 
 /// "Log out everywhere" of the refresh families only moves the cutoff forward, like
 /// `Revoker::revoke_subject`: a later cutoff another instance wrote stays.
 async fn subject_families_cutoff_only_moves_forward<St: StateStore>(store: St, other: St) {
-    let flaky = Flaky::new(store.clone());
+    let flaky = flaky(store.clone());
     let first = tokens(flaky.clone())
         .revoke_subject_families("alice")
         .await
@@ -681,7 +616,7 @@ async fn refresh_token_reveals_nothing_about_its_subject<St: StateStore>(store: 
     let unkeyed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]);
     assert_eq!(unkeyed, ALICE_UNKEYED_TAG);
 
-    let flaky = Flaky::new(store);
+    let flaky = flaky(store);
     let manager = tokens(flaky.clone());
     let a = manager.issue("alice").await.expect("issue");
     let b = manager.issue("alice").await.expect("issue");
@@ -823,114 +758,42 @@ fn assert_no_raw_token(raw: &[String], stored: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Keys and the values written under them.
-type Writes = Vec<(String, Vec<u8>)>;
+/// Records every key and value written to the store it wraps.
+#[derive(Default)]
+struct Writes(Mutex<Vec<(String, Vec<u8>)>>);
 
-/// A MemoryStore that records every key and value written to it.
-#[derive(Clone, Debug, Default)]
-struct Recording {
-    inner: MemoryStore,
-    writes: Arc<Mutex<Writes>>,
-}
-
-impl Recording {
-    fn record(&self, key: &str, value: &[u8]) {
-        self.writes
-            .lock()
-            .expect("lock")
-            .push((key.to_owned(), value.to_vec()));
-    }
-}
-
-type StoreResult<T> = Result<T, StoreError>;
-
-impl StateStore for Recording {
-    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> StoreResult<Vec<Option<Bytes>>> {
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<()> {
-        self.record(key, &value);
-        self.inner.set(key, value, ttl).await
-    }
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<Option<Bytes>> {
-        self.record(key, &value);
-        self.inner.set_if_absent(key, value, ttl).await
-    }
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<bool> {
-        self.record(key, &new);
-        self.inner.compare_and_set(key, expected, new, ttl).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> StoreResult<bool> {
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> StoreResult<Option<Bytes>> {
-        self.inner.get_and_refresh(key, ttl).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<bool> {
-        self.inner.delete(key).await
-    }
-    async fn hash_get_all_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<tower_stateless::store::StoredHash>> {
-        self.inner.hash_get_all_and_refresh(key, ttl).await
-    }
-    async fn hash_apply(
-        &self,
-        key: &str,
-        changes: &tower_stateless::store::HashChanges,
-        options: tower_stateless::store::HashWriteOptions,
-    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
-        for (_, value) in &changes.set {
-            self.record(key, value);
+impl common::Hook for Writes {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        let mut writes = self.0.lock().expect("lock");
+        let mut record = |key: &str, value: &[u8]| writes.push((key.to_owned(), value.to_vec()));
+        match call {
+            common::Call::Set(key, value) | common::Call::SetIfAbsent(key, value) => {
+                record(key, value);
+            }
+            common::Call::CompareAndSet { key, new, .. } => record(key, new),
+            common::Call::HashApply(key, changes) => {
+                for (_, value) in &changes.set {
+                    record(key, value);
+                }
+            }
+            common::Call::HashCompareAndSetField {
+                key,
+                new: Some(value),
+                ..
+            } => record(key, value),
+            common::Call::Gcra(key) => record(key, b""),
+            _ => {}
         }
-        self.inner.hash_apply(key, changes, options).await
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        key: &str,
-        field: &str,
-        expected: Option<&[u8]>,
-        new: Option<Bytes>,
-        options: tower_stateless::store::HashWriteOptions,
-    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
-        if let Some(value) = &new {
-            self.record(key, value);
-        }
-        self.inner
-            .hash_compare_and_set_field(key, field, expected, new, options)
-            .await
-    }
-    async fn gcra(
-        &self,
-        key: &str,
-        params: tower_stateless::store::Gcra,
-    ) -> StoreResult<tower_stateless::store::GcraOutcome> {
-        self.record(key, b"");
-        self.inner.gcra(key, params).await
+        Ok(())
     }
 }
 
 #[tokio::test]
 async fn memory_stores_only_hashes() {
-    let store = Recording::default();
+    // A `MemoryStore` that records every key and value written to it.
+    let store = common::Intercept::new(MemoryStore::new(), Writes::default());
     let raw = exercise(store.clone()).await;
-    let writes = store.writes.lock().expect("lock").clone();
+    let writes = store.hook.0.lock().expect("lock").clone();
     assert!(
         writes.iter().any(|(key, _)| key.contains(":tok:")),
         "{writes:?}"

@@ -4,7 +4,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -302,7 +301,7 @@ async fn max_age_renewal<St: StateStore>(store: St) {
 }
 
 async fn sid_claim<St: StateStore>(store: St) {
-    let store = Counting::new(store);
+    let store = counting(store);
     let layer = SessionLayer::new(store.clone()).id_from_sid_claim(true);
     let claims = |sid: &str| RegisteredClaims::new("alice", u64::MAX).with_sid(sid);
     // A session created through the cookie transport.
@@ -658,112 +657,29 @@ mod redis {
     }
 }
 
-/// A store that counts the operations the layer makes on the store it wraps.
-#[derive(Clone)]
-struct Counting<St> {
-    inner: St,
-    ops: Arc<AtomicU64>,
+/// Counts the operations the layer makes on the store it wraps.
+#[derive(Default)]
+struct Ops(AtomicU64);
+
+impl common::Hook for Ops {
+    fn before(&self, _: &common::Call<'_>) -> Result<(), StoreError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+type Counting<St> = common::Intercept<St, Ops>;
+
+fn counting<St>(inner: St) -> Counting<St> {
+    common::Intercept::new(inner, Ops::default())
 }
 
 impl<St> Counting<St> {
-    fn new(inner: St) -> Self {
-        Self {
-            inner,
-            ops: Arc::new(AtomicU64::new(0)),
-        }
-    }
-    fn hit(&self) {
-        self.ops.fetch_add(1, Ordering::SeqCst);
-    }
     fn operations(&self) -> u64 {
-        self.ops.load(Ordering::SeqCst)
+        self.hook.0.load(Ordering::SeqCst)
     }
     fn reset(&self) {
-        self.ops.store(0, Ordering::SeqCst);
-    }
-}
-
-impl<St: StateStore> StateStore for Counting<St> {
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.hit();
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.hit();
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        self.hit();
-        self.inner.set(key, value, ttl).await
-    }
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.hit();
-        self.inner.set_if_absent(key, value, ttl).await
-    }
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: Bytes,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.hit();
-        self.inner.compare_and_set(key, expected, new, ttl).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
-        self.hit();
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn get_and_refresh(&self, key: &str, ttl: Duration) -> Result<Option<Bytes>, StoreError> {
-        self.hit();
-        self.inner.get_and_refresh(key, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.hit();
-        self.inner.delete(key).await
-    }
-    async fn hash_get_all_and_refresh(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<StoredHash>, StoreError> {
-        self.hit();
-        self.inner.hash_get_all_and_refresh(key, ttl).await
-    }
-    async fn hash_apply(
-        &self,
-        key: &str,
-        changes: &HashChanges,
-        options: HashWriteOptions,
-    ) -> Result<HashWriteOutcome, StoreError> {
-        self.hit();
-        self.inner.hash_apply(key, changes, options).await
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        key: &str,
-        field: &str,
-        expected: Option<&[u8]>,
-        new: Option<Bytes>,
-        options: HashWriteOptions,
-    ) -> Result<HashWriteOutcome, StoreError> {
-        self.hit();
-        self.inner
-            .hash_compare_and_set_field(key, field, expected, new, options)
-            .await
-    }
-    async fn gcra(
-        &self,
-        key: &str,
-        params: tower_stateless::store::Gcra,
-    ) -> Result<tower_stateless::store::GcraOutcome, StoreError> {
-        self.hit();
-        self.inner.gcra(key, params).await
+        self.hook.0.store(0, Ordering::SeqCst);
     }
 }
 
@@ -989,7 +905,7 @@ mod hardening {
     /// `destroy()` followed by calls that leave nothing to keep: the old session is
     /// deleted, its cookie removed, and no new (empty) session is written.
     async fn destroy_then_nothing_to_keep_creates_no_session<St: StateStore>(store: St) {
-        let counting = Counting::new(store.clone());
+        let counting = counting(store.clone());
         let layer = SessionLayer::new(counting.clone());
         for ops in [
             "destroy",
@@ -1071,7 +987,7 @@ mod hardening {
     /// With the id in a `sid` claim: the first write creates the session under the `sid`,
     /// `destroy()` ends it for good, and a write after it goes to a new cookie session.
     async fn sid_session_created_and_destroyed<St: StateStore>(store: St) {
-        let counting = Counting::new(store.clone());
+        let counting = counting(store.clone());
         let layer = SessionLayer::new(counting.clone()).id_from_sid_claim(true);
         let sid = "S".repeat(43);
         let claims = || Some(RegisteredClaims::new("alice", u64::MAX).with_sid(&sid));
@@ -1818,7 +1734,7 @@ mod sessions_v2 {
         async fn writes_without_a_read_cost_one_write_and_never_resurrect<St: StateStore>(
             store: St,
         ) {
-            let counting = Counting::new(store);
+            let counting = counting(store);
             let layer = SessionLayer::new(counting.clone());
             let c = cookie_pair(&call(&layer, None, "put:a:1,put:b:2").await);
             counting.reset();

@@ -1,6 +1,12 @@
 //! Shared test helpers: a real `redis-server` per test on a free port.
 #![allow(dead_code, unreachable_pub)]
 
+mod intercept;
+
+// Not every test binary injects faults.
+#[allow(unused_imports)]
+pub use self::intercept::{Call, Hook, Intercept};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
