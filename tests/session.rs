@@ -209,6 +209,22 @@ async fn lifecycle<St: StateStore>(store: St) {
     assert_eq!(call(&layer, Some(&c3), "get:e").await.body, "None");
 }
 
+/// Reads alone keep a session alive past its idle timeout: with the default refresh
+/// interval (a tenth of the idle timeout) each read below finds the expiry due and rolls
+/// it. The reads are 600 ms apart against a 2 s idle timeout, a margin of 1.4 s per gap
+/// for a loaded machine.
+async fn reads_keep_the_session_alive<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store)
+        .idle_timeout(Duration::from_secs(2))
+        .unwrap();
+    let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"1\")");
+    }
+    // 3 s after the write, past its 2 s idle timeout: the reads rolled the expiry.
+}
+
 async fn absolute_lifetime<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store)
         .absolute_lifetime(Duration::from_secs(1))
@@ -442,6 +458,10 @@ mod memory {
         super::lifecycle(MemoryStore::new()).await
     }
     #[tokio::test]
+    async fn reads_keep_the_session_alive() {
+        super::reads_keep_the_session_alive(MemoryStore::new()).await
+    }
+    #[tokio::test]
     async fn absolute_lifetime() {
         super::absolute_lifetime(MemoryStore::new()).await
     }
@@ -480,6 +500,11 @@ mod redis {
     async fn lifecycle() {
         let s = redis_or_skip!();
         super::lifecycle(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn reads_keep_the_session_alive() {
+        let s = redis_or_skip!();
+        super::reads_keep_the_session_alive(store(&s).await).await
     }
     #[tokio::test]
     async fn absolute_lifetime() {
