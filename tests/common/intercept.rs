@@ -89,6 +89,12 @@ impl<St: Clone, H> Clone for Intercept<St, H> {
     }
 }
 
+impl<St, H> std::fmt::Debug for Intercept<St, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercept").finish_non_exhaustive()
+    }
+}
+
 impl<St, H> Intercept<St, H> {
     pub fn new(inner: St, hook: H) -> Self {
         Self {

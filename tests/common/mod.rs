@@ -3,8 +3,6 @@
 
 mod intercept;
 
-// Not every test binary injects faults.
-#[allow(unused_imports)]
 pub use self::intercept::{Call, Hook, Intercept};
 
 use std::collections::HashMap;
@@ -622,103 +620,44 @@ macro_rules! cluster_or_skip {
     };
 }
 
-/// A store whose every operation fails: as unavailable (an outage of any backend), or,
-/// when built with [`DownStore::broken`], with an unexpected reply (not an outage).
-#[derive(Clone, Debug, Default)]
-pub struct DownStore {
+/// Fails every call: as unavailable (an outage of any backend), or with an unexpected
+/// reply (not an outage).
+#[derive(Debug)]
+pub struct Down {
     broken: bool,
 }
+
+impl Hook for Down {
+    fn before(&self, _: &Call<'_>) -> Result<(), tower_stateless::store::StoreError> {
+        use tower_stateless::store::StoreError;
+        Err(if self.broken {
+            StoreError::Unexpected("corrupt reply (test)".into())
+        } else {
+            StoreError::Unavailable("store down (test)".into())
+        })
+    }
+}
+
+/// A store whose every operation fails: as unavailable (an outage of any backend), or,
+/// when built with [`DownStore::broken`], with an unexpected reply (not an outage). The
+/// memory store behind it is never reached.
+pub type DownStore = Intercept<tower_stateless::store::MemoryStore, Down>;
 
 impl DownStore {
     /// Every operation fails as unavailable.
     pub fn unavailable() -> Self {
-        Self { broken: false }
+        Intercept::new(
+            tower_stateless::store::MemoryStore::new(),
+            Down { broken: false },
+        )
     }
 
     /// Every operation fails with an unexpected reply.
     pub fn broken() -> Self {
-        Self { broken: true }
-    }
-
-    fn fail<T>(&self) -> StoreResult<T> {
-        use tower_stateless::store::StoreError;
-        if self.broken {
-            Err(StoreError::Unexpected("corrupt reply (test)".into()))
-        } else {
-            Err(StoreError::Unavailable("store down (test)".into()))
-        }
-    }
-}
-
-type StoreResult<T> = Result<T, tower_stateless::store::StoreError>;
-
-impl tower_stateless::store::StateStore for DownStore {
-    async fn get(&self, _: &str) -> StoreResult<Option<bytes::Bytes>> {
-        self.fail()
-    }
-    async fn get_many(&self, _: &[&str]) -> StoreResult<Vec<Option<bytes::Bytes>>> {
-        self.fail()
-    }
-    async fn set(&self, _: &str, _: bytes::Bytes, _: Duration) -> StoreResult<()> {
-        self.fail()
-    }
-    async fn set_if_absent(
-        &self,
-        _: &str,
-        _: bytes::Bytes,
-        _: Duration,
-    ) -> StoreResult<Option<bytes::Bytes>> {
-        self.fail()
-    }
-    async fn compare_and_set(
-        &self,
-        _: &str,
-        _: &[u8],
-        _: bytes::Bytes,
-        _: Duration,
-    ) -> StoreResult<bool> {
-        self.fail()
-    }
-    async fn compare_and_delete(&self, _: &str, _: &[u8]) -> StoreResult<bool> {
-        self.fail()
-    }
-    async fn get_and_refresh(&self, _: &str, _: Duration) -> StoreResult<Option<bytes::Bytes>> {
-        self.fail()
-    }
-    async fn delete(&self, _: &str) -> StoreResult<bool> {
-        self.fail()
-    }
-    async fn hash_get_all_and_refresh(
-        &self,
-        _: &str,
-        _: Duration,
-    ) -> StoreResult<Option<tower_stateless::store::StoredHash>> {
-        self.fail()
-    }
-    async fn hash_apply(
-        &self,
-        _: &str,
-        _: &tower_stateless::store::HashChanges,
-        _: tower_stateless::store::HashWriteOptions,
-    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
-        self.fail()
-    }
-    async fn hash_compare_and_set_field(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<&[u8]>,
-        _: Option<bytes::Bytes>,
-        _: tower_stateless::store::HashWriteOptions,
-    ) -> StoreResult<tower_stateless::store::HashWriteOutcome> {
-        self.fail()
-    }
-    async fn gcra(
-        &self,
-        _: &str,
-        _: tower_stateless::store::Gcra,
-    ) -> StoreResult<tower_stateless::store::GcraOutcome> {
-        self.fail()
+        Intercept::new(
+            tower_stateless::store::MemoryStore::new(),
+            Down { broken: true },
+        )
     }
 }
 
