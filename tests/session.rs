@@ -595,12 +595,22 @@ mod redis {
         assert_eq!(s.round_trips(), 1, "{:?}", s.command_stats());
     }
 
-    /// A session read is a transaction (no Lua) that rolls the expiry without the cap of
-    /// the absolute deadline, checking the deadline against Redis' clock: past it, the hash
-    /// reads as absent and the read that finds it deletes it; an upsert then starts a
-    /// fresh hash.
+    /// An eager read (a transaction, no Lua) rolls the expiry without the cap of the
+    /// absolute deadline, checking the deadline against Redis' clock: past it, the hash
+    /// reads as absent and the read that finds it deletes it, eager or lazy (`lazy`: the
+    /// read after the deadline is a lazy one, whose roll script decides on Redis' clock);
+    /// an upsert then starts a fresh hash.
     #[tokio::test]
     async fn a_hash_past_its_deadline_is_deleted_by_the_read_that_finds_it() {
+        past_its_deadline(false).await
+    }
+
+    #[tokio::test]
+    async fn a_hash_past_its_deadline_is_deleted_by_a_lazy_read() {
+        past_its_deadline(true).await
+    }
+
+    async fn past_its_deadline(lazy: bool) {
         use tower_stateless::store::HashMode;
         let s = redis_or_skip!();
         let store = store(&s).await;
@@ -629,10 +639,14 @@ mod redis {
             s.pttl(key) > 0,
             "the read rolled the expiry past the deadline"
         );
-        assert_eq!(
-            store.hash_get_all_and_refresh(key, long).await.unwrap(),
-            None
-        );
+        let after = if lazy {
+            store
+                .hash_get_all_and_refresh_lazily(key, long, Duration::from_secs(1))
+                .await
+        } else {
+            store.hash_get_all_and_refresh(key, long).await
+        };
+        assert_eq!(after.unwrap(), None);
         assert_eq!(
             s.pttl(key),
             -2,

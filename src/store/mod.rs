@@ -184,10 +184,11 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ///
     /// Redis: one pipeline of `HGETALL` and `PTTL` (two reads, no transaction, no Lua);
     /// when the expiry is due, one more round trip: `EVALSHA` of a small script that rolls
-    /// it (capped by the deadline, on Redis' clock). A hash past its deadline by this
-    /// instance's clock counts as absent and is deleted as by
-    /// `hash_get_all_and_refresh`; Redis itself removes it at the deadline on its own
-    /// clock, since every lazy roll and every write caps the expiry there.
+    /// it (capped by the deadline, on Redis' clock). Redis removes a hash at its deadline
+    /// on its own clock, since every lazy roll and every write caps the expiry there; a
+    /// hash this instance's clock finds past its deadline (rolled past it by an eager
+    /// read, or seen by a clock running ahead) takes that second round trip too, which
+    /// decides on Redis' clock and deletes it if it is.
     fn hash_get_all_and_refresh_lazily(
         &self,
         key: &str,

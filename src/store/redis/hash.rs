@@ -35,8 +35,9 @@ return 0",
 });
 
 /// Rolls a hash's expiry to `min(ttl, deadline - now)` on Redis' clock (ARGV[1]: the
-/// deadline field as read, ARGV[2]: the TTL), unless the hash was deleted or recreated
-/// meanwhile (its deadline field changed). A hash found past its deadline is deleted.
+/// deadline field as read, ARGV[2]: the TTL) and returns the time left to the deadline
+/// (ms, > 0); returns 0 when the hash was deleted or recreated meanwhile (its deadline
+/// field changed), or is past its deadline, which deletes it.
 pub(super) static ROLL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -44,9 +45,12 @@ local d = redis.pcall('HGET', KEYS[1], '\255\254d')
 if type(d) ~= 'string' or d ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
 local left = tonumber(d) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-if left <= 0 then return redis.call('DEL', KEYS[1]) end
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(tonumber(ARGV[2]), left)))
-return 1",
+return left",
     )
 });
 
@@ -318,9 +322,10 @@ impl RedisStore {
     /// One pipeline of two reads, `HGETALL` and `PTTL` (one round trip, no transaction, no
     /// Lua). Only when the expiry left is `every` or more below what a roll would set
     /// (`ttl`, capped by the deadline) does a second round trip roll it (`ROLL`, capped
-    /// on Redis' clock). The deadline is checked on this instance's clock: Redis removes
-    /// the hash at its deadline on its own, as every write and every lazy roll caps the
-    /// expiry there; the check only catches a hash that an eager read rolled past it.
+    /// on Redis' clock). Redis removes the hash at its deadline on its own, as every
+    /// write and every lazy roll caps the expiry there; a hash that this instance's clock
+    /// finds past its deadline (one an eager read rolled past it, or a clock running
+    /// ahead) goes through `ROLL`, which decides on Redis' clock.
     pub(super) async fn hash_read_lazily(
         &self,
         key: &str,
@@ -348,30 +353,37 @@ impl RedisStore {
         let Some((fields, raw, at)) = fields_and_deadline(all)? else {
             return Ok(None);
         };
-        let now = local_millis();
-        if at <= now {
-            self.drop_expired(key, &raw).await?;
-            return Ok(None);
+        // Past the deadline by this instance's clock: `ROLL` decides on Redis' clock (it
+        // deletes the hash if so), so a clock running ahead ends no session early.
+        let left = at.saturating_sub(local_millis());
+        let due = left == 0
+            || match pttl {
+                // No expiry at all: roll it.
+                Value::Int(-1) => true,
+                // Deleted since the HGETALL (answered as read before the delete): no roll.
+                Value::Int(n) if n < 0 => false,
+                Value::Int(n) => (n as u64).saturating_add(every_ms) <= ttl_ms.min(left),
+                _ => return Err(unexpected("read")),
+            };
+        if !due {
+            return Ok(Some(StoredHash {
+                fields,
+                lifetime_left: Duration::from_millis(left),
+            }));
         }
-        let left = at - now;
-        let due = match pttl {
-            // No expiry at all: roll it.
-            Value::Int(-1) => true,
-            // Deleted since the HGETALL (answered as read before the delete): no roll.
-            Value::Int(n) if n < 0 => false,
-            Value::Int(n) => (n as u64).saturating_add(every_ms) <= ttl_ms.min(left),
-            _ => return Err(unexpected("read")),
-        };
-        if due {
-            let mut call = ROLL.prepare_invoke();
-            call.key(self.arg(key)).arg(raw.as_slice()).arg(ttl_ms);
-            self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
-                .await?;
-        }
-        Ok(Some(StoredHash {
-            fields,
-            lifetime_left: Duration::from_millis(left),
-        }))
+        let mut call = ROLL.prepare_invoke();
+        call.key(self.arg(key)).arg(raw.as_slice()).arg(ttl_ms);
+        let left: i64 = self
+            .write(StoreOp::HashGetAllAndRefresh, Call::Script(call))
+            .await?;
+        // Deleted, recreated or past its deadline meanwhile: what was read is gone.
+        Ok(u64::try_from(left)
+            .ok()
+            .filter(|&l| l > 0)
+            .map(|l| StoredHash {
+                fields,
+                lifetime_left: Duration::from_millis(l),
+            }))
     }
 
     pub(super) async fn hash_write_changes(
