@@ -5,7 +5,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{gcra, ttl_millis, Gcra, GcraOutcome, StateStore, StoreError};
+use super::{gcra, ttl_millis, unix_nanos, Gcra, GcraOutcome, StateStore, StoreError};
 use super::{HashChanges, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::metrics::{in_memory_span, StoreOp};
 
@@ -289,16 +289,4 @@ impl StateStore for MemoryStore {
             })
         })
     }
-}
-
-/// Nanoseconds since the Unix epoch (the wall clock, as Redis `TIME` is).
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// Milliseconds since the Unix epoch: the session hashes' deadlines.
-fn unix_millis() -> u64 {
-    unix_nanos() / 1_000_000
 }

@@ -280,3 +280,15 @@ pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64, StoreError> {
     }
     u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).map_err(|_| StoreError::InvalidTtl(ttl))
 }
+
+/// Nanoseconds since the Unix epoch on this instance's wall clock (as Redis `TIME` is).
+pub(crate) fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch on this instance's wall clock: the hashes' deadlines.
+pub(crate) fn unix_millis() -> u64 {
+    unix_nanos() / 1_000_000
+}

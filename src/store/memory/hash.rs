@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use moka::ops::compute::Op;
 
-use super::{unix_millis, Entry, MemoryStore};
+use super::{Entry, MemoryStore};
 use crate::store::hash::{fields_size, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
-use crate::store::{ttl_millis, StoreError};
+use crate::store::{ttl_millis, unix_millis, StoreError};
 
 /// Marks an entry as a hash. Not UTF-8, so no plain value this crate writes starts with it.
 const MAGIC: &[u8] = b"\xff\xfetower-stateless-hash\x01";

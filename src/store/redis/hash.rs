@@ -13,7 +13,7 @@ use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
 use super::{Call, RedisStore};
 use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
-use crate::store::{ttl_millis, StoreError};
+use crate::store::{ttl_millis, unix_millis, StoreError};
 
 /// Both reserved field names start with these bytes (`\255\254` in the scripts).
 const RESERVED: &[u8] = b"\xff\xfe";
@@ -203,13 +203,6 @@ fn fields_and_deadline(
     Ok(Some((fields, raw, at)))
 }
 
-/// Milliseconds since the Unix epoch on this instance's clock.
-fn local_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
@@ -355,7 +348,7 @@ impl RedisStore {
         };
         // Past the deadline by this instance's clock: `ROLL` decides on Redis' clock (it
         // deletes the hash if so), so a clock running ahead ends no session early.
-        let left = at.saturating_sub(local_millis());
+        let left = at.saturating_sub(unix_millis());
         let due = left == 0
             || match pttl {
                 // No expiry at all: roll it.
