@@ -38,6 +38,8 @@ pub(crate) struct Config {
     /// Largest session, in bytes (keys plus JSON values).
     pub(crate) max_bytes: u64,
     pub(crate) on_store_failure: StoreFailure,
+    /// The cookie carries the session's write tag, so that a `LocalCache` may answer reads.
+    pub(crate) cached_reads: bool,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             max_retries: 8,
             max_bytes: DEFAULT_MAX_BYTES,
             on_store_failure: StoreFailure::closed(),
+            cached_reads: false,
         }
     }
 }

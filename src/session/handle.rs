@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::config::Config;
-use crate::id::session_id;
+use crate::id::{random_u64, session_id};
 use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
 use crate::store::{
@@ -118,6 +118,7 @@ pub(crate) trait Backend: Send + Sync {
         key: &'a str,
         ttl: Duration,
         every: Duration,
+        tag: Option<u64>,
     ) -> BoxFut<'a, Result<Option<StoredHash>, StoreError>>;
     fn swap_field<'a>(
         &'a self,
@@ -137,8 +138,9 @@ impl<S: StateStore> Backend for StoreBackend<S> {
         key: &'a str,
         ttl: Duration,
         every: Duration,
+        tag: Option<u64>,
     ) -> BoxFut<'a, Result<Option<StoredHash>, StoreError>> {
-        Box::pin(self.0.hash_get_all_and_refresh_lazily(key, ttl, every))
+        Box::pin(self.0.hash_get_all_cached(key, ttl, every, tag))
     }
     fn swap_field<'a>(
         &'a self,
@@ -187,6 +189,15 @@ pub(crate) struct State {
     /// so the layer must not answer as if all went well. `Some(true)` when the store was
     /// unavailable. Sticky: a later successful load does not clear it.
     pub(crate) load_failed: Option<bool>,
+    /// Write tags travel in the cookie ([`SessionLayer::cached_reads`] with the cookie
+    /// transport): every write leaves one, and reads name the cookie's.
+    ///
+    /// [`SessionLayer::cached_reads`]: super::SessionLayer::cached_reads
+    pub(crate) tagged: bool,
+    /// The write tag the request's cookie carried (only when `tagged`).
+    pub(crate) cookie_tag: Option<u64>,
+    /// The write tag of the session as this request last read or wrote it.
+    pub(crate) tag: Option<u64>,
 }
 
 impl State {
@@ -320,15 +331,18 @@ impl Session {
             let key = store_key(&self.shared.config.prefix, id);
             let span = metrics::session_span();
             let config = &self.shared.config;
-            let load = self
-                .shared
-                .backend
-                .load(&key, config.idle, config.refresh_interval());
+            let load = self.shared.backend.load(
+                &key,
+                config.idle,
+                config.refresh_interval(),
+                st.cookie_tag,
+            );
             match tracing::Instrument::instrument(load, span.clone()).await {
                 Ok(Some(hash)) => {
                     span.in_scope(|| metrics::session(SessionOp::Load, SessionResult::Ok));
                     st.fields = hash.fields;
                     st.lifetime_left = Some(hash.lifetime_left);
+                    st.tag = hash.tag;
                 }
                 // Unknown, expired, past its absolute lifetime, or not a session of
                 // this format: no session.
@@ -501,8 +515,12 @@ impl Session {
                     HashMode::New { lifetime },
                 ),
             };
-            let options = HashWriteOptions::new(mode, self.shared.config.idle)
+            let tag = st.tagged.then(random_u64);
+            let mut options = HashWriteOptions::new(mode, self.shared.config.idle)
                 .max_bytes(self.shared.config.max_bytes);
+            if let Some(tag) = tag {
+                options = options.tag(tag);
+            }
             let store_key = store_key(&self.shared.config.prefix, &id);
             let span = metrics::session_span();
             let swap = self.shared.backend.swap_field(
@@ -521,6 +539,7 @@ impl Session {
             match outcome {
                 HashWriteOutcome::Written => {
                     span.in_scope(|| metrics::session(SessionOp::Write, SessionResult::Ok));
+                    st.tag = tag;
                     if st.id.is_none() {
                         st.created = matches!(mode, HashMode::New { .. });
                         st.id = Some(id);

@@ -176,6 +176,46 @@ impl<St: StateStore> SessionLayer<St> {
         let value = Some(interval);
         self.set(|c| c.refresh = value)
     }
+    /// Lets a [`LocalCache`](crate::store::LocalCache) in front of the store answer session
+    /// reads from memory, with no round trip (default off; cookie transport only).
+    ///
+    /// A cached copy must never hide from a client the write it was just answered, even when
+    /// its next request reaches another instance before Redis' invalidation does. So with
+    /// this on, every write leaves a random **write tag** on the session, and the cookie
+    /// carries it after the id (`<id>.<16 hex digits>`): the cookie is sent again after
+    /// every write, and after every read that finds a tag other than the cookie's. A read
+    /// is answered from the cache only by a copy that carries the cookie's tag (the state
+    /// this client last wrote or saw) and only while a store read would not have rolled the
+    /// idle expiry (see [`refresh_interval`](Self::refresh_interval)); anything else reads
+    /// the store, which also refreshes the cache. Writes always go to the store.
+    ///
+    /// What a cached read may miss: another client's (or another concurrent request's)
+    /// write, for as long as Redis' invalidation takes to reach this instance (the bound
+    /// measured for revocations in PERFORMANCE.md); a destroyed session stays readable that
+    /// long through a copied old cookie. Give the cache the layer's key prefix
+    /// (`sess:` by default), or nothing is cached. With the id in a header or the JWT `sid`
+    /// claim there is no tag to carry, and reads go to the store.
+    ///
+    /// A cookie with a tag is understood whether this is on or off, so turning it off (or
+    /// rolling instances back) keeps every session.
+    ///
+    /// ```no_run
+    /// use tower_stateless::session::SessionLayer;
+    /// use tower_stateless::store::{LocalCache, RedisStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::from_url("redis://127.0.0.1:6379")?;
+    /// let cached = LocalCache::builder(store).prefix("sess:").build()?;
+    /// let layer = SessionLayer::new(cached).cached_reads(true);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn cached_reads(self, on: bool) -> Self {
+        self.set(|c| c.cached_reads = on)
+    }
     /// Absolute lifetime cap from creation, whatever the activity (default 30 days). It
     /// only shortens TTLs, so any length from one second up is accepted.
     ///

@@ -8,13 +8,14 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use tower_service::Service;
 
-use super::config::Config;
+use super::config::{Config, Transport};
 use super::future::ResponseFuture;
 use super::handle::{Backend, Session, Shared, State};
 use super::transport::{
     apply_cookie, keep_out_of_shared_caches, request_id, vary_on_transport, RequestId,
 };
 use super::write::{settled, write_back, WriteError};
+use crate::id::random_u64;
 use crate::metrics::{self, SessionOp, SessionResult};
 use crate::rejection;
 use crate::response::{
@@ -111,7 +112,10 @@ where
             id,
             from_cookie,
             from_claim,
+            tag,
         } = request_id(&req, &config);
+        let tagged =
+            config.cached_reads && matches!(config.transport, Transport::Cookie) && !from_claim;
         let grpc = is_grpc(req.headers());
         let renew = from_cookie && config.max_age_secs.is_some();
         let shared = Arc::new(Shared {
@@ -120,6 +124,8 @@ where
             state: Mutex::new(State {
                 sid: id.as_ref().filter(|_| from_claim).cloned(),
                 id,
+                tagged,
+                cookie_tag: tag.filter(|_| tagged),
                 ..State::default()
             }),
         });
@@ -157,17 +163,22 @@ where
             } else {
                 tracing::Span::none()
             };
+            // The tag the cookie carries (tagged cookies only): the write's, if it writes.
+            let mut cookie_tag = st.tag;
             let written = match settled(&st, renew) {
                 Some(action) => Ok(action),
                 // Boxed: only the requests that write pay for the write's large future.
                 None => {
-                    let written = Box::pin(write_back(&store, &config, st, renew));
+                    let write_tag = tagged.then(random_u64);
+                    cookie_tag = write_tag;
+                    let written = Box::pin(write_back(&store, &config, st, renew, write_tag));
                     tracing::Instrument::instrument(written, span.clone()).await
                 }
             };
             match written {
                 Ok(action) => {
-                    if apply_cookie(&mut res, &config, action) {
+                    let cookie_tag = cookie_tag.filter(|_| tagged);
+                    if apply_cookie(&mut res, &config, action, cookie_tag) {
                         keep_out_of_shared_caches(&mut res);
                     }
                     if looked_at && !from_claim {

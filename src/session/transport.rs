@@ -25,6 +25,30 @@ pub(crate) struct RequestId {
     /// From the JWT `sid` claim: a new session is created under it, and it is never put
     /// into a cookie or header.
     pub(crate) from_claim: bool,
+    /// The write tag after the id in the cookie, if any.
+    pub(crate) tag: Option<u64>,
+}
+
+/// A session cookie's value: the id, alone or followed by `.` and the 16 hex digits of a
+/// write tag ([`SessionLayer::cached_reads`](super::SessionLayer::cached_reads)). Anything
+/// else is no id.
+fn parse_cookie_value(value: &str) -> Option<(&str, Option<u64>)> {
+    let (id, tag) = match value.split_once('.') {
+        None => (value, None),
+        Some((id, tag)) if tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (id, u64::from_str_radix(tag, 16).ok())
+        }
+        Some(_) => return None,
+    };
+    is_session_id(id).then_some((id, tag))
+}
+
+/// The cookie value for session `id` with write tag `tag`.
+fn cookie_value(id: &str, tag: Option<u64>) -> String {
+    match tag {
+        Some(tag) => format!("{id}.{tag:016x}"),
+        None => id.to_owned(),
+    }
 }
 
 pub(crate) fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
@@ -38,6 +62,7 @@ pub(crate) fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
                 id: is_session_id(sid).then(|| sid.to_owned()),
                 from_cookie: false,
                 from_claim: true,
+                tag: None,
             };
         }
     }
@@ -52,30 +77,31 @@ pub(crate) fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
             ..RequestId::default()
         },
         Transport::Cookie => {
-            let id = req
+            let cookie = req
                 .headers()
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-                .find(|c| c.name() == config.cookie_name)
-                .map(|c| c.value().to_owned())
-                .filter(|v| is_session_id(v));
+                .find(|c| c.name() == config.cookie_name);
+            let parsed = cookie.as_ref().and_then(|c| parse_cookie_value(c.value()));
             RequestId {
-                from_cookie: id.is_some(),
-                id,
+                from_cookie: parsed.is_some(),
+                id: parsed.map(|(id, _)| id.to_owned()),
                 from_claim: false,
+                tag: parsed.and_then(|(_, tag)| tag),
             }
         }
     }
 }
 
-/// Puts the session id (or its removal) into the response. Returns whether anything was
-/// sent.
+/// Puts the session id (or its removal) into the response, a cookie with the write tag
+/// `tag` when there is one. Returns whether anything was sent.
 pub(crate) fn apply_cookie<B>(
     res: &mut Response<B>,
     config: &Config,
     action: CookieAction,
+    tag: Option<u64>,
 ) -> bool {
     let value = match (&config.transport, action) {
         (_, CookieAction::None) => return false,
@@ -91,11 +117,11 @@ pub(crate) fn apply_cookie<B>(
         (Transport::Header(_), CookieAction::Remove) => return false,
         (Transport::Cookie, action) => {
             let removing = matches!(action, CookieAction::Remove);
-            let id = match action {
-                CookieAction::Set(id) => id,
+            let value = match action {
+                CookieAction::Set(id) => cookie_value(&id, tag),
                 _ => String::new(),
             };
-            let mut c = Cookie::build((config.cookie_name.clone(), id))
+            let mut c = Cookie::build((config.cookie_name.clone(), value))
                 .path(config.path.clone())
                 .secure(config.secure)
                 .http_only(config.http_only)

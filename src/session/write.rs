@@ -37,6 +37,15 @@ fn changes_of(st: &State) -> HashChanges {
     changes
 }
 
+/// The options of a session write: the idle timeout, the size limit, the write tag if any.
+fn options(config: &Config, mode: HashMode, tag: Option<u64>) -> HashWriteOptions {
+    let options = HashWriteOptions::new(mode, config.idle).max_bytes(config.max_bytes);
+    match tag {
+        Some(tag) => options.tag(tag),
+        None => options,
+    }
+}
+
 fn unexpected(outcome: HashWriteOutcome) -> WriteError {
     WriteError::Store(StoreError::Unexpected(
         format!("unexpected outcome of a session write: {outcome:?}").into(),
@@ -49,9 +58,9 @@ async fn create<S: StateStore>(
     config: &Config,
     changes: &HashChanges,
     lifetime: Duration,
+    tag: Option<u64>,
 ) -> Result<String, WriteError> {
-    let options =
-        HashWriteOptions::new(HashMode::New { lifetime }, config.idle).max_bytes(config.max_bytes);
+    let options = options(config, HashMode::New { lifetime }, tag);
     // 256 random bits do not collide; the retries only guard a broken generator.
     for _ in 0..3 {
         let id = new_id().map_err(WriteError::Store)?;
@@ -82,6 +91,7 @@ async fn create_from<S: StateStore>(
     config: &Config,
     mut changes: HashChanges,
     otherwise: CookieAction,
+    tag: Option<u64>,
 ) -> Result<CookieAction, WriteError> {
     changes.clear = false;
     changes.delete.clear();
@@ -89,7 +99,7 @@ async fn create_from<S: StateStore>(
         return Ok(otherwise);
     }
     Ok(CookieAction::Set(
-        create(store, config, &changes, config.lifetime()).await?,
+        create(store, config, &changes, config.lifetime(), tag).await?,
     ))
 }
 
@@ -101,10 +111,11 @@ async fn write_unread<S: StateStore>(
     config: &Config,
     st: State,
     renew: bool,
+    tag: Option<u64>,
 ) -> Result<CookieAction, WriteError> {
     let changes = changes_of(&st);
     let Some(id) = st.id.as_deref() else {
-        return create_from(store, config, changes, CookieAction::None).await;
+        return create_from(store, config, changes, CookieAction::None, tag).await;
     };
     // An id from the `sid` claim is created when absent (concurrent first writes merge),
     // as after a load that found no session under it.
@@ -114,31 +125,30 @@ async fn write_unread<S: StateStore>(
         },
         None => HashMode::Existing,
     };
-    let options = HashWriteOptions::new(mode, config.idle).max_bytes(config.max_bytes);
     let key = store_key(&config.prefix, id);
     match store
-        .hash_apply(&key, &changes, options)
+        .hash_apply(&key, &changes, options(config, mode, tag))
         .await
         .map_err(WriteError::Store)?
     {
         HashWriteOutcome::Written => {
             metrics::session(SessionOp::Write, SessionResult::Ok);
-            Ok(if renew {
+            // A tagged cookie goes out after every write: the tag changed.
+            Ok(if renew || st.tagged {
                 CookieAction::Set(id.to_owned())
             } else {
                 CookieAction::None
             })
         }
         // Unknown, expired or ended meanwhile: never resurrected; a new id holds the keys.
-        HashWriteOutcome::Missing => create_from(store, config, changes, CookieAction::None).await,
+        HashWriteOutcome::Missing => {
+            create_from(store, config, changes, CookieAction::None, tag).await
+        }
         HashWriteOutcome::TooLarge(size) => Err(WriteError::TooLarge(size)),
         other => Err(unexpected(other)),
     }
 }
 
-/// Writes the request's changes back: one store write of the changed keys, never a
-/// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
-/// with the idle expiry, or the browser drops a live session).
 /// What [`write_back`] answers when it has nothing to write (the common read-only or
 /// untouched request), decided without building the write's future: that future holds
 /// the store operations' state, several kilobytes that every request would otherwise move
@@ -147,23 +157,30 @@ pub(crate) fn settled(st: &State, renew: bool) -> Option<CookieAction> {
     if st.modified() || st.cycle || st.destroyed.is_some() {
         return None;
     }
+    // A tagged cookie goes out again when the read found another tag than it carries.
+    let retag = st.tagged && st.tag != st.cookie_tag;
     Some(match st.id.as_deref() {
-        Some(id) if st.loaded && (st.created || renew) => CookieAction::Set(id.to_owned()),
+        Some(id) if st.loaded && (st.created || renew || retag) => CookieAction::Set(id.to_owned()),
         _ => CookieAction::None,
     })
 }
 
+/// Writes the request's changes back: one store write of the changed keys, never a
+/// retry. `renew`: re-send the cookie of an existing session (a `Max-Age` cookie must roll
+/// with the idle expiry, or the browser drops a live session). `tag`: the write tag every
+/// write of it leaves (tagged cookies only).
 pub(crate) async fn write_back<S: StateStore>(
     store: &S,
     config: &Config,
     st: State,
     renew: bool,
+    tag: Option<u64>,
 ) -> Result<CookieAction, WriteError> {
     if !st.loaded {
         if !st.modified() {
             return Ok(CookieAction::None);
         }
-        return write_unread(store, config, st, renew).await;
+        return write_unread(store, config, st, renew, tag).await;
     }
     // A destroyed session goes first: whatever the handler did afterwards, its id is gone.
     let mut action = CookieAction::None;
@@ -180,8 +197,9 @@ pub(crate) async fn write_back<S: StateStore>(
     match (st.id.as_deref(), st.cycle) {
         (Some(id), false) => {
             // Created by `Session::update` in this request: its id goes out. A session
-            // under the `sid` claim is never `created`: its id stays in the token.
-            let send = st.created || renew;
+            // under the `sid` claim is never `created`: its id stays in the token. A
+            // tagged cookie goes out after every write (the tag changed).
+            let send = st.created || renew || st.tagged;
             if !st.modified() {
                 return Ok(if send {
                     CookieAction::Set(id.to_owned())
@@ -190,8 +208,7 @@ pub(crate) async fn write_back<S: StateStore>(
                 });
             }
             let key = store_key(&config.prefix, id);
-            let options =
-                HashWriteOptions::new(HashMode::Existing, config.idle).max_bytes(config.max_bytes);
+            let options = options(config, HashMode::Existing, tag);
             let outcome = store
                 .hash_apply(&key, &changes_of(&st), options)
                 .await
@@ -224,7 +241,7 @@ pub(crate) async fn write_back<S: StateStore>(
                 .lifetime_left
                 .unwrap_or(lifetime)
                 .max(Duration::from_millis(1));
-            let id = create(store, config, &changes, left).await?;
+            let id = create(store, config, &changes, left, tag).await?;
             store
                 .delete(&store_key(&config.prefix, old))
                 .await
@@ -246,8 +263,7 @@ pub(crate) async fn write_back<S: StateStore>(
                 // writes under one `sid` create it once and all their keys are kept.
                 Some(sid) => {
                     let key = store_key(&config.prefix, sid);
-                    let options = HashWriteOptions::new(HashMode::Upsert { lifetime }, config.idle)
-                        .max_bytes(config.max_bytes);
+                    let options = options(config, HashMode::Upsert { lifetime }, tag);
                     match store
                         .hash_apply(&key, &changes, options)
                         .await
@@ -261,7 +277,7 @@ pub(crate) async fn write_back<S: StateStore>(
                         other => Err(unexpected(other)),
                     }
                 }
-                None => create_from(store, config, changes, action).await,
+                None => create_from(store, config, changes, action, tag).await,
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deadpool_redis::redis::{
@@ -159,8 +159,30 @@ struct State {
 struct Entry {
     /// `flushes` when the value was read.
     flushes: u64,
-    /// `None` caches an absent key.
-    value: Option<Bytes>,
+    value: Cached,
+}
+
+#[derive(Clone)]
+enum Cached {
+    /// A plain value; `None` caches an absent key.
+    Value(Option<Bytes>),
+    /// A hash (a session), and when its read began.
+    Hash(Arc<(StoredHash, Instant)>),
+}
+
+impl Cached {
+    /// The bytes the entry holds, as counted against `max_bytes`.
+    fn weight(&self) -> usize {
+        match self {
+            Cached::Value(value) => value.as_ref().map_or(0, Bytes::len),
+            Cached::Hash(hash) => hash
+                .0
+                .fields
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + ENTRY_OVERHEAD / 2)
+                .sum(),
+        }
+    }
 }
 
 /// The counters when a read began.
@@ -210,14 +232,58 @@ impl State {
         if seen.generation & SERVING == 0 {
             return None;
         }
-        self.entries
+        match self
+            .entries
             .get(key)
-            .filter(|entry| entry.flushes == seen.flushes)
-            .map(|entry| entry.value)
+            .filter(|entry| entry.flushes == seen.flushes)?
+            .value
+        {
+            Cached::Value(value) => Some(value),
+            Cached::Hash(_) => None,
+        }
+    }
+
+    /// The cached hash at `key` if it carries the write tag `tag` and a lazy read of the
+    /// store (`ttl`, `every`) would not roll its expiry yet: serving it then changes
+    /// nothing about when an idle hash expires. Its times are aged since its read.
+    fn lookup_hash(
+        &self,
+        seen: Seen,
+        key: &str,
+        tag: u64,
+        ttl: Duration,
+        every: Duration,
+    ) -> Option<StoredHash> {
+        if seen.generation & SERVING == 0 {
+            return None;
+        }
+        let entry = self
+            .entries
+            .get(key)
+            .filter(|entry| entry.flushes == seen.flushes)?;
+        let Cached::Hash(cached) = &entry.value else {
+            return None;
+        };
+        let (hash, read_at) = &**cached;
+        if hash.tag != Some(tag) {
+            return None;
+        }
+        let age = read_at.elapsed();
+        let lifetime_left = hash.lifetime_left.checked_sub(age)?;
+        let expires_in = hash.expires_in.checked_sub(age)?;
+        if lifetime_left.is_zero() || expires_in + every <= ttl.min(lifetime_left) {
+            return None;
+        }
+        Some(StoredHash {
+            fields: hash.fields.clone(),
+            lifetime_left,
+            expires_in,
+            tag: hash.tag,
+        })
     }
 
     /// Caches what was read since `seen`, unless anything moved since.
-    fn insert(&self, seen: Seen, key: &str, value: Option<Bytes>) {
+    fn insert(&self, seen: Seen, key: &str, value: Cached) {
         if seen.generation & SERVING == 0 || self.generation() != seen.generation {
             return;
         }
@@ -432,8 +498,7 @@ impl LocalCacheBuilder {
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_bytes)
             .weigher(|key: &String, entry: &Entry| {
-                let value = entry.value.as_ref().map_or(0, Bytes::len);
-                let bytes = key.len() + value + ENTRY_OVERHEAD;
+                let bytes = key.len() + entry.value.weight() + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .time_to_live(self.max_age)
@@ -583,7 +648,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
         let value = self.inner.get(key).await?;
-        state.insert(seen, key, value.clone());
+        state.insert(seen, key, Cached::Value(value.clone()));
         Ok(value)
     }
 
@@ -602,7 +667,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         let values = self.inner.get_many(keys).await?;
         if values.len() == keys.len() {
             for (key, value) in keys.iter().zip(&values) {
-                state.insert(seen, key, value.clone());
+                state.insert(seen, key, Cached::Value(value.clone()));
             }
         }
         Ok(values)
@@ -660,8 +725,8 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         result
     }
 
-    // Hashes (sessions) are never served from the cache; a write still drops any entry of
-    // its key, should a prefix cover it.
+    // Hashes (sessions) are served from the cache only to a read that names their write
+    // tag; a write drops the entry of its key.
     async fn hash_get_all_and_refresh(
         &self,
         key: &str,
@@ -679,6 +744,35 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         self.inner
             .hash_get_all_and_refresh_lazily(key, ttl, every)
             .await
+    }
+
+    async fn hash_get_all_cached(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+        tag: Option<u64>,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        let state = self.state();
+        if !state.is_cached(key) {
+            return self.inner.hash_get_all_cached(key, ttl, every, tag).await;
+        }
+        let seen = state.snapshot();
+        if let Some(hash) = tag.and_then(|tag| state.lookup_hash(seen, key, tag, ttl, every)) {
+            crate::metrics::local_cache(LocalCacheRead::Hit);
+            return Ok(Some(hash));
+        }
+        crate::metrics::local_cache(LocalCacheRead::Miss);
+        let read_at = Instant::now();
+        let hash = self
+            .inner
+            .hash_get_all_and_refresh_lazily(key, ttl, every)
+            .await?;
+        // A hash without a tag (written before tags were kept) is never served from here.
+        if let Some(hash) = hash.as_ref().filter(|h| h.tag.is_some()) {
+            state.insert(seen, key, Cached::Hash(Arc::new((hash.clone(), read_at))));
+        }
+        Ok(hash)
     }
 
     async fn hash_apply(
@@ -802,11 +896,11 @@ mod tests {
         // A push lands while the read is in flight: the read is not cached.
         let seen = state.snapshot();
         state.apply(&[Value::Array(vec![Value::BulkString(b"app:rev:k".to_vec())])]);
-        state.insert(seen, "rev:k", None);
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), None);
 
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", None);
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), Some(None));
         // A push for another application's key (other store prefix) changes nothing here.
         state.apply(&[Value::BulkString(b"other:rev:k".to_vec())]);
@@ -816,20 +910,20 @@ mod tests {
 
         // A flush (null push) empties everything, also what a read in flight brings back.
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", None);
+        state.insert(seen, "rev:k", Cached::Value(None));
         let in_flight = state.snapshot();
         state.apply(&[Value::Nil]);
         assert_eq!(cached(&state), None);
-        state.insert(in_flight, "rev:j", None);
+        state.insert(in_flight, "rev:j", Cached::Value(None));
         assert_eq!(state.lookup(state.snapshot(), "rev:j"), None);
 
         // Not serving: nothing is cached, nothing is served.
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", Some(Bytes::from_static(b"1")));
+        state.insert(seen, "rev:k", Cached::Value(Some(Bytes::from_static(b"1"))));
         state.set_serving(false);
         assert_eq!(cached(&state), None);
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", None);
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert!(state.entries.get("rev:k").is_none());
         // Back on: what was cached before the loss is not served.
         state.set_serving(true);

@@ -11,7 +11,12 @@
 //! - an **absolute deadline**, set when the hash is created (`now + lifetime`, on the
 //!   store's clock): no refresh or write ever makes the hash outlive it;
 //! - its **size**: the sum of the lengths of its field names and values, so that a write can
-//!   be refused when it would grow the hash past a limit ([`HashWriteOptions::max_bytes`]).
+//!   be refused when it would grow the hash past a limit ([`HashWriteOptions::max_bytes`]);
+//! - its **write tag**: an opaque number that every write replaces, with the one the writer
+//!   chose ([`HashWriteOptions::tag`]) or a random one. Whoever knows the tag of the last
+//!   write it made or saw can tell a copy of the hash that is at least that recent from an
+//!   older one without reading the store; that is how a session read may be answered by a
+//!   [`LocalCache`](super::LocalCache) and still see the client's own last write.
 //!
 //! A key that holds a plain value (written by [`set`](super::StateStore::set) and its kin)
 //! is no hash: the hash operations see it as absent, and a hash creation replaces it.
@@ -50,6 +55,7 @@ pub struct HashWriteOptions {
     pub(crate) mode: HashMode,
     pub(crate) ttl: Duration,
     pub(crate) max_bytes: Option<u64>,
+    pub(crate) tag: Option<u64>,
 }
 
 impl HashWriteOptions {
@@ -60,7 +66,16 @@ impl HashWriteOptions {
             mode,
             ttl,
             max_bytes: None,
+            tag: None,
         }
+    }
+
+    /// The write tag the write leaves on the hash (see [`StoredHash::tag`]). Without one,
+    /// the store leaves a random tag: every write changes the tag either way, so a copy of
+    /// the hash that carries the tag a writer chose holds that write.
+    pub fn tag(mut self, tag: u64) -> Self {
+        self.tag = Some(tag);
+        self
     }
 
     /// Refuses the write ([`HashWriteOutcome::TooLarge`], nothing written) when it would
@@ -84,6 +99,11 @@ impl HashWriteOptions {
     /// The size limit, if any.
     pub fn limit(&self) -> Option<u64> {
         self.max_bytes
+    }
+
+    /// The write tag chosen, if any.
+    pub fn write_tag(&self) -> Option<u64> {
+        self.tag
     }
 }
 
@@ -132,6 +152,13 @@ pub struct StoredHash {
     pub fields: BTreeMap<String, Bytes>,
     /// Time left until the hash's absolute deadline.
     pub lifetime_left: Duration,
+    /// Time left until the hash expires (its idle expiry, after any roll this read made),
+    /// as far as the store knows: at most `lifetime_left`, except after an eager Redis
+    /// read, which rolls the expiry without the cap of the deadline.
+    pub expires_in: Duration,
+    /// The write tag of the last write ([`HashWriteOptions::tag`]); `None` for a hash no
+    /// write of this version has touched (or a store that keeps no tags).
+    pub tag: Option<u64>,
 }
 
 /// The size a hash write accounts for one field.

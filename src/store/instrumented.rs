@@ -165,6 +165,20 @@ impl<S: StateStore> StateStore for InstrumentedStore<S> {
         .await
     }
 
+    async fn hash_get_all_cached(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+        tag: Option<u64>,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        observe(
+            StoreOp::HashGetAllAndRefresh,
+            self.inner.hash_get_all_cached(key, ttl, every, tag),
+        )
+        .await
+    }
+
     async fn hash_apply(
         &self,
         key: &str,

@@ -199,6 +199,25 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         self.hash_get_all_and_refresh(key, ttl)
     }
 
+    /// As [`hash_get_all_and_refresh_lazily`](Self::hash_get_all_and_refresh_lazily), except
+    /// that a store with a local copy of the hash may answer from it, without a round trip,
+    /// when that copy carries the write tag `tag` ([`StoredHash::tag`]) and a read of the
+    /// store would not have rolled the expiry. The caller names the tag of the last write it
+    /// made or saw, so the answer is never older than that; it may miss later writes of
+    /// others for as long as the store takes to drop its copy. `None`: read the store.
+    ///
+    /// Only [`LocalCache`] keeps such copies; every other store reads (the default).
+    fn hash_get_all_cached(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+        tag: Option<u64>,
+    ) -> impl Future<Output = Result<Option<StoredHash>, StoreError>> + Send {
+        let _ = tag;
+        self.hash_get_all_and_refresh_lazily(key, ttl, every)
+    }
+
     /// Applies `changes` to the hash at `key` in one atomic step, and sets its expiry to
     /// the options' TTL from now, capped by its absolute deadline. Fields the changes do not
     /// name are kept as they are: of concurrent writers of different fields, every field

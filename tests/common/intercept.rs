@@ -28,7 +28,8 @@ pub enum Call<'a> {
     GetAndRefresh(&'a str),
     Delete(&'a str),
     Gcra(&'a str),
-    /// `hash_get_all_and_refresh` and `hash_get_all_and_refresh_lazily`.
+    /// `hash_get_all_and_refresh`, `hash_get_all_and_refresh_lazily` and
+    /// `hash_get_all_cached`.
     HashRead(&'a str),
     HashApply(&'a str, &'a HashChanges),
     HashCompareAndSetField {
@@ -200,6 +201,19 @@ impl<St: StateStore, H: Hook> StateStore for Intercept<St, H> {
         self.around(
             Call::HashRead(key),
             self.inner.hash_get_all_and_refresh_lazily(key, ttl, every),
+        )
+        .await
+    }
+    async fn hash_get_all_cached(
+        &self,
+        key: &str,
+        ttl: Duration,
+        every: Duration,
+        tag: Option<u64>,
+    ) -> Result<Option<StoredHash>, StoreError> {
+        self.around(
+            Call::HashRead(key),
+            self.inner.hash_get_all_cached(key, ttl, every, tag),
         )
         .await
     }

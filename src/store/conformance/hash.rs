@@ -894,3 +894,88 @@ pub async fn hash_many_fields_in_one_write<S: StateStore>(store: &S) {
         HashWriteOutcome::Written
     );
 }
+
+/// Every write leaves a write tag: the one it names ([`HashWriteOptions::tag`]), a new one
+/// otherwise, also a compare-and-set; a refused write leaves the tag as it was. Reads
+/// report the tag and the expiry left, and `hash_get_all_cached` never answers older
+/// state than the tag it names, whatever that tag.
+pub async fn hash_write_tags<S: StateStore>(store: &S) {
+    let key = fresh_key("hash-tags");
+    let read = |tag: Option<u64>| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            ok(
+                store
+                    .hash_get_all_cached(&key, LONG, Duration::from_secs(1), tag)
+                    .await,
+                "hash_get_all_cached",
+            )
+            .expect("a live hash")
+        }
+    };
+    let tagged = |tag: u64| new(LONG, LONG).tag(tag);
+    ok(
+        store.hash_apply(&key, &set(&[("a", "1")]), tagged(7)).await,
+        "apply",
+    );
+    let first = read(None).await;
+    assert_eq!(first.tag, Some(7), "a write leaves the tag it names");
+    assert_eq!(first.fields, map(&[("a", "1")]));
+    assert!(!first.expires_in.is_zero() && first.expires_in <= LONG);
+    assert_eq!(read(Some(7)).await.fields, map(&[("a", "1")]));
+
+    ok(
+        store
+            .hash_apply(&key, &set(&[("b", "2")]), existing(LONG))
+            .await,
+        "apply",
+    );
+    let second = read(Some(7)).await;
+    assert_eq!(
+        second.fields,
+        map(&[("a", "1"), ("b", "2")]),
+        "a read naming an older tag sees the later write"
+    );
+    let random = second.tag.expect("an untagged write still leaves a tag");
+    assert_ne!(random, 7, "an untagged write changes the tag");
+
+    let cas = ok(
+        store
+            .hash_compare_and_set_field(
+                &key,
+                "a",
+                Some(b"1"),
+                Some(Bytes::from_static(b"3")),
+                existing(LONG).tag(9),
+            )
+            .await,
+        "compare_and_set_field",
+    );
+    assert_eq!(cas, HashWriteOutcome::Written);
+    let third = read(Some(9)).await;
+    assert_eq!(
+        (third.tag, third.fields),
+        (Some(9), map(&[("a", "3"), ("b", "2")]))
+    );
+    let refused = ok(
+        store
+            .hash_compare_and_set_field(&key, "a", Some(b"1"), None, existing(LONG).tag(10))
+            .await,
+        "compare_and_set_field",
+    );
+    assert!(matches!(refused, HashWriteOutcome::Changed(_)));
+    assert_eq!(
+        read(Some(10)).await.tag,
+        Some(9),
+        "a refused write keeps the tag"
+    );
+    assert_eq!(
+        ok(
+            store
+                .hash_get_all_cached(&fresh_key("hash-tags-absent"), LONG, LONG / 4, Some(9))
+                .await,
+            "hash_get_all_cached",
+        ),
+        None
+    );
+}

@@ -8,6 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use moka::ops::compute::Op;
 
 use super::{Entry, MemoryStore};
+use crate::id::random_u64;
 use crate::store::hash::{fields_size, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::store::{ttl_millis, unix_millis, StoreError};
 
@@ -17,13 +18,15 @@ const MAGIC: &[u8] = b"\xff\xfetower-stateless-hash\x01";
 struct Hash {
     /// Absolute deadline, unix milliseconds.
     deadline: u64,
+    /// The tag of the last write.
+    tag: u64,
     fields: BTreeMap<String, Bytes>,
 }
 
 fn encode(hash: &Hash) -> Bytes {
     let mut out = BytesMut::with_capacity(
         MAGIC.len()
-            + 12
+            + 20
             + hash
                 .fields
                 .iter()
@@ -32,6 +35,7 @@ fn encode(hash: &Hash) -> Bytes {
     );
     out.put_slice(MAGIC);
     out.put_u64(hash.deadline);
+    out.put_u64(hash.tag);
     out.put_u32(u32::try_from(hash.fields.len()).unwrap_or(u32::MAX));
     for (name, value) in &hash.fields {
         out.put_u32(u32::try_from(name.len()).unwrap_or(u32::MAX));
@@ -52,6 +56,7 @@ fn decode(data: &Bytes) -> Option<Hash> {
         Some(bytes)
     };
     let deadline = buf.try_get_u64().ok()?;
+    let tag = buf.try_get_u64().ok()?;
     let count = buf.try_get_u32().ok()?;
     let mut fields = BTreeMap::new();
     for _ in 0..count {
@@ -61,7 +66,11 @@ fn decode(data: &Bytes) -> Option<Hash> {
         let value = take(&mut buf, len)?;
         fields.insert(name, value);
     }
-    Some(Hash { deadline, fields })
+    Some(Hash {
+        deadline,
+        tag,
+        fields,
+    })
 }
 
 /// The live hash in `entry`: `None` when absent, a plain value, or past its deadline.
@@ -71,12 +80,14 @@ fn live_hash(entry: Option<&Entry>, now: u64) -> Option<Hash> {
         .filter(|h| h.deadline > now)
 }
 
-fn entry(hash: &Hash, ttl_ms: u64, now: u64) -> Entry {
-    let ms = ttl_ms.min(hash.deadline.saturating_sub(now)).max(1);
-    Entry {
+/// The entry holding `hash`, expiring in `ttl_ms` capped by the deadline; and that expiry.
+fn entry(hash: &Hash, ttl_ms: u64, now: u64) -> (Entry, Duration) {
+    let ms = Duration::from_millis(ttl_ms.min(hash.deadline.saturating_sub(now)).max(1));
+    let entry = Entry {
         data: encode(hash),
-        deadline: Instant::now() + Duration::from_millis(ms),
-    }
+        deadline: Instant::now() + ms,
+    };
+    (entry, ms)
 }
 
 impl MemoryStore {
@@ -90,11 +101,14 @@ impl MemoryStore {
             let now = unix_millis();
             match live_hash(current, now) {
                 Some(hash) => {
+                    let (entry, expires_in) = entry(&hash, ttl_ms, now);
                     let stored = StoredHash {
-                        fields: hash.fields.clone(),
                         lifetime_left: Duration::from_millis(hash.deadline - now),
+                        expires_in,
+                        tag: Some(hash.tag),
+                        fields: hash.fields,
                     };
-                    (Op::Put(entry(&hash, ttl_ms, now)), Some(stored))
+                    (Op::Put(entry), Some(stored))
                 }
                 None => (Op::Nop, None),
             }
@@ -126,6 +140,7 @@ impl MemoryStore {
                 (_, Some(hash), _) => hash,
                 (_, None, lifetime) => Hash {
                     deadline: now + lifetime.unwrap_or(1),
+                    tag: 0,
                     fields: BTreeMap::new(),
                 },
             };
@@ -140,8 +155,9 @@ impl MemoryStore {
             {
                 return (Op::Nop, HashWriteOutcome::TooLarge(after));
             }
+            hash.tag = options.tag.unwrap_or_else(random_u64);
             (
-                Op::Put(entry(&hash, ttl_ms, now)),
+                Op::Put(entry(&hash, ttl_ms, now).0),
                 HashWriteOutcome::Written,
             )
         }))

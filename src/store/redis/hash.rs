@@ -1,5 +1,5 @@
-//! Hashes on Redis: a Redis hash per key, whose absolute deadline and size live in two
-//! reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
+//! Hashes on Redis: a Redis hash per key, whose absolute deadline, size and write tag live
+//! in three reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
 //! collide with them, and reads leave them out. Reads are a `MULTI`/`EXEC` transaction
 //! (no Lua); writes are one Lua script.
 
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
 
 use super::{Call, RedisStore};
+use crate::id::random_u64;
 use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::store::{ttl_millis, unix_millis, StoreError};
@@ -20,6 +21,9 @@ const RESERVED: &[u8] = b"\xff\xfe";
 
 /// The field that holds a hash's absolute deadline (milliseconds of Redis' clock).
 const DEADLINE: &[u8] = b"\xff\xfed";
+
+/// The field that holds the tag of a hash's last write (a decimal `u64`).
+const TAG: &[u8] = b"\xff\xfet";
 
 /// Deletes a hash found past its deadline, unless it was recreated meanwhile (its deadline
 /// field changed): a read rolls the expiry without the cap, so such a hash would otherwise
@@ -54,14 +58,14 @@ return left",
     )
 });
 
-/// Both writes: `hash_apply` (ARGV[5] = 'apply') and `hash_compare_and_set_field`
-/// (ARGV[5] = 'cas'). Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
+/// Both writes: `hash_apply` (ARGV[6] = 'apply') and `hash_compare_and_set_field`
+/// (ARGV[6] = 'cas'); ARGV[5] is the write tag. Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
 /// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
 ///
 /// Few commands, since each `redis.call` costs Redis about a microsecond: one `HMGET` of
 /// both reserved fields (a key that is no hash answers an error: no hash), one `HSTRLEN`
 /// per changed field (`HEXISTS` only when it answers 0), one `HSET` of every set field and
-/// the size (arguments in chunks that Lua's stack holds), one `HDEL`, one `PEXPIRE`.
+/// the size and tag (arguments in chunks that Lua's stack holds), one `HDEL`, one `PEXPIRE`.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -98,22 +102,22 @@ local function len(f)
   if l == 0 and redis.call('HEXISTS', k, f) == 0 then return false end
   return l
 end
-if ARGV[5] == 'cas' then
-  local f = ARGV[6]
+if ARGV[6] == 'cas' then
+  local f = ARGV[7]
   local cur = false
   if not created then cur = redis.call('HGET', k, f) end
   local expected = false
-  if ARGV[7] == '1' then expected = ARGV[8] end
+  if ARGV[8] == '1' then expected = ARGV[9] end
   if cur ~= expected then
     if cur then return {5, 1, cur} end
     return {5, 0}
   end
-  if ARGV[9] == '1' then sets = {f, ARGV[10]} else dels = {f} end
+  if ARGV[10] == '1' then sets = {f, ARGV[11]} else dels = {f} end
 else
-  cleared = ARGV[6] == '1'
-  local n = tonumber(ARGV[7])
-  for i = 8, 7 + n do dels[#dels + 1] = ARGV[i] end
-  for i = 8 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
+  cleared = ARGV[7] == '1'
+  local n = tonumber(ARGV[8])
+  for i = 9, 8 + n do dels[#dels + 1] = ARGV[i] end
+  for i = 9 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
 end
 if cleared then size = 0 end
 for _, f in ipairs(dels) do
@@ -146,6 +150,8 @@ elseif #dels > 0 then
 end
 sets[#sets + 1] = SZ
 sets[#sets + 1] = string.format('%.0f', size)
+sets[#sets + 1] = '\255\254t'
+sets[#sets + 1] = ARGV[5]
 chunked('HSET', sets)
 redis.call('PEXPIRE', k, string.format('%.0f', math.min(ttl, deadline - now)))
 return {1}",
@@ -165,12 +171,31 @@ fn server_millis(time: Value) -> Option<u64> {
     secs.checked_mul(1000)?.checked_add(micros / 1000)
 }
 
-/// The fields and the deadline (raw and parsed) of an `HGETALL` reply; `None` when the key
-/// is absent, holds a plain value, or holds a hash that is not one of ours (no deadline).
-#[allow(clippy::type_complexity)]
-fn fields_and_deadline(
-    all: Value,
-) -> Result<Option<(BTreeMap<String, Bytes>, Vec<u8>, u64)>, StoreError> {
+/// A hash as `HGETALL` answered it.
+struct Read {
+    fields: BTreeMap<String, Bytes>,
+    /// The deadline field, as stored (what `ROLL` and `DROP_EXPIRED` compare).
+    raw_deadline: Vec<u8>,
+    /// The deadline, unix milliseconds of Redis' clock.
+    deadline: u64,
+    /// The write tag; `None` for a hash written before tags were kept.
+    tag: Option<u64>,
+}
+
+impl Read {
+    fn stored(self, lifetime_left: Duration, expires_in: Duration) -> StoredHash {
+        StoredHash {
+            fields: self.fields,
+            lifetime_left,
+            expires_in,
+            tag: self.tag,
+        }
+    }
+}
+
+/// The hash of an `HGETALL` reply; `None` when the key is absent, holds a plain value, or
+/// holds a hash that is not one of ours (no deadline).
+fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
     let items = match all {
         Value::Array(items) => items,
         // A plain value under the key answers WRONGTYPE to HGETALL: no hash.
@@ -178,6 +203,7 @@ fn fields_and_deadline(
         _ => return Err(unexpected("read")),
     };
     let mut deadline = None;
+    let mut tag = None;
     let mut fields = BTreeMap::new();
     let mut items = items.into_iter();
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
@@ -187,6 +213,10 @@ fn fields_and_deadline(
         if name.starts_with(RESERVED) {
             if name == DEADLINE {
                 deadline = Some(value);
+            } else if name == TAG {
+                tag = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse().ok());
             }
             continue;
         }
@@ -200,7 +230,12 @@ fn fields_and_deadline(
         .ok()
         .and_then(|d| d.parse::<u64>().ok())
         .ok_or_else(|| unexpected("deadline"))?;
-    Ok(Some((fields, raw, at)))
+    Ok(Some(Read {
+        fields,
+        raw_deadline: raw,
+        deadline: at,
+        tag,
+    }))
 }
 
 fn unexpected(what: &str) -> StoreError {
@@ -225,6 +260,7 @@ fn head<'a>(
         Some(max) => call.arg(max),
         None => call.arg(-1),
     };
+    call.arg(options.tag.unwrap_or_else(random_u64));
     Ok(call)
 }
 
@@ -290,17 +326,15 @@ impl RedisStore {
             .await?;
         let [time, all, _expire]: [Value; 3] = reply.try_into().map_err(|_| unexpected("read"))?;
         let now = server_millis(time).ok_or_else(|| unexpected("read"))?;
-        let Some((fields, raw, at)) = fields_and_deadline(all)? else {
+        let Some(read) = fields_and_deadline(all)? else {
             return Ok(None);
         };
-        if at <= now {
-            self.drop_expired(key, &raw).await?;
+        if read.deadline <= now {
+            self.drop_expired(key, &read.raw_deadline).await?;
             return Ok(None);
         }
-        Ok(Some(StoredHash {
-            fields,
-            lifetime_left: Duration::from_millis(at - now),
-        }))
+        let left = Duration::from_millis(read.deadline - now);
+        Ok(Some(read.stored(left, Duration::from_millis(ms))))
     }
 
     /// Deletes the hash at `key` found past its deadline `raw`, unless it was recreated.
@@ -343,40 +377,41 @@ impl RedisStore {
             })
             .await?;
         let [all, pttl]: [Value; 2] = reply.try_into().map_err(|_| unexpected("read"))?;
-        let Some((fields, raw, at)) = fields_and_deadline(all)? else {
+        let Some(read) = fields_and_deadline(all)? else {
             return Ok(None);
         };
         // Past the deadline by this instance's clock: `ROLL` decides on Redis' clock (it
         // deletes the hash if so), so a clock running ahead ends no session early.
-        let left = at.saturating_sub(unix_millis());
-        let due = left == 0
-            || match pttl {
-                // No expiry at all: roll it.
-                Value::Int(-1) => true,
-                // Deleted since the HGETALL (answered as read before the delete): no roll.
-                Value::Int(n) if n < 0 => false,
-                Value::Int(n) => (n as u64).saturating_add(every_ms) <= ttl_ms.min(left),
-                _ => return Err(unexpected("read")),
-            };
-        if !due {
-            return Ok(Some(StoredHash {
-                fields,
-                lifetime_left: Duration::from_millis(left),
-            }));
+        let left = read.deadline.saturating_sub(unix_millis());
+        let expires_in = match pttl {
+            // No expiry at all: roll it.
+            Value::Int(-1) => None,
+            // Deleted since the HGETALL (answered as read before the delete): no roll.
+            Value::Int(n) if n < 0 => Some(0),
+            Value::Int(n) => {
+                Some(n as u64).filter(|&n| n.saturating_add(every_ms) > ttl_ms.min(left))
+            }
+            _ => return Err(unexpected("read")),
+        };
+        if let Some(expires_in) = expires_in.filter(|_| left > 0) {
+            let (left, expires_in) = (
+                Duration::from_millis(left),
+                Duration::from_millis(expires_in),
+            );
+            return Ok(Some(read.stored(left, expires_in)));
         }
         let mut call = ROLL.prepare_invoke();
-        call.key(self.arg(key)).arg(raw.as_slice()).arg(ttl_ms);
+        call.key(self.arg(key))
+            .arg(read.raw_deadline.as_slice())
+            .arg(ttl_ms);
         let left: i64 = self
             .write(StoreOp::HashGetAllAndRefresh, Call::Script(call))
             .await?;
         // Deleted, recreated or past its deadline meanwhile: what was read is gone.
-        Ok(u64::try_from(left)
-            .ok()
-            .filter(|&l| l > 0)
-            .map(|l| StoredHash {
-                fields,
-                lifetime_left: Duration::from_millis(l),
-            }))
+        Ok(u64::try_from(left).ok().filter(|&l| l > 0).map(|l| {
+            let expires_in = Duration::from_millis(ttl_ms.min(l));
+            read.stored(Duration::from_millis(l), expires_in)
+        }))
     }
 
     pub(super) async fn hash_write_changes(
