@@ -12,10 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
+use tower_stateless::response::ResponseBody;
 use tower_stateless::revocation::Revoker;
+use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{LocalCache, RedisStore, StateStore, TRACKING_CLIENT_NAME};
 use tower_stateless::RegisteredClaims;
 
@@ -509,4 +512,268 @@ async fn the_cache_passes_the_store_conformance_suite() {
         .expect("cache");
     serving(&cache).await;
     tower_stateless::store::conformance::run_all(&cache).await;
+}
+
+// Session reads answered by the cache (`SessionLayer::cached_reads`).
+
+type App = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+/// A session app over `store` with cached reads: `/read` answers the session's `n` (or
+/// `none`), `/write/N` sets it, `/destroy` ends the session.
+fn session_app<St: StateStore>(store: St, idle: Duration, refresh: Duration) -> App {
+    ServiceBuilder::new()
+        .layer(
+            SessionLayer::new(store)
+                .secure(false)
+                .cached_reads(true)
+                .idle_timeout(idle)
+                .expect("idle timeout")
+                .refresh_interval(refresh),
+        )
+        .service_fn(|request: Request<String>| async move {
+            let session = request
+                .extensions()
+                .get::<Session>()
+                .expect("session")
+                .clone();
+            let path = request.uri().path().to_owned();
+            let body = if path == "/read" {
+                match session.get::<u64>("n").await.expect("read") {
+                    Some(n) => n.to_string(),
+                    None => "none".to_owned(),
+                }
+            } else if let Some(n) = path.strip_prefix("/write/") {
+                let n: u64 = n.parse().expect("number");
+                session.insert("n", n).await.expect("insert");
+                String::from("written")
+            } else {
+                session.destroy().await.expect("destroy");
+                String::from("destroyed")
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        })
+        .boxed_clone()
+}
+
+/// A client's cookie: the value of `id`, as the last `Set-Cookie` left it.
+#[derive(Debug, Clone, Default)]
+struct Jar(Option<String>);
+
+impl Jar {
+    async fn call(&mut self, app: &App, path: &str) -> String {
+        let mut request = Request::get(path).body(String::new()).expect("request");
+        if let Some(value) = &self.0 {
+            request.headers_mut().insert(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("id={value}")).expect("cookie"),
+            );
+        }
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        if let Some(set) = response.headers().get(header::SET_COOKIE) {
+            let set = set.to_str().expect("ascii");
+            let value = set
+                .strip_prefix("id=")
+                .and_then(|rest| rest.split(';').next())
+                .expect("the session cookie");
+            self.0 = (!set.contains("Max-Age=0")).then(|| value.to_owned());
+        }
+        let body = response.into_body().collect().await.expect("body");
+        String::from_utf8(body.to_bytes().to_vec()).expect("utf-8")
+    }
+
+    /// The write tag the cookie carries.
+    fn tag(&self) -> Option<&str> {
+        self.0.as_deref()?.split_once('.').map(|(_, tag)| tag)
+    }
+}
+
+fn session_cache(server: &RedisServer) -> LocalCache {
+    LocalCache::builder(store(server))
+        .prefix("sess:")
+        .max_age(HOUR)
+        .heartbeat(HOUR)
+        .build()
+        .expect("cache")
+}
+
+/// Reads on `app` until a read takes no command (the cache answered it), and returns it.
+async fn read_from_memory(app: &App, jar: &mut Jar, server: &RedisServer) -> String {
+    let start = Instant::now();
+    loop {
+        jar.call(app, "/read").await;
+        server.reset_stats();
+        let read = jar.call(app, "/read").await;
+        if server.command_count() == 0 {
+            return read;
+        }
+        assert!(start.elapsed() < DEADLINE, "the session is never cached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_session_read_takes_no_round_trip_and_a_stale_tag_one() {
+    let server = redis_or_skip!();
+    let cache = session_cache(&server);
+    serving(&cache).await;
+    let app = session_app(cache.clone(), HOUR, Duration::from_secs(60));
+    let mut jar = Jar::default();
+    assert_eq!(jar.call(&app, "/write/1").await, "written");
+    let tag = jar.tag().expect("a write sends a tagged cookie").to_owned();
+    assert_eq!(tag.len(), 16);
+    assert_eq!(read_from_memory(&app, &mut jar, &server).await, "1");
+    server.reset_stats();
+    for _ in 0..50 {
+        assert_eq!(jar.call(&app, "/read").await, "1");
+    }
+    assert_eq!(server.round_trips(), 0, "{:?}", server.command_stats());
+    assert_eq!(jar.tag(), Some(tag.as_str()), "reads keep the tag");
+
+    // Another client of the same session (no tag, or an old one) reads the store once,
+    // and gets the current tag back.
+    let id = jar
+        .0
+        .as_deref()
+        .and_then(|v| v.split_once('.'))
+        .expect("id")
+        .0;
+    let mut other = Jar(Some(format!("{id}.0000000000000000")));
+    server.reset_stats();
+    assert_eq!(other.call(&app, "/read").await, "1");
+    assert_eq!(server.round_trips(), 1, "{:?}", server.command_stats());
+    assert_eq!(other.tag(), Some(tag.as_str()), "a stale tag is replaced");
+    let mut untagged = Jar(Some(id.to_owned()));
+    assert_eq!(untagged.call(&app, "/read").await, "1");
+    assert_eq!(untagged.tag(), Some(tag.as_str()));
+
+    // A write changes the tag and is one round trip; the next read is the store's.
+    server.reset_stats();
+    assert_eq!(jar.call(&app, "/write/2").await, "written");
+    assert_eq!(server.round_trips(), 1, "{:?}", server.command_stats());
+    assert_ne!(jar.tag(), Some(tag.as_str()), "a write sends a new tag");
+    assert_eq!(jar.call(&app, "/read").await, "2");
+}
+
+/// Drives a current-thread runtime on its own thread until told to stop, so that the
+/// tasks spawned on it (a cache's tracking task) can be frozen at will.
+struct Frozen {
+    runtime: Option<std::sync::Arc<tokio::runtime::Runtime>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Frozen {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut frozen = Self {
+            runtime: Some(std::sync::Arc::new(runtime)),
+            stop: None,
+            thread: None,
+        };
+        frozen.thaw();
+        frozen
+    }
+
+    fn thaw(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = self.runtime.clone().expect("runtime");
+        self.stop = Some(stop);
+        self.thread = Some(std::thread::spawn(move || {
+            let _ = runtime.block_on(stopped);
+        }));
+    }
+
+    fn freeze(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("driver thread");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.freeze();
+        // A runtime cannot be dropped inside another one's worker: drop it on a thread.
+        let runtime = self.runtime.take();
+        let _ = std::thread::spawn(move || drop(runtime)).join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_written_on_a_is_read_on_b_before_b_hears_of_it() {
+    let server = redis_or_skip!();
+    let a = session_app(session_cache(&server), HOUR, Duration::from_secs(60));
+    // B's tracking task runs on a runtime of its own, which the test freezes: Redis'
+    // invalidations then wait in B's socket, as when they are slow to arrive.
+    let mut tracking = Frozen::new();
+    let b_store = store(&server);
+    let b_cache = {
+        let _entered = tracking.runtime.as_ref().expect("runtime").enter();
+        LocalCache::builder(b_store)
+            .prefix("sess:")
+            .max_age(HOUR)
+            .heartbeat(HOUR)
+            .build()
+            .expect("cache")
+    };
+    serving(&b_cache).await;
+    let b = session_app(b_cache.clone(), HOUR, Duration::from_secs(60));
+    let mut jar = Jar::default();
+    assert_eq!(jar.call(&a, "/write/1").await, "written");
+    assert_eq!(read_from_memory(&b, &mut jar, &server).await, "1");
+
+    tracking.freeze();
+    for n in 2..=20u64 {
+        assert_eq!(jar.call(&a, &format!("/write/{n}")).await, "written");
+        assert_eq!(
+            jar.call(&b, "/read").await,
+            n.to_string(),
+            "B answered from a copy older than the client's own write"
+        );
+    }
+    assert!(b_cache.is_serving(), "B kept serving while frozen");
+    // The latest state is what B holds now: it answers from memory, still frozen.
+    assert_eq!(read_from_memory(&b, &mut jar, &server).await, "20");
+    tracking.thaw();
+
+    // A destroy on A reaches B within the invalidation delay, even for a client that kept
+    // the old cookie.
+    let mut thief = jar.clone();
+    assert_eq!(jar.call(&a, "/destroy").await, "destroyed");
+    assert_eq!(jar.0, None, "the cookie is removed");
+    eventually("B sees the destroy", || {
+        let (b, mut thief) = (b.clone(), thief.clone());
+        async move { thief.call(&b, "/read").await == "none" }
+    })
+    .await;
+    assert_eq!(thief.call(&b, "/read").await, "none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_keep_an_active_session_alive() {
+    let server = redis_or_skip!();
+    let cache = session_cache(&server);
+    serving(&cache).await;
+    // An idle timeout of 4 s, rolled once 1 s of it is used up.
+    let app = session_app(cache, Duration::from_secs(4), Duration::from_secs(1));
+    let mut jar = Jar::default();
+    assert_eq!(jar.call(&app, "/write/7").await, "written");
+    let start = Instant::now();
+    let mut from_memory = 0;
+    // Twice the idle timeout of reads only: the session lives on only if the reads that
+    // go to the store roll its expiry, as they do uncached.
+    while start.elapsed() < Duration::from_secs(8) {
+        server.reset_stats();
+        assert_eq!(jar.call(&app, "/read").await, "7");
+        if server.command_count() == 0 {
+            from_memory += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(from_memory > 0, "no read was answered from memory");
 }

@@ -386,6 +386,71 @@ async fn bad_ids<St: StateStore>(store: St) {
     }
 }
 
+/// `cached_reads`: writes send an `id.<tag>` cookie, a read that finds another tag than the
+/// cookie's sends the current one, a read with the current one sends none; a layer without
+/// it understands tagged cookies; a malformed tag is no id; the header transport carries
+/// no tag.
+async fn tagged_cookies<St: StateStore>(store: St) {
+    let tagged = SessionLayer::new(store.clone()).cached_reads(true);
+    let plain = SessionLayer::new(store.clone());
+    let first = cookie_pair(&call(&tagged, None, "put:a:1").await);
+    let (id, tag) = first
+        .strip_prefix("id=")
+        .and_then(|v| v.split_once('.'))
+        .expect("a tagged cookie");
+    assert_eq!(id.len(), 43);
+    assert!(tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()));
+    let out = call(&tagged, Some(&first), "get:a").await;
+    assert_eq!(out.body, "Some(\"1\")");
+    assert!(out.set_cookie.is_empty(), "the tag is current: no cookie");
+    let out = call(&tagged, Some(&format!("id={id}")), "get:a").await;
+    assert_eq!(cookie_pair(&out), first, "an untagged cookie gets the tag");
+    let out = call(&plain, Some(&first), "get:a").await;
+    assert_eq!(
+        out.body, "Some(\"1\")",
+        "a layer without cached reads reads it"
+    );
+    assert!(out.set_cookie.is_empty());
+
+    // A write elsewhere (here without tags) changes the tag: the next read sends it.
+    call(&plain, Some(&first), "put:b:2").await;
+    let out = call(&tagged, Some(&first), "get:b").await;
+    assert_eq!(out.body, "Some(\"2\")");
+    let second = cookie_pair(&out);
+    assert!(second != first && second.starts_with(&format!("id={id}.")));
+    let out = call(&tagged, Some(&second), "incr:n").await;
+    assert_eq!(out.body, "1");
+    let third = cookie_pair(&out);
+    assert!(third != second && third.starts_with(&format!("id={id}.")));
+    let out = call(&tagged, Some(&third), "put:c:3").await;
+    assert_ne!(cookie_pair(&out), third, "every write sends a new tag");
+
+    let ok_tag = "0".repeat(16);
+    for bad in [
+        format!("id={id}."),
+        format!("id={id}.{}", "z".repeat(16)),
+        format!("id={id}.0123"),
+        format!("id={id}.{}", "0".repeat(17)),
+        format!("id={id}.{ok_tag}.{ok_tag}"),
+        format!("id=.{ok_tag}"),
+        format!("id={id}.+{}", "0".repeat(15)),
+    ] {
+        for layer in [&tagged, &plain] {
+            let out = call(layer, Some(&bad), "get:a").await;
+            assert_eq!(out.body, "None", "{bad}");
+        }
+    }
+    let out = call(&tagged, Some(&third), "destroy").await;
+    assert!(out.set_cookie[0].contains("Max-Age=0"));
+
+    let header = SessionLayer::new(store)
+        .header(http::HeaderName::from_static("x-session"))
+        .cached_reads(true);
+    let out = send(&header, None, None, &[], "put:a:1").await;
+    let sent = out.headers.get("x-session").expect("the id header");
+    assert_eq!(sent.len(), 43, "no tag in a header: {sent:?}");
+}
+
 async fn concurrent_cart<St: StateStore>(store: St) {
     let layer = SessionLayer::new(store);
     let c = cookie_pair(&call(&layer, None, "put:seed:0").await);
@@ -489,6 +554,10 @@ mod memory {
     async fn header_transport() {
         super::header_transport(MemoryStore::new()).await
     }
+    #[tokio::test]
+    async fn tagged_cookies() {
+        super::tagged_cookies(MemoryStore::new()).await
+    }
 }
 
 mod redis {
@@ -540,6 +609,11 @@ mod redis {
     async fn header_transport() {
         let s = redis_or_skip!();
         super::header_transport(store(&s).await).await
+    }
+    #[tokio::test]
+    async fn tagged_cookies() {
+        let s = redis_or_skip!();
+        super::tagged_cookies(store(&s).await).await
     }
 
     #[tokio::test]

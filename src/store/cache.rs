@@ -25,15 +25,19 @@ pub const TRACKING_CLIENT_NAME: &str = "tower-stateless-cache";
 const ENTRY_OVERHEAD: usize = 64;
 
 /// A [`StateStore`] that serves reads of chosen key prefixes from an in-process cache
-/// which Redis invalidates (opt-in).
+/// which Redis invalidates (opt-in): revocation checks, and session reads of a
+/// [`SessionLayer`](crate::session::SessionLayer) with
+/// [`cached_reads`](crate::session::SessionLayer::cached_reads).
 ///
 /// A revocation check reads the same few keys (the token's `jti`, its session, its
 /// subject) on every request, and they almost never change: nearly always the answer is
 /// "absent, not revoked". [`LocalCache`] wraps a [`RedisStore`] and answers
 /// [`get`](StateStore::get) and [`get_many`](StateStore::get_many) for keys under the
-/// prefixes you name from memory, absent keys included, with **no round trip**. Every
-/// other operation, and every read of a key outside those prefixes, goes to the store
-/// unchanged.
+/// prefixes you name from memory, absent keys included, with **no round trip**. It also
+/// answers [`hash_get_all_cached`](StateStore::hash_get_all_cached) (a session read) from
+/// memory when its copy of the hash carries the write tag the read names (see below).
+/// Every other operation, and every read of a key outside those prefixes, goes to the
+/// store unchanged.
 ///
 /// # How it stays correct
 ///
@@ -57,6 +61,14 @@ const ENTRY_OVERHEAD: usize = 64;
 ///   within its interval) every read goes to the store and nothing is cached. The cache
 ///   is emptied when the connection is lost and again once tracking is back on, before it
 ///   serves again: pushes missed while disconnected cannot leave a stale entry.
+/// - **Sessions: the client's own writes.** A session read is answered from memory only
+///   by a copy that carries the write tag of the client's cookie, i.e. the state after
+///   the last write that client made or saw, on any instance; any other read goes to the
+///   store (and refreshes the copy). So the client's next request after a write answered
+///   on instance A reads that write on instance B too, even before Redis' invalidation
+///   reaches B; what a cached read can miss is someone else's write, for the invalidation
+///   delay. A copy is also served only while a store read would not roll the session's
+///   idle expiry, so caching changes nothing about when an idle session ends.
 /// - **Bounded age.** Every entry is dropped [`max_age`](LocalCacheBuilder::max_age) after
 ///   it was read from the store (default 60 s), whatever Redis says. This bounds the
 ///   damage of anything the above misses, such as a network partition between this
@@ -75,11 +87,12 @@ const ENTRY_OVERHEAD: usize = 64;
 /// within the invalidation delay". That trade is right for revocation; it is not for
 /// everything:
 ///
-/// - **Do not cache sessions** (`sess:`): a session written on instance A must be read back
-///   by the client's very next request, which may land on instance B. That next request
-///   can reach B before Redis's invalidation push does, and the cache cannot know without
-///   a round trip, which is what it saves. So session reads always go to the store; do not
-///   give the cache the session prefix.
+/// - Sessions (`sess:`) only with
+///   [`SessionLayer::cached_reads`](crate::session::SessionLayer::cached_reads), which
+///   puts the write tag in the cookie; without it, session reads name no tag and always go
+///   to the store. It pays where sessions are read far more often than written: every
+///   write sends the cookie again, and every write anywhere invalidates that session's
+///   copy on every instance.
 /// - Do not cache idempotency records (`idem:`) or rate limits: they are compare-and-set
 ///   state that must be read fresh.
 ///
@@ -402,8 +415,8 @@ impl<S> std::fmt::Debug for LocalCache<S> {
 
 impl LocalCacheBuilder {
     /// Caches reads of keys starting with `prefix` (as the layers name them, without the
-    /// store's own prefix), e.g. `"rev:"` for the revocation list. Call it once per prefix.
-    /// Never give it the session prefix; see [`LocalCache`].
+    /// store's own prefix), e.g. `"rev:"` for the revocation list, `"sess:"` for sessions
+    /// of a layer with cached reads. Call it once per prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefixes.push(prefix.into());
         self
