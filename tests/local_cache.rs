@@ -777,3 +777,42 @@ async fn cached_reads_keep_an_active_session_alive() {
     }
     assert!(from_memory > 0, "no read was answered from memory");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_serves_no_stale_session() {
+    let server = redis_or_skip!();
+    let a = session_app(store(&server), HOUR, Duration::from_secs(60));
+    let b_cache = session_cache(&server);
+    serving(&b_cache).await;
+    let b = session_app(b_cache.clone(), HOUR, Duration::from_secs(60));
+    let mut jar = Jar::default();
+    assert_eq!(jar.call(&a, "/write/1").await, "written");
+    assert_eq!(read_from_memory(&b, &mut jar, &server).await, "1");
+    // A second client of the session keeps the old cookie: only invalidation (or emptying
+    // the cache) keeps B from answering it with the old copy.
+    let mut old = jar.clone();
+    let id = tracking_client_id(&server).expect("the tracking connection is listed");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut conn = client.get_connection().expect("connect");
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id)
+        .query(&mut conn)
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
+    assert_eq!(jar.call(&a, "/write/2").await, "written");
+    eventually("B sees the write made while it was disconnected", || {
+        let (b, mut old) = (b.clone(), old.clone());
+        async move { old.call(&b, "/read").await == "2" }
+    })
+    .await;
+    eventually("a new tracking connection", || async {
+        tracking_client_id(&server).is_some_and(|new| new != id) && b_cache.is_serving()
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(old.call(&b, "/read").await, "2", "stale session served");
+    }
+    assert_eq!(read_from_memory(&b, &mut jar, &server).await, "2");
+}
