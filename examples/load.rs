@@ -49,8 +49,10 @@
 //! with `--redis`, `cached.cookies` too; `port`, written last) and serves until killed.
 //! Without `--redis` it uses the in-memory stores.
 //!
-//! The `LocalCache` caches the revocation list (`rev:`) and sessions (`sess:`, the
-//! `SessionLayer` prefix). The `cached_reads` sessions are made through
+//! The `LocalCache` caches the revocation list (`rev:`) and the `cached_reads` layer's
+//! sessions, under a key prefix of their own (`csess:`): had it tracked the other
+//! layers' `sess:`, every write of theirs would cost Redis an invalidation push and skew
+//! their rows. The `cached_reads` sessions are made through
 //! `/session-write-cached` and read once through `/session-read-cached`, so that each
 //! cookie carries the write tag the store holds and a read with it can be answered from
 //! memory (a client that cannot follow `Set-Cookie`, like wrk, keeps sending it).
@@ -321,6 +323,9 @@ async fn generate(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 
 // ---- the bench app ------------------------------------------------------------------
 
+/// The key prefix of the `cached_reads` sessions, which the `LocalCache` caches.
+const CACHED_SESSIONS: &str = "csess:";
+
 /// The HS256 secret of the bench app's tokens.
 const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
 
@@ -379,6 +384,7 @@ where
                 .cached_reads(true)
                 .cookie_name("cid")
                 .expect("cookie name")
+                .key_prefix(CACHED_SESSIONS)
                 .secure(false);
             Router::new()
                 .route(
@@ -591,11 +597,9 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
             let pool = Pool::new(Config::from_url(url)?, None, None, None, 4)?;
             let _connection = pool.connect();
             pool.wait_for_connect().await?;
-            // The revocation list and the sessions (`SessionLayer`'s default prefix); only
-            // the `cached_reads` layer's reads are answered from it.
             let cached = LocalCache::builder(store.clone())
                 .prefix("rev:")
-                .prefix("sess:")
+                .prefix(CACHED_SESSIONS)
                 .build()?;
             stacks(
                 store,
