@@ -20,8 +20,10 @@
 # it (default 70 %). CONFIG and INFO (this script's own) are left out of the counts.
 #
 # Paths: the revocation check (JWT + MGET) and the same served by LocalCache, session
-# read, session write, idempotent first call (a new key per request), idempotent replay
-# (one key), rate-limit check (one GCRA step), and JWT + revocation + session read.
+# read and the same served by LocalCache (SessionLayer::cached_reads), session write,
+# idempotent first call (a new key per request), idempotent replay (one key), rate-limit
+# check (one GCRA step), and JWT + revocation + session read, from Redis and from
+# LocalCache.
 #
 # Run with: benches/capacity.sh [--seconds S] [--warmup S] [--connections C]
 #                               [--threads T] [--headroom PERCENT]
@@ -65,8 +67,10 @@ if [ ! -s "$out/port" ]; then
     exit 1
 fi
 base="http://127.0.0.1:$(cat "$out/port")"
+# Every request carries both of our session cookies: `id` and the cached_reads layer's `cid`.
+paste -d';' "$out/ours.cookies" "$out/cached.cookies" | sed 's/;/; /' >"$out/cookies"
 BENCH_BEARER=$(cat "$out/token")
-export BENCH_BEARER BENCH_COOKIES="$out/ours.cookies" BENCH_RUN="cap$$-$RANDOM"
+export BENCH_BEARER BENCH_COOKIES="$out/cookies" BENCH_RUN="cap$$-$RANDOM"
 
 # The redis-server's CPU seconds so far (user + sys).
 redis_cpu() {
@@ -81,17 +85,19 @@ rows=(
     "revocation check (JWT + MGET)|GET|/jwt-revocation||MGET"
     "revocation check, LocalCache warm|GET|/jwt-revocation-cached||"
     "session read|GET|/session-read||HGETALL PTTL"
+    "session read, LocalCache warm|GET|/session-read-cached||"
     "session write|GET|/session-write||EVALSHA"
     "idempotent first call|POST|/idempotent||SET EVALSHA"
     "idempotent replay|POST|/idempotent|replay-$BENCH_RUN|SET"
     "rate-limit check|GET|/rate-limit||EVALSHA"
     "JWT + revocation + session read|GET|/jwt-revocation-session||MGET HGETALL PTTL"
+    "JWT + revocation + session, LocalCache warm|GET|/jwt-revocation-session-cached||"
 )
 
 version=$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), Redis $version, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per path; capacity at ${headroom} % of one Redis core"
-printf '%-36s %9s %7s %8s %8s %8s %9s %11s  %s\n' "path" "requests" "sent" "cmd µs" "CPU µs" "B in" "B out" "req/s/core" "Redis counted, per request"
+printf '%-44s %9s %7s %8s %8s %8s %9s %11s  %s\n' "path" "requests" "sent" "cmd µs" "CPU µs" "B in" "B out" "req/s/core" "Redis counted, per request"
 failed=0
 for row in "${rows[@]}"; do
     IFS='|' read -r name method path key sent <<<"$row"
@@ -140,7 +146,7 @@ for row in "${rows[@]}"; do
             for (c in calls)
                 list = list sprintf("%s%s %.2f", (list == "" ? "" : ", "), c, calls[c] / n)
             cpu = (cpu1 - cpu0) * 1e6 / n
-            printf "%-36s %9d %7d %8.2f %8.2f %8.1f %9.1f %11.0f  %s%s\n", name, n, m, t,
+            printf "%-44s %9d %7d %8.2f %8.2f %8.1f %9.1f %11.0f  %s%s\n", name, n, m, t,
                 cpu, bin / n, bout / n, (cpu > 0 ? headroom / 100 * 1e6 / cpu : 0),
                 (list == "" ? "none" : list), note
         }' <<<"$commandstats"

@@ -8,6 +8,9 @@
 # Rows: bare axum; a hand-written jsonwebtoken::decode middleware; JwtAuthLayer;
 # + the revocation check; + SessionLayer read; SessionLayer read and write alone;
 # IdempotencyLayer first call; tower-sessions (tower-sessions-redis-store) read and write.
+# On Redis also: the revocation check served by a LocalCache, with a session read from
+# the store or, with SessionLayer::cached_reads, from the LocalCache; and that cached
+# session read alone.
 # The read and write rows spread the requests over the bench app's sessions (64 of each
 # kind); the "one hot session" rows send every request of every connection with the same
 # session cookie, so that all connections write to one session at once.
@@ -65,10 +68,13 @@ if [ ! -s "$out/port" ]; then
     exit 1
 fi
 base="http://127.0.0.1:$(cat "$out/port")"
-# Every GET carries the bearer token and both session cookies (ours `id`, tower-sessions'
-# `tid`), so that the rows differ only in the stack.
-paste -d';' "$out/ours.cookies" "$out/peer.cookies" | sed 's/;/; /' >"$out/cookies"
-# The hot-session rows: one line, so every request carries the same two sessions.
+# Every GET carries the bearer token and every session cookie (ours `id`, tower-sessions'
+# `tid`, and on Redis the cached_reads layer's `cid`), so that the rows differ only in
+# the stack.
+cookie_files=("$out/ours.cookies" "$out/peer.cookies")
+[ "$memory" = 1 ] || cookie_files+=("$out/cached.cookies")
+paste -d';' "${cookie_files[@]}" | sed 's/;/; /g' >"$out/cookies"
+# The hot-session rows: one line, so every request carries the same sessions.
 head -n 1 "$out/cookies" >"$out/hot.cookies"
 BENCH_BEARER=$(cat "$out/token")
 export BENCH_BEARER BENCH_RUN="run$$-$RANDOM"
@@ -92,13 +98,15 @@ if [ "$memory" = 0 ]; then
     rows+=(
         "JWT + cached revocation|/jwt-revocation-cached"
         "JWT + cached revocation + session read|/jwt-revocation-cached-session"
+        "JWT + cached revocation + cached session read|/jwt-revocation-session-cached"
+        "SessionLayer read, cached (LocalCache)|/session-read-cached"
     )
 fi
 
 echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row"
 declare -A rps p50 p99
 failed=0
-printf '%-40s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
+printf '%-46s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
 for row in "${rows[@]}"; do
     IFS='|' read -r name path kind <<<"$row"
     if [ -n "$only" ] && [ "$path" != /bare ] && ! [[ $path =~ $only ]]; then continue; fi
@@ -124,7 +132,7 @@ for row in "${rows[@]}"; do
         note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
         failed=1
     fi
-    printf '%-40s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$key]}" \
+    printf '%-46s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$key]}" \
         "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
         "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
         "$(awk -v a="${rps[$key]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
@@ -145,6 +153,8 @@ echo "  session write, one hot session ÷ tower-sessions   $(ratio '/session-wri
 if [ "$memory" = 0 ]; then
     echo "  JWT + cached revocation ÷ JwtAuthLayer            $(ratio /jwt-revocation-cached /jwt)"
     echo "  JWT + cached revocation + session read ÷ bare     $(ratio /jwt-revocation-cached-session /bare)"
+    echo "  JWT + cached revocation + cached session ÷ bare   $(ratio /jwt-revocation-session-cached /bare)"
+    echo "  session read, cached ÷ session read               $(ratio /session-read-cached /session-read)"
 fi
 if [ "$failed" = 1 ]; then
     echo "some rows had failed requests (marked !): their figures are not the layers' cost" >&2

@@ -32,7 +32,9 @@
 //! | `GET /jwt-revocation` | `JwtAuthLayer` with its revocation check |
 //! | `GET /jwt-revocation-session` | the same + `SessionLayer`, handler reads the session |
 //! | `GET /jwt-revocation-cached`, `GET /jwt-revocation-cached-session` | the two above with the revocation check served by a `LocalCache` (Redis only) |
+//! | `GET /jwt-revocation-session-cached` | the same with a `SessionLayer::cached_reads` over that `LocalCache` (cookie `cid`), handler reads the session (Redis only) |
 //! | `GET /session-read`, `GET /session-write` | `SessionLayer` alone, read or write one key |
+//! | `GET /session-read-cached`, `GET /session-write-cached` | that `cached_reads` `SessionLayer` alone, read or write one key (Redis only) |
 //! | `POST /idempotent` | `IdempotencyLayer` alone: a first call with a new key, a replay with a used one |
 //! | `GET /rate-limit` | `RateLimitLayer` alone, one key, a quota never reached (1,000,000/s) |
 //! | `GET /peer-read`, `GET /peer-write` | tower-sessions (the peer), read or write one key |
@@ -44,8 +46,16 @@
 //! It listens on `--port` (0, the default: a free port), makes `--sessions` sessions (64)
 //! of each kind, writes what a client needs into the `--out` directory (`token`: a bearer
 //! token with a session id; `ours.cookies` and `peer.cookies`: one `name=value` per line;
-//! `port`, written last) and serves until killed. Without `--redis` it uses the in-memory
-//! stores.
+//! with `--redis`, `cached.cookies` too; `port`, written last) and serves until killed.
+//! Without `--redis` it uses the in-memory stores.
+//!
+//! The `LocalCache` caches the revocation list (`rev:`) and the `cached_reads` layer's
+//! sessions, under a key prefix of their own (`csess:`): had it tracked the other
+//! layers' `sess:`, every write of theirs would cost Redis an invalidation push and skew
+//! their rows. The `cached_reads` sessions are made through
+//! `/session-write-cached` and read once through `/session-read-cached`, so that each
+//! cookie carries the write tag the store holds and a read with it can be answered from
+//! memory (a client that cannot follow `Set-Cookie`, like wrk, keeps sending it).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -313,6 +323,9 @@ async fn generate(options: Options) -> Result<(), Box<dyn std::error::Error>> {
 
 // ---- the bench app ------------------------------------------------------------------
 
+/// The key prefix of the `cached_reads` sessions, which the `LocalCache` caches.
+const CACHED_SESSIONS: &str = "csess:";
+
 /// The HS256 secret of the bench app's tokens.
 const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
 
@@ -362,10 +375,17 @@ where
     let jwt = policy.auth_layer();
     let jwt_revocation = policy.auth_layer().revocation(store.clone());
     let session = SessionLayer::new(store.clone()).secure(false);
-    // The revocation check served by the store-invalidated local cache (Redis only).
+    // The revocation check, and the session reads of `cached_reads`, served by the
+    // store-invalidated local cache (Redis only).
     let cached_routes = match cached {
         Some(cached) => {
-            let jwt_cached = policy.auth_layer().revocation(cached);
+            let jwt_cached = policy.auth_layer().revocation(cached.clone());
+            let session_cached = SessionLayer::new(cached)
+                .cached_reads(true)
+                .cookie_name("cid")
+                .expect("cookie name")
+                .key_prefix(CACHED_SESSIONS)
+                .secure(false);
             Router::new()
                 .route(
                     "/jwt-revocation-cached",
@@ -375,7 +395,21 @@ where
                     "/jwt-revocation-cached-session",
                     get(read)
                         .route_layer(session.clone())
+                        .route_layer(jwt_cached.clone()),
+                )
+                .route(
+                    "/jwt-revocation-session-cached",
+                    get(read)
+                        .route_layer(session_cached.clone())
                         .route_layer(jwt_cached),
+                )
+                .route(
+                    "/session-read-cached",
+                    get(read).route_layer(session_cached.clone()),
+                )
+                .route(
+                    "/session-write-cached",
+                    get(write).route_layer(session_cached),
                 )
         }
         None => Router::new(),
@@ -486,31 +520,55 @@ async fn peer_write(Extension(session): Extension<tower_sessions::Session>) -> R
     }
 }
 
+/// One `GET path` with `cookie` (`name=value`) if any: the cookie the answer sets, as
+/// `name=value`, if it sets one.
+async fn call(app: &Router, path: &str, cookie: Option<&str>) -> Result<Option<String>, String> {
+    let mut req = axum::http::Request::get(path);
+    if let Some(cookie) = cookie {
+        req = req.header(header::COOKIE, cookie);
+    }
+    let req = req
+        .body(axum::body::Body::empty())
+        .map_err(|e| e.to_string())?;
+    let res = app
+        .clone()
+        .oneshot(req)
+        .await
+        .map_err(|e: Infallible| e.to_string())?;
+    if !res.status().is_success() {
+        return Err(format!("{path}: {}", res.status()));
+    }
+    Ok(res
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned))
+}
+
 /// `count` new sessions made through `path` (a write route): their cookies as
 /// `name=value`.
 async fn new_sessions(app: &Router, path: &str, count: usize) -> Result<Vec<String>, String> {
     let mut cookies = Vec::with_capacity(count);
     for _ in 0..count {
-        let req = axum::http::Request::get(path)
-            .body(axum::body::Body::empty())
-            .map_err(|e| e.to_string())?;
-        let res = app
-            .clone()
-            .oneshot(req)
-            .await
-            .map_err(|e: Infallible| e.to_string())?;
-        if !res.status().is_success() {
-            return Err(format!("{path}: {}", res.status()));
-        }
-        let cookie = res
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
+        let cookie = call(app, path, None)
+            .await?
             .ok_or(format!("{path} set no cookie"))?;
-        cookies.push(cookie.to_owned());
+        cookies.push(cookie);
     }
     Ok(cookies)
+}
+
+/// Reads each session of `cookies` once through `path` (a read route of the layer that
+/// wrote them): a tagged cookie the read sends again (the store holds another write tag)
+/// replaces the one sent, so that every cookie carries the tag the store holds.
+async fn read_once(app: &Router, path: &str, cookies: Vec<String>) -> Result<Vec<String>, String> {
+    let mut read = Vec::with_capacity(cookies.len());
+    for cookie in cookies {
+        let again = call(app, path, Some(&cookie)).await?;
+        read.push(again.unwrap_or(cookie));
+    }
+    Ok(read)
 }
 
 async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
@@ -539,7 +597,10 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
             let pool = Pool::new(Config::from_url(url)?, None, None, None, 4)?;
             let _connection = pool.connect();
             pool.wait_for_connect().await?;
-            let cached = LocalCache::builder(store.clone()).prefix("rev:").build()?;
+            let cached = LocalCache::builder(store.clone())
+                .prefix("rev:")
+                .prefix(CACHED_SESSIONS)
+                .build()?;
             stacks(
                 store,
                 tower_sessions_redis_store::RedisStore::new(pool),
@@ -556,6 +617,14 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
     };
     let ours = new_sessions(&app, "/session-write", options.sessions).await?;
     let peer = new_sessions(&app, "/peer-write", options.sessions).await?;
+    // The `cached_reads` sessions (Redis only): their cookies carry the write tag.
+    let cached = match options.redis {
+        Some(_) => {
+            let written = new_sessions(&app, "/session-write-cached", options.sessions).await?;
+            Some(read_once(&app, "/session-read-cached", written).await?)
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await?;
     let port = listener.local_addr()?.port();
@@ -563,6 +632,9 @@ async fn serve(options: ServeOptions) -> Result<(), Box<dyn std::error::Error>> 
     std::fs::write(options.out.join("token"), &token)?;
     std::fs::write(options.out.join("ours.cookies"), ours.join("\n") + "\n")?;
     std::fs::write(options.out.join("peer.cookies"), peer.join("\n") + "\n")?;
+    if let Some(cached) = &cached {
+        std::fs::write(options.out.join("cached.cookies"), cached.join("\n") + "\n")?;
+    }
     // Last: its presence tells the script that everything else is written.
     std::fs::write(options.out.join("port"), port.to_string())?;
     eprintln!(
