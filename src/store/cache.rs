@@ -648,11 +648,13 @@ impl<S: StateStore> LocalCache<S> {
     }
 }
 
+// The reads box the store's futures: a hit then builds and moves a small future, not one
+// sized for the store's read (kilobytes), which only a miss pays for.
 impl<S: StateStore> StateStore for LocalCache<S> {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let state = self.state();
         if !state.is_cached(key) {
-            return self.inner.get(key).await;
+            return Box::pin(self.inner.get(key)).await;
         }
         let seen = state.snapshot();
         if let Some(value) = state.lookup(seen, key) {
@@ -660,7 +662,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(value);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
-        let value = self.inner.get(key).await?;
+        let value = Box::pin(self.inner.get(key)).await?;
         state.insert(seen, key, Cached::Value(value.clone()));
         Ok(value)
     }
@@ -668,7 +670,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let state = self.state();
         if keys.is_empty() || !keys.iter().all(|k| state.is_cached(k)) {
-            return self.inner.get_many(keys).await;
+            return Box::pin(self.inner.get_many(keys)).await;
         }
         let seen = state.snapshot();
         let hits: Option<Vec<Option<Bytes>>> = keys.iter().map(|k| state.lookup(seen, k)).collect();
@@ -677,7 +679,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(values);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
-        let values = self.inner.get_many(keys).await?;
+        let values = Box::pin(self.inner.get_many(keys)).await?;
         if values.len() == keys.len() {
             for (key, value) in keys.iter().zip(&values) {
                 state.insert(seen, key, Cached::Value(value.clone()));
@@ -768,7 +770,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
     ) -> Result<Option<StoredHash>, StoreError> {
         let state = self.state();
         if !state.is_cached(key) {
-            return self.inner.hash_get_all_cached(key, ttl, every, tag).await;
+            return Box::pin(self.inner.hash_get_all_cached(key, ttl, every, tag)).await;
         }
         let seen = state.snapshot();
         if let Some(hash) = tag.and_then(|tag| state.lookup_hash(seen, key, tag, ttl, every)) {
@@ -777,10 +779,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
         let read_at = Instant::now();
-        let hash = self
-            .inner
-            .hash_get_all_and_refresh_lazily(key, ttl, every)
-            .await?;
+        let hash = Box::pin(self.inner.hash_get_all_and_refresh_lazily(key, ttl, every)).await?;
         // A hash without a tag (written before tags were kept) is never served from here.
         if let Some(hash) = hash.as_ref().filter(|h| h.tag.is_some()) {
             state.insert(seen, key, Cached::Hash(Arc::new((hash.clone(), read_at))));
