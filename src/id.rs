@@ -15,10 +15,11 @@ pub(crate) fn random_id<const N: usize>() -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A random 64-bit number (a hash write tag). Should the OS fail to give entropy, the
-/// clock's nanoseconds stand in: a tag needs to differ from the last ones, not to be secret.
+/// A random 64-bit number (a hash write tag), from a fast generator in user space: a tag
+/// must differ from the other tags of its hash, not be secret, and every session write
+/// takes one, so it costs no system call (unlike the ids above, which must be unguessable).
 pub(crate) fn random_u64() -> u64 {
-    getrandom::u64().unwrap_or_else(|_| crate::store::unix_nanos())
+    fastrand::u64(..)
 }
 
 /// Random bytes in a session id: 256 bits, so ids cannot be guessed.
