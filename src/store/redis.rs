@@ -2,6 +2,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{
@@ -176,9 +177,16 @@ struct ReplicaAcks {
     wait: Duration,
 }
 
+/// One pooled connection: every operation reads it without a lock; it is (re)opened by
+/// one task at a time, under `opening`.
+struct Slot {
+    conn: ArcSwapOption<Conn>,
+    opening: Mutex<()>,
+}
+
 struct Inner {
     pool: Pools,
-    slots: Box<[Mutex<Option<Conn>>]>,
+    slots: Box<[Slot]>,
     next: AtomicUsize,
     prefix: String,
     /// The URL given to the builder, for connections the pool cannot make (the local
@@ -472,7 +480,12 @@ impl RedisStoreBuilder {
                 return Err(ConfigError::new("url", "a Redis URL or pool is required"));
             }
         };
-        let slots = (0..pool_size).map(|_| Mutex::new(None)).collect();
+        let slots = (0..pool_size)
+            .map(|_| Slot {
+                conn: ArcSwapOption::empty(),
+                opening: Mutex::new(()),
+            })
+            .collect();
         let store = RedisStore {
             inner: Arc::new(Inner {
                 pool,
@@ -672,17 +685,29 @@ impl RedisStore {
         StoreResult::of(&result).record(&span);
         if matches!(&result, Err(e) if e.is_unavailable()) {
             // Drop a connection that may be broken or half-open; the next use reconnects.
-            if let Ok(mut guard) = slot.try_lock() {
-                *guard = None;
+            if let Ok(_opening) = slot.opening.try_lock() {
+                slot.conn.store(None);
             }
         }
         result
     }
 
-    async fn connection(&self, slot: &Mutex<Option<Conn>>) -> Result<Conn, StoreError> {
-        let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            return Ok(conn.clone());
+    /// The slot's connection; opens it when there is none. No lock and no await when it is
+    /// open (every operation comes here): concurrent operations do not queue behind each
+    /// other for a clone of the handle.
+    async fn connection(&self, slot: &Slot) -> Result<Conn, StoreError> {
+        if let Some(conn) = &*slot.conn.load() {
+            return Ok(Conn::clone(conn));
+        }
+        // Boxed: opening a connection is a large future, which the common case must not
+        // carry.
+        Box::pin(self.open(slot)).await
+    }
+
+    async fn open(&self, slot: &Slot) -> Result<Conn, StoreError> {
+        let _opening = slot.opening.lock().await;
+        if let Some(conn) = &*slot.conn.load() {
+            return Ok(Conn::clone(conn));
         }
         // Taken out of the pool for good: never recycled, so never pinged.
         let conn = match &self.inner.pool {
@@ -694,7 +719,7 @@ impl RedisStore {
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
         };
-        *guard = Some(conn.clone());
+        slot.conn.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
 
