@@ -712,6 +712,85 @@ pub async fn hash_size_limit<S: StateStore>(store: &S) {
         ),
         HashWriteOutcome::Written
     );
+
+    // Replaced values never add up: a field rewritten many times (a counter) stays within
+    // a limit its size keeps, and the limit still refuses the first write past it, with
+    // the exact size.
+    let counter = fresh_key("hash-size-counter");
+    let small = |options: HashWriteOptions| options.max_bytes(64);
+    for n in 0..100 {
+        let value = format!("{n:08}");
+        let outcome = ok(
+            store
+                .hash_apply(
+                    &counter,
+                    &set(&[("count", value.as_str())]),
+                    small(upsert(LONG, LONG)),
+                )
+                .await,
+            "apply",
+        );
+        assert_eq!(outcome, HashWriteOutcome::Written, "rewrite {n}");
+    }
+    // 5 + 8 = 13 bytes; + "pad" + 49 bytes = 65 > 64.
+    let pad = "p".repeat(49);
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(
+                    &counter,
+                    &set(&[("pad", pad.as_str())]),
+                    small(existing(LONG))
+                )
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::TooLarge(65)
+    );
+    let pad = "p".repeat(48);
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(
+                    &counter,
+                    &set(&[("pad", pad.as_str())]),
+                    small(existing(LONG))
+                )
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::Written,
+        "exactly at the limit"
+    );
+    // A clear that sets more than the limit, but less than the hash held, passes; one that
+    // sets more than it held does not.
+    let tiny = |options: HashWriteOptions| options.max_bytes(8);
+    let mut clear = set(&[("q", "123456789")]);
+    clear.clear = true;
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(&counter, &clear, tiny(existing(LONG)))
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::Written
+    );
+    let mut clear = set(&[("q", "1234567890")]);
+    clear.clear = true;
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(&counter, &clear, tiny(existing(LONG)))
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::TooLarge(11)
+    );
+    assert_eq!(
+        fields(store, &counter).await,
+        Some(map(&[("q", "123456789")]))
+    );
 }
 
 /// A plain value under a key is no hash: reads see nothing, `Existing` writes write

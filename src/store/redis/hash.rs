@@ -59,29 +59,33 @@ return left",
 });
 
 /// Both writes: `hash_apply` (ARGV[6] = 'apply') and `hash_compare_and_set_field`
-/// (ARGV[6] = 'cas'); ARGV[5] is the write tag. Returns `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too
-/// large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
+/// (ARGV[6] = 'cas'); ARGV[5] is the write tag. Returns `{1}` written, `{2}` missing, `{3}`
+/// exists, `{4, size}` too large, `{5, 0}` / `{5, 1, value}` changed (field absent /
+/// present).
 ///
-/// Few commands, since each `redis.call` costs Redis about a microsecond: one `HMGET` of
-/// both reserved fields (a key that is no hash answers an error: no hash), one `HSTRLEN`
-/// per changed field (`HEXISTS` only when it answers 0), one `HSET` of every set field and
-/// the size and tag (arguments in chunks that Lua's stack holds), one `HDEL`, one `PEXPIRE`.
+/// Few commands, since each `redis.call` costs Redis close to a microsecond: `TIME`, one
+/// `HMGET` of both reserved fields (a key that is no hash answers an error: no hash), one
+/// `HSET` of every set field, the size and the tag, `HDEL` when fields are removed,
+/// `PEXPIRE` (numbers go to Redis as Lua numbers: no `string.format`). The stored size is
+/// an **upper bound**: a write adds the lengths of the fields it sets without reading the
+/// values they replace. Only when that bound would pass the limit does the script read the
+/// whole hash (`HGETALL`), compute the exact size before and after, refuse the write if it
+/// grows the hash past the limit, and store the exact size; so a write costs no read per
+/// field, and the limit holds exactly.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local k = KEYS[1]
-local DL, SZ = '\255\254d', '\255\254s'
-local mode, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local mode, max = ARGV[1], tonumber(ARGV[4])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local head = redis.pcall('HMGET', k, DL, SZ)
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s')
 local deadline = nil
 if not head['err'] then
   deadline = tonumber(head[1])
   if deadline and deadline <= now then deadline = nil end
 end
-local created = false
-local size = 0
+local created, new = false, 0
 if not deadline then
   if mode == 'existing' then return {2} end
   deadline = now + tonumber(ARGV[3])
@@ -89,19 +93,9 @@ if not deadline then
 elseif mode == 'new' then
   return {3}
 else
-  size = tonumber(head[2]) or 0
+  new = tonumber(head[2]) or 0
 end
-local before = size
-local cleared = false
-local sets, dels, seen = {}, {}, {}
-local function len(f)
-  local l = seen[f]
-  if l ~= nil then return l end
-  if cleared or created then return false end
-  l = redis.call('HSTRLEN', k, f)
-  if l == 0 and redis.call('HEXISTS', k, f) == 0 then return false end
-  return l
-end
+local sets, dels, cleared = {}, {}, false
 if ARGV[6] == 'cas' then
   local f = ARGV[7]
   local cur = false
@@ -119,42 +113,63 @@ else
   for i = 9, 8 + n do dels[#dels + 1] = ARGV[i] end
   for i = 9 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
 end
-if cleared then size = 0 end
-for _, f in ipairs(dels) do
-  local l = len(f)
-  if l then size = size - #f - l end
-  seen[f] = false
-end
-for i = 1, #sets, 2 do
-  local f, v = sets[i], sets[i + 1]
-  local l = len(f)
-  if l then size = size - #f - l end
-  size = size + #f + #v
-  seen[f] = #v
-end
-if max >= 0 and size > max and size > before then return {4, size} end
-local function chunked(cmd, args)
-  local i = 1
-  while i <= #args do
-    local j = math.min(i + 999, #args)
-    redis.call(cmd, k, unpack(args, i, j))
-    i = j + 1
+if created or cleared then
+  local len = {}
+  new = 0
+  for i = 1, #sets, 2 do
+    local f = sets[i]
+    if len[f] then new = new - #f - len[f] end
+    len[f] = #sets[i + 1]
+    new = new + #f + len[f]
   end
+else
+  for i = 1, #sets, 2 do new = new + #sets[i] + #sets[i + 1] end
+end
+if max >= 0 and new > max then
+  if created then return {4, new} end
+  local all = redis.call('HGETALL', k)
+  local old, len = 0, {}
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) ~= '\255\254' then
+      len[f] = #all[i + 1]
+      old = old + #f + len[f]
+    end
+  end
+  if not cleared then
+    new = old
+    for _, f in ipairs(dels) do
+      if len[f] then new = new - #f - len[f] end
+      len[f] = nil
+    end
+    for i = 1, #sets, 2 do
+      local f = sets[i]
+      if len[f] then new = new - #f - len[f] end
+      len[f] = #sets[i + 1]
+      new = new + #f + len[f]
+    end
+  end
+  if new > max and new > old then return {4, new} end
 end
 if created or cleared then
   redis.call('DEL', k)
-  sets[#sets + 1] = DL
-  sets[#sets + 1] = string.format('%.0f', deadline)
-elseif #dels > 0 then
-  chunked('HDEL', dels)
+  sets[#sets + 1] = '\255\254d'
+  sets[#sets + 1] = deadline
+else
+  for i = 1, #dels, 1000 do
+    redis.call('HDEL', k, unpack(dels, i, math.min(i + 999, #dels)))
+  end
 end
-sets[#sets + 1] = SZ
-sets[#sets + 1] = string.format('%.0f', size)
+sets[#sets + 1] = '\255\254s'
+sets[#sets + 1] = new
 sets[#sets + 1] = '\255\254t'
 sets[#sets + 1] = ARGV[5]
-chunked('HSET', sets)
-redis.call('PEXPIRE', k, string.format('%.0f', math.min(ttl, deadline - now)))
-return {1}",
+for i = 1, #sets, 1000 do
+  redis.call('HSET', k, unpack(sets, i, math.min(i + 999, #sets)))
+end
+redis.call('PEXPIRE', k, math.min(tonumber(ARGV[2]), deadline - now))
+return {1}
+",
     )
 });
 
