@@ -92,7 +92,8 @@ const ENTRY_OVERHEAD: usize = 64;
 ///   puts the write tag in the cookie; without it, session reads name no tag and always go
 ///   to the store. It pays where sessions are read far more often than written: every
 ///   write sends the cookie again, and every write anywhere invalidates that session's
-///   copy on every instance.
+///   copy on every instance (Redis sends each instance's tracking connection a push per
+///   write of a tracked key, about 60 bytes: with N instances, N pushes per write).
 /// - Do not cache idempotency records (`idem:`) or rate limits: they are compare-and-set
 ///   state that must be read fresh.
 ///
