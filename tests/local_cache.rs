@@ -538,19 +538,26 @@ fn session_app<St: StateStore>(store: St, idle: Duration, refresh: Duration) -> 
                 .clone();
             let path = request.uri().path().to_owned();
             let body = if path == "/read" {
-                match session.get::<u64>("n").await.expect("read") {
-                    Some(n) => n.to_string(),
-                    None => "none".to_owned(),
-                }
+                session
+                    .get::<u64>("n")
+                    .await
+                    .map(|n| n.map_or_else(|| "none".to_owned(), |n| n.to_string()))
             } else if let Some(n) = path.strip_prefix("/write/") {
                 let n: u64 = n.parse().expect("number");
-                session.insert("n", n).await.expect("insert");
-                String::from("written")
+                session.insert("n", n).await.map(|()| "written".to_owned())
             } else {
-                session.destroy().await.expect("destroy");
-                String::from("destroyed")
+                session.destroy().await.map(|()| "destroyed".to_owned())
             };
-            Ok::<_, Infallible>(Response::new(body))
+            // A store error (the restart test) is its status, as a real handler answers.
+            let response = match body {
+                Ok(body) => Response::new(body),
+                Err(e) => {
+                    let mut response = Response::new(e.to_string());
+                    *response.status_mut() = e.status();
+                    response
+                }
+            };
+            Ok::<_, Infallible>(response)
         })
         .boxed_clone()
 }
@@ -561,6 +568,14 @@ struct Jar(Option<String>);
 
 impl Jar {
     async fn call(&mut self, app: &App, path: &str) -> String {
+        match self.try_call(app, path).await {
+            Ok(body) => body,
+            Err(status) => panic!("{path}: {status}"),
+        }
+    }
+
+    /// [`call`](Self::call), answering the status of a non-`200` answer as an error.
+    async fn try_call(&mut self, app: &App, path: &str) -> Result<String, StatusCode> {
         let mut request = Request::get(path).body(String::new()).expect("request");
         if let Some(value) = &self.0 {
             request.headers_mut().insert(
@@ -569,7 +584,9 @@ impl Jar {
             );
         }
         let response = app.clone().oneshot(request).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        if response.status() != StatusCode::OK {
+            return Err(response.status());
+        }
         if let Some(set) = response.headers().get(header::SET_COOKIE) {
             let set = set.to_str().expect("ascii");
             let value = set
@@ -579,7 +596,7 @@ impl Jar {
             self.0 = (!set.contains("Max-Age=0")).then(|| value.to_owned());
         }
         let body = response.into_body().collect().await.expect("body");
-        String::from_utf8(body.to_bytes().to_vec()).expect("utf-8")
+        Ok(String::from_utf8(body.to_bytes().to_vec()).expect("utf-8"))
     }
 
     /// The write tag the cookie carries.
@@ -815,4 +832,31 @@ async fn a_killed_tracking_connection_serves_no_stale_session() {
         assert_eq!(old.call(&b, "/read").await, "2", "stale session served");
     }
     assert_eq!(read_from_memory(&b, &mut jar, &server).await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_serves_no_stale_session() {
+    let mut server = redis_or_skip!();
+    let a = session_app(store(&server), HOUR, Duration::from_secs(60));
+    let b_cache = session_cache(&server);
+    serving(&b_cache).await;
+    let b = session_app(b_cache.clone(), HOUR, Duration::from_secs(60));
+    let mut jar = Jar::default();
+    assert_eq!(jar.call(&a, "/write/1").await, "written");
+    assert_eq!(read_from_memory(&b, &mut jar, &server).await, "1");
+
+    // The restarted Redis is empty: the session is gone, whatever B held.
+    server.restart();
+    eventually("B reads the restarted Redis", || {
+        let (b, mut jar) = (b.clone(), jar.clone());
+        async move { jar.try_call(&b, "/read").await.as_deref() == Ok("none") }
+    })
+    .await;
+    serving(&b_cache).await;
+    // The store's other pooled connections may still report the restart once; what is
+    // answered must never be the old session.
+    for _ in 0..20 {
+        let read = jar.clone().try_call(&b, "/read").await;
+        assert_ne!(read.as_deref(), Ok("1"), "stale session served");
+    }
 }
