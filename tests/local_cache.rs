@@ -305,12 +305,9 @@ fn tracking_client_id(server: &RedisServer) -> Option<u64> {
         .and_then(|id| id.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_tracking_connection_serves_nothing_stale() {
-    let server = redis_or_skip!();
-    let (a, b) = (store(&server), cache(&server));
-    assert_eq!(cached(&b, &server, "rev:{x}:k").await, None);
-    let id = tracking_client_id(&server).expect("the tracking connection is listed");
+/// Kills the cache's tracking connection (`CLIENT KILL`) and returns its client id.
+fn kill_tracking(server: &RedisServer) -> u64 {
+    let id = tracking_client_id(server).expect("the tracking connection is listed");
     let client = redis::Client::open(server.url()).expect("client");
     let mut conn = client.get_connection().expect("connect");
     let killed: u64 = redis::cmd("CLIENT")
@@ -320,6 +317,15 @@ async fn a_killed_tracking_connection_serves_nothing_stale() {
         .query(&mut conn)
         .expect("CLIENT KILL");
     assert_eq!(killed, 1);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_serves_nothing_stale() {
+    let server = redis_or_skip!();
+    let (a, b) = (store(&server), cache(&server));
+    assert_eq!(cached(&b, &server, "rev:{x}:k").await, None);
+    let id = kill_tracking(&server);
     // Redis cannot push this change to B any more: only emptying the cache on the lost
     // connection lets B see it (entries live for an hour otherwise).
     a.set("rev:{x}:k", Bytes::from_static(b"1"), HOUR)
@@ -808,16 +814,7 @@ async fn a_killed_tracking_connection_serves_no_stale_session() {
     // A second client of the session keeps the old cookie: only invalidation (or emptying
     // the cache) keeps B from answering it with the old copy.
     let mut old = jar.clone();
-    let id = tracking_client_id(&server).expect("the tracking connection is listed");
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client.get_connection().expect("connect");
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(id)
-        .query(&mut conn)
-        .expect("CLIENT KILL");
-    assert_eq!(killed, 1);
+    let id = kill_tracking(&server);
     assert_eq!(jar.call(&a, "/write/2").await, "written");
     eventually("B sees the write made while it was disconnected", || {
         let (b, mut old) = (b.clone(), old.clone());
