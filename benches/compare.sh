@@ -21,15 +21,18 @@
 # crate's default, one; tower-sessions' fred pool here has 4), for an A/B of the pool size.
 #
 # Run with: benches/compare.sh [--seconds S] [--warmup S] [--connections C] [--threads T]
-#                              [--memory] [--rows REGEX]
+#                              [--memory] [--rows REGEX] [--rounds N]
 # Defaults: 10 s per row after a 2 s warm-up, 32 connections, 1 wrk thread (wrk -t1 -c32),
-# on Redis (--memory: the in-memory stores instead, no Redis needed). --rows runs only the
-# rows whose path matches the extended regex (and the bare row, the ratios' base).
+# on Redis (--memory: the in-memory stores instead, no Redis needed), one round. --rows
+# runs only the rows whose path matches the extended regex (and the bare row, the ratios'
+# base). --rounds N runs every row N times, round after round (so that a slow minute of
+# the machine falls on every row alike), and prints each row's median and each ratio as
+# the median of its N same-round ratios with the lowest and highest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
 
-seconds=10 warmup=2 connections=32 threads=1 memory=0 only=""
+seconds=10 warmup=2 connections=32 threads=1 memory=0 only="" rounds=1
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --memory) memory=1; shift ;;
     --rows) only=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
     esac
 done
@@ -103,47 +107,92 @@ if [ "$memory" = 0 ]; then
     )
 fi
 
-echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row"
+echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row, $rounds round(s)"
+# rps/p50/p99 of row key K in round R are stored under "K@R".
 declare -A rps p50 p99
+keys=()
 failed=0
-printf '%-46s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
-for row in "${rows[@]}"; do
-    IFS='|' read -r name path kind <<<"$row"
-    if [ -n "$only" ] && [ "$path" != /bare ] && ! [[ $path =~ $only ]]; then continue; fi
-    post=0
-    [ "$path" = /idempotent ] && post=1
-    key=$path
-    export BENCH_COOKIES="$out/cookies"
-    if [ "$kind" = hot ]; then
-        key="$path#hot"
-        export BENCH_COOKIES="$out/hot.cookies"
-    fi
-    # Each wrk run numbers its idempotency keys from 1: the warm-up gets a tag of its own,
-    # or the measured run would replay the warm-up's keys.
-    BENCH_RUN="$BENCH_RUN-warm" BENCH_POST=$post wrk -t"$threads" -c"$connections" \
-        -d"${warmup}s" -s benches/compare.lua "$base$path" >/dev/null
-    result=$(BENCH_POST=$post wrk -t"$threads" -c"$connections" -d"${seconds}s" \
-        -s benches/compare.lua "$base$path" | grep '^RESULT ')
-    read -r _ requests duration lat50 lat99 bad_status socket_errors <<<"$result"
-    rps[$key]=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-    p50[$key]=$lat50 p99[$key]=$lat99
-    note=""
-    if [ "$bad_status" -gt 0 ] || [ "$socket_errors" -gt 0 ]; then
-        note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
-        failed=1
-    fi
-    printf '%-46s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$key]}" \
-        "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
-        "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
-        "$(awk -v a="${rps[$key]}" -v b="${rps[/bare]}" 'BEGIN { print a / b }')" "$note"
+for round in $(seq "$rounds"); do
+    if [ "$rounds" -gt 1 ]; then echo "-- round $round of $rounds"; fi
+    printf '%-46s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
+    for row in "${rows[@]}"; do
+        IFS='|' read -r name path kind <<<"$row"
+        if [ -n "$only" ] && [ "$path" != /bare ] && ! [[ $path =~ $only ]]; then continue; fi
+        post=0
+        [ "$path" = /idempotent ] && post=1
+        key=$path
+        export BENCH_COOKIES="$out/cookies"
+        if [ "$kind" = hot ]; then
+            key="$path#hot"
+            export BENCH_COOKIES="$out/hot.cookies"
+        fi
+        [ "$round" = 1 ] && keys+=("$key|$name")
+        # Each wrk run numbers its idempotency keys from 1: the warm-up and every round
+        # get a tag of their own, or a measured run would replay earlier keys.
+        BENCH_RUN="$BENCH_RUN-$round-warm" BENCH_POST=$post wrk -t"$threads" -c"$connections" \
+            -d"${warmup}s" -s benches/compare.lua "$base$path" >/dev/null
+        result=$(BENCH_RUN="$BENCH_RUN-$round" BENCH_POST=$post wrk -t"$threads" \
+            -c"$connections" -d"${seconds}s" -s benches/compare.lua "$base$path" | grep '^RESULT ')
+        read -r _ requests duration lat50 lat99 bad_status socket_errors <<<"$result"
+        k="$key@$round"
+        rps[$k]=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+        p50[$k]=$lat50 p99[$k]=$lat99
+        note=""
+        if [ "$bad_status" -gt 0 ] || [ "$socket_errors" -gt 0 ]; then
+            note="  ! $bad_status answers not 2xx/3xx, $socket_errors socket errors"
+            failed=1
+        fi
+        printf '%-46s %10s %9.2f %9.2f %7.2fx%s\n' "$name" "${rps[$k]}" \
+            "$(awk -v v="$lat50" 'BEGIN { print v / 1000 }')" \
+            "$(awk -v v="$lat99" 'BEGIN { print v / 1000 }')" \
+            "$(awk -v a="${rps[$k]}" -v b="${rps[/bare@$round]}" 'BEGIN { print a / b }')" "$note"
+    done
 done
 
-ratio() {
-    if [ -z "${rps[$1]:-}" ] || [ -z "${rps[$2]:-}" ]; then echo "-"; return; fi
-    awk -v a="${rps[$1]}" -v b="${rps[$2]}" 'BEGIN { printf "%.2f", a / b }'
+# median <numbers...>: the middle one (the mean of the two middle ones for an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) printf "%.4f", v[(NR + 1) / 2]; else printf "%.4f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+# ratio A B: the median over the rounds of A's req/s ÷ B's in the same round, with the
+# lowest and highest of those ratios when there is more than one round.
+ratio() {
+    local r values=()
+    for r in $(seq "$rounds"); do
+        if [ -z "${rps[$1@$r]:-}" ] || [ -z "${rps[$2@$r]:-}" ]; then echo "-"; return; fi
+        values+=("$(awk -v a="${rps[$1@$r]}" -v b="${rps[$2@$r]}" 'BEGIN { print a / b }')")
+    done
+    local sorted
+    sorted=$(printf '%s\n' "${values[@]}" | sort -g)
+    if [ "$rounds" -gt 1 ]; then
+        printf '%.2f  (%.2f–%.2f)\n' "$(median "${values[@]}")" "$(head -n1 <<<"$sorted")" \
+            "$(tail -n1 <<<"$sorted")"
+    else
+        printf '%.2f\n' "$(median "${values[@]}")"
+    fi
+}
+# of <array name> <row key>: the median over the rounds.
+of() {
+    local -n table=$1
+    local r values=()
+    for r in $(seq "$rounds"); do values+=("${table[$2@$r]}"); done
+    median "${values[@]}"
+}
+
+if [ "$rounds" -gt 1 ]; then
+    echo
+    echo "Medians over the $rounds rounds (÷ bare: the median of the per-round ratios):"
+    printf '%-46s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
+    for entry in "${keys[@]}"; do
+        IFS='|' read -r key name <<<"$entry"
+        printf '%-46s %10.0f %9.2f %9.2f %8s\n' "$name" "$(of rps "$key")" \
+            "$(awk -v v="$(of p50 "$key")" 'BEGIN { print v / 1000 }')" \
+            "$(awk -v v="$(of p99 "$key")" 'BEGIN { print v / 1000 }')" \
+            "$(ratio "$key" /bare | cut -d' ' -f1)x"
+    done
+fi
 echo
-echo "Throughput ratios (same run):"
+echo "Throughput ratios (same run$([ "$rounds" -gt 1 ] && echo "; median of the $rounds rounds' ratios, lowest–highest")):"
 echo "  JwtAuthLayer ÷ jsonwebtoken::decode middleware   $(ratio /jwt /decode)"
 echo "  JWT + revocation ÷ JwtAuthLayer                   $(ratio /jwt-revocation /jwt)"
 echo "  JWT + revocation + session read ÷ bare axum       $(ratio /jwt-revocation-session /bare)"
