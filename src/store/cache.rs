@@ -69,14 +69,14 @@ const ENTRY_OVERHEAD: usize = 64;
 ///   reaches B; what a cached read can miss is someone else's write, for the invalidation
 ///   delay. A copy is also served only while a store read would not roll the session's
 ///   idle expiry, so caching changes nothing about when an idle session ends.
-/// - **Bounded age.** Every entry is dropped [`max_age`](LocalCacheBuilder::max_age) after
-///   it was read from the store (default 60 s), whatever Redis says. This bounds the
+/// - **Bounded age.** No entry is served more than [`max_age`](LocalCacheBuilder::max_age)
+///   after it was read from the store (default 60 s), whatever Redis says. This bounds the
 ///   damage of anything the above misses, such as a network partition between this
 ///   instance and Redis that the heartbeat has not detected yet (detected within two
 ///   [`heartbeat`](LocalCacheBuilder::heartbeat) intervals).
 /// - **Bounded memory.** At most [`max_bytes`](LocalCacheBuilder::max_bytes) of keys and
-///   values (default 16 MiB, counting 64 bytes of overhead per entry); least-used entries
-///   go first.
+///   values (default 16 MiB, counting 64 bytes of overhead per entry); entries read
+///   seldom go first.
 ///
 /// # What to cache, and why it is opt-in
 ///
@@ -160,19 +160,51 @@ struct State {
     prefixes: Box<[String]>,
     /// The store's own key prefix, stripped from the keys Redis pushes.
     store_prefix: String,
-    entries: moka::sync::Cache<String, Entry>,
+    entries: Entries,
+    /// [`LocalCacheBuilder::max_age`]: an older entry is not served.
+    max_age: Duration,
     /// Bit 0: tracking is on and the cache may serve. Bits 1..: a generation that every
     /// invalidation and every change of bit 0 advances.
     generation: AtomicU64,
     /// Advanced (before `generation`) by every flush: an entry cached before the latest
-    /// flush is never served, whatever moka's lazy `invalidate_all` makes of it.
+    /// flush is never served, whatever an insert racing the `clear` leaves behind.
     flushes: AtomicU64,
+}
+
+/// The entries, bounded by weight (`max_bytes`). `quick_cache` rather than moka (which
+/// `MemoryStore` uses): a lookup here runs up to four times per request on the hot path,
+/// and quick_cache's costs less than half of moka's (no access log, no housekeeping, no
+/// epoch pinning); the age bound is checked at lookup instead of by moka's expiry.
+type Entries = quick_cache::sync::Cache<String, Entry, Weight>;
+
+fn entries(max_bytes: u64) -> Entries {
+    // quick_cache sizes its table from an estimate of the entry count: a typical entry
+    // (a revocation key, or a small session) is a few hundred bytes.
+    let estimate = usize::try_from(max_bytes / 256)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1 << 20);
+    quick_cache::sync::Cache::with_weighter(estimate, max_bytes, Weight)
+}
+
+/// An entry's weight: computed once, when it is made.
+#[derive(Clone, Copy)]
+struct Weight;
+
+impl quick_cache::Weighter<String, Entry> for Weight {
+    fn weight(&self, key: &String, entry: &Entry) -> u64 {
+        key.len() as u64 + entry.weight
+    }
 }
 
 #[derive(Clone)]
 struct Entry {
     /// `flushes` when the value was read.
     flushes: u64,
+    /// When the store read began: the entry is served until `max_age` after it.
+    read_at: Instant,
+    /// The value's bytes plus the fixed overhead (never zero: quick_cache never evicts a
+    /// zero-weight entry).
+    weight: u64,
     value: Cached,
 }
 
@@ -180,8 +212,8 @@ struct Entry {
 enum Cached {
     /// A plain value; `None` caches an absent key.
     Value(Option<Bytes>),
-    /// A hash (a session), and when its read began.
-    Hash(Arc<(StoredHash, Instant)>),
+    /// A hash (a session).
+    Hash(Arc<StoredHash>),
 }
 
 impl Cached {
@@ -190,7 +222,6 @@ impl Cached {
         match self {
             Cached::Value(value) => value.as_ref().map_or(0, Bytes::len),
             Cached::Hash(hash) => hash
-                .0
                 .fields
                 .iter()
                 .map(|(name, value)| name.len() + value.len() + ENTRY_OVERHEAD / 2)
@@ -238,20 +269,22 @@ impl State {
         }
     }
 
-    /// The cached value of `key`, if the cache serves and holds one from after the latest
-    /// flush.
-    // `Some(None)` is a cached absence, `None` a miss: both are needed.
-    #[allow(clippy::option_option)]
-    fn lookup(&self, seen: Seen, key: &str) -> Option<Option<Bytes>> {
+    /// The entry at `key`, if the cache serves and holds one read after the latest flush
+    /// and less than `max_age` ago.
+    fn fresh(&self, seen: Seen, key: &str) -> Option<Entry> {
         if seen.generation & SERVING == 0 {
             return None;
         }
-        match self
-            .entries
+        self.entries
             .get(key)
-            .filter(|entry| entry.flushes == seen.flushes)?
-            .value
-        {
+            .filter(|entry| entry.flushes == seen.flushes && entry.read_at.elapsed() < self.max_age)
+    }
+
+    /// The cached value of `key`, if [`fresh`](Self::fresh).
+    // `Some(None)` is a cached absence, `None` a miss: both are needed.
+    #[allow(clippy::option_option)]
+    fn lookup(&self, seen: Seen, key: &str) -> Option<Option<Bytes>> {
+        match self.fresh(seen, key)?.value {
             Cached::Value(value) => Some(value),
             Cached::Hash(_) => None,
         }
@@ -268,21 +301,14 @@ impl State {
         ttl: Duration,
         every: Duration,
     ) -> Option<StoredHash> {
-        if seen.generation & SERVING == 0 {
-            return None;
-        }
-        let entry = self
-            .entries
-            .get(key)
-            .filter(|entry| entry.flushes == seen.flushes)?;
-        let Cached::Hash(cached) = &entry.value else {
+        let entry = self.fresh(seen, key)?;
+        let Cached::Hash(hash) = &entry.value else {
             return None;
         };
-        let (hash, read_at) = &**cached;
         if hash.tag != Some(tag) {
             return None;
         }
-        let age = read_at.elapsed();
+        let age = entry.read_at.elapsed();
         let lifetime_left = hash.lifetime_left.checked_sub(age)?;
         let expires_in = hash.expires_in.checked_sub(age)?;
         if lifetime_left.is_zero() || expires_in + every <= ttl.min(lifetime_left) {
@@ -296,13 +322,16 @@ impl State {
         })
     }
 
-    /// Caches what was read since `seen`, unless anything moved since.
-    fn insert(&self, seen: Seen, key: &str, value: Cached) {
+    /// Caches what a read that began at `read_at` (after `seen`) brought, unless anything
+    /// moved since.
+    fn insert(&self, seen: Seen, read_at: Instant, key: &str, value: Cached) {
         if seen.generation & SERVING == 0 || self.generation() != seen.generation {
             return;
         }
         let entry = Entry {
             flushes: seen.flushes,
+            read_at,
+            weight: (value.weight() + ENTRY_OVERHEAD) as u64,
             value,
         };
         self.entries.insert(key.to_owned(), entry);
@@ -310,7 +339,7 @@ impl State {
         // entry may be stale, and whoever advanced the generation may already have
         // removed the key.
         if self.generation() != seen.generation {
-            self.entries.invalidate(key);
+            self.entries.remove(key);
         }
     }
 
@@ -318,13 +347,13 @@ impl State {
     /// the old value).
     fn invalidate(&self, key: &str) {
         self.generation.fetch_add(STEP, Ordering::SeqCst);
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     fn invalidate_all(&self) {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(STEP, Ordering::SeqCst);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     fn set_serving(&self, serving: bool) {
@@ -339,7 +368,7 @@ impl State {
                     next & !SERVING
                 })
             });
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// Applies an `invalidate` push: a list of full Redis keys, or null for "everything"
@@ -391,17 +420,16 @@ impl<S> LocalCache<S> {
         self.shared.state.generation() & SERVING != 0
     }
 
-    /// How many entries the cache holds (after finishing pending evictions).
+    /// How many entries the cache holds (entries past `max_age` count until they are
+    /// evicted for room or replaced).
     pub fn entry_count(&self) -> u64 {
-        self.shared.state.entries.run_pending_tasks();
-        self.shared.state.entries.entry_count()
+        self.shared.state.entries.len() as u64
     }
 
     /// How many bytes of keys and values (plus a fixed overhead per entry) the cache holds,
     /// as counted against [`max_bytes`](LocalCacheBuilder::max_bytes).
     pub fn weighted_size(&self) -> u64 {
-        self.shared.state.entries.run_pending_tasks();
-        self.shared.state.entries.weighted_size()
+        self.shared.state.entries.weight()
     }
 }
 
@@ -509,18 +537,12 @@ impl LocalCacheBuilder {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("build", "must be called inside a Tokio runtime"))?;
 
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(self.max_bytes)
-            .weigher(|key: &String, entry: &Entry| {
-                let bytes = key.len() + entry.value.weight() + ENTRY_OVERHEAD;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .time_to_live(self.max_age)
-            .build();
+        let entries = entries(self.max_bytes);
         let state = Arc::new(State {
             prefixes: self.prefixes.into_boxed_slice(),
             store_prefix: self.store.key_prefix().to_owned(),
             entries,
+            max_age: self.max_age,
             generation: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
         });
@@ -663,8 +685,9 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(value);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
+        let read_at = Instant::now();
         let value = Box::pin(self.inner.get(key)).await?;
-        state.insert(seen, key, Cached::Value(value.clone()));
+        state.insert(seen, read_at, key, Cached::Value(value.clone()));
         Ok(value)
     }
 
@@ -680,10 +703,11 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(values);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
+        let read_at = Instant::now();
         let values = Box::pin(self.inner.get_many(keys)).await?;
         if values.len() == keys.len() {
             for (key, value) in keys.iter().zip(&values) {
-                state.insert(seen, key, Cached::Value(value.clone()));
+                state.insert(seen, read_at, key, Cached::Value(value.clone()));
             }
         }
         Ok(values)
@@ -783,7 +807,7 @@ impl<S: StateStore> StateStore for LocalCache<S> {
         let hash = Box::pin(self.inner.hash_get_all_and_refresh_lazily(key, ttl, every)).await?;
         // A hash without a tag (written before tags were kept) is never served from here.
         if let Some(hash) = hash.as_ref().filter(|h| h.tag.is_some()) {
-            state.insert(seen, key, Cached::Hash(Arc::new((hash.clone(), read_at))));
+            state.insert(seen, read_at, key, Cached::Hash(Arc::new(hash.clone())));
         }
         Ok(hash)
     }
@@ -901,7 +925,8 @@ mod tests {
         let state = State {
             prefixes: vec!["rev:".to_owned()].into_boxed_slice(),
             store_prefix: "app:".to_owned(),
-            entries: moka::sync::Cache::new(100),
+            entries: entries(1 << 20),
+            max_age: Duration::from_secs(60),
             generation: AtomicU64::new(SERVING),
             flushes: AtomicU64::new(0),
         };
@@ -909,11 +934,11 @@ mod tests {
         // A push lands while the read is in flight: the read is not cached.
         let seen = state.snapshot();
         state.apply(&[Value::Array(vec![Value::BulkString(b"app:rev:k".to_vec())])]);
-        state.insert(seen, "rev:k", Cached::Value(None));
+        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), None);
 
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", Cached::Value(None));
+        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), Some(None));
         // A push for another application's key (other store prefix) changes nothing here.
         state.apply(&[Value::BulkString(b"other:rev:k".to_vec())]);
@@ -923,20 +948,25 @@ mod tests {
 
         // A flush (null push) empties everything, also what a read in flight brings back.
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", Cached::Value(None));
+        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
         let in_flight = state.snapshot();
         state.apply(&[Value::Nil]);
         assert_eq!(cached(&state), None);
-        state.insert(in_flight, "rev:j", Cached::Value(None));
+        state.insert(in_flight, Instant::now(), "rev:j", Cached::Value(None));
         assert_eq!(state.lookup(state.snapshot(), "rev:j"), None);
 
         // Not serving: nothing is cached, nothing is served.
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", Cached::Value(Some(Bytes::from_static(b"1"))));
+        state.insert(
+            seen,
+            Instant::now(),
+            "rev:k",
+            Cached::Value(Some(Bytes::from_static(b"1"))),
+        );
         state.set_serving(false);
         assert_eq!(cached(&state), None);
         let seen = state.snapshot();
-        state.insert(seen, "rev:k", Cached::Value(None));
+        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
         assert!(state.entries.get("rev:k").is_none());
         // Back on: what was cached before the loss is not served.
         state.set_serving(true);
