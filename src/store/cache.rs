@@ -235,6 +235,9 @@ impl Cached {
 struct Seen {
     flushes: u64,
     generation: u64,
+    /// When the snapshot was taken: the "now" of its lookups, and the start of the store
+    /// read that may follow (one clock read per request, not one per key).
+    at: Instant,
 }
 
 /// Owned by the handles only: dropping the last one stops the tracking task.
@@ -266,6 +269,7 @@ impl State {
         Seen {
             flushes,
             generation: self.generation(),
+            at: Instant::now(),
         }
     }
 
@@ -275,9 +279,10 @@ impl State {
         if seen.generation & SERVING == 0 {
             return None;
         }
-        self.entries
-            .get(key)
-            .filter(|entry| entry.flushes == seen.flushes && entry.read_at.elapsed() < self.max_age)
+        self.entries.get(key).filter(|entry| {
+            entry.flushes == seen.flushes
+                && seen.at.saturating_duration_since(entry.read_at) < self.max_age
+        })
     }
 
     /// The cached value of `key`, if [`fresh`](Self::fresh).
@@ -308,7 +313,7 @@ impl State {
         if hash.tag != Some(tag) {
             return None;
         }
-        let age = entry.read_at.elapsed();
+        let age = seen.at.saturating_duration_since(entry.read_at);
         let lifetime_left = hash.lifetime_left.checked_sub(age)?;
         let expires_in = hash.expires_in.checked_sub(age)?;
         if lifetime_left.is_zero() || expires_in + every <= ttl.min(lifetime_left) {
@@ -322,15 +327,14 @@ impl State {
         })
     }
 
-    /// Caches what a read that began at `read_at` (after `seen`) brought, unless anything
-    /// moved since.
-    fn insert(&self, seen: Seen, read_at: Instant, key: &str, value: Cached) {
+    /// Caches what a read that began after `seen` brought, unless anything moved since.
+    fn insert(&self, seen: Seen, key: &str, value: Cached) {
         if seen.generation & SERVING == 0 || self.generation() != seen.generation {
             return;
         }
         let entry = Entry {
             flushes: seen.flushes,
-            read_at,
+            read_at: seen.at,
             weight: (value.weight() + ENTRY_OVERHEAD) as u64,
             value,
         };
@@ -685,9 +689,8 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(value);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
-        let read_at = Instant::now();
         let value = Box::pin(self.inner.get(key)).await?;
-        state.insert(seen, read_at, key, Cached::Value(value.clone()));
+        state.insert(seen, key, Cached::Value(value.clone()));
         Ok(value)
     }
 
@@ -703,11 +706,10 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(values);
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
-        let read_at = Instant::now();
         let values = Box::pin(self.inner.get_many(keys)).await?;
         if values.len() == keys.len() {
             for (key, value) in keys.iter().zip(&values) {
-                state.insert(seen, read_at, key, Cached::Value(value.clone()));
+                state.insert(seen, key, Cached::Value(value.clone()));
             }
         }
         Ok(values)
@@ -803,11 +805,10 @@ impl<S: StateStore> StateStore for LocalCache<S> {
             return Ok(Some(hash));
         }
         crate::metrics::local_cache(LocalCacheRead::Miss);
-        let read_at = Instant::now();
         let hash = Box::pin(self.inner.hash_get_all_and_refresh_lazily(key, ttl, every)).await?;
         // A hash without a tag (written before tags were kept) is never served from here.
         if let Some(hash) = hash.as_ref().filter(|h| h.tag.is_some()) {
-            state.insert(seen, read_at, key, Cached::Hash(Arc::new(hash.clone())));
+            state.insert(seen, key, Cached::Hash(Arc::new(hash.clone())));
         }
         Ok(hash)
     }
@@ -934,11 +935,11 @@ mod tests {
         // A push lands while the read is in flight: the read is not cached.
         let seen = state.snapshot();
         state.apply(&[Value::Array(vec![Value::BulkString(b"app:rev:k".to_vec())])]);
-        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), None);
 
         let seen = state.snapshot();
-        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert_eq!(cached(&state), Some(None));
         // A push for another application's key (other store prefix) changes nothing here.
         state.apply(&[Value::BulkString(b"other:rev:k".to_vec())]);
@@ -948,25 +949,20 @@ mod tests {
 
         // A flush (null push) empties everything, also what a read in flight brings back.
         let seen = state.snapshot();
-        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
+        state.insert(seen, "rev:k", Cached::Value(None));
         let in_flight = state.snapshot();
         state.apply(&[Value::Nil]);
         assert_eq!(cached(&state), None);
-        state.insert(in_flight, Instant::now(), "rev:j", Cached::Value(None));
+        state.insert(in_flight, "rev:j", Cached::Value(None));
         assert_eq!(state.lookup(state.snapshot(), "rev:j"), None);
 
         // Not serving: nothing is cached, nothing is served.
         let seen = state.snapshot();
-        state.insert(
-            seen,
-            Instant::now(),
-            "rev:k",
-            Cached::Value(Some(Bytes::from_static(b"1"))),
-        );
+        state.insert(seen, "rev:k", Cached::Value(Some(Bytes::from_static(b"1"))));
         state.set_serving(false);
         assert_eq!(cached(&state), None);
         let seen = state.snapshot();
-        state.insert(seen, Instant::now(), "rev:k", Cached::Value(None));
+        state.insert(seen, "rev:k", Cached::Value(None));
         assert!(state.entries.get("rev:k").is_none());
         // Back on: what was cached before the loss is not served.
         state.set_serving(true);
