@@ -183,7 +183,7 @@ fn allocations_per_request() {
                 .service(service_fn(read::<Full<Bytes>>));
             let with_session = per_request(&with_session, &bearer, Some(&cookie)).await - floor;
             rows.push(("jwt+revocation cached+session read", with_session));
-            redis_figures = Some((redis, cached));
+            redis_figures = Some((redis, cached, with_session));
         } else {
             eprintln!("SKIPPED: the Redis rows (no redis-server)");
         }
@@ -203,8 +203,15 @@ fn allocations_per_request() {
             "revocation on MemoryStore: {}",
             memory - jwt
         );
-        if let Some((redis, cached)) = redis_figures {
+        if let Some((redis, cached, with_session)) = redis_figures {
             assert!(cached - jwt <= 3.5, "cached revocation: {}", cached - jwt);
+            // The session read from Redis (one `HGETALL`, 27 on 2026-11-30): the layer's
+            // state and future, the key, the command and its reply, the fields.
+            assert!(
+                with_session - cached <= 27.5,
+                "session read: {}",
+                with_session - cached
+            );
             // The reply parsed into `Bytes` in place, keys written into the command.
             assert!(redis - jwt <= 9.5, "revocation on Redis: {}", redis - jwt);
         }

@@ -153,7 +153,7 @@ impl<St: StateStore> SessionLayer<St> {
     ///
     /// A read that finds the session's expiry closer than this to the full idle timeout
     /// leaves it alone, so most reads write nothing to the store: on Redis such a read is
-    /// one pipeline of `HGETALL` and `PTTL`, and the read that finds it due pays one more
+    /// one `HGETALL`, and the read that finds it due pays one more
     /// round trip to roll it. An idle session then ends between `idle_timeout - interval`
     /// and `idle_timeout` after its last request (ASP.NET Core's sliding expiration makes
     /// the same trade, with half the timeout). `Duration::ZERO` rolls on every read (one

@@ -1,5 +1,5 @@
 //! Hashes on Redis: a Redis hash per key, whose absolute deadline, size and write tag live
-//! in three reserved fields. Their names are not UTF-8, so no field of the API (a `&str`) can ever
+//! in four reserved fields (with when its idle expiry falls). Their names are not UTF-8, so no field of the API (a `&str`) can ever
 //! collide with them, and reads leave them out. Reads are a `MULTI`/`EXEC` transaction
 //! (no Lua); writes are one Lua script.
 
@@ -16,7 +16,7 @@ use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
 use crate::store::{ttl_millis, unix_millis, StoreError};
 
-/// Both reserved field names start with these bytes (`\255\254` in the scripts).
+/// Every reserved field name starts with these bytes (`\255\254` in the scripts).
 const RESERVED: &[u8] = b"\xff\xfe";
 
 /// The field that holds a hash's absolute deadline (milliseconds of Redis' clock).
@@ -24,6 +24,11 @@ const DEADLINE: &[u8] = b"\xff\xfed";
 
 /// The field that holds the tag of a hash's last write (a decimal `u64`).
 const TAG: &[u8] = b"\xff\xfet";
+
+/// The field that holds when the hash's idle expiry falls (milliseconds of Redis' clock),
+/// as the last write or roll set it: a lazy read needs no `PTTL`. A hash without it
+/// (written before it was kept) is rolled by the read that finds it so, which adds it.
+const EXPIRES: &[u8] = b"\xff\xfee";
 
 /// Deletes a hash found past its deadline, unless it was recreated meanwhile (its deadline
 /// field changed): a read rolls the expiry without the cap, so such a hash would otherwise
@@ -48,12 +53,15 @@ pub(super) static ROLL: LazyLock<Script> = LazyLock::new(|| {
 local d = redis.pcall('HGET', KEYS[1], '\255\254d')
 if type(d) ~= 'string' or d ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
-local left = tonumber(d) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local left = tonumber(d) - now
 if left <= 0 then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(tonumber(ARGV[2]), left)))
+local ex = math.min(tonumber(ARGV[2]), left)
+redis.call('HSET', KEYS[1], '\255\254e', string.format('%.0f', now + ex))
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ex))
 return left",
     )
 });
@@ -164,10 +172,13 @@ sets[#sets + 1] = '\255\254s'
 sets[#sets + 1] = new
 sets[#sets + 1] = '\255\254t'
 sets[#sets + 1] = ARGV[5]
+local ex = math.min(tonumber(ARGV[2]), deadline - now)
+sets[#sets + 1] = '\255\254e'
+sets[#sets + 1] = now + ex
 for i = 1, #sets, 1000 do
   redis.call('HSET', k, unpack(sets, i, math.min(i + 999, #sets)))
 end
-redis.call('PEXPIRE', k, math.min(tonumber(ARGV[2]), deadline - now))
+redis.call('PEXPIRE', k, ex)
 return {1}
 ",
     )
@@ -195,6 +206,9 @@ struct Read {
     deadline: u64,
     /// The write tag; `None` for a hash written before tags were kept.
     tag: Option<u64>,
+    /// When the idle expiry falls (unix milliseconds of Redis' clock); `None` for a hash
+    /// written before it was kept.
+    expires_at: Option<u64>,
 }
 
 impl Read {
@@ -219,6 +233,7 @@ fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
     };
     let mut deadline = None;
     let mut tag = None;
+    let mut expires_at = None;
     let mut fields = BTreeMap::new();
     let mut items = items.into_iter();
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
@@ -230,6 +245,10 @@ fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
                 deadline = Some(value);
             } else if name == TAG {
                 tag = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse().ok());
+            } else if name == EXPIRES {
+                expires_at = std::str::from_utf8(&value)
                     .ok()
                     .and_then(|t| t.parse().ok());
             }
@@ -250,6 +269,7 @@ fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
         raw_deadline: raw,
         deadline: at,
         tag,
+        expires_at,
     }))
 }
 
@@ -361,13 +381,16 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One pipeline of two reads, `HGETALL` and `PTTL` (one round trip, no transaction, no
-    /// Lua). Only when the expiry left is `every` or more below what a roll would set
-    /// (`ttl`, capped by the deadline) does a second round trip roll it (`ROLL`, capped
-    /// on Redis' clock). Redis removes the hash at its deadline on its own, as every
-    /// write and every lazy roll caps the expiry there; a hash that this instance's clock
-    /// finds past its deadline (one an eager read rolled past it, or a clock running
-    /// ahead) goes through `ROLL`, which decides on Redis' clock.
+    /// One `HGETALL` (one round trip, no transaction, no Lua): the expiry left comes from
+    /// the reserved field every write and roll sets beside `PEXPIRE`, read against this
+    /// instance's clock, like the deadline. Only when the expiry left is `every` or more
+    /// below what a roll would set (`ttl`, capped by the deadline) does a second round
+    /// trip roll it (`ROLL`, capped on Redis' clock). Redis removes the hash at its
+    /// deadline on its own, as every write and every lazy roll caps the expiry there; a
+    /// hash that this instance's clock finds past its deadline (one an eager read rolled
+    /// past it, or a clock running ahead) goes through `ROLL`, which decides on Redis'
+    /// clock. A clock running behind Redis' by `d` rolls up to `d` late, so an idle
+    /// session may end up to `every + d` before `ttl` (instead of `every`).
     pub(super) async fn hash_read_lazily(
         &self,
         key: &str,
@@ -379,35 +402,30 @@ impl RedisStore {
         }
         let ttl_ms = ttl_millis(ttl)?;
         let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(self.arg(key))
-            .cmd("PTTL")
-            .arg(self.arg(key))
-            .ignore_errors();
-        let pipe = &pipe;
-        let reply: Vec<Value> = self
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.arg(key));
+        let cmd = &cmd;
+        let all: Value = self
             .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
-                pipe.query_async(&mut conn).await
+                match cmd.query_async(&mut conn).await {
+                    // A plain value under the key: no hash.
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Value::Array(Vec::new())),
+                    other => other,
+                }
             })
             .await?;
-        let [all, pttl]: [Value; 2] = reply.try_into().map_err(|_| unexpected("read"))?;
         let Some(read) = fields_and_deadline(all)? else {
             return Ok(None);
         };
         // Past the deadline by this instance's clock: `ROLL` decides on Redis' clock (it
         // deletes the hash if so), so a clock running ahead ends no session early.
-        let left = read.deadline.saturating_sub(unix_millis());
-        let expires_in = match pttl {
-            // No expiry at all: roll it.
-            Value::Int(-1) => None,
-            // Deleted since the HGETALL (answered as read before the delete): no roll.
-            Value::Int(n) if n < 0 => Some(0),
-            Value::Int(n) => {
-                Some(n as u64).filter(|&n| n.saturating_add(every_ms) > ttl_ms.min(left))
-            }
-            _ => return Err(unexpected("read")),
-        };
+        let now = unix_millis();
+        let left = read.deadline.saturating_sub(now);
+        // No expiry field (a hash from before it was kept): roll, which adds it.
+        let expires_in = read
+            .expires_at
+            .map(|at| at.saturating_sub(now))
+            .filter(|&n| n.saturating_add(every_ms) > ttl_ms.min(left));
         if let Some(expires_in) = expires_in.filter(|_| left > 0) {
             let (left, expires_in) = (
                 Duration::from_millis(left),
