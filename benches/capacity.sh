@@ -84,13 +84,13 @@ redis_cpu() {
 rows=(
     "revocation check (JWT + MGET)|GET|/jwt-revocation||MGET"
     "revocation check, LocalCache warm|GET|/jwt-revocation-cached||"
-    "session read|GET|/session-read||HGETALL PTTL"
+    "session read|GET|/session-read||HGETALL"
     "session read, LocalCache warm|GET|/session-read-cached||"
     "session write|GET|/session-write||EVALSHA"
     "idempotent first call|POST|/idempotent||SET EVALSHA"
     "idempotent replay|POST|/idempotent|replay-$BENCH_RUN|SET"
     "rate-limit check|GET|/rate-limit||EVALSHA"
-    "JWT + revocation + session read|GET|/jwt-revocation-session||MGET HGETALL PTTL"
+    "JWT + revocation + session read|GET|/jwt-revocation-session||MGET HGETALL"
     "JWT + revocation + session, LocalCache warm|GET|/jwt-revocation-session-cached||"
 )
 
