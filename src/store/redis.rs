@@ -7,7 +7,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{
     self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    RedisWrite, Script, ScriptInvocation, ServerErrorKind, ToRedisArgs, Value,
+    RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value,
 };
 use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
 use tokio::sync::Mutex;
@@ -817,14 +817,49 @@ impl ToRedisArgs for FullKey<'_> {
 /// What one operation sends: a command or a script call.
 enum Call<'a> {
     Cmd(Cmd),
-    Script(ScriptInvocation<'a>),
+    Script(ScriptCall<'a>),
+}
+
+/// A script call, built as one `EVALSHA` command. redis-rs's `ScriptInvocation` keeps a
+/// vector per argument and copies them all into a command again on every call; this
+/// writes each argument once, into one buffer. The script is loaded (`SCRIPT LOAD`) when
+/// Redis answers `NOSCRIPT`, as `ScriptInvocation` does.
+pub(super) struct ScriptCall<'a> {
+    script: &'a Script,
+    cmd: Cmd,
+}
+
+impl<'a> ScriptCall<'a> {
+    /// `EVALSHA` of `script` with its one key; [`arg`](Self::arg) adds the arguments.
+    pub(super) fn new(script: &'a Script, key: impl ToRedisArgs) -> Self {
+        let mut cmd = Cmd::with_capacity(16, 256);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
+        Self { script, cmd }
+    }
+
+    pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    async fn load(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        self.script.prepare_invoke().load_async(conn).await?;
+        Ok(())
+    }
 }
 
 impl Call<'_> {
     async fn query<T: FromRedisValue>(&self, conn: &mut Conn) -> Result<T, RedisError> {
         match self {
             Call::Cmd(cmd) => cmd.query_async(conn).await,
-            Call::Script(script) => script.invoke_async(conn).await,
+            Call::Script(call) => match call.cmd.query_async(conn).await {
+                // The script was not run, so nothing was written: load it, send again.
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    call.load(conn).await?;
+                    call.cmd.query_async(conn).await
+                }
+                other => other,
+            },
         }
     }
 
@@ -840,7 +875,7 @@ impl Call<'_> {
         let mut pipe = redis::pipe();
         match self {
             Call::Cmd(cmd) => pipe.add_command(cmd.clone()),
-            Call::Script(script) => pipe.invoke_script(script),
+            Call::Script(call) => pipe.add_command(call.cmd.clone()),
         };
         pipe.cmd("WAIT").arg(acks.replicas).arg(wait_ms);
         // Errors come back as values, so that a script not yet loaded can be told apart.
@@ -859,8 +894,8 @@ impl Call<'_> {
                 Ok(reply) => return Ok((redis::from_redis_value(reply)?, acked)),
                 // The script was not run, so nothing was written: load it, send again.
                 Err(e) if !loaded && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    if let Call::Script(script) = self {
-                        script.load_async(conn).await?;
+                    if let Call::Script(call) = self {
+                        call.load(conn).await?;
                     }
                     loaded = true;
                 }
@@ -908,10 +943,8 @@ impl RedisStore {
             .await
     }
 
-    fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptInvocation<'a> {
-        let mut call = script.prepare_invoke();
-        call.key(self.arg(key));
-        call
+    fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptCall<'a> {
+        ScriptCall::new(script, self.arg(key))
     }
 }
 

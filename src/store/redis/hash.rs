@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::{self, Script, ScriptInvocation, Value};
+use deadpool_redis::redis::{self, Script, Value};
 
-use super::{Call, RedisStore};
+use super::{Call, RedisStore, ScriptCall};
 use crate::id::random_u64;
 use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
@@ -282,15 +282,15 @@ fn head<'a>(
     script: &'a Script,
     key: impl redis::ToRedisArgs,
     options: &HashWriteOptions,
-) -> Result<ScriptInvocation<'a>, StoreError> {
+) -> Result<ScriptCall<'a>, StoreError> {
     let ttl = ttl_millis(options.ttl)?;
     let (mode, lifetime) = match options.mode {
         HashMode::Existing => ("existing", 0),
         HashMode::New { lifetime } => ("new", ttl_millis(lifetime)?),
         HashMode::Upsert { lifetime } => ("upsert", ttl_millis(lifetime)?),
     };
-    let mut call = script.prepare_invoke();
-    call.key(key).arg(mode).arg(ttl).arg(lifetime);
+    let mut call = ScriptCall::new(script, key);
+    call.arg(mode).arg(ttl).arg(lifetime);
     match options.max_bytes {
         Some(max) => call.arg(max),
         None => call.arg(-1),
@@ -374,8 +374,8 @@ impl RedisStore {
 
     /// Deletes the hash at `key` found past its deadline `raw`, unless it was recreated.
     async fn drop_expired(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
-        let mut call = DROP_EXPIRED.prepare_invoke();
-        call.key(self.arg(key)).arg(raw);
+        let mut call = ScriptCall::new(&DROP_EXPIRED, self.arg(key));
+        call.arg(raw);
         self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
             .await?;
         Ok(())
@@ -433,8 +433,8 @@ impl RedisStore {
             );
             return Ok(Some(read.stored(left, expires_in)));
         }
-        let mut call = ROLL.prepare_invoke();
-        call.key(self.arg(key))
+        let mut call = ScriptCall::new(&ROLL, self.arg(key));
+        call
             .arg(read.raw_deadline.as_slice())
             .arg(ttl_ms);
         let left: i64 = self
