@@ -434,9 +434,7 @@ impl RedisStore {
             return Ok(Some(read.stored(left, expires_in)));
         }
         let mut call = ScriptCall::new(&ROLL, self.arg(key));
-        call
-            .arg(read.raw_deadline.as_slice())
-            .arg(ttl_ms);
+        call.arg(read.raw_deadline.as_slice()).arg(ttl_ms);
         let left: i64 = self
             .write(StoreOp::HashGetAllAndRefresh, Call::Script(call))
             .await?;
