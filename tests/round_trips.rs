@@ -669,6 +669,33 @@ async fn scripts_are_loaded_on_every_master_of_a_cluster() {
 /// after it are one `HGETALL` again.
 #[tokio::test]
 async fn a_session_without_the_expiry_field_is_rolled_once() {
+    rolled_once_after(|key| {
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(key).arg(EXPIRY_FIELD);
+        hdel
+    })
+    .await;
+}
+
+/// An expiry field that is no number (a corrupt record) is read as a missing one: the
+/// session is served, rolled once, and the field written again.
+#[tokio::test]
+async fn a_malformed_expiry_field_is_rolled_once() {
+    rolled_once_after(|key| {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(key).arg(EXPIRY_FIELD).arg("soon");
+        hset
+    })
+    .await;
+}
+
+/// The reserved hash field that holds when a session's idle expiry falls.
+const EXPIRY_FIELD: &[u8] = b"\xff\xfee";
+
+/// Writes a session, runs `damage` (a command on its key) against its expiry field, and
+/// checks that the next read rolls it (and rewrites the field as a number) and the read
+/// after that does not.
+async fn rolled_once_after(damage: impl FnOnce(&str) -> redis::Cmd) {
     let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(SessionLayer::new(f.store.clone()))
@@ -681,24 +708,27 @@ async fn a_session_without_the_expiry_field_is_rolled_once() {
     let mut conn = redis::Client::open(f.server.url())
         .and_then(|c| c.get_connection())
         .expect("connect");
-    let field: &[u8] = b"\xff\xfee";
-    let removed: i64 = redis::cmd("HDEL")
-        .arg(&key)
-        .arg(field)
-        .query(&mut conn)
-        .expect("HDEL");
-    assert_eq!(removed, 1, "a write keeps the expiry field");
+    let expiry = |conn: &mut redis::Connection| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg(EXPIRY_FIELD)
+            .query(conn)
+            .expect("HGET")
+    };
+    assert!(
+        expiry(&mut conn).is_some_and(|e| e.parse::<u64>().is_ok()),
+        "a write keeps the expiry field"
+    );
+    let _: i64 = damage(&key).query(&mut conn).expect("damage");
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
-    assert_eq!(out.status, StatusCode::OK, "the old session is read");
+    assert_eq!(out.status, StatusCode::OK, "the session is read");
     assert_eq!(stats.get("evalsha"), Some(&1), "rolled: {stats:?}");
     assert_eq!(total(&stats), 2, "rolled: {stats:?}");
-    let back: bool = redis::cmd("HEXISTS")
-        .arg(&key)
-        .arg(field)
-        .query(&mut conn)
-        .expect("HEXISTS");
-    assert!(back, "the roll adds the expiry field");
+    assert!(
+        expiry(&mut conn).is_some_and(|e| e.parse::<u64>().is_ok()),
+        "the roll writes the expiry field"
+    );
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
     assert_eq!(out.status, StatusCode::OK);

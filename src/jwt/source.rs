@@ -181,6 +181,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>
 mod tests {
     use super::*;
 
+    use http::HeaderValue;
+
     #[test]
     fn b64token_table_is_rfc_6750() {
         for b in 0..=255u8 {
@@ -193,7 +195,6 @@ mod tests {
         assert!(!is_b64token("a b"));
         assert!(!is_b64token("ab\u{e9}"));
     }
-    use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

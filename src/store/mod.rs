@@ -184,7 +184,8 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ///
     /// Redis: one `HGETALL` (no transaction, no Lua: every write and roll stores when the
     /// expiry falls in a reserved field, read against this instance's clock, so a clock
-    /// `d` behind Redis' rolls up to `d` late); when the expiry is due, one more round trip: `EVALSHA` of a small script that rolls
+    /// `d` behind Redis' rolls up to `d` late); when the expiry is due, one more round
+    /// trip: `EVALSHA` of a small script that rolls
     /// it (capped by the deadline, on Redis' clock). Redis removes a hash at its deadline
     /// on its own clock, since every lazy roll and every write caps the expiry there; a
     /// hash this instance's clock finds past its deadline (rolled past it by an eager

@@ -1,7 +1,8 @@
-//! Hashes on Redis: a Redis hash per key, whose absolute deadline, size and write tag live
-//! in four reserved fields (with when its idle expiry falls). Their names are not UTF-8, so no field of the API (a `&str`) can ever
-//! collide with them, and reads leave them out. Reads are a `MULTI`/`EXEC` transaction
-//! (no Lua); writes are one Lua script.
+//! Hashes on Redis: a Redis hash per key, whose absolute deadline, size, write tag and
+//! the time its idle expiry falls live in four reserved fields. Their names are not UTF-8,
+//! so no field of the API (a `&str`) can ever collide with them, and reads leave them out.
+//! Reads are one `HGETALL` (lazy) or a `MULTI`/`EXEC` transaction (eager), no Lua; writes
+//! and expiry rolls are one Lua script each.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -374,7 +375,7 @@ impl RedisStore {
 
     /// Deletes the hash at `key` found past its deadline `raw`, unless it was recreated.
     async fn drop_expired(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
-        let mut call = ScriptCall::new(&DROP_EXPIRED, self.arg(key));
+        let mut call = self.script_call(&DROP_EXPIRED, key);
         call.arg(raw);
         self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
             .await?;
@@ -433,7 +434,7 @@ impl RedisStore {
             );
             return Ok(Some(read.stored(left, expires_in)));
         }
-        let mut call = ScriptCall::new(&ROLL, self.arg(key));
+        let mut call = self.script_call(&ROLL, key);
         call.arg(read.raw_deadline.as_slice()).arg(ttl_ms);
         let left: i64 = self
             .write(StoreOp::HashGetAllAndRefresh, Call::Script(call))
