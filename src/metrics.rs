@@ -131,21 +131,30 @@ outcomes! {
     }
 }
 
-outcomes! {
-    /// Whether [`LocalCache`](crate::store::LocalCache) answered a read of its prefixes
-    /// from memory (one count per `get` / `get_many` call, not per key).
-    LocalCacheRead, "tower_stateless_local_cache_total", "tower_stateless::cache", "local cache read" {
-        /// Every key was in memory: no round trip.
-        Hit => "hit",
-        /// At least one key was not (or tracking is down): the read went to the store.
-        Miss => "miss",
-    }
-}
+#[cfg(feature = "redis")]
+pub(crate) use cache::{local_cache, LocalCacheRead};
 
-/// A [`LocalCache`](crate::store::LocalCache) read of a cached prefix was answered.
-#[inline]
-pub(crate) fn local_cache(result: LocalCacheRead) {
-    result.record();
+/// `LocalCache` exists only with the Redis backend.
+#[cfg(feature = "redis")]
+mod cache {
+    use super::on_decision_span;
+
+    outcomes! {
+        /// Whether [`LocalCache`](crate::store::LocalCache) answered a read of its prefixes
+        /// from memory (one count per `get` / `get_many` call, not per key).
+        LocalCacheRead, "tower_stateless_local_cache_total", "tower_stateless::cache", "local cache read" {
+            /// Every key was in memory: no round trip.
+            Hit => "hit",
+            /// At least one key was not (or tracking is down): the read went to the store.
+            Miss => "miss",
+        }
+    }
+
+    /// A [`LocalCache`](crate::store::LocalCache) read of a cached prefix was answered.
+    #[inline]
+    pub(crate) fn local_cache(result: LocalCacheRead) {
+        result.record();
+    }
 }
 
 /// The JWT layer decided.

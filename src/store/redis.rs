@@ -633,6 +633,7 @@ impl RedisStore {
         self.inner.prefix.len() + key.len()
     }
 
+    #[cfg(feature = "redis-cluster")]
     fn key(&self, key: &str) -> String {
         let mut full = String::with_capacity(self.inner.prefix.len() + key.len());
         full.push_str(&self.inner.prefix);
