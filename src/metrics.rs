@@ -559,6 +559,7 @@ mod tests {
             Refresh::METRIC,
             Refresh::ALL.iter().map(|o| o.as_str()).collect(),
         );
+        #[cfg(feature = "redis")]
         row(
             LocalCacheRead::METRIC,
             LocalCacheRead::ALL.iter().map(|o| o.as_str()).collect(),
