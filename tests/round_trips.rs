@@ -36,7 +36,8 @@ use tower_stateless::idempotency::{IdempotencyLayer, RequestBody};
 use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 use tower_stateless::session::{Session, SessionLayer};
 use tower_stateless::store::{
-    Gcra, HashChanges, HashMode, HashWriteOptions, RedisStore, StateStore, StoreError,
+    Gcra, HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, RedisStore, StateStore,
+    StoreError,
 };
 
 use common::RedisServer;
@@ -734,4 +735,154 @@ async fn rolled_once_after(damage: impl FnOnce(&str) -> redis::Cmd) {
     assert_eq!(out.status, StatusCode::OK);
     assert_eq!(stats.get("evalsha"), None, "rolled already: {stats:?}");
     assert_eq!(total(&stats), 1, "rolled already: {stats:?}");
+}
+
+/// `PEXPIRE` calls Redis ran, scripts' included (`INFO commandstats`).
+fn pexpire_calls(server: &RedisServer) -> u64 {
+    server
+        .info("commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
+        .and_then(|l| l.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+/// A write rolls the expiry (`PEXPIRE`, and the expiry field beside it) when a lazy read
+/// would: when the write creates the hash, when more than the refresh interval of the
+/// expiry is used up, when the expiry field is missing, and on every write with an
+/// interval of zero; otherwise it leaves both as they are. Driven by setting the expiry
+/// and its field by hand (no sleeping): a minute of margin on every side.
+#[tokio::test]
+async fn a_write_rolls_the_expiry_only_when_a_read_would() {
+    let Some(f) = fixture().await else { return };
+    let (ttl, every) = (Duration::from_secs(1000), Duration::from_secs(100));
+    let lazy =
+        HashWriteOptions::new(HashMode::Upsert { lifetime: ttl * 10 }, ttl).refresh_interval(every);
+    let changes = HashChanges {
+        set: vec![("f".to_owned(), Bytes::from_static(b"v"))],
+        ..HashChanges::default()
+    };
+    let mut conn = redis::Client::open(f.server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    // Sets the hash's expiry and its field to `left` ms from now (Redis' clock).
+    let mut expire_in = |left: u64, field: bool| {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
+        let at = secs * 1000 + micros / 1000 + left;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PEXPIRE").arg("w").arg(left).ignore();
+        if field {
+            pipe.cmd("HSET").arg("w").arg(EXPIRY_FIELD).arg(at).ignore();
+        } else {
+            pipe.cmd("HDEL").arg("w").arg(EXPIRY_FIELD).ignore();
+        }
+        let () = pipe.query(&mut conn).expect("expire");
+    };
+    let server = &f.server;
+    let write = |options: HashWriteOptions| {
+        let (store, changes) = (f.store.clone(), changes.clone());
+        async move {
+            let before = pexpire_calls(server);
+            let outcome = store.hash_apply("w", &changes, options).await;
+            assert_eq!(outcome.expect("write"), HashWriteOutcome::Written);
+            pexpire_calls(server) - before
+        }
+    };
+    let (min, max) = (950_000, 1_000_000);
+
+    assert_eq!(
+        write(lazy).await,
+        1,
+        "a write that creates the hash sets its expiry"
+    );
+    assert!(f.server.pttl("w") > min);
+
+    expire_in(min as u64, true);
+    assert_eq!(write(lazy).await, 0, "50 s used up, less than the interval");
+    assert!(
+        f.server.pttl("w") <= min,
+        "not rolled: {}",
+        f.server.pttl("w")
+    );
+
+    expire_in(850_000, true);
+    assert_eq!(
+        write(lazy).await,
+        1,
+        "150 s used up, more than the interval"
+    );
+    assert!(f.server.pttl("w") > min, "rolled: {}", f.server.pttl("w"));
+
+    expire_in(min as u64, false);
+    assert_eq!(
+        write(lazy).await,
+        1,
+        "no expiry field: rolled, which adds it"
+    );
+    assert!(f.server.pttl("w") > min, "rolled: {}", f.server.pttl("w"));
+    expire_in(min as u64, true);
+    let eager = HashWriteOptions::new(HashMode::Upsert { lifetime: ttl * 10 }, ttl);
+    assert_eq!(
+        write(eager).await,
+        1,
+        "an interval of zero rolls every write"
+    );
+    assert!(f.server.pttl("w") > min);
+
+    // The expiry field a roll writes is what the next write reads: the expiry just set.
+    assert_eq!(write(lazy).await, 0, "rolled a moment ago");
+    let pttl = f.server.pttl("w");
+    assert!(pttl > min && pttl <= max, "{pttl}");
+
+    // A compare-and-set follows the same rule.
+    expire_in(min as u64, true);
+    let swapped = f
+        .store
+        .hash_compare_and_set_field("w", "f", Some(b"v"), Some(Bytes::from_static(b"x")), lazy)
+        .await
+        .expect("swap");
+    assert_eq!(swapped, HashWriteOutcome::Written);
+    assert!(
+        f.server.pttl("w") <= min,
+        "not rolled: {}",
+        f.server.pttl("w")
+    );
+    expire_in(850_000, true);
+    let swapped = f
+        .store
+        .hash_compare_and_set_field("w", "f", Some(b"x"), Some(Bytes::from_static(b"y")), lazy)
+        .await
+        .expect("swap");
+    assert_eq!(swapped, HashWriteOutcome::Written);
+    assert!(f.server.pttl("w") > min, "rolled: {}", f.server.pttl("w"));
+}
+
+/// Session writes pass the layer's refresh interval: a write right after the one that
+/// created the session leaves the expiry alone; with an interval of zero every write
+/// rolls it.
+#[tokio::test]
+async fn session_writes_roll_the_expiry_once_per_refresh_interval() {
+    let Some(f) = fixture().await else { return };
+    for (every, rolls) in [(None, 0), (Some(Duration::ZERO), 1)] {
+        let mut layer = SessionLayer::new(f.store.clone());
+        if let Some(every) = every {
+            layer = layer.refresh_interval(every);
+        }
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(handler::<Full<Bytes>>));
+        let before = pexpire_calls(&f.server);
+        let cookie = send(&svc, get("", None, "write"))
+            .await
+            .set_cookie
+            .expect("a new session sets its cookie");
+        assert_eq!(pexpire_calls(&f.server), before + 1, "created: expiry set");
+        let out = send(&svc, get("", Some(&cookie), "write")).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(
+            pexpire_calls(&f.server),
+            before + 1 + rolls,
+            "refresh interval {every:?}"
+        );
+    }
 }

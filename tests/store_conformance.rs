@@ -75,6 +75,7 @@ mod hash {
                     hash_ttl_and_refresh,
                     hash_lifetime_caps_refresh,
                     hash_lazy_refresh,
+                    hash_write_refresh_interval,
                     hash_write_tags,
                     hash_compare_and_set_field_semantics,
                     hash_compare_and_set_field_concurrent,

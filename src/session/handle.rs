@@ -523,8 +523,10 @@ impl Session {
                 ),
             };
             let tag = st.tagged.then(random_u64);
-            let mut options = HashWriteOptions::new(mode, self.shared.config.idle)
-                .max_bytes(self.shared.config.max_bytes);
+            let config = &self.shared.config;
+            let mut options = HashWriteOptions::new(mode, config.idle)
+                .max_bytes(config.max_bytes)
+                .refresh_interval(config.refresh_interval());
             if let Some(tag) = tag {
                 options = options.tag(tag);
             }

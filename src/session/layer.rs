@@ -153,11 +153,13 @@ impl<St: StateStore> SessionLayer<St> {
     ///
     /// A read that finds the session's expiry closer than this to the full idle timeout
     /// leaves it alone, so most reads write nothing to the store: on Redis such a read is
-    /// one `HGETALL`, and the read that finds it due pays one more
-    /// round trip to roll it. An idle session then ends between `idle_timeout - interval`
-    /// and `idle_timeout` after its last request (ASP.NET Core's sliding expiration makes
-    /// the same trade, with half the timeout). `Duration::ZERO` rolls on every read (one
-    /// `MULTI`/`EXEC` transaction on Redis), as in earlier releases. Writes always roll the expiry.
+    /// one `HGETALL`, and the read that finds it due pays one more round trip to roll it.
+    /// Writes follow the same rule within their one round trip (on Redis, the write
+    /// script's `PEXPIRE` runs only when the expiry is due). An idle session then ends
+    /// between `idle_timeout - interval` and `idle_timeout` after its last request
+    /// (ASP.NET Core's sliding expiration makes the same trade, with half the timeout).
+    /// `Duration::ZERO` rolls on every read (one `MULTI`/`EXEC` transaction on Redis) and
+    /// every write, as in earlier releases.
     ///
     /// ```
     /// use std::time::Duration;

@@ -37,9 +37,12 @@ fn changes_of(st: &State) -> HashChanges {
     changes
 }
 
-/// The options of a session write: the idle timeout, the size limit, the write tag if any.
+/// The options of a session write: the idle timeout and its refresh interval (a write
+/// rolls the expiry when a read would), the size limit, the write tag if any.
 fn options(config: &Config, mode: HashMode, tag: Option<u64>) -> HashWriteOptions {
-    let options = HashWriteOptions::new(mode, config.idle).max_bytes(config.max_bytes);
+    let options = HashWriteOptions::new(mode, config.idle)
+        .max_bytes(config.max_bytes)
+        .refresh_interval(config.refresh_interval());
     match tag {
         Some(tag) => options.tag(tag),
         None => options,

@@ -63,6 +63,7 @@ pub async fn run_all<S: StateStore>(store: &S) {
     hash_ttl_and_refresh(store).await;
     hash_lifetime_caps_refresh(store).await;
     hash_lazy_refresh(store).await;
+    hash_write_refresh_interval(store).await;
     hash_write_tags(store).await;
     hash_compare_and_set_field_semantics(store).await;
     hash_compare_and_set_field_concurrent(store).await;

@@ -232,7 +232,11 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ///
     /// Field names are UTF-8; values are opaque bytes (empty ones included).
     ///
-    /// Redis: `EVALSHA` of a small Lua script (`HSET`, `HDEL`, `PEXPIRE`).
+    /// With [`HashWriteOptions::refresh_interval`], a store may leave the expiry of an
+    /// existing hash as it is while less than that interval of it is used up.
+    ///
+    /// Redis: `EVALSHA` of a small Lua script (`HSET`, `HDEL` when fields are removed,
+    /// `PEXPIRE` when the expiry is rolled).
     fn hash_apply(
         &self,
         key: &str,

@@ -396,6 +396,38 @@ pub async fn hash_lifetime_caps_refresh<S: StateStore>(store: &S) {
     );
 }
 
+/// A write with a refresh interval ([`HashWriteOptions::refresh_interval`]) rolls the
+/// expiry once more than the interval of it is used up (a store may roll on every write),
+/// so a hash written now and then does not expire early.
+pub async fn hash_write_refresh_interval<S: StateStore>(store: &S) {
+    // TTL 6 s, interval 2 s: written at 0 and at 4.5 s (due), read at 6.5 s, when the
+    // first expiry has passed and the rolled one is 4 s away.
+    let (ttl, every) = (Duration::from_secs(6), Duration::from_secs(2));
+    let key = fresh_key("hash-write-refresh");
+    let one = set(&[("a", "1")]);
+    let lazy = |options: HashWriteOptions| options.refresh_interval(every);
+    ok(
+        store.hash_apply(&key, &one, lazy(new(LONG, ttl))).await,
+        "apply",
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        ok(
+            store
+                .hash_apply(&key, &set(&[("b", "2")]), lazy(existing(ttl)))
+                .await,
+            "apply"
+        ),
+        HashWriteOutcome::Written
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        fields(store, &key).await,
+        Some(map(&[("a", "1"), ("b", "2")])),
+        "a write that finds more than the refresh interval used up must roll the expiry"
+    );
+}
+
 /// `hash_get_all_and_refresh_lazily` reads every field, rolls the expiry once it is due,
 /// never past the deadline, rolls on every read with an interval of zero, and reads
 /// absent keys and plain values as absent.

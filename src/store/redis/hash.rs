@@ -67,15 +67,18 @@ return left",
     )
 });
 
-/// Both writes: `hash_apply` (ARGV[6] = 'apply') and `hash_compare_and_set_field`
-/// (ARGV[6] = 'cas'); ARGV[5] is the write tag. Returns `{1}` written, `{2}` missing, `{3}`
-/// exists, `{4, size}` too large, `{5, 0}` / `{5, 1, value}` changed (field absent /
-/// present).
+/// Both writes: `hash_apply` (ARGV[7] = 'apply') and `hash_compare_and_set_field`
+/// (ARGV[7] = 'cas'); ARGV[5] is the write tag, ARGV[6] the refresh interval (ms). Returns
+/// `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too large, `{5, 0}` /
+/// `{5, 1, value}` changed (field absent / present).
 ///
 /// Few commands, since each `redis.call` costs Redis close to a microsecond: `TIME`, one
-/// `HMGET` of both reserved fields (a key that is no hash answers an error: no hash), one
-/// `HSET` of every set field, the size and the tag, `HDEL` when fields are removed,
-/// `PEXPIRE` (numbers go to Redis as Lua numbers: no `string.format`). The stored size is
+/// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
+/// no hash), one `HSET` of every set field, the size and the tag, `HDEL` when fields are
+/// removed, and `PEXPIRE` only when the expiry is due: when the write creates or clears
+/// the hash, when the expiry field is missing, or when a roll would lengthen the expiry
+/// left by the refresh interval or more (the same rule as a lazy read; interval 0: every
+/// write). Numbers go to Redis as Lua numbers (no `string.format`). The stored size is
 /// an **upper bound**: a write adds the lengths of the fields it sets without reading the
 /// values they replace. Only when that bound would pass the limit does the script read the
 /// whole hash (`HGETALL`), compute the exact size before and after, refuse the write if it
@@ -88,11 +91,12 @@ local k = KEYS[1]
 local mode, max = ARGV[1], tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s')
-local deadline = nil
+local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s', '\255\254e')
+local deadline, expires = nil, nil
 if not head['err'] then
   deadline = tonumber(head[1])
   if deadline and deadline <= now then deadline = nil end
+  expires = tonumber(head[3])
 end
 local created, new = false, 0
 if not deadline then
@@ -105,22 +109,22 @@ else
   new = tonumber(head[2]) or 0
 end
 local sets, dels, cleared = {}, {}, false
-if ARGV[6] == 'cas' then
-  local f = ARGV[7]
+if ARGV[7] == 'cas' then
+  local f = ARGV[8]
   local cur = false
   if not created then cur = redis.call('HGET', k, f) end
   local expected = false
-  if ARGV[8] == '1' then expected = ARGV[9] end
+  if ARGV[9] == '1' then expected = ARGV[10] end
   if cur ~= expected then
     if cur then return {5, 1, cur} end
     return {5, 0}
   end
-  if ARGV[10] == '1' then sets = {f, ARGV[11]} else dels = {f} end
+  if ARGV[11] == '1' then sets = {f, ARGV[12]} else dels = {f} end
 else
-  cleared = ARGV[7] == '1'
-  local n = tonumber(ARGV[8])
-  for i = 9, 8 + n do dels[#dels + 1] = ARGV[i] end
-  for i = 9 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
+  cleared = ARGV[8] == '1'
+  local n = tonumber(ARGV[9])
+  for i = 10, 9 + n do dels[#dels + 1] = ARGV[i] end
+  for i = 10 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
 end
 if created or cleared then
   local len = {}
@@ -174,12 +178,19 @@ sets[#sets + 1] = new
 sets[#sets + 1] = '\255\254t'
 sets[#sets + 1] = ARGV[5]
 local ex = math.min(tonumber(ARGV[2]), deadline - now)
-sets[#sets + 1] = '\255\254e'
-sets[#sets + 1] = now + ex
+local roll = true
+if expires and not (created or cleared) then
+  local left = expires - now
+  roll = left <= 0 or left > ex or left + tonumber(ARGV[6]) <= ex
+end
+if roll then
+  sets[#sets + 1] = '\255\254e'
+  sets[#sets + 1] = now + ex
+end
 for i = 1, #sets, 1000 do
   redis.call('HSET', k, unpack(sets, i, math.min(i + 999, #sets)))
 end
-redis.call('PEXPIRE', k, ex)
+if roll then redis.call('PEXPIRE', k, ex) end
 return {1}
 ",
     )
@@ -278,7 +289,8 @@ fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
 
-/// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none).
+/// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none),
+/// tag, refresh interval.
 fn head<'a>(
     script: &'a Script,
     key: impl redis::ToRedisArgs,
@@ -296,7 +308,8 @@ fn head<'a>(
         Some(max) => call.arg(max),
         None => call.arg(-1),
     };
-    call.arg(options.tag.unwrap_or_else(random_u64));
+    call.arg(options.tag.unwrap_or_else(random_u64))
+        .arg(u64::try_from(options.refresh.as_millis()).unwrap_or(u64::MAX));
     Ok(call)
 }
 
