@@ -207,6 +207,20 @@ fn rust_version() -> (u64, u64) {
     parse_version(line.split('"').nth(1).expect("rust-version = \"x.y\""))
 }
 
+/// The crate's default features, from Cargo.toml's `default = [...]`.
+fn default_features() -> Vec<String> {
+    let manifest = read("Cargo.toml");
+    let line = manifest
+        .lines()
+        .find(|l| l.starts_with("default = ["))
+        .expect("Cargo.toml: default features");
+    line.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The `required-features` of the example in Cargo.toml.
 fn example_required_features() -> Vec<String> {
     let manifest = read("Cargo.toml");
@@ -664,8 +678,17 @@ fn dockerfile_builds_the_example_with_its_features_and_a_new_enough_toolchain() 
         .expect("cargo build --features")
         .split(',')
         .collect();
+    // A default feature is on unless the build turns the defaults off.
+    let defaults = if build.contains("--no-default-features") {
+        Vec::new()
+    } else {
+        default_features()
+    };
     for feature in example_required_features() {
-        assert!(features.contains(feature.as_str()), "feature {feature}");
+        assert!(
+            features.contains(feature.as_str()) || defaults.contains(&feature),
+            "feature {feature}"
+        );
     }
     // REDIS_CLUSTER_URLS works only when built with redis-cluster (README).
     let cluster_row = &Example::load().readme_variables()["REDIS_CLUSTER_URLS"];
