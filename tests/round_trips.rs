@@ -693,6 +693,9 @@ async fn a_malformed_expiry_field_is_rolled_once() {
 /// The reserved hash field that holds when a session's idle expiry falls.
 const EXPIRY_FIELD: &[u8] = b"\xff\xfee";
 
+/// The reserved field of a session hash that holds its absolute deadline.
+const DEADLINE_FIELD: &[u8] = b"\xff\xfed";
+
 /// Writes a session, runs `damage` (a command on its key) against its expiry field, and
 /// checks that the next read rolls it (and rewrites the field as a number) and the read
 /// after that does not.
@@ -737,14 +740,95 @@ async fn rolled_once_after(damage: impl FnOnce(&str) -> redis::Cmd) {
     assert_eq!(total(&stats), 1, "rolled already: {stats:?}");
 }
 
-/// `PEXPIRE` calls Redis ran, scripts' included (`INFO commandstats`).
-fn pexpire_calls(server: &RedisServer) -> u64 {
+/// Calls of `command` (lowercase) Redis ran, scripts' included (`INFO commandstats`).
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
     server
         .info("commandstats")
         .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|l| l.split(',').next())
         .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+/// `PEXPIRE` calls Redis ran, scripts' included.
+fn pexpire_calls(server: &RedisServer) -> u64 {
+    calls(server, "pexpire")
+}
+
+/// A write asks Redis for the time (`TIME` in its script) only when the clock could change
+/// its answer: when it creates the hash, and when the deadline is within a minute beyond
+/// the TTL; not for a write far from the deadline, nor for one that finds no hash to
+/// write into. Deadlines are set by hand on Redis' clock: no sleeping.
+#[tokio::test]
+async fn a_write_asks_redis_for_the_time_only_near_a_deadline() {
+    let Some(f) = fixture().await else { return };
+    let ttl = Duration::from_secs(1000);
+    let upsert = HashWriteOptions::new(HashMode::Upsert { lifetime: ttl * 10 }, ttl);
+    let existing = HashWriteOptions::new(HashMode::Existing, ttl);
+    let changes = HashChanges {
+        set: vec![("f".to_owned(), Bytes::from_static(b"v"))],
+        ..HashChanges::default()
+    };
+    let mut conn = redis::Client::open(f.server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    // Moves the hash's deadline to `offset` ms from now on Redis' clock.
+    let mut deadline_in = |offset: i64| {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
+        let at = secs * 1000 + micros / 1000 + offset;
+        let () = redis::cmd("HSET")
+            .arg("t")
+            .arg(DEADLINE_FIELD)
+            .arg(at)
+            .query(&mut conn)
+            .expect("HSET");
+    };
+    let server = &f.server;
+    let write = |options: HashWriteOptions| {
+        let (store, changes) = (f.store.clone(), changes.clone());
+        async move {
+            let before = calls(server, "time");
+            let outcome = store
+                .hash_apply("t", &changes, options)
+                .await
+                .expect("write");
+            (outcome, calls(server, "time") - before)
+        }
+    };
+    let written = HashWriteOutcome::Written;
+
+    assert_eq!(
+        write(existing).await,
+        (HashWriteOutcome::Missing, 0),
+        "no hash"
+    );
+    assert_eq!(
+        write(upsert).await,
+        (written.clone(), 1),
+        "created: its deadline"
+    );
+    assert_eq!(
+        write(upsert).await,
+        (written.clone(), 0),
+        "10 000 s from the deadline"
+    );
+
+    // Within a minute beyond the TTL of the deadline: Redis' clock decides.
+    deadline_in(1_050_000);
+    assert_eq!(write(existing).await, (written.clone(), 1));
+    deadline_in(500_000);
+    assert_eq!(write(existing).await, (written.clone(), 1));
+    let pttl = f.server.pttl("t");
+    assert!(
+        pttl > 0 && pttl <= 500_000,
+        "capped by the deadline: {pttl}"
+    );
+    // Past it on Redis' clock: the hash counts as absent, nothing is written into it.
+    deadline_in(-1000);
+    assert_eq!(write(existing).await, (HashWriteOutcome::Missing, 1));
+    assert_eq!(write(upsert).await, (written.clone(), 1), "created anew");
+    assert_eq!(write(upsert).await, (written, 0));
 }
 
 /// A write rolls the expiry (`PEXPIRE`, and the expiry field beside it) when a lazy read

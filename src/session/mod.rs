@@ -19,13 +19,15 @@
 //!
 //! # Lifetime
 //!
-//! Every write sets the session's expiry to the idle timeout from now, and so does a load
-//! that finds a [refresh interval](SessionLayer::refresh_interval) of it used up (by
-//! default a tenth of the idle timeout, at most a minute; zero: every load). The
-//! absolute deadline (creation plus the absolute lifetime, kept with the session in the
-//! store and fixed when it is created) caps it: past it the session is gone for every
-//! request, whatever the refreshes (on Redis checked against Redis' own clock, so the
-//! clocks of the instances do not matter).
+//! A load or a write that finds a [refresh interval](SessionLayer::refresh_interval) of
+//! the session's expiry used up sets it to the idle timeout from now (by default a tenth
+//! of the idle timeout, at most a minute; zero: every load and every write). The absolute
+//! deadline (creation plus the absolute lifetime, kept with the session in the store and
+//! fixed when it is created) caps it: past it the session is gone for every request,
+//! whatever the refreshes. On Redis, Redis' own clock decides near the deadline, so
+//! instance clocks up to a minute off it do not move the deadline; an instance clock
+//! behind Redis' by `d` may roll an idle expiry up to `d` late (see
+//! [`StateStore::hash_get_all_and_refresh_lazily`](crate::store::StateStore::hash_get_all_and_refresh_lazily)).
 //!
 //! # Concurrency
 //!

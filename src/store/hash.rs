@@ -5,7 +5,7 @@
 //! instance never overwrite each other's fields. A hash lives under one key, so on Redis
 //! Cluster all of it is in one slot.
 //!
-//! Every hash carries two things besides its fields, kept by the backend and never shown as
+//! Every hash carries a few things besides its fields, kept by the backend and never shown as
 //! fields:
 //!
 //! - an **absolute deadline**, set when the hash is created (`now + lifetime`, on the

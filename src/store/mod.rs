@@ -162,8 +162,8 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ///
     /// Redis: one `MULTI`/`EXEC` transaction sent as one pipeline (`TIME`, `HGETALL`,
     /// `PEXPIRE`), no Lua; the deadline is checked against the `TIME` of the transaction
-    /// (Redis' clock, as the writes use it, so clock skew between instances does not
-    /// matter). The key's expiry is rolled without the cap of the deadline: a hash read in
+    /// (Redis' clock, as the writes use it near a deadline, so clock skew between
+    /// instances does not matter). The key's expiry is rolled without the cap of the deadline: a hash read in
     /// its last `ttl` may stay in Redis up to `ttl` past its deadline, absent to every
     /// operation, and the read that finds it past its deadline deletes it (one more round
     /// trip, once). A plain value under the key gets its expiry rolled too (the

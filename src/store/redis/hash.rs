@@ -67,37 +67,53 @@ return left",
     )
 });
 
-/// Both writes: `hash_apply` (ARGV[7] = 'apply') and `hash_compare_and_set_field`
-/// (ARGV[7] = 'cas'); ARGV[5] is the write tag, ARGV[6] the refresh interval (ms). Returns
-/// `{1}` written, `{2}` missing, `{3}` exists, `{4, size}` too large, `{5, 0}` /
-/// `{5, 1, value}` changed (field absent / present).
+/// Both writes: `hash_apply` (ARGV[8] = 'apply') and `hash_compare_and_set_field`
+/// (ARGV[8] = 'cas'); ARGV[5] is the write tag, ARGV[6] the refresh interval (ms), ARGV[7]
+/// the instance's clock (unix ms). Returns `{1}` written, `{2}` missing, `{3}` exists,
+/// `{4, size}` too large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
 ///
-/// Few commands, since each `redis.call` costs Redis close to a microsecond: `TIME`, one
+/// Few commands, since each `redis.call` costs Redis about half a microsecond or more: one
 /// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
-/// no hash), one `HSET` of every set field, the size and the tag, `HDEL` when fields are
-/// removed, and `PEXPIRE` only when the expiry is due: when the write creates or clears
-/// the hash, when the expiry field is missing, or when a roll would lengthen the expiry
-/// left by the refresh interval or more (the same rule as a lazy read; interval 0: every
-/// write). Numbers go to Redis as Lua numbers (no `string.format`). The stored size is
-/// an **upper bound**: a write adds the lengths of the fields it sets without reading the
-/// values they replace. Only when that bound would pass the limit does the script read the
-/// whole hash (`HGETALL`), compute the exact size before and after, refuse the write if it
-/// grows the hash past the limit, and store the exact size; so a write costs no read per
-/// field, and the limit holds exactly.
+/// no hash), `TIME` only when the clock could change an answer (below), one `HSET` of
+/// every set field, the size and the tag, `HDEL` when fields are removed, and `PEXPIRE`
+/// only when the expiry is due: when the write creates or clears the hash, when the
+/// expiry field is missing, or when a roll would lengthen the expiry left by the refresh
+/// interval or more (the same rule as a lazy read; interval 0: every write). Numbers go
+/// to Redis as Lua numbers (no `string.format`).
+///
+/// Redis' clock (`TIME`) decides whenever the answer could depend on which clock: when
+/// the write creates a hash (its deadline) and when the deadline is less than a minute
+/// beyond the TTL from the instance's clock (whether it has passed; how far the expiry
+/// may go). Further from the deadline, both clocks give the same answers while they are
+/// less than a minute apart (not expired; the expiry is the TTL), and the instance's
+/// clock only dates the expiry field, which reads compare with their own clock anyway. A
+/// clock running ahead of Redis' only makes writes ask for the time sooner; one running
+/// more than a minute behind could let a write keep a hash past its deadline by the
+/// difference less a minute.
+///
+/// The stored size is an **upper bound**: a write adds the lengths of the fields it sets
+/// without reading the values they replace. Only when that bound would pass the limit
+/// does the script read the whole hash (`HGETALL`), compute the exact size before and
+/// after, refuse the write if it grows the hash past the limit, and store the exact
+/// size; so a write costs no read per field, and the limit holds exactly.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local k = KEYS[1]
-local mode, max = ARGV[1], tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local mode, max, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[7])
 local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s', '\255\254e')
 local deadline, expires = nil, nil
 if not head['err'] then
   deadline = tonumber(head[1])
-  if deadline and deadline <= now then deadline = nil end
   expires = tonumber(head[3])
 end
+if deadline or mode ~= 'existing' then
+  if not deadline or deadline - now <= tonumber(ARGV[2]) + 60000 then
+    local t = redis.call('TIME')
+    now = t[1] * 1000 + math.floor(t[2] / 1000)
+  end
+end
+if deadline and deadline <= now then deadline = nil end
 local created, new = false, 0
 if not deadline then
   if mode == 'existing' then return {2} end
@@ -109,22 +125,22 @@ else
   new = tonumber(head[2]) or 0
 end
 local sets, dels, cleared = {}, {}, false
-if ARGV[7] == 'cas' then
-  local f = ARGV[8]
+if ARGV[8] == 'cas' then
+  local f = ARGV[9]
   local cur = false
   if not created then cur = redis.call('HGET', k, f) end
   local expected = false
-  if ARGV[9] == '1' then expected = ARGV[10] end
+  if ARGV[10] == '1' then expected = ARGV[11] end
   if cur ~= expected then
     if cur then return {5, 1, cur} end
     return {5, 0}
   end
-  if ARGV[11] == '1' then sets = {f, ARGV[12]} else dels = {f} end
+  if ARGV[12] == '1' then sets = {f, ARGV[13]} else dels = {f} end
 else
-  cleared = ARGV[8] == '1'
-  local n = tonumber(ARGV[9])
-  for i = 10, 9 + n do dels[#dels + 1] = ARGV[i] end
-  for i = 10 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
+  cleared = ARGV[9] == '1'
+  local n = tonumber(ARGV[10])
+  for i = 11, 10 + n do dels[#dels + 1] = ARGV[i] end
+  for i = 11 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
 end
 if created or cleared then
   local len = {}
@@ -290,7 +306,7 @@ fn unexpected(what: &str) -> StoreError {
 }
 
 /// The common head of a write: the key, then mode, TTL, lifetime, size limit (`-1`: none),
-/// tag, refresh interval.
+/// tag, refresh interval, the instance's clock.
 fn head<'a>(
     script: &'a Script,
     key: impl redis::ToRedisArgs,
@@ -309,7 +325,8 @@ fn head<'a>(
         None => call.arg(-1),
     };
     call.arg(options.tag.unwrap_or_else(random_u64))
-        .arg(u64::try_from(options.refresh.as_millis()).unwrap_or(u64::MAX));
+        .arg(u64::try_from(options.refresh.as_millis()).unwrap_or(u64::MAX))
+        .arg(unix_millis());
     Ok(call)
 }
 
