@@ -214,6 +214,11 @@ fn default_features() -> Vec<String> {
         .lines()
         .find(|l| l.starts_with("default = ["))
         .expect("Cargo.toml: default features");
+    quoted_list(line)
+}
+
+/// The strings of a TOML line's list (`key = ["a", "b"]`).
+fn quoted_list(line: &str) -> Vec<String> {
     line.split('"')
         .skip(1)
         .step_by(2)
@@ -232,11 +237,7 @@ fn example_required_features() -> Vec<String> {
         .lines()
         .find(|l| l.starts_with("required-features"))
         .expect("stateless_api: required-features");
-    line.split('"')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect()
+    quoted_list(line)
 }
 
 // ---- the Kubernetes manifests -------------------------------------------------------

@@ -247,10 +247,7 @@ async fn session_paths() {
         .layer(SessionLayer::new(f.store.clone()))
         .service(service_fn(handler::<Full<Bytes>>));
     // Warm-up: create the session, then run every path once.
-    let cookie = send(&svc, get("", None, "write"))
-        .await
-        .set_cookie
-        .expect("a new session sets its cookie");
+    let cookie = new_session(&svc).await;
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "none")).await;
     assert_eq!(out.status, StatusCode::OK);
@@ -313,10 +310,7 @@ async fn session_read_rolls_the_expiry_once_it_is_due() {
     let svc = ServiceBuilder::new()
         .layer(long.clone())
         .service(service_fn(handler::<Full<Bytes>>));
-    let cookie = send(&short, get("", None, "write"))
-        .await
-        .set_cookie
-        .expect("a new session sets its cookie");
+    let cookie = new_session(&short).await;
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
     assert_eq!(out.status, StatusCode::OK);
@@ -696,6 +690,27 @@ const EXPIRY_FIELD: &[u8] = b"\xff\xfee";
 /// The reserved field of a session hash that holds its absolute deadline.
 const DEADLINE_FIELD: &[u8] = b"\xff\xfed";
 
+/// A plain connection to `server`, for setting up and inspecting keys by hand.
+fn connect(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect")
+}
+
+/// Writes a new session through `svc` and returns its cookie.
+async fn new_session<S, B>(svc: &S) -> String
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    send(svc, get("", None, "write"))
+        .await
+        .set_cookie
+        .expect("a new session sets its cookie")
+}
+
 /// Writes a session, runs `damage` (a command on its key) against its expiry field, and
 /// checks that the next read rolls it (and rewrites the field as a number) and the read
 /// after that does not.
@@ -704,14 +719,9 @@ async fn rolled_once_after(damage: impl FnOnce(&str) -> redis::Cmd) {
     let svc = ServiceBuilder::new()
         .layer(SessionLayer::new(f.store.clone()))
         .service(service_fn(handler::<Full<Bytes>>));
-    let cookie = send(&svc, get("", None, "write"))
-        .await
-        .set_cookie
-        .expect("a new session sets its cookie");
+    let cookie = new_session(&svc).await;
     let key = f.server.keys("sess:*").pop().expect("the session's key");
-    let mut conn = redis::Client::open(f.server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&f.server);
     let expiry = |conn: &mut redis::Connection| -> Option<String> {
         redis::cmd("HGET")
             .arg(&key)
@@ -770,9 +780,7 @@ async fn a_write_asks_redis_for_the_time_only_near_a_deadline() {
         set: vec![("f".to_owned(), Bytes::from_static(b"v"))],
         ..HashChanges::default()
     };
-    let mut conn = redis::Client::open(f.server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&f.server);
     // Moves the hash's deadline to `offset` ms from now on Redis' clock.
     let mut deadline_in = |offset: i64| {
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
@@ -846,9 +854,7 @@ async fn a_write_rolls_the_expiry_only_when_a_read_would() {
         set: vec![("f".to_owned(), Bytes::from_static(b"v"))],
         ..HashChanges::default()
     };
-    let mut conn = redis::Client::open(f.server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let mut conn = connect(&f.server);
     // Sets the hash's expiry and its field to `left` ms from now (Redis' clock).
     let mut expire_in = |left: u64, field: bool| {
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
@@ -956,10 +962,7 @@ async fn session_writes_roll_the_expiry_once_per_refresh_interval() {
             .layer(layer)
             .service(service_fn(handler::<Full<Bytes>>));
         let before = pexpire_calls(&f.server);
-        let cookie = send(&svc, get("", None, "write"))
-            .await
-            .set_cookie
-            .expect("a new session sets its cookie");
+        let cookie = new_session(&svc).await;
         assert_eq!(pexpire_calls(&f.server), before + 1, "created: expiry set");
         let out = send(&svc, get("", Some(&cookie), "write")).await;
         assert_eq!(out.status, StatusCode::OK);

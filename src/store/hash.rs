@@ -78,6 +78,8 @@ impl HashWriteOptions {
     /// the expiry is then at most `every` short of `ttl` (capped by the deadline), as
     /// after a lazy read. Default `Duration::ZERO`: every write rolls it. A write that
     /// creates or clears the hash always sets it; a store may roll on every write anyway.
+    /// Keep `every` well below the TTL: an interval as long as the TTL never rolls (the
+    /// session layer caps it at half the idle timeout).
     ///
     /// On Redis this saves the write's `PEXPIRE` (about a fifth of what the script costs
     /// Redis) on every write but one per interval.
