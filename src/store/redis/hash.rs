@@ -69,8 +69,18 @@ return left",
 
 /// Both writes: `hash_apply` (ARGV[8] = 'apply') and `hash_compare_and_set_field`
 /// (ARGV[8] = 'cas'); ARGV[5] is the write tag, ARGV[6] the refresh interval (ms), ARGV[7]
-/// the instance's clock (unix ms). Returns `{1}` written, `{2}` missing, `{3}` exists,
-/// `{4, size}` too large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
+/// the instance's clock (unix ms). `apply`: ARGV[9] cleared ('1'/'0'), ARGV[10] how many
+/// fields to delete, their names, then the fields to set, name and value. `cas`: ARGV[9]
+/// whether a value is expected ('1'/'0'), ARGV[10] that value, ARGV[11] whether a new
+/// value is set, ARGV[12] the field, ARGV[13] the new value (when set). Returns `1`
+/// written, `2` missing, `3` exists, `{4, size}` too large, `{5, 0}` / `{5, 1, value}`
+/// changed (field absent / present).
+///
+/// The fields to delete and to set are read from ARGV where they are, as ranges (`ds..de`,
+/// `ss..se`), and the common answer is a number: every table the script builds or returns
+/// costs Redis measurably (a script returning `{1}` costs about half a microsecond more
+/// than one returning `1`), so the script builds none on a plain write but the `HMGET`
+/// reply.
 ///
 /// Few commands, since each `redis.call` costs Redis about half a microsecond or more: one
 /// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
@@ -116,43 +126,42 @@ end
 if deadline and deadline <= now then deadline = nil end
 local created, new = false, 0
 if not deadline then
-  if mode == 'existing' then return {2} end
+  if mode == 'existing' then return 2 end
   deadline = now + tonumber(ARGV[3])
   created = true
 elseif mode == 'new' then
-  return {3}
+  return 3
 else
   new = tonumber(head[2]) or 0
 end
-local sets, dels, cleared = {}, {}, false
+local cleared, ds, de, ss, se = false, 1, 0, 1, 0
 if ARGV[8] == 'cas' then
-  local f = ARGV[9]
+  local f = ARGV[12]
   local cur = false
   if not created then cur = redis.call('HGET', k, f) end
   local expected = false
-  if ARGV[10] == '1' then expected = ARGV[11] end
+  if ARGV[9] == '1' then expected = ARGV[10] end
   if cur ~= expected then
     if cur then return {5, 1, cur} end
     return {5, 0}
   end
-  if ARGV[12] == '1' then sets = {f, ARGV[13]} else dels = {f} end
+  if ARGV[11] == '1' then ss, se = 12, 13 else ds, de = 12, 12 end
 else
   cleared = ARGV[9] == '1'
-  local n = tonumber(ARGV[10])
-  for i = 11, 10 + n do dels[#dels + 1] = ARGV[i] end
-  for i = 11 + n, #ARGV do sets[#sets + 1] = ARGV[i] end
+  de = 10 + tonumber(ARGV[10])
+  ds, ss, se = 11, de + 1, #ARGV
 end
 if created or cleared then
   local len = {}
   new = 0
-  for i = 1, #sets, 2 do
-    local f = sets[i]
+  for i = ss, se, 2 do
+    local f = ARGV[i]
     if len[f] then new = new - #f - len[f] end
-    len[f] = #sets[i + 1]
+    len[f] = #ARGV[i + 1]
     new = new + #f + len[f]
   end
 else
-  for i = 1, #sets, 2 do new = new + #sets[i] + #sets[i + 1] end
+  for i = ss, se, 2 do new = new + #ARGV[i] + #ARGV[i + 1] end
 end
 if max >= 0 and new > max then
   if created then return {4, new} end
@@ -167,14 +176,15 @@ if max >= 0 and new > max then
   end
   if not cleared then
     new = old
-    for _, f in ipairs(dels) do
+    for i = ds, de do
+      local f = ARGV[i]
       if len[f] then new = new - #f - len[f] end
       len[f] = nil
     end
-    for i = 1, #sets, 2 do
-      local f = sets[i]
+    for i = ss, se, 2 do
+      local f = ARGV[i]
       if len[f] then new = new - #f - len[f] end
-      len[f] = #sets[i + 1]
+      len[f] = #ARGV[i + 1]
       new = new + #f + len[f]
     end
   end
@@ -182,32 +192,32 @@ if max >= 0 and new > max then
 end
 if created or cleared then
   redis.call('DEL', k)
-  sets[#sets + 1] = '\255\254d'
-  sets[#sets + 1] = deadline
 else
-  for i = 1, #dels, 1000 do
-    redis.call('HDEL', k, unpack(dels, i, math.min(i + 999, #dels)))
+  for i = ds, de, 1000 do
+    redis.call('HDEL', k, unpack(ARGV, i, math.min(i + 999, de)))
   end
 end
-sets[#sets + 1] = '\255\254s'
-sets[#sets + 1] = new
-sets[#sets + 1] = '\255\254t'
-sets[#sets + 1] = ARGV[5]
 local ex = math.min(tonumber(ARGV[2]), deadline - now)
 local roll = true
 if expires and not (created or cleared) then
   local left = expires - now
   roll = left <= 0 or left > ex or left + tonumber(ARGV[6]) <= ex
 end
-if roll then
-  sets[#sets + 1] = '\255\254e'
-  sets[#sets + 1] = now + ex
+local last = math.min(ss + 999, se)
+if created or cleared then
+  redis.call('HSET', k, '\255\254d', deadline, '\255\254s', new, '\255\254t', ARGV[5],
+    '\255\254e', now + ex, unpack(ARGV, ss, last))
+elseif roll then
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[5], '\255\254e', now + ex,
+    unpack(ARGV, ss, last))
+else
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[5], unpack(ARGV, ss, last))
 end
-for i = 1, #sets, 1000 do
-  redis.call('HSET', k, unpack(sets, i, math.min(i + 999, #sets)))
+for i = last + 1, se, 1000 do
+  redis.call('HSET', k, unpack(ARGV, i, math.min(i + 999, se)))
 end
 if roll then redis.call('PEXPIRE', k, ex) end
-return {1}
+return 1
 ",
     )
 });
@@ -330,29 +340,33 @@ fn head<'a>(
     Ok(call)
 }
 
-fn outcome(reply: Vec<Value>) -> Result<HashWriteOutcome, StoreError> {
-    let int = |v: Option<&Value>| match v {
-        Some(Value::Int(n)) => Some(*n),
+/// The write script's answer: a number, or a table whose first item is one.
+fn outcome(reply: Value) -> Result<HashWriteOutcome, StoreError> {
+    let mut items = match reply {
+        Value::Int(code) => vec![Value::Int(code)],
+        Value::Array(items) => items,
+        _ => return Err(unexpected("write")),
+    }
+    .into_iter();
+    let mut int = || match items.next() {
+        Some(Value::Int(n)) => Some(n),
         _ => None,
     };
-    let bytes = |v: Option<&Value>| match v {
-        Some(Value::BulkString(b)) => Some(Bytes::from(b.clone())),
-        _ => None,
-    };
-    Ok(match int(reply.first()) {
+    Ok(match int() {
         Some(1) => HashWriteOutcome::Written,
         Some(2) => HashWriteOutcome::Missing,
         Some(3) => HashWriteOutcome::Exists,
         Some(4) => HashWriteOutcome::TooLarge(
-            int(reply.get(1))
+            int()
                 .and_then(|n| u64::try_from(n).ok())
                 .ok_or_else(|| unexpected("write"))?,
         ),
-        Some(5) => match int(reply.get(1)) {
+        Some(5) => match int() {
             Some(0) => HashWriteOutcome::Changed(None),
-            Some(1) => HashWriteOutcome::Changed(Some(
-                bytes(reply.get(2)).ok_or_else(|| unexpected("write"))?,
-            )),
+            Some(1) => match items.next() {
+                Some(Value::BulkString(value)) => HashWriteOutcome::Changed(Some(value.into())),
+                _ => return Err(unexpected("write")),
+            },
             _ => return Err(unexpected("write")),
         },
         _ => return Err(unexpected("write")),
@@ -492,7 +506,7 @@ impl RedisStore {
         for (name, value) in &changes.set {
             call.arg(name.as_str()).arg(value.as_ref());
         }
-        let reply: Vec<Value> = self.write(StoreOp::HashApply, Call::Script(call)).await?;
+        let reply: Value = self.write(StoreOp::HashApply, Call::Script(call)).await?;
         outcome(reply)
     }
 
@@ -506,14 +520,72 @@ impl RedisStore {
     ) -> Result<HashWriteOutcome, StoreError> {
         let mut call = head(&WRITE, self.arg(key), &options)?;
         call.arg("cas")
-            .arg(field)
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
-            .arg(new.as_deref().unwrap_or_default());
-        let reply: Vec<Value> = self
+            .arg(field);
+        if let Some(new) = &new {
+            call.arg(new.as_ref());
+        }
+        let reply: Value = self
             .write(StoreOp::HashCompareAndSetField, Call::Script(call))
             .await?;
         outcome(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn array(items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+
+    #[test]
+    fn write_answers_are_numbers_or_tables() {
+        let ok = |reply| outcome(reply).expect("a valid answer");
+        assert_eq!(ok(Value::Int(1)), HashWriteOutcome::Written);
+        assert_eq!(ok(Value::Int(2)), HashWriteOutcome::Missing);
+        assert_eq!(ok(Value::Int(3)), HashWriteOutcome::Exists);
+        assert_eq!(ok(array(vec![Value::Int(1)])), HashWriteOutcome::Written);
+        assert_eq!(
+            ok(array(vec![Value::Int(4), Value::Int(70)])),
+            HashWriteOutcome::TooLarge(70)
+        );
+        assert_eq!(
+            ok(array(vec![Value::Int(5), Value::Int(0)])),
+            HashWriteOutcome::Changed(None)
+        );
+        assert_eq!(
+            ok(array(vec![
+                Value::Int(5),
+                Value::Int(1),
+                Value::BulkString(b"v".to_vec())
+            ])),
+            HashWriteOutcome::Changed(Some(Bytes::from_static(b"v")))
+        );
+    }
+
+    #[test]
+    fn malformed_write_answers_are_errors() {
+        for reply in [
+            Value::Nil,
+            Value::Int(0),
+            Value::Int(9),
+            Value::BulkString(b"1".to_vec()),
+            array(vec![]),
+            array(vec![Value::Int(4)]),
+            array(vec![Value::Int(4), Value::Int(-1)]),
+            array(vec![Value::Int(5)]),
+            array(vec![Value::Int(5), Value::Int(1)]),
+            array(vec![Value::Int(5), Value::Int(2)]),
+        ] {
+            let shown = format!("{reply:?}");
+            assert!(
+                matches!(outcome(reply), Err(StoreError::Unexpected(_))),
+                "{shown} must be an error"
+            );
+        }
     }
 }
