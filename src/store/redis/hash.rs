@@ -85,7 +85,8 @@ return left",
 /// Few commands, since each `redis.call` costs Redis about half a microsecond or more: one
 /// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
 /// no hash), `TIME` only when the clock could change an answer (below), one `HSET` of
-/// every set field, the size and the tag, `HDEL` when fields are removed, and `PEXPIRE`
+/// the size, the tag and the set fields (one more per further 500 fields), `HDEL` when
+/// fields are removed (one per 1,000), and `PEXPIRE`
 /// only when the expiry is due: when the write creates or clears the hash, when the
 /// expiry field is missing, or when a roll would lengthen the expiry left by the refresh
 /// interval or more (the same rule as a lazy read; interval 0: every write). Numbers go
