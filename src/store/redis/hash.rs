@@ -341,30 +341,36 @@ fn head<'a>(
     Ok(call)
 }
 
-/// The write script's answer: a number, or a table whose first item is one.
+/// The write script's answer: a number, or a table whose first item is one (the number
+/// alone, the common answer, costs no allocation).
 fn outcome(reply: Value) -> Result<HashWriteOutcome, StoreError> {
-    let mut items = match reply {
-        Value::Int(code) => vec![Value::Int(code)],
-        Value::Array(items) => items,
+    let (code, mut rest) = match reply {
+        Value::Int(code) => (code, Vec::new().into_iter()),
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            match items.next() {
+                Some(Value::Int(code)) => (code, items),
+                _ => return Err(unexpected("write")),
+            }
+        }
         _ => return Err(unexpected("write")),
-    }
-    .into_iter();
-    let mut int = || match items.next() {
+    };
+    let mut int = || match rest.next() {
         Some(Value::Int(n)) => Some(n),
         _ => None,
     };
-    Ok(match int() {
-        Some(1) => HashWriteOutcome::Written,
-        Some(2) => HashWriteOutcome::Missing,
-        Some(3) => HashWriteOutcome::Exists,
-        Some(4) => HashWriteOutcome::TooLarge(
+    Ok(match code {
+        1 => HashWriteOutcome::Written,
+        2 => HashWriteOutcome::Missing,
+        3 => HashWriteOutcome::Exists,
+        4 => HashWriteOutcome::TooLarge(
             int()
                 .and_then(|n| u64::try_from(n).ok())
                 .ok_or_else(|| unexpected("write"))?,
         ),
-        Some(5) => match int() {
+        5 => match int() {
             Some(0) => HashWriteOutcome::Changed(None),
-            Some(1) => match items.next() {
+            Some(1) => match rest.next() {
                 Some(Value::BulkString(value)) => HashWriteOutcome::Changed(Some(value.into())),
                 _ => return Err(unexpected("write")),
             },
