@@ -962,6 +962,19 @@ pub async fn hash_many_fields_in_one_write<S: StateStore>(store: &S) {
         HashWriteOutcome::Written
     );
     assert_eq!(fields(store, &key).await.map(|f| f.len()), Some(2501));
+    // A write that creates its hash with as many fields.
+    let created = fresh_key("hash-many-new");
+    assert_eq!(
+        ok(
+            store.hash_apply(&created, &many, new(LONG, LONG)).await,
+            "apply"
+        ),
+        HashWriteOutcome::Written
+    );
+    assert_eq!(
+        fields(store, &created).await,
+        Some(many.set.iter().cloned().collect())
+    );
     let fewer = HashChanges {
         delete: (0..2400).map(|i| format!("f{i:04}")).collect(),
         set: vec![("seed".to_owned(), Bytes::from_static(b"x"))],
