@@ -83,29 +83,38 @@ head -n 1 "$out/cookies" >"$out/hot.cookies"
 BENCH_BEARER=$(cat "$out/token")
 export BENCH_BEARER BENCH_RUN="run$$-$RANDOM"
 
-# name|path[|hot]: "hot" sends one session's cookies on every request.
+# name|path[|hot]: "hot" sends one session's cookies on every request. The rows whose
+# throughputs make a ratio below run next to each other (our session write beside
+# tower-sessions' write, ...), and every second round runs the list backwards (after
+# bare axum, which always runs first, the base of the printed ratios): the two
+# sides of a ratio run seconds apart, each first in half the rounds, so that the
+# machine's drift over a run falls on both alike instead of on one.
 rows=(
     "bare axum|/bare"
     "jsonwebtoken::decode middleware|/decode"
     "JwtAuthLayer|/jwt"
     "JWT + revocation|/jwt-revocation"
-    "JWT + revocation + session read|/jwt-revocation-session"
-    "session read|/session-read"
-    "session write|/session-write"
-    "session write, one hot session|/session-write|hot"
-    "idempotency first call (POST)|/idempotent"
-    "tower-sessions read|/peer-read"
-    "tower-sessions write|/peer-write"
-    "tower-sessions write, one hot session|/peer-write|hot"
 )
+[ "$memory" = 0 ] && rows+=("JWT + cached revocation|/jwt-revocation-cached")
+rows+=("JWT + revocation + session read|/jwt-revocation-session")
 if [ "$memory" = 0 ]; then
     rows+=(
-        "JWT + cached revocation|/jwt-revocation-cached"
         "JWT + cached revocation + session read|/jwt-revocation-cached-session"
         "JWT + cached revocation + cached session read|/jwt-revocation-session-cached"
-        "SessionLayer read, cached (LocalCache)|/session-read-cached"
     )
 fi
+rows+=(
+    "session read|/session-read"
+    "tower-sessions read|/peer-read"
+)
+[ "$memory" = 0 ] && rows+=("SessionLayer read, cached (LocalCache)|/session-read-cached")
+rows+=(
+    "session write|/session-write"
+    "tower-sessions write|/peer-write"
+    "session write, one hot session|/session-write|hot"
+    "tower-sessions write, one hot session|/peer-write|hot"
+    "idempotency first call (POST)|/idempotent"
+)
 
 echo "== $(nproc) cores, $store; wrk -t$threads -c$connections, ${warmup} s warm-up + ${seconds} s per row, $rounds round(s)"
 # rps/p50/p99 of row key K in round R are stored under "K@R".
@@ -115,7 +124,13 @@ failed=0
 for round in $(seq "$rounds"); do
     if [ "$rounds" -gt 1 ]; then echo "-- round $round of $rounds"; fi
     printf '%-46s %10s %9s %9s %8s\n' "stack" "req/s" "p50 ms" "p99 ms" "÷ bare"
-    for row in "${rows[@]}"; do
+    # Bare axum first in every round: each row's ratio to it is printed as the row ends.
+    order=("${rows[@]}")
+    if [ $((round % 2)) = 0 ]; then
+        order=("${rows[0]}")
+        for ((i = ${#rows[@]} - 1; i > 0; i--)); do order+=("${rows[i]}"); done
+    fi
+    for row in "${order[@]}"; do
         IFS='|' read -r name path kind <<<"$row"
         if [ -n "$only" ] && [ "$path" != /bare ] && ! [[ $path =~ $only ]]; then continue; fi
         post=0
