@@ -86,11 +86,11 @@ return left",
 /// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
 /// no hash), `TIME` only when the clock could change an answer (below), one `HSET` of
 /// the size, the tag and the set fields (one more per further 500 fields), `HDEL` when
-/// fields are removed (one per 1,000), and `PEXPIRE`
-/// only when the expiry is due: when the write creates or clears the hash, when the
-/// expiry field is missing, or when a roll would lengthen the expiry left by the refresh
-/// interval or more (the same rule as a lazy read; interval 0: every write). Numbers go
-/// to Redis as Lua numbers (no `string.format`).
+/// fields are removed (one per 1,000), and `PEXPIRE` only when the expiry is due: when
+/// the write creates or clears the hash, when the expiry field is missing, or when a roll
+/// would lengthen the expiry left by the refresh interval or more (the same rule as a lazy
+/// read; interval 0: every write). Numbers go to Redis as Lua numbers (no
+/// `string.format`).
 ///
 /// Redis' clock (`TIME`) decides whenever the answer could depend on which clock: when
 /// the write creates a hash (its deadline) and when the deadline is less than a minute
