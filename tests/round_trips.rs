@@ -659,235 +659,36 @@ async fn scripts_are_loaded_on_every_master_of_a_cluster() {
     }
 }
 
-/// A session whose expiry is unknown (an empty expiry in its reserved field) is read as
-/// usual; the read rolls it (one more round trip, once), which writes the expiry, so the
-/// reads after it are one `HGETALL` again.
+/// A session stored before the expiry field was kept (no `\xff\xfee`) is read as usual;
+/// the read rolls it (one more round trip, once), which adds the field, so the reads
+/// after it are one `HGETALL` again.
 #[tokio::test]
-async fn a_session_without_an_expiry_is_rolled_once() {
-    rolled_once_after(|conn, key| set_meta_part(conn, key, 1, "")).await;
+async fn a_session_without_the_expiry_field_is_rolled_once() {
+    rolled_once_after(|key| {
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(key).arg(EXPIRY_FIELD);
+        hdel
+    })
+    .await;
 }
 
-/// An expiry that is no number (a corrupt record) is read as a missing one: the session
-/// is served, rolled once, and the expiry written again.
+/// An expiry field that is no number (a corrupt record) is read as a missing one: the
+/// session is served, rolled once, and the field written again.
 #[tokio::test]
-async fn a_malformed_expiry_is_rolled_once() {
-    rolled_once_after(|conn, key| set_meta_part(conn, key, 1, "soon")).await;
+async fn a_malformed_expiry_field_is_rolled_once() {
+    rolled_once_after(|key| {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(key).arg(EXPIRY_FIELD).arg("soon");
+        hset
+    })
+    .await;
 }
 
-/// The reserved field of a session hash: `<deadline> <expires> <size> <tag>`.
-const META_FIELD: &[u8] = b"\xff\xfem";
+/// The reserved hash field that holds when a session's idle expiry falls.
+const EXPIRY_FIELD: &[u8] = b"\xff\xfee";
 
-/// The parts of the reserved field of the hash at `key` (empty when it has none).
-fn meta_parts(conn: &mut redis::Connection, key: &str) -> Vec<String> {
-    let meta: Option<String> = redis::cmd("HGET")
-        .arg(key)
-        .arg(META_FIELD)
-        .query(conn)
-        .expect("HGET");
-    meta.map(|m| m.split(' ').map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// Sets part `index` (0: the deadline, 1: the expiry) of the reserved field at `key`.
-fn set_meta_part(conn: &mut redis::Connection, key: &str, index: usize, value: &str) {
-    let mut parts = meta_parts(conn, key);
-    assert_eq!(parts.len(), 4, "{parts:?}");
-    parts[index] = value.to_owned();
-    let () = redis::cmd("HSET")
-        .arg(key)
-        .arg(META_FIELD)
-        .arg(parts.join(" "))
-        .query(conn)
-        .expect("HSET");
-}
-
-/// A hash stored by an earlier build keeps its deadline, expiry, size and tag in four
-/// reserved fields of their own. It is read as it is (one `HGETALL`, tag served), rolled as
-/// it is when its expiry is due (its expiry field written), deleted once past its deadline,
-/// and moved into the one reserved field by its first write: deadline and size bound
-/// carried over, the four fields gone, the data kept.
-#[tokio::test]
-async fn a_hash_in_the_earlier_layout_is_served_and_moved_by_its_first_write() {
-    let Some(f) = fixture().await else { return };
-    let mut conn = connect(&f.server);
-    let (ttl, every) = (Duration::from_secs(1000), Duration::from_secs(100));
-    let legacy = |conn: &mut redis::Connection, key: &str, deadline: i64| {
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query(conn).expect("TIME");
-        let now = secs * 1000 + micros / 1000;
-        let () = redis::cmd("HSET")
-            .arg(key)
-            .arg("a")
-            .arg("1")
-            .arg(b"\xff\xfed")
-            .arg(now + deadline)
-            .arg(b"\xff\xfee")
-            .arg(now + 990_000)
-            .arg(b"\xff\xfes")
-            .arg(50)
-            .arg(b"\xff\xfet")
-            .arg(77)
-            .query(conn)
-            .expect("HSET");
-        let () = redis::cmd("PEXPIRE")
-            .arg(key)
-            .arg(990_000)
-            .query(conn)
-            .expect("PEXPIRE");
-        (now + deadline).to_string()
-    };
-    let field = |conn: &mut redis::Connection, name: &[u8]| -> Option<String> {
-        redis::cmd("HGET")
-            .arg("old")
-            .arg(name)
-            .query(conn)
-            .expect("HGET")
-    };
-    let deadline = legacy(&mut conn, "old", 10_000_000);
-
-    f.server.reset_stats();
-    let read = f
-        .store
-        .hash_get_all_and_refresh_lazily("old", ttl, every)
-        .await
-        .expect("read")
-        .expect("an earlier build's hash is read");
-    assert_eq!(f.server.round_trips(), 1, "not due: no roll");
-    assert_eq!(read.fields.len(), 1, "{:?}", read.fields);
-    assert_eq!(read.fields["a"], Bytes::from_static(b"1"));
-    assert_eq!(read.tag, Some(77));
-
-    // Its expiry due (no expiry field): the read rolls it, in its own layout.
-    let _: i64 = redis::cmd("HDEL")
-        .arg("old")
-        .arg(b"\xff\xfee")
-        .query(&mut conn)
-        .expect("HDEL");
-    f.server.reset_stats();
-    let read = f
-        .store
-        .hash_get_all_and_refresh_lazily("old", ttl, every)
-        .await
-        .expect("read");
-    assert!(read.is_some_and(|r| r.fields.len() == 1));
-    assert_eq!(f.server.round_trips(), 2, "rolled");
-    assert!(
-        field(&mut conn, b"\xff\xfee").is_some_and(|e| e.parse::<u64>().is_ok()),
-        "the roll writes the expiry field"
-    );
-    assert!(
-        meta_parts(&mut conn, "old").is_empty(),
-        "not moved by a roll"
-    );
-
-    // The first write moves it into the one reserved field.
-    let changes = HashChanges {
-        set: vec![("b".to_owned(), Bytes::from_static(b"22"))],
-        ..HashChanges::default()
-    };
-    let options = HashWriteOptions::new(HashMode::Existing, ttl)
-        .refresh_interval(every)
-        .tag(5)
-        .max_bytes(1000);
-    let outcome = f.store.hash_apply("old", &changes, options).await;
-    assert_eq!(outcome.expect("write"), HashWriteOutcome::Written);
-    let names: Vec<Vec<u8>> = redis::cmd("HKEYS")
-        .arg("old")
-        .query(&mut conn)
-        .expect("HKEYS");
-    let mut names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [&b"a"[..], b"b", META_FIELD],
-        "the four fields moved"
-    );
-    let meta = meta_parts(&mut conn, "old");
-    assert_eq!(meta[0], deadline, "the deadline carried over");
-    assert_eq!(meta[2], "53", "the size bound carried over: 50 + 3");
-    assert_eq!(meta[3], "5");
-    let read = f
-        .store
-        .hash_get_all_and_refresh_lazily("old", ttl, every)
-        .await
-        .expect("read")
-        .expect("present");
-    assert_eq!(read.fields.len(), 2);
-    assert_eq!(read.tag, Some(5));
-    let left = read.lifetime_left.as_millis();
-    assert!(left > 9_000_000 && left <= 10_000_000, "{left}");
-
-    // Past its deadline: absent, and deleted by the read that finds it so.
-    legacy(&mut conn, "gone", -1000);
-    let read = f
-        .store
-        .hash_get_all_and_refresh_lazily("gone", ttl, every)
-        .await
-        .expect("read");
-    assert!(read.is_none(), "past its deadline");
-    assert!(f.server.keys("gone").is_empty(), "deleted");
-}
-
-/// A reserved field that does not parse (a corrupt record, or another program's hash) makes
-/// the hash absent alike to reads and writes: no error, a write that may not create
-/// answers missing, one that may replaces it.
-#[tokio::test]
-async fn a_hash_with_a_malformed_reserved_field_is_absent() {
-    let Some(f) = fixture().await else { return };
-    let mut conn = connect(&f.server);
-    let ttl = Duration::from_secs(1000);
-    let changes = HashChanges {
-        set: vec![("b".to_owned(), Bytes::from_static(b"2"))],
-        ..HashChanges::default()
-    };
-    for meta in [
-        "",
-        "soon",
-        "99999999999999 2 3",
-        "x 2 3 4",
-        "99999999999999 2 3 4 5",
-        "-1 2 3 4",
-        "+99999999999999 2 3 4",
-        "99999999999999 2 3 4 ",
-    ] {
-        let () = redis::cmd("HSET")
-            .arg("bad")
-            .arg("a")
-            .arg("1")
-            .arg(META_FIELD)
-            .arg(meta)
-            .query(&mut conn)
-            .expect("HSET");
-        let read = f
-            .store
-            .hash_get_all_and_refresh_lazily("bad", ttl, Duration::from_secs(100))
-            .await
-            .expect("no error");
-        assert!(read.is_none(), "{meta:?}");
-        let existing = HashWriteOptions::new(HashMode::Existing, ttl);
-        let outcome = f.store.hash_apply("bad", &changes, existing).await;
-        assert_eq!(
-            outcome.expect("write"),
-            HashWriteOutcome::Missing,
-            "{meta:?}"
-        );
-        let upsert = HashWriteOptions::new(HashMode::Upsert { lifetime: ttl }, ttl);
-        let outcome = f.store.hash_apply("bad", &changes, upsert).await;
-        assert_eq!(
-            outcome.expect("write"),
-            HashWriteOutcome::Written,
-            "{meta:?}"
-        );
-        let read = f
-            .store
-            .hash_get_all_and_refresh_lazily("bad", ttl, Duration::from_secs(100))
-            .await
-            .expect("read")
-            .expect("created anew");
-        assert_eq!(read.fields.len(), 1, "replaced, not merged: {meta:?}");
-        assert_eq!(read.fields["b"], Bytes::from_static(b"2"));
-        let _: i64 = redis::cmd("DEL").arg("bad").query(&mut conn).expect("DEL");
-    }
-}
+/// The reserved field of a session hash that holds its absolute deadline.
+const DEADLINE_FIELD: &[u8] = b"\xff\xfed";
 
 /// A plain connection to `server`, for setting up and inspecting keys by hand.
 fn connect(server: &RedisServer) -> redis::Connection {
@@ -910,10 +711,10 @@ where
         .expect("a new session sets its cookie")
 }
 
-/// Writes a session, runs `damage` (on its key) against its expiry, and checks that the
-/// next read rolls it (and rewrites the expiry as a number) and the read after that does
-/// not.
-async fn rolled_once_after(damage: impl FnOnce(&mut redis::Connection, &str)) {
+/// Writes a session, runs `damage` (a command on its key) against its expiry field, and
+/// checks that the next read rolls it (and rewrites the field as a number) and the read
+/// after that does not.
+async fn rolled_once_after(damage: impl FnOnce(&str) -> redis::Cmd) {
     let Some(f) = fixture().await else { return };
     let svc = ServiceBuilder::new()
         .layer(SessionLayer::new(f.store.clone()))
@@ -921,12 +722,18 @@ async fn rolled_once_after(damage: impl FnOnce(&mut redis::Connection, &str)) {
     let cookie = new_session(&svc).await;
     let key = f.server.keys("sess:*").pop().expect("the session's key");
     let mut conn = connect(&f.server);
-    let expiry = |conn: &mut redis::Connection| meta_parts(conn, &key).get(1).cloned();
+    let expiry = |conn: &mut redis::Connection| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg(EXPIRY_FIELD)
+            .query(conn)
+            .expect("HGET")
+    };
     assert!(
         expiry(&mut conn).is_some_and(|e| e.parse::<u64>().is_ok()),
-        "a write keeps the expiry"
+        "a write keeps the expiry field"
     );
-    damage(&mut conn, &key);
+    let _: i64 = damage(&key).query(&mut conn).expect("damage");
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
     assert_eq!(out.status, StatusCode::OK, "the session is read");
@@ -934,7 +741,7 @@ async fn rolled_once_after(damage: impl FnOnce(&mut redis::Connection, &str)) {
     assert_eq!(total(&stats), 2, "rolled: {stats:?}");
     assert!(
         expiry(&mut conn).is_some_and(|e| e.parse::<u64>().is_ok()),
-        "the roll writes the expiry"
+        "the roll writes the expiry field"
     );
 
     let (out, stats) = counted(&f.server, &svc, get("", Some(&cookie), "read")).await;
@@ -978,7 +785,12 @@ async fn a_write_asks_redis_for_the_time_only_near_a_deadline() {
     let mut deadline_in = |offset: i64| {
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
         let at = secs * 1000 + micros / 1000 + offset;
-        set_meta_part(&mut conn, "t", 0, &at.to_string());
+        let () = redis::cmd("HSET")
+            .arg("t")
+            .arg(DEADLINE_FIELD)
+            .arg(at)
+            .query(&mut conn)
+            .expect("HSET");
     };
     let server = &f.server;
     let write = |options: HashWriteOptions| {
@@ -1027,9 +839,9 @@ async fn a_write_asks_redis_for_the_time_only_near_a_deadline() {
     assert_eq!(write(upsert).await, (written, 0));
 }
 
-/// A write rolls the expiry (`PEXPIRE`, and the expiry in the reserved field) when a lazy read
+/// A write rolls the expiry (`PEXPIRE`, and the expiry field beside it) when a lazy read
 /// would: when the write creates the hash, when more than the refresh interval of the
-/// expiry is used up, when the expiry is unknown, and on every write with an
+/// expiry is used up, when the expiry field is missing, and on every write with an
 /// interval of zero; otherwise it leaves both as they are. Driven by setting the expiry
 /// and its field by hand (no sleeping): a minute of margin on every side.
 #[tokio::test]
@@ -1047,17 +859,14 @@ async fn a_write_rolls_the_expiry_only_when_a_read_would() {
     let mut expire_in = |left: u64, field: bool| {
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).expect("TIME");
         let at = secs * 1000 + micros / 1000 + left;
-        let () = redis::cmd("PEXPIRE")
-            .arg("w")
-            .arg(left)
-            .query(&mut conn)
-            .expect("PEXPIRE");
-        set_meta_part(
-            &mut conn,
-            "w",
-            1,
-            &if field { at.to_string() } else { String::new() },
-        );
+        let mut pipe = redis::pipe();
+        pipe.cmd("PEXPIRE").arg("w").arg(left).ignore();
+        if field {
+            pipe.cmd("HSET").arg("w").arg(EXPIRY_FIELD).arg(at).ignore();
+        } else {
+            pipe.cmd("HDEL").arg("w").arg(EXPIRY_FIELD).ignore();
+        }
+        let () = pipe.query(&mut conn).expect("expire");
     };
     let server = &f.server;
     let write = |options: HashWriteOptions| {
@@ -1095,7 +904,11 @@ async fn a_write_rolls_the_expiry_only_when_a_read_would() {
     assert!(f.server.pttl("w") > min, "rolled: {}", f.server.pttl("w"));
 
     expire_in(min as u64, false);
-    assert_eq!(write(lazy).await, 1, "no expiry: rolled, which writes it");
+    assert_eq!(
+        write(lazy).await,
+        1,
+        "no expiry field: rolled, which adds it"
+    );
     assert!(f.server.pttl("w") > min, "rolled: {}", f.server.pttl("w"));
     expire_in(min as u64, true);
     let eager = HashWriteOptions::new(HashMode::Upsert { lifetime: ttl * 10 }, ttl);
@@ -1106,7 +919,7 @@ async fn a_write_rolls_the_expiry_only_when_a_read_would() {
     );
     assert!(f.server.pttl("w") > min);
 
-    // The expiry a roll writes is what the next write reads: the expiry just set.
+    // The expiry field a roll writes is what the next write reads: the expiry just set.
     assert_eq!(write(lazy).await, 0, "rolled a moment ago");
     let pttl = f.server.pttl("w");
     assert!(pttl > min && pttl <= max, "{pttl}");

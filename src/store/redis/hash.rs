@@ -1,14 +1,8 @@
-//! Hashes on Redis: a Redis hash per key, whose absolute deadline, the time its idle
-//! expiry falls, size and write tag live in one reserved field, as four decimal numbers
-//! separated by spaces (`<deadline> <expires> <size> <tag>`). Its name is not UTF-8, so
-//! no field of the API (a `&str`) can ever collide with it, and reads leave it out. One
-//! field instead of four: a read's `HGETALL` answers one pair more than the data, not
-//! four, which costs Redis and the reply's parsing less on every read.
-//!
-//! A hash stored by an earlier build keeps the four in four reserved fields (`d`, `e`,
-//! `s`, `t`): reads and rolls serve it as it is, and the first write moves them into the
-//! one field. Reads are one `HGETALL` (lazy) or a `MULTI`/`EXEC` transaction (eager), no
-//! Lua; writes and expiry rolls are one Lua script each.
+//! Hashes on Redis: a Redis hash per key, whose absolute deadline, size, write tag and
+//! the time its idle expiry falls live in four reserved fields. Their names are not UTF-8,
+//! so no field of the API (a `&str`) can ever collide with them, and reads leave them out.
+//! Reads are one `HGETALL` (lazy) or a `MULTI`/`EXEC` transaction (eager), no Lua; writes
+//! and expiry rolls are one Lua script each.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -26,32 +20,24 @@ use crate::store::{ttl_millis, unix_millis, StoreError};
 /// Every reserved field name starts with these bytes (`\255\254` in the scripts).
 const RESERVED: &[u8] = b"\xff\xfe";
 
-/// The reserved field: `<deadline> <expires> <size> <tag>`. The deadline is the hash's
-/// absolute one (milliseconds of Redis' clock); `expires` when its idle expiry falls, as
-/// the last write or roll set it (so a lazy read needs no `PTTL`); `size` the upper bound
-/// of its fields' size the writes keep; `tag` the tag of its last write (a `u64`).
-const META: &[u8] = b"\xff\xfem";
-
-/// An earlier build's field for the deadline (the other three had one each, below).
+/// The field that holds a hash's absolute deadline (milliseconds of Redis' clock).
 const DEADLINE: &[u8] = b"\xff\xfed";
 
-/// An earlier build's field for the tag of the last write.
+/// The field that holds the tag of a hash's last write (a decimal `u64`).
 const TAG: &[u8] = b"\xff\xfet";
 
-/// An earlier build's field for when the idle expiry falls; a hash without it (written
-/// before it was kept) is rolled by the read that finds it so, which adds it.
+/// The field that holds when the hash's idle expiry falls (milliseconds of Redis' clock),
+/// as the last write or roll set it: a lazy read needs no `PTTL`. A hash without it
+/// (written before it was kept) is rolled by the read that finds it so, which adds it.
 const EXPIRES: &[u8] = b"\xff\xfee";
 
 /// Deletes a hash found past its deadline, unless it was recreated meanwhile (its deadline
-/// changed): a read rolls the expiry without the cap, so such a hash would otherwise live
-/// on while a stale id keeps reading it.
+/// field changed): a read rolls the expiry without the cap, so such a hash would otherwise
+/// live on while a stale id keeps reading it.
 pub(super) static DROP_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local h = redis.call('HMGET', KEYS[1], '\255\254m', '\255\254d')
-local d = h[2]
-if h[1] then d = string.match(h[1], '^(%d+) ') end
-if d == ARGV[1] then
+if redis.call('HGET', KEYS[1], '\255\254d') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0",
@@ -59,18 +45,14 @@ return 0",
 });
 
 /// Rolls a hash's expiry to `min(ttl, deadline - now)` on Redis' clock (ARGV[1]: the
-/// deadline as read, ARGV[2]: the TTL) and returns the time left to the deadline (in ms,
-/// above 0); returns 0 when the hash was deleted or recreated meanwhile (its deadline
-/// changed), or is past its deadline, which deletes it. The new expiry goes into the
-/// reserved field (an earlier build's hash: into its expiry field).
+/// deadline field as read, ARGV[2]: the TTL) and returns the time left to the deadline
+/// (ms, > 0); returns 0 when the hash was deleted or recreated meanwhile (its deadline
+/// field changed), or is past its deadline, which deletes it.
 pub(super) static ROLL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local h = redis.pcall('HMGET', KEYS[1], '\255\254m', '\255\254d')
-if h['err'] then return 0 end
-local d, rest = h[2], nil
-if h[1] then d, rest = string.match(h[1], '^(%d+) %S* (.*)$') end
-if not d or d ~= ARGV[1] then return 0 end
+local d = redis.pcall('HGET', KEYS[1], '\255\254d')
+if type(d) ~= 'string' or d ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = tonumber(d) - now
@@ -79,12 +61,7 @@ if left <= 0 then
   return 0
 end
 local ex = math.min(tonumber(ARGV[2]), left)
-local at = string.format('%.0f', now + ex)
-if rest then
-  redis.call('HSET', KEYS[1], '\255\254m', d .. ' ' .. at .. ' ' .. rest)
-else
-  redis.call('HSET', KEYS[1], '\255\254e', at)
-end
+redis.call('HSET', KEYS[1], '\255\254e', string.format('%.0f', now + ex))
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ex))
 return left",
     )
@@ -106,23 +83,21 @@ return left",
 /// reply.
 ///
 /// Few commands, since each `redis.call` costs Redis about half a microsecond or more: one
-/// `HMGET` of the reserved field and an earlier build's deadline field (a key that is no
-/// hash answers an error: no hash; an earlier build's hash: one more `HMGET` of its size
-/// and expiry fields, and one `HDEL` of its four fields, once), `TIME` only when the clock
-/// could change an answer (below), one `HSET` of the reserved field and the set fields
-/// (one more per further 500 fields), `HDEL` when fields are removed (one per 1,000), and
-/// `PEXPIRE` only when the expiry is due: when the write creates or clears the hash, when
-/// the expiry is unknown, or when a roll would lengthen the expiry left by the refresh
-/// interval or more (the same rule as a lazy read; interval 0: every write). The
-/// reserved field is joined from the strings as read where they do not change (the
-/// deadline, the expiry when not rolled), so a plain write formats one number, its size.
+/// `HMGET` of the three reserved fields it needs (a key that is no hash answers an error:
+/// no hash), `TIME` only when the clock could change an answer (below), one `HSET` of
+/// the size, the tag and the set fields (one more per further 500 fields), `HDEL` when
+/// fields are removed (one per 1,000), and `PEXPIRE` only when the expiry is due: when
+/// the write creates or clears the hash, when the expiry field is missing, or when a roll
+/// would lengthen the expiry left by the refresh interval or more (the same rule as a lazy
+/// read; interval 0: every write). Numbers go to Redis as Lua numbers (no
+/// `string.format`).
 ///
 /// Redis' clock (`TIME`) decides whenever the answer could depend on which clock: when
 /// the write creates a hash (its deadline) and when the deadline is less than a minute
 /// beyond the TTL from the instance's clock (whether it has passed; how far the expiry
 /// may go). Further from the deadline, both clocks give the same answers while they are
 /// less than a minute apart (not expired; the expiry is the TTL), and the instance's
-/// clock only dates the expiry, which reads compare with their own clock anyway. A
+/// clock only dates the expiry field, which reads compare with their own clock anyway. A
 /// clock running ahead of Redis' only makes writes ask for the time sooner; one running
 /// more than a minute behind could let a write keep a hash past its deadline by the
 /// difference less a minute.
@@ -137,17 +112,12 @@ pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local k = KEYS[1]
 local mode, max, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[7])
-local head = redis.pcall('HMGET', k, '\255\254m', '\255\254d')
-local draw, eraw, size, legacy = nil, nil, nil, false
-if head['err'] then
-elseif head[1] then
-  draw, eraw, size = string.match(head[1], '^(%d+) (%S*) (%S*) %S*$')
-elseif head[2] then
-  local old = redis.call('HMGET', k, '\255\254s', '\255\254e')
-  draw, size, eraw, legacy = head[2], old[1], old[2], true
-  if tonumber(draw) then draw = string.format('%.0f', tonumber(draw)) end
+local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s', '\255\254e')
+local deadline, expires = nil, nil
+if not head['err'] then
+  deadline = tonumber(head[1])
+  expires = tonumber(head[3])
 end
-local deadline, expires = tonumber(draw), tonumber(eraw)
 if deadline or mode ~= 'existing' then
   if not deadline or deadline - now <= tonumber(ARGV[2]) + 60000 then
     local t = redis.call('TIME')
@@ -163,7 +133,7 @@ if not deadline then
 elseif mode == 'new' then
   return 3
 else
-  new = tonumber(size) or 0
+  new = tonumber(head[2]) or 0
 end
 local cleared, ds, de, ss, se = false, 1, 0, 1, 0
 if ARGV[8] == 'cas' then
@@ -224,9 +194,6 @@ end
 if created or cleared then
   redis.call('DEL', k)
 else
-  if legacy then
-    redis.call('HDEL', k, '\255\254d', '\255\254s', '\255\254t', '\255\254e')
-  end
   for i = ds, de, 1000 do
     redis.call('HDEL', k, unpack(ARGV, i, math.min(i + 999, de)))
   end
@@ -237,11 +204,16 @@ if expires and not (created or cleared) then
   local left = expires - now
   roll = left <= 0 or left > ex or left + tonumber(ARGV[6]) <= ex
 end
-if created then draw = string.format('%.0f', deadline) end
-if roll then eraw = string.format('%.0f', now + ex) end
 local last = math.min(ss + 999, se)
-redis.call('HSET', k, '\255\254m', draw .. ' ' .. eraw .. ' ' .. new .. ' ' .. ARGV[5],
-  unpack(ARGV, ss, last))
+if created or cleared then
+  redis.call('HSET', k, '\255\254d', deadline, '\255\254s', new, '\255\254t', ARGV[5],
+    '\255\254e', now + ex, unpack(ARGV, ss, last))
+elseif roll then
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[5], '\255\254e', now + ex,
+    unpack(ARGV, ss, last))
+else
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[5], unpack(ARGV, ss, last))
+end
 for i = last + 1, se, 1000 do
   redis.call('HSET', k, unpack(ARGV, i, math.min(i + 999, se)))
 end
@@ -290,8 +262,7 @@ impl Read {
 }
 
 /// The hash of an `HGETALL` reply; `None` when the key is absent, holds a plain value, or
-/// holds a hash that is not one of ours (no deadline, or a reserved field that does not
-/// parse: the write script treats such a hash as absent too).
+/// holds a hash that is not one of ours (no deadline).
 fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
     let items = match all {
         Value::Array(items) => items,
@@ -299,8 +270,9 @@ fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
         Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
         _ => return Err(unexpected("read")),
     };
-    let mut meta = None;
-    let mut legacy = Legacy::default();
+    let mut deadline = None;
+    let mut tag = None;
+    let mut expires_at = None;
     let mut fields = BTreeMap::new();
     let mut items = items.into_iter();
     while let (Some(name), Some(value)) = (items.next(), items.next()) {
@@ -308,64 +280,36 @@ fn fields_and_deadline(all: Value) -> Result<Option<Read>, StoreError> {
             return Err(unexpected("read"));
         };
         if name.starts_with(RESERVED) {
-            match name.as_slice() {
-                META => meta = Some(value),
-                DEADLINE => legacy.deadline = Some(value),
-                TAG => legacy.tag = Some(value),
-                EXPIRES => legacy.expires = Some(value),
-                _ => {}
+            if name == DEADLINE {
+                deadline = Some(value);
+            } else if name == TAG {
+                tag = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse().ok());
+            } else if name == EXPIRES {
+                expires_at = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse().ok());
             }
             continue;
         }
         let name = String::from_utf8(name).map_err(|_| unexpected("field name"))?;
         fields.insert(name, Bytes::from(value));
     }
-    // Digits only, as the scripts' patterns (`%d+`) read them: no sign, no spaces.
-    let number = |v: &[u8]| {
-        let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
-        digits.then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())?
-    };
-    let (raw_deadline, tag, expires_at) = match meta {
-        Some(meta) => {
-            let mut parts = meta.split(|&b| b == b' ');
-            let (Some(raw), Some(expires), Some(_size), Some(tag), None) = (
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next(),
-            ) else {
-                return Ok(None);
-            };
-            (raw.to_vec(), number(tag), number(expires))
-        }
-        None => match legacy.deadline {
-            Some(raw) => (
-                raw,
-                legacy.tag.as_deref().and_then(number),
-                legacy.expires.as_deref().and_then(number),
-            ),
-            None => return Ok(None),
-        },
-    };
-    let Some(deadline) = number(&raw_deadline) else {
+    let Some(raw) = deadline else {
         return Ok(None);
     };
+    let at = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or_else(|| unexpected("deadline"))?;
     Ok(Some(Read {
         fields,
-        raw_deadline,
-        deadline,
+        raw_deadline: raw,
+        deadline: at,
         tag,
         expires_at,
     }))
-}
-
-/// The reserved fields of a hash an earlier build stored (see [`DEADLINE`]).
-#[derive(Default)]
-struct Legacy {
-    deadline: Option<Vec<u8>>,
-    tag: Option<Vec<u8>>,
-    expires: Option<Vec<u8>>,
 }
 
 fn unexpected(what: &str) -> StoreError {
