@@ -86,10 +86,10 @@ export BENCH_BEARER BENCH_RUN="run$$-$RANDOM"
 # name|path[|hot]: "hot" sends one session's cookies on every request. The rows whose
 # throughputs make a ratio below run next to each other (our session write beside
 # tower-sessions' write, ...; the cached rows one row from theirs, the rows divided by
-# bare axum excepted), and every second round runs the list backwards (after
-# bare axum, which always runs first, the base of the printed ratios): the two
-# sides of a ratio run seconds apart, each first in half the rounds, so that the
-# machine's drift over a run falls on both alike instead of on one.
+# bare axum excepted), and every second round runs the list backwards (after bare axum,
+# which always runs first, the base of the printed ratios): the two sides of a ratio run
+# seconds apart, each first in half the rounds, so that the machine's drift over a run
+# falls on both alike instead of on one.
 rows=(
     "bare axum|/bare"
     "jsonwebtoken::decode middleware|/decode"
