@@ -338,6 +338,82 @@ async fn revoke_subject_denies_older_tokens<St: StateStore>(store: St, other: St
     assert_eq!(status(&layer, &bobs).await, StatusCode::OK);
 }
 
+/// A token from elsewhere (an identity provider) may live longer than the policy's access
+/// TTL: a subject or session revocation still holds until it expires, and a token living
+/// longer than the policy's longest lifetime is refused outright.
+async fn revocations_outlast_every_acceptable_token<St: StateStore>(store: St, other: St) {
+    let policy = TokenPolicy::builder(
+        JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, SECRET)
+            .expect("key"),
+    )
+    .access_ttl(Duration::from_secs(1))
+    .leeway(Duration::ZERO)
+    .max_token_lifetime(Duration::from_secs(30))
+    .build()
+    .expect("policy");
+    let layer: Layer<St> = policy.auth_layer().revocation(store);
+    let revoker = Revoker::new(other, &policy);
+    let issued = now();
+    let long_lived = |sub: &str| {
+        RegisteredClaims::new(sub, issued + 25)
+            .with_iat(issued - 1)
+            .with_sid("s1")
+    };
+    assert_eq!(status(&layer, &long_lived("alice")).await, StatusCode::OK);
+    revoker.revoke_subject("alice").await.expect("revoke");
+    revoker
+        .revoke_session("bob", "s1", Duration::ZERO)
+        .await
+        .expect("revoke");
+    assert_revoked(&send(&layer, &long_lived("alice")).await);
+    assert_revoked(&send(&layer, &long_lived("bob")).await);
+    // Past the access TTL plus leeway plus a second (where the entries used to expire),
+    // well before the tokens do: still refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_revoked(&send(&layer, &long_lived("alice")).await);
+    assert_revoked(&send(&layer, &long_lived("bob")).await);
+    assert_eq!(status(&layer, &long_lived("carol")).await, StatusCode::OK);
+    // Living longer than the policy allows: refused before any revocation.
+    let too_long = RegisteredClaims::new("carol", now() + 120).with_iat(now());
+    let answer = send(&layer, &too_long).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        answer
+            .www_authenticate
+            .as_deref()
+            .is_some_and(|h| h.contains("invalid_token")),
+        "{:?}",
+        answer.www_authenticate
+    );
+}
+
+/// "Log out everywhere" returns once its cutoff second has passed: a token minted right
+/// after it (a new login) is accepted, never born revoked.
+async fn a_token_minted_after_revoke_subject_returns_is_accepted<St: StateStore>(
+    store: St,
+    other: St,
+) {
+    let layer = layer(store);
+    let revoker = revoker(other);
+    let issuer = policy().token_issuer().expect("issuer");
+    for round in 0..3 {
+        let old = issuer.issue("alice").expect("mint").claims;
+        let t = revoker.revoke_subject("alice").await.expect("revoke");
+        assert!(
+            now() > t,
+            "returned within the cutoff's second (round {round})"
+        );
+        assert_revoked(&send(&layer, &old).await);
+        let fresh = issuer.issue("alice").expect("mint").claims;
+        assert_eq!(
+            status(&layer, &fresh).await,
+            StatusCode::OK,
+            "round {round}"
+        );
+    }
+}
+
 async fn revoke_subject_again_moves_the_cutoff<St: StateStore>(store: St, other: St) {
     let layer = layer(store);
     let revoker = revoker(other);
@@ -470,6 +546,8 @@ backend_pair_tests!(
     revoke_session_with_zero_ttl_covers_tokens_issued_so_far,
     revoke_subject_denies_older_tokens,
     revoke_subject_again_moves_the_cutoff,
+    revocations_outlast_every_acceptable_token,
+    a_token_minted_after_revoke_subject_returns_is_accepted,
     second_instance_sees_revocation_at_once,
     subject_with_brace_and_colon_characters,
     empty_subject_and_ids,
@@ -629,11 +707,12 @@ async fn redis_entry_ttls_match_remaining_lifetimes() {
     // remaining life is 600..=601 s at write time).
     let jti = ttl_of("rev:*:jti:t1");
     assert!((597_000..=601_000).contains(&jti), "jti PTTL {jti}");
-    // A session revocation shorter than a token's life is kept for the token's life.
+    // A session or subject revocation is kept for the longest token lifetime the layer
+    // accepts (default: a day, here longer than the access TTL) plus a second.
     let sid = ttl_of("rev:*:sid:s1");
-    assert!((7_198_000..=7_201_000).contains(&sid), "sid PTTL {sid}");
+    assert!((86_398_000..=86_401_000).contains(&sid), "sid PTTL {sid}");
     let sub = ttl_of("rev:*:sub");
-    assert!((7_198_000..=7_201_000).contains(&sub), "sub PTTL {sub}");
+    assert!((86_398_000..=86_401_000).contains(&sub), "sub PTTL {sub}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,16 @@ use crate::ConfigError;
 
 /// Access tokens live 15 minutes unless the policy says otherwise.
 const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+/// The longest token lifetime accepted unless the policy says otherwise (or its access TTL,
+/// when that is longer).
+const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Clock skew tolerated on `exp` and `nbf` unless the policy says otherwise.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// The largest leeway: a skew beyond it is a broken clock, and a leeway near the Unix time
 /// itself would make the verifier's `now − leeway` underflow.
 const MAX_LEEWAY: Duration = Duration::from_secs(3600);
-/// The longest TTL the store contract accepts; revocation entries live up to the access
-/// TTL plus the leeway, so the access TTL stays within it.
+/// The longest TTL the store contract accepts; revocation entries live up to the longest
+/// token lifetime plus the leeway, so that lifetime stays within it.
 const MAX_STORE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The single source of every setting that the token layers must agree on.
@@ -37,7 +40,10 @@ const MAX_STORE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 ///
 /// The guarantee this buys: a revoked token stays refused for as long as the JWT layer
 /// would accept it (until `exp` plus the leeway has passed), because the revocation
-/// entries are kept for exactly that window, computed from the same value.
+/// entries are kept for exactly that window, computed from the same value. For tokens
+/// minted elsewhere (an identity provider), the JWT layer refuses a token whose `exp` is
+/// further away than the [longest token lifetime](TokenPolicyBuilder::max_token_lifetime)
+/// (default 24 hours), so that no accepted token outlives a "log out everywhere".
 ///
 /// Cheap to clone (an `Arc` inside). Every instance of a service must build the same
 /// policy (same keys, TTL, leeway, issuer and audience).
@@ -65,8 +71,10 @@ const MAX_STORE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 ///
 /// [`TokenPolicyBuilder::build`] returns a [`ConfigError`] naming the setting for: a
 /// signing key id that is not in the key set or cannot sign (`signing_key`), an access
-/// TTL under one second or beyond the store's 100-year range (`access_ttl`), a leeway
-/// over one hour (`leeway`), and an empty key set (`keys`).
+/// TTL under one second or beyond the store's 100-year range (`access_ttl`), a longest
+/// token lifetime shorter than the access TTL or beyond that range
+/// (`max_token_lifetime`), a leeway over one hour (`leeway`), and an empty key set
+/// (`keys`).
 #[derive(Clone)]
 pub struct TokenPolicy {
     inner: Arc<Inner>,
@@ -76,6 +84,7 @@ struct Inner {
     keys: JwtKeySet,
     signing: Option<Signing>,
     access_ttl: Duration,
+    max_lifetime: Duration,
     leeway_secs: u64,
     issuer: Option<String>,
     audience: Option<String>,
@@ -96,6 +105,7 @@ impl fmt::Debug for TokenPolicy {
             .field("keys", &inner.keys)
             .field("signing_key", &inner.signing.as_ref().map(|s| &s.kid))
             .field("access_ttl", &inner.access_ttl)
+            .field("max_token_lifetime", &inner.max_lifetime)
             .field("leeway", &self.leeway())
             .field("issuer", &inner.issuer)
             .field("audience", &inner.audience)
@@ -105,12 +115,14 @@ impl fmt::Debug for TokenPolicy {
 
 impl TokenPolicy {
     /// A builder over `keys`, with the defaults: no signing key (verify only), access
-    /// tokens of 15 minutes, a 30-second leeway, no issuer and no audience.
+    /// tokens of 15 minutes, tokens accepted with at most 24 hours left to live, a 30-second
+    /// leeway, no issuer and no audience.
     pub fn builder(keys: JwtKeySet) -> TokenPolicyBuilder {
         TokenPolicyBuilder {
             keys,
             signing_key: None,
             access_ttl: DEFAULT_ACCESS_TTL,
+            max_token_lifetime: None,
             leeway: DEFAULT_LEEWAY,
             issuer: None,
             audience: None,
@@ -141,10 +153,16 @@ impl TokenPolicy {
         &self.inner.keys
     }
 
-    /// How long minted access tokens live, and the longest token lifetime the revocation
-    /// entries are kept for.
+    /// How long minted access tokens live.
     pub fn access_ttl(&self) -> Duration {
         self.inner.access_ttl
+    }
+
+    /// The longest time a verified token may still have to live: the JWT layer refuses a
+    /// token whose `exp` lies further ahead (beyond the leeway), and revocation entries are
+    /// kept this long plus the leeway.
+    pub fn max_token_lifetime(&self) -> Duration {
+        self.inner.max_lifetime
     }
 
     /// The clock skew tolerated on `exp` and `nbf`, in whole seconds.
@@ -180,11 +198,15 @@ impl TokenPolicy {
             .saturating_add(Duration::from_secs(1))
     }
 
-    /// How long a token minted now may still be accepted: the access TTL plus the leeway
-    /// plus the last partial second (see [`refused_from`](Self::refused_from)).
+    pub(crate) fn max_lifetime_secs(&self) -> u64 {
+        self.inner.max_lifetime.as_secs()
+    }
+
+    /// How long a token accepted now may still be accepted: the longest token lifetime
+    /// plus the leeway plus the last partial second (see [`refused_from`](Self::refused_from)).
     pub(crate) fn acceptance_window(&self) -> Duration {
         self.inner
-            .access_ttl
+            .max_lifetime
             .saturating_add(Duration::from_secs(self.inner.leeway_secs))
             .saturating_add(Duration::from_secs(1))
     }
@@ -203,6 +225,7 @@ pub struct TokenPolicyBuilder {
     keys: JwtKeySet,
     signing_key: Option<String>,
     access_ttl: Duration,
+    max_token_lifetime: Option<Duration>,
     leeway: Duration,
     issuer: Option<String>,
     audience: Option<String>,
@@ -214,6 +237,7 @@ impl fmt::Debug for TokenPolicyBuilder {
             .field("keys", &self.keys)
             .field("signing_key", &self.signing_key)
             .field("access_ttl", &self.access_ttl)
+            .field("max_token_lifetime", &self.max_token_lifetime)
             .field("leeway", &self.leeway)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -230,11 +254,21 @@ impl TokenPolicyBuilder {
     }
 
     /// How long minted access tokens live (default 15 minutes; at least one second, at
-    /// most 100 years). Also the longest lifetime revocation entries assume: tokens from
-    /// elsewhere that live longer are refused after a subject revocation only for this
-    /// long (plus the leeway).
+    /// most 100 years).
     pub fn access_ttl(mut self, ttl: Duration) -> Self {
         self.access_ttl = ttl;
+        self
+    }
+
+    /// The longest time a token may still have to live when it is verified (default 24
+    /// hours, or the access TTL when that is longer; whole seconds, a fraction is dropped).
+    /// The JWT layer refuses a token whose `exp` is more than this plus the leeway ahead
+    /// (`invalid_token`), and the revocation entries of a session or a subject ("log out
+    /// everywhere") are kept this long plus the leeway: no token the layer accepts can
+    /// outlive its revocation. Set it to the longest access-token lifetime of the identity
+    /// providers whose tokens you accept.
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_token_lifetime = Some(lifetime);
         self
     }
 
@@ -263,8 +297,8 @@ impl TokenPolicyBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `keys`, `signing_key`, `access_ttl` or `leeway`; see
-    /// [`TokenPolicy`].
+    /// A [`ConfigError`] naming `keys`, `signing_key`, `access_ttl`, `max_token_lifetime`
+    /// or `leeway`; see [`TokenPolicy`].
     pub fn build(self) -> Result<TokenPolicy, ConfigError> {
         if self.keys.is_empty() {
             return Err(ConfigError::new("keys", "the key set holds no key"));
@@ -279,15 +313,31 @@ impl TokenPolicyBuilder {
         if self.access_ttl < Duration::from_secs(1) {
             return Err(ConfigError::new("access_ttl", "at least one second"));
         }
-        let window = self
-            .access_ttl
-            .saturating_add(Duration::from_secs(leeway_secs + 1));
-        if window > MAX_STORE_TTL {
+        let too_long = |ttl: Duration| {
+            ttl.saturating_add(Duration::from_secs(leeway_secs + 1)) > MAX_STORE_TTL
+        };
+        if too_long(self.access_ttl) {
             return Err(ConfigError::new(
                 "access_ttl",
                 "at most 100 years including the leeway, the longest TTL a store keeps",
             ));
         }
+        let max_lifetime = match self.max_token_lifetime {
+            None => DEFAULT_MAX_TOKEN_LIFETIME.max(self.access_ttl),
+            Some(lifetime) if lifetime < self.access_ttl => {
+                return Err(ConfigError::new(
+                    "max_token_lifetime",
+                    "at least the access TTL, or the policy would refuse its own tokens",
+                ));
+            }
+            Some(lifetime) if too_long(lifetime) => {
+                return Err(ConfigError::new(
+                    "max_token_lifetime",
+                    "at most 100 years including the leeway, the longest TTL a store keeps",
+                ));
+            }
+            Some(lifetime) => Duration::from_secs(lifetime.as_secs()),
+        };
         let signing = match &self.signing_key {
             None => None,
             Some(kid) => {
@@ -317,6 +367,7 @@ impl TokenPolicyBuilder {
                 keys: self.keys,
                 signing,
                 access_ttl: self.access_ttl,
+                max_lifetime,
                 leeway_secs,
                 issuer: self.issuer,
                 audience: self.audience,
@@ -340,10 +391,43 @@ mod tests {
         let policy = TokenPolicy::builder(keys())
             .leeway(Duration::from_millis(1500))
             .access_ttl(Duration::from_secs(60))
+            .max_token_lifetime(Duration::from_millis(90_500))
             .build()
             .unwrap();
         assert_eq!(policy.leeway(), Duration::from_secs(2));
         assert_eq!(policy.refused_from(100), Duration::from_secs(103));
-        assert_eq!(policy.acceptance_window(), Duration::from_secs(63));
+        assert_eq!(policy.max_token_lifetime(), Duration::from_secs(90));
+        assert_eq!(policy.acceptance_window(), Duration::from_secs(93));
+    }
+
+    #[test]
+    fn the_longest_token_lifetime_defaults_to_a_day_or_the_access_ttl() {
+        let policy = TokenPolicy::builder(keys()).build().unwrap();
+        assert_eq!(policy.max_token_lifetime(), Duration::from_secs(24 * 3600));
+        assert_eq!(
+            policy.acceptance_window(),
+            Duration::from_secs(24 * 3600 + 31)
+        );
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let policy = TokenPolicy::builder(keys())
+            .access_ttl(week)
+            .build()
+            .unwrap();
+        assert_eq!(policy.max_token_lifetime(), week);
+    }
+
+    #[test]
+    fn a_longest_token_lifetime_that_cannot_work_is_refused() {
+        for lifetime in [
+            Duration::from_secs(59),
+            Duration::from_secs(101 * 365 * 24 * 3600),
+        ] {
+            let error = TokenPolicy::builder(keys())
+                .access_ttl(Duration::from_secs(60))
+                .max_token_lifetime(lifetime)
+                .build()
+                .unwrap_err();
+            assert_eq!(error.setting(), "max_token_lifetime", "{lifetime:?}");
+        }
     }
 }

@@ -261,6 +261,16 @@ impl Verifier {
             tracing::debug!("jwt: token expired");
             return Err(Rejection::InvalidToken(TOKEN_EXPIRED));
         }
+        // A token living longer than the policy's longest lifetime could outlive its
+        // revocation entries (kept that long): refused, whoever minted it.
+        let latest = now
+            .saturating_add(self.policy.max_lifetime_secs())
+            .saturating_add(leeway);
+        if exp.value > latest {
+            return Err(invalid(
+                "exp is further ahead than the policy's max token lifetime",
+            ));
+        }
         if claims
             .nbf
             .is_some_and(|nbf| nbf.value > now.saturating_add(leeway))
@@ -662,6 +672,18 @@ mod tests {
         assert!(check(&v, &nbf(json!(now()))).is_ok());
         assert!(check(&v, &nbf(Value::Null)).is_ok());
         assert_eq!(check(&v, &nbf(json!("later"))), Err(TOKEN_INVALID));
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_policy_allows_is_refused() {
+        // Default policy: at most 24 hours left to live, leeway 30 s.
+        let v = verifier(None);
+        let day = 24 * 3600;
+        let with_exp = |exp: u64| token(&json!({"sub": "a", "exp": exp}));
+        assert!(check(&v, &with_exp(now() + day)).is_ok());
+        assert!(check(&v, &with_exp(now() + day + 25)).is_ok());
+        assert_eq!(check(&v, &with_exp(now() + day + 60)), Err(TOKEN_INVALID));
+        assert_eq!(check(&v, &with_exp(u64::MAX / 2)), Err(TOKEN_INVALID));
     }
 
     #[test]

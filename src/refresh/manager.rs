@@ -262,7 +262,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Use a fresh `sid` per login: once a session is logged out
     /// ([`logout`](Self::logout)) or revoked by reuse detection, new families with the
     /// same `sid` are refused (for the family lifetime) and their access tokens are
-    /// refused by the JWT layer's revocation check (for the access-token TTL).
+    /// refused by the JWT layer's revocation check (for the longest token lifetime).
     ///
     /// # Errors
     ///
@@ -405,8 +405,8 @@ impl<S: StateStore> RefreshTokens<S> {
 
     /// Logout of one session: ends its refresh families
     /// ([`revoke_session_families`](Self::revoke_session_families)) and revokes its access
-    /// tokens ([`Revoker::revoke_session`], until the policy's access TTL plus leeway has
-    /// passed).
+    /// tokens ([`Revoker::revoke_session`], until the policy's longest token lifetime plus
+    /// the leeway has passed).
     ///
     /// # Errors
     ///
@@ -423,9 +423,9 @@ impl<S: StateStore> RefreshTokens<S> {
     /// ([`revoke_subject_families`](Self::revoke_subject_families)) and revokes every
     /// access token issued to it up to now ([`Revoker::revoke_subject`]).
     ///
-    /// The access-token cutoff has whole seconds: an access token issued in the same second
-    /// (by a login right after this call) is refused by the revocation check too, until
-    /// the client refreshes it in a later second.
+    /// The access-token cutoff has whole seconds, so this returns only once its second has
+    /// passed (at most a second later): a login right after this call gets an access
+    /// token the revocation check accepts.
     ///
     /// # Errors
     ///

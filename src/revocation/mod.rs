@@ -96,8 +96,10 @@
 //! - Fail closed is the default: while the store is unreachable every request gets `503`.
 //!   [`StoreFailure::open`](crate::StoreFailure::open) trades that for accepting revoked tokens
 //!   during an outage.
-//! - Subject revocations are kept for the policy's access TTL (plus the leeway): a token
-//!   from elsewhere that lives longer than that is accepted again after the entry expires.
+//! - Session and subject revocations are kept for the policy's longest token lifetime
+//!   ([`TokenPolicy::max_token_lifetime`](crate::jwt::TokenPolicy::max_token_lifetime),
+//!   default 24 hours) plus the leeway, and the JWT layer refuses tokens that would live
+//!   longer: no accepted token outlives its revocation.
 //! - The subject rule compares `iat` with the clock of the instance that revoked: keep
 //!   the clocks of token issuers and revokers in sync (NTP). A token without `iat` is
 //!   refused once its subject is revoked.

@@ -81,12 +81,14 @@ crate::response::impl_into_response!(RevokeError);
 /// | call | key expires after |
 /// |---|---|
 /// | [`revoke_token`](Self::revoke_token) / [`revoke_jti`](Self::revoke_jti) | when the JWT layer would refuse the token anyway: `exp` + leeway + 1 s |
-/// | [`revoke_session`](Self::revoke_session) | the TTL you give, but never before every token of the session minted up to now is refused anyway (access TTL + leeway + 1 s) |
-/// | [`revoke_subject`](Self::revoke_subject) | access TTL + leeway + 1 s |
+/// | [`revoke_session`](Self::revoke_session) | the TTL you give, but never before every token of the session accepted up to now is refused anyway (longest token lifetime + leeway + 1 s) |
+/// | [`revoke_subject`](Self::revoke_subject) | longest token lifetime + leeway + 1 s |
 ///
-/// The access TTL and the leeway come from the [`TokenPolicy`] the JWT layer verifies
-/// under, so a revoked token stays refused for as long as the layer would accept it. (The
-/// extra second: the verifier compares `exp` with the current whole second.)
+/// The longest token lifetime ([`TokenPolicy::max_token_lifetime`], default 24 hours) and
+/// the leeway come from the [`TokenPolicy`] the JWT layer verifies under, and the layer
+/// refuses tokens that would live longer, so a revoked token stays refused for as long as
+/// the layer would accept it. (The extra second: the verifier compares `exp` with the
+/// current whole second.)
 ///
 /// Share the store with the revocation check
 /// ([`JwtAuthLayer::revocation`](crate::jwt::JwtAuthLayer::revocation)) of every instance;
@@ -101,9 +103,9 @@ impl<S: StateStore> Revoker<S> {
     /// A revoker writing to `store`, keeping entries as long as tokens of `policy` can be
     /// accepted.
     ///
-    /// The policy's access TTL is taken as the longest `exp − iat` of any token: a
-    /// subject revocation is kept that long (plus the leeway), after which every token it
-    /// revoked has expired anyway.
+    /// The policy's longest token lifetime bounds how long any accepted token still has to
+    /// live: a subject revocation is kept that long (plus the leeway), after which every
+    /// token it revoked has expired anyway.
     pub fn new(store: S, policy: &TokenPolicy) -> Self {
         Self {
             store,
@@ -155,8 +157,8 @@ impl<S: StateStore> Revoker<S> {
 
     /// Revokes the session `sid` of `sub`: every token carrying that `sid` claim, issued
     /// before or after this call, is refused for `ttl`, and in any case until every token
-    /// of the session issued up to now would be refused anyway (the policy's access TTL
-    /// plus the leeway plus one second). A longer `ttl` (the session's remaining life)
+    /// of the session the JWT layer accepts now would be refused anyway (the policy's
+    /// longest token lifetime plus the leeway plus one second). A longer `ttl` (the session's remaining life)
     /// also refuses tokens of the session minted later; `Duration::ZERO` means just that
     /// minimum.
     ///
@@ -181,13 +183,15 @@ impl<S: StateStore> Revoker<S> {
     /// A token of `sub` is refused when its `iat <= t`, or when it has no `iat` at all.
     /// Since `iat` has whole-second precision, a token issued in the same second as the
     /// revocation is refused too (it cannot be told apart from one issued just before);
-    /// a token issued from the next second on passes. A login right after "log out
-    /// everywhere" may therefore need to wait for the next second before its token works.
+    /// a token issued from the next second on passes. So this call returns only once the
+    /// second `t` has passed on this instance's clock (it waits at most a second): a token
+    /// minted after it returns (a login right after "log out everywhere") is accepted, on
+    /// every instance whose clock agrees (keep them in sync, NTP).
     ///
     /// Calling it again moves `t` to the new time, never back: when another instance
     /// (with a clock ahead of this one) already wrote a later `t`, that one stays and is
-    /// returned. The entry is kept for the policy's access TTL plus the leeway plus one
-    /// second. One store round trip for a first revocation, two or three when there is
+    /// returned. The entry is kept for the policy's longest token lifetime plus the leeway
+    /// plus one second. One store round trip for a first revocation, two or three when there is
     /// one already.
     ///
     /// # Errors
@@ -196,7 +200,17 @@ impl<S: StateStore> Revoker<S> {
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
         let now = since_epoch().as_secs();
         let ttl = self.policy.acceptance_window().min(MAX_TTL);
-        Ok(raise_cutoff(&self.store, &key::subject(sub), now, ttl).await?)
+        let cutoff = raise_cutoff(&self.store, &key::subject(sub), now, ttl).await?;
+        // Tokens issued in the cutoff's second are refused: let it pass before returning,
+        // so that nothing minted after this call is born revoked. At most a second, also
+        // when another instance's clock wrote a later cutoff.
+        let wait = Duration::from_secs(cutoff.saturating_add(1))
+            .saturating_sub(since_epoch())
+            .min(Duration::from_secs(1));
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(cutoff)
     }
 }
 
