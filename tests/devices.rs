@@ -240,7 +240,67 @@ async fn is_live_and_touch_never_bring_back_an_ended_login<St: StateStore>(store
     assert!(devices.list("alice", None).await.expect("list").is_empty());
 }
 
+/// Refresh through `Devices::rotate`: a reused refresh token ends its whole login (tokens,
+/// session data, listing), not only its family; other logins are untouched.
+async fn reuse_through_devices_ends_the_whole_login<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    for pair in [&a, &b] {
+        store_cart(&store, &sid(pair)).await;
+    }
+    let rotated = devices
+        .rotate(&a.refresh_token.token)
+        .await
+        .expect("first exchange");
+    assert_eq!(sid(&rotated), sid(&a));
+    assert_eq!(devices.list("alice", None).await.expect("list").len(), 2);
+    assert!(has_session(&store, &sid(&a)).await);
+
+    // The used token again: reuse.
+    let error = devices
+        .rotate(&a.refresh_token.token)
+        .await
+        .expect_err("reuse");
+    assert_eq!(
+        error.invalid_grant(),
+        Some(tower_stateless::refresh::InvalidGrant::Reused)
+    );
+    let listed = devices.list("alice", None).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, devices.handle(&sid(&b)));
+    assert!(!has_session(&store, &sid(&a)).await);
+    assert_eq!(
+        access_status(&store, &rotated.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let error = devices
+        .rotate(&rotated.refresh_token.token)
+        .await
+        .expect_err("the successor ended with its family");
+    assert!(error.is_invalid_grant(), "{error:?}");
+
+    // The other login keeps working.
+    assert!(has_session(&store, &sid(&b)).await);
+    assert_eq!(access_status(&store, &b.access_token).await, StatusCode::OK);
+    devices
+        .rotate(&b.refresh_token.token)
+        .await
+        .expect("the other login refreshes");
+
+    // Malformed, unknown and forged tokens end nothing.
+    let forged = format!("{}x", b.refresh_token.token);
+    for bad in ["", "not-a-token", forged.as_str()] {
+        let error = devices.rotate(bad).await.expect_err("bad token");
+        assert!(error.is_invalid_grant(), "{bad:?}: {error:?}");
+    }
+    assert_eq!(devices.list("alice", None).await.expect("list").len(), 1);
+    assert!(has_session(&store, &sid(&b)).await);
+}
+
 backend_tests!(
+    reuse_through_devices_ends_the_whole_login,
     bind_and_list_show_handles_not_session_ids,
     expired_logins_are_not_listed,
     end_others_ends_tokens_and_session_data_of_other_logins,
@@ -286,6 +346,14 @@ async fn store_down_is_unavailable() {
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.error_code(), "store_unavailable");
     }
+    // A real token, exchanged while the store is down: nothing issued.
+    let memory = tower_stateless::store::MemoryStore::new();
+    let real = tokens(memory).issue("alice").await.expect("issue");
+    let error = devices
+        .rotate(&real.refresh_token.token)
+        .await
+        .expect_err("no pair without the store");
+    assert!(error.is_unavailable(), "{error:?}");
     let broken = Devices::new(tokens(common::DownStore::broken()), SECRET).expect("devices");
     let error = broken.list("alice", None).await.expect_err("list");
     assert!(!error.is_unavailable());
@@ -374,4 +442,46 @@ async fn a_failure_midway_is_reported_and_a_retry_completes<St: StateStore>(stor
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(devices.list("alice", None).await.expect("list").len(), 1);
+}
+
+/// A refresh through `Devices::rotate` is the rotation's four round trips plus one read of
+/// the login index ("last seen" is written at most once a minute), proved by the commands
+/// Redis received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rotate_round_trips() {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::from_url(server.url()).expect("store");
+    let tokens = tokens(store.clone());
+    let devices = devices(store);
+    // Warm-up: connections and the scripts' first load on this server.
+    let warm = login(&devices, &tokens).await;
+    let mut current = devices
+        .rotate(&warm.refresh_token.token)
+        .await
+        .expect("warm-up");
+    for _ in 0..3 {
+        server.reset_stats();
+        current = devices
+            .rotate(&current.refresh_token.token)
+            .await
+            .expect("rotate");
+        let stats = server.command_stats();
+        let expected: std::collections::HashMap<String, u64> = [
+            // The rotation: the token, its markers, the successor, the consume.
+            ("get", 1),
+            ("mget", 1),
+            ("set", 1),
+            ("evalsha", 1),
+            // The index read, one transaction: `MULTI HGETALL PEXPIRE TIME EXEC`.
+            ("multi", 1),
+            ("hgetall", 1),
+            ("pexpire", 1),
+            ("time", 1),
+            ("exec", 1),
+        ]
+        .into_iter()
+        .map(|(command, n)| (command.to_owned(), n))
+        .collect();
+        assert_eq!(stats, expected, "five round trips");
+    }
 }

@@ -2095,3 +2095,148 @@ async fn sessions_lists_logins_and_ends_the_others() {
     let res = refresh(&one, &a_refresh).await.expect("refresh");
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// A login: its bearer user (access token, session cookie) and its refresh token.
+async fn login_with_refresh(
+    http: &Client,
+    at: &Instance,
+    username: &str,
+    password: &str,
+) -> (User, String) {
+    let res = http
+        .post(at.url("/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .expect("ASCII cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let body = json_of(res).await;
+    let token = body["access_token"].as_str().expect("access").to_owned();
+    let refresh = body["refresh_token"].as_str().expect("refresh").to_owned();
+    (User { token, cookie }, refresh)
+}
+
+async fn refresh_at(http: &Client, at: &Instance, refresh_token: &str) -> Response {
+    http.post(at.url("/token/refresh"))
+        .json(&json!({ "refresh_token": refresh_token }))
+        .send()
+        .await
+        .expect("refresh")
+}
+
+/// A replayed refresh token ends its whole login, as `DELETE /sessions/others` would: its
+/// tokens, its cart and its entry under `GET /sessions`; the user's other login stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_ends_the_whole_login() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    let (laptop, laptop_refresh) = login_with_refresh(&http, &one, "alice", "wonderland").await;
+    let (phone, _) = login_with_refresh(&http, &two, "alice", "wonderland").await;
+    assert_eq!(
+        put_item(&http, &one, &laptop.cookie, "apple", 2)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_item(&http, &two, &phone.cookie, "pear", 1)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let res = refresh_at(&http, &two, &laptop_refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let rotated = json_of(res).await;
+    let rotated_access = rotated["access_token"].as_str().expect("access").to_owned();
+
+    // The consumed token again, on the other instance: reuse.
+    let res = refresh_at(&http, &one, &laptop_refresh).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(res).await["error"], "invalid_grant");
+
+    // The laptop's login is over: access token, cart and listing.
+    let res = http
+        .get(two.url("/me"))
+        .bearer_auth(&rotated_access)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(cart(&http, &two, &laptop.cookie).await, json!({}));
+    let listed = json_of(get(&http, &one, "/sessions", &phone).await).await;
+    let sessions = listed["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{listed}");
+    assert_eq!(sessions[0]["current"], true, "{listed}");
+
+    // The phone keeps working.
+    assert_eq!(
+        get(&http, &one, "/me", &phone).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(cart(&http, &one, &phone.cookie).await, json!({"pear": 1}));
+}
+
+/// A login right after `POST /logout-all` gets tokens that work, also on the other
+/// instance; the tokens of before stay refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_right_after_logout_all_works() {
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let config = Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    };
+    let (one, two) = (Instance::start(&config), Instance::start(&config));
+    let http = client();
+    let (mut user, _) = login_with_refresh(&http, &one, "bob", "builder").await;
+    for round in 0..3 {
+        let res = post(&http, &two, "/logout-all", &user, &json!({})).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "round {round}");
+        let old = user;
+        let (fresh, fresh_refresh) = login_with_refresh(&http, &one, "bob", "builder").await;
+        for at in [&one, &two] {
+            assert_eq!(
+                get(&http, at, "/me", &fresh).await.status(),
+                StatusCode::OK,
+                "round {round}"
+            );
+            assert_eq!(
+                get(&http, at, "/me", &old).await.status(),
+                StatusCode::UNAUTHORIZED,
+                "round {round}"
+            );
+        }
+        let res = refresh_at(&http, &two, &fresh_refresh).await;
+        assert_eq!(res.status(), StatusCode::OK, "round {round}");
+        let token = json_of(res).await["access_token"]
+            .as_str()
+            .expect("access")
+            .to_owned();
+        let refreshed = User {
+            token,
+            cookie: fresh.cookie.clone(),
+        };
+        assert_eq!(
+            get(&http, &one, "/me", &refreshed).await.status(),
+            StatusCode::OK,
+            "round {round}"
+        );
+        user = refreshed;
+    }
+}

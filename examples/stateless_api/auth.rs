@@ -58,7 +58,7 @@ pub(crate) async fn login<S: StateStore>(
     if let Err(e) = app.devices.bind(&creds.username, &sid, None).await {
         return failed(e);
     }
-    Json(pair.to_response()).into_response()
+    token_response(&pair)
 }
 
 /// `GET /sessions`: the caller's live logins, `current` marking the caller's own.
@@ -106,7 +106,8 @@ pub(crate) struct RefreshRequest {
 
 /// `POST /token/refresh`: a new access token and a new refresh token of the same family;
 /// the one presented is used up. Presenting a used one again ends the family and its
-/// session (a stolen token was replayed, RFC 9700).
+/// login (a stolen token was replayed, RFC 9700): its access tokens, its cart, its entry
+/// under `GET /sessions`.
 pub(crate) async fn refresh<S: StateStore>(
     State(app): State<Shared<S>>,
     json: Result<Json<RefreshRequest>, JsonRejection>,
@@ -115,20 +116,21 @@ pub(crate) async fn refresh<S: StateStore>(
         Ok(Json(request)) => request,
         Err(e) => return rejected(&e),
     };
-    match app.tokens.rotate(&request.refresh_token).await {
-        Ok(pair) => {
-            // "Last seen" of the login (written at most once a minute); a failure here
-            // does not fail the refresh.
-            let claims = &pair.access_token.claims;
-            if let Some(sid) = &claims.sid {
-                if let Err(e) = app.devices.touch(&claims.sub, sid).await {
-                    tracing::warn!(error = %e, "could not record the login as seen");
-                }
-            }
-            Json(pair.to_response()).into_response()
-        }
+    // Through the devices: "last seen" moves (at most once a minute), and a reused token
+    // ends its whole login (tokens, cart, listing), as `DELETE /sessions/others` does.
+    match app.devices.rotate(&request.refresh_token).await {
+        Ok(pair) => token_response(&pair),
         Err(e) => failed(e),
     }
+}
+
+/// A token response: never stored by a cache (RFC 6749 §5.1).
+fn token_response(pair: &TokenPair) -> Response {
+    let mut res = Json(pair.to_response()).into_response();
+    let headers = res.headers_mut();
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    headers.insert("pragma", HeaderValue::from_static("no-cache"));
+    res
 }
 
 pub(crate) fn rand_u128() -> u128 {

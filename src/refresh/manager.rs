@@ -359,6 +359,26 @@ impl<S: StateStore> RefreshTokens<S> {
         Err(InvalidGrant::Revoked.into())
     }
 
+    /// The login (`sub`, `sid`) a well-formed refresh token of this manager speaks for,
+    /// consumed or not, while its record is kept; `None` for a malformed or unknown token.
+    /// One store read.
+    pub(crate) async fn login_of(
+        &self,
+        refresh_token: &str,
+    ) -> Result<Option<(String, String)>, RefreshError> {
+        let Some((tag, hash)) = token::parse(&self.tags, refresh_token) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.store.get(&key::token(&tag, &hash)).await? else {
+            return Ok(None);
+        };
+        let record = Record::decode(&bytes).map_err(RefreshError::Corrupt)?;
+        if self.tags.subject_tag(&record.sub) != tag {
+            return Ok(None);
+        }
+        Ok(Some((record.sub, record.sid)))
+    }
+
     /// Ends every refresh family of session `sid` of `sub`: their tokens are refused
     /// from now on (kept for the family lifetime). Access tokens already issued are not
     /// touched; [`logout`](Self::logout) does both.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::handle::store_key;
-use crate::refresh::{RefreshError, RefreshTokens};
+use crate::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
 use crate::store::{
     HashChanges, HashMode, HashWriteOptions, StateStore, StoreError, StoredHash, MAX_TTL,
 };
@@ -427,6 +427,58 @@ impl<S: StateStore> Devices<S> {
             .hash_apply(&key, &changes, self.options(HashMode::Existing))
             .await?;
         Ok(())
+    }
+
+    /// A refresh endpoint's exchange, for logins bound here: rotates `refresh_token` as
+    /// [`RefreshTokens::rotate`] does and records the login as seen ([`touch`](Self::touch);
+    /// a failure there is logged, the new pair still returned).
+    ///
+    /// A token that is refused because its login was ended, or that ends it now (reuse: a
+    /// consumed token presented again), ends the whole login as [`end`](Self::end) does:
+    /// besides its refresh families and access tokens, its session data is deleted and it
+    /// is no longer listed. [`RefreshTokens::rotate`] alone ends only the tokens.
+    ///
+    /// Round trips: those of [`RefreshTokens::rotate`], plus one read of the index (and a
+    /// write once a minute, for "last seen"); on reuse, one more read and those of ending
+    /// one login.
+    ///
+    /// # Errors
+    ///
+    /// As [`RefreshTokens::rotate`]; the `invalid_grant` error comes back once the login
+    /// was ended. When the store fails while ending it, [`RefreshError::Store`]: the
+    /// token's next presentation ends it again.
+    pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, RefreshError> {
+        let error = match self.tokens.rotate(refresh_token).await {
+            Ok(pair) => {
+                let claims = &pair.access_token.claims;
+                if let Some(sid) = &claims.sid {
+                    if let Err(e) = self.touch(&claims.sub, sid).await {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "devices: could not record a refreshed login as seen"
+                        );
+                    }
+                }
+                return Ok(pair);
+            }
+            Err(error) => error,
+        };
+        if !matches!(
+            error.invalid_grant(),
+            Some(InvalidGrant::Reused | InvalidGrant::Revoked)
+        ) {
+            return Err(error);
+        }
+        if let Some((sub, sid)) = self.tokens.login_of(refresh_token).await? {
+            let handle = self.handle(&sid);
+            self.end_where(&sub, |h| h == handle)
+                .await
+                .map_err(|e| match e {
+                    DevicesError::Store(e) => RefreshError::Store(e),
+                    DevicesError::Tokens(e) => e,
+                })?;
+        }
+        Err(error)
     }
 
     /// Whether the login `sid` of `sub` is bound and live (not ended, not expired): one
