@@ -1618,6 +1618,71 @@ fn an_unknown_log_format_stops_the_example_at_start() {
     );
 }
 
+// ---- the HTTP contract: error bodies, `Location`, body limit ---------------------------
+
+/// Asserts an error answer: its status, a JSON content type and the crate's error body
+/// (`{"error","message"}`) with `code`. Returns the body.
+async fn error_body(res: Response, status: StatusCode, code: &str) -> Value {
+    let what = format!("{} {}", res.url().path(), res.status());
+    assert_eq!(res.status(), status, "{what}");
+    let content_type = res.headers().get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{what}: a JSON error body"
+    );
+    let body = json_of(res).await;
+    assert_eq!(body["error"], code, "{what}: {body}");
+    assert!(body["message"].is_string(), "{what}: {body}");
+    body
+}
+
+/// An unknown route is `404 not_found` and a wrong method `405 method_not_allowed`, both
+/// with the JSON error body; `405` keeps axum's `Allow`. A Bearer route still checks the
+/// token first, as before: a wrong method without a token is `401`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_wrong_methods_answer_the_json_error_body() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+
+    for path in ["/nope", "/orders/abc/items", "/payments/"] {
+        let res = http.get(at.url(path)).send().await.unwrap();
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let res = post(&http, &at, "/nope", &alice, &json!({})).await;
+    error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+
+    // (method, path, with alice's token, the methods `Allow` lists)
+    for (method, path, bearer, allow) in [
+        (reqwest::Method::DELETE, "/health", false, "GET,HEAD"),
+        (reqwest::Method::GET, "/login", false, "POST"),
+        (reqwest::Method::POST, "/cart", false, "GET,HEAD"),
+        (reqwest::Method::POST, "/metrics", false, "GET,HEAD"),
+        (reqwest::Method::DELETE, "/me", true, "GET,HEAD"),
+        (reqwest::Method::PUT, "/orders", true, "GET,HEAD,POST"),
+        (reqwest::Method::DELETE, "/payments", true, "GET,HEAD,POST"),
+    ] {
+        let mut request = http.request(method.clone(), at.url(path));
+        if bearer {
+            request = request.bearer_auth(&alice.token);
+        }
+        let res = request.send().await.unwrap();
+        let mut listed: Vec<&str> = res
+            .headers()
+            .get("allow")
+            .map_or("", |v| v.to_str().unwrap())
+            .split(',')
+            .map(str::trim)
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed.join(","), allow, "{method} {path}: Allow");
+        error_body(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
+    let res = http.delete(at.url("/me")).send().await.unwrap();
+    error_body(res, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]

@@ -148,10 +148,12 @@ pub(crate) fn metrics_routes() -> Router {
                 handle.render(),
             )
                 .into_response(),
-            None => error(StatusCode::NOT_FOUND, "not_found", "no metrics recorder"),
+            None => error(StatusCode::NOT_FOUND, NOT_FOUND, "no metrics recorder"),
         }
     }
-    Router::new().route("/metrics", get(render))
+    Router::new()
+        .route("/metrics", get(render))
+        .method_not_allowed_fallback(wrong_method)
 }
 
 /// `keys` plus the provider's: discovery, then its JWKS, refreshed in the background.

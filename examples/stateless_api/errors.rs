@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// `404`: no such route, or no such record of the caller.
+pub(crate) const NOT_FOUND: &str = "not_found";
+/// `405`: the route exists, the method does not (axum adds `Allow`).
+pub(crate) const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+
 /// The example's own errors in the crate's JSON error body (`{"error", "message"}`).
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(ErrorBody::new(code, message))).into_response()
@@ -39,4 +44,19 @@ pub(crate) fn rejected(e: &JsonRejection) -> Response {
 
 pub(crate) fn invalid(message: &str) -> Response {
     error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+}
+
+/// `404 not_found` for a path no route matches, instead of axum's empty `404`.
+pub(crate) async fn no_route() -> Response {
+    error(StatusCode::NOT_FOUND, NOT_FOUND, "no route for this path")
+}
+
+/// `405 method_not_allowed` for a route without the method, instead of axum's empty
+/// `405`; axum still sets `Allow`.
+pub(crate) async fn wrong_method() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        METHOD_NOT_ALLOWED,
+        "this route does not take this method; `Allow` lists those it takes",
+    )
 }

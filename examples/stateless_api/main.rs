@@ -219,12 +219,16 @@ fn router<S: StateStore>(
             post(create_order::<S>.layer(require("orders:write")?)).get(list_orders::<S>),
         )
         .route("/orders/{id}", get(get_order::<S>))
+        // Set on each router before its layers, so that the layers still run first (a
+        // wrong method on a Bearer route without a token stays `401`).
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(idempotency.clone());
     let payments = Router::new()
         .route(
             "/payments",
             post(create_payment::<S>.layer(require("payments:write")?)).get(list_payments::<S>),
         )
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(idempotency.required(true));
     // Idempotency sits inside the auth layers: its records are scoped to the caller.
     let bearer = Router::new()
@@ -235,6 +239,7 @@ fn router<S: StateStore>(
         .route("/sessions/others", delete(end_other_sessions::<S>))
         .merge(orders)
         .merge(payments)
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(per_user)
         .route_layer(middleware::from_fn(own_sessions_only))
         // Verifies the token, then checks the revocation list, in one layer.
@@ -247,6 +252,8 @@ fn router<S: StateStore>(
         .route("/cart", get(cart::<S>))
         .route("/cart/items/{sku}", put(put_item::<S>))
         .merge(bearer)
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
         // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
         .layer(SessionLayer::new(store).secure(false))
         .layer(middleware::from_fn(trace))

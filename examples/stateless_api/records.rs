@@ -247,7 +247,7 @@ pub(crate) async fn get_order<S: StateStore>(
     // Records are keyed by their owner, so another user's id is simply not found.
     match fetch(&app.store, "orders", &claims.sub, &id).await {
         Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such order"),
+        Ok(None) => error(StatusCode::NOT_FOUND, NOT_FOUND, "no such order"),
         Err(e) => e.into_response(),
     }
 }
