@@ -1683,6 +1683,50 @@ async fn unknown_routes_and_wrong_methods_answer_the_json_error_body() {
     error_body(res, StatusCode::UNAUTHORIZED, "missing_token").await;
 }
 
+/// Every `Location` of a `201` answers `200` with the record it announced, for its owner
+/// (on a replay too); another user and an unknown id get `404 not_found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_location_answers_the_record_for_its_owner() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let bob = login(&http, &at, "bob", "builder").await;
+    let order = json!({"sku": "apple", "qty": 2});
+    let keyed_order = |key: &'static str| {
+        http.post(at.url("/orders"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", key)
+            .json(&order)
+            .send()
+    };
+    let answers = [
+        post(&http, &at, "/orders", &alice, &order).await,
+        keyed_order("location-order").await.unwrap(),
+        keyed_order("location-order").await.unwrap(),
+        pay(&http, &at, &alice, "location-pay", 1250).await,
+        pay(&http, &at, &alice, "location-pay", 1250).await,
+    ];
+    for res in answers {
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let record = json_of(res).await;
+        let res = get(&http, &at, &location, &alice).await;
+        assert_eq!(res.status(), StatusCode::OK, "{location}");
+        assert_eq!(json_of(res).await, record, "{location}: the record created");
+        let res = get(&http, &at, &location, &bob).await;
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+        let res = http.get(at.url(&location)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{location}");
+    }
+    for unknown in [
+        "/orders/ord_000000000000000000000000",
+        "/payments/pay_000000000000000000000000",
+    ] {
+        let res = get(&http, &at, unknown, &alice).await;
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]

@@ -27,11 +27,14 @@
 //! example's own access tokens (from `/login` and `/token/refresh`) carry both; a
 //! provider's token without the scope gets `403 insufficient_scope`.
 //!
-//! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
-//! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
-//! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
-//! optional) and `POST /payments` (required) go through `IdempotencyLayer`: a retry with
-//! the same key gets the first answer again, with `Idempotent-Replayed: true`.
+//! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`,
+//! `PUT /cart/items/{sku}`, `POST /orders`, `GET /orders`, `GET /orders/{id}`,
+//! `POST /payments`, `GET /payments`, `GET /payments/{id}`, `POST /logout`,
+//! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`,
+//! `GET /ready`. `POST /orders` (`Idempotency-Key` optional) and `POST /payments`
+//! (required) go through `IdempotencyLayer`: a retry with the same key gets the first
+//! answer again, with `Idempotent-Replayed: true`. Their `201` carries `Location`, the
+//! record's own `GET` route.
 //!
 //! SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (at most
 //! 10 s), exit 0.
@@ -228,6 +231,7 @@ fn router<S: StateStore>(
             "/payments",
             post(create_payment::<S>.layer(require("payments:write")?)).get(list_payments::<S>),
         )
+        .route("/payments/{id}", get(get_payment::<S>))
         .method_not_allowed_fallback(wrong_method)
         .route_layer(idempotency.required(true));
     // Idempotency sits inside the auth layers: its records are scoped to the caller.

@@ -1,4 +1,6 @@
-//! Orders and payments: `POST`/`GET /orders`, `GET /orders/{id}`, `POST`/`GET /payments`.
+//! Orders and payments: `POST`/`GET /orders`, `GET /orders/{id}`, `POST`/`GET /payments`,
+//! `GET /payments/{id}`. Each `201` names its record in `Location`, which `GET` answers for
+//! its owner.
 
 use super::*;
 
@@ -311,6 +313,19 @@ pub(crate) async fn list_payments<S: StateStore>(
 ) -> Response {
     match list(&app.store, "payments", &claims.sub).await {
         Ok(payments) => Json(json!({ "payments": payments })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn get_payment<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    Path(id): Path<String>,
+) -> Response {
+    // Keyed by their owner, as orders are: another user's id is not found.
+    match fetch(&app.store, "payments", &claims.sub, &id).await {
+        Ok(Some(payment)) => Json(payment).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, NOT_FOUND, "no such payment"),
         Err(e) => e.into_response(),
     }
 }
