@@ -1727,6 +1727,118 @@ async fn every_location_answers_the_record_for_its_owner() {
     }
 }
 
+/// An answer read off a plain socket: status, `Content-Type`, body.
+struct RawAnswer {
+    status: u16,
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// Sends a request whose body the example may refuse before reading it, over a plain
+/// socket. The example then answers at once and closes the connection with the body
+/// unread; reqwest (hyper's client) reports the broken pipe of its body write instead of
+/// that answer, so the body is written by another task, its write errors ignored, while
+/// this one reads the answer (`Connection: close`: the answer ends at EOF).
+async fn send_raw(at: &Instance, head: &str, body: String) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", at.port))
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let request = format!(
+        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(request.as_bytes()).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Until EOF; a reset after the answer is the unread body, not a failure.
+    while let Ok(Ok(n @ 1..)) =
+        tokio::time::timeout(Duration::from_secs(15), read.read(&mut chunk)).await
+    {
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    drop(writer.await);
+    let answer = String::from_utf8(answer).expect("a UTF-8 answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head}"));
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned());
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    RawAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The example's body limit, as its README states it.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// A JSON order of exactly `len` bytes (its `sku` padded: too long to be valid).
+fn order_of_len(len: usize) -> String {
+    let shell = r#"{"sku":"","qty":1}"#;
+    format!(r#"{{"sku":"{}","qty":1}}"#, "a".repeat(len - shell.len()))
+}
+
+/// A body over the limit is `413 payload_too_large`, whether the idempotency layer reads
+/// it (a keyed request) or the handler's JSON extractor does (no key): one limit, one
+/// code. A body at the limit is read (and refused for its content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_payload_too_large_with_or_without_a_key() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let bearer = format!("authorization: Bearer {}", alice.token);
+    // Over the idempotency layer's limit and over axum's default one alike.
+    for len in [BODY_LIMIT + 1, 2 * BODY_LIMIT + 1] {
+        for head in [
+            format!("POST /orders HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-order"),
+            format!("POST /orders HTTP/1.1\r\n{bearer}"),
+            format!("POST /payments HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-payment"),
+            "POST /login HTTP/1.1".to_owned(),
+            "PUT /cart/items/apple HTTP/1.1".to_owned(),
+        ] {
+            let what = format!(
+                "{len} bytes, {}",
+                head.replace(&alice.token, "...").replace("\r\n", " | ")
+            );
+            let answer = send_raw(&at, &head, order_of_len(len)).await;
+            assert_eq!(answer.status, 413, "{what}: {}", answer.body);
+            assert_eq!(
+                answer.content_type.as_deref(),
+                Some("application/json"),
+                "{what}"
+            );
+            assert_eq!(answer.body["error"], "payload_too_large", "{what}");
+            assert!(answer.body["message"].is_string(), "{what}");
+        }
+    }
+    for key in [Some("limit-order"), None] {
+        let mut request = http
+            .post(at.url("/orders"))
+            .bearer_auth(&alice.token)
+            .header("content-type", "application/json")
+            .body(order_of_len(BODY_LIMIT));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let res = request.send().await.unwrap();
+        error_body(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input").await;
+    }
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]

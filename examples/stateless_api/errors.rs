@@ -36,9 +36,17 @@ pub(crate) fn failed<E: IntoResponse + std::error::Error>(e: E) -> Response {
     res
 }
 
-/// A body axum could not take as JSON, as a JSON error: 400 malformed, 415 not JSON, 422
-/// wrong shape.
+/// A body axum could not take as JSON, as a JSON error: 400 malformed, 413 too large, 415
+/// not JSON, 422 wrong shape.
 pub(crate) fn rejected(e: &JsonRejection) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // What the idempotency layer answers for a keyed body over the same limit.
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            rejection::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this endpoint accepts",
+        );
+    }
     error(e.status(), rejection::INVALID_BODY, &e.body_text())
 }
 

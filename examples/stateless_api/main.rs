@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -97,6 +97,10 @@ const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const INDEX_ATTEMPTS: u32 = 64;
 /// The idempotency lease, on top of twice the gateway latency.
 const LOCK_TTL: Duration = Duration::from_secs(5);
+/// The largest request body any route takes. One value for the idempotency layer (which
+/// reads keyed bodies) and axum's extractors (the others), so that a body is refused the
+/// same way, `413 payload_too_large`, with or without a key.
+const MAX_BODY: usize = 1024 * 1024;
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The scopes of the example's own access tokens: everything its routes require.
@@ -213,6 +217,7 @@ fn router<S: StateStore>(
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())
         .lock_ttl(LOCK_TTL + gateway_latency * 2)
+        .and_then(|layer| layer.max_request_body(MAX_BODY))
         .map_err(|e| format!("idempotency: {e}"))?;
     let require =
         |scope: &str| RequireScopeLayer::new([scope]).map_err(|e| format!("scope {scope}: {e}"));
@@ -258,6 +263,7 @@ fn router<S: StateStore>(
         .merge(bearer)
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
         .layer(SessionLayer::new(store).secure(false))
         .layer(middleware::from_fn(trace))
