@@ -2180,6 +2180,31 @@ mod oidc {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
+    /// A plain-http issuer without `OIDC_ALLOW_HTTP` stops the start at once, and the
+    /// message names the example's variable, not the crate's builder method.
+    #[test]
+    fn a_plain_http_issuer_names_oidc_allow_http() {
+        let out = std::process::Command::new(super::example_binary())
+            .env("PORT", "0")
+            .env("JWT_SECRET", super::SECRET)
+            .env("OIDC_ISSUER", "http://127.0.0.1:1/realms/shop")
+            .env_remove("OIDC_ALLOW_HTTP")
+            .env_remove("OIDC_AUDIENCE")
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("LOG_FORMAT")
+            .output()
+            .expect("run the example");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("OIDC_ISSUER http://127.0.0.1:1/realms/shop")
+                && stderr.contains("OIDC_ALLOW_HTTP=true"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("allow_http(true)"), "{stderr}");
+    }
+
     /// Before the first keys arrive the example does not serve: it exits at start, naming
     /// the issuer (after `RemoteJwks`' 10-second startup wait).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
