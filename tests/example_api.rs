@@ -1839,6 +1839,22 @@ async fn a_body_over_the_limit_is_413_payload_too_large_with_or_without_a_key() 
     }
 }
 
+/// The idempotency layer's `400` names the header it needs, in words that read right
+/// whatever the header is called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_without_a_key_names_the_header() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let payment = json!({"amount_cents": 1250, "currency": "EUR"});
+    let res = post(&http, &at, "/payments", &alice, &payment).await;
+    let body = error_body(res, StatusCode::BAD_REQUEST, "idempotency_key_required").await;
+    assert_eq!(
+        body["message"], "this request needs the `idempotency-key` header",
+        "{body}"
+    );
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]
