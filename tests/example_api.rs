@@ -1855,6 +1855,31 @@ async fn a_payment_without_a_key_names_the_header() {
     );
 }
 
+/// `GET /metrics` shows a counter series from its first event on, not before (the README
+/// says so): a fresh instance has no `jwt` series; one request without a token makes
+/// `result="missing"` appear at 1, and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_series_appear_with_their_first_event() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let jwt = |series: &HashMap<String, f64>| -> Vec<(String, f64)> {
+        let mut jwt: Vec<_> = series
+            .iter()
+            .filter(|(k, _)| k.starts_with("tower_stateless_jwt_total"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        jwt.sort_by(|a, b| a.0.cmp(&b.0));
+        jwt
+    };
+    assert_eq!(jwt(&scrape(&http, &at).await), [], "no event, no series");
+    let res = http.get(at.url("/me")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        jwt(&scrape(&http, &at).await),
+        [(counter("jwt", &[("result", "missing")]), 1.0)]
+    );
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]

@@ -43,9 +43,10 @@
 //! it; `auth.rs` (logins, tokens, devices), `cart.rs` (the session cart), `records.rs`
 //! (orders and payments), `errors.rs` (answers), `config.rs` (environment, logs, metrics).
 //!
-//! Operating it: `GET /metrics` serves every metric of tower-stateless in the Prometheus text
-//! format (unauthenticated, like `/health` and `/ready`: keep it off the public ingress), and
-//! `LOG_FORMAT=json` turns the log into one JSON object per line.
+//! Operating it: `GET /metrics` serves tower-stateless's metrics in the Prometheus text
+//! format, each series once it has counted its first event (unauthenticated, like
+//! `/health` and `/ready`: keep it off the public ingress), and `LOG_FORMAT=json` turns the
+//! log into one JSON object per line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::IntoFuture;
