@@ -1718,9 +1718,12 @@ async fn every_location_answers_the_record_for_its_owner() {
         let res = http.get(at.url(&location)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{location}");
     }
+    // `index` is the store key of the caller's list of ids, not a record.
     for unknown in [
         "/orders/ord_000000000000000000000000",
         "/payments/pay_000000000000000000000000",
+        "/orders/index",
+        "/payments/index",
     ] {
         let res = get(&http, &at, unknown, &alice).await;
         error_body(res, StatusCode::NOT_FOUND, "not_found").await;
