@@ -1618,6 +1618,271 @@ fn an_unknown_log_format_stops_the_example_at_start() {
     );
 }
 
+// ---- the HTTP contract: error bodies, `Location`, body limit ---------------------------
+
+/// Asserts an error answer: its status, a JSON content type and the crate's error body
+/// (`{"error","message"}`) with `code`. Returns the body.
+async fn error_body(res: Response, status: StatusCode, code: &str) -> Value {
+    let what = format!("{} {}", res.url().path(), res.status());
+    assert_eq!(res.status(), status, "{what}");
+    let content_type = res.headers().get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{what}: a JSON error body"
+    );
+    let body = json_of(res).await;
+    assert_eq!(body["error"], code, "{what}: {body}");
+    assert!(body["message"].is_string(), "{what}: {body}");
+    body
+}
+
+/// An unknown route is `404 not_found` and a wrong method `405 method_not_allowed`, both
+/// with the JSON error body; `405` keeps axum's `Allow`. A Bearer route still checks the
+/// token first, as before: a wrong method without a token is `401`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_wrong_methods_answer_the_json_error_body() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+
+    for path in ["/nope", "/orders/abc/items", "/payments/"] {
+        let res = http.get(at.url(path)).send().await.unwrap();
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let res = post(&http, &at, "/nope", &alice, &json!({})).await;
+    error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+
+    // (method, path, with alice's token, the methods `Allow` lists)
+    for (method, path, bearer, allow) in [
+        (reqwest::Method::DELETE, "/health", false, "GET,HEAD"),
+        (reqwest::Method::GET, "/login", false, "POST"),
+        (reqwest::Method::POST, "/cart", false, "GET,HEAD"),
+        (reqwest::Method::POST, "/metrics", false, "GET,HEAD"),
+        (reqwest::Method::DELETE, "/me", true, "GET,HEAD"),
+        (reqwest::Method::PUT, "/orders", true, "GET,HEAD,POST"),
+        (reqwest::Method::DELETE, "/payments", true, "GET,HEAD,POST"),
+    ] {
+        let mut request = http.request(method.clone(), at.url(path));
+        if bearer {
+            request = request.bearer_auth(&alice.token);
+        }
+        let res = request.send().await.unwrap();
+        let mut listed: Vec<&str> = res
+            .headers()
+            .get("allow")
+            .map_or("", |v| v.to_str().unwrap())
+            .split(',')
+            .map(str::trim)
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed.join(","), allow, "{method} {path}: Allow");
+        error_body(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
+    let res = http.delete(at.url("/me")).send().await.unwrap();
+    error_body(res, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
+
+/// Every `Location` of a `201` answers `200` with the record it announced, for its owner
+/// (on a replay too); another user and an unknown id get `404 not_found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_location_answers_the_record_for_its_owner() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let bob = login(&http, &at, "bob", "builder").await;
+    let order = json!({"sku": "apple", "qty": 2});
+    let keyed_order = |key: &'static str| {
+        http.post(at.url("/orders"))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", key)
+            .json(&order)
+            .send()
+    };
+    let answers = [
+        post(&http, &at, "/orders", &alice, &order).await,
+        keyed_order("location-order").await.unwrap(),
+        keyed_order("location-order").await.unwrap(),
+        pay(&http, &at, &alice, "location-pay", 1250).await,
+        pay(&http, &at, &alice, "location-pay", 1250).await,
+    ];
+    for res in answers {
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let record = json_of(res).await;
+        let res = get(&http, &at, &location, &alice).await;
+        assert_eq!(res.status(), StatusCode::OK, "{location}");
+        assert_eq!(json_of(res).await, record, "{location}: the record created");
+        let res = get(&http, &at, &location, &bob).await;
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+        let res = http.get(at.url(&location)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{location}");
+    }
+    // `index` is the store key of the caller's list of ids, not a record.
+    for unknown in [
+        "/orders/ord_000000000000000000000000",
+        "/payments/pay_000000000000000000000000",
+        "/orders/index",
+        "/payments/index",
+    ] {
+        let res = get(&http, &at, unknown, &alice).await;
+        error_body(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
+
+/// An answer read off a plain socket: status, `Content-Type`, body.
+struct RawAnswer {
+    status: u16,
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// Sends a request whose body the example may refuse before reading it, over a plain
+/// socket. The example then answers at once and closes the connection with the body
+/// unread; reqwest (hyper's client) reports the broken pipe of its body write instead of
+/// that answer, so the body is written by another task, its write errors ignored, while
+/// this one reads the answer (`Connection: close`: the answer ends at EOF).
+async fn send_raw(at: &Instance, head: &str, body: String) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", at.port))
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let request = format!(
+        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(request.as_bytes()).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Until EOF; a reset after the answer is the unread body, not a failure.
+    while let Ok(Ok(n @ 1..)) =
+        tokio::time::timeout(Duration::from_secs(15), read.read(&mut chunk)).await
+    {
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    drop(writer.await);
+    let answer = String::from_utf8(answer).expect("a UTF-8 answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head}"));
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned());
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    RawAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The example's body limit, as its README states it.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// A JSON order of exactly `len` bytes (its `sku` padded: too long to be valid).
+fn order_of_len(len: usize) -> String {
+    let shell = r#"{"sku":"","qty":1}"#;
+    format!(r#"{{"sku":"{}","qty":1}}"#, "a".repeat(len - shell.len()))
+}
+
+/// A body over the limit is `413 payload_too_large`, whether the idempotency layer reads
+/// it (a keyed request) or the handler's JSON extractor does (no key): one limit, one
+/// code. A body at the limit is read (and refused for its content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_payload_too_large_with_or_without_a_key() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let bearer = format!("authorization: Bearer {}", alice.token);
+    // Over the idempotency layer's limit and over axum's default one alike.
+    for len in [BODY_LIMIT + 1, 2 * BODY_LIMIT + 1] {
+        for head in [
+            format!("POST /orders HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-order"),
+            format!("POST /orders HTTP/1.1\r\n{bearer}"),
+            format!("POST /payments HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-payment"),
+            "POST /login HTTP/1.1".to_owned(),
+            "PUT /cart/items/apple HTTP/1.1".to_owned(),
+        ] {
+            let what = format!(
+                "{len} bytes, {}",
+                head.replace(&alice.token, "...").replace("\r\n", " | ")
+            );
+            let answer = send_raw(&at, &head, order_of_len(len)).await;
+            assert_eq!(answer.status, 413, "{what}: {}", answer.body);
+            assert_eq!(
+                answer.content_type.as_deref(),
+                Some("application/json"),
+                "{what}"
+            );
+            assert_eq!(answer.body["error"], "payload_too_large", "{what}");
+            assert!(answer.body["message"].is_string(), "{what}");
+        }
+    }
+    for key in [Some("limit-order"), None] {
+        let mut request = http
+            .post(at.url("/orders"))
+            .bearer_auth(&alice.token)
+            .header("content-type", "application/json")
+            .body(order_of_len(BODY_LIMIT));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let res = request.send().await.unwrap();
+        error_body(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input").await;
+    }
+}
+
+/// The idempotency layer's `400` names the header it needs, in words that read right
+/// whatever the header is called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_without_a_key_names_the_header() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let payment = json!({"amount_cents": 1250, "currency": "EUR"});
+    let res = post(&http, &at, "/payments", &alice, &payment).await;
+    let body = error_body(res, StatusCode::BAD_REQUEST, "idempotency_key_required").await;
+    assert_eq!(
+        body["message"], "this request needs the `idempotency-key` header",
+        "{body}"
+    );
+}
+
+/// `GET /metrics` shows a counter series from its first event on, not before (the README
+/// says so): a fresh instance has no `jwt` series; one request without a token makes
+/// `result="missing"` appear at 1, and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_series_appear_with_their_first_event() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let jwt = |series: &HashMap<String, f64>| -> Vec<(String, f64)> {
+        let mut jwt: Vec<_> = series
+            .iter()
+            .filter(|(k, _)| k.starts_with("tower_stateless_jwt_total"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        jwt.sort_by(|a, b| a.0.cmp(&b.0));
+        jwt
+    };
+    assert_eq!(jwt(&scrape(&http, &at).await), [], "no event, no series");
+    let res = http.get(at.url("/me")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        jwt(&scrape(&http, &at).await),
+        [(counter("jwt", &[("result", "missing")]), 1.0)]
+    );
+}
+
 /// The example with `OIDC_ISSUER`: an identity provider (discovery and JWKS) runs in the
 /// test on loopback and signs RS256 tokens with a fixture key.
 #[cfg(feature = "oidc")]
@@ -1957,6 +2222,31 @@ mod oidc {
         assert_eq!(json_of(res).await["error"], "invalid_request");
         let res = me(&http, &at, &carol).await;
         assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    /// A plain-http issuer without `OIDC_ALLOW_HTTP` stops the start at once, and the
+    /// message names the example's variable, not the crate's builder method.
+    #[test]
+    fn a_plain_http_issuer_names_oidc_allow_http() {
+        let out = std::process::Command::new(super::example_binary())
+            .env("PORT", "0")
+            .env("JWT_SECRET", super::SECRET)
+            .env("OIDC_ISSUER", "http://127.0.0.1:1/realms/shop")
+            .env_remove("OIDC_ALLOW_HTTP")
+            .env_remove("OIDC_AUDIENCE")
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env_remove("LOG_FORMAT")
+            .output()
+            .expect("run the example");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("OIDC_ISSUER http://127.0.0.1:1/realms/shop")
+                && stderr.contains("OIDC_ALLOW_HTTP=true"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("allow_http(true)"), "{stderr}");
     }
 
     /// Before the first keys arrive the example does not serve: it exits at start, naming

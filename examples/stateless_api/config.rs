@@ -148,10 +148,12 @@ pub(crate) fn metrics_routes() -> Router {
                 handle.render(),
             )
                 .into_response(),
-            None => error(StatusCode::NOT_FOUND, "not_found", "no metrics recorder"),
+            None => error(StatusCode::NOT_FOUND, NOT_FOUND, "no metrics recorder"),
         }
     }
-    Router::new().route("/metrics", get(render))
+    Router::new()
+        .route("/metrics", get(render))
+        .method_not_allowed_fallback(wrong_method)
 }
 
 /// `keys` plus the provider's: discovery, then its JWKS, refreshed in the background.
@@ -162,7 +164,7 @@ pub(crate) async fn with_provider(keys: JwtKeySet, oidc: Oidc) -> Result<JwtKeyS
         .allow_http(oidc.allow_http)
         .build()
         .await
-        .map_err(|e| format!("OIDC_ISSUER {}: {e}", oidc.issuer))?;
+        .map_err(|e| provider_error(&oidc.issuer, &e))?;
     tracing::info!(
         issuer = %oidc.issuer,
         audience = ?oidc.audience,
@@ -170,6 +172,21 @@ pub(crate) async fn with_provider(keys: JwtKeySet, oidc: Oidc) -> Result<JwtKeyS
     );
     keys.with_issuer(oidc.issuer, oidc.audience, remote.key_set())
         .map_err(|e| format!("OIDC_ISSUER: {e}"))
+}
+
+/// Why the provider gave no keys, in the example's words: where the crate advises
+/// `allow_http(true)`, the example's switch is `OIDC_ALLOW_HTTP=true`.
+#[cfg(feature = "oidc")]
+fn provider_error(issuer: &str, e: &tower_stateless::oidc::OidcError) -> String {
+    // `build` returns this refusal as it is (never inside `Startup`), for the discovery
+    // URL and for the `jwks_uri` it names alike.
+    match e {
+        tower_stateless::oidc::OidcError::HttpNotAllowed { url } => format!(
+            "OIDC_ISSUER {issuer}: refusing plain http for {url}: use https, \
+             or set OIDC_ALLOW_HTTP=true for a local provider"
+        ),
+        e => format!("OIDC_ISSUER {issuer}: {e}"),
+    }
 }
 
 #[cfg(not(feature = "oidc"))]

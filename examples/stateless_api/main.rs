@@ -27,11 +27,14 @@
 //! example's own access tokens (from `/login` and `/token/refresh`) carry both; a
 //! provider's token without the scope gets `403 insufficient_scope`.
 //!
-//! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`, `PUT /cart/items/{sku}`, `POST /orders`,
-//! `GET /orders`, `GET /orders/{id}`, `POST /payments`, `GET /payments`, `POST /logout`,
-//! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`, `GET /ready`. `POST /orders` (`Idempotency-Key`
-//! optional) and `POST /payments` (required) go through `IdempotencyLayer`: a retry with
-//! the same key gets the first answer again, with `Idempotent-Replayed: true`.
+//! Routes: `POST /login`, `POST /token/refresh`, `GET /me`, `GET /cart`,
+//! `PUT /cart/items/{sku}`, `POST /orders`, `GET /orders`, `GET /orders/{id}`,
+//! `POST /payments`, `GET /payments`, `GET /payments/{id}`, `POST /logout`,
+//! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`,
+//! `GET /ready`. `POST /orders` (`Idempotency-Key` optional) and `POST /payments`
+//! (required) go through `IdempotencyLayer`: a retry with the same key gets the first
+//! answer again, with `Idempotent-Replayed: true`. Their `201` carries `Location`, the
+//! record's own `GET` route.
 //!
 //! SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish (at most
 //! 10 s), exit 0.
@@ -40,9 +43,10 @@
 //! it; `auth.rs` (logins, tokens, devices), `cart.rs` (the session cart), `records.rs`
 //! (orders and payments), `errors.rs` (answers), `config.rs` (environment, logs, metrics).
 //!
-//! Operating it: `GET /metrics` serves every metric of tower-stateless in the Prometheus text
-//! format (unauthenticated, like `/health` and `/ready`: keep it off the public ingress), and
-//! `LOG_FORMAT=json` turns the log into one JSON object per line.
+//! Operating it: `GET /metrics` serves tower-stateless's metrics in the Prometheus text
+//! format, each series once it has counted its first event (unauthenticated, like
+//! `/health` and `/ready`: keep it off the public ingress), and `LOG_FORMAT=json` turns the
+//! log into one JSON object per line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::IntoFuture;
@@ -50,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -94,6 +98,10 @@ const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const INDEX_ATTEMPTS: u32 = 64;
 /// The idempotency lease, on top of twice the gateway latency.
 const LOCK_TTL: Duration = Duration::from_secs(5);
+/// The largest request body any route takes. One value for the idempotency layer (which
+/// reads keyed bodies) and axum's extractors (the others), so that a body is refused the
+/// same way, `413 payload_too_large`, with or without a key.
+const MAX_BODY: usize = 1024 * 1024;
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The scopes of the example's own access tokens: everything its routes require.
@@ -210,6 +218,7 @@ fn router<S: StateStore>(
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())
         .lock_ttl(LOCK_TTL + gateway_latency * 2)
+        .and_then(|layer| layer.max_request_body(MAX_BODY))
         .map_err(|e| format!("idempotency: {e}"))?;
     let require =
         |scope: &str| RequireScopeLayer::new([scope]).map_err(|e| format!("scope {scope}: {e}"));
@@ -219,12 +228,17 @@ fn router<S: StateStore>(
             post(create_order::<S>.layer(require("orders:write")?)).get(list_orders::<S>),
         )
         .route("/orders/{id}", get(get_order::<S>))
+        // Set on each router before its layers, so that the layers still run first (a
+        // wrong method on a Bearer route without a token stays `401`).
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(idempotency.clone());
     let payments = Router::new()
         .route(
             "/payments",
             post(create_payment::<S>.layer(require("payments:write")?)).get(list_payments::<S>),
         )
+        .route("/payments/{id}", get(get_payment::<S>))
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(idempotency.required(true));
     // Idempotency sits inside the auth layers: its records are scoped to the caller.
     let bearer = Router::new()
@@ -235,6 +249,7 @@ fn router<S: StateStore>(
         .route("/sessions/others", delete(end_other_sessions::<S>))
         .merge(orders)
         .merge(payments)
+        .method_not_allowed_fallback(wrong_method)
         .route_layer(per_user)
         .route_layer(middleware::from_fn(own_sessions_only))
         // Verifies the token, then checks the revocation list, in one layer.
@@ -247,6 +262,9 @@ fn router<S: StateStore>(
         .route("/cart", get(cart::<S>))
         .route("/cart/items/{sku}", put(put_item::<S>))
         .merge(bearer)
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
         .layer(SessionLayer::new(store).secure(false))
         .layer(middleware::from_fn(trace))

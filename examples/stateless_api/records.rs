@@ -1,4 +1,6 @@
-//! Orders and payments: `POST`/`GET /orders`, `GET /orders/{id}`, `POST`/`GET /payments`.
+//! Orders and payments: `POST`/`GET /orders`, `GET /orders/{id}`, `POST`/`GET /payments`,
+//! `GET /payments/{id}`. Each `201` names its record in `Location`, which `GET` answers for
+//! its owner.
 
 use super::*;
 
@@ -165,6 +167,14 @@ pub(crate) fn record_id(prefix: &str, sub: &str, idempotency_key: Option<&str>) 
     }
 }
 
+/// Whether `id` has the shape `record_id` gives (`{prefix}_` and 24 hex digits). Other
+/// path segments name no record; `index`, the caller's list of ids, is one of them.
+pub(crate) fn is_record_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get("idempotency-key")
@@ -244,10 +254,13 @@ pub(crate) async fn get_order<S: StateStore>(
     Claims(claims): Claims<RegisteredClaims>,
     Path(id): Path<String>,
 ) -> Response {
+    if !is_record_id("ord", &id) {
+        return error(StatusCode::NOT_FOUND, NOT_FOUND, "no such order");
+    }
     // Records are keyed by their owner, so another user's id is simply not found.
     match fetch(&app.store, "orders", &claims.sub, &id).await {
         Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such order"),
+        Ok(None) => error(StatusCode::NOT_FOUND, NOT_FOUND, "no such order"),
         Err(e) => e.into_response(),
     }
 }
@@ -311,6 +324,22 @@ pub(crate) async fn list_payments<S: StateStore>(
 ) -> Response {
     match list(&app.store, "payments", &claims.sub).await {
         Ok(payments) => Json(json!({ "payments": payments })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn get_payment<S: StateStore>(
+    State(app): State<Shared<S>>,
+    Claims(claims): Claims<RegisteredClaims>,
+    Path(id): Path<String>,
+) -> Response {
+    if !is_record_id("pay", &id) {
+        return error(StatusCode::NOT_FOUND, NOT_FOUND, "no such payment");
+    }
+    // Keyed by their owner, as orders are: another user's id is not found.
+    match fetch(&app.store, "payments", &claims.sub, &id).await {
+        Ok(Some(payment)) => Json(payment).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, NOT_FOUND, "no such payment"),
         Err(e) => e.into_response(),
     }
 }

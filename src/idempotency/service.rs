@@ -135,7 +135,7 @@ where
                 return own(reject(
                     StatusCode::BAD_REQUEST,
                     rejection::IDEMPOTENCY_KEY_REQUIRED,
-                    &format!("this request needs a `{}` header", config.header),
+                    &format!("this request needs the `{}` header", config.header),
                 ));
             }
             Ok(None) => {
