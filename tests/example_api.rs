@@ -2250,7 +2250,7 @@ mod oidc {
     }
 
     /// Before the first keys arrive the example does not serve: it exits at start, naming
-    /// the issuer (after `RemoteJwks`' 10-second startup wait).
+    /// the issuer and the cause (after `RemoteJwks`' 10-second startup wait).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_provider_fails_the_start_naming_the_issuer() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -2266,6 +2266,16 @@ mod oidc {
         assert!(
             at.log_count(&format!("OIDC_ISSUER {issuer}")) > 0,
             "the issuer named"
+        );
+        // And why, in the error it exits with (not only in the retry warnings before it):
+        // the fetch that failed and its cause, not only "no keys within 10 s".
+        let log = at.log.lock().unwrap_or_else(|e| e.into_inner());
+        let fetch = format!("fetching {issuer}/.well-known/openid-configuration failed");
+        assert!(
+            log.iter().any(|line| line.starts_with("error: OIDC_ISSUER")
+                && line.contains(&fetch)
+                && line.contains("refused")),
+            "{log:#?}"
         );
     }
 }

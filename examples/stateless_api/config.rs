@@ -174,8 +174,8 @@ pub(crate) async fn with_provider(keys: JwtKeySet, oidc: Oidc) -> Result<JwtKeyS
         .map_err(|e| format!("OIDC_ISSUER: {e}"))
 }
 
-/// Why the provider gave no keys, in the example's words: where the crate advises
-/// `allow_http(true)`, the example's switch is `OIDC_ALLOW_HTTP=true`.
+/// Why the provider gave no keys, in the example's words (where the crate advises
+/// `allow_http(true)`, the example's switch is `OIDC_ALLOW_HTTP=true`), with every cause.
 #[cfg(feature = "oidc")]
 fn provider_error(issuer: &str, e: &tower_stateless::oidc::OidcError) -> String {
     // `build` returns this refusal as it is (never inside `Startup`), for the discovery
@@ -185,7 +185,17 @@ fn provider_error(issuer: &str, e: &tower_stateless::oidc::OidcError) -> String 
             "OIDC_ISSUER {issuer}: refusing plain http for {url}: use https, \
              or set OIDC_ALLOW_HTTP=true for a local provider"
         ),
-        e => format!("OIDC_ISSUER {issuer}: {e}"),
+        e => {
+            // The whole chain: "no keys within 10 s" alone does not say that the
+            // connection was refused or the document did not parse.
+            let mut message = format!("OIDC_ISSUER {issuer}: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            message
+        }
     }
 }
 
