@@ -2118,6 +2118,36 @@ mod oidc {
         assert_eq!(res.status(), StatusCode::CREATED);
     }
 
+    /// A refusal for a missing scope happens before the idempotency layer claims the key:
+    /// the same user, with a token that has the scope, retries with the same key and gets
+    /// the payment, not a replay of the `403`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scope_refusal_is_not_recorded_under_the_idempotency_key() {
+        let provider = Provider::start().await;
+        let at = Instance::start(&provider.config());
+        let http = client();
+        let reader = provider.user(&provider.claims("kc-user", "openid"));
+        let writer =
+            provider.user(&provider.claims("kc-user", "openid payments:write orders:write"));
+        let res = pay(&http, &at, &reader, "kc-user-pay-1").await;
+        assert_insufficient_scope(&res, "payments:write");
+        let res = pay(&http, &at, &writer, "kc-user-pay-1").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert!(res.headers().get("idempotent-replayed").is_none());
+        let res = super::post(&http, &at, "/orders", &reader, &order()).await;
+        assert_insufficient_scope(&res, "orders:write");
+        // A wrong method is 405 before any idempotency rule (no key needed to learn it).
+        let res = http
+            .patch(at.url("/payments"))
+            .bearer_auth(&writer.token)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(json_of(res).await["error"], "method_not_allowed");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refreshed_tokens_carry_the_scopes() {
         let provider = Provider::start().await;

@@ -222,24 +222,35 @@ fn router<S: StateStore>(
         .map_err(|e| format!("idempotency: {e}"))?;
     let require =
         |scope: &str| RequireScopeLayer::new([scope]).map_err(|e| format!("scope {scope}: {e}"));
+    // Idempotency wraps the two `POST` handlers alone, inside the scope check: a `403`
+    // for a missing scope (or a `405` for a wrong method) is answered before a key is
+    // claimed, so a retry with a token that has the scope is not replayed that refusal.
     let orders = Router::new()
         .route(
             "/orders",
-            post(create_order::<S>.layer(require("orders:write")?)).get(list_orders::<S>),
+            post(
+                create_order::<S>
+                    .layer(idempotency.clone())
+                    .layer(require("orders:write")?),
+            )
+            .get(list_orders::<S>),
         )
         .route("/orders/{id}", get(get_order::<S>))
         // Set on each router before its layers, so that the layers still run first (a
         // wrong method on a Bearer route without a token stays `401`).
-        .method_not_allowed_fallback(wrong_method)
-        .route_layer(idempotency.clone());
+        .method_not_allowed_fallback(wrong_method);
     let payments = Router::new()
         .route(
             "/payments",
-            post(create_payment::<S>.layer(require("payments:write")?)).get(list_payments::<S>),
+            post(
+                create_payment::<S>
+                    .layer(idempotency.required(true))
+                    .layer(require("payments:write")?),
+            )
+            .get(list_payments::<S>),
         )
         .route("/payments/{id}", get(get_payment::<S>))
-        .method_not_allowed_fallback(wrong_method)
-        .route_layer(idempotency.required(true));
+        .method_not_allowed_fallback(wrong_method);
     // Idempotency sits inside the auth layers: its records are scoped to the caller.
     let bearer = Router::new()
         .route("/me", get(me))
