@@ -388,6 +388,53 @@ async fn revocations_outlast_every_acceptable_token<St: StateStore>(store: St, o
     );
 }
 
+/// With a leeway, the layer accepts an `exp` up to the longest lifetime plus the leeway
+/// ahead, and that token until its `exp` plus the leeway: the revocation entries cover
+/// both leeways.
+async fn revocations_cover_both_leeways<St: StateStore>(store: St, other: St) {
+    let policy = TokenPolicy::builder(
+        JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, SECRET)
+            .expect("key"),
+    )
+    .access_ttl(Duration::from_secs(1))
+    .leeway(Duration::from_secs(3))
+    .max_token_lifetime(Duration::from_secs(3))
+    .build()
+    .expect("policy");
+    let layer: Layer<St> = policy.auth_layer().revocation(store);
+    let revoker = Revoker::new(other, &policy);
+    let issued = now();
+    // As far ahead as the layer accepts: accepted until `issued + 10`.
+    let furthest = |sub: &str| {
+        RegisteredClaims::new(sub, issued + 6)
+            .with_iat(issued - 1)
+            .with_sid("s1")
+    };
+    assert_eq!(status(&layer, &furthest("alice")).await, StatusCode::OK);
+    revoker.revoke_subject("alice").await.expect("revoke");
+    revoker
+        .revoke_session("bob", "s1", Duration::ZERO)
+        .await
+        .expect("revoke");
+    // Past lifetime + one leeway + 1 s (7 s, where the entries used to expire), before
+    // the tokens' `exp` + leeway: refused. (Should the machine stall past `issued + 10`,
+    // the token has expired, which is a 401 too.)
+    let at = issued + 8;
+    while now() < at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status(&layer, &furthest("alice")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&layer, &furthest("bob")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(status(&layer, &furthest("carol")).await, StatusCode::OK);
+}
+
 /// "Log out everywhere" returns once its cutoff second has passed: a token minted right
 /// after it (a new login) is accepted, never born revoked.
 async fn a_token_minted_after_revoke_subject_returns_is_accepted<St: StateStore>(
@@ -547,6 +594,7 @@ backend_pair_tests!(
     revoke_subject_denies_older_tokens,
     revoke_subject_again_moves_the_cutoff,
     revocations_outlast_every_acceptable_token,
+    revocations_cover_both_leeways,
     a_token_minted_after_revoke_subject_returns_is_accepted,
     second_instance_sees_revocation_at_once,
     subject_with_brace_and_colon_characters,
@@ -708,7 +756,8 @@ async fn redis_entry_ttls_match_remaining_lifetimes() {
     let jti = ttl_of("rev:*:jti:t1");
     assert!((597_000..=601_000).contains(&jti), "jti PTTL {jti}");
     // A session or subject revocation is kept for the longest token lifetime the layer
-    // accepts (default: a day, here longer than the access TTL) plus a second.
+    // accepts (default: a day, here longer than the access TTL) plus twice the leeway
+    // (zero here) plus a second.
     let sid = ttl_of("rev:*:sid:s1");
     assert!((86_398_000..=86_401_000).contains(&sid), "sid PTTL {sid}");
     let sub = ttl_of("rev:*:sub");
@@ -716,7 +765,7 @@ async fn redis_entry_ttls_match_remaining_lifetimes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_leeway_extends_the_jti_ttl() {
+async fn redis_leeway_extends_the_entry_ttls() {
     let server = redis_or_skip!();
     let revoker = Revoker::new(
         redis_store(&server),
@@ -727,6 +776,12 @@ async fn redis_leeway_extends_the_jti_ttl() {
     let keys = server.keys("rev:*:jti:t1");
     let pttl = server.pttl(&keys[0]);
     assert!((657_000..=661_000).contains(&pttl), "PTTL {pttl}");
+    // A subject's entry covers a token whose `exp` is a day plus the leeway ahead,
+    // accepted until that `exp` plus the leeway: a day + 2 × 60 s + 1 s.
+    revoker.revoke_subject("alice").await.expect("revoke");
+    let keys = server.keys("rev:*:sub");
+    let pttl = server.pttl(&keys[0]);
+    assert!((86_519_000..=86_521_000).contains(&pttl), "PTTL {pttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

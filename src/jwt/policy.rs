@@ -22,7 +22,7 @@ const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// itself would make the verifier's `now − leeway` underflow.
 const MAX_LEEWAY: Duration = Duration::from_secs(3600);
 /// The longest TTL the store contract accepts; revocation entries live up to the longest
-/// token lifetime plus the leeway, so that lifetime stays within it.
+/// token lifetime plus twice the leeway, so that lifetime stays within it.
 const MAX_STORE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The single source of every setting that the token layers must agree on.
@@ -160,7 +160,8 @@ impl TokenPolicy {
 
     /// The longest time a verified token may still have to live: the JWT layer refuses a
     /// token whose `exp` lies further ahead (beyond the leeway), and revocation entries are
-    /// kept this long plus the leeway.
+    /// kept this long plus twice the leeway (one for the `exp` check, one for the accepted
+    /// `exp` itself).
     pub fn max_token_lifetime(&self) -> Duration {
         self.inner.max_lifetime
     }
@@ -202,12 +203,13 @@ impl TokenPolicy {
         self.inner.max_lifetime.as_secs()
     }
 
-    /// How long a token accepted now may still be accepted: the longest token lifetime
-    /// plus the leeway plus the last partial second (see [`refused_from`](Self::refused_from)).
+    /// How long a token accepted now may still be accepted: its `exp` may lie the longest
+    /// token lifetime plus the leeway ahead, and it is accepted until that `exp` plus the
+    /// leeway plus the last partial second (see [`refused_from`](Self::refused_from)).
     pub(crate) fn acceptance_window(&self) -> Duration {
         self.inner
             .max_lifetime
-            .saturating_add(Duration::from_secs(self.inner.leeway_secs))
+            .saturating_add(Duration::from_secs(2 * self.inner.leeway_secs))
             .saturating_add(Duration::from_secs(1))
     }
 }
@@ -264,7 +266,7 @@ impl TokenPolicyBuilder {
     /// hours, or the access TTL when that is longer; whole seconds, a fraction is dropped).
     /// The JWT layer refuses a token whose `exp` is more than this plus the leeway ahead
     /// (`invalid_token`), and the revocation entries of a session or a subject ("log out
-    /// everywhere") are kept this long plus the leeway: no token the layer accepts can
+    /// everywhere") are kept this long plus twice the leeway: no token the layer accepts can
     /// outlive its revocation. Set it to the longest access-token lifetime of the identity
     /// providers whose tokens you accept.
     pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
@@ -314,7 +316,7 @@ impl TokenPolicyBuilder {
             return Err(ConfigError::new("access_ttl", "at least one second"));
         }
         let too_long = |ttl: Duration| {
-            ttl.saturating_add(Duration::from_secs(leeway_secs + 1)) > MAX_STORE_TTL
+            ttl.saturating_add(Duration::from_secs(2 * leeway_secs + 1)) > MAX_STORE_TTL
         };
         if too_long(self.access_ttl) {
             return Err(ConfigError::new(
@@ -397,7 +399,7 @@ mod tests {
         assert_eq!(policy.leeway(), Duration::from_secs(2));
         assert_eq!(policy.refused_from(100), Duration::from_secs(103));
         assert_eq!(policy.max_token_lifetime(), Duration::from_secs(90));
-        assert_eq!(policy.acceptance_window(), Duration::from_secs(93));
+        assert_eq!(policy.acceptance_window(), Duration::from_secs(95));
     }
 
     #[test]
@@ -406,7 +408,7 @@ mod tests {
         assert_eq!(policy.max_token_lifetime(), Duration::from_secs(24 * 3600));
         assert_eq!(
             policy.acceptance_window(),
-            Duration::from_secs(24 * 3600 + 31)
+            Duration::from_secs(24 * 3600 + 61)
         );
         let week = Duration::from_secs(7 * 24 * 3600);
         let policy = TokenPolicy::builder(keys())

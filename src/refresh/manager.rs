@@ -426,7 +426,7 @@ impl<S: StateStore> RefreshTokens<S> {
     /// Logout of one session: ends its refresh families
     /// ([`revoke_session_families`](Self::revoke_session_families)) and revokes its access
     /// tokens ([`Revoker::revoke_session`], until the policy's longest token lifetime plus
-    /// the leeway has passed).
+    /// twice the leeway has passed).
     ///
     /// # Errors
     ///

@@ -98,8 +98,8 @@
 //!   during an outage.
 //! - Session and subject revocations are kept for the policy's longest token lifetime
 //!   ([`TokenPolicy::max_token_lifetime`](crate::jwt::TokenPolicy::max_token_lifetime),
-//!   default 24 hours) plus the leeway, and the JWT layer refuses tokens that would live
-//!   longer: no accepted token outlives its revocation.
+//!   default 24 hours) plus twice the leeway, and the JWT layer refuses tokens that
+//!   would live longer: no accepted token outlives its revocation.
 //! - The subject rule compares `iat` with the clock of the instance that revoked: keep
 //!   the clocks of token issuers and revokers in sync (NTP). A token without `iat` is
 //!   refused once its subject is revoked.

@@ -81,14 +81,15 @@ crate::response::impl_into_response!(RevokeError);
 /// | call | key expires after |
 /// |---|---|
 /// | [`revoke_token`](Self::revoke_token) / [`revoke_jti`](Self::revoke_jti) | when the JWT layer would refuse the token anyway: `exp` + leeway + 1 s |
-/// | [`revoke_session`](Self::revoke_session) | the TTL you give, but never before every token of the session accepted up to now is refused anyway (longest token lifetime + leeway + 1 s) |
-/// | [`revoke_subject`](Self::revoke_subject) | longest token lifetime + leeway + 1 s |
+/// | [`revoke_session`](Self::revoke_session) | the TTL you give, but never before every token of the session accepted up to now is refused anyway (longest token lifetime + 2 × leeway + 1 s) |
+/// | [`revoke_subject`](Self::revoke_subject) | longest token lifetime + 2 × leeway + 1 s |
 ///
 /// The longest token lifetime ([`TokenPolicy::max_token_lifetime`], default 24 hours) and
 /// the leeway come from the [`TokenPolicy`] the JWT layer verifies under, and the layer
 /// refuses tokens that would live longer, so a revoked token stays refused for as long as
-/// the layer would accept it. (The extra second: the verifier compares `exp` with the
-/// current whole second.)
+/// the layer would accept it. (Twice the leeway: a token's `exp` may lie the lifetime plus
+/// the leeway ahead, and it is accepted until `exp` plus the leeway; the extra second: the
+/// verifier compares `exp` with the current whole second.)
 ///
 /// Share the store with the revocation check
 /// ([`JwtAuthLayer::revocation`](crate::jwt::JwtAuthLayer::revocation)) of every instance;
@@ -104,7 +105,7 @@ impl<S: StateStore> Revoker<S> {
     /// accepted.
     ///
     /// The policy's longest token lifetime bounds how long any accepted token still has to
-    /// live: a subject revocation is kept that long (plus the leeway), after which every
+    /// live: a subject revocation is kept that long (plus twice the leeway), after which every
     /// token it revoked has expired anyway.
     pub fn new(store: S, policy: &TokenPolicy) -> Self {
         Self {
@@ -158,9 +159,9 @@ impl<S: StateStore> Revoker<S> {
     /// Revokes the session `sid` of `sub`: every token carrying that `sid` claim, issued
     /// before or after this call, is refused for `ttl`, and in any case until every token
     /// of the session the JWT layer accepts now would be refused anyway (the policy's
-    /// longest token lifetime plus the leeway plus one second). A longer `ttl` (the session's remaining life)
-    /// also refuses tokens of the session minted later; `Duration::ZERO` means just that
-    /// minimum.
+    /// longest token lifetime plus twice the leeway plus one second). A longer `ttl` (the
+    /// session's remaining life) also refuses tokens of the session minted later;
+    /// `Duration::ZERO` means just that minimum.
     ///
     /// # Errors
     ///
@@ -190,9 +191,9 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// Calling it again moves `t` to the new time, never back: when another instance
     /// (with a clock ahead of this one) already wrote a later `t`, that one stays and is
-    /// returned. The entry is kept for the policy's longest token lifetime plus the leeway
-    /// plus one second. One store round trip for a first revocation, two or three when there is
-    /// one already.
+    /// returned. The entry is kept for the policy's longest token lifetime plus twice the
+    /// leeway plus one second. One store round trip for a first revocation, two or three
+    /// when there is one already.
     ///
     /// # Errors
     ///
