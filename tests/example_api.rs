@@ -2570,3 +2570,54 @@ async fn a_login_right_after_logout_all_works() {
         user = refreshed;
     }
 }
+
+/// `GET /sessions` shows the `User-Agent` each login sent (its first 256 characters), and
+/// no `user_agent` for a login that sent none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_show_the_user_agent_of_each_login() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let long = "x".repeat(1000);
+    let mut users = Vec::new();
+    for agent in [Some("Firefox/128.0"), None, Some(long.as_str())] {
+        let mut request = http
+            .post(at.url("/login"))
+            .json(&json!({"username": "alice", "password": "wonderland"}));
+        if let Some(agent) = agent {
+            request = request.header("user-agent", agent);
+        }
+        let res = request.send().await.expect("login");
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = json_of(res).await;
+        let token = body["access_token"].as_str().expect("access").to_owned();
+        users.push(User {
+            token,
+            cookie: String::new(),
+        });
+    }
+    let listed = json_of(get(&http, &at, "/sessions", &users[0]).await).await;
+    let sessions = listed["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 3, "{listed}");
+    let mut agents: Vec<Option<String>> = sessions
+        .iter()
+        .map(|s| {
+            s.get("user_agent")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    agents.sort();
+    assert_eq!(
+        agents,
+        vec![
+            None,
+            Some("Firefox/128.0".to_owned()),
+            Some("x".repeat(256))
+        ]
+    );
+    let current = sessions
+        .iter()
+        .find(|s| s["current"] == true)
+        .expect("current");
+    assert_eq!(current["user_agent"], "Firefox/128.0");
+}

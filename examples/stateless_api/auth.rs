@@ -9,9 +9,13 @@ pub(crate) struct Credentials {
     password: String,
 }
 
+/// The most of a `User-Agent` a login keeps for `GET /sessions`.
+const USER_AGENT_CHARS: usize = 256;
+
 pub(crate) async fn login<S: StateStore>(
     State(app): State<Shared<S>>,
     session: Session,
+    headers: HeaderMap,
     json: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
     let creds = match json {
@@ -54,14 +58,24 @@ pub(crate) async fn login<S: StateStore>(
         Ok(pair) => pair,
         Err(e) => return failed(e),
     };
-    // Listed under `GET /sessions`, ended by `DELETE /sessions/others`.
-    if let Err(e) = app.devices.bind(&creds.username, &sid, None).await {
+    // Listed under `GET /sessions` (with the client's user agent, cut short), ended by
+    // `DELETE /sessions/others`.
+    let user_agent: Option<String> = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(USER_AGENT_CHARS).collect());
+    if let Err(e) = app
+        .devices
+        .bind(&creds.username, &sid, user_agent.as_deref())
+        .await
+    {
         return failed(e);
     }
     token_response(&pair)
 }
 
-/// `GET /sessions`: the caller's live logins, `current` marking the caller's own.
+/// `GET /sessions`: the caller's live logins, `current` marking the caller's own, with the
+/// user agent each login sent (when it sent one).
 pub(crate) async fn list_sessions<S: StateStore>(
     State(app): State<Shared<S>>,
     Claims(claims): Claims<RegisteredClaims>,
@@ -71,7 +85,11 @@ pub(crate) async fn list_sessions<S: StateStore>(
             let sessions: Vec<Value> = devices
                 .iter()
                 .map(|d| {
-                    json!({"id": d.id, "created": d.created, "last_seen": d.last_seen, "current": d.current})
+                    let mut entry = json!({"id": d.id, "created": d.created, "last_seen": d.last_seen, "current": d.current});
+                    if let Some(ua) = &d.user_agent {
+                        entry["user_agent"] = Value::from(ua.as_str());
+                    }
+                    entry
                 })
                 .collect();
             Json(json!({ "sessions": sessions })).into_response()

@@ -136,7 +136,7 @@ pub(crate) fn observability() -> Result<(), String> {
 pub(crate) static METRICS: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
 
 /// `GET /metrics`, in the Prometheus text format. Unauthenticated, like the probes: keep it
-/// off the public ingress (README, "Metrics and logs").
+/// off the public ingress (README, "Metrics and traces").
 pub(crate) fn metrics_routes() -> Router {
     async fn render() -> Response {
         match METRICS.get() {

@@ -19,9 +19,9 @@
 //! simulated payment-gateway latency inside the payment handler), `RUST_LOG` (`info`: one
 //! line per request), `OIDC_ISSUER` (unset: only the example's own tokens; set: tokens of
 //! that OpenID provider too, verified against its discovered JWKS; needs `--features
-//! axum,oidc`), `OIDC_AUDIENCE` (the `aud` the provider's tokens must name; unset: tokens
-//! carrying `aud` are refused), `OIDC_ALLOW_HTTP` (`true` only for a local provider on
-//! plain http).
+//! axum,metrics,oidc`), `OIDC_AUDIENCE` (the `aud` the provider's tokens must name; unset:
+//! tokens carrying `aud` are refused), `OIDC_ALLOW_HTTP` (`true` only for a local provider
+//! on plain http), `LOG_FORMAT` (`text`; `json`: one JSON object per line).
 //!
 //! Scopes: `POST /orders` needs `orders:write` and `POST /payments` `payments:write`. The
 //! example's own access tokens (from `/login` and `/token/refresh`) carry both; a
@@ -31,7 +31,7 @@
 //! `PUT /cart/items/{sku}`, `POST /orders`, `GET /orders`, `GET /orders/{id}`,
 //! `POST /payments`, `GET /payments`, `GET /payments/{id}`, `POST /logout`,
 //! `POST /logout-all`, `GET /sessions`, `DELETE /sessions/others`, `GET /health`,
-//! `GET /ready`. `POST /orders` (`Idempotency-Key` optional) and `POST /payments`
+//! `GET /ready`, `GET /metrics`. `POST /orders` (`Idempotency-Key` optional) and `POST /payments`
 //! (required) go through `IdempotencyLayer`: a retry with the same key gets the first
 //! answer again, with `Idempotent-Replayed: true`. Their `201` carries `Location`, the
 //! record's own `GET` route.

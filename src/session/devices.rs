@@ -201,10 +201,18 @@ fn now_secs() -> u64 {
 /// assert!(listed.iter().all(|d| d.id != laptop_sid && d.id != phone_sid));
 /// assert_eq!(listed.iter().filter(|d| d.current).count(), 1);
 ///
-/// // "Log out my other devices", from the laptop: the phone's refresh token is refused.
+/// // The refresh endpoint exchanges through the devices ("last seen" moves)...
+/// let laptop = devices.rotate(&laptop.refresh_token.token).await?;
+/// // ...and "log out my other devices", from the laptop: the phone's refresh token is
+/// // refused.
 /// assert_eq!(devices.end_others("alice", &laptop_sid).await?, 1);
-/// assert!(tokens.rotate(&phone.refresh_token.token).await.is_err());
+/// assert!(devices.rotate(&phone.refresh_token.token).await.is_err());
 /// assert_eq!(devices.list("alice", None).await?.len(), 1);
+///
+/// // A replayed (already exchanged) refresh token ends its whole login.
+/// let _next = devices.rotate(&laptop.refresh_token.token).await?;
+/// assert!(devices.rotate(&laptop.refresh_token.token).await.is_err());
+/// assert!(devices.list("alice", None).await?.is_empty());
 /// # Ok(())
 /// # }
 /// ```
