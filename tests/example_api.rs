@@ -515,7 +515,17 @@ async fn route_table(at: &Instance) {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(!payment_id.is_empty());
 
-    // Logout: this token and its session.
+    // Logout: this token and its session; the login leaves `GET /sessions` and the
+    // cookie is cleared.
+    let alice_elsewhere = login(&http, at, "alice", "wonderland").await;
+    let logins = |user: &User| {
+        let request = http.get(at.url("/sessions")).bearer_auth(&user.token);
+        async move {
+            let listed = json_of(request.send().await.expect("sessions")).await;
+            listed["sessions"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let before = logins(&alice_elsewhere).await;
     let res = http
         .post(at.url("/logout"))
         .bearer_auth(&alice.token)
@@ -524,6 +534,9 @@ async fn route_table(at: &Instance) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let cleared = res.headers()["set-cookie"].to_str().expect("ASCII cookie");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(logins(&alice_elsewhere).await, before - 1);
     let res = get(&http, at, "/me", &alice).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "a logged-out token");
     assert_eq!(
