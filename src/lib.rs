@@ -86,9 +86,12 @@
 //!   ([`JwtAuthService<S, T, R>`](jwt::JwtAuthService) has the claims type and the
 //!   revocation check instead of a store), with `get_ref`, `get_mut` and `into_inner`.
 //! - What a store-backed layer does when the store is down is one setting with one name:
-//!   `.on_store_failure(`[`StoreFailure`]`)`. Store keys are namespaced with one builder
-//!   name, `.key_prefix(..)`, on every component that writes keys (after the store's own
-//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix)).
+//!   `.on_store_failure(`[`StoreFailure`]`)`. The keys a layer owns are namespaced with
+//!   one builder name, `.key_prefix(..)` (`SessionLayer`, `IdempotencyLayer`, and
+//!   `RateLimiter`, which a `RateLimitLayer` is built from), after the store's own
+//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); the revocation, refresh-token
+//!   and device keys are fixed, so that the parts reading and writing them cannot
+//!   disagree (the README's key table lists them all).
 //! - A refusal is a response, never a service error: the JSON
 //!   [`ErrorBody`](response::ErrorBody) with a code from the [`rejection`] catalogue.
 //!   Every error type handlers see has `is_unavailable()`, `status()` and `error_code()`

@@ -278,6 +278,14 @@ pub(crate) fn internal_error<B>() -> Response<ResponseBody<B>> {
     )
 }
 
+/// `Cache-Control: no-store` and `Pragma: no-cache` (HTTP/1.0 caches): token endpoint
+/// answers, success or error (RFC 6749 §5.1, §5.2).
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn no_store(headers: &mut http::HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
 /// An error response as axum's response type.
 #[cfg(feature = "axum")]
 pub(crate) fn into_axum(

@@ -299,7 +299,71 @@ async fn reuse_through_devices_ends_the_whole_login<St: StateStore>(store: St) {
     assert!(has_session(&store, &sid(&b)).await);
 }
 
+/// `Devices::logout` ends the caller's login whole (tokens, session data, entry), also
+/// one that was never bound; `logout_everywhere` every login, and none stays listed.
+async fn logout_through_devices_unlists_the_login<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let b = login(&devices, &tokens).await;
+    store_cart(&store, &sid(&a)).await;
+    devices.logout("alice", &sid(&a)).await.expect("logout");
+    let listed = devices.list("alice", None).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, devices.handle(&sid(&b)));
+    assert!(!has_session(&store, &sid(&a)).await);
+    assert_eq!(
+        access_status(&store, &a.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let error = devices
+        .rotate(&a.refresh_token.token)
+        .await
+        .expect_err("logged out");
+    assert!(error.is_invalid_grant(), "{error:?}");
+    // Again: nothing listed any more, still fine.
+    devices
+        .logout("alice", &sid(&a))
+        .await
+        .expect("logout again");
+
+    // A login that was never bound is logged out all the same.
+    let unbound = tokens.issue("alice").await.expect("issue");
+    devices
+        .logout("alice", &sid(&unbound))
+        .await
+        .expect("logout");
+    assert_eq!(
+        access_status(&store, &unbound.access_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An empty sid names no login: refused, nothing ended.
+    let error = devices.logout("alice", "").await.expect_err("empty sid");
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error.error_code(), "invalid_request");
+    assert_eq!(access_status(&store, &b.access_token).await, StatusCode::OK);
+
+    let c = login(&devices, &tokens).await;
+    assert_eq!(
+        devices
+            .logout_everywhere("alice")
+            .await
+            .expect("everywhere"),
+        2
+    );
+    assert!(devices.list("alice", None).await.expect("list").is_empty());
+    for pair in [&b, &c] {
+        assert_eq!(
+            access_status(&store, &pair.access_token).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(devices.rotate(&pair.refresh_token.token).await.is_err());
+    }
+}
+
 backend_tests!(
+    logout_through_devices_unlists_the_login,
     reuse_through_devices_ends_the_whole_login,
     bind_and_list_show_handles_not_session_ids,
     expired_logins_are_not_listed,

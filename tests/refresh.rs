@@ -992,3 +992,71 @@ fn builder_refuses_settings_that_cannot_work() {
         assert_eq!(error.setting(), setting, "{debug}: {error}");
     }
 }
+
+/// A logout naming no session (an empty `sid`, as a token without a `sid` claim would
+/// give) revokes nothing, so it is refused before the store is touched: `400
+/// invalid_request`, not a `204` that leaves the token valid.
+#[tokio::test]
+async fn a_logout_with_an_empty_session_id_is_refused_and_writes_nothing() {
+    // A store that is down: any write would be a store error instead.
+    let down = tokens(common::DownStore::unavailable());
+    for error in [
+        down.logout("alice", "").await.expect_err("logout"),
+        down.revoke_session_families("alice", "")
+            .await
+            .expect_err("families"),
+    ] {
+        assert!(!error.is_unavailable(), "{error:?}");
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.error_code(), "invalid_request");
+    }
+    let error = down
+        .revoker()
+        .revoke_session("alice", "", Duration::ZERO)
+        .await
+        .expect_err("revoke_session");
+    assert!(matches!(
+        error,
+        tower_stateless::revocation::RevokeError::MissingSid
+    ));
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+}
+
+/// With `axum`, token responses and token endpoint errors are answers of their own, both
+/// with `Cache-Control: no-store` (RFC 6749 §5.1, §5.2).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn token_answers_are_never_cached() {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    let manager = tokens(MemoryStore::new());
+    let pair = manager.issue("alice").await.expect("issue");
+    let expected = serde_json::to_value(pair.to_response()).expect("json");
+    for response in [pair.to_response().into_response(), pair.into_response()] {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_eq!(response.headers()["pragma"], "no-cache");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json, expected);
+    }
+    let error = manager.rotate("not-a-token").await.expect_err("invalid");
+    let response = error.into_response();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["error"], "invalid_grant");
+}

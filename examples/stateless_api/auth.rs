@@ -71,7 +71,8 @@ pub(crate) async fn login<S: StateStore>(
     {
         return failed(e);
     }
-    token_response(&pair)
+    // `200` with the token response, `Cache-Control: no-store` (RFC 6749 §5.1).
+    pair.into_response()
 }
 
 /// `GET /sessions`: the caller's live logins, `current` marking the caller's own, with the
@@ -136,19 +137,11 @@ pub(crate) async fn refresh<S: StateStore>(
     };
     // Through the devices: "last seen" moves (at most once a minute), and a reused token
     // ends its whole login (tokens, cart, listing), as `DELETE /sessions/others` does.
+    // The crate's answers, success or error, carry `Cache-Control: no-store`.
     match app.devices.rotate(&request.refresh_token).await {
-        Ok(pair) => token_response(&pair),
+        Ok(pair) => pair.into_response(),
         Err(e) => failed(e),
     }
-}
-
-/// A token response: never stored by a cache (RFC 6749 §5.1).
-fn token_response(pair: &TokenPair) -> Response {
-    let mut res = Json(pair.to_response()).into_response();
-    let headers = res.headers_mut();
-    headers.insert("cache-control", HeaderValue::from_static("no-store"));
-    headers.insert("pragma", HeaderValue::from_static("no-cache"));
-    res
 }
 
 pub(crate) fn rand_u128() -> u128 {
@@ -174,13 +167,10 @@ pub(crate) async fn logout<S: StateStore>(
     if let Err(e) = app.revoker.revoke_token(&claims).await {
         return failed(e);
     }
-    // The session's refresh tokens and every access token of the session; then no longer
-    // listed under `GET /sessions`.
+    // The login's refresh tokens and every access token of it; then no longer listed
+    // under `GET /sessions`.
     if let Some(sid) = &claims.sid {
-        if let Err(e) = app.tokens.logout(&claims.sub, sid).await {
-            return failed(e);
-        }
-        if let Err(e) = app.devices.end(&claims.sub, &app.devices.handle(sid)).await {
+        if let Err(e) = app.devices.logout(&claims.sub, sid).await {
             return failed(e);
         }
     }
@@ -194,12 +184,9 @@ pub(crate) async fn logout_all<S: StateStore>(
     State(app): State<Shared<S>>,
     Claims(claims): Claims<RegisteredClaims>,
 ) -> Response {
-    // Every refresh family of the user, and every access token issued until now.
-    if let Err(e) = app.tokens.logout_everywhere(&claims.sub).await {
-        return failed(e);
-    }
-    // Unlists every login and deletes their sessions.
-    match app.devices.end_all(&claims.sub).await {
+    // Every refresh family of the user, every access token issued until now; unlists
+    // every login and deletes their sessions.
+    match app.devices.logout_everywhere(&claims.sub).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failed(e),
     }

@@ -69,7 +69,7 @@ use sha2::{Digest, Sha256};
 use tower_stateless::idempotency::IdempotencyLayer;
 use tower_stateless::jwt::{Algorithm, Claims, JwtKeySet, RequireScopeLayer, TokenPolicy};
 use tower_stateless::rate_limit::{Quota, RateLimitLayer, RateLimiter};
-use tower_stateless::refresh::{RefreshTokens, TokenPair};
+use tower_stateless::refresh::RefreshTokens;
 use tower_stateless::response::ErrorBody;
 use tower_stateless::revocation::Revoker;
 use tower_stateless::session::{Devices, Session, SessionError, SessionLayer};

@@ -92,11 +92,23 @@ impl RefreshError {
         }
     }
 
+    /// The refusal of a logout call that named no session ([`RevokeError::MissingSid`]),
+    /// the caller's mistake rather than the server's.
+    fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            Self::Revoke(RevokeError::MissingSid | RevokeError::MissingJti)
+        )
+    }
+
     /// The OAuth 2.0 error code for the response body: `invalid_grant`,
-    /// `temporarily_unavailable` or `server_error`.
+    /// `invalid_request` (a logout naming no session), `temporarily_unavailable` or
+    /// `server_error`.
     pub fn error_code(&self) -> &'static str {
         if self.is_invalid_grant() {
             rejection::INVALID_GRANT
+        } else if self.is_bad_request() {
+            rejection::INVALID_REQUEST
         } else if self.is_unavailable() {
             rejection::TEMPORARILY_UNAVAILABLE
         } else {
@@ -106,7 +118,7 @@ impl RefreshError {
 
     /// The HTTP status for the response: `400`, `503` or `500`.
     pub fn status(&self) -> StatusCode {
-        if self.is_invalid_grant() {
+        if self.is_invalid_grant() || self.is_bad_request() {
             StatusCode::BAD_REQUEST
         } else if self.is_unavailable() {
             StatusCode::SERVICE_UNAVAILABLE
@@ -120,6 +132,8 @@ impl RefreshError {
     fn client_message(&self) -> &'static str {
         if self.is_invalid_grant() {
             "the refresh token is invalid"
+        } else if self.is_bad_request() {
+            "the token names no session (no `sid` claim)"
         } else if self.is_unavailable() {
             crate::response::STORE_UNAVAILABLE_MESSAGE
         } else {
@@ -128,7 +142,22 @@ impl RefreshError {
     }
 }
 
-crate::response::impl_into_response!(RefreshError);
+/// The status, the JSON [`ErrorBody`](crate::response::ErrorBody) with `error_code()`,
+/// `Retry-After: 1` on a `503`, and `Cache-Control: no-store` (a token endpoint's error,
+/// RFC 6749 §5.2).
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum_core::response::IntoResponse for RefreshError {
+    fn into_response(self) -> axum_core::response::Response {
+        let mut response = crate::response::into_axum(crate::response::error_response(
+            self.status(),
+            self.error_code(),
+            self.client_message(),
+        ));
+        crate::response::no_store(response.headers_mut());
+        response
+    }
+}
 
 impl From<InvalidGrant> for RefreshError {
     fn from(reason: InvalidGrant) -> Self {

@@ -10,7 +10,7 @@ use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
 use crate::jwt::{TokenIssuer, TokenPolicy};
 use crate::revocation::raise_cutoff;
-use crate::revocation::Revoker;
+use crate::revocation::{RevokeError, Revoker};
 use crate::store::StateStore;
 use crate::ConfigError;
 
@@ -385,8 +385,13 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// [`RefreshError::Store`] when the store fails: the logout did not happen.
+    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSid`], `400 invalid_request`) for
+    /// an empty `sid`, nothing written; [`RefreshError::Store`] when the store fails: the
+    /// logout did not happen.
     pub async fn revoke_session_families(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
+        if sid.is_empty() {
+            return Err(RevokeError::MissingSid.into());
+        }
         let tag = self.tags.subject_tag(sub);
         self.store
             .set(
@@ -430,6 +435,9 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
+    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSid`], `400 invalid_request`) for
+    /// an empty `sid` (a token without a `sid` claim belongs to no session: revoke the
+    /// token itself with [`Revoker::revoke_token`]), nothing written;
     /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
     pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
         self.revoke_session_families(sub, sid).await?;

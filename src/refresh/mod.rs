@@ -43,10 +43,20 @@
 //!   it a public path of the `JwtAuthLayer`); call `tokens.rotate(&refresh_token).await`;
 //!   on `Ok(pair)` answer `200` with `pair.to_response()`; on `Err(e)` answer
 //!   `e.status()` with `{"error": e.error_code()}` (and `Retry-After` when
-//!   `e.is_unavailable()`). Send `Cache-Control: no-store` either way.
+//!   `e.is_unavailable()`). Send `Cache-Control: no-store` either way. With the `axum`
+//!   feature, both are an `IntoResponse` that does all this: return
+//!   `pair.to_response()` or the error.
 //! - `POST /logout` (behind `JwtAuthLayer`): take the `RegisteredClaims` from the request
-//!   extensions and call `tokens.logout(&claims.sub, sid).await` with the claims' `sid`.
+//!   extensions; when they carry a `sid`, call `tokens.logout(&claims.sub, sid).await`
+//!   (its refresh tokens and every access token of the login); without one (a token
+//!   minted by [`TokenIssuer::issue`](crate::jwt::TokenIssuer::issue), or a provider's),
+//!   revoke the token itself with `tokens.revoker().revoke_token(&claims).await`. An empty
+//!   `sid` is refused (`RevokeError::MissingSid`, `400 invalid_request`): it would revoke
+//!   nothing.
 //! - `POST /logout-all`: `tokens.logout_everywhere(&claims.sub).await`.
+//! - With [`Devices`](crate::session::Devices) ("my devices"), go through it instead:
+//!   `devices.rotate`, `devices.logout` and `devices.logout_everywhere` also end the
+//!   login's session data and its entry in the list.
 //!
 //! # Example
 //!
@@ -87,12 +97,19 @@
 //! assert_eq!(error.error_code(), "invalid_grant");
 //! assert!(tokens.rotate(&refreshed.refresh_token.token).await.is_err());
 //!
-//! // Logout handler: with the sub and sid of the caller's access token.
+//! // Logout handler: with the sub and sid of the caller's access token (a token
+//! // without a `sid` is revoked by its `jti` instead).
 //! let other = tokens.issue("alice").await?;
 //! let claims = &other.access_token.claims;
-//! tokens.logout(&claims.sub, claims.sid.as_deref().unwrap_or_default()).await?;
+//! match &claims.sid {
+//!     Some(sid) => tokens.logout(&claims.sub, sid).await?,
+//!     None => tokens.revoker().revoke_token(claims).await?,
+//! }
 //! let error = tokens.rotate(&other.refresh_token.token).await.unwrap_err();
 //! assert_eq!(error.invalid_grant(), Some(InvalidGrant::Revoked));
+//! // An empty session id would revoke nothing: refused.
+//! let error = tokens.logout("alice", "").await.unwrap_err();
+//! assert_eq!(error.error_code(), "invalid_request");
 //! # Ok(())
 //! # }
 //! ```

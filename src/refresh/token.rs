@@ -103,6 +103,37 @@ impl fmt::Debug for TokenResponse {
     }
 }
 
+/// `200` with the body as JSON, `Cache-Control: no-store` and `Pragma: no-cache`: a token
+/// response is never stored by a cache (RFC 6749 §5.1).
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum_core::response::IntoResponse for TokenResponse {
+    fn into_response(self) -> axum_core::response::Response {
+        let Ok(body) = serde_json::to_vec(&self) else {
+            tracing::error!("refresh: a token response did not serialize");
+            return crate::response::into_axum(crate::response::internal_error());
+        };
+        let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        crate::response::no_store(headers);
+        response
+    }
+}
+
+/// As [`TokenPair::to_response`] answered: `200`, the JSON body, `Cache-Control:
+/// no-store`.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum_core::response::IntoResponse for TokenPair {
+    fn into_response(self) -> axum_core::response::Response {
+        self.to_response().into_response()
+    }
+}
+
 /// A new token for `sub`, and its hash.
 pub(super) fn generate(tags: &TagKey, sub: &str) -> Result<(String, String), getrandom::Error> {
     let secret = random_id::<32>()?;

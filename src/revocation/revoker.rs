@@ -26,6 +26,11 @@ pub enum RevokeError {
     /// revoked on its own; revoke its session or its subject instead.
     #[error("the token has no `jti` and cannot be revoked on its own")]
     MissingJti,
+    /// [`Revoker::revoke_session`] (or a logout of a session) was given an empty session
+    /// id: nothing would be revoked. A token without a `sid` claim belongs to no session;
+    /// revoke the token itself ([`Revoker::revoke_token`]) or its subject instead.
+    #[error("the session id is empty: no session to revoke")]
+    MissingSid,
     /// The store failed; nothing may have been written, so the revocation must be
     /// retried (tell the caller that logout failed rather than pretend it worked).
     #[error("could not write the revocation to the state store")]
@@ -38,15 +43,16 @@ impl RevokeError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Store(error) => error.is_unavailable(),
-            Self::MissingJti => false,
+            Self::MissingJti | Self::MissingSid => false,
         }
     }
 
     /// The HTTP status for a logout endpoint's answer: `400` for
-    /// [`MissingJti`](Self::MissingJti), `503` when the store is unavailable, else `500`.
+    /// [`MissingJti`](Self::MissingJti) and [`MissingSid`](Self::MissingSid), `503` when
+    /// the store is unavailable, else `500`.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingJti => StatusCode::BAD_REQUEST,
+            Self::MissingJti | Self::MissingSid => StatusCode::BAD_REQUEST,
             Self::Store(error) => error.status(),
         }
     }
@@ -55,7 +61,7 @@ impl RevokeError {
     /// `invalid_request`, `store_unavailable` or `store_error`.
     pub fn error_code(&self) -> &'static str {
         match self {
-            Self::MissingJti => rejection::INVALID_REQUEST,
+            Self::MissingJti | Self::MissingSid => rejection::INVALID_REQUEST,
             Self::Store(error) => error.error_code(),
         }
     }
@@ -64,6 +70,7 @@ impl RevokeError {
     fn client_message(&self) -> &'static str {
         match self {
             Self::MissingJti => "the token has no `jti` and cannot be revoked on its own",
+            Self::MissingSid => "the token names no session (no `sid` claim)",
             Self::Store(error) if error.is_unavailable() => {
                 crate::response::STORE_UNAVAILABLE_MESSAGE
             }
@@ -165,6 +172,7 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// # Errors
     ///
+    /// [`RevokeError::MissingSid`] for an empty `sid` (nothing is written);
     /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_session(
         &self,
@@ -172,6 +180,9 @@ impl<S: StateStore> Revoker<S> {
         sid: &str,
         ttl: Duration,
     ) -> Result<(), RevokeError> {
+        if sid.is_empty() {
+            return Err(RevokeError::MissingSid);
+        }
         let ttl = ttl.max(self.policy.acceptance_window()).min(MAX_TTL);
         let value = Bytes::from_static(b"1");
         self.store.set(&key::sid(sub, sid), value, ttl).await?;

@@ -13,6 +13,7 @@ use sha2::Sha256;
 
 use super::handle::store_key;
 use crate::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
+use crate::revocation::RevokeError;
 use crate::store::{
     HashChanges, HashMode, HashWriteOptions, StateStore, StoreError, StoredHash, MAX_TTL,
 };
@@ -45,18 +46,29 @@ impl DevicesError {
         }
     }
 
-    /// The HTTP status to answer: `503` when the store is unavailable, `500` otherwise.
+    /// A logout that named no login (an empty `sid`): the caller's mistake.
+    fn is_bad_request(&self) -> bool {
+        matches!(self, Self::Tokens(e) if e.status() == StatusCode::BAD_REQUEST)
+    }
+
+    /// The HTTP status to answer: `400` for a logout naming no login, `503` when the
+    /// store is unavailable, `500` otherwise.
     pub fn status(&self) -> StatusCode {
-        if self.is_unavailable() {
+        if self.is_bad_request() {
+            StatusCode::BAD_REQUEST
+        } else if self.is_unavailable() {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 
-    /// A short error code for a response body: `store_unavailable` or `devices_error`.
+    /// A short error code for a response body: `invalid_request`, `store_unavailable` or
+    /// `devices_error`.
     pub fn error_code(&self) -> &'static str {
-        if self.is_unavailable() {
+        if self.is_bad_request() {
+            rejection::INVALID_REQUEST
+        } else if self.is_unavailable() {
             rejection::STORE_UNAVAILABLE
         } else {
             rejection::DEVICES_ERROR
@@ -65,7 +77,9 @@ impl DevicesError {
 
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
-        if self.is_unavailable() {
+        if self.is_bad_request() {
+            "the token names no login (no `sid` claim)"
+        } else if self.is_unavailable() {
             crate::response::STORE_UNAVAILABLE_MESSAGE
         } else {
             "the logins could not be listed or ended"
@@ -373,7 +387,7 @@ impl<S: StateStore> Devices<S> {
         let excess = (live.len() + 1).saturating_sub(self.max_devices);
         let mut delete = stale;
         for (h, entry) in live.iter().take(excess) {
-            self.end_login(sub, entry).await?;
+            self.end_login(sub, &entry.sid).await?;
             delete.push(h.clone());
         }
         let entry = Entry {
@@ -551,6 +565,41 @@ impl<S: StateStore> Devices<S> {
         self.end_where(sub, |h| h != keep).await
     }
 
+    /// Logout of the login `sid` of `sub` (the caller's own, at `POST /logout`): ends it
+    /// as [`end`](Self::end) does (refresh families, access tokens, session data, entry),
+    /// also when it is not listed (never bound, or already ended): its tokens and data are
+    /// ended all the same. [`RefreshTokens::logout`] alone leaves the login listed.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError::Tokens`] (`400 invalid_request`) for an empty `sid`, nothing
+    /// written: a token without a `sid` claim belongs to no login (revoke the token itself
+    /// with [`Revoker::revoke_token`](crate::revocation::Revoker::revoke_token));
+    /// [`DevicesError`] when the store fails, retry.
+    pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), DevicesError> {
+        if sid.is_empty() {
+            return Err(RefreshError::from(RevokeError::MissingSid).into());
+        }
+        let handle = self.handle(sid);
+        if self.end_where(sub, |h| h == handle).await? == 0 {
+            self.end_login(sub, sid).await?;
+        }
+        Ok(())
+    }
+
+    /// "Log out everywhere": [`RefreshTokens::logout_everywhere`] (every refresh family
+    /// of `sub`, every access token issued up to now), then [`end_all`](Self::end_all)
+    /// (the session data and entries of every listed login). Returns how many logins were
+    /// listed and ended. [`RefreshTokens::logout_everywhere`] alone leaves them listed.
+    ///
+    /// # Errors
+    ///
+    /// [`DevicesError`] when the store fails; what was not ended stays, retry.
+    pub async fn logout_everywhere(&self, sub: &str) -> Result<usize, DevicesError> {
+        self.tokens.logout_everywhere(sub).await?;
+        self.end_all(sub).await
+    }
+
     /// Ends every login of `sub`. Returns how many were ended.
     ///
     /// # Errors
@@ -570,7 +619,7 @@ impl<S: StateStore> Devices<S> {
         let mut ended = 0;
         let mut failure = None;
         for (handle, entry) in live.iter().filter(|(h, _)| select(h)) {
-            match self.end_login(sub, entry).await {
+            match self.end_login(sub, &entry.sid).await {
                 Ok(()) => {
                     delete.push(handle.clone());
                     ended += 1;
@@ -589,10 +638,10 @@ impl<S: StateStore> Devices<S> {
     }
 
     /// Ends one login: its refresh families and access tokens, then its session data.
-    async fn end_login(&self, sub: &str, entry: &Entry) -> Result<(), DevicesError> {
-        self.tokens.logout(sub, &entry.sid).await?;
+    async fn end_login(&self, sub: &str, sid: &str) -> Result<(), DevicesError> {
+        self.tokens.logout(sub, sid).await?;
         self.store
-            .delete(&store_key(&self.session_prefix, &entry.sid))
+            .delete(&store_key(&self.session_prefix, sid))
             .await?;
         Ok(())
     }
