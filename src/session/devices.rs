@@ -253,7 +253,9 @@ impl<S> fmt::Debug for Devices<S> {
 impl<S: StateStore> Devices<S> {
     /// Devices over the store of `tokens`, ending logins through `tokens` (and its
     /// [`Revoker`](RefreshTokens::revoker)). `secret` keys the user tags and the handles
-    /// (at least 32 bytes; share it between instances, keep it apart from other secrets).
+    /// (at least 32 bytes; share it between instances). It may be the refresh tokens'
+    /// secret (these HMAC inputs carry labels of their own, as the example does); keep it
+    /// apart from unrelated secrets.
     ///
     /// # Errors
     ///
