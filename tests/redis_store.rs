@@ -242,6 +242,15 @@ fn bad_configuration_is_refused_when_built() {
             Ok(store) => panic!("{debug}: expected `{setting}` to be refused, got {store:?}"),
         }
     }
+    // A URL of another scheme says what a Redis URL looks like, and never repeats the
+    // URL (it may hold a password).
+    let error = RedisStore::builder()
+        .url("http://user:secret@not-redis")
+        .build()
+        .expect_err("http");
+    let message = error.to_string();
+    assert!(message.contains("redis://"), "{message}");
+    assert!(!message.contains("secret"), "{message}");
     // The limits themselves are fine.
     assert!(url().pool_size(1024).build().is_ok());
     assert!(url().timeout(Duration::MAX).build().is_ok());

@@ -454,7 +454,7 @@ impl RedisStoreBuilder {
                 // `WAIT` short, as a dropped connection.
                 let connection = AsyncConnectionConfig::new().set_response_timeout(None);
                 let manager = Manager::new_with_config(url.as_str(), connection)
-                    .map_err(|e| ConfigError::new("url", e.to_string()))?;
+                    .map_err(|e| ConfigError::new("url", bad_url(&url, &e)))?;
                 let pool = Pool::builder(manager)
                     .max_size(pool_size)
                     .runtime(Runtime::Tokio1)
@@ -772,6 +772,23 @@ fn classify(err: RedisError) -> StoreError {
         StoreError::Unavailable(err.into())
     } else {
         StoreError::Unexpected(err.into())
+    }
+}
+
+/// Why a Redis URL was refused, naming what is expected when the scheme is not Redis'.
+/// The URL itself is not repeated: it may hold a password.
+fn bad_url(url: &str, error: &redis::RedisError) -> String {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if matches!(
+        scheme,
+        "redis" | "rediss" | "unix" | "redis+unix" | "valkey" | "valkeys"
+    ) {
+        error.to_string()
+    } else {
+        format!(
+            "not a Redis URL (scheme {scheme:?}): expected redis://host:6379/0, rediss:// \
+             for TLS, or unix:///path/to/redis.sock ({error})"
+        )
     }
 }
 
