@@ -550,3 +550,69 @@ async fn stacked_limiters_keep_both_headers() {
     assert!(policies.iter().any(|p| p.starts_with("\"global\";q=100")));
     assert_eq!(res.headers().get_all("ratelimit").iter().count(), 2);
 }
+
+/// axum keeps the peer address as `ConnectInfo<SocketAddr>` (served with
+/// `into_make_service_with_connect_info`): over a real loopback connection, an
+/// unauthenticated route counts per client address, and the third request of a quota of
+/// two is `429` with the `RateLimit` headers.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_public_route_counts_per_connect_info_address() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let app = axum::Router::new()
+        .route(
+            "/public",
+            axum::routing::get(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
+        .layer(RateLimitLayer::new(
+            MemoryStore::new(),
+            Quota::per_minute(2).unwrap(),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/public", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for remaining in [1, 0] {
+        let res = http.get(&url).send().await.expect("request");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
+        let limit = res.headers()["ratelimit"].to_str().expect("ascii");
+        assert!(
+            limit.starts_with(&format!("\"default\";r={remaining};t=")),
+            "{limit}"
+        );
+    }
+    // A new connection, from another port of the same address: the same bucket.
+    let other = reqwest::Client::new();
+    let res = other.get(&url).send().await.expect("request");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("Retry-After");
+    assert!((29..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
+    assert!(res.headers()["ratelimit"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("\"default\";r=0;t="));
+    assert!(res.text().await.expect("body").contains("\"rate_limited\""));
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the third must not run");
+    server.abort();
+}

@@ -48,15 +48,27 @@ impl KeySource {
                         Err(_) => (!last.is_empty()).then(|| format!("ip:{last}")),
                     }
                 });
-                from_header.or_else(|| {
-                    parts
-                        .extensions
-                        .get::<SocketAddr>()
-                        .map(|addr| client_key(addr.ip()))
-                })
+                from_header.or_else(|| peer_ip(parts).map(client_key))
             }
         }
     }
+}
+
+/// The peer address: a bare [`SocketAddr`] in the extensions (what hyper users insert),
+/// else, with the `axum` feature, axum's `ConnectInfo<SocketAddr>` (what
+/// `into_make_service_with_connect_info::<SocketAddr>()` inserts).
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    if let Some(addr) = parts.extensions.get::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(info.0.ip());
+    }
+    None
 }
 
 /// The bucket of a client address. An IPv6 client usually holds a whole /64 and could take
