@@ -6,7 +6,7 @@ use http::request::Parts;
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::key::KeySource;
+use super::key::{KeySource, UnknownCallers};
 use super::service::RateLimitService;
 use super::{Quota, RateLimiter};
 use crate::store::StateStore;
@@ -18,6 +18,8 @@ pub(crate) struct Config<St> {
     pub(crate) limiter: RateLimiter<St>,
     pub(crate) key: KeySource,
     pub(crate) on_store_failure: StoreFailure,
+    /// Requests the default key could not place; one count for every service of the layer.
+    pub(crate) unknown_callers: Arc<UnknownCallers>,
 }
 
 /// Limits requests per caller with a quota shared by every instance on one store.
@@ -37,8 +39,22 @@ pub(crate) struct Config<St> {
 ///    - **hyper**: insert the address `TcpListener::accept` returned into every request of
 ///      that connection, as below.
 ///
-/// IPv6 addresses count per /64. [`key_fn`](Self::key_fn) replaces all of this. A request
-/// with no key is not limited. See the [module docs](super).
+/// IPv6 addresses count per /64. [`key_fn`](Self::key_fn) replaces all of this. See the
+/// [module docs](super).
+///
+/// # A request with no key passes, with a warning
+///
+/// When the default key finds none of the three (no claims, no trusted header, no peer
+/// address: typically an axum app served without connect info, or without the `axum`
+/// feature, or a hyper service that does not insert the address), the request **passes
+/// unlimited**, without `RateLimit` headers, and the layer logs a `WARN` that says how to
+/// fix it: at the first such request, then at most once a minute per layer, with the
+/// number let through since. It is a setup mistake, not a store outage, so
+/// [`on_store_failure`](Self::on_store_failure) does not apply: refusing would take every
+/// public route down over a missing line of setup. Where no request may pass uncounted,
+/// key with [`key_fn`](Self::key_fn) and give such requests a key of their own (one bucket
+/// for all of them). A `key_fn` that answers `None` exempts the request on purpose, and
+/// nothing is logged.
 ///
 /// With hyper:
 ///
@@ -92,6 +108,7 @@ impl<St: StateStore> RateLimitLayer<St> {
                     trusted_header: None,
                 },
                 on_store_failure: StoreFailure::open(),
+                unknown_callers: Arc::new(UnknownCallers::new()),
             }),
         }
     }
