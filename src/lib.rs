@@ -107,7 +107,7 @@
 //! | `redis-cluster` | no | Redis Cluster mode of `store::RedisStore` (`RedisStoreBuilder::cluster_urls`); implies `redis` |
 //! | `rust_crypto` | yes | JWT signatures through the RustCrypto crates (pure Rust) |
 //! | `aws_lc_rs` | no | JWT signatures through aws-lc-rs: RS256/ES256 verify 5–8× faster; needs a C toolchain |
-//! | `axum` | no | axum extractors for claims and sessions |
+//! | `axum` | no | axum extractors for claims and sessions; `RateLimitLayer` reads the peer address from axum's `ConnectInfo<SocketAddr>` |
 //! | `oidc` | no | `oidc::RemoteJwks`: keys of an identity provider by OpenID discovery or JWKS URL, refreshed in the background (reqwest with rustls) |
 //! | `conformance` | no | `store::conformance`, the store contract's test suite, for your own backend |
 //! | `metrics` | no | the layers' counters and the store histogram through the [`metrics`](https://docs.rs/metrics) facade; off, `metrics` is no dependency |

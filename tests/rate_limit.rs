@@ -155,8 +155,8 @@ async fn recovers_after_the_period<St: StateStore>(store: St) {
     );
 }
 
-/// Keys: the JWT subject, else the trusted header's last entry, else the peer address;
-/// no key at all is not limited. A custom key function replaces all of it.
+/// Keys: the JWT subject, else the trusted header's last entry, else the peer address. A
+/// custom key function replaces all of it. (No key at all: `keyless_requests_pass_with_one_warning`.)
 async fn keys<St: StateStore>(store: St) {
     let a = instance(
         RateLimitLayer::new(store.clone(), Quota::per_minute(1).unwrap())
@@ -198,12 +198,6 @@ async fn keys<St: StateStore>(store: St) {
         send(&b, peer([127, 0, 0, 9])).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // No key: not limited, no headers.
-    for _ in 0..3 {
-        let out = send(&b, Request::new(String::new())).await;
-        assert_eq!(out.status, StatusCode::OK);
-        assert!(!out.headers.contains_key("ratelimit"));
-    }
     // A custom key: per path; a hostile, huge key is hashed, not stored as sent.
     let c = instance(
         RateLimitLayer::from_limiter(
@@ -549,4 +543,135 @@ async fn stacked_limiters_keep_both_headers() {
     assert!(policies.iter().any(|p| p.starts_with("\"route\";q=2")));
     assert!(policies.iter().any(|p| p.starts_with("\"global\";q=100")));
     assert_eq!(res.headers().get_all("ratelimit").iter().count(), 2);
+}
+
+/// axum keeps the peer address as `ConnectInfo<SocketAddr>` (served with
+/// `into_make_service_with_connect_info`): over a real loopback connection, an
+/// unauthenticated route counts per client address, and the third request of a quota of
+/// two is `429` with the `RateLimit` headers.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_public_route_counts_per_connect_info_address() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let app = axum::Router::new()
+        .route(
+            "/public",
+            axum::routing::get(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
+        .layer(RateLimitLayer::new(
+            MemoryStore::new(),
+            Quota::per_minute(2).unwrap(),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/public", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for remaining in [1, 0] {
+        let res = http.get(&url).send().await.expect("request");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
+        let limit = res.headers()["ratelimit"].to_str().expect("ascii");
+        assert!(
+            limit.starts_with(&format!("\"default\";r={remaining};t=")),
+            "{limit}"
+        );
+    }
+    // A new connection, from another port of the same address: the same bucket.
+    let other = reqwest::Client::new();
+    let res = other.get(&url).send().await.expect("request");
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("Retry-After");
+    assert!((29..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
+    assert!(res.headers()["ratelimit"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("\"default\";r=0;t="));
+    assert!(res.text().await.expect("body").contains("\"rate_limited\""));
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the third must not run");
+    server.abort();
+}
+
+/// A request the default key cannot place (no claims, no trusted header, no peer address:
+/// here an axum app served without connect info) passes unlimited and without headers,
+/// and the layer warns once, not per request. A `key_fn` answering `None` exempts requests
+/// on purpose: no warning.
+///
+/// The only test that sends such requests: tracing caches per callsite whether anyone
+/// listens, and a test reaching this warning on a thread without a subscriber could make
+/// it look unwatched to the subscriber installed here.
+#[tokio::test]
+async fn keyless_requests_pass_with_one_warning() {
+    let logs = common::Logs::default();
+    let _guard = logs.install();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let app = axum::Router::new()
+        .route(
+            "/public",
+            axum::routing::get(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        )
+        .layer(RateLimitLayer::new(
+            MemoryStore::new(),
+            Quota::per_minute(2).unwrap(),
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/public", listener.local_addr().expect("address"));
+    // No `into_make_service_with_connect_info`: axum inserts no peer address.
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for _ in 0..5 {
+        let res = http.get(&url).send().await.expect("request");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(!res.headers().contains_key("ratelimit"));
+        assert!(!res.headers().contains_key("ratelimit-policy"));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    let warnings = logs.lines_containing("without a caller key");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(warnings[0].contains("requests=1"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("into_make_service_with_connect_info"),
+        "the warning says how to fix it: {}",
+        warnings[0]
+    );
+    server.abort();
+
+    let exempt = instance(
+        RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(1).unwrap()).key_fn(|_| None),
+    );
+    for _ in 0..3 {
+        let out = send(&exempt, Request::new(String::new())).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert!(!out.headers.contains_key("ratelimit"));
+    }
+    assert_eq!(logs.lines_containing("without a caller key").len(), 1);
 }

@@ -6,7 +6,7 @@ use http::request::Parts;
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::key::KeySource;
+use super::key::{KeySource, UnknownCallers};
 use super::service::RateLimitService;
 use super::{Quota, RateLimiter};
 use crate::store::StateStore;
@@ -18,16 +18,76 @@ pub(crate) struct Config<St> {
     pub(crate) limiter: RateLimiter<St>,
     pub(crate) key: KeySource,
     pub(crate) on_store_failure: StoreFailure,
+    /// Requests the default key could not place; one count for every service of the layer.
+    pub(crate) unknown_callers: Arc<UnknownCallers>,
 }
 
 /// Limits requests per caller with a quota shared by every instance on one store.
 ///
-/// The caller is, by default, the JWT subject ([`RegisteredClaims`](crate::RegisteredClaims)
-/// in the extensions), else the last address in the [trusted header](Self::trusted_header)
-/// your proxy sets, else a [`SocketAddr`](std::net::SocketAddr) in the extensions (hyper
-/// users insert it; with axum, use [`key_fn`](Self::key_fn) to read `ConnectInfo`). IPv6
-/// addresses count per /64. A request with no key is not limited.
-/// See the [module docs](super).
+/// The caller is, by default, the first of:
+///
+/// 1. the JWT subject: [`RegisteredClaims`](crate::RegisteredClaims) in the extensions, as
+///    [`JwtAuthLayer`](crate::jwt::JwtAuthLayer) inserts them (place this layer inside it);
+/// 2. the last address in the [trusted header](Self::trusted_header) your proxy sets, if
+///    you set one;
+/// 3. the peer address, from the request extensions: a
+///    [`SocketAddr`](std::net::SocketAddr), else (with this crate's `axum` feature) axum's
+///    `ConnectInfo<SocketAddr>`. Neither hyper nor axum puts it there unasked:
+///    - **axum** (0.8) inserts `ConnectInfo<SocketAddr>` when the app is served with
+///      `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`;
+///      `axum::serve(listener, app)` inserts no address. Enable the `axum` feature.
+///    - **hyper**: insert the address `TcpListener::accept` returned into every request of
+///      that connection, as below.
+///
+/// IPv6 addresses count per /64. [`key_fn`](Self::key_fn) replaces all of this. See the
+/// [module docs](super).
+///
+/// # A request with no key passes, with a warning
+///
+/// When the default key finds none of the three (no claims, no trusted header, no peer
+/// address: typically an axum app served without connect info, or without the `axum`
+/// feature, or a hyper service that does not insert the address), the request **passes
+/// unlimited**, without `RateLimit` headers, and the layer logs a `WARN` that says how to
+/// fix it: at the first such request, then at most once a minute per layer, with the
+/// number let through since. It is a setup mistake, not a store outage, so
+/// [`on_store_failure`](Self::on_store_failure) does not apply: refusing would take every
+/// public route down over a missing line of setup. Where no request may pass uncounted,
+/// key with [`key_fn`](Self::key_fn) and give such requests a key of their own (one bucket
+/// for all of them). A `key_fn` that answers `None` exempts the request on purpose, and
+/// nothing is logged.
+///
+/// With hyper:
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use hyper::body::Incoming;
+/// use hyper::{Request, Response};
+/// use hyper_util::rt::TokioIo;
+/// use hyper_util::service::TowerToHyperService;
+/// use tower::ServiceBuilder;
+/// use tower_stateless::rate_limit::{Quota, RateLimitLayer};
+/// use tower_stateless::store::MemoryStore;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limit = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(60)?);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     let service = ServiceBuilder::new()
+///         // The peer address the rate limit reads.
+///         .map_request(move |mut req: Request<Incoming>| {
+///             req.extensions_mut().insert(peer);
+///             req
+///         })
+///         .layer(limit.clone())
+///         .service_fn(|_| async { Ok::<_, Infallible>(Response::new(String::from("ok"))) });
+///     let connection = hyper::server::conn::http1::Builder::new()
+///         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+///     tokio::spawn(connection);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer<St> {
     config: Arc<Config<St>>,
@@ -48,6 +108,7 @@ impl<St: StateStore> RateLimitLayer<St> {
                     trusted_header: None,
                 },
                 on_store_failure: StoreFailure::open(),
+                unknown_callers: Arc::new(UnknownCallers::new()),
             }),
         }
     }
@@ -73,17 +134,21 @@ impl<St: StateStore> RateLimitLayer<St> {
         })
     }
 
-    /// Keys requests with `f` instead of the default; `None` leaves a request unlimited.
+    /// Keys requests with `f` instead of the default; `None` leaves a request unlimited
+    /// (on purpose: nothing is logged).
     ///
-    /// With axum, the peer address is in `ConnectInfo` (serve with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`):
+    /// ```
+    /// use tower_stateless::rate_limit::{Quota, RateLimitLayer};
+    /// use tower_stateless::store::MemoryStore;
     ///
-    /// ```ignore
-    /// use axum::extract::ConnectInfo;
-    /// let layer = RateLimitLayer::new(store, Quota::per_minute(60)).key_fn(|parts| {
-    ///     let ConnectInfo(addr) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
-    ///     Some(format!("ip:{}", addr.ip()))
+    /// # fn main() -> Result<(), tower_stateless::ConfigError> {
+    /// // One bucket per API key; requests without one are not limited by this layer.
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(60)?).key_fn(|parts| {
+    ///     let key = parts.headers.get("x-api-key")?.to_str().ok()?;
+    ///     Some(format!("api-key:{key}"))
     /// });
+    /// # Ok(())
+    /// # }
     /// ```
     #[must_use]
     pub fn key_fn<F>(self, f: F) -> Self

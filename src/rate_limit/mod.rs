@@ -25,6 +25,12 @@
 //! `503` instead (see [`StoreFailure`](crate::StoreFailure), the one setting of every
 //! store-backed layer). A store that answers something unexpected is `500` either way.
 //!
+//! The caller is the JWT subject, else a [trusted proxy
+//! header](RateLimitLayer::trusted_header), else the peer address (see
+//! [`RateLimitLayer`] for where axum and hyper put it), or your own
+//! [`key_fn`](RateLimitLayer::key_fn). A request with none of them passes unlimited, and
+//! the layer logs a warning, at most one a minute.
+//!
 //! # Example
 //!
 //! ```

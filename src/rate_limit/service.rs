@@ -8,6 +8,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::future::ResponseFuture;
+use super::key::Caller;
 use super::layer::Config;
 use crate::metrics::{rate_limit, RateLimit};
 use crate::rejection;
@@ -87,8 +88,24 @@ where
         let req = Request::from_parts(parts, body);
         let config = Arc::clone(&self.config);
         BoxResponseFuture::new("RateLimitService", async move {
-            let Some(key) = key else {
-                return inner.call(req).await.map(wrap);
+            let key = match key {
+                Caller::Key(key) => key,
+                Caller::Exempt => return inner.call(req).await.map(wrap),
+                Caller::Unknown => {
+                    if let Some(requests) = config.unknown_callers.record() {
+                        tracing::warn!(
+                            requests,
+                            "rate limit: requests without a caller key (no JWT claims, trusted \
+                             header or peer address in the extensions) are let through \
+                             unlimited; `requests` counts them since the last such warning (at \
+                             most one a minute). With axum, enable the `axum` feature and serve \
+                             with into_make_service_with_connect_info::<SocketAddr>(); with \
+                             hyper, insert the peer SocketAddr into the request extensions; or \
+                             set key_fn"
+                        );
+                    }
+                    return inner.call(req).await.map(wrap);
+                }
             };
             let span = crate::metrics::rate_limit_span();
             let checked = config.limiter.check(&key).instrument(span.clone()).await;
