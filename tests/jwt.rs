@@ -592,6 +592,14 @@ async fn hostile_tokens_are_rejected() {
             unauthorized,
         ),
         (
+            "empty sub",
+            bearer(&hs(
+                hs_header.clone(),
+                with(good_claims(), "sub", json!("")),
+            )),
+            unauthorized,
+        ),
+        (
             "sub as number",
             bearer(&hs(
                 hs_header.clone(),
@@ -861,6 +869,56 @@ async fn missing_token_gets_a_bare_challenge() {
     assert_eq!(body["error"], "missing_token");
     assert!(body["message"].is_string());
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Every caller with an empty `sub` would share one revocation subject, one rate limit and
+/// one idempotency scope: a token saying `"sub": ""` is refused like one without `sub`,
+/// however well it is signed, and the issuer does not mint one.
+#[tokio::test]
+async fn empty_sub_is_invalid_token() {
+    let (svc, calls) = service_with(jwt_layer(
+        JwtKeySet::new()
+            .with_hmac("hs", Algorithm::HS256, SECRET)
+            .unwrap(),
+    ));
+    let answer = get_with(
+        &svc,
+        bearer(&hs(
+            json!({"alg":"HS256","kid":"hs"}),
+            json!({"sub":"","exp":now() + 600,"jti":"j1","sid":"s1"}),
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.challenge(),
+        r#"Bearer error="invalid_token", error_description="the token is invalid""#
+    );
+    assert_eq!(answer.headers["content-type"], "application/json");
+    assert_eq!(answer.json()["error"], "invalid_token");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // The same token with a subject passes.
+    let answer = get_with(
+        &svc,
+        bearer(&hs(
+            json!({"alg":"HS256","kid":"hs"}),
+            json!({"sub":"a","exp":now() + 600,"jti":"j1","sid":"s1"}),
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "sub=a");
+
+    let keys = JwtKeySet::new()
+        .with_hmac("hs", Algorithm::HS256, SECRET)
+        .unwrap();
+    let issuer = signer(&keys, "hs").unwrap();
+    assert!(matches!(issuer.issue(""), Err(IssueError::EmptySubject)));
+    assert!(matches!(
+        issuer.issue_with("a", Some(""), &()),
+        Err(IssueError::EmptySessionId)
+    ));
 }
 
 #[tokio::test]
