@@ -8,13 +8,13 @@
 //!
 //! | code | status | who answers it |
 //! |---|---|---|
-//! | [`MISSING_TOKEN`] | `401` | JWT layer, [`Claims`](crate::jwt::Claims) extractor |
+//! | [`MISSING_TOKEN`] | `401` | JWT layer |
 //! | [`INVALID_REQUEST`] | `400` | JWT layer (token sent two ways, malformed header) |
 //! | [`INVALID_TOKEN`] | `401` | JWT layer (bad, expired or revoked token) |
 //! | [`INSUFFICIENT_SCOPE`] | `403` | [`RequireScopeLayer`](crate::jwt::RequireScopeLayer) |
 //! | [`STORE_UNAVAILABLE`] | `503` | every store-backed layer ([`StoreFailure::closed`](crate::StoreFailure::closed)), [`StoreError`](crate::store::StoreError) |
 //! | [`STORE_ERROR`] | `500` | [`StoreError`](crate::store::StoreError) other than unavailable |
-//! | [`INTERNAL_ERROR`] | `500` | any layer, for a misconfiguration or a corrupt store reply |
+//! | [`INTERNAL_ERROR`] | `500` | any layer, the [`Claims`](crate::jwt::Claims) and `Session` extractors, for a misconfiguration or a corrupt store reply |
 //! | [`RATE_LIMITED`] | `429` | rate limit layer |
 //! | [`SESSION_ERROR`] | `500` | session layer, [`SessionError`](crate::session::SessionError) |
 //! | [`SESSION_TOO_LARGE`] | `413` | session layer, [`SessionError`](crate::session::SessionError) |

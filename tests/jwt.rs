@@ -592,6 +592,14 @@ async fn hostile_tokens_are_rejected() {
             unauthorized,
         ),
         (
+            "empty sub",
+            bearer(&hs(
+                hs_header.clone(),
+                with(good_claims(), "sub", json!("")),
+            )),
+            unauthorized,
+        ),
+        (
             "sub as number",
             bearer(&hs(
                 hs_header.clone(),
@@ -861,6 +869,56 @@ async fn missing_token_gets_a_bare_challenge() {
     assert_eq!(body["error"], "missing_token");
     assert!(body["message"].is_string());
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Every caller with an empty `sub` would share one revocation subject, one rate limit and
+/// one idempotency scope: a token saying `"sub": ""` is refused like one without `sub`,
+/// however well it is signed, and the issuer does not mint one.
+#[tokio::test]
+async fn empty_sub_is_invalid_token() {
+    let (svc, calls) = service_with(jwt_layer(
+        JwtKeySet::new()
+            .with_hmac("hs", Algorithm::HS256, SECRET)
+            .unwrap(),
+    ));
+    let answer = get_with(
+        &svc,
+        bearer(&hs(
+            json!({"alg":"HS256","kid":"hs"}),
+            json!({"sub":"","exp":now() + 600,"jti":"j1","sid":"s1"}),
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.challenge(),
+        r#"Bearer error="invalid_token", error_description="the token is invalid""#
+    );
+    assert_eq!(answer.headers["content-type"], "application/json");
+    assert_eq!(answer.json()["error"], "invalid_token");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // The same token with a subject passes.
+    let answer = get_with(
+        &svc,
+        bearer(&hs(
+            json!({"alg":"HS256","kid":"hs"}),
+            json!({"sub":"a","exp":now() + 600,"jti":"j1","sid":"s1"}),
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "sub=a");
+
+    let keys = JwtKeySet::new()
+        .with_hmac("hs", Algorithm::HS256, SECRET)
+        .unwrap();
+    let issuer = signer(&keys, "hs").unwrap();
+    assert!(matches!(issuer.issue(""), Err(IssueError::EmptySubject)));
+    assert!(matches!(
+        issuer.issue_with("a", Some(""), &()),
+        Err(IssueError::EmptySessionId)
+    ));
 }
 
 #[tokio::test]
@@ -1696,14 +1754,24 @@ mod axum_extractors {
         )
     }
 
-    #[tokio::test]
-    async fn extractor_without_the_layer_is_401_not_500() {
-        let (status, headers, body) = call(routes(), "/me", None).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(headers[WWW_AUTHENTICATE], "Bearer");
+    /// The crate's `500 internal_error` JSON body, without a challenge: a misconfigured
+    /// server, not a client that should log in again.
+    #[track_caller]
+    fn assert_misconfigured((status, headers, body): (StatusCode, HeaderMap, Bytes)) {
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body:?}");
+        assert!(!headers.contains_key(WWW_AUTHENTICATE), "{headers:?}");
         assert_eq!(headers["content-type"], "application/json");
         let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["error"], "missing_token");
+        assert_eq!(body["error"], "internal_error");
+        assert!(body["message"].is_string());
+    }
+
+    /// No JWT layer on the route is a misconfiguration, answered as `RequireScopeLayer`
+    /// and the `Session` extractor answer theirs; `Option<Claims>` is `None`.
+    #[tokio::test]
+    async fn extractor_without_the_layer_is_500() {
+        assert_misconfigured(call(routes(), "/me", None).await);
+        assert_misconfigured(call(routes(), "/app", Some("not.even.verified")).await);
 
         let (status, _, body) = call(routes(), "/maybe", None).await;
         assert_eq!(status, StatusCode::OK);
@@ -1739,16 +1807,39 @@ mod axum_extractors {
         assert_eq!(headers[WWW_AUTHENTICATE], "Bearer");
     }
 
+    /// The layer verified the token, but the handler asks for a claims type the layer does
+    /// not insert: `500`, not a `401` that would send the client to log in again forever.
+    /// `Claims<RegisteredClaims>` works whatever the layer's type.
     #[tokio::test]
-    async fn extractor_for_a_type_the_layer_does_not_insert_is_401() {
+    async fn extractor_for_a_type_the_layer_does_not_insert_is_500() {
         let keys = JwtKeySet::new()
             .with_hmac("v1", Algorithm::HS256, SECRET)
             .unwrap();
-        let token = signer(&keys, "v1").unwrap().issue("noa").unwrap().token;
+        let token = signer(&keys, "v1")
+            .unwrap()
+            .issue_with("noa", None, &json!({"role":"editor"}))
+            .unwrap()
+            .token;
+
         // The layer decodes `Value`; the handler asks for `AppClaims`.
-        let router = routes().layer(jwt_layer(keys));
-        let (status, _, _) = call(router, "/app", Some(&token)).await;
+        let router = routes().layer(jwt_layer(keys.clone()));
+        assert_misconfigured(call(router.clone(), "/app", Some(&token)).await);
+        let (status, _, body) = call(router.clone(), "/me", Some(&token)).await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"noa".as_ref()));
+        // Without a token the layer answers, before any extractor.
+        let (status, headers, _) = call(router, "/app", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[WWW_AUTHENTICATE], "Bearer");
+
+        // And the other way round: the layer decodes `AppClaims`, the handler asks for
+        // `Value`.
+        async fn raw(Claims(claims): Claims<Value>) -> String {
+            claims.to_string()
+        }
+        let router = Router::new()
+            .route("/raw", get(raw))
+            .layer(jwt_layer(keys).claims::<AppClaims>());
+        assert_misconfigured(call(router, "/raw", Some(&token)).await);
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
+use tower_stateless::jwt::{Algorithm, IssueError, IssuedToken, JwtKeySet, TokenPolicy};
 use tower_stateless::refresh::{
     InvalidGrant, RefreshError, RefreshTokens, RefreshTokensBuilder, TokenPair,
 };
@@ -718,6 +718,75 @@ fn access_claims_may_not_set_registered_claims() {
             .expect_err("a reserved claim");
         assert_eq!(error.setting(), "access_claims", "{error}");
     }
+}
+
+/// Records every call that reaches the store it wraps.
+#[derive(Default)]
+struct Calls(Mutex<Vec<String>>);
+
+impl common::Hook for Calls {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        self.0.lock().expect("lock").push(format!("{call:?}"));
+        Ok(())
+    }
+}
+
+/// Every login with an empty subject would share one subject (one "log out everywhere",
+/// one rate limit, one idempotency scope), and with an empty session id one session: both
+/// are refused before the store is touched.
+#[tokio::test]
+async fn empty_subject_or_session_id_is_refused_before_any_write() {
+    let store = common::Intercept::new(MemoryStore::new(), Calls::default());
+    let manager = tokens(store.clone());
+    let cases = [
+        (
+            "issue(\"\")",
+            manager.issue("").await,
+            IssueError::EmptySubject,
+        ),
+        (
+            "issue_for_session(\"\", s1)",
+            manager.issue_for_session("", "s1").await,
+            IssueError::EmptySubject,
+        ),
+        (
+            "issue_for_session(alice, \"\")",
+            manager.issue_for_session("alice", "").await,
+            IssueError::EmptySessionId,
+        ),
+        (
+            "issue_for_session(\"\", \"\")",
+            manager.issue_for_session("", "").await,
+            IssueError::EmptySubject,
+        ),
+    ];
+    for (name, result, expected) in cases {
+        let error = result.expect_err(name);
+        let RefreshError::Issue(issue) = &error else {
+            panic!("{name}: expected an issue error, got {error:?}");
+        };
+        assert_eq!(
+            std::mem::discriminant(issue),
+            std::mem::discriminant(&expected),
+            "{name}: {issue:?}"
+        );
+        assert!(
+            !error.is_invalid_grant() && !error.is_unavailable(),
+            "{name}"
+        );
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR, "{name}");
+        assert_eq!(error.error_code(), "server_error", "{name}");
+        let source = std::error::Error::source(&error).expect("the IssueError is the source");
+        assert_eq!(source.to_string(), expected.to_string(), "{name}");
+    }
+    let calls = store.hook.0.lock().expect("lock").clone();
+    assert!(calls.is_empty(), "the store was touched: {calls:?}");
+
+    // The same manager still logs a real subject in: one write.
+    let login = manager.issue("alice").await.expect("issue");
+    assert_eq!(login.access_token.claims.sub, "alice");
+    let calls = store.hook.0.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,21 +6,28 @@ use std::ops::{Deref, DerefMut};
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use http::header::WWW_AUTHENTICATE;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 
 use crate::rejection;
-use crate::response::{into_axum, ErrorBody};
+use crate::response::{error_response, into_axum};
+use crate::RegisteredClaims;
 
 /// Extracts the verified claims of type `T` that [`JwtAuthLayer`](super::JwtAuthLayer)
 /// inserted: the application's own claims type, or
 /// [`RegisteredClaims`](crate::RegisteredClaims).
 ///
-/// When the request carries no such claims (the layer is missing, misordered, the route
-/// is public, or `T` is not the layer's claims type) the handler is not run and the
-/// client gets `401` with `WWW-Authenticate: Bearer` and a JSON body: never a `500`.
-/// Use `Option<Claims<T>>` on routes where authentication is optional.
+/// A request the layer refused never reaches the handler (the layer answers `401` itself),
+/// so a request without such claims here is a server misconfiguration: the layer is
+/// missing or misordered, the route is one of its public paths, or `T` is not the layer's
+/// claims type (see [`JwtAuthLayer::claims`](super::JwtAuthLayer::claims); `RegisteredClaims`
+/// always works). The handler is not run, the mistake is logged at error level and the
+/// client gets `500` with the crate's JSON error body (`internal_error`), as
+/// [`RequireScopeLayer`](super::RequireScopeLayer) and the `Session` extractor answer
+/// without their layer: not a `401`, which would send the client to log in again forever.
+///
+/// Use `Option<Claims<T>>` on routes where authentication is optional: it is `None` when
+/// the request carries no `T`, whatever the reason.
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -58,12 +65,15 @@ where
     type Rejection = MissingClaims;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<T>()
-            .cloned()
-            .map(Claims)
-            .ok_or(MissingClaims)
+        match parts.extensions.get::<T>() {
+            Some(claims) => Ok(Claims(claims.clone())),
+            None => Err(MissingClaims {
+                claims_type: std::any::type_name::<T>(),
+                // The JWT layer inserts `RegisteredClaims` next to its own type on every
+                // request it lets through: with them here it ran, with another type.
+                other_type: parts.extensions.get::<RegisteredClaims>().is_some(),
+            }),
+        }
     }
 }
 
@@ -82,15 +92,35 @@ where
     }
 }
 
-/// Rejection of [`Claims`]: the request carries no verified claims. Answers `401` with
-/// `WWW-Authenticate: Bearer` and the crate's JSON error body (`missing_token`).
+/// Rejection of [`Claims`]: the request carries no verified claims of the type asked for,
+/// a misconfiguration (see [`Claims`]). Answers `500` with the crate's JSON error body
+/// (`internal_error`) and logs the mistake at error level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct MissingClaims;
+pub struct MissingClaims {
+    claims_type: &'static str,
+    other_type: bool,
+}
 
 impl fmt::Display for MissingClaims {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request carries no verified token claims")
+        if self.other_type {
+            write!(
+                f,
+                "Claims<{}>: the token was verified (the request carries RegisteredClaims) \
+                 but the JwtAuthLayer decodes another claims type; give it \
+                 `.claims::<{0}>()`, or extract its type (or `RegisteredClaims`)",
+                self.claims_type
+            )
+        } else {
+            write!(
+                f,
+                "Claims<{}>: no verified claims in the request; the JwtAuthLayer is missing \
+                 or misordered, or the route is one of its public paths (use `Option<Claims>` \
+                 there)",
+                self.claims_type
+            )
+        }
     }
 }
 
@@ -98,13 +128,53 @@ impl std::error::Error for MissingClaims {}
 
 impl IntoResponse for MissingClaims {
     fn into_response(self) -> Response {
-        let mut response = into_axum(
-            ErrorBody::new(rejection::MISSING_TOKEN, "a bearer token is required")
-                .into_response(StatusCode::UNAUTHORIZED),
-        );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+        tracing::error!("{self}");
+        into_axum(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            rejection::INTERNAL_ERROR,
+            "the authorization layers are misconfigured",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn extract<T: Clone + Send + Sync + 'static>(
+        registered: bool,
+    ) -> Result<Claims<T>, MissingClaims> {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        if registered {
+            parts.extensions.insert(RegisteredClaims::new("alice", 1));
+            parts.extensions.insert(serde_json::json!({"sub": "alice"}));
+        }
+        <Claims<T> as FromRequestParts<()>>::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn the_log_tells_another_claims_type_from_no_layer() {
+        let other = extract::<u8>(true).await.unwrap_err();
+        assert!(other.other_type);
+        assert!(other.to_string().contains("decodes another claims type"));
+        assert!(other.to_string().starts_with("Claims<u8>"));
+
+        let none = extract::<u8>(false).await.unwrap_err();
+        assert!(!none.other_type);
+        assert!(none.to_string().contains("JwtAuthLayer is missing"));
+
+        assert!(extract::<serde_json::Value>(true).await.is_ok());
+        assert!(extract::<RegisteredClaims>(true).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn both_answer_500_internal_error() {
+        for registered in [true, false] {
+            let response = extract::<u8>(registered).await.unwrap_err().into_response();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(!response
+                .headers()
+                .contains_key(http::header::WWW_AUTHENTICATE));
+        }
     }
 }

@@ -37,6 +37,14 @@ pub enum IssueError {
     /// [`TokenPolicy::token_issuer`], which refuses such a policy).
     #[error("the token policy has no signing key")]
     NoSigningKey,
+    /// The subject is empty. Every token with an empty `sub` would share one revocation
+    /// subject, one rate limit and one idempotency scope; the JWT layer refuses them.
+    #[error("the subject (sub) is empty")]
+    EmptySubject,
+    /// The session id is `Some("")`. Every such login would share one session revocation;
+    /// pass `None` for a token without a session.
+    #[error("the session id (sid) is empty")]
+    EmptySessionId,
 }
 
 impl IssueError {
@@ -46,7 +54,7 @@ impl IssueError {
     }
 
     /// The HTTP status for a login endpoint's answer: always `500` (every cause is on the
-    /// server's side).
+    /// server's side: an empty subject or session id is the calling code's mistake).
     pub fn status(&self) -> http::StatusCode {
         http::StatusCode::INTERNAL_SERVER_ERROR
     }
@@ -142,6 +150,10 @@ impl TokenIssuer {
     }
 
     /// A token for `sub` with no session id and no custom claims.
+    ///
+    /// # Errors
+    ///
+    /// As [`issue_with`](Self::issue_with); [`IssueError::EmptySubject`] for `sub == ""`.
     pub fn issue(&self, sub: &str) -> Result<IssuedToken, IssueError> {
         self.issue_with(sub, None, &())
     }
@@ -149,12 +161,28 @@ impl TokenIssuer {
     /// A token for `sub`, with an optional session id (`sid`) and the application's
     /// claims `custom`, which must serialize to a JSON object (or to nothing, like `()`)
     /// and must not set `sub`, `iat`, `exp`, `jti`, `sid`, `iss` or `aud`.
+    ///
+    /// # Errors
+    ///
+    /// [`IssueError::EmptySubject`] for an empty `sub` and [`IssueError::EmptySessionId`]
+    /// for `Some("")` (the JWT layer refuses a token with an empty `sub`; every caller
+    /// without one would share one revocation subject, rate limit and idempotency scope);
+    /// [`IssueError::Claims`], [`ClaimsNotAnObject`](IssueError::ClaimsNotAnObject) or
+    /// [`ReservedClaim`](IssueError::ReservedClaim) for custom claims that cannot be
+    /// used; [`IssueError::Random`], [`Clock`](IssueError::Clock) or
+    /// [`Sign`](IssueError::Sign) when minting fails.
     pub fn issue_with<C: Serialize + ?Sized>(
         &self,
         sub: &str,
         sid: Option<&str>,
         custom: &C,
     ) -> Result<IssuedToken, IssueError> {
+        if sub.is_empty() {
+            return Err(IssueError::EmptySubject);
+        }
+        if sid.is_some_and(str::is_empty) {
+            return Err(IssueError::EmptySessionId);
+        }
         let mut payload = match serde_json::to_value(custom).map_err(IssueError::Claims)? {
             Value::Object(map) => map,
             Value::Null => Map::new(),
@@ -194,5 +222,45 @@ impl TokenIssuer {
         let token =
             jsonwebtoken::encode(&header, &payload, &signing.key).map_err(IssueError::Sign)?;
         Ok(IssuedToken { token, claims })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{Algorithm, JwtKeySet};
+
+    fn issuer() -> TokenIssuer {
+        let keys = JwtKeySet::new()
+            .with_hmac("k", Algorithm::HS256, &[7; 32])
+            .unwrap();
+        TokenPolicy::builder(keys)
+            .signing_key("k")
+            .build()
+            .unwrap()
+            .token_issuer()
+            .unwrap()
+    }
+
+    #[test]
+    fn empty_subject_or_session_id_is_refused() {
+        let issuer = issuer();
+        assert!(matches!(issuer.issue(""), Err(IssueError::EmptySubject)));
+        assert!(matches!(
+            issuer.issue_with("", Some("s1"), &serde_json::json!({"role": "admin"})),
+            Err(IssueError::EmptySubject)
+        ));
+        assert!(matches!(
+            issuer.issue_with("alice", Some(""), &()),
+            Err(IssueError::EmptySessionId)
+        ));
+        let error = issuer.issue("").unwrap_err();
+        assert_eq!(error.to_string(), "the subject (sub) is empty");
+        assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.error_code(), crate::rejection::INTERNAL_ERROR);
+
+        assert_eq!(issuer.issue("alice").unwrap().claims.sub, "alice");
+        let with_sid = issuer.issue_with("alice", Some("s1"), &()).unwrap();
+        assert_eq!(with_sid.claims.sid.as_deref(), Some("s1"));
     }
 }

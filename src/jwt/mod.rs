@@ -90,7 +90,7 @@
 //!    another family, or another algorithm of the same family are all refused. `jku`,
 //!    `jwk` and `x5u` headers are ignored; keys are never fetched from a token.
 //! 5. The signature; then `exp` (required, a number), `nbf` (when present), `sub`
-//!    (required, a string), `iss`/`aud` when configured (an `aud` claim is refused when
+//!    (required, a non-empty string), `iss`/`aud` when configured (an `aud` claim is refused when
 //!    no audience is configured), with the policy's [leeway](TokenPolicyBuilder::leeway)
 //!    (default 30 s).
 //! 6. The payload is a JSON object that deserializes into both `T` and

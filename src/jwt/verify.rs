@@ -237,8 +237,8 @@ impl Verifier {
         Ok((registered, custom))
     }
 
-    /// jsonwebtoken's claim checks, in its order: required claims, `exp`, `nbf`, `iss`,
-    /// `aud`. The leeway is bounded by the policy builder.
+    /// jsonwebtoken's claim checks, in its order: required claims (and a `sub` that is
+    /// not empty), `exp`, `nbf`, `iss`, `aud`. The leeway is bounded by the policy builder.
     fn validate(&self, claims: Payload<'_>, rules: &Rules) -> Result<RegisteredClaims, Rejection> {
         let invalid = |why: &str| {
             tracing::debug!(why, "jwt: token rejected");
@@ -247,6 +247,11 @@ impl Verifier {
         let (Some(exp), Some(sub)) = (claims.exp, claims.sub) else {
             return Err(invalid("exp or sub missing"));
         };
+        // Every caller with an empty `sub` would share one revocation subject, one rate
+        // limit and one idempotency scope.
+        if sub.is_empty() {
+            return Err(invalid("sub empty"));
+        }
         if !rules.issuers.is_empty() && claims.iss.is_absent() {
             return Err(invalid("iss missing"));
         }

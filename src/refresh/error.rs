@@ -58,7 +58,11 @@ pub enum RefreshError {
     /// Writing the session or subject revocation failed (other than a store failure).
     #[error("could not revoke the session or subject")]
     Revoke(#[source] RevokeError),
-    /// The access token could not be minted.
+    /// The access token could not be minted; also an empty subject or session id given
+    /// to [`issue`](super::RefreshTokens::issue) or
+    /// [`issue_for_session`](super::RefreshTokens::issue_for_session)
+    /// ([`IssueError::EmptySubject`], [`IssueError::EmptySessionId`]), refused before
+    /// anything is written.
     #[error("could not mint the access token")]
     Issue(#[source] IssueError),
     /// The operating system had no randomness for the token.

@@ -8,7 +8,7 @@ use super::key::{self, TagKey, MIN_SECRET_LEN};
 use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
-use crate::jwt::{TokenIssuer, TokenPolicy};
+use crate::jwt::{IssueError, TokenIssuer, TokenPolicy};
 use crate::revocation::raise_cutoff;
 use crate::revocation::{RevokeError, Revoker};
 use crate::store::StateStore;
@@ -249,6 +249,9 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
+    /// [`RefreshError::Issue`] with [`IssueError::EmptySubject`] for an empty `sub`,
+    /// before anything is written (every such login would share one subject: one
+    /// revocation, one rate limit, one idempotency scope);
     /// [`RefreshError::Store`] when the store fails (then no token is handed out),
     /// [`RefreshError::Issue`] or [`RefreshError::Random`] when minting fails.
     pub async fn issue(&self, sub: &str) -> Result<TokenPair, RefreshError> {
@@ -266,7 +269,8 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// As [`issue`](Self::issue).
+    /// As [`issue`](Self::issue); [`RefreshError::Issue`] with
+    /// [`IssueError::EmptySessionId`] for an empty `sid`, before anything is written.
     #[tracing::instrument(
         name = "refresh",
         target = "tower_stateless::refresh",
@@ -275,6 +279,13 @@ impl<S: StateStore> RefreshTokens<S> {
         fields(result = tracing::field::Empty)
     )]
     pub async fn issue_for_session(&self, sub: &str, sid: &str) -> Result<TokenPair, RefreshError> {
+        // Before anything is drawn or written (the issuer would refuse them later).
+        if sub.is_empty() {
+            return Err(RefreshError::Issue(IssueError::EmptySubject));
+        }
+        if sid.is_empty() {
+            return Err(RefreshError::Issue(IssueError::EmptySessionId));
+        }
         let now = now_ms();
         let family = random_id::<16>().map_err(RefreshError::Random)?;
         let fexp = now.saturating_add(millis(self.family_lifetime));
