@@ -26,8 +26,12 @@ use crate::RegisteredClaims;
 /// [`RequireScopeLayer`](super::RequireScopeLayer) and the `Session` extractor answer
 /// without their layer: not a `401`, which would send the client to log in again forever.
 ///
-/// Use `Option<Claims<T>>` on routes where authentication is optional: it is `None` when
-/// the request carries no `T`, whatever the reason.
+/// `Option<Claims<T>>` never rejects: it is `None` when the request carries no `T`,
+/// whatever the reason, for a handler shared by routes behind the layer and routes
+/// without it. It does not make authentication optional: the layer verifies no token on
+/// its [public paths](super::JwtAuthLayer::public_path) (there `Option<Claims<T>>` is
+/// always `None`, even with a valid token), and refuses a request without a token
+/// everywhere else.
 ///
 /// ```
 /// use axum::{routing::get, Router};
