@@ -549,3 +549,43 @@ async fn redis_rotate_round_trips() {
         assert_eq!(stats, expected, "five round trips");
     }
 }
+
+/// `Devices::logout` of a listed login is five round trips (the index read, the login's
+/// family and session markers, its session data, the index write); `logout_everywhere` of
+/// `n` listed logins `3n + 4` (the two subject cutoffs, then `end_all`'s `3n + 2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_logout_round_trips() {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::from_url(server.url()).expect("store");
+    let tokens = tokens(store.clone());
+    let devices = devices(store);
+    // Warm-up: connections and the scripts' first load on this server.
+    let warm = login(&devices, &tokens).await;
+    devices.logout("alice", &sid(&warm)).await.expect("warm-up");
+
+    let a = login(&devices, &tokens).await;
+    server.reset_stats();
+    devices.logout("alice", &sid(&a)).await.expect("logout");
+    let stats = server.command_stats();
+    // One transaction (`MULTI HGETALL PEXPIRE TIME EXEC`) reads the index.
+    assert_eq!(stats.get("multi"), Some(&1), "{stats:?}");
+    assert_eq!(stats.get("set"), Some(&2), "the markers: {stats:?}");
+    assert_eq!(stats.get("del"), Some(&1), "the session data: {stats:?}");
+    assert_eq!(stats.get("evalsha"), Some(&1), "the index write: {stats:?}");
+    assert_eq!(server.command_count() - 4, 5, "five round trips: {stats:?}");
+
+    for _ in 0..3 {
+        login(&devices, &tokens).await;
+    }
+    server.reset_stats();
+    assert_eq!(devices.logout_everywhere("alice").await.expect("all"), 3);
+    let stats = server.command_stats();
+    // 2 cutoffs + index read + 3 × 3 + index write = 13 round trips, the index read being
+    // one transaction of five commands.
+    assert_eq!(stats.get("multi"), Some(&1), "{stats:?}");
+    assert_eq!(
+        server.command_count() - 4,
+        13,
+        "3n + 4 round trips: {stats:?}"
+    );
+}
