@@ -2336,34 +2336,8 @@ async fn sessions_lists_logins_and_ends_the_others() {
     };
     let (one, two) = (Instance::start(&config), Instance::start(&config));
     let http = client();
-    // A login: its bearer user and its refresh token.
-    let login_full = |at: &Instance| {
-        let request = http
-            .post(at.url("/login"))
-            .json(&json!({"username": "alice", "password": "wonderland"}));
-        async move {
-            let res = request.send().await.expect("login");
-            assert_eq!(res.status(), StatusCode::OK);
-            let cookie = res.headers()["set-cookie"]
-                .to_str()
-                .expect("ASCII cookie")
-                .split(';')
-                .next()
-                .expect("cookie pair")
-                .to_owned();
-            let body = json_of(res).await;
-            let token = body["access_token"].as_str().expect("access").to_owned();
-            let refresh = body["refresh_token"].as_str().expect("refresh").to_owned();
-            (User { token, cookie }, refresh)
-        }
-    };
-    let refresh = |at: &Instance, token: &str| {
-        http.post(at.url("/token/refresh"))
-            .json(&json!({ "refresh_token": token }))
-            .send()
-    };
-    let (a, a_refresh) = login_full(&one).await;
-    let (b, b_refresh) = login_full(&two).await;
+    let (a, a_refresh) = login_with_refresh(&http, &one, "alice", "wonderland").await;
+    let (b, b_refresh) = login_with_refresh(&http, &two, "alice", "wonderland").await;
     let sid_of = |user: &User| {
         let request = http.get(one.url("/me")).bearer_auth(&user.token);
         async move {
@@ -2419,7 +2393,7 @@ async fn sessions_lists_logins_and_ends_the_others() {
             StatusCode::UNAUTHORIZED
         );
     }
-    let res = refresh(&two, &b_refresh).await.expect("refresh");
+    let res = refresh_at(&http, &two, &b_refresh).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(res).await["error"], "invalid_grant");
     assert_eq!(
@@ -2435,7 +2409,7 @@ async fn sessions_lists_logins_and_ends_the_others() {
     let sessions = listed["sessions"].as_array().expect("sessions");
     assert_eq!(sessions.len(), 1, "{listed}");
     assert_eq!(sessions[0]["current"], true);
-    let res = refresh(&one, &a_refresh).await.expect("refresh");
+    let res = refresh_at(&http, &one, &a_refresh).await;
     assert_eq!(res.status(), StatusCode::OK);
 }
 

@@ -545,13 +545,16 @@ async fn stacked_limiters_keep_both_headers() {
     assert_eq!(res.headers().get_all("ratelimit").iter().count(), 2);
 }
 
-/// axum keeps the peer address as `ConnectInfo<SocketAddr>` (served with
-/// `into_make_service_with_connect_info`): over a real loopback connection, an
-/// unauthenticated route counts per client address, and the third request of a quota of
-/// two is `429` with the `RateLimit` headers.
-#[cfg(feature = "axum")]
-#[tokio::test]
-async fn axum_public_route_counts_per_connect_info_address() {
+/// An axum app with one public route, `GET /public`, behind a `RateLimitLayer` of two
+/// requests a minute, served on a loopback port with or without connect info: its URL,
+/// the count of handler runs, and the server task.
+async fn serve_public(
+    connect_info: bool,
+) -> (
+    String,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let app = axum::Router::new()
@@ -571,16 +574,35 @@ async fn axum_public_route_counts_per_connect_info_address() {
         .expect("bind");
     let url = format!("http://{}/public", listener.local_addr().expect("address"));
     let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
+        if connect_info {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        } else {
+            axum::serve(listener, app).await
+        }
     });
-    let http = reqwest::Client::builder()
+    (url, runs, server)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .expect("client");
+        .expect("client")
+}
+
+/// axum keeps the peer address as `ConnectInfo<SocketAddr>` (served with
+/// `into_make_service_with_connect_info`): over a real loopback connection, an
+/// unauthenticated route counts per client address, and the third request of a quota of
+/// two is `429` with the `RateLimit` headers.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_public_route_counts_per_connect_info_address() {
+    let (url, runs, server) = serve_public(true).await;
+    let http = client();
     for remaining in [1, 0] {
         let res = http.get(&url).send().await.expect("request");
         assert_eq!(res.status(), StatusCode::OK);
@@ -623,30 +645,9 @@ async fn axum_public_route_counts_per_connect_info_address() {
 async fn keyless_requests_pass_with_one_warning() {
     let logs = common::Logs::default();
     let _guard = logs.install();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let r = runs.clone();
-    let app = axum::Router::new()
-        .route(
-            "/public",
-            axum::routing::get(move || {
-                r.fetch_add(1, Ordering::SeqCst);
-                async { "ok" }
-            }),
-        )
-        .layer(RateLimitLayer::new(
-            MemoryStore::new(),
-            Quota::per_minute(2).unwrap(),
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/public", listener.local_addr().expect("address"));
     // No `into_make_service_with_connect_info`: axum inserts no peer address.
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let (url, runs, server) = serve_public(false).await;
+    let http = client();
     for _ in 0..5 {
         let res = http.get(&url).send().await.expect("request");
         assert_eq!(res.status(), StatusCode::OK);
