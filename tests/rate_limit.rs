@@ -622,7 +622,8 @@ async fn axum_public_route_counts_per_connect_info_address() {
         .expect("ascii")
         .parse()
         .expect("Retry-After");
-    assert!((29..=30).contains(&retry), "Retry-After {retry}");
+    // 30 s less the time since the first request: a loaded machine may take seconds.
+    assert!((20..=30).contains(&retry), "Retry-After {retry}");
     assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
     assert!(res.headers()["ratelimit"]
         .to_str()
