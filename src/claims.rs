@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RegisteredClaims {
-    /// Subject: who the token speaks for.
+    /// Subject: who the token speaks for. Never empty or only whitespace in the claims
+    /// the JWT layer inserts (it refuses such a token).
     pub sub: String,
-    /// Token id, unique per token; needed to revoke one token.
+    /// Token id, unique per token; needed to revoke one token. Never `Some("")` in the
+    /// claims the JWT layer inserts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     /// Issued-at, seconds since the Unix epoch; needed for "log out everywhere".
@@ -22,7 +24,8 @@ pub struct RegisteredClaims {
     pub iat: Option<u64>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Session id, when the token belongs to a server-side session.
+    /// Session id, when the token belongs to a server-side session. Never `Some("")` in
+    /// the claims the JWT layer inserts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
 }
@@ -59,4 +62,13 @@ impl RegisteredClaims {
         self.sid = Some(sid.into());
         self
     }
+}
+
+/// Whether `sub` names no one: empty or only whitespace (as [`str::trim`] sees it).
+///
+/// Every such caller would share one revocation subject ("log out everywhere"), one rate
+/// limit and one idempotency scope: the JWT layer refuses such a token and the token
+/// issuer does not mint one, both by this test.
+pub(crate) fn blank_subject(sub: &str) -> bool {
+    sub.trim().is_empty()
 }

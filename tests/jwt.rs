@@ -600,6 +600,30 @@ async fn hostile_tokens_are_rejected() {
             unauthorized,
         ),
         (
+            "blank sub",
+            bearer(&hs(
+                hs_header.clone(),
+                with(good_claims(), "sub", json!("  ")),
+            )),
+            unauthorized,
+        ),
+        (
+            "empty jti",
+            bearer(&hs(
+                hs_header.clone(),
+                with(good_claims(), "jti", json!("")),
+            )),
+            unauthorized,
+        ),
+        (
+            "empty sid",
+            bearer(&hs(
+                hs_header.clone(),
+                with(good_claims(), "sid", json!("")),
+            )),
+            unauthorized,
+        ),
+        (
             "sub as number",
             bearer(&hs(
                 hs_header.clone(),
@@ -919,6 +943,90 @@ async fn empty_sub_is_invalid_token() {
         issuer.issue_with("a", Some(""), &()),
         Err(IssueError::EmptySessionId)
     ));
+}
+
+/// A `sub` of only whitespace names no one, as an empty one: refused the same way. An
+/// empty `jti` or `sid` names no one token or session (revoking one empty-`jti` token of a
+/// subject would revoke all of them; a session with an empty `sid` cannot be revoked):
+/// refused too. Without `jti` or `sid` (or with `null`) a token still passes.
+#[tokio::test]
+async fn blank_sub_and_empty_jti_or_sid_are_invalid_token() {
+    let (svc, calls) = service_with(jwt_layer(
+        JwtKeySet::new()
+            .with_hmac("hs", Algorithm::HS256, SECRET)
+            .unwrap(),
+    ));
+    let header = json!({"alg":"HS256","kid":"hs"});
+    let claims = || json!({"sub":"a","exp":now() + 600,"jti":"j1","sid":"s1"});
+    let refused = [
+        ("sub \"  \"", with(claims(), "sub", json!("  "))),
+        ("sub \"\\t\"", with(claims(), "sub", json!("\t"))),
+        ("sub \" \\r\\n \"", with(claims(), "sub", json!(" \r\n "))),
+        ("sub U+00A0", with(claims(), "sub", json!("\u{a0}"))),
+        ("sub U+3000", with(claims(), "sub", json!("\u{3000}"))),
+        ("jti \"\"", with(claims(), "jti", json!(""))),
+        ("sid \"\"", with(claims(), "sid", json!(""))),
+        (
+            "jti and sid \"\"",
+            with(with(claims(), "jti", json!("")), "sid", json!("")),
+        ),
+        (
+            "jti \"\" without sid",
+            without(with(claims(), "jti", json!("")), "sid"),
+        ),
+        (
+            "sid \"\" without jti",
+            without(with(claims(), "sid", json!("")), "jti"),
+        ),
+    ];
+    for (name, payload) in refused {
+        let answer = get_with(&svc, bearer(&hs(header.clone(), payload))).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(
+            answer.challenge(),
+            r#"Bearer error="invalid_token", error_description="the token is invalid""#,
+            "{name}"
+        );
+        assert_eq!(answer.headers["content-type"], "application/json", "{name}");
+        assert_eq!(answer.json()["error"], "invalid_token", "{name}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let accepted = [
+        ("all claims", claims(), "sub=a"),
+        ("no jti", without(claims(), "jti"), "sub=a"),
+        ("no sid", without(claims(), "sid"), "sub=a"),
+        ("neither", without(without(claims(), "jti"), "sid"), "sub=a"),
+        (
+            "null jti and sid",
+            with(with(claims(), "jti", Value::Null), "sid", Value::Null),
+            "sub=a",
+        ),
+        // Whitespace around a subject is kept, as the token says it.
+        (
+            "padded sub",
+            with(claims(), "sub", json!(" a\t")),
+            "sub= a\t",
+        ),
+    ];
+    for (name, payload, body) in accepted {
+        let answer = get_with(&svc, bearer(&hs(header.clone(), payload))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}: {:?}", answer.body);
+        assert_eq!(answer.body, body, "{name}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+
+    // The issuer does not mint what the layer refuses.
+    let keys = JwtKeySet::new()
+        .with_hmac("hs", Algorithm::HS256, SECRET)
+        .unwrap();
+    let issuer = signer(&keys, "hs").unwrap();
+    for blank in ["  ", "\t"] {
+        assert!(
+            matches!(issuer.issue(blank), Err(IssueError::EmptySubject)),
+            "{blank:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -731,9 +731,9 @@ impl common::Hook for Calls {
     }
 }
 
-/// Every login with an empty subject would share one subject (one "log out everywhere",
-/// one rate limit, one idempotency scope), and with an empty session id one session: both
-/// are refused before the store is touched.
+/// Every login with an empty (or whitespace-only) subject would share one subject (one "log
+/// out everywhere", one rate limit, one idempotency scope), and with an empty session id
+/// one session: both are refused before the store is touched.
 #[tokio::test]
 async fn empty_subject_or_session_id_is_refused_before_any_write() {
     let store = common::Intercept::new(MemoryStore::new(), Calls::default());
@@ -757,6 +757,21 @@ async fn empty_subject_or_session_id_is_refused_before_any_write() {
         (
             "issue_for_session(\"\", \"\")",
             manager.issue_for_session("", "").await,
+            IssueError::EmptySubject,
+        ),
+        (
+            "issue(\"  \")",
+            manager.issue("  ").await,
+            IssueError::EmptySubject,
+        ),
+        (
+            "issue(\"\\t\")",
+            manager.issue("\t").await,
+            IssueError::EmptySubject,
+        ),
+        (
+            "issue_for_session(\" \\n\", s1)",
+            manager.issue_for_session(" \n", "s1").await,
             IssueError::EmptySubject,
         ),
     ];

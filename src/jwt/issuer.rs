@@ -37,9 +37,10 @@ pub enum IssueError {
     /// [`TokenPolicy::token_issuer`], which refuses such a policy).
     #[error("the token policy has no signing key")]
     NoSigningKey,
-    /// The subject is empty. Every token with an empty `sub` would share one revocation
-    /// subject, one rate limit and one idempotency scope; the JWT layer refuses them.
-    #[error("the subject (sub) is empty")]
+    /// The subject is empty or only whitespace. Every token with such a `sub` would share
+    /// one revocation subject, one rate limit and one idempotency scope; the JWT layer
+    /// refuses them.
+    #[error("the subject (sub) is empty or only whitespace")]
     EmptySubject,
     /// The session id is `Some("")`. Every such login would share one session revocation;
     /// pass `None` for a token without a session.
@@ -153,7 +154,8 @@ impl TokenIssuer {
     ///
     /// # Errors
     ///
-    /// As [`issue_with`](Self::issue_with); [`IssueError::EmptySubject`] for `sub == ""`.
+    /// As [`issue_with`](Self::issue_with); [`IssueError::EmptySubject`] for a `sub` that
+    /// is empty or only whitespace.
     pub fn issue(&self, sub: &str) -> Result<IssuedToken, IssueError> {
         self.issue_with(sub, None, &())
     }
@@ -164,9 +166,10 @@ impl TokenIssuer {
     ///
     /// # Errors
     ///
-    /// [`IssueError::EmptySubject`] for an empty `sub` and [`IssueError::EmptySessionId`]
-    /// for `Some("")` (the JWT layer refuses a token with an empty `sub`; every caller
-    /// without one would share one revocation subject, rate limit and idempotency scope);
+    /// [`IssueError::EmptySubject`] for a `sub` that is empty or only whitespace (as
+    /// [`str::trim`] sees it) and [`IssueError::EmptySessionId`] for `Some("")` (the JWT
+    /// layer refuses both; every caller without a subject would share one revocation
+    /// subject, rate limit and idempotency scope);
     /// [`IssueError::Claims`], [`ClaimsNotAnObject`](IssueError::ClaimsNotAnObject) or
     /// [`ReservedClaim`](IssueError::ReservedClaim) for custom claims that cannot be
     /// used; [`IssueError::Random`], [`Clock`](IssueError::Clock) or
@@ -177,7 +180,7 @@ impl TokenIssuer {
         sid: Option<&str>,
         custom: &C,
     ) -> Result<IssuedToken, IssueError> {
-        if sub.is_empty() {
+        if crate::claims::blank_subject(sub) {
             return Err(IssueError::EmptySubject);
         }
         if sid.is_some_and(str::is_empty) {
@@ -254,12 +257,30 @@ mod tests {
             issuer.issue_with("alice", Some(""), &()),
             Err(IssueError::EmptySessionId)
         ));
+        for blank in ["  ", "\t", " \n\r ", "\u{a0}", "\u{3000}"] {
+            assert!(
+                matches!(issuer.issue(blank), Err(IssueError::EmptySubject)),
+                "{blank:?}"
+            );
+            assert!(
+                matches!(
+                    issuer.issue_with(blank, Some("s1"), &()),
+                    Err(IssueError::EmptySubject)
+                ),
+                "{blank:?}"
+            );
+        }
         let error = issuer.issue("").unwrap_err();
-        assert_eq!(error.to_string(), "the subject (sub) is empty");
+        assert_eq!(
+            error.to_string(),
+            "the subject (sub) is empty or only whitespace"
+        );
         assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(error.error_code(), crate::rejection::INTERNAL_ERROR);
 
         assert_eq!(issuer.issue("alice").unwrap().claims.sub, "alice");
+        // Whitespace around a subject is the caller's business: it is kept as given.
+        assert_eq!(issuer.issue(" alice ").unwrap().claims.sub, " alice ");
         let with_sid = issuer.issue_with("alice", Some("s1"), &()).unwrap();
         assert_eq!(with_sid.claims.sid.as_deref(), Some("s1"));
     }

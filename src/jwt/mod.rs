@@ -90,8 +90,9 @@
 //!    another family, or another algorithm of the same family are all refused. `jku`,
 //!    `jwk` and `x5u` headers are ignored; keys are never fetched from a token.
 //! 5. The signature; then `exp` (required, a number), `nbf` (when present), `sub`
-//!    (required, a non-empty string), `iss`/`aud` when configured (an `aud` claim is refused when
-//!    no audience is configured), with the policy's [leeway](TokenPolicyBuilder::leeway)
+//!    (required, a string that is not empty or only whitespace), `jti` and `sid` (when
+//!    present, not empty), `iss`/`aud` when configured (an `aud` claim is refused when no
+//!    audience is configured), with the policy's [leeway](TokenPolicyBuilder::leeway)
 //!    (default 30 s).
 //! 6. The payload is a JSON object that deserializes into both `T` and
 //!    `RegisteredClaims` (`jti` and `sid` strings, `iat` and `exp` integers), naming

@@ -238,7 +238,8 @@ impl Verifier {
     }
 
     /// jsonwebtoken's claim checks, in its order: required claims (and a `sub` that is
-    /// not empty), `exp`, `nbf`, `iss`, `aud`. The leeway is bounded by the policy builder.
+    /// not blank, a `jti` and `sid` that are not empty when present), `exp`, `nbf`, `iss`,
+    /// `aud`. The leeway is bounded by the policy builder.
     fn validate(&self, claims: Payload<'_>, rules: &Rules) -> Result<RegisteredClaims, Rejection> {
         let invalid = |why: &str| {
             tracing::debug!(why, "jwt: token rejected");
@@ -247,10 +248,22 @@ impl Verifier {
         let (Some(exp), Some(sub)) = (claims.exp, claims.sub) else {
             return Err(invalid("exp or sub missing"));
         };
-        // Every caller with an empty `sub` would share one revocation subject, one rate
-        // limit and one idempotency scope.
-        if sub.is_empty() {
-            return Err(invalid("sub empty"));
+        if crate::claims::blank_subject(&sub) {
+            return Err(invalid(if sub.is_empty() {
+                "sub empty"
+            } else {
+                "sub only whitespace"
+            }));
+        }
+        // An empty `jti` or `sid` names no one token or session: revoking one token of the
+        // subject with an empty `jti` would revoke all of them, and a session with an
+        // empty `sid` cannot be revoked at all (`Revoker::revoke_session` refuses it).
+        // Absent, they are fine: such a token is revoked with its subject.
+        if claims.jti.as_deref() == Some("") {
+            return Err(invalid("jti empty"));
+        }
+        if claims.sid.as_deref() == Some("") {
+            return Err(invalid("sid empty"));
         }
         if !rules.issuers.is_empty() && claims.iss.is_absent() {
             return Err(invalid("iss missing"));

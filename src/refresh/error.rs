@@ -58,8 +58,8 @@ pub enum RefreshError {
     /// Writing the session or subject revocation failed (other than a store failure).
     #[error("could not revoke the session or subject")]
     Revoke(#[source] RevokeError),
-    /// The access token could not be minted; also an empty subject or session id given
-    /// to [`issue`](super::RefreshTokens::issue) or
+    /// The access token could not be minted; also an empty (or whitespace-only) subject or
+    /// an empty session id given to [`issue`](super::RefreshTokens::issue) or
     /// [`issue_for_session`](super::RefreshTokens::issue_for_session)
     /// ([`IssueError::EmptySubject`], [`IssueError::EmptySessionId`]), refused before
     /// anything is written.

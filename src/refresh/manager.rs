@@ -249,8 +249,8 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// [`RefreshError::Issue`] with [`IssueError::EmptySubject`] for an empty `sub`,
-    /// before anything is written (every such login would share one subject: one
+    /// [`RefreshError::Issue`] with [`IssueError::EmptySubject`] for a `sub` that is
+    /// empty or only whitespace, before anything is written (every such login would share one subject: one
     /// revocation, one rate limit, one idempotency scope);
     /// [`RefreshError::Store`] when the store fails (then no token is handed out),
     /// [`RefreshError::Issue`] or [`RefreshError::Random`] when minting fails.
@@ -280,7 +280,7 @@ impl<S: StateStore> RefreshTokens<S> {
     )]
     pub async fn issue_for_session(&self, sub: &str, sid: &str) -> Result<TokenPair, RefreshError> {
         // Before anything is drawn or written (the issuer would refuse them later).
-        if sub.is_empty() {
+        if crate::claims::blank_subject(sub) {
             return Err(RefreshError::Issue(IssueError::EmptySubject));
         }
         if sid.is_empty() {
