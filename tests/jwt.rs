@@ -1834,11 +1834,17 @@ mod axum_extractors {
         claims.role
     }
 
+    async fn maybe_app(claims: Option<Claims<AppClaims>>) -> String {
+        claims.map_or_else(|| "anonymous".to_owned(), |c| c.0.role)
+    }
+
     fn routes() -> Router {
         Router::new()
             .route("/me", get(me))
             .route("/maybe", get(maybe))
             .route("/app", get(app))
+            .route("/maybe-app", get(maybe_app))
+            .route("/open-app", get(maybe_app))
     }
 
     async fn call(
@@ -1948,6 +1954,44 @@ mod axum_extractors {
             .route("/raw", get(raw))
             .layer(jwt_layer(keys).claims::<AppClaims>());
         assert_misconfigured(call(router, "/raw", Some(&token)).await);
+    }
+
+    /// `Option<Claims<T>>` behind a layer that decodes another type is the same
+    /// misconfiguration as `Claims<T>` there: `500`, not a `None` that would treat every
+    /// signed-in caller as anonymous. `None` only where the request carries no claims at
+    /// all (no layer, a public path).
+    #[tokio::test]
+    async fn optional_extractor_for_a_type_the_layer_does_not_insert_is_500() {
+        let keys = JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, SECRET)
+            .unwrap();
+        let token = signer(&keys, "v1")
+            .unwrap()
+            .issue_with("noa", None, &json!({"role":"editor"}))
+            .unwrap()
+            .token;
+        let text = |(status, _, body): (StatusCode, HeaderMap, Bytes)| {
+            assert_eq!(status, StatusCode::OK, "{body:?}");
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+
+        // The layer decodes `Value`; the handler asks for `Option<Claims<AppClaims>>`.
+        let router = routes().layer(jwt_layer(keys.clone()).public_path("/open-app"));
+        assert_misconfigured(call(router.clone(), "/maybe-app", Some(&token)).await);
+        // On a public path the layer verifies nothing and inserts nothing: `None`.
+        let open = call(router.clone(), "/open-app", Some(&token)).await;
+        assert_eq!(text(open), "anonymous");
+        // `Option<Claims<RegisteredClaims>>` works whatever the layer's type.
+        assert_eq!(text(call(router, "/maybe", Some(&token)).await), "noa");
+
+        // No layer: no claims at all, `None`.
+        let bare = call(routes(), "/maybe-app", Some(&token)).await;
+        assert_eq!(text(bare), "anonymous");
+
+        // The layer decodes `AppClaims`: `Some`.
+        let router = routes().layer(jwt_layer(keys).claims::<AppClaims>());
+        let matching = call(router, "/maybe-app", Some(&token)).await;
+        assert_eq!(text(matching), "editor");
     }
 }
 

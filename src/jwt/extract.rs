@@ -1,6 +1,5 @@
 //! axum extractors for the claims the layer put into the request extensions.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
@@ -26,12 +25,21 @@ use crate::RegisteredClaims;
 /// [`RequireScopeLayer`](super::RequireScopeLayer) and the `Session` extractor answer
 /// without their layer: not a `401`, which would send the client to log in again forever.
 ///
-/// `Option<Claims<T>>` never rejects: it is `None` when the request carries no `T`,
-/// whatever the reason, for a handler shared by routes behind the layer and routes
-/// without it. It does not make authentication optional: the layer verifies no token on
-/// its [public paths](super::JwtAuthLayer::public_path) (there `Option<Claims<T>>` is
-/// always `None`, even with a valid token), and refuses a request without a token
-/// everywhere else.
+/// `Option<Claims<T>>` is `None` when the request carries no verified claims at all (no
+/// [`RegisteredClaims`](crate::RegisteredClaims) either): a route the layer does not
+/// cover, or one of its public paths, for a handler shared by routes behind the layer and
+/// routes without it. When the request does carry verified claims but no `T` (the layer
+/// decodes another claims type), it rejects as `Claims<T>` does, `500 internal_error`
+/// logged at error level: that is the same programming error, and `None` would hide it by
+/// treating every signed-in caller as anonymous. It tells the two apart by the
+/// `RegisteredClaims` the layer inserts next to its own type on every request it lets
+/// through (so another authentication middleware that inserts only `RegisteredClaims`
+/// counts as "claims of another type" too).
+///
+/// It does not make authentication optional: the layer verifies no token on its
+/// [public paths](super::JwtAuthLayer::public_path) (there `Option<Claims<T>>` is always
+/// `None`, even with a valid token), and refuses a request without a token everywhere
+/// else.
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -71,12 +79,7 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<T>() {
             Some(claims) => Ok(Claims(claims.clone())),
-            None => Err(MissingClaims {
-                claims_type: std::any::type_name::<T>(),
-                // The JWT layer inserts `RegisteredClaims` next to its own type on every
-                // request it lets through: with them here it ran, with another type.
-                other_type: parts.extensions.get::<RegisteredClaims>().is_some(),
-            }),
+            None => Err(MissingClaims::of::<T>(parts)),
         }
     }
 }
@@ -86,24 +89,46 @@ where
     S: Send + Sync,
     T: Clone + Send + Sync + 'static,
 {
-    type Rejection = Infallible;
+    type Rejection = MissingClaims;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<T>().cloned().map(Claims))
+        if let Some(claims) = parts.extensions.get::<T>() {
+            return Ok(Some(Claims(claims.clone())));
+        }
+        // No claims at all is what the option is for; claims of another type are the
+        // misconfiguration `Claims<T>` answers.
+        let missing = MissingClaims::of::<T>(parts);
+        if missing.other_type {
+            Err(missing)
+        } else {
+            Ok(None)
+        }
     }
 }
 
 /// Rejection of [`Claims`]: the request carries no verified claims of the type asked for,
-/// a misconfiguration (see [`Claims`]). Answers `500` with the crate's JSON error body
-/// (`internal_error`) and logs the mistake at error level.
+/// a misconfiguration (see [`Claims`]); of `Option<Claims<T>>` only when it carries claims
+/// of another type. Answers `500` with the crate's JSON error body (`internal_error`) and
+/// logs the mistake at error level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MissingClaims {
     claims_type: &'static str,
     other_type: bool,
+}
+
+impl MissingClaims {
+    fn of<T>(parts: &Parts) -> Self {
+        Self {
+            claims_type: std::any::type_name::<T>(),
+            // The JWT layer inserts `RegisteredClaims` next to its own type on every
+            // request it lets through: with them here it ran, with another type.
+            other_type: parts.extensions.get::<RegisteredClaims>().is_some(),
+        }
+    }
 }
 
 impl fmt::Display for MissingClaims {
@@ -169,6 +194,40 @@ mod tests {
 
         assert!(extract::<serde_json::Value>(true).await.is_ok());
         assert!(extract::<RegisteredClaims>(true).await.is_ok());
+    }
+
+    async fn extract_optional<T: Clone + Send + Sync + 'static>(
+        registered: bool,
+    ) -> Result<Option<Claims<T>>, MissingClaims> {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        if registered {
+            parts.extensions.insert(RegisteredClaims::new("alice", 1));
+            parts.extensions.insert(serde_json::json!({"sub": "alice"}));
+        }
+        <Claims<T> as OptionalFromRequestParts<()>>::from_request_parts(&mut parts, &()).await
+    }
+
+    /// `None` only without any claims; claims of another type reject as `Claims<T>` does.
+    #[tokio::test]
+    async fn the_option_is_none_only_without_claims() {
+        let other = extract_optional::<u8>(true).await.unwrap_err();
+        assert!(other.other_type);
+        let response = other.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        assert_eq!(extract_optional::<u8>(false).await.unwrap(), None);
+        assert_eq!(
+            extract_optional::<RegisteredClaims>(false).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            extract_optional::<serde_json::Value>(true).await.unwrap(),
+            Some(Claims(serde_json::json!({"sub": "alice"})))
+        );
+        assert_eq!(
+            extract_optional::<RegisteredClaims>(true).await.unwrap(),
+            Some(Claims(RegisteredClaims::new("alice", 1)))
+        );
     }
 
     #[tokio::test]
