@@ -89,9 +89,11 @@
 //!   `.on_store_failure(`[`StoreFailure`]`)`. The keys a layer owns are namespaced with
 //!   one builder name, `.key_prefix(..)` (`SessionLayer`, `IdempotencyLayer`, and
 //!   `RateLimiter`, which a `RateLimitLayer` is built from), after the store's own
-//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); the revocation, refresh-token
-//!   and device keys are fixed, so that the parts reading and writing them cannot
-//!   disagree (the README's key table lists them all).
+//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); every one of them refuses a
+//!   prefix with `{` or `}` (a [`ConfigError`] naming `key_prefix`), which would displace
+//!   the keys' Redis Cluster hash tags. The revocation, refresh-token and device keys are
+//!   fixed, so that the parts reading and writing them cannot disagree (the README's key
+//!   table lists them all).
 //! - A refusal is a response, never a service error: the JSON
 //!   [`ErrorBody`](response::ErrorBody) with a code from the [`rejection`] catalogue.
 //!   Every error type handlers see has `is_unavailable()`, `status()` and `error_code()`

@@ -203,6 +203,7 @@ async fn keys<St: StateStore>(store: St) {
         RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(1).unwrap())
                 .key_prefix("rl:path:")
+                .unwrap()
                 .policy_name("per path"),
         )
         .key_fn(|parts| Some(parts.uri.path().to_owned())),
@@ -252,7 +253,9 @@ async fn rate_holds_over_a_measured_window<St: StateStore>(store: St) {
         ),
     ];
     for (i, (name, quota)) in quotas.into_iter().enumerate() {
-        let limiter = RateLimiter::new(store.clone(), quota).key_prefix(format!("rl:rate{i}:"));
+        let limiter = RateLimiter::new(store.clone(), quota)
+            .key_prefix(format!("rl:rate{i}:"))
+            .unwrap();
         let burst = u64::from(quota.burst_size());
         let window = Duration::from_millis(500);
         let sent = Arc::new(AtomicU64::new(0));
@@ -399,6 +402,36 @@ async fn one_redis_command_per_request() {
     assert!(server.pttl("rl:{sub:gina}") > 0, "rate-limit state expires");
 }
 
+/// A key prefix with a brace is refused, naming the setting: Redis Cluster hashes only the
+/// first `{...}` of a key, which must be the caller key.
+#[test]
+fn key_prefix_with_a_brace_is_refused() {
+    let limiter = || RateLimiter::new(MemoryStore::new(), Quota::per_minute(1).unwrap());
+    for bad in ["{", "}", "rl{", "}rl:", "app{x}:"] {
+        match limiter().key_prefix(bad) {
+            Err(e) => {
+                assert_eq!(e.setting(), "key_prefix", "{bad:?}: {e}");
+                assert!(e.to_string().contains("key_prefix"), "{e}");
+            }
+            Ok(_) => panic!("{bad:?}: expected `key_prefix` to be refused"),
+        }
+    }
+}
+
+/// A key prefix without braces namespaces the limit, `<prefix>{<caller key>}`, and the
+/// limit holds under it.
+#[tokio::test]
+async fn redis_key_prefix_namespaces_the_limit() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let limiter = RateLimiter::new(store, Quota::per_minute(1).unwrap())
+        .key_prefix("shop:rl:")
+        .expect("prefix");
+    assert!(limiter.check("alice").await.expect("check").allowed());
+    assert!(!limiter.check("alice").await.expect("check").allowed());
+    assert_eq!(server.keys("*"), ["shop:rl:{alice}"]);
+}
+
 /// Store down: requests pass (fail open) and a warning is logged; `fail_closed` answers
 /// 503 and the handler does not run.
 async fn store_down<St: StateStore>(store: St) {
@@ -522,11 +555,13 @@ async fn stacked_limiters_keep_both_headers() {
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store.clone(), Quota::per_minute(100).unwrap())
                 .key_prefix("rl:global:")
+                .unwrap()
                 .policy_name("global"),
         ))
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(2).unwrap())
                 .key_prefix("rl:route:")
+                .unwrap()
                 .policy_name("route"),
         ))
         .service_fn(|_: Request<String>| async {
