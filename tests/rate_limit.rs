@@ -402,6 +402,41 @@ async fn one_redis_command_per_request() {
     assert!(server.pttl("rl:{sub:gina}") > 0, "rate-limit state expires");
 }
 
+/// A gRPC request over the limit gets `RESOURCE_EXHAUSTED` whose message says how many
+/// seconds to wait (a gRPC client sees `Retry-After` only as metadata); the rate-limit
+/// headers and `Retry-After` are kept, and the handler does not run.
+#[tokio::test]
+async fn grpc_rejection_says_how_long_to_wait() {
+    let a = instance(RateLimitLayer::new(
+        MemoryStore::new(),
+        Quota::per_minute(1).unwrap(),
+    ));
+    let grpc = || {
+        let mut req = as_user("ivy");
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        req
+    };
+    let out = send(&a, grpc()).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(!out.headers.contains_key("grpc-status"));
+    let out = send(&a, grpc()).await;
+    assert_eq!(out.status, StatusCode::OK, "gRPC answers travel in a 200");
+    assert_eq!(header(&out, "grpc-status"), "8", "RESOURCE_EXHAUSTED");
+    let retry: u64 = header(&out, "retry-after").parse().expect("Retry-After");
+    // One request a minute: the next comes back within the minute.
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        header(&out, "grpc-message"),
+        format!("too many requests; retry after {retry} s")
+    );
+    assert_eq!(header(&out, "ratelimit-policy"), "\"default\";q=1;w=60");
+    assert!(header(&out, "ratelimit").starts_with("\"default\";r=0;t="));
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1, "the second must not run");
+}
+
 /// A key prefix with a brace is refused, naming the setting: Redis Cluster hashes only the
 /// first `{...}` of a key, which must be the caller key.
 #[test]
