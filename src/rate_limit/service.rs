@@ -92,6 +92,7 @@ where
                 Caller::Key(key) => key,
                 Caller::Exempt => return inner.call(req).await.map(wrap),
                 Caller::Unknown => {
+                    crate::metrics::rate_limit_span().in_scope(|| rate_limit(RateLimit::NoKey));
                     if let Some(requests) = config.unknown_callers.record() {
                         tracing::warn!(
                             requests,
