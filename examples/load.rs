@@ -385,6 +385,7 @@ where
                 .cookie_name("cid")
                 .expect("cookie name")
                 .key_prefix(CACHED_SESSIONS)
+                .expect("key prefix")
                 .secure(false);
             Router::new()
                 .route(

@@ -34,3 +34,37 @@ impl ConfigError {
         &self.reason
     }
 }
+
+/// A key prefix of a layer (`<prefix>{<id>}`) or of the store: it must not contain `{` or
+/// `}`. Redis Cluster hashes only the first `{...}` of a key, so a brace in the prefix would
+/// take the place of the key's own hash tag, and the cluster would place the keys by the
+/// prefix instead of by their id (with `app{x}:`, every key in one slot).
+pub(crate) fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.contains(['{', '}']) {
+        return Err(ConfigError::new(
+            "key_prefix",
+            format!(
+                "{prefix:?} contains '{{' or '}}', which would replace the keys' Redis Cluster \
+                 hash tags"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefixes_without_braces_only() {
+        for ok in ["", "sess:", "app:rl:login:", "a b:é:"] {
+            assert_eq!(check_key_prefix(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["{", "}", "app{x}:", "rl:{", "}rl:"] {
+            let err = check_key_prefix(bad).unwrap_err();
+            assert_eq!(err.setting(), "key_prefix", "{bad:?}");
+            assert!(err.to_string().contains("key_prefix"), "{err}");
+        }
+    }
+}

@@ -89,9 +89,11 @@
 //!   `.on_store_failure(`[`StoreFailure`]`)`. The keys a layer owns are namespaced with
 //!   one builder name, `.key_prefix(..)` (`SessionLayer`, `IdempotencyLayer`, and
 //!   `RateLimiter`, which a `RateLimitLayer` is built from), after the store's own
-//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); the revocation, refresh-token
-//!   and device keys are fixed, so that the parts reading and writing them cannot
-//!   disagree (the README's key table lists them all).
+//!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); every one of them refuses a
+//!   prefix with `{` or `}` (a [`ConfigError`] naming `key_prefix`), which would displace
+//!   the keys' Redis Cluster hash tags. The revocation, refresh-token and device keys are
+//!   fixed, so that the parts reading and writing them cannot disagree (the README's key
+//!   table lists them all).
 //! - A refusal is a response, never a service error: the JSON
 //!   [`ErrorBody`](response::ErrorBody) with a code from the [`rejection`] catalogue.
 //!   Every error type handlers see has `is_unavailable()`, `status()` and `error_code()`
@@ -131,7 +133,7 @@
 //! | `tower_stateless_revocation_total` | counter | `result` | `ok`, `revoked`, `store_error` |
 //! | `tower_stateless_session_total` | counter | `op`, `result` | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
 //! | `tower_stateless_idempotency_total` | counter | `result` | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
-//! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error` |
+//! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error`, `no_key` |
 //! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
 //! | `tower_stateless_local_cache_total` | counter | `result` | `hit`, `miss` (one per LocalCache read of a cached prefix; reads it passes through are not counted) |
 //! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
@@ -153,7 +155,7 @@
 //! | `revocation` | `tower_stateless::revocation` | `result` | per verified token checked, around its store read | `ok`, `revoked`, `store_error` |
 //! | `session` | `tower_stateless::session` | `op`, `result` | per session load (first touch of a session with an id), per `Session::update` attempt (one that lost a race and is retried records `conflict`), per write-back that writes | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
 //! | `idempotency` | `tower_stateless::idempotency` | `result` | per request with a key that reaches the store: claim, handler, record | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |
-//! | `rate_limit` | `tower_stateless::rate_limit` | `result` | per keyed request, around its store step | `allowed`, `limited`, `store_error` |
+//! | `rate_limit` | `tower_stateless::rate_limit` | `result` | per keyed request, around its store step; per request the default key cannot place (no store step) | `allowed`, `limited`, `store_error`, `no_key` |
 //! | `refresh` | `tower_stateless::refresh` | `result` | per `RefreshTokens::issue`/`issue_for_session` and `rotate` call | `issued`, `rotated`, `reused`, `invalid` |
 //! | `redis`, `memory` | `tower_stateless::store` | `op`, `result` | per operation of `RedisStore` (per round trip) and `MemoryStore` | `op`: the `StateStore` method; `result`: `ok`, `unavailable`, `error` |
 //! | `store` | `tower_stateless::store` | `op`, `result` | per operation of a store wrapped in `InstrumentedStore` | as above |

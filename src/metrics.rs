@@ -114,6 +114,9 @@ outcomes! {
         Limited => "limited",
         /// The store failed (fail-open or fail-closed).
         StoreError => "store_error",
+        /// The default key found no caller (no claims, trusted header or peer address):
+        /// let through unlimited, with no store step.
+        NoKey => "no_key",
     }
 }
 

@@ -1452,6 +1452,10 @@ fn bad_settings_are_refused_when_built() {
     );
     assert_eq!(refused(layer().max_in_flight(0)), "max_in_flight");
     assert_eq!(refused(layer().max_in_flight(usize::MAX)), "max_in_flight");
+    // A brace would replace the digest as the key's Redis Cluster hash tag.
+    for bad in ["{", "}", "idem{", "}idem:", "app{x}:"] {
+        assert_eq!(refused(layer().key_prefix(bad)), "key_prefix", "{bad:?}");
+    }
     // The bounds themselves are accepted.
     layer()
         .lock_ttl(Duration::from_millis(3))
@@ -1460,6 +1464,31 @@ fn bad_settings_are_refused_when_built() {
         .and_then(|l| l.max_response_body(512 * 1024 * 1024))
         .and_then(|l| l.max_in_flight(1))
         .expect("accepted");
+}
+
+/// A key prefix without braces namespaces the record, `<prefix>{<sha256 hex>}`, and a
+/// retry is replayed from it.
+#[tokio::test]
+async fn redis_key_prefix_namespaces_the_records() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let a = instance("a", shared(store).key_prefix("shop:idem:").expect("prefix"));
+    let first = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let keys = server.keys("*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let digest = keys[0]
+        .strip_prefix("shop:idem:{")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{keys:?}"));
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
+    );
+    let again = send(&a, post(Some("k"), "x")).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
 }
 
 /// A claim that never left (no connection to Redis) is known not to have been applied:

@@ -266,6 +266,79 @@ fn idempotency_counts_released_keys_and_store_errors() {
     );
 }
 
+/// `tower_stateless_rate_limit_total{result="no_key"}`: a request the default key cannot
+/// place (no claims, trusted header or peer address) passes and counts once, apart from
+/// keyed requests; a request a `key_fn` exempts counts nothing. Each is also a decision
+/// event and a `rate_limit` span with that result.
+#[test]
+fn rate_limit_counts_requests_without_a_key() {
+    use std::net::SocketAddr;
+    use tower_stateless::rate_limit::{Quota, RateLimitLayer};
+
+    let _serial = serial();
+    let (logs, _guard) = capture();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            let handler = |_: Request<String>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+            };
+            let quota = Quota::per_minute(60).unwrap();
+            let default_key = ServiceBuilder::new()
+                .layer(RateLimitLayer::new(MemoryStore::new(), quota))
+                .service_fn(handler);
+            for _ in 0..3 {
+                let res = default_key
+                    .clone()
+                    .oneshot(Request::new(String::new()))
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                assert!(!res.headers().contains_key("ratelimit"), "not limited");
+            }
+            let mut peer = Request::new(String::new());
+            peer.extensions_mut()
+                .insert(SocketAddr::from(([192, 0, 2, 1], 4000)));
+            let res = default_key.oneshot(peer).await.unwrap();
+            assert!(res.headers().contains_key("ratelimit"), "limited");
+
+            let exempt = ServiceBuilder::new()
+                .layer(RateLimitLayer::new(MemoryStore::new(), quota).key_fn(|_| None))
+                .service_fn(handler);
+            let res = exempt.oneshot(Request::new(String::new())).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        })
+    });
+    let text = handle.render();
+    let total = "tower_stateless_rate_limit_total";
+    assert_eq!(
+        value(&text, total, &["result=\"no_key\""]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, total, &["result=\"allowed\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(total)).count(),
+        2,
+        "the exempt request counts nothing:\n{text}"
+    );
+
+    let decisions = logs.lines_containing("rate limit decision");
+    let no_key = decisions.iter().filter(|l| l.contains("no_key")).count();
+    assert_eq!((decisions.len(), no_key), (4, 3), "{decisions:#?}");
+    let spans = logs.lines_containing("rate_limit{");
+    let closed = spans
+        .iter()
+        .filter(|l| l.contains("close") && l.contains("no_key"))
+        .count();
+    assert_eq!(closed, 3, "{spans:#?}");
+}
+
 /// `tower_stateless_local_cache_total`: every read of a cached prefix counts once, `hit`
 /// when Redis received no command for it and `miss` when it did; reads outside the
 /// prefixes are not counted.

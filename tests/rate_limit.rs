@@ -203,6 +203,7 @@ async fn keys<St: StateStore>(store: St) {
         RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(1).unwrap())
                 .key_prefix("rl:path:")
+                .unwrap()
                 .policy_name("per path"),
         )
         .key_fn(|parts| Some(parts.uri.path().to_owned())),
@@ -252,7 +253,9 @@ async fn rate_holds_over_a_measured_window<St: StateStore>(store: St) {
         ),
     ];
     for (i, (name, quota)) in quotas.into_iter().enumerate() {
-        let limiter = RateLimiter::new(store.clone(), quota).key_prefix(format!("rl:rate{i}:"));
+        let limiter = RateLimiter::new(store.clone(), quota)
+            .key_prefix(format!("rl:rate{i}:"))
+            .unwrap();
         let burst = u64::from(quota.burst_size());
         let window = Duration::from_millis(500);
         let sent = Arc::new(AtomicU64::new(0));
@@ -399,6 +402,71 @@ async fn one_redis_command_per_request() {
     assert!(server.pttl("rl:{sub:gina}") > 0, "rate-limit state expires");
 }
 
+/// A gRPC request over the limit gets `RESOURCE_EXHAUSTED` whose message says how many
+/// seconds to wait (a gRPC client sees `Retry-After` only as metadata); the rate-limit
+/// headers and `Retry-After` are kept, and the handler does not run.
+#[tokio::test]
+async fn grpc_rejection_says_how_long_to_wait() {
+    let a = instance(RateLimitLayer::new(
+        MemoryStore::new(),
+        Quota::per_minute(1).unwrap(),
+    ));
+    let grpc = || {
+        let mut req = as_user("ivy");
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        req
+    };
+    let out = send(&a, grpc()).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(!out.headers.contains_key("grpc-status"));
+    let out = send(&a, grpc()).await;
+    assert_eq!(out.status, StatusCode::OK, "gRPC answers travel in a 200");
+    assert_eq!(header(&out, "grpc-status"), "8", "RESOURCE_EXHAUSTED");
+    let retry: u64 = header(&out, "retry-after").parse().expect("Retry-After");
+    // One request a minute: the next comes back within the minute.
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        header(&out, "grpc-message"),
+        format!("too many requests; retry after {retry} s")
+    );
+    assert_eq!(header(&out, "ratelimit-policy"), "\"default\";q=1;w=60");
+    assert!(header(&out, "ratelimit").starts_with("\"default\";r=0;t="));
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1, "the second must not run");
+}
+
+/// A key prefix with a brace is refused, naming the setting: Redis Cluster hashes only the
+/// first `{...}` of a key, which must be the caller key.
+#[test]
+fn key_prefix_with_a_brace_is_refused() {
+    let limiter = || RateLimiter::new(MemoryStore::new(), Quota::per_minute(1).unwrap());
+    for bad in ["{", "}", "rl{", "}rl:", "app{x}:"] {
+        match limiter().key_prefix(bad) {
+            Err(e) => {
+                assert_eq!(e.setting(), "key_prefix", "{bad:?}: {e}");
+                assert!(e.to_string().contains("key_prefix"), "{e}");
+            }
+            Ok(_) => panic!("{bad:?}: expected `key_prefix` to be refused"),
+        }
+    }
+}
+
+/// A key prefix without braces namespaces the limit, `<prefix>{<caller key>}`, and the
+/// limit holds under it.
+#[tokio::test]
+async fn redis_key_prefix_namespaces_the_limit() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    let limiter = RateLimiter::new(store, Quota::per_minute(1).unwrap())
+        .key_prefix("shop:rl:")
+        .expect("prefix");
+    assert!(limiter.check("alice").await.expect("check").allowed());
+    assert!(!limiter.check("alice").await.expect("check").allowed());
+    assert_eq!(server.keys("*"), ["shop:rl:{alice}"]);
+}
+
 /// Store down: requests pass (fail open) and a warning is logged; `fail_closed` answers
 /// 503 and the handler does not run.
 async fn store_down<St: StateStore>(store: St) {
@@ -522,11 +590,13 @@ async fn stacked_limiters_keep_both_headers() {
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store.clone(), Quota::per_minute(100).unwrap())
                 .key_prefix("rl:global:")
+                .unwrap()
                 .policy_name("global"),
         ))
         .layer(RateLimitLayer::from_limiter(
             RateLimiter::new(store, Quota::per_minute(2).unwrap())
                 .key_prefix("rl:route:")
+                .unwrap()
                 .policy_name("route"),
         ))
         .service_fn(|_: Request<String>| async {

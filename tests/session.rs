@@ -740,6 +740,20 @@ mod redis {
         assert!(read.lifetime_left > lifetime);
     }
 
+    /// A key prefix without braces namespaces the session's key, `<prefix>{<id>}`, so that
+    /// the id stays the key's hash tag; the session reads back through it.
+    #[tokio::test]
+    async fn key_prefix_namespaces_the_session_key() {
+        let s = redis_or_skip!();
+        let layer = SessionLayer::new(store(&s).await)
+            .key_prefix("shop:sess:")
+            .unwrap();
+        let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+        let id = c.split_once('=').unwrap().1;
+        assert_eq!(s.keys("*"), [format!("shop:sess:{{{id}}}")]);
+        assert_eq!(call(&layer, Some(&c), "get:a").await.body, "Some(\"1\")");
+    }
+
     #[tokio::test]
     async fn store_down() {
         let mut s = redis_or_skip!();
@@ -1437,6 +1451,10 @@ mod hardening {
             "ex\u{e4}mple.com",
         ] {
             refused(layer().cookie_domain(bad), "cookie_domain");
+        }
+        // A brace would replace the id as the key's Redis Cluster hash tag.
+        for bad in ["{", "}", "sess{", "}sess:", "app{x}:"] {
+            refused(layer().key_prefix(bad), "key_prefix");
         }
     }
 }

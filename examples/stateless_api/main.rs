@@ -210,10 +210,13 @@ fn router<S: StateStore>(
         gateway_latency,
         login_limiter: RateLimiter::new(store.clone(), login_quota)
             .key_prefix("rl:login:")
+            .map_err(|e| format!("login limit: {e}"))?
             .policy_name("login"),
     });
     let per_user = RateLimitLayer::from_limiter(
-        RateLimiter::new(store.clone(), per_user_quota).key_prefix("rl:user:"),
+        RateLimiter::new(store.clone(), per_user_quota)
+            .key_prefix("rl:user:")
+            .map_err(|e| format!("rate limit: {e}"))?,
     );
     // The lease is renewed while a handler runs; after a crash, a retry waits it out.
     let idempotency = IdempotencyLayer::new(store.clone())

@@ -10,6 +10,7 @@ use tower_layer::Layer;
 use super::config::{body_limit, store_ttl, Config, Required, MIN_LOCK_TTL};
 use super::scope::Scope;
 use super::service::IdempotencyService;
+use crate::config::check_key_prefix;
 use crate::store::StateStore;
 use crate::{ConfigError, StoreFailure};
 
@@ -88,11 +89,17 @@ impl<St: StateStore> IdempotencyLayer<St> {
     }
 
     /// Store key prefix (default `idem:`). Keys are `<prefix>{<sha256 hex>}`, under the
-    /// store's own prefix ([`RedisStoreBuilder::key_prefix`](crate::store::RedisStoreBuilder)).
-    #[must_use]
-    pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
+    /// store's own prefix ([`RedisStoreBuilder::key_prefix`](crate::store::RedisStoreBuilder::key_prefix)).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `key_prefix` when the prefix contains `{` or `}`: Redis
+    /// Cluster hashes only the first `{...}` of a key, so a brace there would replace the
+    /// digest as the key's hash tag.
+    pub fn key_prefix(self, prefix: impl Into<String>) -> Result<Self, ConfigError> {
         let prefix = prefix.into();
-        self.with(|c| c.prefix = prefix)
+        check_key_prefix(&prefix)?;
+        Ok(self.with(|c| c.prefix = prefix))
     }
 
     /// How long a running request holds its key without renewing it (default 30 s): a

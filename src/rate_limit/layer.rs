@@ -49,7 +49,9 @@ pub(crate) struct Config<St> {
 /// feature, or a hyper service that does not insert the address), the request **passes
 /// unlimited**, without `RateLimit` headers, and the layer logs a `WARN` that says how to
 /// fix it: at the first such request, then at most once a minute per layer, with the
-/// number let through since. It is a setup mistake, not a store outage, so
+/// number let through since; with the feature `metrics`, each such request counts in
+/// `tower_stateless_rate_limit_total{result="no_key"}` (see the crate docs' metrics table),
+/// so an alert can catch it. It is a setup mistake, not a store outage, so
 /// [`on_store_failure`](Self::on_store_failure) does not apply: refusing would take every
 /// public route down over a missing line of setup. Where no request may pass uncounted,
 /// key with [`key_fn`](Self::key_fn) and give such requests a key of their own (one bucket

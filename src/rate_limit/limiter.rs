@@ -8,7 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::Quota;
 use super::RateLimitError;
+use crate::config::check_key_prefix;
 use crate::store::{GcraOutcome, StateStore};
+use crate::ConfigError;
 
 /// Longest caller key kept as it is; longer ones (a client-controlled header) are hashed.
 const MAX_PLAIN_KEY: usize = 128;
@@ -25,7 +27,8 @@ const MAX_PLAIN_KEY: usize = 128;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)?).key_prefix("rl:login:");
+/// let logins = RateLimiter::new(MemoryStore::new(), Quota::per_minute(5)?)
+///     .key_prefix("rl:login:")?;
 /// for _ in 0..5 {
 ///     assert!(logins.check("alice").await?.allowed());
 /// }
@@ -57,10 +60,18 @@ impl<S: StateStore> RateLimiter<S> {
 
     /// Store key prefix (default `rl:`); keys are `<prefix>{<caller key>}`, under the
     /// store's own prefix. Give each limiter on one store its own prefix.
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `key_prefix` when the prefix contains `{` or `}`: Redis
+    /// Cluster hashes only the first `{...}` of a key, so a brace there would replace the
+    /// caller key as the key's hash tag. (The limiter has no build step, so the setter
+    /// itself refuses it, as a [`Quota`] refuses what cannot be kept.)
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Result<Self, ConfigError> {
+        let prefix = prefix.into();
+        check_key_prefix(&prefix)?;
+        self.prefix = prefix;
+        Ok(self)
     }
 
     /// The policy name in the `RateLimit-Policy` and `RateLimit` headers (default

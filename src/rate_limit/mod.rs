@@ -17,7 +17,9 @@
 //! `RateLimit-Policy` and `RateLimit` header fields of draft-ietf-httpapi-ratelimit-headers
 //! (`"default";q=100;w=60`, `"default";r=42;t=35`); over the limit, `429 Too Many Requests`
 //! with `Retry-After` and a JSON body `{"error":"rate_limited",...}`, and the handler does
-//! not run.
+//! not run. A gRPC request gets `RESOURCE_EXHAUSTED` instead, with the same headers as
+//! metadata and the wait in the status message itself (`too many requests; retry after
+//! 12 s`).
 //!
 //! Store down: the layer **fails open** by default (requests pass, a warning is logged
 //! per request), since a limiter should not take the service down;

@@ -92,6 +92,7 @@ where
                 Caller::Key(key) => key,
                 Caller::Exempt => return inner.call(req).await.map(wrap),
                 Caller::Unknown => {
+                    crate::metrics::rate_limit_span().in_scope(|| rate_limit(RateLimit::NoKey));
                     if let Some(requests) = config.unknown_callers.record() {
                         tracing::warn!(
                             requests,
@@ -129,10 +130,22 @@ where
             };
             if !decision.allowed() {
                 span.in_scope(|| rate_limit(RateLimit::Limited));
+                // A gRPC client reads the wait from the status message: the headers reach
+                // it as metadata, not as an HTTP `Retry-After` it would act on.
+                let grpc_message;
+                let message = if grpc {
+                    grpc_message = format!(
+                        "too many requests; retry after {} s",
+                        decision.retry_after_secs()
+                    );
+                    &grpc_message
+                } else {
+                    "too many requests; retry after the time in Retry-After"
+                };
                 let mut res = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     rejection::RATE_LIMITED,
-                    "too many requests; retry after the time in Retry-After",
+                    message,
                 );
                 add_headers(res.headers_mut(), decision.headers());
                 return Ok(for_protocol(grpc, res));

@@ -13,6 +13,7 @@ use super::config::{
 };
 use super::handle::StoreBackend;
 use super::service::{SessionService, SharedBackend};
+use crate::config::check_key_prefix;
 use crate::store::StateStore;
 use crate::{ConfigError, StoreFailure};
 
@@ -229,11 +230,18 @@ impl<St: StateStore> SessionLayer<St> {
         let value = check_absolute_lifetime(absolute)?;
         Ok(self.set(|c| c.absolute = value))
     }
-    /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`.
-    #[must_use]
-    pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
+    /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`, under the store's
+    /// own prefix ([`RedisStoreBuilder::key_prefix`](crate::store::RedisStoreBuilder::key_prefix)).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `key_prefix` when the prefix contains `{` or `}`: Redis
+    /// Cluster hashes only the first `{...}` of a key, so a brace there would replace the
+    /// session id as the key's hash tag.
+    pub fn key_prefix(self, prefix: impl Into<String>) -> Result<Self, ConfigError> {
         let value = prefix.into();
-        self.set(|c| c.prefix = value)
+        check_key_prefix(&value)?;
+        Ok(self.set(|c| c.prefix = value))
     }
     /// Take the id from `RegisteredClaims::sid` in request extensions when present
     /// (hybrid JWT + session). The transport is then still used for new sessions.

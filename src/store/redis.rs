@@ -416,12 +416,7 @@ impl RedisStoreBuilder {
         if self.timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be longer than zero"));
         }
-        if self.prefix.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "key_prefix",
-                "must not contain '{' or '}', which would break the layers' hash tags",
-            ));
-        }
+        crate::config::check_key_prefix(&self.prefix)?;
         if let Some(acks) = self.replica_acks {
             if acks.replicas == 0 {
                 return Err(ConfigError::new(
