@@ -188,6 +188,43 @@ async fn revoke_token_without_jti_is_an_error<St: StateStore>(store: St, _other:
     assert!(matches!(result, Err(RevokeError::MissingJti)), "{result:?}");
 }
 
+/// A revocation that could name no token the layer accepts (an empty `jti` or `sid`, an
+/// empty or whitespace-only subject) is the caller's mistake: refused with a `400`
+/// error, and nothing is written (a later token of the real subject still passes).
+async fn revocations_naming_no_token_are_refused<St: StateStore>(store: St, other: St) {
+    let revoker = revoker(other);
+    let exp = now() + 600;
+    let hour = Duration::from_secs(3600);
+    let results = [
+        ("empty jti", revoker.revoke_jti("alice", "", exp).await),
+        ("token with an empty jti", revoker.revoke_token(&token("alice", "")).await),
+        ("jti of an empty sub", revoker.revoke_jti("", "t1", exp).await),
+        ("jti of a blank sub", revoker.revoke_jti(" \t", "t1", exp).await),
+        ("token of a blank sub", revoker.revoke_token(&token("  ", "t1")).await),
+        ("session of an empty sub", revoker.revoke_session("", "s1", hour).await),
+        ("session of a blank sub", revoker.revoke_session("\n", "s1", hour).await),
+        ("empty sub", revoker.revoke_subject("").await.map(drop)),
+        ("blank sub", revoker.revoke_subject(" ").await.map(drop)),
+    ];
+    for (name, result) in results {
+        let error = result.expect_err(name);
+        let expected = if name.contains("jti") && !name.contains("sub") {
+            matches!(error, RevokeError::MissingJti)
+        } else {
+            matches!(error, RevokeError::MissingSubject)
+        };
+        assert!(expected, "{name}: {error:?}");
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(error.error_code(), "invalid_request", "{name}");
+    }
+    // Nothing was written: not even under the keys those calls would have used.
+    for key in ["rev:{s}:jti:t1", "rev:{sYWxpY2U}:jti:", "rev:{s}:sid:s1", "rev:{s}:sub"] {
+        assert_eq!(store.get(key).await.expect("get"), None, "{key}");
+    }
+    let layer = layer(store);
+    assert_eq!(status(&layer, &token("alice", "t1")).await, StatusCode::OK);
+}
+
 async fn revoke_expired_token_writes_nothing<St: StateStore>(store: St, other: St) {
     // Expired beyond the 30 s leeway: the JWT layer refuses it anyway.
     let expired = RegisteredClaims::new("alice", now() - 100).with_jti("old");
@@ -628,6 +665,7 @@ backend_pair_tests!(
     second_instance_sees_revocation_at_once,
     subject_with_brace_and_colon_characters,
     empty_subject_and_ids,
+    revocations_naming_no_token_are_refused,
     token_with_absurd_exp_is_still_revoked,
 );
 

@@ -96,12 +96,15 @@ impl RefreshError {
         }
     }
 
-    /// The refusal of a logout call that named no session ([`RevokeError::MissingSid`]),
+    /// The refusal of a logout call that named no session or subject
+    /// ([`RevokeError::MissingSid`], [`RevokeError::MissingSubject`]),
     /// the caller's mistake rather than the server's.
     fn is_bad_request(&self) -> bool {
         matches!(
             self,
-            Self::Revoke(RevokeError::MissingSid | RevokeError::MissingJti)
+            Self::Revoke(
+                RevokeError::MissingSid | RevokeError::MissingJti | RevokeError::MissingSubject
+            )
         )
     }
 

@@ -24,8 +24,16 @@ fn since_epoch() -> Duration {
 pub enum RevokeError {
     /// [`Revoker::revoke_token`] was given claims without a `jti`: such a token cannot be
     /// revoked on its own; revoke its session or its subject instead.
+    ///
+    /// Also [`Revoker::revoke_jti`] given an empty `jti`: the JWT layer refuses a token
+    /// with an empty `jti`, so no token could be named by it.
     #[error("the token has no `jti` and cannot be revoked on its own")]
     MissingJti,
+    /// A revocation was given an empty or whitespace-only subject (`sub`). The JWT layer
+    /// refuses tokens with such a subject, so the revocation would name no token: a
+    /// caller passing one has lost the subject on the way (log it, answer `400`).
+    #[error("the subject (sub) is empty or only whitespace: no token to revoke")]
+    MissingSubject,
     /// [`Revoker::revoke_session`] (or a logout of a session) was given an empty session
     /// id: nothing would be revoked. A token without a `sid` claim belongs to no session;
     /// revoke the token itself ([`Revoker::revoke_token`]) or its subject instead.
@@ -43,16 +51,17 @@ impl RevokeError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Store(error) => error.is_unavailable(),
-            Self::MissingJti | Self::MissingSid => false,
+            Self::MissingJti | Self::MissingSid | Self::MissingSubject => false,
         }
     }
 
     /// The HTTP status for a logout endpoint's answer: `400` for
-    /// [`MissingJti`](Self::MissingJti) and [`MissingSid`](Self::MissingSid), `503` when
+    /// [`MissingJti`](Self::MissingJti), [`MissingSid`](Self::MissingSid) and
+    /// [`MissingSubject`](Self::MissingSubject), `503` when
     /// the store is unavailable, else `500`.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingJti | Self::MissingSid => StatusCode::BAD_REQUEST,
+            Self::MissingJti | Self::MissingSid | Self::MissingSubject => StatusCode::BAD_REQUEST,
             Self::Store(error) => error.status(),
         }
     }
@@ -61,7 +70,9 @@ impl RevokeError {
     /// `invalid_request`, `store_unavailable` or `store_error`.
     pub fn error_code(&self) -> &'static str {
         match self {
-            Self::MissingJti | Self::MissingSid => rejection::INVALID_REQUEST,
+            Self::MissingJti | Self::MissingSid | Self::MissingSubject => {
+                rejection::INVALID_REQUEST
+            }
             Self::Store(error) => error.error_code(),
         }
     }
@@ -71,6 +82,7 @@ impl RevokeError {
         match self {
             Self::MissingJti => "the token has no `jti` and cannot be revoked on its own",
             Self::MissingSid => "the token names no session (no `sid` claim)",
+            Self::MissingSubject => "the token names no subject (empty `sub` claim)",
             Self::Store(error) if error.is_unavailable() => {
                 crate::response::STORE_UNAVAILABLE_MESSAGE
             }
@@ -131,8 +143,9 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// # Errors
     ///
-    /// [`RevokeError::MissingJti`] when the claims carry no `jti`;
-    /// [`RevokeError::Store`] when the store fails.
+    /// [`RevokeError::MissingJti`] when the claims carry no `jti` or an empty one;
+    /// [`RevokeError::MissingSubject`] when their `sub` is empty or only whitespace;
+    /// [`RevokeError::Store`] when the store fails. Nothing is written on an error.
     pub async fn revoke_token(&self, claims: &RegisteredClaims) -> Result<(), RevokeError> {
         let jti = claims.jti.as_deref().ok_or(RevokeError::MissingJti)?;
         self.revoke_jti(&claims.sub, jti, claims.exp).await
@@ -146,8 +159,14 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// # Errors
     ///
+    /// [`RevokeError::MissingJti`] for an empty `jti`, [`RevokeError::MissingSubject`]
+    /// for an empty or whitespace-only `sub` (nothing is written);
     /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_jti(&self, sub: &str, jti: &str, exp: u64) -> Result<(), RevokeError> {
+        if jti.is_empty() {
+            return Err(RevokeError::MissingJti);
+        }
+        check_subject(sub)?;
         let expires = self.policy.refused_from(exp);
         let Some(ttl) = expires.checked_sub(since_epoch()) else {
             return Ok(());
@@ -172,7 +191,8 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// # Errors
     ///
-    /// [`RevokeError::MissingSid`] for an empty `sid` (nothing is written);
+    /// [`RevokeError::MissingSid`] for an empty `sid`, [`RevokeError::MissingSubject`]
+    /// for an empty or whitespace-only `sub` (nothing is written);
     /// [`RevokeError::Store`] when the store fails.
     pub async fn revoke_session(
         &self,
@@ -183,6 +203,7 @@ impl<S: StateStore> Revoker<S> {
         if sid.is_empty() {
             return Err(RevokeError::MissingSid);
         }
+        check_subject(sub)?;
         let ttl = ttl.max(self.policy.acceptance_window()).min(MAX_TTL);
         let value = Bytes::from_static(b"1");
         self.store.set(&key::sid(sub, sid), value, ttl).await?;
@@ -208,8 +229,10 @@ impl<S: StateStore> Revoker<S> {
     ///
     /// # Errors
     ///
-    /// [`RevokeError::Store`] when the store fails.
+    /// [`RevokeError::MissingSubject`] for an empty or whitespace-only `sub` (nothing is
+    /// written); [`RevokeError::Store`] when the store fails.
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64, RevokeError> {
+        check_subject(sub)?;
         let now = since_epoch().as_secs();
         let ttl = self.policy.acceptance_window().min(MAX_TTL);
         let cutoff = raise_cutoff(&self.store, &key::subject(sub), now, ttl).await?;
@@ -224,6 +247,14 @@ impl<S: StateStore> Revoker<S> {
         }
         Ok(cutoff)
     }
+}
+
+/// Refuses a subject the JWT layer refuses in tokens (empty or whitespace-only).
+fn check_subject(sub: &str) -> Result<(), RevokeError> {
+    if crate::claims::blank_subject(sub) {
+        return Err(RevokeError::MissingSubject);
+    }
+    Ok(())
 }
 
 /// Writes the cutoff `now` under `key`, unless a later one is there, and returns the
