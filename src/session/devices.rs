@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::handle::store_key;
+use super::SessionLayer;
 use crate::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
 use crate::revocation::RevokeError;
 use crate::store::{
@@ -149,7 +150,8 @@ fn now_secs() -> u64 {
 /// ([`RefreshTokens::revoke_session_families`]), its access tokens (by `sid`, through the
 /// [`Revoker`](crate::revocation::Revoker) of the same [`TokenPolicy`](crate::jwt::TokenPolicy)
 /// the JWT layer checks) and its session data (the session stored under the `sid`, as
-/// [`SessionLayer::id_from_sid_claim`](super::SessionLayer::id_from_sid_claim) keys it).
+/// [`SessionLayer::id_from_sid_claim`] keys it, under the key prefix of the
+/// [`SessionLayer`] given to [`Devices::new`]).
 ///
 /// # Storage and round trips
 ///
@@ -191,7 +193,7 @@ fn now_secs() -> u64 {
 /// ```
 /// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 /// use tower_stateless::refresh::RefreshTokens;
-/// use tower_stateless::session::Devices;
+/// use tower_stateless::session::{Devices, SessionLayer};
 /// use tower_stateless::store::MemoryStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -199,8 +201,10 @@ fn now_secs() -> u64 {
 /// let keys = JwtKeySet::new().with_hmac("k", Algorithm::HS256, &[7; 32])?;
 /// let policy = TokenPolicy::builder(keys).signing_key("k").build()?;
 /// let store = MemoryStore::new();
+/// let sessions = SessionLayer::new(store.clone()).id_from_sid_claim(true);
 /// let tokens = RefreshTokens::builder(store, &policy).secret([1; 32]).build()?;
-/// let devices = Devices::new(tokens.clone(), [2; 32])?;
+/// // The session layer of the app: ending a login deletes its session data there.
+/// let devices = Devices::new(tokens.clone(), &sessions, [2; 32])?;
 ///
 /// // Two logins of alice, each bound at login (the `sid` of its tokens).
 /// let laptop = tokens.issue("alice").await?;
@@ -252,15 +256,24 @@ impl<S> fmt::Debug for Devices<S> {
 
 impl<S: StateStore> Devices<S> {
     /// Devices over the store of `tokens`, ending logins through `tokens` (and its
-    /// [`Revoker`](RefreshTokens::revoker)). `secret` keys the user tags and the handles
-    /// (at least 32 bytes; share it between instances). It may be the refresh tokens'
-    /// secret (these HMAC inputs carry labels of their own, as the example does); keep it
-    /// apart from unrelated secrets.
+    /// [`Revoker`](RefreshTokens::revoker)) and their session data as `sessions` stores
+    /// it: the key prefix comes from the layer ([`SessionLayer::key_prefix`]), so the two
+    /// cannot disagree. Pass the layer the
+    /// application serves (configure it first, then give it here and to the router), over
+    /// the same store as `tokens` or a [`LocalCache`](crate::store::LocalCache) of it.
+    ///
+    /// `secret` keys the user tags and the handles (at least 32 bytes; share it between
+    /// instances). It may be the refresh tokens' secret (these HMAC inputs carry labels
+    /// of their own, as the example does); keep it apart from unrelated secrets.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] (`secret`) for a secret shorter than 32 bytes.
-    pub fn new(tokens: RefreshTokens<S>, secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+    pub fn new<St: StateStore>(
+        tokens: RefreshTokens<S>,
+        sessions: &SessionLayer<St>,
+        secret: impl AsRef<[u8]>,
+    ) -> Result<Self, ConfigError> {
         let secret = secret.as_ref();
         if secret.len() < MIN_SECRET_LEN {
             return Err(ConfigError::new("secret", "must be at least 32 bytes"));
@@ -271,17 +284,10 @@ impl<S: StateStore> Devices<S> {
             store: tokens.store().clone(),
             tokens,
             mac,
-            session_prefix: "sess:".to_owned(),
+            session_prefix: sessions.prefix().to_owned(),
             lifetime: Duration::from_secs(30 * 24 * 3600),
             max_devices: 32,
         })
-    }
-
-    /// The key prefix of the sessions to delete, as given to
-    /// [`SessionLayer::key_prefix`](super::SessionLayer::key_prefix) (default `sess:`).
-    pub fn session_key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.session_prefix = prefix.into();
-        self
     }
 
     /// How long a bound login is listed at most (default 30 days; match the refresh
