@@ -464,7 +464,55 @@ async fn ending_a_login_deletes_its_session_under_the_layers_prefix<St: StateSto
     assert_eq!(cart_through(&layer, &d, None).await, None);
 }
 
+/// `bind` refuses an empty or whitespace-only subject (every such login would share one
+/// index) and an empty session id (a login no logout could end), as `RefreshTokens::issue` refuses
+/// them, before the store is touched: nothing is listed, and the user's other logins
+/// stay as they were.
+async fn bind_refuses_an_empty_subject_or_session_id<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let before = devices.list("alice", None).await.expect("list");
+    for blank in [" ", "\t", " \n\r ", "\u{a0}"] {
+        let error = devices
+            .bind(blank, &sid(&a), None)
+            .await
+            .expect_err("blank sub");
+        assert!(
+            matches!(error, DevicesError::EmptySubject),
+            "{blank:?}: {error:?}"
+        );
+        assert!(devices.list(blank, None).await.expect("list").is_empty());
+    }
+    let empty_sub = devices
+        .bind("", &sid(&a), None)
+        .await
+        .expect_err("empty sub");
+    assert!(
+        matches!(empty_sub, DevicesError::EmptySubject),
+        "{empty_sub:?}"
+    );
+    let empty_sid = devices
+        .bind("alice", "", Some("agent"))
+        .await
+        .expect_err("empty sid");
+    assert!(
+        matches!(empty_sid, DevicesError::EmptySessionId),
+        "{empty_sid:?}"
+    );
+    for error in [&empty_sub, &empty_sid] {
+        assert!(!error.is_unavailable());
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.error_code(), "devices_error");
+    }
+    assert!(devices.list("", None).await.expect("list").is_empty());
+    assert_eq!(devices.list("alice", None).await.expect("list"), before);
+    // Nothing unendable was left behind: ending every login still works.
+    assert_eq!(devices.end_all("alice").await.expect("end all"), 1);
+}
+
 backend_tests!(
+    bind_refuses_an_empty_subject_or_session_id,
     ending_a_login_deletes_its_session_under_the_layers_prefix,
     logout_through_devices_unlists_the_login,
     reuse_through_devices_ends_the_whole_login,
@@ -515,6 +563,14 @@ async fn store_down_is_unavailable() {
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.error_code(), "store_unavailable");
     }
+    // An empty subject or session id is refused before the store is asked.
+    let error = devices.bind("", "sid", None).await.expect_err("empty sub");
+    assert!(matches!(error, DevicesError::EmptySubject), "{error:?}");
+    let error = devices
+        .bind("alice", "", None)
+        .await
+        .expect_err("empty sid");
+    assert!(matches!(error, DevicesError::EmptySessionId), "{error:?}");
     // A real token, exchanged while the store is down: nothing issued.
     let memory = tower_stateless::store::MemoryStore::new();
     let real = tokens(memory).issue("alice").await.expect("issue");
@@ -562,6 +618,17 @@ async fn devices_error_is_the_crates_json_error_response() {
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(json["error"], "devices_error");
     assert_eq!(json["message"], "the logins could not be listed or ended");
+
+    let res = broken
+        .bind("", "sid", None)
+        .await
+        .expect_err("empty sub")
+        .into_response();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["error"], "devices_error");
+    assert_eq!(json["message"], "the login could not be recorded");
 }
 
 /// `delete` fails while set: the store goes down in the middle of ending a login (its

@@ -13,6 +13,7 @@ use sha2::Sha256;
 
 use super::handle::store_key;
 use super::SessionLayer;
+use crate::jwt::IssueError;
 use crate::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
 use crate::revocation::RevokeError;
 use crate::store::{
@@ -36,6 +37,18 @@ pub enum DevicesError {
     /// Ending a login's refresh tokens or access tokens failed.
     #[error("could not end the login's tokens")]
     Tokens(#[source] RefreshError),
+    /// [`Devices::bind`] was given a subject that is empty or only whitespace, refused
+    /// before anything is read or written: every such login would share one index (as
+    /// [`IssueError::EmptySubject`] refuses such a token). The calling code's mistake:
+    /// `500`.
+    #[error("the subject (sub) is empty or only whitespace")]
+    EmptySubject,
+    /// [`Devices::bind`] was given an empty session id, refused before anything is read
+    /// or written: such a login could never be ended (every logout refuses an empty `sid`,
+    /// as [`IssueError::EmptySessionId`] refuses such a token). The calling code's
+    /// mistake: `500`.
+    #[error("the session id (sid) is empty")]
+    EmptySessionId,
 }
 
 impl DevicesError {
@@ -44,6 +57,7 @@ impl DevicesError {
         match self {
             Self::Store(e) => e.is_unavailable(),
             Self::Tokens(e) => e.is_unavailable(),
+            Self::EmptySubject | Self::EmptySessionId => false,
         }
     }
 
@@ -53,7 +67,8 @@ impl DevicesError {
     }
 
     /// The HTTP status to answer: `400` for a logout naming no login, `503` when the
-    /// store is unavailable, `500` otherwise.
+    /// store is unavailable, `500` otherwise (an empty `sub` or `sid` given to
+    /// [`Devices::bind`] included).
     pub fn status(&self) -> StatusCode {
         if self.is_bad_request() {
             StatusCode::BAD_REQUEST
@@ -82,6 +97,8 @@ impl DevicesError {
             "the token names no login (no `sid` claim)"
         } else if self.is_unavailable() {
             crate::response::STORE_UNAVAILABLE_MESSAGE
+        } else if matches!(self, Self::EmptySubject | Self::EmptySessionId) {
+            "the login could not be recorded"
         } else {
             "the logins could not be listed or ended"
         }
@@ -375,6 +392,9 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
+    /// [`DevicesError::EmptySubject`] for a `sub` that is empty or only whitespace (as
+    /// [`str::trim`] sees it) and [`DevicesError::EmptySessionId`] for an empty `sid`,
+    /// before anything is read or written (`500`: the tokens of a login have neither);
     /// [`DevicesError`] when the store fails; the login may then be unlisted, bind again.
     pub async fn bind(
         &self,
@@ -382,6 +402,12 @@ impl<S: StateStore> Devices<S> {
         sid: &str,
         user_agent: Option<&str>,
     ) -> Result<String, DevicesError> {
+        if crate::claims::blank_subject(sub) {
+            return Err(DevicesError::EmptySubject);
+        }
+        if sid.is_empty() {
+            return Err(DevicesError::EmptySessionId);
+        }
         let key = self.index_key(sub);
         let handle = self.handle(sid);
         let (mut live, stale) = self.read(&key).await?;
@@ -506,6 +532,9 @@ impl<S: StateStore> Devices<S> {
                 .map_err(|e| match e {
                     DevicesError::Store(e) => RefreshError::Store(e),
                     DevicesError::Tokens(e) => e,
+                    // Only `bind` refuses these; kept apart all the same.
+                    DevicesError::EmptySubject => RefreshError::Issue(IssueError::EmptySubject),
+                    DevicesError::EmptySessionId => RefreshError::Issue(IssueError::EmptySessionId),
                 })?;
         }
         Err(error)
