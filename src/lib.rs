@@ -88,7 +88,8 @@
 //! - What a store-backed layer does when the store is down is one setting with one name:
 //!   `.on_store_failure(`[`StoreFailure`]`)`. The keys a layer owns are namespaced with
 //!   one builder name, `.key_prefix(..)` (`SessionLayer`, `IdempotencyLayer`, and
-//!   `RateLimiter`, which a `RateLimitLayer` is built from), after the store's own
+//!   `RateLimiter`, which a `RateLimitLayer` is built from; `Devices` takes the session
+//!   prefix from the `SessionLayer` it is built with), after the store's own
 //!   [`key_prefix`](store::RedisStoreBuilder::key_prefix); every one of them refuses a
 //!   prefix with `{` or `}` (a [`ConfigError`] naming `key_prefix`), which would displace
 //!   the keys' Redis Cluster hash tags. The revocation, refresh-token and device keys are

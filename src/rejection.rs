@@ -14,7 +14,7 @@
 //! | [`INSUFFICIENT_SCOPE`] | `403` | [`RequireScopeLayer`](crate::jwt::RequireScopeLayer) |
 //! | [`STORE_UNAVAILABLE`] | `503` | every store-backed layer ([`StoreFailure::closed`](crate::StoreFailure::closed)), [`StoreError`](crate::store::StoreError) |
 //! | [`STORE_ERROR`] | `500` | [`StoreError`](crate::store::StoreError) other than unavailable |
-//! | [`INTERNAL_ERROR`] | `500` | any layer, the [`Claims`](crate::jwt::Claims) and `Session` extractors, for a misconfiguration or a corrupt store reply |
+//! | [`INTERNAL_ERROR`] | `500` | any layer, the `Claims` and `Session` extractors (feature `axum`), for a misconfiguration or a corrupt store reply |
 //! | [`RATE_LIMITED`] | `429` | rate limit layer |
 //! | [`SESSION_ERROR`] | `500` | session layer, [`SessionError`](crate::session::SessionError) |
 //! | [`SESSION_TOO_LARGE`] | `413` | session layer, [`SessionError`](crate::session::SessionError) |

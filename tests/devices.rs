@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
 use tower_stateless::refresh::{RefreshTokens, TokenPair};
-use tower_stateless::session::{Devices, DevicesError};
+use tower_stateless::session::{Devices, DevicesError, Session, SessionLayer};
 use tower_stateless::store::{
     HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
 };
@@ -38,8 +39,14 @@ fn tokens<St: StateStore>(store: St) -> RefreshTokens<St> {
         .expect("refresh tokens")
 }
 
+/// Devices over `tokens`, ending sessions as a default `SessionLayer` over `store` keeps
+/// them.
+fn devices_for<St: StateStore>(tokens: RefreshTokens<St>, store: St) -> Devices<St> {
+    Devices::new(tokens, &SessionLayer::new(store), SECRET).expect("devices")
+}
+
 fn devices<St: StateStore>(store: St) -> Devices<St> {
-    Devices::new(tokens(store), SECRET).expect("devices")
+    devices_for(tokens(store.clone()), store)
 }
 
 fn sid(pair: &TokenPair) -> String {
@@ -91,6 +98,43 @@ async fn has_session<St: StateStore>(store: &St, sid: &str) -> bool {
         .is_some()
 }
 
+/// One request through `layer` as the login `pair` (its `sid` in the claims, as the JWT
+/// layer puts them): writes `put` to the session's `cart` when given, and answers what
+/// `cart` held before.
+async fn cart_through<St: StateStore>(
+    layer: &SessionLayer<St>,
+    pair: &TokenPair,
+    put: Option<u32>,
+) -> Option<u32> {
+    let service = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        move |request: Request<String>| async move {
+            let session = request
+                .extensions()
+                .get::<Session>()
+                .cloned()
+                .expect("session layer");
+            let cart: Option<u32> = session.get("cart").await.expect("read cart");
+            if let Some(n) = put {
+                session.insert("cart", n).await.expect("write cart");
+            }
+            Ok::<_, Infallible>(Response::new(serde_json::to_string(&cart).expect("json")))
+        },
+    );
+    let request = Request::get("/cart")
+        .extension(pair.access_token.claims.clone())
+        .body(String::new())
+        .expect("request");
+    let response = service.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("cart json")
+}
+
 async fn login<St: StateStore>(devices: &Devices<St>, tokens: &RefreshTokens<St>) -> TokenPair {
     let pair = tokens.issue("alice").await.expect("issue");
     devices
@@ -125,8 +169,7 @@ async fn bind_and_list_show_handles_not_session_ids<St: StateStore>(store: St) {
 
 async fn expired_logins_are_not_listed<St: StateStore>(store: St) {
     let tokens = tokens(store.clone());
-    let short = Devices::new(tokens.clone(), SECRET)
-        .expect("devices")
+    let short = devices_for(tokens.clone(), store.clone())
         .login_lifetime(Duration::from_secs(1))
         .expect("lifetime");
     login(&short, &tokens).await;
@@ -362,7 +405,115 @@ async fn logout_through_devices_unlists_the_login<St: StateStore>(store: St) {
     }
 }
 
+/// A `SessionLayer` with its own key prefix: `Devices` built from it ends a login's
+/// session data where that layer keeps it (written and read back through the layer, by
+/// the login's `sid`), by `end`, `logout` and a reused refresh token alike.
+async fn ending_a_login_deletes_its_session_under_the_layers_prefix<St: StateStore>(store: St) {
+    let layer = SessionLayer::new(store.clone())
+        .key_prefix("shop-sess:")
+        .expect("prefix")
+        .id_from_sid_claim(true);
+    let tokens = tokens(store.clone());
+    let devices = Devices::new(tokens.clone(), &layer, SECRET).expect("devices");
+    let (a, b, c, d) = (
+        login(&devices, &tokens).await,
+        login(&devices, &tokens).await,
+        login(&devices, &tokens).await,
+        login(&devices, &tokens).await,
+    );
+    for (n, pair) in [&a, &b, &c, &d].into_iter().enumerate() {
+        let n = u32::try_from(n).expect("small");
+        assert_eq!(cart_through(&layer, pair, Some(n)).await, None);
+        assert_eq!(cart_through(&layer, pair, None).await, Some(n));
+    }
+    // The layer keeps the sessions under its prefix, not the default one.
+    assert!(!has_session(&store, &sid(&a)).await);
+    let at_prefix = |sid: String| {
+        let store = store.clone();
+        async move {
+            store
+                .hash_get_all_and_refresh(&format!("shop-sess:{{{sid}}}"), Duration::from_secs(600))
+                .await
+                .expect("read session")
+                .is_some()
+        }
+    };
+    assert!(at_prefix(sid(&a)).await);
+
+    assert!(devices
+        .end("alice", &devices.handle(&sid(&a)))
+        .await
+        .expect("end"));
+    devices.logout("alice", &sid(&b)).await.expect("logout");
+    let rotated = devices
+        .rotate(&c.refresh_token.token)
+        .await
+        .expect("rotate");
+    devices
+        .rotate(&c.refresh_token.token)
+        .await
+        .expect_err("reuse ends the login");
+    assert_eq!(sid(&rotated), sid(&c));
+    for ended in [&a, &b, &c] {
+        assert!(!at_prefix(sid(ended)).await);
+        assert_eq!(cart_through(&layer, ended, None).await, None);
+    }
+    // The login left alone keeps its cart.
+    assert_eq!(cart_through(&layer, &d, None).await, Some(3));
+    assert_eq!(devices.end_all("alice").await.expect("end all"), 1);
+    assert_eq!(cart_through(&layer, &d, None).await, None);
+}
+
+/// `bind` refuses an empty or whitespace-only subject (every such login would share one
+/// index) and an empty session id (a login no logout could end), as `RefreshTokens::issue` refuses
+/// them, before the store is touched: nothing is listed, and the user's other logins
+/// stay as they were.
+async fn bind_refuses_an_empty_subject_or_session_id<St: StateStore>(store: St) {
+    let tokens = tokens(store.clone());
+    let devices = devices(store.clone());
+    let a = login(&devices, &tokens).await;
+    let before = devices.list("alice", None).await.expect("list");
+    for blank in [" ", "\t", " \n\r ", "\u{a0}"] {
+        let error = devices
+            .bind(blank, &sid(&a), None)
+            .await
+            .expect_err("blank sub");
+        assert!(
+            matches!(error, DevicesError::EmptySubject),
+            "{blank:?}: {error:?}"
+        );
+        assert!(devices.list(blank, None).await.expect("list").is_empty());
+    }
+    let empty_sub = devices
+        .bind("", &sid(&a), None)
+        .await
+        .expect_err("empty sub");
+    assert!(
+        matches!(empty_sub, DevicesError::EmptySubject),
+        "{empty_sub:?}"
+    );
+    let empty_sid = devices
+        .bind("alice", "", Some("agent"))
+        .await
+        .expect_err("empty sid");
+    assert!(
+        matches!(empty_sid, DevicesError::EmptySessionId),
+        "{empty_sid:?}"
+    );
+    for error in [&empty_sub, &empty_sid] {
+        assert!(!error.is_unavailable());
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.error_code(), "devices_error");
+    }
+    assert!(devices.list("", None).await.expect("list").is_empty());
+    assert_eq!(devices.list("alice", None).await.expect("list"), before);
+    // Nothing unendable was left behind: ending every login still works.
+    assert_eq!(devices.end_all("alice").await.expect("end all"), 1);
+}
+
 backend_tests!(
+    bind_refuses_an_empty_subject_or_session_id,
+    ending_a_login_deletes_its_session_under_the_layers_prefix,
     logout_through_devices_unlists_the_login,
     reuse_through_devices_ends_the_whole_login,
     bind_and_list_show_handles_not_session_ids,
@@ -376,10 +527,12 @@ backend_tests!(
 
 #[test]
 fn bad_settings_are_refused() {
-    let tokens = tokens(tower_stateless::store::MemoryStore::new());
-    let short = Devices::new(tokens.clone(), [1u8; 31]).expect_err("short secret");
+    let store = tower_stateless::store::MemoryStore::new();
+    let tokens = tokens(store.clone());
+    let layer = SessionLayer::new(store);
+    let short = Devices::new(tokens.clone(), &layer, [1u8; 31]).expect_err("short secret");
     assert_eq!(short.setting(), "secret");
-    let devices = Devices::new(tokens, SECRET).expect("devices");
+    let devices = Devices::new(tokens, &layer, SECRET).expect("devices");
     for bad in [Duration::ZERO, Duration::from_millis(999)] {
         let error = devices.clone().login_lifetime(bad).expect_err("lifetime");
         assert_eq!(error.setting(), "login_lifetime");
@@ -410,6 +563,14 @@ async fn store_down_is_unavailable() {
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.error_code(), "store_unavailable");
     }
+    // An empty subject or session id is refused before the store is asked.
+    let error = devices.bind("", "sid", None).await.expect_err("empty sub");
+    assert!(matches!(error, DevicesError::EmptySubject), "{error:?}");
+    let error = devices
+        .bind("alice", "", None)
+        .await
+        .expect_err("empty sid");
+    assert!(matches!(error, DevicesError::EmptySessionId), "{error:?}");
     // A real token, exchanged while the store is down: nothing issued.
     let memory = tower_stateless::store::MemoryStore::new();
     let real = tokens(memory).issue("alice").await.expect("issue");
@@ -418,7 +579,7 @@ async fn store_down_is_unavailable() {
         .await
         .expect_err("no pair without the store");
     assert!(error.is_unavailable(), "{error:?}");
-    let broken = Devices::new(tokens(common::DownStore::broken()), SECRET).expect("devices");
+    let broken = crate::devices(common::DownStore::broken());
     let error = broken.list("alice", None).await.expect_err("list");
     assert!(!error.is_unavailable());
     assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -432,7 +593,6 @@ async fn store_down_is_unavailable() {
 #[tokio::test]
 async fn devices_error_is_the_crates_json_error_response() {
     use axum::response::IntoResponse;
-    use http_body_util::BodyExt;
 
     let down = devices(common::DownStore::unavailable());
     let res = down
@@ -446,7 +606,7 @@ async fn devices_error_is_the_crates_json_error_response() {
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(json["error"], "store_unavailable");
 
-    let broken = Devices::new(tokens(common::DownStore::broken()), SECRET).expect("devices");
+    let broken = devices(common::DownStore::broken());
     let res = broken
         .list("alice", None)
         .await
@@ -458,6 +618,17 @@ async fn devices_error_is_the_crates_json_error_response() {
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(json["error"], "devices_error");
     assert_eq!(json["message"], "the logins could not be listed or ended");
+
+    let res = broken
+        .bind("", "sid", None)
+        .await
+        .expect_err("empty sub")
+        .into_response();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["error"], "devices_error");
+    assert_eq!(json["message"], "the login could not be recorded");
 }
 
 /// `delete` fails while set: the store goes down in the middle of ending a login (its
@@ -479,7 +650,7 @@ impl common::Hook for FailDelete {
 async fn a_failure_midway_is_reported_and_a_retry_completes<St: StateStore>(store: St) {
     let flaky = common::Intercept::new(store.clone(), FailDelete::default());
     let tokens = tokens(flaky.clone());
-    let devices = Devices::new(tokens.clone(), SECRET).expect("devices");
+    let devices = devices_for(tokens.clone(), flaky.clone());
     let a = login(&devices, &tokens).await;
     let b = login(&devices, &tokens).await;
     store_cart(&store, &sid(&b)).await;

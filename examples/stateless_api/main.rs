@@ -197,10 +197,13 @@ fn router<S: StateStore>(
         Quota::per_minute(limits.login).map_err(|e| format!("LOGIN_LIMIT_PER_MINUTE: {e}"))?;
     let per_user_quota =
         Quota::per_minute(limits.per_user).map_err(|e| format!("RATE_LIMIT_PER_MINUTE: {e}"))?;
-    // The same secret keys the devices' user tags and handles: their HMAC inputs carry
-    // their own labels, apart from the refresh tokens'.
-    let devices =
-        Devices::new(tokens.clone(), refresh_secret).map_err(|e| format!("devices: {e}"))?;
+    // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
+    let sessions = SessionLayer::new(store.clone()).secure(false);
+    // The devices end session data under the layer's own key prefix. The same secret
+    // keys the devices' user tags and handles: their HMAC inputs carry their own labels,
+    // apart from the refresh tokens'.
+    let devices = Devices::new(tokens.clone(), &sessions, refresh_secret)
+        .map_err(|e| format!("devices: {e}"))?;
     let app = Arc::new(App {
         tokens,
         devices,
@@ -279,8 +282,7 @@ fn router<S: StateStore>(
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        // Plain HTTP in this demo; behind TLS keep `Secure` on (the default).
-        .layer(SessionLayer::new(store).secure(false))
+        .layer(sessions)
         .layer(middleware::from_fn(trace))
         .with_state(app))
 }

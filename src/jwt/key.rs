@@ -214,9 +214,11 @@ pub(crate) struct ResolvedKey {
 /// # Keys that change, and several issuers
 ///
 /// A key set is a handle on a shared table that verifiers read without a lock. With the
-/// `oidc` feature, [`RemoteJwks`](crate::oidc::RemoteJwks) makes a key set whose table
-/// is refreshed in the background from an identity provider's JWKS; clones of it (and
-/// the layers built from it) see every refresh.
+/// `oidc` feature,
+#[cfg_attr(feature = "oidc", doc = " [`RemoteJwks`](crate::oidc::RemoteJwks)")]
+#[cfg_attr(not(feature = "oidc"), doc = " `RemoteJwks`")]
+/// makes a key set whose table is refreshed in the background from an identity
+/// provider's JWKS; clones of it (and the layers built from it) see every refresh.
 ///
 /// [`JwtKeySet::with_issuer`] binds another key set to one issuer: a token whose
 /// (unverified) `iss` names that issuer is checked only against those keys and that
@@ -416,9 +418,12 @@ impl JwtKeySet {
     }
 
     /// Trusts tokens whose `iss` claim is `issuer`, verified only with `keys` (e.g. an
-    /// identity provider's [`RemoteJwks`](crate::oidc::RemoteJwks) keys), and requiring
-    /// their `aud` to name one of `audiences` (none: a token carrying `aud` is refused, as
-    /// for the layer's own tokens).
+    /// identity provider's
+    #[cfg_attr(feature = "oidc", doc = " [`RemoteJwks`](crate::oidc::RemoteJwks)")]
+    #[cfg_attr(not(feature = "oidc"), doc = " `RemoteJwks`")]
+    /// keys, with the `oidc` feature), and requiring their `aud` to name one of
+    /// `audiences` (none: a token carrying `aud` is refused, as for the layer's own
+    /// tokens).
     ///
     /// The token's `iss`, read from its unverified payload only to pick the keys, selects
     /// the issuer before any key is tried; a token of another issuer is never checked

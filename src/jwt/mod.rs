@@ -17,8 +17,10 @@
 //! the session and idempotency layers read. Each part of the token is decoded once: the
 //! header parsed once, the payload parsed once for the checks and `RegisteredClaims` and
 //! once into `T`, with no intermediate JSON tree. [`TokenIssuer`] ([`TokenPolicy::token_issuer`])
-//! mints tokens under the same policy; with the `axum` feature, [`Claims`] extracts the
-//! claims in handlers.
+//! mints tokens under the same policy; with the `axum` feature,
+#![cfg_attr(feature = "axum", doc = " [`Claims`]")]
+#![cfg_attr(not(feature = "axum"), doc = " `Claims`")]
+//! extracts the claims in handlers.
 //!
 //! # Example
 //!

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::handle::store_key;
+use super::SessionLayer;
+use crate::jwt::IssueError;
 use crate::refresh::{InvalidGrant, RefreshError, RefreshTokens, TokenPair};
 use crate::revocation::RevokeError;
 use crate::store::{
@@ -35,6 +37,18 @@ pub enum DevicesError {
     /// Ending a login's refresh tokens or access tokens failed.
     #[error("could not end the login's tokens")]
     Tokens(#[source] RefreshError),
+    /// [`Devices::bind`] was given a subject that is empty or only whitespace, refused
+    /// before anything is read or written: every such login would share one index (as
+    /// [`IssueError::EmptySubject`] refuses such a token). The calling code's mistake:
+    /// `500`.
+    #[error("the subject (sub) is empty or only whitespace")]
+    EmptySubject,
+    /// [`Devices::bind`] was given an empty session id, refused before anything is read
+    /// or written: such a login could never be ended (every logout refuses an empty `sid`,
+    /// as [`IssueError::EmptySessionId`] refuses such a token). The calling code's
+    /// mistake: `500`.
+    #[error("the session id (sid) is empty")]
+    EmptySessionId,
 }
 
 impl DevicesError {
@@ -43,6 +57,7 @@ impl DevicesError {
         match self {
             Self::Store(e) => e.is_unavailable(),
             Self::Tokens(e) => e.is_unavailable(),
+            Self::EmptySubject | Self::EmptySessionId => false,
         }
     }
 
@@ -52,7 +67,8 @@ impl DevicesError {
     }
 
     /// The HTTP status to answer: `400` for a logout naming no login, `503` when the
-    /// store is unavailable, `500` otherwise.
+    /// store is unavailable, `500` otherwise (an empty `sub` or `sid` given to
+    /// [`Devices::bind`] included).
     pub fn status(&self) -> StatusCode {
         if self.is_bad_request() {
             StatusCode::BAD_REQUEST
@@ -81,6 +97,8 @@ impl DevicesError {
             "the token names no login (no `sid` claim)"
         } else if self.is_unavailable() {
             crate::response::STORE_UNAVAILABLE_MESSAGE
+        } else if matches!(self, Self::EmptySubject | Self::EmptySessionId) {
+            "the login could not be recorded"
         } else {
             "the logins could not be listed or ended"
         }
@@ -149,7 +167,8 @@ fn now_secs() -> u64 {
 /// ([`RefreshTokens::revoke_session_families`]), its access tokens (by `sid`, through the
 /// [`Revoker`](crate::revocation::Revoker) of the same [`TokenPolicy`](crate::jwt::TokenPolicy)
 /// the JWT layer checks) and its session data (the session stored under the `sid`, as
-/// [`SessionLayer::id_from_sid_claim`](super::SessionLayer::id_from_sid_claim) keys it).
+/// [`SessionLayer::id_from_sid_claim`] keys it, under the key prefix of the
+/// [`SessionLayer`] given to [`Devices::new`]).
 ///
 /// # Storage and round trips
 ///
@@ -191,7 +210,7 @@ fn now_secs() -> u64 {
 /// ```
 /// use tower_stateless::jwt::{Algorithm, JwtKeySet, TokenPolicy};
 /// use tower_stateless::refresh::RefreshTokens;
-/// use tower_stateless::session::Devices;
+/// use tower_stateless::session::{Devices, SessionLayer};
 /// use tower_stateless::store::MemoryStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -199,8 +218,10 @@ fn now_secs() -> u64 {
 /// let keys = JwtKeySet::new().with_hmac("k", Algorithm::HS256, &[7; 32])?;
 /// let policy = TokenPolicy::builder(keys).signing_key("k").build()?;
 /// let store = MemoryStore::new();
+/// let sessions = SessionLayer::new(store.clone()).id_from_sid_claim(true);
 /// let tokens = RefreshTokens::builder(store, &policy).secret([1; 32]).build()?;
-/// let devices = Devices::new(tokens.clone(), [2; 32])?;
+/// // The session layer of the app: ending a login deletes its session data there.
+/// let devices = Devices::new(tokens.clone(), &sessions, [2; 32])?;
 ///
 /// // Two logins of alice, each bound at login (the `sid` of its tokens).
 /// let laptop = tokens.issue("alice").await?;
@@ -252,15 +273,24 @@ impl<S> fmt::Debug for Devices<S> {
 
 impl<S: StateStore> Devices<S> {
     /// Devices over the store of `tokens`, ending logins through `tokens` (and its
-    /// [`Revoker`](RefreshTokens::revoker)). `secret` keys the user tags and the handles
-    /// (at least 32 bytes; share it between instances). It may be the refresh tokens'
-    /// secret (these HMAC inputs carry labels of their own, as the example does); keep it
-    /// apart from unrelated secrets.
+    /// [`Revoker`](RefreshTokens::revoker)) and their session data as `sessions` stores
+    /// it: the key prefix comes from the layer ([`SessionLayer::key_prefix`]), so the two
+    /// cannot disagree. Pass the layer the
+    /// application serves (configure it first, then give it here and to the router), over
+    /// the same store as `tokens` or a [`LocalCache`](crate::store::LocalCache) of it.
+    ///
+    /// `secret` keys the user tags and the handles (at least 32 bytes; share it between
+    /// instances). It may be the refresh tokens' secret (these HMAC inputs carry labels
+    /// of their own, as the example does); keep it apart from unrelated secrets.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] (`secret`) for a secret shorter than 32 bytes.
-    pub fn new(tokens: RefreshTokens<S>, secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+    pub fn new<St: StateStore>(
+        tokens: RefreshTokens<S>,
+        sessions: &SessionLayer<St>,
+        secret: impl AsRef<[u8]>,
+    ) -> Result<Self, ConfigError> {
         let secret = secret.as_ref();
         if secret.len() < MIN_SECRET_LEN {
             return Err(ConfigError::new("secret", "must be at least 32 bytes"));
@@ -271,17 +301,10 @@ impl<S: StateStore> Devices<S> {
             store: tokens.store().clone(),
             tokens,
             mac,
-            session_prefix: "sess:".to_owned(),
+            session_prefix: sessions.prefix().to_owned(),
             lifetime: Duration::from_secs(30 * 24 * 3600),
             max_devices: 32,
         })
-    }
-
-    /// The key prefix of the sessions to delete, as given to
-    /// [`SessionLayer::key_prefix`](super::SessionLayer::key_prefix) (default `sess:`).
-    pub fn session_key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.session_prefix = prefix.into();
-        self
     }
 
     /// How long a bound login is listed at most (default 30 days; match the refresh
@@ -369,6 +392,9 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
+    /// [`DevicesError::EmptySubject`] for a `sub` that is empty or only whitespace (as
+    /// [`str::trim`] sees it) and [`DevicesError::EmptySessionId`] for an empty `sid`,
+    /// before anything is read or written (`500`: the tokens of a login have neither);
     /// [`DevicesError`] when the store fails; the login may then be unlisted, bind again.
     pub async fn bind(
         &self,
@@ -376,6 +402,12 @@ impl<S: StateStore> Devices<S> {
         sid: &str,
         user_agent: Option<&str>,
     ) -> Result<String, DevicesError> {
+        if crate::claims::blank_subject(sub) {
+            return Err(DevicesError::EmptySubject);
+        }
+        if sid.is_empty() {
+            return Err(DevicesError::EmptySessionId);
+        }
         let key = self.index_key(sub);
         let handle = self.handle(sid);
         let (mut live, stale) = self.read(&key).await?;
@@ -500,6 +532,9 @@ impl<S: StateStore> Devices<S> {
                 .map_err(|e| match e {
                     DevicesError::Store(e) => RefreshError::Store(e),
                     DevicesError::Tokens(e) => e,
+                    // Only `bind` refuses these; kept apart all the same.
+                    DevicesError::EmptySubject => RefreshError::Issue(IssueError::EmptySubject),
+                    DevicesError::EmptySessionId => RefreshError::Issue(IssueError::EmptySessionId),
                 })?;
         }
         Err(error)

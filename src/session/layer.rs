@@ -232,6 +232,7 @@ impl<St: StateStore> SessionLayer<St> {
     }
     /// Store key prefix (default `sess:`); keys are `<prefix>{<id>}`, under the store's
     /// own prefix ([`RedisStoreBuilder::key_prefix`](crate::store::RedisStoreBuilder::key_prefix)).
+    /// [`Devices::new`](super::Devices::new) takes it from the layer.
     ///
     /// # Errors
     ///
@@ -242,6 +243,11 @@ impl<St: StateStore> SessionLayer<St> {
         let value = prefix.into();
         check_key_prefix(&value)?;
         Ok(self.set(|c| c.prefix = value))
+    }
+
+    /// The store key prefix, for [`Devices`](super::Devices) to find the sessions.
+    pub(super) fn prefix(&self) -> &str {
+        &self.config.prefix
     }
     /// Take the id from `RegisteredClaims::sid` in request extensions when present
     /// (hybrid JWT + session). The transport is then still used for new sessions.

@@ -72,8 +72,9 @@
 //!
 //! [`Devices`] binds each login (the `sid` of its tokens) to its user, lists the user's
 //! live logins by an opaque handle, and ends one, all, or all but the current one: session
-//! data, access tokens and refresh-token families together. It works beside the layer and
-//! adds no round trip to requests that do not call it.
+//! data, access tokens and refresh-token families together. It is built from the layer
+//! ([`Devices::new`] takes it, for its key prefix), works beside it and adds no round trip
+//! to requests that do not call it.
 //!
 //! # Errors
 //!
