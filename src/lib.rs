@@ -152,7 +152,7 @@
 //!
 //! | span | target | fields | opened | `result` |
 //! |---|---|---|---|---|
-//! | `jwt` | `tower_stateless::jwt` | `result` | per request that is not on a public path (and by `RequireScopeLayer` when it refuses) | `ok`, `missing`, `invalid`, `expired`, `insufficient_scope` |
+//! | `jwt` | `tower_stateless::jwt` | `result` | per request that is not on a public path, nor tokenless on an optional path (and by `RequireScopeLayer` when it refuses) | `ok`, `missing`, `invalid`, `expired`, `insufficient_scope` |
 //! | `revocation` | `tower_stateless::revocation` | `result` | per verified token checked, around its store read | `ok`, `revoked`, `store_error` |
 //! | `session` | `tower_stateless::session` | `op`, `result` | per session load (first touch of a session with an id), per `Session::update` attempt (one that lost a race and is retried records `conflict`), per write-back that writes | `op`: `load`, `write`, `destroy`; `result`: `ok`, `conflict`, `store_error` |
 //! | `idempotency` | `tower_stateless::idempotency` | `result` | per request with a key that reaches the store: claim, handler, record | `executed`, `replayed`, `in_progress`, `mismatch`, `released`, `store_error` |

@@ -1279,6 +1279,318 @@ async fn public_paths_pass_without_a_token() {
     }
 }
 
+/// Tokens and requests an optional path refuses, as a protected path does: the reason, the
+/// headers and the expected status.
+fn bad_credentials() -> Vec<(&'static str, Headers, StatusCode)> {
+    let hs_header = json!({"alg":"HS256","kid":"hs"});
+    let signed = |claims: Value| bearer(&hs(hs_header.clone(), claims));
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    vec![
+        (
+            "expired",
+            signed(with(good_claims(), "exp", json!(now() - 3600))),
+            unauthorized,
+        ),
+        (
+            "not valid yet",
+            signed(with(good_claims(), "nbf", json!(now() + 3600))),
+            unauthorized,
+        ),
+        (
+            "exp beyond the policy's longest lifetime",
+            signed(with(good_claims(), "exp", json!(now() + 3 * 24 * 3600))),
+            unauthorized,
+        ),
+        (
+            "forged signature",
+            bearer(&forge(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(OTHER_SECRET),
+                &hs_header,
+                &good_claims().to_string(),
+            )),
+            unauthorized,
+        ),
+        (
+            "alg none",
+            bearer(&format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","kid":"hs"}"#),
+                b64(good_claims().to_string().as_bytes())
+            )),
+            unauthorized,
+        ),
+        ("malformed", bearer("abc.def"), unauthorized),
+        ("too long", bearer(&"a".repeat(9000)), unauthorized),
+        (
+            "wrong audience",
+            signed(with(good_claims(), "aud", json!("another-api"))),
+            unauthorized,
+        ),
+        (
+            "wrong issuer",
+            signed(with(good_claims(), "iss", json!("https://evil.test"))),
+            unauthorized,
+        ),
+        (
+            "no sub",
+            signed(without(good_claims(), "sub")),
+            unauthorized,
+        ),
+        (
+            "Bearer without a token",
+            vec![auth("Bearer")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "two Authorization headers",
+            vec![
+                auth(&format!("Bearer {}", hs(hs_header.clone(), good_claims()))),
+                auth("Basic YWxpY2U6cHc="),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+    ]
+}
+
+/// An optional path lets a request without a token through anonymously, gives a valid
+/// token's claims to the handler, and refuses a bad token exactly as a protected path
+/// does (RFC 6750 §3.1), without calling the handler.
+#[tokio::test]
+async fn optional_paths_verify_a_token_when_one_is_sent() {
+    let (svc, calls) = service_with(layer_iss_aud(table_keys()).optional_path("/feed"));
+
+    // No token, or another scheme (no bearer token): anonymous.
+    for headers in [vec![], vec![auth("Basic YWxpY2U6cHc=")]] {
+        let answer = send(&svc, Method::GET, "/feed", headers).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.body, "anonymous");
+        assert!(!answer.headers.contains_key(WWW_AUTHENTICATE));
+    }
+    // A valid token: its claims, as on a protected path.
+    let valid = bearer(&hs(json!({"alg":"HS256","kid":"hs"}), good_claims()));
+    let answer = send(&svc, Method::POST, "/feed", valid).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body, "sub=alice");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    for (what, headers, status) in bad_credentials() {
+        let optional = send(&svc, Method::GET, "/feed", headers.clone()).await;
+        let protected = send(&svc, Method::GET, "/api", headers).await;
+        assert_eq!(optional.status, status, "{what}: {:?}", optional.body);
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "invalid_token"
+        } else {
+            "invalid_request"
+        };
+        assert!(
+            optional.challenge().contains(&format!("error=\"{code}\"")),
+            "{what}: {}",
+            optional.challenge()
+        );
+        assert_eq!(optional.json()["error"], code, "{what}");
+        assert_eq!(optional.status, protected.status, "{what}");
+        assert_eq!(
+            optional.headers.get(WWW_AUTHENTICATE),
+            protected.headers.get(WWW_AUTHENTICATE),
+            "{what}"
+        );
+        assert_eq!(optional.body, protected.body, "{what}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "a bad token reached the handler"
+    );
+
+    // Exact match only, as for public paths.
+    for path in ["/feed/", "/Feed", "/feed/x", "/feedx"] {
+        let answer = send(&svc, Method::GET, path, vec![]).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(answer.challenge(), "Bearer", "{path}");
+    }
+}
+
+/// `optional_if` matches on the method (and URI); a later predicate replaces an earlier
+/// one, as `public_if` does.
+#[tokio::test]
+async fn optional_if_with_a_predicate_on_the_method() {
+    let layer = layer_iss_aud(table_keys())
+        .optional_if(|_, _| true)
+        .optional_if(|method, _uri| method == Method::GET);
+    let (svc, calls) = service_with(layer);
+    let valid = || bearer(&hs(json!({"alg":"HS256","kid":"hs"}), good_claims()));
+    let expired = bearer(&hs(
+        json!({"alg":"HS256","kid":"hs"}),
+        with(good_claims(), "exp", json!(now() - 3600)),
+    ));
+
+    let answer = send(&svc, Method::GET, "/products/7", vec![]).await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::OK, b"anonymous".as_ref())
+    );
+    let answer = send(&svc, Method::GET, "/products/7", valid()).await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::OK, b"sub=alice".as_ref())
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let answer = send(&svc, Method::GET, "/products/7", expired).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.challenge(),
+        r#"Bearer error="invalid_token", error_description="the token has expired""#
+    );
+    // Not a `GET`: a token is required.
+    let answer = send(&svc, Method::POST, "/products/7", vec![]).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.challenge(), "Bearer");
+    assert_eq!(answer.json()["error"], "missing_token");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let answer = send(&svc, Method::POST, "/products/7", valid()).await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::OK, b"sub=alice".as_ref())
+    );
+}
+
+/// A request both public and optional is public: not inspected, whatever it carries and
+/// whichever rule was configured first.
+#[tokio::test]
+async fn public_wins_over_optional() {
+    let hs_header = json!({"alg":"HS256","kid":"hs"});
+    let valid = hs(hs_header.clone(), good_claims());
+    let expired = hs(hs_header, with(good_claims(), "exp", json!(now() - 3600)));
+    let base = || layer_iss_aud(table_keys());
+    for (setup, layer) in [
+        (
+            "public_path, then optional_path",
+            base().public_path("/both").optional_path("/both"),
+        ),
+        (
+            "optional_path, then public_path",
+            base().optional_path("/both").public_path("/both"),
+        ),
+        (
+            "optional_if, then public_path",
+            base().optional_if(|_, _| true).public_path("/both"),
+        ),
+        (
+            "public_if, then optional_path",
+            base()
+                .public_if(|_, uri| uri.path() == "/both")
+                .optional_path("/both"),
+        ),
+    ] {
+        let (svc, calls) = service_with(layer);
+        for headers in [
+            bearer(&valid),
+            bearer(&expired),
+            vec![auth("Bearer")],
+            vec![],
+        ] {
+            let answer = send(&svc, Method::GET, "/both", headers).await;
+            assert_eq!(answer.status, StatusCode::OK, "{setup}: {:?}", answer.body);
+            assert_eq!(answer.body, "anonymous", "{setup}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "{setup}");
+    }
+}
+
+/// An optional path reads the token only from the configured sources: a bearer token sent
+/// to a cookie-only layer is no token, and a cleared cookie is none either.
+#[tokio::test]
+async fn optional_paths_read_the_configured_sources() {
+    let hs_header = json!({"alg":"HS256","kid":"hs"});
+    let token = hs(hs_header.clone(), json!({"sub":"erin","exp":now() + 600}));
+    let expired = hs(hs_header, json!({"sub":"erin","exp":now() - 3600}));
+    let layer = jwt_layer(table_keys())
+        .token_source(TokenSource::cookie("at"))
+        .optional_path("/feed");
+    let (svc, calls) = service_with(layer);
+    let cookie = |v: &str| vec![(COOKIE, HeaderValue::from_str(v).unwrap())];
+
+    for headers in [vec![], cookie("at="), cookie("theme=dark"), bearer(&token)] {
+        let answer = send(&svc, Method::GET, "/feed", headers).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.body, "anonymous");
+    }
+    let answer = send(&svc, Method::GET, "/feed", cookie(&format!("at={token}"))).await;
+    assert_eq!(answer.body, "sub=erin");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    let answer = send(&svc, Method::GET, "/feed", cookie(&format!("at={expired}"))).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.json()["error"], "invalid_token");
+    let answer = send(
+        &svc,
+        Method::GET,
+        "/feed",
+        cookie(&format!("at={token}; at={token}")),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// gRPC callers get the layer's gRPC rejection on an optional path too: a bad token is
+/// `UNAUTHENTICATED` (16), a malformed request `INVALID_ARGUMENT` (3), as on a protected
+/// path; without a token the call runs anonymously.
+#[tokio::test]
+async fn optional_paths_answer_grpc_callers_in_grpc() {
+    let (svc, calls) =
+        service_with(layer_iss_aud(table_keys()).optional_path("/shop.Catalog/List"));
+    let grpc = |mut headers: Headers| {
+        headers.push((
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ));
+        headers
+    };
+    let hs_header = json!({"alg":"HS256","kid":"hs"});
+    let valid = hs(hs_header.clone(), good_claims());
+    let expired = hs(hs_header, with(good_claims(), "exp", json!(now() - 3600)));
+
+    let answer = send(&svc, Method::POST, "/shop.Catalog/List", grpc(vec![])).await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::OK, b"anonymous".as_ref())
+    );
+    assert!(!answer.headers.contains_key("grpc-status"));
+    let answer = send(
+        &svc,
+        Method::POST,
+        "/shop.Catalog/List",
+        grpc(bearer(&valid)),
+    )
+    .await;
+    assert_eq!(answer.body, "sub=alice");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    for (headers, code) in [(bearer(&expired), "16"), (vec![auth("Bearer")], "3")] {
+        let optional = send(
+            &svc,
+            Method::POST,
+            "/shop.Catalog/List",
+            grpc(headers.clone()),
+        )
+        .await;
+        let protected = send(&svc, Method::POST, "/shop.Catalog/Buy", grpc(headers)).await;
+        assert_eq!(optional.status, StatusCode::OK);
+        assert_eq!(optional.headers["content-type"], "application/grpc");
+        assert_eq!(optional.headers["grpc-status"], code);
+        assert!(optional.body.is_empty());
+        assert_eq!(
+            optional.headers.get("grpc-message"),
+            protected.headers.get("grpc-message")
+        );
+        assert_eq!(protected.headers["grpc-status"], code);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn cookie_and_header_sources() {
     let token = hs(
@@ -1992,6 +2304,68 @@ mod axum_extractors {
         let router = routes().layer(jwt_layer(keys).claims::<AppClaims>());
         let matching = call(router, "/maybe-app", Some(&token)).await;
         assert_eq!(text(matching), "editor");
+    }
+
+    /// On an optional path, `Option<Claims<T>>` is `None` without a token and `Some` with
+    /// a valid one; a bad token is refused by the layer before the handler runs.
+    /// `Claims<T>` there without a token is the public path's misconfiguration: `500`.
+    #[tokio::test]
+    async fn optional_paths_give_handlers_an_option() {
+        let keys = JwtKeySet::new()
+            .with_hmac("v1", Algorithm::HS256, SECRET)
+            .unwrap();
+        let token = signer(&keys, "v1")
+            .unwrap()
+            .issue_with("mia", None, &json!({"role":"editor"}))
+            .unwrap()
+            .token;
+        let expired = forge(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET),
+            &json!({"alg":"HS256","kid":"v1"}),
+            &json!({"sub":"mia","role":"editor","exp":now() - 3600}).to_string(),
+        );
+        let router = routes().layer(
+            jwt_layer(keys)
+                .claims::<AppClaims>()
+                .optional_path("/maybe-app")
+                .optional_path("/app"),
+        );
+
+        let (status, _, body) = call(router.clone(), "/maybe-app", None).await;
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, b"anonymous".as_ref())
+        );
+        let (status, _, body) = call(router.clone(), "/maybe-app", Some(&token)).await;
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, b"editor".as_ref())
+        );
+        for bad in [expired.as_str(), "abc.def", &format!("{token}x")] {
+            let (status, headers, body) = call(router.clone(), "/maybe-app", Some(bad)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}: {body:?}");
+            assert!(
+                headers[WWW_AUTHENTICATE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with(r#"Bearer error="invalid_token""#),
+                "{headers:?}"
+            );
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "invalid_token");
+        }
+
+        assert_misconfigured(call(router.clone(), "/app", None).await);
+        let (status, _, body) = call(router.clone(), "/app", Some(&token)).await;
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, b"editor".as_ref())
+        );
+        // Not optional: a token is required.
+        let (status, headers, _) = call(router, "/me", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[WWW_AUTHENTICATE], "Bearer");
     }
 }
 

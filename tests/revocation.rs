@@ -87,6 +87,7 @@ struct Answer {
     www_authenticate: Option<String>,
     retry_after: Option<String>,
     error: Option<ErrorBody>,
+    body: Bytes,
 }
 
 /// Sends one request with `claims` signed as a bearer token through `layer` in front of a
@@ -96,17 +97,34 @@ async fn send_counted<St: StateStore>(
     claims: &RegisteredClaims,
     calls: &Arc<AtomicUsize>,
 ) -> Answer {
+    send_to(layer, "/", Some(claims), calls).await
+}
+
+/// Sends one request for `path`, with `claims` signed as a bearer token when given,
+/// through `layer` in front of a handler that answers 200 with the subject it sees (or
+/// `anonymous`), and counts handler calls.
+async fn send_to<St: StateStore>(
+    layer: &Layer<St>,
+    path: &str,
+    claims: Option<&RegisteredClaims>,
+    calls: &Arc<AtomicUsize>,
+) -> Answer {
     let calls = calls.clone();
     let service = ServiceBuilder::new()
         .layer(layer.clone())
-        .service(service_fn(move |_request: Request<Full<Bytes>>| {
+        .service(service_fn(move |request: Request<Full<Bytes>>| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+            let body = request
+                .extensions()
+                .get::<RegisteredClaims>()
+                .map_or_else(|| "anonymous".to_owned(), |claims| claims.sub.clone());
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
         }));
-    let request = Request::get("/")
-        .header(header::AUTHORIZATION, format!("Bearer {}", sign(claims)))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let mut request = Request::get(path);
+    if let Some(claims) = claims {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {}", sign(claims)));
+    }
+    let request = request.body(Full::new(Bytes::new())).expect("request");
     let response = service.oneshot(request).await.expect("infallible");
     let header = |name| {
         response
@@ -130,6 +148,7 @@ async fn send_counted<St: StateStore>(
         www_authenticate,
         retry_after,
         error,
+        body,
     }
 }
 
@@ -670,6 +689,36 @@ async fn redis_cluster_keys_of_a_subject_share_one_slot() {
     assert!(by_tag.values().all(|slots| slots.len() == 1), "{by_tag:?}");
 }
 
+/// An optional path checks a token it is sent against the revocation list as any path
+/// does: a revoked token is refused (never let through as anonymous) without calling the
+/// handler; a token that is not revoked is; no token needs no check.
+async fn optional_path_refuses_a_revoked_token<St: StateStore>(store: St, other: St) {
+    let layer = layer(store).optional_path("/feed");
+    let revoker = revoker(other);
+    let revoked = token("alice", "t1").with_sid("s1");
+    let fine = token("alice", "t2").with_sid("s2");
+    revoker.revoke_token(&revoked).await.expect("revoke");
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    assert_revoked(&send_to(&layer, "/feed", Some(&revoked), &calls).await);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let answer = send_to(&layer, "/feed", Some(&fine), &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "alice");
+    let answer = send_to(&layer, "/feed", None, &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "anonymous");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A revoked session is refused there too.
+    revoker
+        .revoke_session("alice", "s2", HOUR)
+        .await
+        .expect("revoke");
+    assert_revoked(&send_to(&layer, "/feed", Some(&fine), &calls).await);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 backend_pair_tests!(
     revoke_jti_denies_only_that_token,
     revoked_request_never_reaches_the_handler,
@@ -690,6 +739,7 @@ backend_pair_tests!(
     empty_subject_and_ids,
     revocations_naming_no_token_are_refused,
     token_with_absurd_exp_is_still_revoked,
+    optional_path_refuses_a_revoked_token,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -761,6 +811,46 @@ async fn check_runs_only_for_verified_tokens() {
     let response = service.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// With the store down, a token sent to an optional path gets the check's configured
+/// failure answer, as on any path: `503` fail-closed, let through (with its claims)
+/// fail-open, `500` for an unexpected store error. Without a token there is no lookup, so
+/// the request passes anonymously either way.
+#[tokio::test]
+async fn memory_store_down_on_an_optional_path() {
+    let closed = layer(
+        RevocationCheck::new(common::DownStore::unavailable())
+            .on_store_failure(StoreFailure::closed().retry_after(Duration::from_secs(7))),
+    )
+    .optional_path("/feed");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answer = send_to(&closed, "/feed", Some(&token("alice", "t1")), &calls).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("7"));
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("store_unavailable")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let answer = send_to(&closed, "/feed", None, &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "anonymous");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let open = layer(
+        RevocationCheck::new(common::DownStore::unavailable())
+            .on_store_failure(StoreFailure::open()),
+    )
+    .optional_path("/feed");
+    let answer = send_to(&open, "/feed", Some(&token("alice", "t1")), &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "alice");
+
+    let broken = layer(common::DownStore::broken()).optional_path("/feed");
+    let answer = send_to(&broken, "/feed", Some(&token("alice", "t1")), &calls).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -951,6 +1041,42 @@ async fn redis_down_fails_closed_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last, StatusCode::OK);
+}
+
+/// On an optional path: a request without a token costs no round trip; with Redis down,
+/// one with a token is answered `503` as on any path (the default fail-closed), one
+/// without passes anonymously.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_optional_path_checks_only_sent_tokens() {
+    let mut server = redis_or_skip!();
+    let layer = layer(redis_store(&server)).optional_path("/feed");
+    let claims = token("alice", "t1");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Warm-up: connection setup sends its own commands once.
+    let answer = send_to(&layer, "/feed", Some(&claims), &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    server.reset_stats();
+    let answer = send_to(&layer, "/feed", None, &calls).await;
+    assert_eq!(answer.body, "anonymous");
+    assert_eq!(server.command_count(), 0, "{:?}", server.command_stats());
+    let answer = send_to(&layer, "/feed", Some(&claims), &calls).await;
+    assert_eq!(answer.body, "alice");
+    assert_eq!(server.command_count(), 1, "{:?}", server.command_stats());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    server.stop();
+    let answer = send_to(&layer, "/feed", Some(&claims), &calls).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.error.as_str()),
+        Some("store_unavailable")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let answer = send_to(&layer, "/feed", None, &calls).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "anonymous");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

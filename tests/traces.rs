@@ -635,6 +635,67 @@ on_memory_and_redis!(
     refresh_tokens_trace_their_decisions
 );
 
+/// On an optional path, a request without a token makes no JWT decision: no `jwt` span
+/// and no decision event (so nothing is counted). One with a token is decided, and
+/// traced, as on any other path.
+#[test]
+fn optional_paths_trace_only_requests_with_a_token() {
+    traced(|recorder| async move {
+        let policy = policy();
+        let svc = ServiceBuilder::new()
+            .layer(policy.auth_layer().optional_path("/feed"))
+            .service_fn(|_request: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+        let token = policy
+            .token_issuer()
+            .expect("issuer")
+            .issue(SUBJECT)
+            .expect("token")
+            .token;
+        let send = |path: &str, token: Option<&str>| {
+            let mut request = Request::get(path);
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            svc.clone()
+                .oneshot(request.body(Full::new(Bytes::new())).expect("request"))
+        };
+        let jwt_events = |recorder: &Recorder| {
+            let rec = recorder.0.lock().unwrap();
+            rec.events
+                .iter()
+                .filter(|e| e.get("message").is_some_and(|m| m.contains("jwt decision")))
+                .filter_map(|e| e.get("result").cloned())
+                .collect::<Vec<_>>()
+        };
+        let jwt_spans = |recorder: &Recorder| {
+            recorder
+                .spans()
+                .iter()
+                .filter(|s| s.name == "jwt")
+                .map(|s| s.fields.get("result").cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+
+        let res = send("/feed", None).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(jwt_spans(&recorder), Vec::<String>::new());
+        assert_eq!(jwt_events(&recorder), Vec::<String>::new());
+
+        let res = send("/feed", Some(&token)).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = send("/feed", Some("not.a.token"))
+            .await
+            .expect("infallible");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = send("/other", None).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(jwt_spans(&recorder), ["ok", "invalid", "missing"]);
+        assert_eq!(jwt_events(&recorder), ["ok", "invalid", "missing"]);
+    });
+}
+
 /// A store failure is traced as `store_error` on the layer and `unavailable` on the store
 /// span below it.
 #[test]

@@ -18,7 +18,8 @@ use crate::RegisteredClaims;
 ///
 /// A request the layer refused never reaches the handler (the layer answers `401` itself),
 /// so a request without such claims here is a server misconfiguration: the layer is
-/// missing or misordered, the route is one of its public paths, or `T` is not the layer's
+/// missing or misordered, the route is one of its public paths (or one of its optional
+/// paths, requested without a token), or `T` is not the layer's
 /// claims type (see [`JwtAuthLayer::claims`](super::JwtAuthLayer::claims); `RegisteredClaims`
 /// always works). The handler is not run, the mistake is logged at error level and the
 /// client gets `500` with the crate's JSON error body (`internal_error`), as
@@ -26,9 +27,10 @@ use crate::RegisteredClaims;
 /// without their layer: not a `401`, which would send the client to log in again forever.
 ///
 /// `Option<Claims<T>>` is `None` when the request carries no verified claims at all (no
-/// [`RegisteredClaims`](crate::RegisteredClaims) either): a route the layer does not
-/// cover, or one of its public paths, for a handler shared by routes behind the layer and
-/// routes without it. When the request does carry verified claims but no `T` (the layer
+/// [`RegisteredClaims`](crate::RegisteredClaims) either): one of the layer's
+/// [optional paths](super::JwtAuthLayer::optional_path) requested without a token, a
+/// route the layer does not cover, or one of its public paths, for a handler shared by
+/// routes behind the layer and routes without it. When the request does carry verified claims but no `T` (the layer
 /// decodes another claims type), it rejects as `Claims<T>` does, `500 internal_error`
 /// logged at error level: that is the same programming error, and `None` would hide it by
 /// treating every signed-in caller as anonymous. It tells the two apart by the
@@ -36,10 +38,13 @@ use crate::RegisteredClaims;
 /// through (so another authentication middleware that inserts only `RegisteredClaims`
 /// counts as "claims of another type" too).
 ///
-/// It does not make authentication optional: the layer verifies no token on its
+/// It does not make authentication optional by itself: the layer verifies no token on its
 /// [public paths](super::JwtAuthLayer::public_path) (there `Option<Claims<T>>` is always
 /// `None`, even with a valid token), and refuses a request without a token everywhere
-/// else.
+/// else. For a route that works anonymously and personalizes for a signed-in caller, make
+/// it an [optional path](super::JwtAuthLayer::optional_path) and take
+/// `Option<Claims<T>>`: `None` without a token, `Some` with a valid one (an invalid one
+/// never reaches the handler).
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -145,8 +150,8 @@ impl fmt::Display for MissingClaims {
             write!(
                 f,
                 "Claims<{}>: no verified claims in the request; the JwtAuthLayer is missing \
-                 or misordered, or the route is one of its public paths (use `Option<Claims>` \
-                 there)",
+                 or misordered, or the route is one of its public paths or an optional path \
+                 requested without a token (use `Option<Claims>` there)",
                 self.claims_type
             )
         }

@@ -18,8 +18,10 @@ use crate::revocation::RevocationCheck;
 /// application's claims type, `serde_json::Value` unless [`claims`](Self::claims) picks
 /// another (any `DeserializeOwned + Clone + Send + Sync + 'static`); the service inserts
 /// the decoded `T` **and** a [`RegisteredClaims`](crate::RegisteredClaims) for the other
-/// layers. Requests without a valid token never reach the inner service. See the
-/// [module docs](super) for the checks and the responses.
+/// layers. Requests without a valid token never reach the inner service, except on
+/// [public](Self::public_path) paths (not inspected) and, without any token,
+/// [optional](Self::optional_path) paths. See the [module docs](super) for the checks and
+/// the responses.
 ///
 /// `R` is the revocation check: `()` for none, or a
 /// [`RevocationCheck`](crate::revocation::RevocationCheck) added with
@@ -173,6 +175,33 @@ impl<T, R> JwtAuthLayer<T, R> {
     {
         self.configure(|c| {
             c.public_if = Some(Arc::new(predicate));
+        })
+    }
+
+    /// Makes the token optional for requests for exactly this path (e.g. `/products`, a
+    /// page that shows "your cart" to a signed-in caller). The match is exact on the URI
+    /// path, as for [`public_path`](Self::public_path). A request without a token passes
+    /// and carries no claims; a request with one is checked as on any other path: a valid
+    /// token's claims are inserted, an invalid, expired or revoked one is refused with
+    /// the same answer (`401 invalid_token`), never treated as anonymous. A path that is
+    /// also public is public. See [Public and optional paths](super#public-and-optional-paths).
+    pub fn optional_path(self, path: impl Into<String>) -> Self {
+        self.configure(|c| {
+            c.optional_paths.push(path.into());
+        })
+    }
+
+    /// Makes the token optional for requests when `predicate` returns `true`, e.g. every
+    /// `GET` or a prefix of your choosing: without a token they pass and carry no
+    /// claims, with one they are checked as on any other path (see
+    /// [`optional_path`](Self::optional_path)). A request that is also public is public.
+    /// Replaces a previous predicate.
+    pub fn optional_if<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&Method, &Uri) -> bool + Send + Sync + 'static,
+    {
+        self.configure(|c| {
+            c.optional_if = Some(Arc::new(predicate));
         })
     }
 }

@@ -108,8 +108,46 @@
 //! 7. With [`JwtAuthLayer::revocation`]: the token's `jti`, `sid` and subject against the
 //!    revocation list, in one store round trip (see [`revocation`](crate::revocation)).
 //!
-//! Requests matching [`JwtAuthLayer::public_path`] or [`JwtAuthLayer::public_if`] pass
-//! through uninspected, without claims.
+//! # Public and optional paths
+//!
+//! What passes where:
+//!
+//! - **Public** ([`JwtAuthLayer::public_path`], [`JwtAuthLayer::public_if`]): the request
+//!   passes uninspected, without claims, whatever it carries (a valid token, a bad one,
+//!   garbage). For `/health` or `/login`.
+//! - **Optional** ([`JwtAuthLayer::optional_path`], [`JwtAuthLayer::optional_if`]): for
+//!   routes that work anonymously and personalize for a signed-in caller (a product page
+//!   showing "your cart", a feed showing "liked by you").
+//!   - No token (none in the configured sources; another scheme such as `Basic` counts
+//!     as none, as in step 1): the request passes without claims. With the `axum`
+//!     feature, `Option<Claims<T>>` is `None`; `Claims<T>` answers `500 internal_error`
+//!     as it does on a public path (a handler of an optional path must take the option).
+//!   - A token: every check above, 1–7, with the same answers as anywhere else. A valid
+//!     token's claims are inserted as on a protected path. A token that is invalid,
+//!     expired, forged, malformed or revoked is refused with `401 invalid_token` (a
+//!     malformed request, such as `Bearer` without a token, with `400
+//!     invalid_request`), and the inner service is not called. With the store down
+//!     during the revocation check, the check's
+//!     [`StoreFailure`](crate::StoreFailure) decides, as anywhere else (`503` when
+//!     fail-closed, the default).
+//! - **Everything else**: a valid token is required; no token is `401` with a bare
+//!   challenge.
+//!
+//! A request that matches both a public and an optional rule is public (the rules are
+//! tried public first, whatever order the builder calls came in).
+//!
+//! Why a bad token on an optional path is refused rather than treated as anonymous:
+//! RFC 6750 §3.1 answers a request that presents an invalid token with `invalid_token`,
+//! and treating it as anonymous would hide a stale token from the client (it would keep
+//! sending it, and keep getting the anonymous page, without ever noticing it is signed
+//! out) and would let a revoked token fall back to anonymous access without the client
+//! noticing. A client that gets `401` with `error="invalid_token"` from an optional path
+//! should drop the token (or refresh it) and retry: without a token the request passes
+//! anonymously.
+//!
+//! A request without a token on an optional path is not counted in the `jwt` metric or
+//! traced in a `jwt` span (no decision was made); one with a token is counted as on a
+//! protected path. Public paths count nothing.
 //!
 //! # Crypto backend
 //!
@@ -131,9 +169,14 @@
 //!   [`JwtAuthLayer::revocation`] for logout. A token revoked through a
 //!   [`Revoker`](crate::revocation::Revoker) of the same policy stays refused for as long
 //!   as this layer would accept it, leeway included.
-//! - Public paths match exactly; `/health/` or `/Health` are not `/health`. A
-//!   [`JwtAuthLayer::public_if`] predicate sees the raw URI: mind prefixes like
-//!   `/public/../admin` if your router normalises paths.
+//! - Public and optional paths match exactly; `/health/` or `/Health` are not
+//!   `/health`. A [`JwtAuthLayer::public_if`] or [`JwtAuthLayer::optional_if`] predicate
+//!   sees the raw URI: mind prefixes like `/public/../admin` if your router normalises
+//!   paths.
+//! - On an optional path, the handler must not assume a caller: anything it does for a
+//!   signed-in caller must check the claims it got. Layers inside that need a caller
+//!   ([`RequireScopeLayer`], a rate limit keyed by the subject) see none there for an
+//!   anonymous request.
 //! - Error responses never echo the token or say which check failed beyond the fixed
 //!   descriptions; the details go to `tracing` at debug level, without token contents.
 //! - Tokens in cookies need `HttpOnly`, `Secure`, `SameSite` and CSRF protection; that is

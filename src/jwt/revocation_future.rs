@@ -66,7 +66,8 @@ where
         }
     }
 
-    /// The inner service's future, unchecked (a public path).
+    /// The inner service's future, unchecked (a public path, or no token on an optional
+    /// path).
     pub(super) fn inner(future: S::Future) -> Self {
         Self {
             state: State::Inner { future },

@@ -60,7 +60,8 @@ struct Requirement<T> {
 /// (`serde_json::Value` unless you chose another; see [`claims`](Self::claims)).
 ///
 /// A request without claims in its extensions is a composition error (the JWT layer is
-/// missing, misordered, uses another claims type, or let a public path through): it is
+/// missing, misordered, uses another claims type, or let a public path, or an optional
+/// path without a token, through): it is
 /// answered `500` with `{"error":"internal_error",...}` and logged at error level, and
 /// the inner service is not called.
 ///
@@ -357,7 +358,8 @@ where
             tracing::error!(
                 claims_type = std::any::type_name::<T>(),
                 "RequireScopeLayer: no claims in the request extensions; put it inside \
-                 (after) a JwtAuthLayer with the same claims type, and not on public paths"
+                 (after) a JwtAuthLayer with the same claims type, and not on its public \
+                 or optional paths"
             );
             let response = ErrorBody::new(
                 rejection::INTERNAL_ERROR,

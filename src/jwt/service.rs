@@ -8,11 +8,13 @@ use serde::de::DeserializeOwned;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::reject::Rejection;
 use super::revocation_future::RevocationFuture;
-use super::verify::Verifier;
+use super::verify::{Access, Verifier};
 use crate::response::{for_protocol, is_grpc, ResponseBody};
 use crate::revocation::RevocationCheck;
 use crate::store::StateStore;
+use crate::RegisteredClaims;
 
 /// The service made by [`JwtAuthLayer`](super::JwtAuthLayer): verifies the token (and,
 /// with a [`RevocationCheck`], checks the revocation list), then calls the inner service
@@ -91,19 +93,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if self.verifier.is_public(request.method(), request.uri()) {
-            return ResponseFuture::inner(self.inner.call(request));
-        }
-        let span = crate::metrics::jwt_span();
-        match span.in_scope(|| self.verifier.authenticate::<T>(request.headers())) {
-            Ok((registered, claims)) => {
+        match decide::<T, _>(&self.verifier, &request) {
+            Decision::Pass => ResponseFuture::inner(self.inner.call(request)),
+            Decision::Verified(registered, claims) => {
                 let extensions = request.extensions_mut();
                 extensions.insert(registered);
                 // When `T` is `RegisteredClaims` this replaces an equal value.
                 extensions.insert(claims);
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Err(rejection) => ResponseFuture::reject(for_protocol(
+            Decision::Rejected(rejection, span) => ResponseFuture::reject(for_protocol(
                 is_grpc(request.headers()),
                 span.in_scope(|| self.verifier.reject(rejection)),
             )),
@@ -127,13 +126,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if self.verifier.is_public(request.method(), request.uri()) {
-            return RevocationFuture::inner(self.inner.call(request));
-        }
         let grpc = is_grpc(request.headers());
-        let span = crate::metrics::jwt_span();
-        match span.in_scope(|| self.verifier.authenticate::<T>(request.headers())) {
-            Ok((registered, claims)) => {
+        match decide::<T, _>(&self.verifier, &request) {
+            Decision::Pass => RevocationFuture::inner(self.inner.call(request)),
+            Decision::Verified(registered, claims) => {
                 let lookup = self.revocation.lookup(&registered);
                 let extensions = request.extensions_mut();
                 extensions.insert(registered);
@@ -149,11 +145,42 @@ where
                     grpc,
                 )
             }
-            Err(rejection) => {
+            Decision::Rejected(rejection, span) => {
                 // The rejection is answered (and counted) by the future; traced here.
                 span.record("result", rejection.metric().as_str());
                 RevocationFuture::reject(rejection, Arc::clone(&self.verifier), grpc)
             }
         }
+    }
+}
+
+/// What the layer makes of a request, before the revocation check.
+enum Decision<T> {
+    /// Call the inner service with the request as it is: a public path, or an optional
+    /// path and no token.
+    Pass,
+    /// A token that verified.
+    Verified(RegisteredClaims, T),
+    /// Refused; answered within the `jwt` span.
+    Rejected(Rejection, tracing::Span),
+}
+
+fn decide<T: DeserializeOwned, B>(verifier: &Verifier, request: &Request<B>) -> Decision<T> {
+    let access = verifier.access(request.method(), request.uri());
+    if access == Access::Public {
+        return Decision::Pass;
+    }
+    let token = match verifier.token(request.headers()) {
+        Ok(Some(token)) => token,
+        // Anonymous on an optional path: nothing to verify, so no decision to count.
+        Ok(None) if access == Access::Optional => return Decision::Pass,
+        Ok(None) => return Decision::Rejected(Rejection::Missing, crate::metrics::jwt_span()),
+        // A malformed token, or one sent in two ways: refused on optional paths too.
+        Err(rejection) => return Decision::Rejected(rejection, crate::metrics::jwt_span()),
+    };
+    let span = crate::metrics::jwt_span();
+    match span.in_scope(|| verifier.authenticate::<T>(&token)) {
+        Ok((registered, claims)) => Decision::Verified(registered, claims),
+        Err(rejection) => Decision::Rejected(rejection, span),
     }
 }

@@ -21,7 +21,8 @@ use super::reject::{
 use super::source::{self, TokenSource};
 use crate::RegisteredClaims;
 
-pub(crate) type PublicPredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
+/// A `public_if` or `optional_if` predicate.
+pub(crate) type PathPredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 
 /// The layer's configuration, as set by the builder methods.
 #[derive(Clone)]
@@ -30,7 +31,21 @@ pub(crate) struct Config {
     pub(crate) realm: Option<String>,
     pub(crate) max_token_len: usize,
     pub(crate) public_paths: Vec<String>,
-    pub(crate) public_if: Option<PublicPredicate>,
+    pub(crate) public_if: Option<PathPredicate>,
+    pub(crate) optional_paths: Vec<String>,
+    pub(crate) optional_if: Option<PathPredicate>,
+}
+
+/// What a request needs to pass, by its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A public path: passed through uninspected.
+    Public,
+    /// An optional path: passes without claims when it carries no token; a token it
+    /// carries is checked as on a protected path.
+    Optional,
+    /// Everywhere else: a valid token is required.
+    Required,
 }
 
 pub(crate) const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -43,6 +58,8 @@ impl Default for Config {
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
             public_paths: Vec::new(),
             public_if: None,
+            optional_paths: Vec::new(),
+            optional_if: None,
         }
     }
 }
@@ -55,6 +72,11 @@ impl fmt::Debug for Config {
             .field("max_token_len", &self.max_token_len)
             .field("public_paths", &self.public_paths)
             .field("public_if", &self.public_if.as_ref().map(|_| "<predicate>"))
+            .field("optional_paths", &self.optional_paths)
+            .field(
+                "optional_if",
+                &self.optional_if.as_ref().map(|_| "<predicate>"),
+            )
             .finish()
     }
 }
@@ -107,23 +129,36 @@ impl Verifier {
         }
     }
 
-    pub(crate) fn is_public(&self, method: &Method, uri: &Uri) -> bool {
-        let path = uri.path();
-        self.config.public_paths.iter().any(|p| p == path)
-            || self
-                .config
-                .public_if
-                .as_ref()
-                .is_some_and(|f| f(method, uri))
+    /// Public first: a request matching both a public and an optional rule is public.
+    pub(crate) fn access(&self, method: &Method, uri: &Uri) -> Access {
+        let matches = |paths: &[String], predicate: &Option<PathPredicate>| {
+            let path = uri.path();
+            paths.iter().any(|p| p == path) || predicate.as_ref().is_some_and(|f| f(method, uri))
+        };
+        if matches(&self.config.public_paths, &self.config.public_if) {
+            Access::Public
+        } else if matches(&self.config.optional_paths, &self.config.optional_if) {
+            Access::Optional
+        } else {
+            Access::Required
+        }
     }
 
-    /// Finds, verifies and decodes the token of a request.
+    /// The token of a request, from the configured sources: `Ok(None)` when it carries
+    /// none.
+    pub(crate) fn token<'h>(
+        &self,
+        headers: &'h HeaderMap,
+    ) -> Result<Option<Cow<'h, str>>, Rejection> {
+        source::extract(&self.config.sources, headers)
+    }
+
+    /// Verifies and decodes a request's token, counted `ok` when it verifies.
     pub(crate) fn authenticate<T: DeserializeOwned>(
         &self,
-        headers: &HeaderMap,
+        token: &str,
     ) -> Result<(RegisteredClaims, T), Rejection> {
-        let token = source::extract(&self.config.sources, headers)?.ok_or(Rejection::Missing)?;
-        let verified = self.verify(&token)?;
+        let verified = self.verify(token)?;
         crate::metrics::jwt(crate::metrics::Jwt::Ok);
         Ok(verified)
     }
