@@ -857,6 +857,40 @@ async fn redis_down_is_503_and_recovery_needs_no_restart() {
     assert_eq!(cart(&http, &at, &bob.cookie).await, json!({"pear": 1}));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_after_a_redis_restart_succeeds() {
+    let mut redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    assert_eq!(
+        get(&http, &at, "/me", &alice).await.status(),
+        StatusCode::OK
+    );
+
+    // No request while Redis is down: the instance still holds the dropped connection.
+    // `restart` returns once the new server answers on a connection of its own.
+    redis.restart();
+    let res = http.get(at.url("/ready")).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the first /ready after a restart"
+    );
+
+    redis.restart();
+    let res = get(&http, &at, "/me", &alice).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the first /me after a restart"
+    );
+}
+
 /// A client's final answer for one payment.
 struct Outcome {
     /// 0 when the last attempt got no answer at all.

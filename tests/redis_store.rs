@@ -166,6 +166,69 @@ async fn unavailable_when_redis_dies_and_recovers_without_rebuild() {
     );
 }
 
+/// Restarts the server (killed, as in a crash) and returns once it answers `PING` on a
+/// connection of its own: Redis is back before the store is used again.
+fn restart_and_ping(server: &mut common::RedisServer) {
+    server.restart();
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+        .expect("connect to the restarted server");
+    let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
+    assert_eq!(pong, "PONG");
+}
+
+// Two worker threads: the store's connection task sees Redis close the connection while
+// the test waits, as in a server between requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_operation_after_a_restart_succeeds() {
+    let mut server = redis_or_skip!();
+    let store = store(&server.url());
+    store.set("k", Bytes::from_static(b"v"), TTL).await.unwrap();
+
+    // No operation during the outage: the store still holds the dead connection.
+    restart_and_ping(&mut server);
+    // The restarted server is empty.
+    assert_eq!(
+        store
+            .get("k")
+            .await
+            .expect("the first read after a restart"),
+        None
+    );
+
+    restart_and_ping(&mut server);
+    store
+        .set("k", Bytes::from_static(b"again"), TTL)
+        .await
+        .expect("the first write after a restart");
+    assert_eq!(server.raw_get("t:k"), Some(b"again".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_write_is_not_sent_twice_after_a_restart() {
+    let mut server = redis_or_skip!();
+    let store = store(&server.url());
+    store.set("k", Bytes::from_static(b"v"), TTL).await.unwrap();
+
+    restart_and_ping(&mut server);
+    // A dropped connection cannot tell an unsent command from one Redis ran: a write that
+    // answers differently the second time fails instead of going out again.
+    let err = store
+        .set_if_absent("claim", Bytes::from_static(b"me"), TTL)
+        .await
+        .expect_err("a conditional write on the dropped connection");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.may_have_applied(), "{err:?}");
+    // The slot reconnected: the retry a caller makes works.
+    assert_eq!(
+        store
+            .set_if_absent("claim", Bytes::from_static(b"me"), TTL)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 #[tokio::test]
 async fn stalled_redis_times_out_then_recovers() {
     let server = redis_or_skip!();

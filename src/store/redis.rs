@@ -81,7 +81,8 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// store checks connections *out* of the pool once and keeps them: each of its
 /// `pool_size` slots holds one multiplexed connection, which any number of concurrent
 /// operations share. A connection that fails is dropped and its slot reconnects on the
-/// next use, so the store works again as soon as Redis is back, without a restart.
+/// next use, so the store works again as soon as Redis is back, without a restart (see
+/// [reconnecting](RedisStore#reconnecting)).
 ///
 /// Every operation (reconnecting included) is bounded by the per-operation timeout
 /// (default 1 s): a stalled Redis yields [`StoreError::Timeout`] instead of hanging a
@@ -90,6 +91,32 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// Each operation runs in a `DEBUG` span `redis` (target `tower_stateless::store`, fields
 /// `op` and `result`), a child of the deciding layer's span; no key or value is recorded
 /// (see the [span table](crate#metrics-and-traces)).
+///
+/// # Reconnecting
+///
+/// A connection that Redis closes while the store holds it (Redis restarted, a proxy or
+/// Redis' `timeout` dropped it while idle) is found out by the first operation sent on
+/// it: nothing checks a connection before each operation, which would cost a round trip
+/// every time. When that operation means the same sent twice as once, it then goes out
+/// again, once, on a new connection, within the same timeout, so the first request after
+/// Redis is back succeeds: `get`, `get_many`, `set`, `get_and_refresh`, `delete` (whose
+/// answer may then be `false` for a key the lost send had deleted), and the session hash
+/// reads with the expiry rolls they make.
+///
+/// The conditional writes are not sent again: `set_if_absent`, `compare_and_set`,
+/// `compare_and_delete`, `gcra` and the session hash writes. A dropped connection cannot
+/// tell a command that never left (the connection was already closed) from one that
+/// Redis ran before the connection went, whose answer was lost; a second run of those
+/// would see the first one's effect and answer otherwise (a claim found taken, a token
+/// found already consumed, a request counted twice). Such a write, when it is the first
+/// operation on a dropped connection, fails with [`StoreError::Unavailable`]
+/// ([`may_have_applied`](StoreError::may_have_applied) is `true`), and the next
+/// operation reconnects. Sent after a read on the same connection (the store's default
+/// single connection, e.g. behind a revocation check), it already goes out on the new
+/// one.
+///
+/// On a Redis Cluster, redis-rs's cluster client reconnects to a node and resends a
+/// command itself; the store adds nothing there.
 ///
 /// # Lua scripts
 ///
@@ -184,6 +211,33 @@ struct Slot {
     opening: Mutex<()>,
 }
 
+impl Slot {
+    /// Empties the slot if it still holds `dead` (another operation may have replaced it
+    /// already), so that the next use reconnects.
+    async fn discard(&self, dead: &Arc<Conn>) {
+        let _opening = self.opening.lock().await;
+        let held = self.conn.load();
+        if held.as_ref().is_some_and(|held| Arc::ptr_eq(held, dead)) {
+            self.conn.store(None);
+        }
+    }
+}
+
+/// Whether an operation may be sent again, once, on a new connection when the one it
+/// went out on turns out to have been dropped. That error cannot tell a command that
+/// never left (the connection was already dead) from one lost in flight (which Redis
+/// may have run), so only operations that mean the same sent twice are resent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads, and writes whose second run changes nothing and answers the same (or, for
+    /// `DEL`, says the key is gone): `GET`, `MGET`, `SET .. PX`, `GETEX`, `DEL`, the
+    /// session hash reads and their expiry rolls.
+    Harmless,
+    /// Conditional writes, whose second run would see the first one's effect and answer
+    /// otherwise (`SET NX`, compare-and-set, rate-limit steps, hash writes).
+    Never,
+}
+
 struct Inner {
     pool: Pools,
     slots: Box<[Slot]>,
@@ -260,6 +314,18 @@ enum Conn {
     Single(MultiplexedConnection),
     #[cfg(feature = "redis-cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    /// Whether redis-rs itself reconnects and resends a command whose connection
+    /// dropped: the cluster client does.
+    fn resends_itself(&self) -> bool {
+        match self {
+            Self::Single(_) => false,
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(_) => true,
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -569,7 +635,8 @@ impl RedisStore {
                     &*hash::ROLL,
                     &*hash::WRITE,
                 ];
-                self.run_after(false, None, |mut conn| async move {
+                // `SCRIPT LOAD` again is harmless.
+                self.run_after(false, None, Resend::Harmless, |mut conn| async move {
                     match conn {
                         // One round trip.
                         Conn::Single(ref mut single) => {
@@ -637,14 +704,15 @@ impl RedisStore {
     }
 
     /// Runs `op` on a pooled connection within the timeout, in a `redis` span for the
-    /// store operation `what`. An unavailable error drops the connection so that the slot
-    /// reconnects next time.
-    async fn run<T, F, Fut>(&self, what: StoreOp, op: F) -> Result<T, StoreError>
+    /// store operation `what`. A connection found dropped is replaced and `op` sent again
+    /// once on the new one when `resend` allows it; an unavailable error drops the
+    /// connection so that the slot reconnects next time.
+    async fn run<T, F, Fut>(&self, what: StoreOp, resend: Resend, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        self.run_after(true, Some(what), op).await
+        self.run_after(true, Some(what), resend, op).await
     }
 
     /// [`run`](Self::run), waiting first (when `after_preload`) for the script load that
@@ -654,10 +722,11 @@ impl RedisStore {
         &self,
         after_preload: bool,
         what: Option<StoreOp>,
+        resend: Resend,
         op: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
@@ -670,7 +739,26 @@ impl RedisStore {
             }
             // Without a connection nothing was sent: the operation cannot have applied.
             let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
-            op(conn).await.map_err(classify)
+            match op(Conn::clone(&conn)).await {
+                // The connection died while the slot held it (Redis restarted, a proxy
+                // cut it): redis-rs notices only when a command fails on it. Costs nothing
+                // until then: no check before each operation.
+                Err(e)
+                    if resend == Resend::Harmless
+                        && e.is_connection_dropped()
+                        && !conn.resends_itself() =>
+                {
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        "RedisStore: connection dropped; sending again on a new one"
+                    );
+                    slot.discard(&conn).await;
+                    // Not `not_sent`: the first send may have applied.
+                    let conn = self.connection(slot).await?;
+                    op(Conn::clone(&conn)).await.map_err(classify)
+                }
+                other => other.map_err(classify),
+            }
         };
         let span = what.map_or_else(tracing::Span::none, |what| store_span!("redis", what));
         let timed = tokio::time::timeout(self.inner.timeout, attempt);
@@ -691,19 +779,19 @@ impl RedisStore {
     /// The slot's connection; opens it when there is none. No lock and no await when it is
     /// open (every operation comes here): concurrent operations do not queue behind each
     /// other for a clone of the handle.
-    async fn connection(&self, slot: &Slot) -> Result<Conn, StoreError> {
-        if let Some(conn) = &*slot.conn.load() {
-            return Ok(Conn::clone(conn));
+    async fn connection(&self, slot: &Slot) -> Result<Arc<Conn>, StoreError> {
+        if let Some(conn) = slot.conn.load_full() {
+            return Ok(conn);
         }
         // Boxed: opening a connection is a large future, which the common case must not
         // carry.
         Box::pin(self.open(slot)).await
     }
 
-    async fn open(&self, slot: &Slot) -> Result<Conn, StoreError> {
+    async fn open(&self, slot: &Slot) -> Result<Arc<Conn>, StoreError> {
         let _opening = slot.opening.lock().await;
-        if let Some(conn) = &*slot.conn.load() {
-            return Ok(Conn::clone(conn));
+        if let Some(conn) = slot.conn.load_full() {
+            return Ok(conn);
         }
         // Taken out of the pool for good: never recycled, so never pinged.
         let conn = match &self.inner.pool {
@@ -715,7 +803,8 @@ impl RedisStore {
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
         };
-        slot.conn.store(Some(Arc::new(conn.clone())));
+        let conn = Arc::new(conn);
+        slot.conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
     }
 
@@ -921,19 +1010,23 @@ impl Call<'_> {
 impl RedisStore {
     /// Runs a call that writes. With [`replica_acks`](RedisStoreBuilder::replica_acks),
     /// `WAIT` goes with it, and too few confirmations are [`StoreError::NotReplicated`].
+    /// `resend` says whether it may go out again on a new connection (see [`Resend`]).
     async fn write<T: FromRedisValue>(
         &self,
         what: StoreOp,
+        resend: Resend,
         call: Call<'_>,
     ) -> Result<T, StoreError> {
+        let call = &call;
         let Some(acks) = self.inner.replica_acks else {
             return self
-                .run(what, |mut conn| async move { call.query(&mut conn).await })
+                .run(what, resend, |mut conn| async move {
+                    call.query(&mut conn).await
+                })
                 .await;
         };
-        let call = &call;
         let (reply, acked) = self
-            .run(what, |mut conn| async move {
+            .run(what, resend, |mut conn| async move {
                 call.query_and_wait(&mut conn, acks).await
             })
             .await?;
@@ -946,14 +1039,18 @@ impl RedisStore {
         Ok(reply)
     }
 
-    /// Runs a call that only reads.
+    /// Runs a call that only reads; it goes out again on a new connection when its own
+    /// turns out dropped.
     async fn read<T: FromRedisValue>(
         &self,
         what: StoreOp,
         call: Call<'_>,
     ) -> Result<T, StoreError> {
-        self.run(what, |mut conn| async move { call.query(&mut conn).await })
-            .await
+        let call = &call;
+        self.run(what, Resend::Harmless, |mut conn| async move {
+            call.query(&mut conn).await
+        })
+        .await
     }
 
     fn script_call<'a>(&self, script: &'a Script, key: &str) -> ScriptCall<'a> {
@@ -985,7 +1082,8 @@ impl StateStore for RedisStore {
         let ms = ttl_millis(ttl)?;
         let mut cmd = command("SET", 4, self.key_len(key) + value.len() + 2 + NUMBER);
         cmd.arg(self.arg(key)).arg(value.as_ref()).arg("PX").arg(ms);
-        self.write(StoreOp::Set, Call::Cmd(cmd)).await
+        self.write(StoreOp::Set, Resend::Harmless, Call::Cmd(cmd))
+            .await
     }
 
     async fn set_if_absent(
@@ -1002,7 +1100,8 @@ impl StateStore for RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(ms);
-        self.write(StoreOp::SetIfAbsent, Call::Cmd(cmd)).await
+        self.write(StoreOp::SetIfAbsent, Resend::Never, Call::Cmd(cmd))
+            .await
     }
 
     async fn compare_and_set(
@@ -1015,7 +1114,7 @@ impl StateStore for RedisStore {
         let ms = ttl_millis(ttl)?;
         let mut call = self.script_call(&self.inner.compare_and_set, key);
         call.arg(expected).arg(new.as_ref()).arg(ms);
-        self.write::<i64>(StoreOp::CompareAndSet, Call::Script(call))
+        self.write::<i64>(StoreOp::CompareAndSet, Resend::Never, Call::Script(call))
             .await
             .map(|n| n == 1)
     }
@@ -1023,7 +1122,7 @@ impl StateStore for RedisStore {
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         let mut call = self.script_call(&self.inner.compare_and_delete, key);
         call.arg(expected);
-        self.write::<i64>(StoreOp::CompareAndDelete, Call::Script(call))
+        self.write::<i64>(StoreOp::CompareAndDelete, Resend::Never, Call::Script(call))
             .await
             .map(|n| n == 1)
     }
@@ -1033,13 +1132,14 @@ impl StateStore for RedisStore {
         let mut cmd = command("GETEX", 3, self.key_len(key) + 2 + NUMBER);
         cmd.arg(self.arg(key)).arg("PX").arg(ms);
         // It writes a new expiry time.
-        self.write(StoreOp::GetAndRefresh, Call::Cmd(cmd)).await
+        self.write(StoreOp::GetAndRefresh, Resend::Harmless, Call::Cmd(cmd))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let mut cmd = command("DEL", 1, self.key_len(key));
         cmd.arg(self.arg(key));
-        self.write::<i64>(StoreOp::Delete, Call::Cmd(cmd))
+        self.write::<i64>(StoreOp::Delete, Resend::Harmless, Call::Cmd(cmd))
             .await
             .map(|n| n == 1)
     }
@@ -1089,8 +1189,9 @@ impl StateStore for RedisStore {
             .arg(params.burst)
             .arg(params.cost)
             .arg(MAX_WINDOW_NANOS);
-        let (allowed, remaining, retry_after, reset_after): (i64, i64, i64, i64) =
-            self.write(StoreOp::Gcra, Call::Script(call)).await?;
+        let (allowed, remaining, retry_after, reset_after): (i64, i64, i64, i64) = self
+            .write(StoreOp::Gcra, Resend::Never, Call::Script(call))
+            .await?;
         let nanos = |ns: i64| Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
         Ok(GcraOutcome {
             allowed: allowed == 1,

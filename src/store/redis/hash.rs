@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::redis::{self, Script, Value};
 
-use super::{Call, RedisStore, ScriptCall};
+use super::{Call, RedisStore, Resend, ScriptCall};
 use crate::id::random_u64;
 use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
@@ -419,9 +419,11 @@ impl RedisStore {
             .ignore_errors();
         let pipe = &pipe;
         let reply: Vec<Value> = self
-            .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
-                pipe.query_async(&mut conn).await
-            })
+            .run(
+                StoreOp::HashGetAllAndRefresh,
+                Resend::Harmless,
+                |mut conn| async move { pipe.query_async(&mut conn).await },
+            )
             .await?;
         let [time, all, _expire]: [Value; 3] = reply.try_into().map_err(|_| unexpected("read"))?;
         let now = server_millis(time).ok_or_else(|| unexpected("read"))?;
@@ -440,8 +442,12 @@ impl RedisStore {
     async fn drop_expired(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
         let mut call = self.script_call(&DROP_EXPIRED, key);
         call.arg(raw);
-        self.write::<i64>(StoreOp::HashGetAllAndRefresh, Call::Script(call))
-            .await?;
+        self.write::<i64>(
+            StoreOp::HashGetAllAndRefresh,
+            Resend::Harmless,
+            Call::Script(call),
+        )
+        .await?;
         Ok(())
     }
 
@@ -470,13 +476,17 @@ impl RedisStore {
         cmd.arg(self.arg(key));
         let cmd = &cmd;
         let all: Value = self
-            .run(StoreOp::HashGetAllAndRefresh, |mut conn| async move {
-                match cmd.query_async(&mut conn).await {
-                    // A plain value under the key: no hash.
-                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Value::Array(Vec::new())),
-                    other => other,
-                }
-            })
+            .run(
+                StoreOp::HashGetAllAndRefresh,
+                Resend::Harmless,
+                |mut conn| async move {
+                    match cmd.query_async(&mut conn).await {
+                        // A plain value under the key: no hash.
+                        Err(e) if e.code() == Some("WRONGTYPE") => Ok(Value::Array(Vec::new())),
+                        other => other,
+                    }
+                },
+            )
             .await?;
         let Some(read) = fields_and_deadline(all)? else {
             return Ok(None);
@@ -500,7 +510,11 @@ impl RedisStore {
         let mut call = self.script_call(&ROLL, key);
         call.arg(read.raw_deadline.as_slice()).arg(ttl_ms);
         let left: i64 = self
-            .write(StoreOp::HashGetAllAndRefresh, Call::Script(call))
+            .write(
+                StoreOp::HashGetAllAndRefresh,
+                Resend::Harmless,
+                Call::Script(call),
+            )
             .await?;
         // Deleted, recreated or past its deadline meanwhile: what was read is gone.
         Ok(u64::try_from(left).ok().filter(|&l| l > 0).map(|l| {
@@ -528,7 +542,9 @@ impl RedisStore {
         for (name, value) in &changes.set {
             call.arg(name.as_str()).arg(value.as_ref());
         }
-        let reply: Value = self.write(StoreOp::HashApply, Call::Script(call)).await?;
+        let reply: Value = self
+            .write(StoreOp::HashApply, Resend::Never, Call::Script(call))
+            .await?;
         outcome(reply)
     }
 
@@ -550,7 +566,11 @@ impl RedisStore {
             call.arg(new.as_ref());
         }
         let reply: Value = self
-            .write(StoreOp::HashCompareAndSetField, Call::Script(call))
+            .write(
+                StoreOp::HashCompareAndSetField,
+                Resend::Never,
+                Call::Script(call),
+            )
             .await?;
         outcome(reply)
     }
