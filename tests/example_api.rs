@@ -2608,3 +2608,118 @@ async fn sessions_show_the_user_agent_of_each_login() {
         .expect("current");
     assert_eq!(current["user_agent"], "Firefox/128.0");
 }
+
+/// Waits (bounded) until the instance logged `needle` at least `n` times, then returns how
+/// many times it did. Lines arrive in order: once a later line is in, so is every earlier.
+async fn wait_for_log(at: &Instance, needle: &str, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while at.log_count(needle) < n {
+        assert!(Instant::now() < deadline, "{needle:?} not logged {n} times");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    at.log_count(needle)
+}
+
+/// Orders and payments keyed by an `Idempotency-Key` outlive the idempotency layer's
+/// record of the key (30 days against 24 hours, and the layer lets a key go after a
+/// `5xx`). Once the layer has forgotten the key (its `idem:` keys deleted here), the same
+/// key with another body is `422 idempotency_key_reused`, never the old record, and
+/// charges nothing; with the same body it is the stored record again, `201` with
+/// `Idempotent-Replayed: true`, not charged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_after_the_layer_forgot_it_is_422_never_the_old_record() {
+    const GATEWAY: &str = "calling the payment gateway";
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let send = |path: &'static str, key: &'static str, body: Value| {
+        http.post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+
+    let payment = json!({"amount_cents": 10000, "currency": "EUR"});
+    let other = json!({"amount_cents": 9_999_900, "currency": "USD"});
+    let res = send("/payments", "reuse-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    let first = json_of(res).await;
+    assert_eq!(wait_for_log(&at, GATEWAY, 1).await, 1);
+
+    assert!(
+        redis.delete_keys("idem:*") > 0,
+        "the layer's records are in Redis"
+    );
+    let res = send("/payments", "reuse-pay", other.clone()).await.unwrap();
+    error_body(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    redis.delete_keys("idem:*");
+    let res = send("/payments", "reuse-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let location = format!("/payments/{}", first["payment_id"].as_str().unwrap());
+    assert_eq!(res.headers()["location"], location.as_str());
+    assert_eq!(
+        json_of(res).await,
+        first,
+        "the stored payment, as first answered"
+    );
+
+    // One more payment under a new key: once its gateway call is logged, every earlier
+    // one is too. Two calls in all: the refused and the repeated payment charged nothing.
+    let res = send("/payments", "fence-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        wait_for_log(&at, GATEWAY, 2).await,
+        2,
+        "one charge per payment"
+    );
+    let listed = json_of(get(&http, &at, "/payments", &alice).await).await;
+    assert_eq!(
+        listed["payments"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(listed["payments"][0], first, "{listed}");
+
+    // Orders alike.
+    let order = json!({"sku": "apple", "qty": 1});
+    let res = send("/orders", "reuse-order", order.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let first = json_of(res).await;
+    redis.delete_keys("idem:*");
+    let res = send("/orders", "reuse-order", json!({"sku": "pear", "qty": 5}))
+        .await
+        .unwrap();
+    error_body(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    redis.delete_keys("idem:*");
+    let res = send("/orders", "reuse-order", order).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(res).await, first);
+    let listed = json_of(get(&http, &at, "/orders", &alice).await).await;
+    assert_eq!(listed["orders"], json!([first]), "{listed}");
+}
