@@ -2723,3 +2723,77 @@ async fn a_key_reused_after_the_layer_forgot_it_is_422_never_the_old_record() {
     let listed = json_of(get(&http, &at, "/orders", &alice).await).await;
     assert_eq!(listed["orders"], json!([first]), "{listed}");
 }
+
+/// `POST /login` with the session cookie of a login that was ended elsewhere (`DELETE
+/// /sessions/others`), on a shared browser: the new login, another user's, starts with an
+/// empty cart, not the ended login's. A cart put before logging in is not carried into
+/// the login either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_starts_without_the_cookie_sessions_earlier_cart() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let login_with_cookie = |cookie: String, username: &'static str, password: &'static str| {
+        let request = http
+            .post(at.url("/login"))
+            .header("cookie", cookie)
+            .json(&json!({"username": username, "password": password}));
+        async move {
+            let res = request.send().await.expect("login");
+            assert_eq!(res.status(), StatusCode::OK);
+            let cookie = res.headers()["set-cookie"]
+                .to_str()
+                .expect("ASCII cookie")
+                .split(';')
+                .next()
+                .expect("cookie pair")
+                .to_owned();
+            let token = json_of(res).await["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned();
+            User { token, cookie }
+        }
+    };
+
+    let shared = login(&http, &at, "bob", "builder").await;
+    let res = put_item(&http, &at, &shared.cookie, "stolen-laptop", 1).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let elsewhere = login(&http, &at, "bob", "builder").await;
+    let res = http
+        .delete(at.url("/sessions/others"))
+        .bearer_auth(&elsewhere.token)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    let alice = login_with_cookie(shared.cookie.clone(), "alice", "wonderland").await;
+    assert_ne!(alice.cookie, shared.cookie, "a new session id at login");
+    assert_eq!(cart(&http, &at, &alice.cookie).await, json!({}));
+    assert_eq!(
+        cart(&http, &at, &shared.cookie).await,
+        json!({}),
+        "the old id is gone"
+    );
+    let res = put_item(&http, &at, &alice.cookie, "apple", 2).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(cart(&http, &at, &alice.cookie).await, json!({"apple": 2}));
+
+    // A cart put before logging in.
+    let res = http
+        .put(at.url("/cart/items/pear"))
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(res.status(), StatusCode::OK);
+    let anonymous = res.headers()["set-cookie"]
+        .to_str()
+        .expect("ASCII cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let bob = login_with_cookie(anonymous, "bob", "builder").await;
+    assert_eq!(cart(&http, &at, &bob.cookie).await, json!({}));
+}

@@ -44,9 +44,13 @@ pub(crate) async fn login<S: StateStore>(
             "wrong username or password",
         );
     }
-    // A new session id at login, against session fixation.
+    // A new session id at login, against session fixation, and nothing of the cookie
+    // session's past: not the cart of a login that was ended (perhaps another user's, on
+    // a shared browser; its cookie session is only dropped on its next cart request), nor
+    // what was put in before logging in.
     let sid = format!("{:x}", rand_u128());
     let bound = async {
+        session.clear().await?;
         session.cycle_id().await?;
         session.insert("user", &creds.username).await?;
         session.insert("sid", &sid).await
