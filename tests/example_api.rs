@@ -1756,13 +1756,18 @@ struct RawAnswer {
 /// that answer, so the body is written by another task, its write errors ignored, while
 /// this one reads the answer (`Connection: close`: the answer ends at EOF).
 async fn send_raw(at: &Instance, head: &str, body: String) -> RawAnswer {
+    send_raw_typed(at, head, "application/json", body).await
+}
+
+/// [`send_raw`] with another `Content-Type`.
+async fn send_raw_typed(at: &Instance, head: &str, content_type: &str, body: String) -> RawAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", at.port))
         .await
         .expect("connect");
     let (mut read, mut write) = stream.into_split();
     let request = format!(
-        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -2796,4 +2801,56 @@ async fn a_login_starts_without_the_cookie_sessions_earlier_cart() {
         .to_owned();
     let bob = login_with_cookie(anonymous, "bob", "builder").await;
     assert_eq!(cart(&http, &at, &bob.cookie).await, json!({}));
+}
+
+/// A body that is not JSON is `415` before the idempotency layer claims the key, so the
+/// corrected retry with the same key runs (`201`) instead of being replayed the `415`;
+/// and `415` comes before the size check, with a key as without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_json_is_415_and_not_recorded_under_its_key() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    for (path, body) in [
+        ("/orders", json!({"sku": "apple", "qty": 1})),
+        (
+            "/payments",
+            json!({"amount_cents": 1250, "currency": "EUR"}),
+        ),
+    ] {
+        let key = format!("content-type{path}");
+        let res = http
+            .post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", &key)
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        error_body(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body").await;
+        let res = http
+            .post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+        assert!(res.headers().get("idempotent-replayed").is_none(), "{path}");
+    }
+    let bearer = format!("authorization: Bearer {}", alice.token);
+    for head in [
+        format!("POST /orders HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-text"),
+        format!("POST /orders HTTP/1.1\r\n{bearer}"),
+        format!("POST /payments HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-text"),
+        "POST /login HTTP/1.1".to_owned(),
+    ] {
+        let answer =
+            send_raw_typed(&at, &head, "text/plain", order_of_len(BODY_LIMIT + 100_000)).await;
+        let what = head.replace(&alice.token, "...");
+        assert_eq!(answer.status, 415, "{what}: {}", answer.body);
+        assert_eq!(answer.body["error"], "invalid_body", "{what}");
+    }
 }
