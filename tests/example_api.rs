@@ -2854,3 +2854,51 @@ async fn a_body_that_is_not_json_is_415_and_not_recorded_under_its_key() {
         assert_eq!(answer.body["error"], "invalid_body", "{what}");
     }
 }
+
+/// A `User-Agent` with bytes beyond ASCII (UTF-8, or another encoding) is shown under
+/// `GET /sessions` (invalid UTF-8 replaced), cut at 256 characters as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_show_a_user_agent_beyond_ascii() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let long = "é".repeat(300);
+    let mut token = String::new();
+    for agent in [
+        "Navigateur-été".as_bytes(),
+        b"Latin-1 caf\xe9",
+        long.as_bytes(),
+    ] {
+        let value = reqwest::header::HeaderValue::from_bytes(agent).expect("obs-text");
+        let res = http
+            .post(at.url("/login"))
+            .header("user-agent", value)
+            .json(&json!({"username": "alice", "password": "wonderland"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), StatusCode::OK);
+        token = json_of(res).await["access_token"]
+            .as_str()
+            .expect("access")
+            .to_owned();
+    }
+    let user = User {
+        token,
+        cookie: String::new(),
+    };
+    let listed = json_of(get(&http, &at, "/sessions", &user).await).await;
+    let mut agents: Vec<String> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["user_agent"].as_str().unwrap_or("(none)").to_owned())
+        .collect();
+    agents.sort();
+    let mut expected = vec![
+        "Latin-1 caf\u{fffd}".to_owned(),
+        "Navigateur-été".to_owned(),
+        "é".repeat(256),
+    ];
+    expected.sort();
+    assert_eq!(agents, expected, "{listed}");
+}

@@ -66,7 +66,8 @@ pub(crate) async fn login<S: StateStore>(
     // `DELETE /sessions/others`.
     let user_agent: Option<String> = headers
         .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
+        // Lossy: a browser may send non-ASCII bytes (`Navigateur-été` as UTF-8).
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .map(|ua| ua.chars().take(USER_AGENT_CHARS).collect());
     if let Err(e) = app
         .devices
