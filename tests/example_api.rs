@@ -1790,13 +1790,18 @@ struct RawAnswer {
 /// that answer, so the body is written by another task, its write errors ignored, while
 /// this one reads the answer (`Connection: close`: the answer ends at EOF).
 async fn send_raw(at: &Instance, head: &str, body: String) -> RawAnswer {
+    send_raw_typed(at, head, "application/json", body).await
+}
+
+/// [`send_raw`] with another `Content-Type`.
+async fn send_raw_typed(at: &Instance, head: &str, content_type: &str, body: String) -> RawAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", at.port))
         .await
         .expect("connect");
     let (mut read, mut write) = stream.into_split();
     let request = format!(
-        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+        "{head}\r\nhost: 127.0.0.1\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -2641,4 +2646,293 @@ async fn sessions_show_the_user_agent_of_each_login() {
         .find(|s| s["current"] == true)
         .expect("current");
     assert_eq!(current["user_agent"], "Firefox/128.0");
+}
+
+/// Waits (bounded) until the instance logged `needle` at least `n` times, then returns how
+/// many times it did. Lines arrive in order: once a later line is in, so is every earlier.
+async fn wait_for_log(at: &Instance, needle: &str, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while at.log_count(needle) < n {
+        assert!(Instant::now() < deadline, "{needle:?} not logged {n} times");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    at.log_count(needle)
+}
+
+/// Orders and payments keyed by an `Idempotency-Key` outlive the idempotency layer's
+/// record of the key (30 days against 24 hours, and the layer lets a key go after a
+/// `5xx`). Once the layer has forgotten the key (its `idem:` keys deleted here), the same
+/// key with another body is `422 idempotency_key_reused`, never the old record, and
+/// charges nothing; with the same body it is the stored record again, `201` with
+/// `Idempotent-Replayed: true`, not charged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_after_the_layer_forgot_it_is_422_never_the_old_record() {
+    const GATEWAY: &str = "calling the payment gateway";
+    let redis = redis_or_skip!();
+    let url = redis.url();
+    let at = Instance::start(&Config {
+        redis_url: Some(&url),
+        ..Config::default()
+    });
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    let send = |path: &'static str, key: &'static str, body: Value| {
+        http.post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+
+    let payment = json!({"amount_cents": 10000, "currency": "EUR"});
+    let other = json!({"amount_cents": 9_999_900, "currency": "USD"});
+    let res = send("/payments", "reuse-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    let first = json_of(res).await;
+    assert_eq!(wait_for_log(&at, GATEWAY, 1).await, 1);
+
+    assert!(
+        redis.delete_keys("idem:*") > 0,
+        "the layer's records are in Redis"
+    );
+    let res = send("/payments", "reuse-pay", other.clone()).await.unwrap();
+    error_body(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    redis.delete_keys("idem:*");
+    let res = send("/payments", "reuse-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let location = format!("/payments/{}", first["payment_id"].as_str().unwrap());
+    assert_eq!(res.headers()["location"], location.as_str());
+    assert_eq!(
+        json_of(res).await,
+        first,
+        "the stored payment, as first answered"
+    );
+
+    // One more payment under a new key: once its gateway call is logged, every earlier
+    // one is too. Two calls in all: the refused and the repeated payment charged nothing.
+    let res = send("/payments", "fence-pay", payment.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        wait_for_log(&at, GATEWAY, 2).await,
+        2,
+        "one charge per payment"
+    );
+    let listed = json_of(get(&http, &at, "/payments", &alice).await).await;
+    assert_eq!(
+        listed["payments"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(listed["payments"][0], first, "{listed}");
+
+    // Orders alike.
+    let order = json!({"sku": "apple", "qty": 1});
+    let res = send("/orders", "reuse-order", order.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let first = json_of(res).await;
+    redis.delete_keys("idem:*");
+    let res = send("/orders", "reuse-order", json!({"sku": "pear", "qty": 5}))
+        .await
+        .unwrap();
+    error_body(
+        res,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    redis.delete_keys("idem:*");
+    let res = send("/orders", "reuse-order", order).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(res).await, first);
+    let listed = json_of(get(&http, &at, "/orders", &alice).await).await;
+    assert_eq!(listed["orders"], json!([first]), "{listed}");
+}
+
+/// `POST /login` with the session cookie of a login that was ended elsewhere (`DELETE
+/// /sessions/others`), on a shared browser: the new login, another user's, starts with an
+/// empty cart, not the ended login's. A cart put before logging in is not carried into
+/// the login either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_starts_without_the_cookie_sessions_earlier_cart() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let login_with_cookie = |cookie: String, username: &'static str, password: &'static str| {
+        let request = http
+            .post(at.url("/login"))
+            .header("cookie", cookie)
+            .json(&json!({"username": username, "password": password}));
+        async move {
+            let res = request.send().await.expect("login");
+            assert_eq!(res.status(), StatusCode::OK);
+            let cookie = res.headers()["set-cookie"]
+                .to_str()
+                .expect("ASCII cookie")
+                .split(';')
+                .next()
+                .expect("cookie pair")
+                .to_owned();
+            let token = json_of(res).await["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned();
+            User { token, cookie }
+        }
+    };
+
+    let shared = login(&http, &at, "bob", "builder").await;
+    let res = put_item(&http, &at, &shared.cookie, "stolen-laptop", 1).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let elsewhere = login(&http, &at, "bob", "builder").await;
+    let res = http
+        .delete(at.url("/sessions/others"))
+        .bearer_auth(&elsewhere.token)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    let alice = login_with_cookie(shared.cookie.clone(), "alice", "wonderland").await;
+    assert_ne!(alice.cookie, shared.cookie, "a new session id at login");
+    assert_eq!(cart(&http, &at, &alice.cookie).await, json!({}));
+    assert_eq!(
+        cart(&http, &at, &shared.cookie).await,
+        json!({}),
+        "the old id is gone"
+    );
+    let res = put_item(&http, &at, &alice.cookie, "apple", 2).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(cart(&http, &at, &alice.cookie).await, json!({"apple": 2}));
+
+    // A cart put before logging in.
+    let res = http
+        .put(at.url("/cart/items/pear"))
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(res.status(), StatusCode::OK);
+    let anonymous = res.headers()["set-cookie"]
+        .to_str()
+        .expect("ASCII cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let bob = login_with_cookie(anonymous, "bob", "builder").await;
+    assert_eq!(cart(&http, &at, &bob.cookie).await, json!({}));
+}
+
+/// A body that is not JSON is `415` before the idempotency layer claims the key, so the
+/// corrected retry with the same key runs (`201`) instead of being replayed the `415`;
+/// and `415` comes before the size check, with a key as without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_json_is_415_and_not_recorded_under_its_key() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    for (path, body) in [
+        ("/orders", json!({"sku": "apple", "qty": 1})),
+        (
+            "/payments",
+            json!({"amount_cents": 1250, "currency": "EUR"}),
+        ),
+    ] {
+        let key = format!("content-type{path}");
+        let res = http
+            .post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", &key)
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        error_body(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_body").await;
+        let res = http
+            .post(at.url(path))
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+        assert!(res.headers().get("idempotent-replayed").is_none(), "{path}");
+    }
+    let bearer = format!("authorization: Bearer {}", alice.token);
+    for head in [
+        format!("POST /orders HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-text"),
+        format!("POST /orders HTTP/1.1\r\n{bearer}"),
+        format!("POST /payments HTTP/1.1\r\n{bearer}\r\nidempotency-key: big-text"),
+        "POST /login HTTP/1.1".to_owned(),
+    ] {
+        let answer =
+            send_raw_typed(&at, &head, "text/plain", order_of_len(BODY_LIMIT + 100_000)).await;
+        let what = head.replace(&alice.token, "...");
+        assert_eq!(answer.status, 415, "{what}: {}", answer.body);
+        assert_eq!(answer.body["error"], "invalid_body", "{what}");
+    }
+}
+
+/// A `User-Agent` with bytes beyond ASCII (UTF-8, or another encoding) is shown under
+/// `GET /sessions` (invalid UTF-8 replaced), cut at 256 characters as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_show_a_user_agent_beyond_ascii() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let long = "é".repeat(300);
+    let mut token = String::new();
+    for agent in [
+        "Navigateur-été".as_bytes(),
+        b"Latin-1 caf\xe9",
+        long.as_bytes(),
+    ] {
+        let value = reqwest::header::HeaderValue::from_bytes(agent).expect("obs-text");
+        let res = http
+            .post(at.url("/login"))
+            .header("user-agent", value)
+            .json(&json!({"username": "alice", "password": "wonderland"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), StatusCode::OK);
+        token = json_of(res).await["access_token"]
+            .as_str()
+            .expect("access")
+            .to_owned();
+    }
+    let user = User {
+        token,
+        cookie: String::new(),
+    };
+    let listed = json_of(get(&http, &at, "/sessions", &user).await).await;
+    let mut agents: Vec<String> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["user_agent"].as_str().unwrap_or("(none)").to_owned())
+        .collect();
+    agents.sort();
+    let mut expected = vec![
+        "Latin-1 caf\u{fffd}".to_owned(),
+        "Navigateur-été".to_owned(),
+        "é".repeat(256),
+    ];
+    expected.sort();
+    assert_eq!(agents, expected, "{listed}");
 }

@@ -44,9 +44,13 @@ pub(crate) async fn login<S: StateStore>(
             "wrong username or password",
         );
     }
-    // A new session id at login, against session fixation.
+    // A new session id at login, against session fixation, and nothing of the cookie
+    // session's past: not the cart of a login that was ended (perhaps another user's, on
+    // a shared browser; its cookie session is only dropped on its next cart request), nor
+    // what was put in before logging in.
     let sid = format!("{:x}", rand_u128());
     let bound = async {
+        session.clear().await?;
         session.cycle_id().await?;
         session.insert("user", &creds.username).await?;
         session.insert("sid", &sid).await
@@ -62,7 +66,8 @@ pub(crate) async fn login<S: StateStore>(
     // `DELETE /sessions/others`.
     let user_agent: Option<String> = headers
         .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
+        // Lossy: a browser may send non-ASCII bytes (`Navigateur-été` as UTF-8).
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .map(|ua| ua.chars().take(USER_AGENT_CHARS).collect());
     if let Err(e) = app
         .devices

@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -151,6 +151,25 @@ async fn own_sessions_only(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// `415` for a body that is not JSON, before the idempotency layer claims a key or reads
+/// the body: a refusal of the request's form is not recorded under its key (the corrected
+/// retry with the same key runs), and comes before a `413`, as on the routes without a key.
+///
+/// The test is axum's own (`Json` on the headers alone, with an empty body), so this check
+/// and the handler's extractor never disagree.
+async fn json_body(req: Request, next: Next) -> Response {
+    let mut probe = Request::new(axum::body::Body::empty());
+    if let Some(content_type) = req.headers().get(axum::http::header::CONTENT_TYPE) {
+        probe
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type.clone());
+    }
+    match Json::<serde::de::IgnoredAny>::from_request(probe, &()).await {
+        Err(e @ JsonRejection::MissingJsonContentType(_)) => rejected(&e),
+        _ => next.run(req).await,
+    }
+}
+
 async fn ready<S: StateStore>(State(app): State<Shared<S>>) -> Response {
     match app.store.get("ready-probe").await {
         Ok(_) => Json(json!({"status": "ready"})).into_response(),
@@ -228,15 +247,17 @@ fn router<S: StateStore>(
         .map_err(|e| format!("idempotency: {e}"))?;
     let require =
         |scope: &str| RequireScopeLayer::new([scope]).map_err(|e| format!("scope {scope}: {e}"));
-    // Idempotency wraps the two `POST` handlers alone, inside the scope check: a `403`
-    // for a missing scope (or a `405` for a wrong method) is answered before a key is
-    // claimed, so a retry with a token that has the scope is not replayed that refusal.
+    // Idempotency wraps the two `POST` handlers alone, inside the scope check and the
+    // content-type check: a `403` for a missing scope, a `415` for a body that is not
+    // JSON (or a `405` for a wrong method) is answered before a key is claimed, so a
+    // corrected retry with the same key is not replayed that refusal.
     let orders = Router::new()
         .route(
             "/orders",
             post(
                 create_order::<S>
                     .layer(idempotency.clone())
+                    .layer(middleware::from_fn(json_body))
                     .layer(require("orders:write")?),
             )
             .get(list_orders::<S>),
@@ -251,6 +272,7 @@ fn router<S: StateStore>(
             post(
                 create_payment::<S>
                     .layer(idempotency.required(true))
+                    .layer(middleware::from_fn(json_body))
                     .layer(require("payments:write")?),
             )
             .get(list_payments::<S>),

@@ -15,6 +15,9 @@ pub(crate) enum RecordError {
     Corrupt(serde_json::Error),
     /// Too many concurrent appends to one index; the client may retry.
     Contended,
+    /// The record under this id (the caller's `Idempotency-Key`) was made by another
+    /// request: the key was reused after the idempotency layer forgot it.
+    KeyReused,
 }
 
 impl From<StoreError> for RecordError {
@@ -36,6 +39,7 @@ impl IntoResponse for RecordError {
                 )
             }
             Self::Contended => unavailable(),
+            Self::KeyReused => key_reused(),
         }
     }
 }
@@ -48,8 +52,36 @@ pub(crate) fn index_key(collection: &str, sub: &str) -> String {
     format!("{collection}:{{{sub}}}:index")
 }
 
+/// `422 idempotency_key_reused`, in the idempotency layer's words: the key names a record
+/// that another request made.
+pub(crate) fn key_reused() -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        rejection::IDEMPOTENCY_KEY_REUSED,
+        "this idempotency key was used for a different request",
+    )
+}
+
+/// Whether `stored` was made by the request that made `record`: the same values in the
+/// fields taken from the request (`request_fields`; the id, status and time are not).
+pub(crate) fn same_request(stored: &Value, record: &Value, request_fields: &[&str]) -> bool {
+    request_fields
+        .iter()
+        .all(|field| stored.get(field) == record.get(field))
+}
+
+/// A record as `create` left it.
+pub(crate) struct Stored {
+    pub(crate) record: Value,
+    /// Made by an earlier attempt with the same key, not by this request.
+    pub(crate) earlier: bool,
+}
+
 /// Stores `record` under `id` unless a record with that id exists, then makes sure `id` is
-/// in the caller's index. Returns the stored record: on a retry, the first one.
+/// in the caller's index. Returns the stored record: on a retry, the first one; when the
+/// record there holds other values in `request_fields` (the key was reused for another
+/// request once the idempotency layer had forgotten it), [`RecordError::KeyReused`] and
+/// nothing changes.
 ///
 /// Safe to run again with the same id after any failure or crash part way through, which
 /// is what makes an id derived from the idempotency key exactly-once: a retry that runs
@@ -61,14 +93,28 @@ pub(crate) async fn create<S: StateStore>(
     sub: &str,
     id: &str,
     record: &Value,
-) -> Result<Value, RecordError> {
+    request_fields: &[&str],
+) -> Result<Stored, RecordError> {
     let bytes = Bytes::from(serde_json::to_vec(record).map_err(RecordError::Corrupt)?);
     let stored = match store
         .set_if_absent(&record_key(collection, sub, id), bytes, RECORD_TTL)
         .await?
     {
-        None => record.clone(),
-        Some(existing) => serde_json::from_slice(&existing).map_err(RecordError::Corrupt)?,
+        None => Stored {
+            record: record.clone(),
+            earlier: false,
+        },
+        Some(existing) => {
+            let existing: Value =
+                serde_json::from_slice(&existing).map_err(RecordError::Corrupt)?;
+            if !same_request(&existing, record, request_fields) {
+                return Err(RecordError::KeyReused);
+            }
+            Stored {
+                record: existing,
+                earlier: true,
+            }
+        }
     };
     append_to_index(store, &index_key(collection, sub), id).await?;
     Ok(stored)
@@ -188,13 +234,25 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn created(location: String, record: Value) -> Response {
-    let mut res = (StatusCode::CREATED, Json(record)).into_response();
+/// `201` with the record and its `Location`. A record an earlier attempt with the same key
+/// made is that attempt's answer again, marked as the idempotency layer marks a replay
+/// (`Idempotent-Replayed: true`): the layer's own record of it had expired or was released.
+pub(crate) fn created(location: String, stored: Stored) -> Response {
+    let mut res = (StatusCode::CREATED, Json(stored.record)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         res.headers_mut().insert("location", value);
     }
+    if stored.earlier {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
     res
 }
+
+/// The fields of an order that its request chose.
+const ORDER_REQUEST: &[&str] = &["sku", "qty"];
+/// The fields of a payment that its request chose.
+const PAYMENT_REQUEST: &[&str] = &["amount_cents", "currency"];
 
 #[derive(Deserialize)]
 pub(crate) struct NewOrder {
@@ -233,7 +291,16 @@ pub(crate) async fn create_order<S: StateStore>(
         "status": "placed",
         "created_at": now_secs(),
     });
-    match create(&app.store, "orders", &claims.sub, &id, &record).await {
+    match create(
+        &app.store,
+        "orders",
+        &claims.sub,
+        &id,
+        &record,
+        ORDER_REQUEST,
+    )
+    .await
+    {
         Ok(stored) => created(format!("/orders/{id}"), stored),
         Err(e) => e.into_response(),
     }
@@ -296,15 +363,6 @@ pub(crate) async fn create_payment<S: StateStore>(
         return invalid("currency must be a three-letter ISO 4217 code, like EUR");
     }
     let id = record_id("pay", &claims.sub, Some(key));
-    // A payment stored by an earlier attempt with this key is not charged again.
-    match fetch(&app.store, "payments", &claims.sub, &id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            tracing::debug!(payment_id = %id, "calling the payment gateway");
-            tokio::time::sleep(app.gateway_latency).await;
-        }
-        Err(e) => return e.into_response(),
-    }
     let record = json!({
         "payment_id": id,
         "amount_cents": payment.amount_cents,
@@ -312,7 +370,30 @@ pub(crate) async fn create_payment<S: StateStore>(
         "status": "captured",
         "created_at": now_secs(),
     });
-    match create(&app.store, "payments", &claims.sub, &id, &record).await {
+    // A payment stored by an earlier attempt with this key is not charged again; one that
+    // another payment stored under the key (reused once the idempotency layer forgot it)
+    // is refused, never answered as this payment's.
+    match fetch(&app.store, "payments", &claims.sub, &id).await {
+        Ok(Some(stored)) if !same_request(&stored, &record, PAYMENT_REQUEST) => {
+            return key_reused();
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::debug!(payment_id = %id, "calling the payment gateway");
+            tokio::time::sleep(app.gateway_latency).await;
+        }
+        Err(e) => return e.into_response(),
+    }
+    match create(
+        &app.store,
+        "payments",
+        &claims.sub,
+        &id,
+        &record,
+        PAYMENT_REQUEST,
+    )
+    .await
+    {
         Ok(stored) => created(format!("/payments/{id}"), stored),
         Err(e) => e.into_response(),
     }

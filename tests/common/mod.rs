@@ -396,6 +396,16 @@ impl RedisServer {
             .expect("KEYS")
     }
 
+    /// Deletes every key matching `pattern`; returns how many there were.
+    pub fn delete_keys(&self, pattern: &str) -> usize {
+        let keys = self.keys(pattern);
+        if !keys.is_empty() {
+            let mut conn = self.client().get_connection().expect("connect");
+            let _: usize = redis::cmd("DEL").arg(&keys).query(&mut conn).expect("DEL");
+        }
+        keys.len()
+    }
+
     /// Raw `GET` of a key.
     pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
         let mut conn = self.client().get_connection().expect("connect");
