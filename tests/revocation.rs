@@ -197,12 +197,30 @@ async fn revocations_naming_no_token_are_refused<St: StateStore>(store: St, othe
     let hour = Duration::from_secs(3600);
     let results = [
         ("empty jti", revoker.revoke_jti("alice", "", exp).await),
-        ("token with an empty jti", revoker.revoke_token(&token("alice", "")).await),
-        ("jti of an empty sub", revoker.revoke_jti("", "t1", exp).await),
-        ("jti of a blank sub", revoker.revoke_jti(" \t", "t1", exp).await),
-        ("token of a blank sub", revoker.revoke_token(&token("  ", "t1")).await),
-        ("session of an empty sub", revoker.revoke_session("", "s1", hour).await),
-        ("session of a blank sub", revoker.revoke_session("\n", "s1", hour).await),
+        (
+            "token with an empty jti",
+            revoker.revoke_token(&token("alice", "")).await,
+        ),
+        (
+            "jti of an empty sub",
+            revoker.revoke_jti("", "t1", exp).await,
+        ),
+        (
+            "jti of a blank sub",
+            revoker.revoke_jti(" \t", "t1", exp).await,
+        ),
+        (
+            "token of a blank sub",
+            revoker.revoke_token(&token("  ", "t1")).await,
+        ),
+        (
+            "session of an empty sub",
+            revoker.revoke_session("", "s1", hour).await,
+        ),
+        (
+            "session of a blank sub",
+            revoker.revoke_session("\n", "s1", hour).await,
+        ),
         ("empty sub", revoker.revoke_subject("").await.map(drop)),
         ("blank sub", revoker.revoke_subject(" ").await.map(drop)),
     ];
@@ -218,7 +236,12 @@ async fn revocations_naming_no_token_are_refused<St: StateStore>(store: St, othe
         assert_eq!(error.error_code(), "invalid_request", "{name}");
     }
     // Nothing was written: not even under the keys those calls would have used.
-    for key in ["rev:{s}:jti:t1", "rev:{sYWxpY2U}:jti:", "rev:{s}:sid:s1", "rev:{s}:sub"] {
+    for key in [
+        "rev:{s}:jti:t1",
+        "rev:{sYWxpY2U}:jti:",
+        "rev:{s}:sid:s1",
+        "rev:{s}:sub",
+    ] {
         assert_eq!(store.get(key).await.expect("get"), None, "{key}");
     }
     let layer = layer(store);
