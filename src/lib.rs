@@ -137,7 +137,7 @@
 //! | `tower_stateless_rate_limit_total` | counter | `result` | `allowed`, `limited`, `store_error`, `no_key` |
 //! | `tower_stateless_refresh_total` | counter | `result` | `issued`, `rotated`, `reused`, `invalid` |
 //! | `tower_stateless_local_cache_total` | counter | `result` | `hit`, `miss` (one per LocalCache read of a cached prefix; reads it passes through are not counted) |
-//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
+//! | `tower_stateless_store_duration_seconds` | histogram | `op`, `result` | `op`: a [`StateStore`](store::StateStore) method (`get`, `get_many`, `set`, `set_if_absent`, `compare_and_set`, `compare_and_delete`, `get_and_refresh`, `delete`, `gcra`, `hash_get_all_and_refresh`, `hash_get_all_and_refresh_lazily`, `hash_get_all_cached`, `hash_apply`, `hash_compare_and_set_field`); `result`: `ok`, `unavailable`, `error` |
 //!
 //!
 //! Traces, with or without the feature: each decision is a `DEBUG` span named after the

@@ -396,11 +396,32 @@ pub(crate) enum StoreOp {
     Delete,
     Gcra,
     HashGetAllAndRefresh,
+    HashGetAllAndRefreshLazily,
+    HashGetAllCached,
     HashApply,
     HashCompareAndSetField,
 }
 
 impl StoreOp {
+    /// Every method, in the documented order.
+    #[cfg(test)]
+    pub(crate) const ALL: &'static [Self] = &[
+        Self::Get,
+        Self::GetMany,
+        Self::Set,
+        Self::SetIfAbsent,
+        Self::CompareAndSet,
+        Self::CompareAndDelete,
+        Self::GetAndRefresh,
+        Self::Delete,
+        Self::Gcra,
+        Self::HashGetAllAndRefresh,
+        Self::HashGetAllAndRefreshLazily,
+        Self::HashGetAllCached,
+        Self::HashApply,
+        Self::HashCompareAndSetField,
+    ];
+
     pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Get => "get",
@@ -413,6 +434,8 @@ impl StoreOp {
             Self::Delete => "delete",
             Self::Gcra => "gcra",
             Self::HashGetAllAndRefresh => "hash_get_all_and_refresh",
+            Self::HashGetAllAndRefreshLazily => "hash_get_all_and_refresh_lazily",
+            Self::HashGetAllCached => "hash_get_all_cached",
             Self::HashApply => "hash_apply",
             Self::HashCompareAndSetField => "hash_compare_and_set_field",
         }
@@ -504,6 +527,8 @@ impl StoreTimer {
                 Delete => "delete",
                 Gcra => "gcra",
                 HashGetAllAndRefresh => "hash_get_all_and_refresh",
+                HashGetAllAndRefreshLazily => "hash_get_all_and_refresh_lazily",
+                HashGetAllCached => "hash_get_all_cached",
                 HashApply => "hash_apply",
                 HashCompareAndSetField => "hash_compare_and_set_field"
             )
@@ -570,6 +595,20 @@ mod tests {
         let mut session: Vec<_> = SessionOp::ALL.iter().map(|o| o.as_str()).collect();
         session.extend(SessionResult::ALL.iter().map(|o| o.as_str()));
         row("tower_stateless_session_total", session);
+        // The store histogram names each `StateStore` method it times as itself.
+        for text in [docs, readme] {
+            let line = text
+                .lines()
+                .find(|l| l.contains("| `tower_stateless_store_duration_seconds` |"))
+                .expect("a table row for the store histogram");
+            for op in StoreOp::ALL {
+                let op = op.as_str();
+                assert!(
+                    line.contains(&format!("`{op}`")),
+                    "store op {op} undocumented"
+                );
+            }
+        }
     }
 
     /// The span table of the crate docs and the README names each layer's span, its

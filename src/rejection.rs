@@ -9,11 +9,11 @@
 //! | code | status | who answers it |
 //! |---|---|---|
 //! | [`MISSING_TOKEN`] | `401` | JWT layer |
-//! | [`INVALID_REQUEST`] | `400` | JWT layer (token sent two ways, malformed header) |
+//! | [`INVALID_REQUEST`] | `400` | JWT layer (token sent two ways, malformed header); [`RevokeError`](crate::revocation::RevokeError), [`RefreshError`](crate::refresh::RefreshError) and [`DevicesError`](crate::session::DevicesError) (a revocation or logout naming no token, session or subject: an empty `jti` or `sid`, a blank `sub`) |
 //! | [`INVALID_TOKEN`] | `401` | JWT layer (bad, expired or revoked token) |
 //! | [`INSUFFICIENT_SCOPE`] | `403` | [`RequireScopeLayer`](crate::jwt::RequireScopeLayer) |
-//! | [`STORE_UNAVAILABLE`] | `503` | every store-backed layer ([`StoreFailure::closed`](crate::StoreFailure::closed)), [`StoreError`](crate::store::StoreError) |
-//! | [`STORE_ERROR`] | `500` | [`StoreError`](crate::store::StoreError) other than unavailable |
+//! | [`STORE_UNAVAILABLE`] | `503` | every store-backed layer ([`StoreFailure::closed`](crate::StoreFailure::closed)), [`StoreError`](crate::store::StoreError) and the errors wrapping one ([`RevokeError`](crate::revocation::RevokeError), [`RateLimitError`](crate::rate_limit::RateLimitError), [`SessionError`](crate::session::SessionError), [`DevicesError`](crate::session::DevicesError)) |
+//! | [`STORE_ERROR`] | `500` | [`StoreError`](crate::store::StoreError) other than unavailable, and [`RevokeError`](crate::revocation::RevokeError) or [`RateLimitError`](crate::rate_limit::RateLimitError) wrapping one |
 //! | [`INTERNAL_ERROR`] | `500` | any layer, the `Claims` and `Session` extractors (feature `axum`), for a misconfiguration or a corrupt store reply |
 //! | [`RATE_LIMITED`] | `429` | rate limit layer |
 //! | [`SESSION_ERROR`] | `500` | session layer, [`SessionError`](crate::session::SessionError) |
@@ -22,7 +22,7 @@
 //! | [`SESSION_ENDED`] | `409` | [`SessionError`](crate::session::SessionError) |
 //! | [`IDEMPOTENCY_KEY_REQUIRED`] | `400` | idempotency layer |
 //! | [`INVALID_IDEMPOTENCY_KEY`] | `400` | idempotency layer |
-//! | [`INVALID_BODY`] | `400` | idempotency layer |
+//! | [`INVALID_BODY`] | `400` | idempotency layer (a keyed request's body could not be read) |
 //! | [`PAYLOAD_TOO_LARGE`] | `413` | idempotency layer |
 //! | [`IDEMPOTENCY_KEY_REUSED`] | `422` | idempotency layer |
 //! | [`IDEMPOTENCY_REQUEST_IN_PROGRESS`] | `409` | idempotency layer |
@@ -34,6 +34,12 @@
 //! | [`INVALID_GRANT`] | `400` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
 //! | [`TEMPORARILY_UNAVAILABLE`] | `503` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
 //! | [`SERVER_ERROR`] | `500` | [`RefreshError`](crate::refresh::RefreshError) (OAuth 2.0) |
+//!
+//! The table lists what this crate answers. An application may answer these codes too,
+//! with the status that fits its case: the example API (`examples/stateless_api`) answers
+//! a JSON body axum cannot take with [`INVALID_BODY`] and axum's status (`400` malformed
+//! JSON, `415` not `application/json`, `422` the wrong shape) and one over its size limit
+//! with [`PAYLOAD_TOO_LARGE`] (`413`, as the idempotency layer answers a keyed one).
 //!
 //! Every error type a handler sees ([`StoreError`](crate::store::StoreError),
 //! [`SessionError`](crate::session::SessionError),
@@ -47,7 +53,8 @@
 
 /// No token in the request (`401`, with a bare `WWW-Authenticate: Bearer`).
 pub const MISSING_TOKEN: &str = "missing_token";
-/// A malformed request: a token sent two ways, a `Bearer` without token (`400`).
+/// A malformed request: a token sent two ways, a `Bearer` without token; or a revocation
+/// or logout naming no token, session or subject (`400`).
 pub const INVALID_REQUEST: &str = "invalid_request";
 /// A token that does not verify, has expired or was revoked (`401`).
 pub const INVALID_TOKEN: &str = "invalid_token";
@@ -75,7 +82,8 @@ pub const DEVICES_ERROR: &str = "devices_error";
 pub const IDEMPOTENCY_KEY_REQUIRED: &str = "idempotency_key_required";
 /// The idempotency key is malformed (`400`).
 pub const INVALID_IDEMPOTENCY_KEY: &str = "invalid_idempotency_key";
-/// The request body could not be read (`400`).
+/// The request body could not be read (`400`). An application may use it for a body it
+/// cannot parse, with the status that says why (the example API: `400`, `415`, `422`).
 pub const INVALID_BODY: &str = "invalid_body";
 /// The request body is larger than the endpoint accepts (`413`).
 pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
@@ -97,3 +105,54 @@ pub const INVALID_GRANT: &str = "invalid_grant";
 pub const TEMPORARILY_UNAVAILABLE: &str = "temporarily_unavailable";
 /// OAuth 2.0: the token endpoint failed (`500`).
 pub const SERVER_ERROR: &str = "server_error";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refresh::RefreshError;
+    use crate::revocation::RevokeError;
+    use crate::session::DevicesError;
+
+    /// The catalogue's row for the constant `name`.
+    fn row(name: &str) -> &'static str {
+        include_str!("rejection.rs")
+            .lines()
+            .find(|l| l.starts_with(&format!("//! | [`{name}`] |")))
+            .unwrap_or_else(|| panic!("no catalogue row for {name}"))
+    }
+
+    /// Every error type answering `invalid_request` is named in its row, not only the
+    /// JWT layer.
+    #[test]
+    fn the_catalogue_names_every_source_of_invalid_request() {
+        let missing = || RefreshError::from(RevokeError::MissingSubject);
+        let answers = [
+            ("RevokeError", RevokeError::MissingSubject.error_code()),
+            ("RefreshError", missing().error_code()),
+            ("DevicesError", DevicesError::from(missing()).error_code()),
+        ];
+        let row = row("INVALID_REQUEST");
+        assert!(row.contains("JWT layer"), "{row}");
+        for (who, code) in answers {
+            assert_eq!(code, INVALID_REQUEST, "{who}");
+            assert!(row.contains(&format!("[`{who}`]")), "{who} missing: {row}");
+        }
+    }
+
+    /// The catalogue says an application may answer `invalid_body` with other statuses,
+    /// as the example API does.
+    #[test]
+    fn the_catalogue_notes_invalid_body_beyond_the_idempotency_layer() {
+        let docs: String = include_str!("rejection.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for status in ["`415`", "`422`"] {
+            assert!(docs.contains(status), "{status}");
+        }
+        assert!(docs.contains("examples/stateless_api"));
+        let example = include_str!("../examples/stateless_api/errors.rs");
+        assert!(example.contains("rejection::INVALID_BODY"));
+    }
+}

@@ -13,7 +13,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
-use tower_stateless::refresh::{RefreshTokens, TokenPair};
+use tower_stateless::refresh::{RefreshError, RefreshTokens, TokenPair};
+use tower_stateless::revocation::RevokeError;
 use tower_stateless::session::{Devices, DevicesError, Session, SessionLayer};
 use tower_stateless::store::{
     HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StateStore, StoreError,
@@ -629,6 +630,97 @@ async fn devices_error_is_the_crates_json_error_response() {
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(json["error"], "devices_error");
     assert_eq!(json["message"], "the login could not be recorded");
+}
+
+/// A logout (or end) of an empty or whitespace-only subject ends nothing and writes
+/// nothing: `400 invalid_request`, a message naming the subject, the store's key count
+/// unchanged. Once, `logout` and `logout_everywhere` wrote refresh markers before the
+/// revoker refused the subject.
+async fn blank_subject_logouts_write_nothing<St: StateStore>(store: St, keys: impl Fn() -> u64) {
+    let tokens = tokens(store.clone());
+    let devices = devices_for(tokens.clone(), store);
+    let alice = login(&devices, &tokens).await;
+    let before = keys();
+    assert!(before > 0, "the login is stored");
+    let handle = devices.handle(&sid(&alice));
+    for sub in ["", " ", "\t\n"] {
+        let results: Vec<(&str, Result<(), DevicesError>)> = vec![
+            ("logout", devices.logout(sub, "othersid").await),
+            (
+                "logout_everywhere",
+                devices.logout_everywhere(sub).await.map(|_| ()),
+            ),
+            ("end", devices.end(sub, &handle).await.map(|_| ())),
+            (
+                "end_others",
+                devices.end_others(sub, "othersid").await.map(|_| ()),
+            ),
+            ("end_all", devices.end_all(sub).await.map(|_| ())),
+        ];
+        for (name, result) in results {
+            let error = result.expect_err(name);
+            assert!(
+                matches!(
+                    &error,
+                    DevicesError::Tokens(RefreshError::Revoke(RevokeError::MissingSubject))
+                ),
+                "{name}({sub:?}): {error:?}"
+            );
+            assert!(!error.is_unavailable(), "{name}");
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{name}");
+            assert_eq!(error.error_code(), "invalid_request", "{name}");
+            #[cfg(feature = "axum")]
+            {
+                use axum::response::IntoResponse;
+                let res = error.into_response();
+                let body = res.into_body().collect().await.expect("body").to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                assert_eq!(json["error"], "invalid_request", "{name}");
+                assert_eq!(
+                    json["message"], "the token names no subject (empty `sub` claim)",
+                    "{name}"
+                );
+            }
+            assert_eq!(keys(), before, "{name}({sub:?}) wrote to the store");
+        }
+    }
+    // An empty `sid` is still named as such, before the subject.
+    let error = devices.logout(" ", "").await.expect_err("no sid");
+    assert!(
+        matches!(
+            &error,
+            DevicesError::Tokens(RefreshError::Revoke(RevokeError::MissingSid))
+        ),
+        "{error:?}"
+    );
+    #[cfg(feature = "axum")]
+    {
+        use axum::response::IntoResponse;
+        let body = error.into_response().into_body().collect().await;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body.expect("body").to_bytes()).expect("json");
+        assert_eq!(json["message"], "the token names no login (no `sid` claim)");
+    }
+    assert_eq!(keys(), before);
+    // Alice's login was not touched.
+    assert_eq!(devices.list("alice", None).await.expect("list").len(), 1);
+    assert_eq!(
+        access_status(tokens.store(), &alice.access_token).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn memory_blank_subject_logouts_write_nothing() {
+    let store = tower_stateless::store::MemoryStore::new();
+    blank_subject_logouts_write_nothing(store.clone(), || store.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blank_subject_logouts_write_nothing() {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::from_url(server.url()).expect("store");
+    blank_subject_logouts_write_nothing(store, || server.dbsize()).await;
 }
 
 /// `delete` fails while set: the store goes down in the middle of ending a login (its

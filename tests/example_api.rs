@@ -1894,6 +1894,42 @@ async fn a_body_over_the_limit_is_413_payload_too_large_with_or_without_a_key() 
     }
 }
 
+/// A JSON body axum cannot take is the crate's `invalid_body`, with axum's status (the
+/// `rejection` catalogue and the README say so): `400` malformed, `415` not JSON, `422`
+/// the wrong shape; with or without an `Idempotency-Key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_axum_cannot_take_is_invalid_body() {
+    let at = Instance::start(&Config::default());
+    let http = client();
+    let alice = login(&http, &at, "alice", "wonderland").await;
+    for key in [Some("bad-body"), None] {
+        for (content_type, body, status) in [
+            ("application/json", "{\"sku\": ", StatusCode::BAD_REQUEST),
+            (
+                "text/plain",
+                "{\"sku\":\"apple\",\"qty\":1}",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                "application/json",
+                "{\"sku\": 7}",
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ] {
+            let mut request = http
+                .post(at.url("/orders"))
+                .bearer_auth(&alice.token)
+                .header("content-type", content_type)
+                .body(body);
+            if let Some(key) = key {
+                request = request.header("idempotency-key", format!("{key}-{}", status.as_u16()));
+            }
+            let res = request.send().await.unwrap();
+            error_body(res, status, "invalid_body").await;
+        }
+    }
+}
+
 /// The idempotency layer's `400` names the header it needs, in words that read right
 /// whatever the header is called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,48 @@ fn store_histogram_labels_each_operation_by_its_outcome() {
     assert!(!text.contains("v1"), "a value reached a label:\n{text}");
 }
 
+/// Each hash read is labelled by its own method: a lazy read (a session read) and a
+/// cached read are not counted as the eager `hash_get_all_and_refresh` (they once were).
+#[test]
+fn store_histogram_labels_each_hash_read_by_its_method() {
+    let _serial = serial();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        block_on(async {
+            let store = InstrumentedStore::new(MemoryStore::new());
+            let (ttl, every) = (Duration::from_secs(60), Duration::from_secs(10));
+            store.hash_get_all_and_refresh("h", ttl).await.unwrap();
+            for _ in 0..2 {
+                store
+                    .hash_get_all_and_refresh_lazily("h", ttl, every)
+                    .await
+                    .unwrap();
+            }
+            for _ in 0..3 {
+                store
+                    .hash_get_all_cached("h", ttl, every, None)
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    let text = handle.render();
+    let count = "tower_stateless_store_duration_seconds_count";
+    for (op, n) in [
+        ("hash_get_all_and_refresh", 1.0),
+        ("hash_get_all_and_refresh_lazily", 2.0),
+        ("hash_get_all_cached", 3.0),
+    ] {
+        let label = format!("op=\"{op}\"");
+        assert_eq!(
+            value(&text, count, &[&label, "result=\"ok\""]),
+            Some(n),
+            "{op}:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn without_a_recorder_the_counters_do_nothing() {
     let _serial = serial();

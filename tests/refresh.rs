@@ -22,6 +22,7 @@ use tower_stateless::jwt::{Algorithm, IssueError, IssuedToken, JwtKeySet, TokenP
 use tower_stateless::refresh::{
     InvalidGrant, RefreshError, RefreshTokens, RefreshTokensBuilder, TokenPair,
 };
+use tower_stateless::revocation::RevokeError;
 use tower_stateless::store::{MemoryStore, RedisStore, StateStore, StoreError};
 
 /// The server secret of the refresh tokens in these tests.
@@ -1104,6 +1105,72 @@ async fn a_logout_with_an_empty_session_id_is_refused_and_writes_nothing() {
         tower_stateless::revocation::RevokeError::MissingSid
     ));
     assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A logout of an empty or whitespace-only subject (which no token the JWT layer accepts
+/// carries) ends nothing: it is refused with `400 invalid_request`, a message naming the
+/// subject, and nothing written. Once, the refresh markers were written before the
+/// revoker refused the subject: a key per call.
+async fn blank_subject_logouts_write_nothing<St: StateStore>(store: St, keys: impl Fn() -> u64) {
+    let manager = tokens(store);
+    manager.issue("alice").await.expect("issue");
+    let before = keys();
+    assert!(before > 0, "the login is stored");
+    for sub in ["", " ", "\t\n"] {
+        let results = [
+            ("logout", manager.logout(sub, "somesid").await),
+            ("logout_everywhere", manager.logout_everywhere(sub).await),
+            (
+                "revoke_session_families",
+                manager.revoke_session_families(sub, "somesid").await,
+            ),
+            (
+                "revoke_subject_families",
+                manager.revoke_subject_families(sub).await.map(|_| ()),
+            ),
+        ];
+        for (name, result) in results {
+            let error = result.expect_err(name);
+            assert!(
+                matches!(error, RefreshError::Revoke(RevokeError::MissingSubject)),
+                "{name}({sub:?}): {error:?}"
+            );
+            assert!(!error.is_unavailable(), "{name}");
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{name}");
+            assert_eq!(error.error_code(), "invalid_request", "{name}");
+            #[cfg(feature = "axum")]
+            {
+                use axum::response::IntoResponse;
+                let body = json_body(error.into_response()).await;
+                assert_eq!(body["error"], "invalid_request", "{name}");
+                assert_eq!(
+                    body["message"], "the token names no subject (empty `sub` claim)",
+                    "{name}"
+                );
+            }
+            assert_eq!(keys(), before, "{name}({sub:?}) wrote to the store");
+        }
+    }
+    // An empty `sid` is still named as such.
+    let error = manager.logout(" ", "").await.expect_err("no sid");
+    assert!(
+        matches!(error, RefreshError::Revoke(RevokeError::MissingSid)),
+        "{error:?}"
+    );
+    assert_eq!(keys(), before);
+}
+
+#[tokio::test]
+async fn memory_blank_subject_logouts_write_nothing() {
+    let store = MemoryStore::new();
+    blank_subject_logouts_write_nothing(store.clone(), || store.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blank_subject_logouts_write_nothing() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    blank_subject_logouts_write_nothing(store, || server.dbsize()).await;
 }
 
 /// With `axum`, token responses and token endpoint errors are answers of their own, both

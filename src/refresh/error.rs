@@ -55,7 +55,10 @@ pub enum RefreshError {
     /// retried later; no token was issued.
     #[error("refresh token store failed")]
     Store(#[source] StoreError),
-    /// Writing the session or subject revocation failed (other than a store failure).
+    /// Writing the session or subject revocation failed (other than a store failure):
+    /// a logout given an empty session id ([`RevokeError::MissingSid`]) or an empty or
+    /// whitespace-only subject ([`RevokeError::MissingSubject`]), refused with `400
+    /// invalid_request` before anything is written.
     #[error("could not revoke the session or subject")]
     Revoke(#[source] RevokeError),
     /// The access token could not be minted; also an empty (or whitespace-only) subject or
@@ -109,8 +112,8 @@ impl RefreshError {
     }
 
     /// The OAuth 2.0 error code for the response body: `invalid_grant`,
-    /// `invalid_request` (a logout naming no session), `temporarily_unavailable` or
-    /// `server_error`.
+    /// `invalid_request` (a logout naming no session, or an empty or whitespace-only
+    /// subject), `temporarily_unavailable` or `server_error`.
     pub fn error_code(&self) -> &'static str {
         if self.is_invalid_grant() {
             rejection::INVALID_GRANT
@@ -134,17 +137,15 @@ impl RefreshError {
         }
     }
 
-    /// What the client is told: never the reason of an `invalid_grant`.
+    /// What the client is told: never the reason of an `invalid_grant`; for a refused
+    /// logout, what it lacked (the session or the subject).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    fn client_message(&self) -> &'static str {
-        if self.is_invalid_grant() {
-            "the refresh token is invalid"
-        } else if self.is_bad_request() {
-            "the token names no session (no `sid` claim)"
-        } else if self.is_unavailable() {
-            crate::response::STORE_UNAVAILABLE_MESSAGE
-        } else {
-            "the token endpoint failed"
+    pub(crate) fn client_message(&self) -> &'static str {
+        match self {
+            Self::InvalidGrant(_) => "the refresh token is invalid",
+            Self::Revoke(error) if self.is_bad_request() => error.client_message(),
+            _ if self.is_unavailable() => crate::response::STORE_UNAVAILABLE_MESSAGE,
+            _ => "the token endpoint failed",
         }
     }
 }

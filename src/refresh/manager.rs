@@ -9,7 +9,7 @@ use super::record::Record;
 use super::token::{self, RefreshToken, TokenPair};
 use crate::id::random_id;
 use crate::jwt::{IssueError, TokenIssuer, TokenPolicy};
-use crate::revocation::raise_cutoff;
+use crate::revocation::{check_subject, raise_cutoff};
 use crate::revocation::{RevokeError, Revoker};
 use crate::store::StateStore;
 use crate::ConfigError;
@@ -396,13 +396,15 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSid`], `400 invalid_request`) for
-    /// an empty `sid`, nothing written; [`RefreshError::Store`] when the store fails: the
+    /// [`RefreshError::Revoke`] (`400 invalid_request`) with [`RevokeError::MissingSid`]
+    /// for an empty `sid`, or [`RevokeError::MissingSubject`] for a `sub` that is empty or
+    /// only whitespace, nothing written; [`RefreshError::Store`] when the store fails: the
     /// logout did not happen.
     pub async fn revoke_session_families(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
         if sid.is_empty() {
             return Err(RevokeError::MissingSid.into());
         }
+        check_subject(sub)?;
         let tag = self.tags.subject_tag(sub);
         self.store
             .set(
@@ -426,8 +428,11 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
+    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written;
     /// [`RefreshError::Store`] when the store fails.
     pub async fn revoke_subject_families(&self, sub: &str) -> Result<u64, RefreshError> {
+        check_subject(sub)?;
         let tag = self.tags.subject_tag(sub);
         let cutoff = raise_cutoff(
             &self.store,
@@ -446,9 +451,10 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSid`], `400 invalid_request`) for
-    /// an empty `sid` (a token without a `sid` claim belongs to no session: revoke the
-    /// token itself with [`Revoker::revoke_token`]), nothing written;
+    /// [`RefreshError::Revoke`] (`400 invalid_request`) with [`RevokeError::MissingSid`]
+    /// for an empty `sid` (a token without a `sid` claim belongs to no session: revoke the
+    /// token itself with [`Revoker::revoke_token`]), or [`RevokeError::MissingSubject`]
+    /// for a `sub` that is empty or only whitespace, nothing written;
     /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
     pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), RefreshError> {
         self.revoke_session_families(sub, sid).await?;
@@ -468,7 +474,9 @@ impl<S: StateStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// [`RefreshError::Store`] when the store fails.
+    /// [`RefreshError::Revoke`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written;
+    /// [`RefreshError::Store`] when the store fails: tell the client logout failed.
     pub async fn logout_everywhere(&self, sub: &str) -> Result<(), RefreshError> {
         self.revoke_subject_families(sub).await?;
         self.revoker.revoke_subject(sub).await?;

@@ -116,5 +116,5 @@ mod key;
 mod revoker;
 
 pub use self::check::RevocationCheck;
-pub(crate) use self::revoker::raise_cutoff;
+pub(crate) use self::revoker::{check_subject, raise_cutoff};
 pub use self::revoker::{RevokeError, Revoker};

@@ -77,8 +77,10 @@ impl RevokeError {
         }
     }
 
+    /// What the client is told; also the message of a [`RefreshError`](crate::refresh::RefreshError)
+    /// or [`DevicesError`](crate::session::DevicesError) wrapping this refusal.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    fn client_message(&self) -> &'static str {
+    pub(crate) fn client_message(&self) -> &'static str {
         match self {
             Self::MissingJti => "the token has no `jti` and cannot be revoked on its own",
             Self::MissingSid => "the token names no session (no `sid` claim)",
@@ -249,8 +251,9 @@ impl<S: StateStore> Revoker<S> {
     }
 }
 
-/// Refuses a subject the JWT layer refuses in tokens (empty or whitespace-only).
-fn check_subject(sub: &str) -> Result<(), RevokeError> {
+/// Refuses a subject the JWT layer refuses in tokens (empty or whitespace-only): every
+/// revocation, and every logout of `RefreshTokens` and `Devices`, calls it before writing.
+pub(crate) fn check_subject(sub: &str) -> Result<(), RevokeError> {
     if crate::claims::blank_subject(sub) {
         return Err(RevokeError::MissingSubject);
     }

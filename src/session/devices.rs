@@ -61,12 +61,14 @@ impl DevicesError {
         }
     }
 
-    /// A logout that named no login (an empty `sid`): the caller's mistake.
+    /// A logout that named no login (an empty `sid`) or no user (an empty or
+    /// whitespace-only `sub`): the caller's mistake.
     fn is_bad_request(&self) -> bool {
         matches!(self, Self::Tokens(e) if e.status() == StatusCode::BAD_REQUEST)
     }
 
-    /// The HTTP status to answer: `400` for a logout naming no login, `503` when the
+    /// The HTTP status to answer: `400` for a logout naming no login or no user
+    /// ([`RevokeError::MissingSid`], [`RevokeError::MissingSubject`]), `503` when the
     /// store is unavailable, `500` otherwise (an empty `sub` or `sid` given to
     /// [`Devices::bind`] included).
     pub fn status(&self) -> StatusCode {
@@ -93,14 +95,15 @@ impl DevicesError {
 
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     fn client_message(&self) -> &'static str {
-        if self.is_bad_request() {
-            "the token names no login (no `sid` claim)"
-        } else if self.is_unavailable() {
-            crate::response::STORE_UNAVAILABLE_MESSAGE
-        } else if matches!(self, Self::EmptySubject | Self::EmptySessionId) {
-            "the login could not be recorded"
-        } else {
-            "the logins could not be listed or ended"
+        match self {
+            Self::Tokens(RefreshError::Revoke(RevokeError::MissingSid)) => {
+                "the token names no login (no `sid` claim)"
+            }
+            // What else a logout lacked: the subject.
+            Self::Tokens(error) if self.is_bad_request() => error.client_message(),
+            _ if self.is_unavailable() => crate::response::STORE_UNAVAILABLE_MESSAGE,
+            Self::EmptySubject | Self::EmptySessionId => "the login could not be recorded",
+            _ => "the logins could not be listed or ended",
         }
     }
 }
@@ -151,6 +154,12 @@ struct Entry {
     until: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ua: Option<String>,
+}
+
+/// Refuses a logout of an empty or whitespace-only subject before anything is read or
+/// written, as [`RefreshTokens::logout`] does: `400 invalid_request`.
+fn check_subject(sub: &str) -> Result<(), DevicesError> {
+    crate::revocation::check_subject(sub).map_err(|e| RefreshError::from(e).into())
 }
 
 fn now_secs() -> u64 {
@@ -586,7 +595,9 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
-    /// [`DevicesError`] when the store fails; the login stays listed, retry.
+    /// [`DevicesError::Tokens`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written; [`DevicesError`]
+    /// when the store fails; the login stays listed, retry.
     pub async fn end(&self, sub: &str, id: &str) -> Result<bool, DevicesError> {
         Ok(self.end_where(sub, |h| h == id).await? > 0)
     }
@@ -596,7 +607,9 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
-    /// [`DevicesError`] when the store fails; the logins not yet ended stay listed, retry.
+    /// [`DevicesError::Tokens`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written; [`DevicesError`]
+    /// when the store fails; the logins not yet ended stay listed, retry.
     pub async fn end_others(&self, sub: &str, current: &str) -> Result<usize, DevicesError> {
         let keep = self.handle(current);
         self.end_where(sub, |h| h != keep).await
@@ -609,14 +622,17 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
-    /// [`DevicesError::Tokens`] (`400 invalid_request`) for an empty `sid`, nothing
-    /// written: a token without a `sid` claim belongs to no login (revoke the token itself
-    /// with [`Revoker::revoke_token`](crate::revocation::Revoker::revoke_token));
-    /// [`DevicesError`] when the store fails, retry.
+    /// [`DevicesError::Tokens`] (`400 invalid_request`) with [`RevokeError::MissingSid`]
+    /// for an empty `sid` (a token without a `sid` claim belongs to no login: revoke the
+    /// token itself with
+    /// [`Revoker::revoke_token`](crate::revocation::Revoker::revoke_token)), or
+    /// [`RevokeError::MissingSubject`] for a `sub` that is empty or only whitespace,
+    /// nothing written; [`DevicesError`] when the store fails, retry.
     pub async fn logout(&self, sub: &str, sid: &str) -> Result<(), DevicesError> {
         if sid.is_empty() {
             return Err(RefreshError::from(RevokeError::MissingSid).into());
         }
+        check_subject(sub)?;
         let handle = self.handle(sid);
         if self.end_where(sub, |h| h == handle).await? == 0 {
             self.end_login(sub, sid).await?;
@@ -631,8 +647,11 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
-    /// [`DevicesError`] when the store fails; what was not ended stays, retry.
+    /// [`DevicesError::Tokens`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written; [`DevicesError`]
+    /// when the store fails; what was not ended stays, retry.
     pub async fn logout_everywhere(&self, sub: &str) -> Result<usize, DevicesError> {
+        check_subject(sub)?;
         self.tokens.logout_everywhere(sub).await?;
         self.end_all(sub).await
     }
@@ -641,7 +660,9 @@ impl<S: StateStore> Devices<S> {
     ///
     /// # Errors
     ///
-    /// [`DevicesError`] when the store fails; the logins not yet ended stay listed, retry.
+    /// [`DevicesError::Tokens`] ([`RevokeError::MissingSubject`], `400 invalid_request`)
+    /// for a `sub` that is empty or only whitespace, nothing written; [`DevicesError`]
+    /// when the store fails; the logins not yet ended stay listed, retry.
     pub async fn end_all(&self, sub: &str) -> Result<usize, DevicesError> {
         self.end_where(sub, |_| true).await
     }
@@ -651,6 +672,7 @@ impl<S: StateStore> Devices<S> {
         sub: &str,
         select: impl Fn(&str) -> bool,
     ) -> Result<usize, DevicesError> {
+        check_subject(sub)?;
         let key = self.index_key(sub);
         let (live, mut delete) = self.read(&key).await?;
         let mut ended = 0;

@@ -159,7 +159,7 @@ impl<S: StateStore> StateStore for InstrumentedStore<S> {
         every: Duration,
     ) -> Result<Option<StoredHash>, StoreError> {
         observe(
-            StoreOp::HashGetAllAndRefresh,
+            StoreOp::HashGetAllAndRefreshLazily,
             self.inner.hash_get_all_and_refresh_lazily(key, ttl, every),
         )
         .await
@@ -173,7 +173,7 @@ impl<S: StateStore> StateStore for InstrumentedStore<S> {
         tag: Option<u64>,
     ) -> Result<Option<StoredHash>, StoreError> {
         observe(
-            StoreOp::HashGetAllAndRefresh,
+            StoreOp::HashGetAllCached,
             self.inner.hash_get_all_cached(key, ttl, every, tag),
         )
         .await

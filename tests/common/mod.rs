@@ -406,6 +406,12 @@ impl RedisServer {
         keys.len()
     }
 
+    /// How many keys the server holds (`DBSIZE`).
+    pub fn dbsize(&self) -> u64 {
+        let mut conn = self.client().get_connection().expect("connect");
+        redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE")
+    }
+
     /// Raw `GET` of a key.
     pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
         let mut conn = self.client().get_connection().expect("connect");
