@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stateless::jwt::{Algorithm, IssuedToken, JwtKeySet, TokenPolicy};
 use tower_stateless::refresh::{RefreshError, RefreshTokens, TokenPair};
@@ -127,13 +126,7 @@ async fn cart_through<St: StateStore>(
         .expect("request");
     let response = service.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("cart json")
+    serde_json::from_value(common::json_body(response).await).expect("cart json")
 }
 
 async fn login<St: StateStore>(devices: &Devices<St>, tokens: &RefreshTokens<St>) -> TokenPair {
@@ -603,8 +596,7 @@ async fn devices_error_is_the_crates_json_error_response() {
         .into_response();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let json = common::json_body(res).await;
     assert_eq!(json["error"], "store_unavailable");
 
     let broken = devices(common::DownStore::broken());
@@ -615,8 +607,7 @@ async fn devices_error_is_the_crates_json_error_response() {
         .into_response();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(res.headers().get("retry-after").is_none());
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let json = common::json_body(res).await;
     assert_eq!(json["error"], "devices_error");
     assert_eq!(json["message"], "the logins could not be listed or ended");
 
@@ -626,8 +617,7 @@ async fn devices_error_is_the_crates_json_error_response() {
         .expect_err("empty sub")
         .into_response();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let json = common::json_body(res).await;
     assert_eq!(json["error"], "devices_error");
     assert_eq!(json["message"], "the login could not be recorded");
 }
@@ -673,8 +663,7 @@ async fn blank_subject_logouts_write_nothing<St: StateStore>(store: St, keys: im
             {
                 use axum::response::IntoResponse;
                 let res = error.into_response();
-                let body = res.into_body().collect().await.expect("body").to_bytes();
-                let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                let json = common::json_body(res).await;
                 assert_eq!(json["error"], "invalid_request", "{name}");
                 assert_eq!(
                     json["message"], "the token names no subject (empty `sub` claim)",
@@ -696,9 +685,7 @@ async fn blank_subject_logouts_write_nothing<St: StateStore>(store: St, keys: im
     #[cfg(feature = "axum")]
     {
         use axum::response::IntoResponse;
-        let body = error.into_response().into_body().collect().await;
-        let json: serde_json::Value =
-            serde_json::from_slice(&body.expect("body").to_bytes()).expect("json");
+        let json = common::json_body(error.into_response()).await;
         assert_eq!(json["message"], "the token names no login (no `sid` claim)");
     }
     assert_eq!(keys(), before);

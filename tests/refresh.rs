@@ -1141,7 +1141,7 @@ async fn blank_subject_logouts_write_nothing<St: StateStore>(store: St, keys: im
             #[cfg(feature = "axum")]
             {
                 use axum::response::IntoResponse;
-                let body = json_body(error.into_response()).await;
+                let body = common::json_body(error.into_response()).await;
                 assert_eq!(body["error"], "invalid_request", "{name}");
                 assert_eq!(
                     body["message"], "the token names no subject (empty `sub` claim)",
@@ -1188,25 +1188,11 @@ async fn token_answers_are_never_cached() {
         assert_eq!(response.headers()["cache-control"], "no-store");
         assert_eq!(response.headers()["pragma"], "no-cache");
         assert_eq!(response.headers()["content-type"], "application/json");
-        assert_eq!(json_body(response).await, expected);
+        assert_eq!(common::json_body(response).await, expected);
     }
     let error = manager.rotate("not-a-token").await.expect_err("invalid");
     let response = error.into_response();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.headers()["cache-control"], "no-store");
-    assert_eq!(json_body(response).await["error"], "invalid_grant");
-}
-
-/// The JSON body of an axum response.
-#[cfg(feature = "axum")]
-async fn json_body(response: axum::response::Response) -> serde_json::Value {
-    use http_body_util::BodyExt;
-
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("json")
+    assert_eq!(common::json_body(response).await["error"], "invalid_grant");
 }

@@ -827,3 +827,20 @@ pub async fn warm_pool(store: &tower_stateless::store::RedisStore) {
         store.get("warm-pool").await.expect("warm the pool");
     }
 }
+
+/// The JSON body of a response (an error answer, a token answer).
+pub async fn json_body<B>(response: http::Response<B>) -> serde_json::Value
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("json")
+}
