@@ -67,23 +67,25 @@ return left",
     )
 });
 
-/// Both writes: `hash_apply` and `hash_compare_and_set_field`. ARGV[1] is the mode and
-/// lifetime in one: `e` (existing), the lifetime in ms (upsert) or `-` and the lifetime
-/// (new); ARGV[2] the TTL (ms), ARGV[3] the size limit (`-1`: none), ARGV[4] the write
-/// tag, ARGV[5] the refresh interval (ms), ARGV[6] the instance's clock (unix ms), ARGV[7]
-/// the operation: `cas`, `c` (clear, then set), or how many fields to delete. `apply`:
-/// the names of the fields to delete, then the fields to set, name and value. `cas`:
-/// ARGV[8] whether a value is expected ('1'/'0'), ARGV[9] that value, ARGV[10] whether a
-/// new value is set, ARGV[11] the field, ARGV[12] the new value (when set). Returns `1`
-/// written, `2` missing, `3` exists, `{4, size}` too large, `{5, 0}` / `{5, 1, value}`
-/// changed (field absent / present).
+/// Both writes: `hash_apply` and `hash_compare_and_set_field`. ARGV[1] is the write's
+/// numbers in one binary argument, seven little-endian doubles (see [`header`]): the mode
+/// (0 existing, 1 upsert, 2 new), the lifetime of a hash it creates, the TTL, the size
+/// limit (-1: none), the refresh interval (all in ms), the instance's clock (unix ms) and
+/// the operation (-1 compare-and-set, -2 clear then set, n >= 0: delete n fields, then
+/// set); ARGV[2] is the write tag. `apply`: the names of the fields to delete, then the
+/// fields to set, name and value. Compare-and-set: ARGV[3] whether a value is expected
+/// ('1'/'0'), ARGV[4] that value, ARGV[5] whether a new value is set, ARGV[6] the field,
+/// ARGV[7] the new value (when set). Returns `1` written, `2` missing, `3` exists,
+/// `{4, size}` too large, `{5, 0}` / `{5, 1, value}` changed (field absent / present).
 ///
-/// Few arguments, each parsed as a number only where a branch needs it: every argument
-/// costs Redis about a thousand instructions (the command's parsing, the `ARGV` table)
-/// and every `tonumber` about as many (glibc's `strtod`), against 70 k for the whole
-/// script (PERFORMANCE.md, "Instructions per request"). Nine arguments instead of twelve,
-/// the TTL parsed once, and no `tonumber` of the operation on a write that deletes
-/// nothing took 7 % off the script's instructions.
+/// The numbers travel as doubles (exact for integers below 2^53 ms, about 285,000
+/// years) and are read by one `struct.unpack` (Redis' bundled `struct` library): every
+/// argument costs Redis about a thousand instructions (the command's parsing, the `ARGV`
+/// table), and every `tonumber` of a decimal string about two thousand (glibc's
+/// `strtod`), against 65 k for the whole script when it took them as six decimal
+/// arguments (PERFORMANCE.md, "Instructions per request"); one binary argument took 18 %
+/// off the script's instructions. The stored fields stay decimal strings, which every
+/// reader parses.
 ///
 /// The fields to delete and to set are read from ARGV where they are, as ranges (`ds..de`,
 /// `ss..se`), and the common answer is a number: every table the script builds or returns
@@ -120,14 +122,14 @@ pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local k = KEYS[1]
-local mode, ttl, max, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
+local mode, lifetime, ttl, max, every, now, op = struct.unpack('<ddddddd', ARGV[1])
 local head = redis.pcall('HMGET', k, '\255\254d', '\255\254s', '\255\254e')
 local deadline, expires = nil, nil
 if not head['err'] then
   deadline = tonumber(head[1])
   expires = tonumber(head[3])
 end
-if deadline or mode ~= 'e' then
+if deadline or mode ~= 0 then
   if not deadline or deadline - now <= ttl + 60000 then
     local t = redis.call('TIME')
     now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -136,31 +138,30 @@ end
 if deadline and deadline <= now then deadline = nil end
 local created, new = false, 0
 if not deadline then
-  if mode == 'e' then return 2 end
-  deadline = now + math.abs(tonumber(mode))
+  if mode == 0 then return 2 end
+  deadline = now + lifetime
   created = true
-elseif mode ~= 'e' and string.byte(mode) == 45 then
+elseif mode == 2 then
   return 3
 else
   new = tonumber(head[2]) or 0
 end
 local cleared, ds, de, ss, se = false, 1, 0, 1, 0
-local op = ARGV[7]
-if op == 'cas' then
-  local f = ARGV[11]
+if op == -1 then
+  local f = ARGV[6]
   local cur = false
   if not created then cur = redis.call('HGET', k, f) end
   local expected = false
-  if ARGV[8] == '1' then expected = ARGV[9] end
+  if ARGV[3] == '1' then expected = ARGV[4] end
   if cur ~= expected then
     if cur then return {5, 1, cur} end
     return {5, 0}
   end
-  if ARGV[10] == '1' then ss, se = 11, 12 else ds, de = 11, 11 end
+  if ARGV[5] == '1' then ss, se = 6, 7 else ds, de = 6, 6 end
 else
-  local n = 0
-  if op == 'c' then cleared = true elseif op ~= '0' then n = tonumber(op) end
-  ds, de = 8, 7 + n
+  if op == -2 then cleared = true end
+  ds, de = 3, 2 + op
+  if cleared then de = 2 end
   ss, se = de + 1, #ARGV
 end
 if created or cleared then
@@ -204,29 +205,37 @@ if max >= 0 and new > max then
 end
 if created or cleared then
   redis.call('DEL', k)
-else
+elseif de >= ds then
   for i = ds, de, 1000 do
-    redis.call('HDEL', k, unpack(ARGV, i, math.min(i + 999, de)))
+    local last = i + 999
+    if last > de then last = de end
+    redis.call('HDEL', k, unpack(ARGV, i, last))
   end
 end
-local ex = math.min(ttl, deadline - now)
+local ex = deadline - now
+if ttl < ex then ex = ttl end
 local roll = true
 if expires and not (created or cleared) then
   local left = expires - now
-  roll = left <= 0 or left > ex or left + tonumber(ARGV[5]) <= ex
+  roll = left <= 0 or left > ex or left + every <= ex
 end
-local last = math.min(ss + 999, se)
+local last = ss + 999
+if last > se then last = se end
 if created or cleared then
-  redis.call('HSET', k, '\255\254d', deadline, '\255\254s', new, '\255\254t', ARGV[4],
+  redis.call('HSET', k, '\255\254d', deadline, '\255\254s', new, '\255\254t', ARGV[2],
     '\255\254e', now + ex, unpack(ARGV, ss, last))
 elseif roll then
-  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[4], '\255\254e', now + ex,
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[2], '\255\254e', now + ex,
     unpack(ARGV, ss, last))
 else
-  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[4], unpack(ARGV, ss, last))
+  redis.call('HSET', k, '\255\254s', new, '\255\254t', ARGV[2], unpack(ARGV, ss, last))
 end
-for i = last + 1, se, 1000 do
-  redis.call('HSET', k, unpack(ARGV, i, math.min(i + 999, se)))
+if se > last then
+  for i = last + 1, se, 1000 do
+    local l = i + 999
+    if l > se then l = se end
+    redis.call('HSET', k, unpack(ARGV, i, l))
+  end
 end
 if roll then redis.call('PEXPIRE', k, ex) end
 return 1
@@ -327,29 +336,63 @@ fn unexpected(what: &str) -> StoreError {
     StoreError::Unexpected(format!("unexpected reply to a hash {what}").into())
 }
 
-/// The common head of a write: the key, then mode and lifetime in one (`e`, `<ms>` for an
-/// upsert, `-<ms>` for a new hash), TTL, size limit (`-1`: none), tag, refresh interval,
-/// the instance's clock.
+/// What a write does besides the mode: the last number of its [`header`].
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Compare-and-set of one field (`hash_compare_and_set_field`).
+    CompareAndSet,
+    /// Clear the hash, then set the fields.
+    ClearThenSet,
+    /// Delete the first `deletes` fields named, then set the rest.
+    Apply { deletes: usize },
+}
+
+/// ARGV[1] of [`WRITE`]: the write's numbers as seven little-endian `f64`s, which the
+/// script reads with one `struct.unpack('<ddddddd', ..)`: the mode (0 existing, 1
+/// upsert, 2 new), the lifetime of a hash it creates (ms, 0 for `Existing`), the TTL
+/// (ms), the size limit (-1: none), the refresh interval (ms), the instance's clock (unix
+/// ms) and the operation (-1 compare-and-set, -2 clear then set, else how many fields to
+/// delete). Every number is an integer below 2^53 (exact as a double) but the limit and
+/// the interval, which may be `u64::MAX` ("none"): as doubles they stay above anything
+/// they are compared with.
+fn header(options: &HashWriteOptions, op: Op) -> Result<[u8; 56], StoreError> {
+    let (mode, lifetime) = match options.mode {
+        HashMode::Existing => (0.0, 0),
+        HashMode::Upsert { lifetime } => (1.0, ttl_millis(lifetime)?),
+        HashMode::New { lifetime } => (2.0, ttl_millis(lifetime)?),
+    };
+    let op = match op {
+        Op::CompareAndSet => -1.0,
+        Op::ClearThenSet => -2.0,
+        Op::Apply { deletes } => deletes as f64,
+    };
+    let numbers = [
+        mode,
+        lifetime as f64,
+        ttl_millis(options.ttl)? as f64,
+        options.max_bytes.map_or(-1.0, |max| max as f64),
+        u64::try_from(options.refresh.as_millis()).unwrap_or(u64::MAX) as f64,
+        unix_millis() as f64,
+        op,
+    ];
+    let mut header = [0; 56];
+    for (bytes, number) in header.chunks_exact_mut(8).zip(numbers) {
+        bytes.copy_from_slice(&number.to_le_bytes());
+    }
+    Ok(header)
+}
+
+/// The common head of a write: the key, the [`header`], the write tag.
 fn head<'a>(
     script: &'a Script,
     key: impl redis::ToRedisArgs,
     options: &HashWriteOptions,
+    op: Op,
 ) -> Result<ScriptCall<'a>, StoreError> {
-    let ttl = ttl_millis(options.ttl)?;
+    let header = header(options, op)?;
     let mut call = ScriptCall::new(script, key);
-    match options.mode {
-        HashMode::Existing => call.arg("e"),
-        HashMode::New { lifetime } => call.arg(format!("-{}", ttl_millis(lifetime)?)),
-        HashMode::Upsert { lifetime } => call.arg(ttl_millis(lifetime)?),
-    };
-    call.arg(ttl);
-    match options.max_bytes {
-        Some(max) => call.arg(max),
-        None => call.arg(-1),
-    };
-    call.arg(options.tag.unwrap_or_else(random_u64))
-        .arg(u64::try_from(options.refresh.as_millis()).unwrap_or(u64::MAX))
-        .arg(unix_millis());
+    call.arg(&header[..])
+        .arg(options.tag.unwrap_or_else(random_u64));
     Ok(call)
 }
 
@@ -529,12 +572,16 @@ impl RedisStore {
         changes: &HashChanges,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let mut call = head(&WRITE, self.arg(key), &options)?;
-        if changes.clear {
-            // Everything goes first: the fields to delete are moot.
-            call.arg("c");
+        // Clearing, everything goes first: the fields to delete are moot.
+        let op = if changes.clear {
+            Op::ClearThenSet
         } else {
-            call.arg(changes.delete.len());
+            Op::Apply {
+                deletes: changes.delete.len(),
+            }
+        };
+        let mut call = head(&WRITE, self.arg(key), &options, op)?;
+        if !changes.clear {
             for name in &changes.delete {
                 call.arg(name.as_str());
             }
@@ -556,9 +603,8 @@ impl RedisStore {
         new: Option<Bytes>,
         options: HashWriteOptions,
     ) -> Result<HashWriteOutcome, StoreError> {
-        let mut call = head(&WRITE, self.arg(key), &options)?;
-        call.arg("cas")
-            .arg(if expected.is_some() { "1" } else { "0" })
+        let mut call = head(&WRITE, self.arg(key), &options, Op::CompareAndSet)?;
+        call.arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
             .arg(field);
@@ -607,6 +653,70 @@ mod tests {
             ])),
             HashWriteOutcome::Changed(Some(Bytes::from_static(b"v")))
         );
+    }
+
+    /// The numbers of a write's header, as the script's `struct.unpack('<ddddddd', ..)`
+    /// reads them.
+    fn numbers(header: [u8; 56]) -> Vec<f64> {
+        header
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    }
+
+    #[test]
+    fn write_header_carries_mode_numbers_and_operation() {
+        let before = unix_millis() as f64;
+        let existing = HashWriteOptions::new(HashMode::Existing, Duration::from_secs(60));
+        let n = numbers(header(&existing, Op::Apply { deletes: 3 }).expect("valid"));
+        assert_eq!(n[..5], [0.0, 0.0, 60_000.0, -1.0, 0.0]);
+        assert!(n[5] >= before && n[5] <= unix_millis() as f64, "clock {}", n[5]);
+        assert_eq!(n[6], 3.0);
+
+        let upsert = HashWriteOptions::new(
+            HashMode::Upsert {
+                lifetime: Duration::from_secs(3600),
+            },
+            Duration::from_millis(1500),
+        )
+        .max_bytes(4096)
+        .refresh_interval(Duration::from_secs(5));
+        let n = numbers(header(&upsert, Op::ClearThenSet).expect("valid"));
+        assert_eq!(
+            [n[0], n[1], n[2], n[3], n[4], n[6]],
+            [1.0, 3_600_000.0, 1500.0, 4096.0, 5000.0, -2.0]
+        );
+
+        let new = HashWriteOptions::new(
+            HashMode::New {
+                lifetime: Duration::from_millis(1),
+            },
+            Duration::from_millis(1),
+        )
+        .refresh_interval(Duration::MAX);
+        let n = numbers(header(&new, Op::CompareAndSet).expect("valid"));
+        assert_eq!([n[0], n[1], n[6]], [2.0, 1.0, -1.0]);
+        // "No interval": above any expiry it is compared with.
+        assert!(n[4] >= u64::MAX as f64);
+    }
+
+    #[test]
+    fn write_header_refuses_invalid_durations() {
+        let zero_ttl = HashWriteOptions::new(HashMode::Existing, Duration::ZERO);
+        assert!(matches!(
+            header(&zero_ttl, Op::CompareAndSet),
+            Err(StoreError::InvalidTtl(_))
+        ));
+        let zero_lifetime = HashWriteOptions::new(
+            HashMode::New {
+                lifetime: Duration::ZERO,
+            },
+            Duration::from_secs(1),
+        );
+        assert!(matches!(
+            header(&zero_lifetime, Op::ClearThenSet),
+            Err(StoreError::InvalidTtl(_))
+        ));
     }
 
     #[test]
