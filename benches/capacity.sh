@@ -57,7 +57,7 @@ trap 'cleanup; rm -rf "$out"' EXIT
 
 start_redis
 rcli() { redis-cli -p "$redis_port" "$@"; }
-target/release/examples/load serve --out "$out" --redis "redis://127.0.0.1:$redis_port" \
+"$release/examples/load" serve --out "$out" --redis "redis://127.0.0.1:$redis_port" \
     2>"$out/serve.log" &
 pids+=($!)
 for _ in $(seq 600); do [ -s "$out/port" ] && break; sleep 0.05; done

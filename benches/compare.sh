@@ -63,7 +63,7 @@ else
     store="Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1:$redis_port"
     serve_args+=(--redis "redis://127.0.0.1:$redis_port")
 fi
-target/release/examples/load "${serve_args[@]}" 2>"$out/serve.log" &
+"$release/examples/load" "${serve_args[@]}" 2>"$out/serve.log" &
 pids+=($!)
 for _ in $(seq 600); do [ -s "$out/port" ] && break; sleep 0.05; done
 if [ ! -s "$out/port" ]; then

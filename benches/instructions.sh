@@ -43,7 +43,7 @@ need valgrind "apt-get install valgrind (Debian, Ubuntu)"
 need callgrind_control "apt-get install valgrind (Debian, Ubuntu)"
 
 cargo build --release --all-features --example load
-app="${CARGO_TARGET_DIR:-target}/release/examples/load"
+app="$release/examples/load"
 
 # measure <path> <app|redis>: prints "<requests> <instructions>" for the side under
 # callgrind. Every run starts its own redis-server and app, and stops them.

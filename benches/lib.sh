@@ -1,5 +1,8 @@
-# Shared by benches/load.sh and benches/compare.sh (sourced, not run): tool checks, free
+# Shared by the scripts of benches/ (sourced, not run): tool checks, free
 # loopback ports, a throwaway redis-server, and cleanup of every process started.
+
+# Where cargo puts what it builds (`CARGO_TARGET_DIR` when set, as cargo itself does).
+release="${CARGO_TARGET_DIR:-target}/release"
 
 pids=()
 cleanup() {

@@ -35,7 +35,7 @@ while [ ${#urls[@]} -lt 3 ]; do
         JWT_SECRET="load-test-secret-load-test-secret-0123" \
         DEMO_USERS="$users" RATE_LIMIT_PER_MINUTE=60000 \
         PORT="$port" RUST_LOG=warn \
-        target/release/examples/stateless_api >/dev/null &
+        "$release/examples/stateless_api" >/dev/null &
     pids+=($!)
     # Another process may take the port first (the instance then exits): try another.
     if wait_for "$port" $!; then urls+=("http://127.0.0.1:$port"); fi
@@ -44,6 +44,6 @@ done
 # What a reader of the figures needs to know: when, on what, and how busy it was.
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -1)), $(redis-server --version | sed 's/.*v=\([^ ]*\).*/Redis \1/'), load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 echo "== 1 instance"
-target/release/examples/load --users "$users" "$@" "${urls[0]}"
+"$release/examples/load" --users "$users" "$@" "${urls[0]}"
 echo "== 3 instances"
-target/release/examples/load --users "$users" "$@" "${urls[@]}"
+"$release/examples/load" --users "$users" "$@" "${urls[@]}"
