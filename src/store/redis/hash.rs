@@ -12,7 +12,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::{self, Script, Value};
 
-use super::{Call, RedisStore, Resend, ScriptCall};
+use super::{put_doubles, Call, RedisStore, Resend, ScriptCall};
 use crate::id::random_u64;
 use crate::metrics::StoreOp;
 use crate::store::hash::{HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, StoredHash};
@@ -377,9 +377,7 @@ fn header(options: &HashWriteOptions, op: Op) -> Result<[u8; 56], StoreError> {
         op,
     ];
     let mut header = [0; 56];
-    for (bytes, number) in header.chunks_exact_mut(8).zip(numbers) {
-        bytes.copy_from_slice(&number.to_le_bytes());
-    }
+    put_doubles(&mut header, numbers);
     Ok(header)
 }
 
