@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,6 +224,10 @@ struct Slot {
 struct Opened {
     conn: Conn,
     epoch: u64,
+    /// Set by the first operation to find this connection dropped: the concurrent
+    /// operations that fail on it too raise the epoch no further (each raise would
+    /// make the connections opened since reconnect again).
+    dropped: AtomicBool,
 }
 
 impl Slot {
@@ -257,7 +261,7 @@ struct Inner {
     pool: Pools,
     slots: Box<[Slot]>,
     next: AtomicUsize,
-    /// How many times an operation has found its connection dropped. A connection opened
+    /// How many connections operations have found dropped. A connection opened
     /// in an earlier epoch may have died in the same Redis restart without anyone having
     /// sent on it yet: its slot reconnects before its next use (see [`Opened`]).
     epoch: AtomicU64,
@@ -766,7 +770,9 @@ impl RedisStore {
                 Err(e) if e.is_connection_dropped() && !conn.conn.resends_itself() => {
                     // The other slots' connections may have died with this one: each
                     // reconnects before its next send instead of finding out with it.
-                    self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+                    if !conn.dropped.swap(true, Ordering::Relaxed) {
+                        self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+                    }
                     if resend == Resend::Never {
                         return Err(classify(e));
                     }
@@ -838,7 +844,11 @@ impl RedisStore {
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
         };
-        let conn = Arc::new(Opened { conn, epoch });
+        let conn = Arc::new(Opened {
+            conn,
+            epoch,
+            dropped: AtomicBool::new(false),
+        });
         slot.conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
     }
