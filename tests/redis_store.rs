@@ -272,6 +272,38 @@ async fn one_dropped_connection_reconnects_every_slot() {
     conditional_writes_on_every_slot(&store, &server, POOL, "write").await;
 }
 
+/// Many reads at once on four connections that all died in one restart: each finds its
+/// connection dropped (or its slot already reconnected) and succeeds, however the
+/// reconnects of the four slots interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_after_a_restart_all_succeed() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .key_prefix("t:")
+        .pool_size(4)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("build store");
+    common::warm_pool(&store).await;
+
+    restart_and_ping(&mut server);
+    server.raw_set("t:k", b"v");
+    let reads: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("k").await })
+        })
+        .collect();
+    for (i, read) in reads.into_iter().enumerate() {
+        let value = read
+            .await
+            .expect("the read task panicked")
+            .unwrap_or_else(|e| panic!("read #{i} after the restart: {e:?}"));
+        assert_eq!(value, Some(Bytes::from_static(b"v")), "read #{i}");
+    }
+}
+
 /// `pool` rounds of each kind of conditional write (the store takes its slots in turn, so
 /// the first round covers every slot); every one must succeed and reach Redis.
 async fn conditional_writes_on_every_slot(

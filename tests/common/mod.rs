@@ -427,6 +427,16 @@ impl RedisServer {
         let mut conn = self.client().get_connection().expect("connect");
         redis::cmd("GET").arg(key).query(&mut conn).expect("GET")
     }
+
+    /// `SET key value` on a connection of its own, not through a store.
+    pub fn raw_set(&self, key: &str, value: &[u8]) {
+        let mut conn = self.client().get_connection().expect("connect");
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut conn)
+            .expect("SET");
+    }
 }
 
 impl RedisServer {
