@@ -99,3 +99,82 @@ async fn get_many_across_slots_is_rejected_clearly() {
         other => panic!("keys in two slots must be rejected, got {other:?}"),
     }
 }
+
+/// A node restarts (killed, as in a crash) under a running store: once it is back, the
+/// store works on every node again without a rebuild, and the restarted node's keys are
+/// gone (it restarts empty) while the others' are kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_recovers_when_a_node_restarts() {
+    const KEYS: usize = 60;
+    let mut cluster = cluster_or_skip!();
+    let store = RedisStore::builder()
+        .cluster_urls(cluster.urls())
+        .pool_size(2)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("build cluster store");
+    let key = |i: usize| format!("k{i}");
+    for i in 0..KEYS {
+        store
+            .set(&key(i), Bytes::from(i.to_string()), TTL)
+            .await
+            .unwrap();
+    }
+    let lost = cluster.nodes()[0].keys("k*");
+    assert!(!lost.is_empty() && lost.len() < KEYS, "{lost:?}");
+
+    cluster.restart_node(0);
+    // Every key read, on every pooled connection (taken in turn): until one whole round
+    // succeeds, a bounded number of times. Failures meanwhile are outages, not errors
+    // of another kind.
+    let mut values = None;
+    for _ in 0..50 {
+        let mut round = Vec::with_capacity(KEYS);
+        let mut failed = None;
+        for i in 0..KEYS {
+            match store.get(&key(i)).await {
+                Ok(value) => round.push(value),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
+                values = Some(round);
+                break;
+            }
+            Some(e) => assert!(e.is_unavailable(), "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let values = values.expect("the store never recovered after the node restarted");
+    for (i, value) in values.into_iter().enumerate() {
+        if lost.contains(&key(i)) {
+            assert_eq!(value, None, "{}: the restarted node is empty", key(i));
+        } else {
+            assert_eq!(value, Some(Bytes::from(i.to_string())), "{}", key(i));
+        }
+    }
+    // Conditional writes on the restarted node go through, on every connection.
+    for name in &lost {
+        let existing = store
+            .set_if_absent(name, Bytes::from_static(b"again"), TTL)
+            .await
+            .unwrap_or_else(|e| panic!("set_if_absent {name} after the restart: {e:?}"));
+        assert_eq!(existing, None, "{name}");
+        assert!(
+            store
+                .compare_and_set(name, b"again", Bytes::from_static(b"done"), TTL)
+                .await
+                .unwrap_or_else(|e| panic!("compare_and_set {name} after the restart: {e:?}")),
+            "{name}"
+        );
+    }
+    let mut on_node = cluster.nodes()[0].keys("k*");
+    on_node.sort();
+    let mut expected = lost.clone();
+    expected.sort();
+    assert_eq!(on_node, expected);
+}

@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_stateless::store::{RedisStore, StateStore, StoreError, MAX_TTL};
+use tower_stateless::store::{
+    HashChanges, HashMode, HashWriteOptions, HashWriteOutcome, RedisStore, StateStore, StoreError,
+    MAX_TTL,
+};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -227,6 +230,124 @@ async fn a_conditional_write_is_not_sent_twice_after_a_restart() {
             .unwrap(),
         None
     );
+}
+
+/// Four connections, every one opened before a restart: once one operation has found its
+/// connection dropped, the other three reconnect before they send, so that no
+/// conditional write fails on a connection that died in the same restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dropped_connection_reconnects_every_slot() {
+    const POOL: usize = 4;
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .key_prefix("t:")
+        .pool_size(POOL)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("build store");
+    common::warm_pool(&store).await;
+
+    // A read finds its connection dropped and goes out again on a new one.
+    restart_and_ping(&mut server);
+    assert_eq!(
+        store
+            .get("k")
+            .await
+            .expect("the first read after a restart"),
+        None
+    );
+    conditional_writes_on_every_slot(&store, &server, POOL, "read").await;
+
+    // A conditional write finds its connection dropped: it fails, as it may have applied,
+    // and it is the only one to.
+    common::warm_pool(&store).await;
+    restart_and_ping(&mut server);
+    let err = store
+        .set_if_absent("first", Bytes::from_static(b"me"), TTL)
+        .await
+        .expect_err("a conditional write on a dropped connection");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(err.may_have_applied(), "{err:?}");
+    conditional_writes_on_every_slot(&store, &server, POOL, "write").await;
+}
+
+/// Many reads at once on four connections that all died in one restart: each finds its
+/// connection dropped (or its slot already reconnected) and succeeds, however the
+/// reconnects of the four slots interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_after_a_restart_all_succeed() {
+    let mut server = redis_or_skip!();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .key_prefix("t:")
+        .pool_size(4)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("build store");
+    common::warm_pool(&store).await;
+
+    restart_and_ping(&mut server);
+    server.raw_set("t:k", b"v");
+    let reads: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("k").await })
+        })
+        .collect();
+    for (i, read) in reads.into_iter().enumerate() {
+        let value = read
+            .await
+            .expect("the read task panicked")
+            .unwrap_or_else(|e| panic!("read #{i} after the restart: {e:?}"));
+        assert_eq!(value, Some(Bytes::from_static(b"v")), "read #{i}");
+    }
+}
+
+/// `pool` rounds of each kind of conditional write (the store takes its slots in turn, so
+/// the first round covers every slot); every one must succeed and reach Redis.
+async fn conditional_writes_on_every_slot(
+    store: &RedisStore,
+    server: &common::RedisServer,
+    pool: usize,
+    round: &str,
+) {
+    for i in 0..pool {
+        let key = format!("{round}:claim:{i}");
+        let existing = store
+            .set_if_absent(&key, Bytes::from_static(b"me"), TTL)
+            .await
+            .unwrap_or_else(|e| panic!("{round}: set_if_absent #{i} after the restart: {e:?}"));
+        assert_eq!(existing, None, "{key}");
+    }
+    for i in 0..pool {
+        let key = format!("{round}:claim:{i}");
+        let swapped = store
+            .compare_and_set(&key, b"me", Bytes::from_static(b"done"), TTL)
+            .await
+            .unwrap_or_else(|e| panic!("{round}: compare_and_set #{i} after the restart: {e:?}"));
+        assert!(swapped, "{key}");
+        assert_eq!(server.raw_get(&format!("t:{key}")), Some(b"done".to_vec()));
+    }
+    let options = HashWriteOptions::new(HashMode::Upsert { lifetime: TTL }, TTL);
+    for i in 0..pool {
+        let key = format!("{round}:sess:{{{i}}}");
+        let changes = HashChanges {
+            set: vec![("cart".to_owned(), Bytes::from_static(b"3"))],
+            ..HashChanges::default()
+        };
+        let outcome = store
+            .hash_apply(&key, &changes, options)
+            .await
+            .unwrap_or_else(|e| panic!("{round}: hash_apply #{i} after the restart: {e:?}"));
+        assert_eq!(outcome, HashWriteOutcome::Written, "{key}");
+    }
+    let written = store
+        .hash_get_all_and_refresh(&format!("{round}:sess:{{0}}"), TTL)
+        .await
+        .expect("read a hash back")
+        .expect("the hash was written");
+    assert_eq!(written.fields.get("cart"), Some(&Bytes::from_static(b"3")));
 }
 
 #[tokio::test]

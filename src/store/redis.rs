@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,15 +119,24 @@ return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}";
 /// tell a command that never left (the connection was already closed) from one that
 /// Redis ran before the connection went, whose answer was lost; a second run of those
 /// would see the first one's effect and answer otherwise (a claim found taken, a token
-/// found already consumed, a request counted twice). Such a write, when it is the first
-/// operation on a dropped connection, fails with [`StoreError::Unavailable`]
+/// found already consumed, a request counted twice). Such a write, when it is the one
+/// that finds its connection dropped, fails with [`StoreError::Unavailable`]
 /// ([`may_have_applied`](StoreError::may_have_applied) is `true`), and the next
-/// operation reconnects. Sent after a read on the same connection (the store's default
-/// single connection, e.g. behind a revocation check), it already goes out on the new
-/// one.
+/// operation reconnects.
+///
+/// One operation finding its connection dropped speaks for all `pool_size` of them:
+/// every connection the store opened before that moment may have died in the same
+/// restart, so each slot opens a new one before its next operation (the check is one
+/// atomic load per operation; the reconnect costs a handshake once per slot). After a
+/// restart, only operations sent on a dead connection before any operation found the
+/// drop can fail with it (e.g. requests arriving together as Redis comes back); every
+/// later one goes out on a new connection, whichever slot it lands on. So a conditional
+/// write that follows a read which found the restart (e.g. behind a revocation check)
+/// succeeds. A connection dropped alone (a proxy's or Redis' idle `timeout`) makes the
+/// others reconnect too, needlessly but harmlessly.
 ///
 /// On a Redis Cluster, redis-rs's cluster client reconnects to a node and resends a
-/// command itself; the store adds nothing there.
+/// command itself; the store adds nothing there, and replaces no connection.
 ///
 /// # Lua scripts
 ///
@@ -218,14 +227,24 @@ struct ReplicaAcks {
 /// One pooled connection: every operation reads it without a lock; it is (re)opened by
 /// one task at a time, under `opening`.
 struct Slot {
-    conn: ArcSwapOption<Conn>,
+    conn: ArcSwapOption<Opened>,
     opening: Mutex<()>,
+}
+
+/// A slot's connection and the [epoch](Inner::epoch) it was opened in.
+struct Opened {
+    conn: Conn,
+    epoch: u64,
+    /// Set by the first operation to find this connection dropped: the concurrent
+    /// operations that fail on it too raise the epoch no further (each raise would
+    /// make the connections opened since reconnect again).
+    dropped: AtomicBool,
 }
 
 impl Slot {
     /// Empties the slot if it still holds `dead` (another operation may have replaced it
     /// already), so that the next use reconnects.
-    async fn discard(&self, dead: &Arc<Conn>) {
+    async fn discard(&self, dead: &Arc<Opened>) {
         let _opening = self.opening.lock().await;
         let held = self.conn.load();
         if held.as_ref().is_some_and(|held| Arc::ptr_eq(held, dead)) {
@@ -253,6 +272,10 @@ struct Inner {
     pool: Pools,
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    /// How many connections operations have found dropped. A connection opened
+    /// in an earlier epoch may have died in the same Redis restart without anyone having
+    /// sent on it yet: its slot reconnects before its next use (see [`Opened`]).
+    epoch: AtomicU64,
     prefix: String,
     /// The URL given to the builder, for connections the pool cannot make (the local
     /// cache's tracking connection). `None` for a pool or a cluster.
@@ -563,6 +586,7 @@ impl RedisStoreBuilder {
                 pool,
                 slots,
                 next: AtomicUsize::new(0),
+                epoch: AtomicU64::new(0),
                 prefix: self.prefix,
                 url,
                 timeout: self.timeout,
@@ -750,15 +774,19 @@ impl RedisStore {
             }
             // Without a connection nothing was sent: the operation cannot have applied.
             let conn = self.connection(slot).await.map_err(StoreError::not_sent)?;
-            match op(Conn::clone(&conn)).await {
+            match op(Conn::clone(&conn.conn)).await {
                 // The connection died while the slot held it (Redis restarted, a proxy
                 // cut it): redis-rs notices only when a command fails on it. Costs nothing
                 // until then: no check before each operation.
-                Err(e)
-                    if resend == Resend::Harmless
-                        && e.is_connection_dropped()
-                        && !conn.resends_itself() =>
-                {
+                Err(e) if e.is_connection_dropped() && !conn.conn.resends_itself() => {
+                    // The other slots' connections may have died with this one: each
+                    // reconnects before its next send instead of finding out with it.
+                    if !conn.dropped.swap(true, Ordering::Relaxed) {
+                        self.inner.epoch.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if resend == Resend::Never {
+                        return Err(classify(e));
+                    }
                     tracing::debug!(
                         error = &e as &dyn std::error::Error,
                         "RedisStore: connection dropped; sending again on a new one"
@@ -766,7 +794,7 @@ impl RedisStore {
                     slot.discard(&conn).await;
                     // Not `not_sent`: the first send may have applied.
                     let conn = self.connection(slot).await?;
-                    op(Conn::clone(&conn)).await.map_err(classify)
+                    op(Conn::clone(&conn.conn)).await.map_err(classify)
                 }
                 other => other.map_err(classify),
             }
@@ -787,23 +815,36 @@ impl RedisStore {
         result
     }
 
-    /// The slot's connection; opens it when there is none. No lock and no await when it is
-    /// open (every operation comes here): concurrent operations do not queue behind each
-    /// other for a clone of the handle.
-    async fn connection(&self, slot: &Slot) -> Result<Arc<Conn>, StoreError> {
+    /// The slot's connection; opens it when there is none, or when it was opened before
+    /// the last time an operation found its connection dropped. No lock and no await
+    /// when it is open (every operation comes here), only one atomic load: concurrent
+    /// operations do not queue behind each other for a clone of the handle.
+    async fn connection(&self, slot: &Slot) -> Result<Arc<Opened>, StoreError> {
+        // Relaxed: the epoch guards no other data, and an operation that starts after
+        // the one that raised it returned sees the raise.
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
         if let Some(conn) = slot.conn.load_full() {
-            return Ok(conn);
+            if conn.epoch >= epoch {
+                return Ok(conn);
+            }
         }
         // Boxed: opening a connection is a large future, which the common case must not
         // carry.
-        Box::pin(self.open(slot)).await
+        Box::pin(self.open(slot, epoch)).await
     }
 
-    async fn open(&self, slot: &Slot) -> Result<Arc<Conn>, StoreError> {
+    /// Opens the slot's connection, unless another operation has opened one in `epoch`
+    /// or later meanwhile.
+    async fn open(&self, slot: &Slot, epoch: u64) -> Result<Arc<Opened>, StoreError> {
         let _opening = slot.opening.lock().await;
         if let Some(conn) = slot.conn.load_full() {
-            return Ok(conn);
+            if conn.epoch >= epoch {
+                return Ok(conn);
+            }
         }
+        // Read before connecting: a drop found while this connects makes the new
+        // connection suspect too (one reconnect too many at worst, never one too few).
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
         // Taken out of the pool for good: never recycled, so never pinged.
         let conn = match &self.inner.pool {
             Pools::Single(pool) => Conn::Single(Connection::take(
@@ -814,7 +855,11 @@ impl RedisStore {
                 pool.get().await.map_err(|e| self.pool_error(e))?,
             )),
         };
-        let conn = Arc::new(conn);
+        let conn = Arc::new(Opened {
+            conn,
+            epoch,
+            dropped: AtomicBool::new(false),
+        });
         slot.conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
     }

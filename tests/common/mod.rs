@@ -20,6 +20,10 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     monitor: Mutex<Option<Monitor>>,
+    /// What [`restart`](Self::restart) starts it with again: its arguments beyond the
+    /// port and its working directory (a cluster node's configuration and directory).
+    args: Vec<String>,
+    dir: Option<std::path::PathBuf>,
 }
 
 /// A `MONITOR` connection that records the name of every command a client sends (not
@@ -190,7 +194,6 @@ fn redis_server_on_path() -> bool {
 /// A free loopback port that no other server of this test process has had: a stopped
 /// server keeps its port for its restart, so another test must not be handed it.
 fn free_port() -> u16 {
-    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -203,6 +206,9 @@ fn free_port() -> u16 {
         }
     }
 }
+
+/// The ports handed out by [`free_port`] (and cluster bus ports), never handed out again.
+static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 /// Starts `redis-server --port port` with `args`, in `dir` if given, and waits until it
 /// answers as itself (`INFO server` names this process). `None` when it exits first: the
@@ -262,6 +268,8 @@ impl RedisServer {
             port: free_port(),
             child: None,
             monitor: Mutex::new(None),
+            args: Vec::new(),
+            dir: None,
         };
         while !server.spawn() {
             // Taken by another process meanwhile: another port.
@@ -275,7 +283,8 @@ impl RedisServer {
     /// server's port is free for anyone until it restarts): then this server's process
     /// exits, and `spawn` answers false instead of handing the test somebody else's Redis.
     fn spawn(&mut self) -> bool {
-        match launch(self.port, &[], None) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        match launch(self.port, &args, self.dir.as_deref()) {
             Some(child) => {
                 self.child = Some(child);
                 true
@@ -321,7 +330,8 @@ impl RedisServer {
         assert!(status.success(), "kill {sig} {pid} failed");
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port, empty (a cluster node keeps its
+    /// cluster configuration: its id and its slots).
     pub fn restart(&mut self) {
         self.stop();
         assert!(
@@ -417,6 +427,16 @@ impl RedisServer {
         let mut conn = self.client().get_connection().expect("connect");
         redis::cmd("GET").arg(key).query(&mut conn).expect("GET")
     }
+
+    /// `SET key value` on a connection of its own, not through a store.
+    pub fn raw_set(&self, key: &str, value: &[u8]) {
+        let mut conn = self.client().get_connection().expect("connect");
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut conn)
+            .expect("SET");
+    }
 }
 
 impl RedisServer {
@@ -507,6 +527,11 @@ fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            // Not to be handed to another server: a restarted node needs it again.
+            TAKEN
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(port + 10_000);
             return port;
         }
     }
@@ -539,7 +564,7 @@ impl RedisCluster {
         let dir = TempDir(dir);
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let (port, child) = loop {
+            let (port, child, args) = loop {
                 let port = free_cluster_port();
                 let conf = dir.0.join(format!("nodes-{port}.conf"));
                 let args = [
@@ -551,13 +576,15 @@ impl RedisCluster {
                     "2000",
                 ];
                 if let Some(child) = launch(port, &args, Some(&dir.0)) {
-                    break (port, child);
+                    break (port, child, Vec::from(args.map(str::to_owned)));
                 }
             };
             nodes.push(RedisServer {
                 port,
                 child: Some(child),
                 monitor: Mutex::new(None),
+                args,
+                dir: Some(dir.0.clone()),
             });
         }
         let addrs: Vec<String> = nodes
@@ -597,6 +624,15 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Kills node `index` (as a crash would) and starts it again on its port with its
+    /// cluster configuration, so it rejoins owning the same slots, empty; returns once
+    /// every node reports `cluster_state:ok` again (a restarted master waits about the
+    /// node timeout, 2 s here, before it serves).
+    pub fn restart_node(&mut self, index: usize) {
+        self.nodes[index].restart();
+        self.wait_ok();
     }
 
     /// Seed URLs of every node.
