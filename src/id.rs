@@ -46,13 +46,7 @@ pub(crate) fn is_session_id(id: &str) -> bool {
 
 /// `bytes` as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    base16ct::lower::encode_string(bytes)
 }
 
 #[cfg(test)]

@@ -235,15 +235,12 @@ impl Record {
     }
 }
 
+/// The 32 bytes of a 64-digit hex string (either case, as written by [`crate::id::hex`]
+/// or by hand); `None` for any other text.
 fn unhex(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    let decoded = base16ct::mixed::decode(text, &mut out).ok()?.len();
+    (decoded == out.len()).then_some(out)
 }
 
 #[cfg(test)]
@@ -309,6 +306,25 @@ mod tests {
         };
         assert_eq!(done.body, body);
         assert_eq!(done.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn fingerprints_are_64_hex_digits() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let hex = crate::id::hex(&bytes);
+        assert_eq!(hex.len(), 64);
+        assert_eq!(unhex(&hex), Some(bytes));
+        assert_eq!(unhex(&hex.to_uppercase()), Some(bytes));
+        for bad in [
+            &hex[..62],
+            &hex[..63],
+            &format!("{hex}00"),
+            &format!("{}zz", &hex[..62]),
+            &format!("{}é", &hex[..62]),
+            "",
+        ] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
