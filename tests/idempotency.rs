@@ -1509,3 +1509,99 @@ async fn redis_refused_connection_has_not_applied() {
     assert!(error.is_unavailable(), "{error}");
     assert!(!error.may_have_applied(), "{error:?}");
 }
+
+/// Sends `make()` until the answer is not `409` (the key is still claimed), for at most
+/// `within`; the answer that was not `409`.
+async fn once_the_key_is_free(
+    a: &Instance,
+    make: impl Fn() -> Request<Full<Bytes>>,
+    within: Duration,
+) -> Out {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let out = send(a, make()).await;
+        if out.status != StatusCode::CONFLICT {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed claimed for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A handler that panics releases its key (its claim is dropped unfinished), long before
+/// the lease would end: the retry runs, and its answer is recorded.
+async fn a_panicking_handler_releases_its_key<St: StateStore>(store: St) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let layer = shared(store)
+        .lock_ttl(Duration::from_secs(600))
+        .expect("lock_ttl");
+    let handler = tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+        let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                panic!("a bug in the handler (test)");
+            }
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Full::new(Bytes::from(format!("run {n}"))))
+                .map_err(|e| e.to_string())
+        }
+    });
+    let a = Instance {
+        runs: runs.clone(),
+        gate: Arc::new(Semaphore::new(0)),
+        svc: BoxCloneService::new(ServiceBuilder::new().layer(layer).service(handler)),
+    };
+    let inst = a.clone();
+    let resumed_before = resumed_after_panicking();
+    let caller = tokio::spawn(async move { send(&inst, post(Some("k"), "x")).await });
+    match caller.await {
+        Err(e) => assert!(e.is_panic(), "{e}"),
+        Ok(out) => panic!("the handler panicked, yet: {} {}", out.status, out.text()),
+    }
+
+    let retry = once_the_key_is_free(&a, || post(Some("k"), "x"), Duration::from_secs(20)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert_eq!(retry.text(), "run 2");
+    assert!(!retry.replayed());
+    let replay = send(&a, post(Some("k"), "x")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.text(), "run 2");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // The panicked request is not moved to a task of its own, to panic there again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(resumed_after_panicking(), resumed_before);
+}
+
+/// How many panics of this process said "`async fn` resumed after panicking": a future
+/// polled again after it panicked (counted by a panic hook installed on the first call).
+fn resumed_after_panicking() -> usize {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.to_string().contains("resumed after panicking") {
+                COUNT.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_panicking_handler_releases_its_key() {
+    a_panicking_handler_releases_its_key(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_panicking_handler_releases_its_key() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    a_panicking_handler_releases_its_key(store).await;
+}
