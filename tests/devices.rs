@@ -839,3 +839,86 @@ async fn redis_logout_round_trips() {
         "3n + 4 round trips: {stats:?}"
     );
 }
+
+/// The README's round trips for the rest of `Devices`: `list` 1, `bind` 2, ending `n`
+/// logins (`end`, `end_others`, `end_all`) `3n + 2`, counted as the socket reads Redis
+/// makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_list_bind_and_end_round_trips() {
+    let server = redis_or_skip!();
+    let store = tower_stateless::store::RedisStore::from_url(server.url()).expect("store");
+    let tokens = tokens(store.clone());
+    let devices = devices(store);
+    // Warm-up: connections and the scripts' first load on this server.
+    let warm = login(&devices, &tokens).await;
+    devices.list("alice", None).await.expect("warm-up");
+    devices.end_all("alice").await.expect("warm-up");
+    drop(warm);
+
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        pairs.push(tokens.issue("alice").await.expect("issue"));
+    }
+    for pair in &pairs {
+        server.reset_stats();
+        devices
+            .bind("alice", &sid(pair), Some("test-agent"))
+            .await
+            .expect("bind");
+        assert_eq!(
+            server.round_trips(),
+            2,
+            "bind: {:?}",
+            server.command_stats()
+        );
+    }
+
+    server.reset_stats();
+    let listed = devices
+        .list("alice", Some(&sid(&pairs[0])))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 4);
+    assert_eq!(
+        server.round_trips(),
+        1,
+        "list: {:?}",
+        server.command_stats()
+    );
+
+    // End one (n = 1).
+    let last = listed
+        .iter()
+        .find(|d| !d.current)
+        .expect("another login")
+        .id
+        .clone();
+    server.reset_stats();
+    assert!(devices.end("alice", &last).await.expect("end"));
+    assert_eq!(server.round_trips(), 5, "end: {:?}", server.command_stats());
+
+    // End the two others (n = 2).
+    server.reset_stats();
+    let ended = devices
+        .end_others("alice", &sid(&pairs[0]))
+        .await
+        .expect("end_others");
+    assert_eq!(ended, 2);
+    assert_eq!(
+        server.round_trips(),
+        8,
+        "end_others: {:?}",
+        server.command_stats()
+    );
+
+    // End the last one through end_all (n = 1).
+    server.reset_stats();
+    assert_eq!(devices.end_all("alice").await.expect("end_all"), 1);
+    assert_eq!(
+        server.round_trips(),
+        5,
+        "end_all: {:?}",
+        server.command_stats()
+    );
+    assert!(devices.list("alice", None).await.expect("list").is_empty());
+}

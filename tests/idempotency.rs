@@ -1266,6 +1266,8 @@ struct Faults {
     drop_renewals: AtomicBool,
     /// The next set-if-absent is applied, but its reply is lost with the connection.
     lose_claim_reply: AtomicBool,
+    /// Completions (a compare-and-set of the claim with the record) fail as unavailable.
+    fail_records: AtomicBool,
 }
 
 impl common::Hook for Faults {
@@ -1276,6 +1278,9 @@ impl common::Hook for Faults {
         if let common::Call::CompareAndSet { expected, new, .. } = call {
             if self.drop_renewals.load(Ordering::SeqCst) && expected == new {
                 return Err(StoreError::Unavailable("renewal lost (test)".into()));
+            }
+            if self.fail_records.load(Ordering::SeqCst) && expected != new {
+                return Err(StoreError::Unavailable("record lost (test)".into()));
             }
         }
         Ok(())
@@ -1508,4 +1513,268 @@ async fn redis_refused_connection_has_not_applied() {
         .expect_err("redis is down");
     assert!(error.is_unavailable(), "{error}");
     assert!(!error.may_have_applied(), "{error:?}");
+}
+
+/// Sends `make()` until the answer is not `409` (the key is still claimed), for at most
+/// `within`; the answer that was not `409`.
+async fn once_the_key_is_free(
+    a: &Instance,
+    make: impl Fn() -> Request<Full<Bytes>>,
+    within: Duration,
+) -> Out {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let out = send(a, make()).await;
+        if out.status != StatusCode::CONFLICT {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed claimed for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The handler ran but its record cannot be written (the store fails from then on): the
+/// client still gets the handler's answer; while the claim's lease runs a retry is `409`,
+/// never a second run; the lease is no longer renewed, so the key frees itself after
+/// `lock_ttl` and a retry then runs (what the docs promise: "a retry may run the handler
+/// again after the lock TTL").
+async fn a_record_that_cannot_be_written_still_answers_then_the_key_frees<St: StateStore>(
+    store: St,
+) {
+    let faulty = faulty(store);
+    let lock_ttl = Duration::from_secs(3);
+    let a = instance(
+        "a",
+        shared(faulty.clone()).lock_ttl(lock_ttl).expect("lock_ttl"),
+    );
+    faulty.hook.fail_records.store(true, Ordering::SeqCst);
+    let first = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    assert_eq!(first.text(), "run 1 of a: x", "the handler's own answer");
+    assert!(!first.replayed());
+    faulty.hook.fail_records.store(false, Ordering::SeqCst);
+
+    // The claim is still there (nothing replaced it): a retry now is told to wait.
+    let meanwhile = send(&a, post(Some("k"), "x")).await;
+    assert_eq!(
+        meanwhile.status,
+        StatusCode::CONFLICT,
+        "{}",
+        meanwhile.text()
+    );
+    assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+
+    // Nobody renews a finished request's lease: the key frees itself.
+    let after = once_the_key_is_free(&a, || post(Some("k"), "x"), lock_ttl * 5).await;
+    assert_eq!(after.status, StatusCode::CREATED, "{}", after.text());
+    assert_eq!(after.text(), "run 2 of a: x");
+    // And this time the answer was recorded.
+    let replay = send(&a, post(Some("k"), "x")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, after.body);
+    assert_eq!(a.runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_record_that_cannot_be_written_still_answers_then_the_key_frees() {
+    a_record_that_cannot_be_written_still_answers_then_the_key_frees(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_record_that_cannot_be_written_still_answers_then_the_key_frees() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    a_record_that_cannot_be_written_still_answers_then_the_key_frees(store).await;
+    assert!(server.keys("idem:*").len() == 1, "one record");
+}
+
+/// A handler that panics releases its key (its claim is dropped unfinished), long before
+/// the lease would end: the retry runs, and its answer is recorded.
+async fn a_panicking_handler_releases_its_key<St: StateStore>(store: St) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let layer = shared(store)
+        .lock_ttl(Duration::from_secs(600))
+        .expect("lock_ttl");
+    let handler = tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+        let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                panic!("a bug in the handler (test)");
+            }
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Full::new(Bytes::from(format!("run {n}"))))
+                .map_err(|e| e.to_string())
+        }
+    });
+    let a = Instance {
+        runs: runs.clone(),
+        gate: Arc::new(Semaphore::new(0)),
+        svc: BoxCloneService::new(ServiceBuilder::new().layer(layer).service(handler)),
+    };
+    let inst = a.clone();
+    let resumed_before = resumed_after_panicking();
+    let caller = tokio::spawn(async move { send(&inst, post(Some("k"), "x")).await });
+    match caller.await {
+        Err(e) => assert!(e.is_panic(), "{e}"),
+        Ok(out) => panic!("the handler panicked, yet: {} {}", out.status, out.text()),
+    }
+
+    let retry = once_the_key_is_free(&a, || post(Some("k"), "x"), Duration::from_secs(20)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert_eq!(retry.text(), "run 2");
+    assert!(!retry.replayed());
+    let replay = send(&a, post(Some("k"), "x")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.text(), "run 2");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // The panicked request is not moved to a task of its own, to panic there again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(resumed_after_panicking(), resumed_before);
+}
+
+/// How many panics of this process said "`async fn` resumed after panicking": a future
+/// polled again after it panicked (counted by a panic hook installed on the first call).
+fn resumed_after_panicking() -> usize {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.to_string().contains("resumed after panicking") {
+                COUNT.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_panicking_handler_releases_its_key() {
+    a_panicking_handler_releases_its_key(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_panicking_handler_releases_its_key() {
+    let server = redis_or_skip!();
+    let store = RedisStore::from_url(server.url()).expect("store");
+    a_panicking_handler_releases_its_key(store).await;
+}
+
+/// Records are kept per method and path as well as per caller: the same key and body on
+/// another path or with another method is another request (it runs, it is neither a
+/// replay nor `422`), and each replays its own answer.
+async fn a_key_is_per_method_and_path<St: StateStore>(store: St) {
+    let a = instance("a", shared(store));
+    let at = |method: Method, path: &str| {
+        let mut r = post(Some("same"), "x");
+        *r.method_mut() = method;
+        *r.uri_mut() = path.parse().expect("uri");
+        r
+    };
+    let pay = send(&a, at(Method::POST, "/pay")).await;
+    let refund = send(&a, at(Method::POST, "/refund")).await;
+    let patch = send(&a, at(Method::PATCH, "/pay")).await;
+    for out in [&pay, &refund, &patch] {
+        assert_eq!(out.status, StatusCode::CREATED, "{}", out.text());
+        assert!(!out.replayed());
+    }
+    assert_eq!(a.runs.load(Ordering::SeqCst), 3);
+    for (method, path, first) in [
+        (Method::POST, "/pay", &pay),
+        (Method::POST, "/refund", &refund),
+        (Method::PATCH, "/pay", &patch),
+    ] {
+        let again = send(&a, at(method, path)).await;
+        assert!(again.replayed(), "{path}");
+        assert_eq!(again.body, first.body, "{path}");
+    }
+    assert_eq!(a.runs.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn memory_a_key_is_per_method_and_path() {
+    a_key_is_per_method_and_path(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_a_key_is_per_method_and_path() {
+    let server = redis_or_skip!();
+    a_key_is_per_method_and_path(RedisStore::from_url(server.url()).expect("store")).await;
+}
+
+/// A replay carries the allow-listed headers and those added with `replay_header`, and
+/// never the ones that describe the first answer's moment or its client: `Set-Cookie`,
+/// `Date`, `Retry-After`, the rate-limit fields.
+#[tokio::test]
+async fn replays_never_carry_per_response_headers() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let layer =
+        shared(MemoryStore::new()).replay_header(http::HeaderName::from_static("x-charge-id"));
+    let svc = ServiceBuilder::new().layer(layer).service_fn(
+        move |_req: Request<RequestBody<Full<Bytes>>>| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async {
+                Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header("content-type", "application/json")
+                    .header("location", "/payments/1")
+                    .header("etag", "\"v1\"")
+                    .header("link", "</payments>; rel=\"collection\"")
+                    .header("vary", "accept")
+                    .header("x-charge-id", "ch_1")
+                    .header("set-cookie", "sid=secret")
+                    .header("date", "Mon, 01 Jan 2024 00:00:00 GMT")
+                    .header("retry-after", "30")
+                    .header("ratelimit", "\"default\";r=9;t=60")
+                    .header("ratelimit-policy", "\"default\";q=10;w=60")
+                    .header("x-internal", "secret")
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    );
+    let call = || svc.clone().oneshot(post(Some("k"), "x"));
+    let first = call().await.expect("call");
+    assert_eq!(
+        first.headers()["retry-after"],
+        "30",
+        "the first answer is untouched"
+    );
+    let replay = call().await.expect("call");
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("location", "/payments/1"),
+        ("etag", "\"v1\""),
+        ("link", "</payments>; rel=\"collection\""),
+        ("vary", "accept"),
+        ("x-charge-id", "ch_1"),
+    ] {
+        assert_eq!(
+            replay.headers().get(name).map(|v| v.as_bytes()),
+            Some(value.as_bytes()),
+            "{name}"
+        );
+    }
+    for name in [
+        "set-cookie",
+        "date",
+        "retry-after",
+        "ratelimit",
+        "ratelimit-policy",
+        "x-internal",
+    ] {
+        assert!(
+            !replay.headers().contains_key(name),
+            "{name} must not be replayed"
+        );
+    }
 }

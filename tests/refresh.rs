@@ -689,6 +689,51 @@ async fn access_claims_ride_on_every_access_token<St: StateStore>(store: St, oth
     }
 }
 
+/// Within the grace window, concurrent retries of one superseded token (a client whose
+/// response was lost, retrying from several tabs at once) are concurrent exchanges too:
+/// exactly one gets a pair, the others count as reuse, and the login ends, the winner's
+/// tokens included.
+async fn concurrent_grace_retries_one_succeeds<St: StateStore>(store: St, other: St) {
+    let grace = Duration::from_secs(60);
+    let managers = [
+        builder(store.clone())
+            .grace_period(grace)
+            .build()
+            .expect("refresh tokens"),
+        builder(other)
+            .grace_period(grace)
+            .build()
+            .expect("refresh tokens"),
+    ];
+    let t0 = managers[0].issue("alice").await.expect("issue");
+    // t0 is exchanged, and the answer (t1) is lost.
+    let _lost = rotate(&managers[1], &t0).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let manager = managers[i % 2].clone();
+        let token = t0.refresh_token.token.clone();
+        tasks.push(tokio::spawn(async move { manager.rotate(&token).await }));
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(pair) => won.push(pair),
+            Err(error) => assert!(error.is_invalid_grant(), "{error:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one grace retry gets a pair");
+    assert_eq!(won[0].refresh_token.family, t0.refresh_token.family);
+    assert_invalid_grant(
+        managers[0].rotate(&won[0].refresh_token.token).await,
+        Some(InvalidGrant::Revoked),
+    );
+    assert_eq!(
+        access_status(&store, &won[0].access_token).await,
+        StatusCode::UNAUTHORIZED,
+        "the session's access tokens are revoked"
+    );
+}
+
 backend_pair_tests!(
     access_claims_ride_on_every_access_token,
     reuse_detection_completes_after_a_store_failure,
@@ -706,6 +751,7 @@ backend_pair_tests!(
     grace_window_tolerates_the_superseded_token_once,
     grace_window_ends,
     no_grace_by_default,
+    concurrent_grace_retries_one_succeeds,
 );
 
 #[test]

@@ -1970,3 +1970,121 @@ mod sessions_v2 {
         }
     }
 }
+
+/// An id of the wrong length or alphabet (forged, truncated, a 10 KB cookie) is ignored
+/// without a store lookup, and a write then starts a session under a fresh id; a
+/// well-formed id costs its one read.
+async fn malformed_ids_cost_no_store_lookup<St: StateStore>(store: St) {
+    let store = counting(store);
+    let layer = SessionLayer::new(store.clone());
+    let huge = format!("id={}", "A".repeat(10 * 1024));
+    let a = |n: usize| "A".repeat(n);
+    let malformed = [
+        "id=short".to_owned(),
+        format!("id={}", a(42)),
+        format!("id={}", a(44)),
+        format!("id={}!", a(42)),
+        format!("id={}.0123456789abcdeg", a(43)),
+        format!("id={}.0123", a(43)),
+        huge,
+        "id=".to_owned(),
+    ];
+    for cookie in &malformed {
+        let cookie = cookie.as_str();
+        store.reset();
+        let out = call(&layer, Some(cookie), "get:a,keys").await;
+        assert_eq!(out.status, StatusCode::OK, "{cookie:.60}");
+        assert_eq!(out.body, "None,", "{cookie:.60}");
+        assert_eq!(store.operations(), 0, "{cookie:.60}: no store lookup");
+        assert!(out.set_cookie.is_empty(), "{cookie:.60}");
+
+        let out = call(&layer, Some(cookie), "put:a:1").await;
+        assert_eq!(out.status, StatusCode::OK, "{cookie:.60}");
+        assert_eq!(
+            store.operations(),
+            1,
+            "{cookie:.60}: the new session's write"
+        );
+        let fresh = cookie_pair(&out);
+        assert_ne!(fresh, cookie);
+        assert_eq!(fresh.len(), "id=".len() + 43, "{fresh}");
+    }
+    // The well-formed forgery is looked up (one read) and is no session.
+    store.reset();
+    let forged = format!("id={}", "A".repeat(43));
+    let out = call(&layer, Some(&forged), "get:a").await;
+    assert_eq!(out.body, "None");
+    assert_eq!(store.operations(), 1);
+}
+
+#[tokio::test]
+async fn memory_malformed_ids_cost_no_store_lookup() {
+    malformed_ids_cost_no_store_lookup(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_malformed_ids_cost_no_store_lookup() {
+    let server = redis_or_skip!();
+    malformed_ids_cost_no_store_lookup(RedisStore::from_url(server.url()).unwrap()).await;
+}
+
+/// Session writes (`hash_apply`) fail as unavailable while the flag is up; reads work.
+#[derive(Default)]
+struct FailWrites(std::sync::atomic::AtomicBool);
+
+impl common::Hook for FailWrites {
+    fn before(&self, call: &common::Call<'_>) -> Result<(), StoreError> {
+        if self.0.load(Ordering::SeqCst) && matches!(call, common::Call::HashApply(..)) {
+            return Err(StoreError::Unavailable("write lost (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The session loads, the handler changes it and answers `200`, and only the write-back
+/// fails: the client gets `503` with `Retry-After` (never a `200` for a change that was
+/// not saved), no new cookie, and the stored session is as it was.
+async fn a_failed_write_back_is_503_never_a_silent_loss<St: StateStore>(store: St) {
+    let store = common::Intercept::new(store, FailWrites::default());
+    let layer = SessionLayer::new(store.clone());
+    let c = cookie_pair(&call(&layer, None, "put:a:1").await);
+
+    store.hook.0.store(true, Ordering::SeqCst);
+    for op in [
+        "get:a,put:b:2",
+        "put:b:2",
+        "del:a",
+        "clear",
+        "get:a,put:a:9",
+    ] {
+        let out = call(&layer, Some(&c), op).await;
+        assert_eq!(
+            out.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{op}: {}",
+            out.body
+        );
+        assert!(out.body.contains("store_unavailable"), "{op}: {}", out.body);
+        assert_eq!(out.retry_after.as_deref(), Some("1"), "{op}");
+        assert!(out.set_cookie.is_empty(), "{op}");
+    }
+    store.hook.0.store(false, Ordering::SeqCst);
+
+    let out = call(&layer, Some(&c), "keys,get:a").await;
+    assert_eq!(
+        out.body, "a,Some(\"1\")",
+        "nothing of the failed requests was kept"
+    );
+}
+
+#[tokio::test]
+async fn memory_a_failed_write_back_is_503_never_a_silent_loss() {
+    a_failed_write_back_is_503_never_a_silent_loss(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn redis_a_failed_write_back_is_503_never_a_silent_loss() {
+    let server = redis_or_skip!();
+    a_failed_write_back_is_503_never_a_silent_loss(RedisStore::from_url(server.url()).unwrap())
+        .await;
+}

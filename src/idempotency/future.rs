@@ -133,12 +133,19 @@ where
                 None => panic!("ResponseFuture polled after completion"),
             },
             KindProj::Running { running } => {
-                let Some(future) = running.future.as_mut() else {
+                // Out of the slot while polled: if the request panics (a handler bug),
+                // the poisoned future is dropped here, and `Detach::drop` does not spawn
+                // it to panic a second time ("`async fn` resumed after panicking").
+                let Some(mut future) = running.future.take() else {
                     panic!("ResponseFuture polled after completion");
                 };
-                let out = std::task::ready!(future.as_mut().poll_run(cx));
-                running.future = None;
-                Poll::Ready(out)
+                match future.as_mut().poll_run(cx) {
+                    Poll::Ready(out) => Poll::Ready(out),
+                    Poll::Pending => {
+                        running.future = Some(future);
+                        Poll::Pending
+                    }
+                }
             }
         }
     }
