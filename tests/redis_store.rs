@@ -15,9 +15,15 @@ use tower_stateless::store::{
 const TTL: Duration = Duration::from_secs(60);
 
 fn store(url: &str) -> RedisStore {
+    pooled_store(url, 1)
+}
+
+/// [`store`] with `pool` connections.
+fn pooled_store(url: &str, pool: usize) -> RedisStore {
     RedisStore::builder()
         .url(url)
         .key_prefix("t:")
+        .pool_size(pool)
         .timeout(Duration::from_millis(500))
         .build()
         .expect("build store")
@@ -239,13 +245,7 @@ async fn a_conditional_write_is_not_sent_twice_after_a_restart() {
 async fn one_dropped_connection_reconnects_every_slot() {
     const POOL: usize = 4;
     let mut server = redis_or_skip!();
-    let store = RedisStore::builder()
-        .url(server.url())
-        .key_prefix("t:")
-        .pool_size(POOL)
-        .timeout(Duration::from_millis(500))
-        .build()
-        .expect("build store");
+    let store = pooled_store(&server.url(), POOL);
     common::warm_pool(&store).await;
 
     // A read finds its connection dropped and goes out again on a new one.
@@ -278,13 +278,7 @@ async fn one_dropped_connection_reconnects_every_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_after_a_restart_all_succeed() {
     let mut server = redis_or_skip!();
-    let store = RedisStore::builder()
-        .url(server.url())
-        .key_prefix("t:")
-        .pool_size(4)
-        .timeout(Duration::from_millis(500))
-        .build()
-        .expect("build store");
+    let store = pooled_store(&server.url(), 4);
     common::warm_pool(&store).await;
 
     restart_and_ping(&mut server);
