@@ -18,7 +18,9 @@
 # times slower, so the other side batches more requests per read than at full speed:
 # compare rows measured the same way, not these counts with req/s.
 #
-# Run with: benches/instructions.sh [--seconds S] [PATH...]
+# Run with: benches/instructions.sh [--seconds S] [--keep DIR] [PATH...]
+# --keep DIR keeps each run's callgrind profile as DIR/<path>.<app|redis>.cg, for
+# `callgrind_annotate` (where the instructions go, function by function).
 # Default paths: /bare /session-read /peer-read /session-write /peer-write (see the route
 # table in examples/load.rs); 5 s measured per run after a 2 s warm-up.
 set -euo pipefail
@@ -26,10 +28,12 @@ cd "$(dirname "$0")/.."
 . benches/lib.sh
 
 seconds=5
+keep=
 paths=()
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
+    --keep) keep=$2; mkdir -p "$keep"; shift 2 ;;
     -*) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
     *) paths+=("$1"); shift ;;
     esac
@@ -99,6 +103,7 @@ measure() {
         exit 1
     fi
     total=$(callgrind_annotate "$out/cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+    [ -z "$keep" ] || cp "$out/cg.1" "$keep/$(echo "${path#/}" | tr / _).$side.cg"
     cleanup
     rm -rf "$out"
     echo "$requests $total"
