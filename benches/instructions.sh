@@ -33,7 +33,8 @@ paths=()
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
-    --keep) keep=$2; mkdir -p "$keep"; shift 2 ;;
+    --keep) # relative to where the script was started (it runs from the repository root)
+        keep=$2; [ "${keep#/}" != "$keep" ] || keep="$OLDPWD/$keep"; mkdir -p "$keep"; shift 2 ;;
     -*) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
     *) paths+=("$1"); shift ;;
     esac
